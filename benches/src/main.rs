@@ -1,0 +1,5 @@
+//! `raftmq-bench`: throughput and latency benchmarks.
+
+fn main() -> anyhow::Result<()> {
+    anyhow::bail!("raftmq-bench: no benchmark is built yet")
+}

@@ -1,0 +1,2 @@
+//! raftmq client library: producer, consumer and admin.
+#![deny(missing_docs)]

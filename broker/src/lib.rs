@@ -1,5 +1,26 @@
 //! The raftmq broker: drives a Raft group whose log is the commit log, applies
 //! committed entries to the state machine (topics, queue offsets, producer
-//! sessions, consumer groups), and serves clients over framed TCP.
+//! sessions, consumer-group offsets), and serves clients over framed TCP.
+//!
+//! - [`raft`]: the pure consensus core (no I/O);
+//! - [`node`]: the task that owns the Raft group, the log and the state machine;
+//! - [`server`]: the listener and connections; [`transport`]: links to peers;
+//! - [`state_machine`] and [`command`]: what committed entries mean;
+//! - [`hard_state`]: term, vote and the acknowledged mark on disk;
+//! - [`config`]: every option with its default.
 
+pub mod command;
+pub mod config;
+pub mod group;
+pub mod hard_state;
+pub mod log_adapter;
+pub mod node;
 pub mod raft;
+pub mod raft_wire;
+pub mod response;
+pub mod server;
+pub mod state_machine;
+pub mod transport;
+
+pub use config::BrokerConfig;
+pub use server::Broker;

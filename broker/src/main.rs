@@ -1,5 +1,218 @@
 //! `raftmq-broker`: the server binary.
+//!
+//! With no arguments it runs a single-node broker on 127.0.0.1:7070 with its data in
+//! `./raftmq-data`. A cluster is the same binary with `--node-id` and `--peers`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use raftmq_broker::config::{parse_addr, parse_peers, BrokerConfig, Durability, FileConfig};
+use raftmq_broker::raft::NodeId;
+use raftmq_broker::Broker;
+use tracing_subscriber::EnvFilter;
+
+/// A Raft-replicated message-queue broker.
+#[derive(Debug, Parser)]
+#[command(name = "raftmq-broker", version, about)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Sub>,
+    /// TOML configuration file; flags given here override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// This node's id (default 1).
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// Data directory (default ./raftmq-data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Address for clients and peers (default 127.0.0.1:7070).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Every node of the cluster, this one included: 1=HOST:PORT,2=HOST:PORT,...
+    #[arg(long)]
+    peers: Option<String>,
+    /// fsync (default: acknowledge after a quorum synced) or async.
+    #[arg(long)]
+    durability: Option<Durability>,
+    /// Segment file size in bytes (default 1 GiB).
+    #[arg(long)]
+    segment_bytes: Option<u64>,
+    /// Log as JSON lines.
+    #[arg(long)]
+    log_json: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Sub {
+    /// Runs a local cluster of N brokers (child processes of this binary) on
+    /// consecutive loopback ports; Ctrl-C stops all of them cleanly.
+    Dev {
+        /// How many nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// Port of node 1; node N listens on base-port + N - 1.
+        #[arg(long, default_value_t = 7071)]
+        base_port: u16,
+        /// Parent directory of the nodes' data dirs.
+        #[arg(long, default_value = "raftmq-dev")]
+        data_dir: PathBuf,
+        /// fsync (default) or async.
+        #[arg(long, default_value = "fsync")]
+        durability: Durability,
+    },
+}
+
+fn build_config(args: &Args) -> anyhow::Result<BrokerConfig> {
+    let mut config = BrokerConfig::default();
+    if let Some(path) = &args.config {
+        config.apply_file(FileConfig::load(path)?)?;
+    }
+    if let Some(id) = args.node_id {
+        config.node_id = NodeId(id);
+    }
+    if let Some(dir) = &args.data_dir {
+        config.data_dir = dir.clone();
+    }
+    let listen_given = args.listen.is_some();
+    if let Some(listen) = &args.listen {
+        config.listen = parse_addr(listen)?;
+    }
+    if let Some(peers) = &args.peers {
+        config.peers = parse_peers(&[peers])?;
+    } else if args.config.is_none() {
+        // A single node: its own entry follows its listen address and id.
+        config.peers.clear();
+        config.peers.insert(config.node_id, config.listen);
+    }
+    if !listen_given && args.config.is_none() {
+        if let Some(addr) = config.peers.get(&config.node_id) {
+            config.listen = *addr;
+        }
+    }
+    if let Some(d) = args.durability {
+        config.durability = d;
+    }
+    if let Some(bytes) = args.segment_bytes {
+        config.segment_bytes = bytes;
+    }
+    config.validate()?;
+    Ok(config)
+}
 
 fn main() -> anyhow::Result<()> {
-    anyhow::bail!("raftmq-broker: the server is not built yet")
+    let args = Args::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    if let Some(Sub::Dev {
+        nodes,
+        base_port,
+        data_dir,
+        durability,
+    }) = &args.command
+    {
+        return run_dev_cluster(*nodes, *base_port, data_dir, *durability);
+    }
+    let config = build_config(&args).context("invalid configuration")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(async move {
+        let data_dir = config.data_dir.clone();
+        let node_id = config.node_id;
+        let broker = Broker::start(config).await?;
+        println!(
+            "raftmq-broker node {} listening on {} (data in {})",
+            node_id.0,
+            broker.local_addr,
+            data_dir.display()
+        );
+        let token = broker.shutdown_token();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("signal received, shutting down");
+            token.cancel();
+        });
+        broker.wait().await;
+        tracing::info!("stopped");
+        anyhow::Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// `raftmq-broker dev`: N child brokers, stopped together on Ctrl-C or SIGTERM.
+fn run_dev_cluster(
+    nodes: u64,
+    base_port: u16,
+    data_dir: &std::path::Path,
+    durability: Durability,
+) -> anyhow::Result<()> {
+    anyhow::ensure!((1..=9).contains(&nodes), "--nodes must be between 1 and 9");
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let addrs: Vec<String> = (0..nodes)
+        .map(|i| format!("127.0.0.1:{}", u64::from(base_port) + i))
+        .collect();
+    let peers = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let durability = match durability {
+        Durability::Fsync => "fsync",
+        Durability::Async => "async",
+    };
+    let mut children = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let id = i as u64 + 1;
+        let dir = data_dir.join(format!("node{id}"));
+        let child = std::process::Command::new(&exe)
+            .args(["--node-id", &id.to_string(), "--listen", addr, "--peers", &peers])
+            .args(["--durability", durability])
+            .arg("--data-dir")
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start node {id}"))?;
+        println!("node {id}: {addr}  data {}", dir.display());
+        children.push(child);
+    }
+    println!("brokers: {}", addrs.join(","));
+    println!("Ctrl-C stops the cluster.");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(wait_for_signal());
+    for child in &children {
+        // SAFETY: signalling our own child processes.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+    }
+    for mut child in children {
+        let _ = child.wait();
+    }
+    println!("cluster stopped");
+    Ok(())
 }

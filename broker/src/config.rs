@@ -1,0 +1,363 @@
+//! Broker configuration: one documented struct with defaults, filled from an optional
+//! TOML file and then from command-line flags (flags win).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::raft::NodeId;
+
+/// The address a broker listens on when none is given: clients and peers alike.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+
+/// The data directory used when none is given.
+pub const DEFAULT_DATA_DIR: &str = "raftmq-data";
+
+/// When an acknowledgement is sent, relative to the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Acknowledge only after a quorum has synced the entry (fdatasync/msync). Default.
+    Fsync,
+    /// Acknowledge once a quorum has written the entry to its page cache; sync every
+    /// `async_sync_interval_ms`. A simultaneous power loss of a quorum can lose up to
+    /// that window of acknowledged writes.
+    Async,
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fsync" => Ok(Durability::Fsync),
+            "async" => Ok(Durability::Async),
+            other => Err(format!("unknown durability {other:?} (expected fsync or async)")),
+        }
+    }
+}
+
+/// Everything a broker needs to run. Every field has a documented default.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// This node's id (default 1). Must appear in `peers`.
+    pub node_id: NodeId,
+    /// Where the commit log and metadata live (default `./raftmq-data`).
+    pub data_dir: PathBuf,
+    /// Address for clients and peers (default `127.0.0.1:7070`).
+    pub listen: SocketAddr,
+    /// Every voter of the Raft group, this node included, by id. Default: this node alone.
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// Default: `fsync`.
+    pub durability: Durability,
+    /// Sync period in `async` durability (default 50 ms).
+    pub async_sync_interval_ms: u64,
+    /// Size of each preallocated segment file (default 1 GiB).
+    pub segment_bytes: u64,
+    /// Largest record batch accepted (default 8 MiB).
+    pub max_batch_bytes: usize,
+    /// Largest frame accepted on a connection (default 16 MiB).
+    pub max_frame_bytes: usize,
+    /// Raft tick period (default 10 ms).
+    pub tick_ms: u64,
+    /// Election timeout in ticks, randomized up to twice this (default 30).
+    pub election_timeout_ticks: u32,
+    /// Heartbeat period in ticks (default 5).
+    pub heartbeat_interval_ticks: u32,
+    /// Proposals not yet committed before `Busy` (default 65 536).
+    pub max_pending_proposals: usize,
+    /// Requests a connection may have in flight before the broker stops reading from
+    /// it (default 1024).
+    pub max_inflight_per_connection: usize,
+    /// How long a produce may wait for its commit before `Timeout` (default 10 s).
+    pub request_timeout_ms: u64,
+    /// Longest long-poll a fetch may ask for (default 30 s).
+    pub max_fetch_wait_ms: u64,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        let listen: SocketAddr = DEFAULT_LISTEN.parse().expect("default address parses");
+        BrokerConfig {
+            node_id: NodeId(1),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            listen,
+            peers: BTreeMap::from([(NodeId(1), listen)]),
+            durability: Durability::Fsync,
+            async_sync_interval_ms: 50,
+            segment_bytes: 1 << 30,
+            max_batch_bytes: 8 << 20,
+            max_frame_bytes: 16 << 20,
+            tick_ms: 10,
+            election_timeout_ticks: 30,
+            heartbeat_interval_ticks: 5,
+            max_pending_proposals: 65_536,
+            max_inflight_per_connection: 1024,
+            request_timeout_ms: 10_000,
+            max_fetch_wait_ms: 30_000,
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {reason}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        reason: String,
+    },
+    /// The config file is not valid TOML or has an unknown key or a wrong type.
+    #[error("invalid config file {path}: {reason}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What the parser said.
+        reason: String,
+    },
+    /// An address did not parse.
+    #[error("bad address {0:?}: expected HOST:PORT with a numeric IP")]
+    BadAddress(String),
+    /// A `--peers` element is not `ID=HOST:PORT`.
+    #[error("bad peer {0:?}: expected ID=HOST:PORT")]
+    BadPeer(String),
+    /// The same node id appears twice in the peer list.
+    #[error("duplicate node id {0} in peers")]
+    DuplicateNodeId(u64),
+    /// Node id 0 is reserved for "no node".
+    #[error("node id must be at least 1")]
+    ZeroNodeId,
+    /// The peer list does not contain this node.
+    #[error("peers do not include this node (id {0})")]
+    SelfNotInPeers(u64),
+    /// A numeric option is out of its range.
+    #[error("{0}")]
+    OutOfRange(String),
+}
+
+/// The subset of options a TOML file may set (all optional; unknown keys refused).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// See [`BrokerConfig::node_id`].
+    pub node_id: Option<u64>,
+    /// See [`BrokerConfig::data_dir`].
+    pub data_dir: Option<PathBuf>,
+    /// See [`BrokerConfig::listen`].
+    pub listen: Option<String>,
+    /// `["1=127.0.0.1:7071", ...]`.
+    pub peers: Option<Vec<String>>,
+    /// `"fsync"` or `"async"`.
+    pub durability: Option<Durability>,
+    /// See [`BrokerConfig::async_sync_interval_ms`].
+    pub async_sync_interval_ms: Option<u64>,
+    /// See [`BrokerConfig::segment_bytes`].
+    pub segment_bytes: Option<u64>,
+    /// See [`BrokerConfig::max_batch_bytes`].
+    pub max_batch_bytes: Option<usize>,
+    /// See [`BrokerConfig::max_frame_bytes`].
+    pub max_frame_bytes: Option<usize>,
+    /// See [`BrokerConfig::tick_ms`].
+    pub tick_ms: Option<u64>,
+    /// See [`BrokerConfig::election_timeout_ticks`].
+    pub election_timeout_ticks: Option<u32>,
+    /// See [`BrokerConfig::heartbeat_interval_ticks`].
+    pub heartbeat_interval_ticks: Option<u32>,
+    /// See [`BrokerConfig::request_timeout_ms`].
+    pub request_timeout_ms: Option<u64>,
+}
+
+/// Parses `HOST:PORT`; names are resolved with the system resolver (for `localhost`).
+pub fn parse_addr(s: &str) -> Result<SocketAddr, ConfigError> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    s.to_socket_addrs()
+        .ok()
+        .and_then(|mut it| it.next())
+        .ok_or_else(|| ConfigError::BadAddress(s.to_string()))
+}
+
+/// Parses `1=HOST:PORT,2=HOST:PORT` (or the same as separate list items).
+pub fn parse_peers<S: AsRef<str>>(
+    items: &[S],
+) -> Result<BTreeMap<NodeId, SocketAddr>, ConfigError> {
+    let mut peers = BTreeMap::new();
+    for item in items
+        .iter()
+        .flat_map(|s| s.as_ref().split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let (id, addr) = item
+            .split_once('=')
+            .ok_or_else(|| ConfigError::BadPeer(item.to_string()))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::BadPeer(item.to_string()))?;
+        if id == 0 {
+            return Err(ConfigError::ZeroNodeId);
+        }
+        let addr = parse_addr(addr.trim())?;
+        if peers.insert(NodeId(id), addr).is_some() {
+            return Err(ConfigError::DuplicateNodeId(id));
+        }
+    }
+    Ok(peers)
+}
+
+impl FileConfig {
+    /// Reads and parses a TOML file.
+    pub fn load(path: &std::path::Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            reason: e.message().to_string(),
+        })
+    }
+}
+
+impl BrokerConfig {
+    /// Applies a file's settings over `self`.
+    pub fn apply_file(&mut self, file: FileConfig) -> Result<(), ConfigError> {
+        if let Some(id) = file.node_id {
+            self.node_id = NodeId(id);
+        }
+        if let Some(dir) = file.data_dir {
+            self.data_dir = dir;
+        }
+        if let Some(listen) = file.listen {
+            self.listen = parse_addr(&listen)?;
+        }
+        if let Some(peers) = file.peers {
+            self.peers = parse_peers(&peers)?;
+        }
+        macro_rules! set {
+            ($($field:ident),*) => { $( if let Some(v) = file.$field { self.$field = v; } )* };
+        }
+        set!(
+            durability,
+            async_sync_interval_ms,
+            segment_bytes,
+            max_batch_bytes,
+            max_frame_bytes,
+            tick_ms,
+            election_timeout_ticks,
+            heartbeat_interval_ticks,
+            request_timeout_ms
+        );
+        Ok(())
+    }
+
+    /// Checks the whole configuration; run after all sources are applied.
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        if self.node_id.0 == 0 {
+            return Err(ConfigError::ZeroNodeId);
+        }
+        if self.peers.is_empty() {
+            self.peers.insert(self.node_id, self.listen);
+        }
+        if !self.peers.contains_key(&self.node_id) {
+            return Err(ConfigError::SelfNotInPeers(self.node_id.0));
+        }
+        if self.segment_bytes < 64 * 1024 {
+            return Err(ConfigError::OutOfRange(
+                "segment_bytes must be at least 65536".into(),
+            ));
+        }
+        if self.max_batch_bytes as u64 + 4096 > self.segment_bytes {
+            return Err(ConfigError::OutOfRange(
+                "max_batch_bytes must fit in a segment".into(),
+            ));
+        }
+        if self.max_frame_bytes < self.max_batch_bytes + 1024 {
+            return Err(ConfigError::OutOfRange(
+                "max_frame_bytes must exceed max_batch_bytes".into(),
+            ));
+        }
+        if self.tick_ms == 0 || self.election_timeout_ticks < 3 || self.heartbeat_interval_ticks == 0
+        {
+            return Err(ConfigError::OutOfRange(
+                "tick_ms must be >= 1, election_timeout_ticks >= 3, heartbeat_interval_ticks >= 1"
+                    .into(),
+            ));
+        }
+        if self.heartbeat_interval_ticks >= self.election_timeout_ticks {
+            return Err(ConfigError::OutOfRange(
+                "heartbeat_interval_ticks must be below election_timeout_ticks".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The client-facing address of a node, as sent in `NotLeader` and `Metadata`.
+    pub fn address_of(&self, id: NodeId) -> Option<SocketAddr> {
+        self.peers.get(&id).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_from_one_comma_list() {
+        let peers = parse_peers(&["1=127.0.0.1:1,2=127.0.0.1:2"]).unwrap();
+        assert_eq!(peers.len(), 2);
+        assert_eq!(peers[&NodeId(2)], "127.0.0.1:2".parse().unwrap());
+    }
+
+    #[test]
+    fn duplicate_node_ids_are_refused() {
+        assert_eq!(
+            parse_peers(&["1=127.0.0.1:1", "1=127.0.0.1:2"]),
+            Err(ConfigError::DuplicateNodeId(1))
+        );
+    }
+
+    #[test]
+    fn peers_without_this_node_are_refused() {
+        let mut config = BrokerConfig {
+            node_id: NodeId(3),
+            ..BrokerConfig::default()
+        };
+        assert_eq!(config.validate(), Err(ConfigError::SelfNotInPeers(3)));
+    }
+
+    #[test]
+    fn unknown_keys_in_a_file_are_refused() {
+        let err = toml::from_str::<FileConfig>("node_idd = 1").unwrap_err();
+        assert!(err.message().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn the_example_config_file_parses_and_matches_the_defaults() {
+        let file: FileConfig =
+            toml::from_str(include_str!("../../raftmq.example.toml")).expect("example parses");
+        let mut config = BrokerConfig::default();
+        config.apply_file(file).unwrap();
+        config.validate().unwrap();
+        let defaults = BrokerConfig::default();
+        assert_eq!(config.listen, defaults.listen);
+        assert_eq!(config.segment_bytes, defaults.segment_bytes);
+        assert_eq!(config.durability, defaults.durability);
+        assert_eq!(config.election_timeout_ticks, defaults.election_timeout_ticks);
+    }
+
+    #[test]
+    fn a_bad_peer_is_refused_with_its_text() {
+        assert_eq!(
+            parse_peers(&["x=127.0.0.1:1"]),
+            Err(ConfigError::BadPeer("x=127.0.0.1:1".into()))
+        );
+    }
+}

@@ -1,0 +1,37 @@
+//! The commit log as the Raft core's log: `raftmq_store::CommitLog` implements
+//! [`RaftLog`]. The store knows nothing of Raft; this is the only place they meet.
+
+use raftmq_store::{CommitLog, Entry, LogIndex, Term};
+
+use crate::raft::{LogError, RaftLog};
+
+impl RaftLog for CommitLog {
+    fn first_index(&self) -> LogIndex {
+        CommitLog::first_index(self)
+    }
+
+    fn last_index(&self) -> LogIndex {
+        CommitLog::last_index(self)
+    }
+
+    fn term_at(&self, index: LogIndex) -> Option<Term> {
+        CommitLog::term_at(self, index)
+    }
+
+    fn entries(
+        &self,
+        from: LogIndex,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, LogError> {
+        CommitLog::entries(self, from, max_entries, max_bytes).map_err(LogError::from_display)
+    }
+
+    fn append(&mut self, entries: &[Entry]) -> Result<(), LogError> {
+        CommitLog::append(self, entries).map_err(LogError::from_display)
+    }
+
+    fn truncate_suffix(&mut self, from: LogIndex) -> Result<(), LogError> {
+        CommitLog::truncate_suffix(self, from).map_err(LogError::from_display)
+    }
+}

@@ -1,0 +1,166 @@
+//! Raft messages on the wire: conversion between the core's [`Message`] and the
+//! protobuf `RaftMessage`. Entry bodies are `Bytes` on both sides, so a decoded
+//! append shares the frame's memory instead of copying each entry.
+
+use raftmq_proto::pb;
+use raftmq_store::{Entry, EntryKind, LogIndex, Term};
+
+use crate::raft::{Message, MessageBody, NodeId};
+
+/// Why a peer's message was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    /// The oneof body is missing (unknown message type).
+    #[error("raft message without a body")]
+    MissingBody,
+    /// An entry kind this broker does not know.
+    #[error("unknown entry kind {0}")]
+    UnknownEntryKind(u32),
+    /// The message came from another cluster.
+    #[error("message from cluster {found}, this is cluster {expected}")]
+    WrongCluster {
+        /// This cluster.
+        expected: u64,
+        /// The sender's.
+        found: u64,
+    },
+}
+
+fn entry_to_pb(entry: Entry) -> pb::RaftEntry {
+    pb::RaftEntry {
+        index: entry.index.0,
+        term: entry.term.0,
+        kind: u32::from(entry.kind as u8),
+        body: entry.body,
+    }
+}
+
+fn entry_from_pb(entry: pb::RaftEntry) -> Result<Entry, WireError> {
+    let kind = u8::try_from(entry.kind)
+        .ok()
+        .and_then(EntryKind::from_u8)
+        .ok_or(WireError::UnknownEntryKind(entry.kind))?;
+    Ok(Entry {
+        index: LogIndex(entry.index),
+        term: Term(entry.term),
+        kind,
+        body: entry.body,
+    })
+}
+
+/// Encodes a core message for a peer.
+pub fn to_pb(msg: Message, cluster_id: u64) -> pb::RaftMessage {
+    use pb::raft_message::Body;
+    let body = match msg.body {
+        MessageBody::Vote {
+            pre_vote,
+            last_log_index,
+            last_log_term,
+            transfer,
+        } => Body::Vote(pb::VoteRequest {
+            pre_vote,
+            last_log_index: last_log_index.0,
+            last_log_term: last_log_term.0,
+            transfer,
+        }),
+        MessageBody::VoteResponse { pre_vote, granted } => {
+            Body::VoteResponse(pb::VoteResponse { pre_vote, granted })
+        }
+        MessageBody::Append {
+            prev_log_index,
+            prev_log_term,
+            entries,
+            commit_index,
+        } => Body::Append(pb::AppendRequest {
+            prev_log_index: prev_log_index.0,
+            prev_log_term: prev_log_term.0,
+            entries: entries.into_iter().map(entry_to_pb).collect(),
+            commit_index: commit_index.0,
+            heartbeat: false,
+        }),
+        MessageBody::AppendResponse {
+            success,
+            match_index,
+            reject_index,
+            conflict,
+            last_log_index,
+        } => Body::AppendResponse(pb::AppendResponse {
+            success,
+            match_index: match_index.0,
+            reject_index: reject_index.0,
+            conflict_term: conflict.map_or(0, |(t, _)| t.0),
+            conflict_first_index: conflict.map_or(0, |(_, i)| i.0),
+            last_log_index: last_log_index.0,
+            heartbeat: false,
+        }),
+        MessageBody::Heartbeat { commit_index } => Body::Append(pb::AppendRequest {
+            commit_index: commit_index.0,
+            heartbeat: true,
+            ..pb::AppendRequest::default()
+        }),
+        MessageBody::HeartbeatResponse {} => Body::AppendResponse(pb::AppendResponse {
+            heartbeat: true,
+            ..pb::AppendResponse::default()
+        }),
+        MessageBody::TimeoutNow => Body::TimeoutNow(pb::TimeoutNow {}),
+    };
+    pb::RaftMessage {
+        from: msg.from.0,
+        to: msg.to.0,
+        term: msg.term.0,
+        cluster_id,
+        body: Some(body),
+    }
+}
+
+/// Decodes a peer's message.
+pub fn from_pb(msg: pb::RaftMessage, cluster_id: u64) -> Result<Message, WireError> {
+    use pb::raft_message::Body;
+    if msg.cluster_id != cluster_id {
+        return Err(WireError::WrongCluster {
+            expected: cluster_id,
+            found: msg.cluster_id,
+        });
+    }
+    let body = match msg.body.ok_or(WireError::MissingBody)? {
+        Body::Vote(v) => MessageBody::Vote {
+            pre_vote: v.pre_vote,
+            last_log_index: LogIndex(v.last_log_index),
+            last_log_term: Term(v.last_log_term),
+            transfer: v.transfer,
+        },
+        Body::VoteResponse(v) => MessageBody::VoteResponse {
+            pre_vote: v.pre_vote,
+            granted: v.granted,
+        },
+        Body::Append(a) if a.heartbeat => MessageBody::Heartbeat {
+            commit_index: LogIndex(a.commit_index),
+        },
+        Body::Append(a) => MessageBody::Append {
+            prev_log_index: LogIndex(a.prev_log_index),
+            prev_log_term: Term(a.prev_log_term),
+            entries: a
+                .entries
+                .into_iter()
+                .map(entry_from_pb)
+                .collect::<Result<_, _>>()?,
+            commit_index: LogIndex(a.commit_index),
+        },
+        Body::AppendResponse(r) if r.heartbeat => MessageBody::HeartbeatResponse {},
+        Body::AppendResponse(r) => MessageBody::AppendResponse {
+            success: r.success,
+            match_index: LogIndex(r.match_index),
+            reject_index: LogIndex(r.reject_index),
+            conflict: (r.conflict_term != 0 || r.conflict_first_index != 0)
+                .then_some((Term(r.conflict_term), LogIndex(r.conflict_first_index))),
+            last_log_index: LogIndex(r.last_log_index),
+        },
+        Body::TimeoutNow(_) => MessageBody::TimeoutNow,
+    };
+    Ok(Message {
+        from: NodeId(msg.from),
+        to: NodeId(msg.to),
+        term: Term(msg.term),
+        body,
+    })
+}

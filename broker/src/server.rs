@@ -1,0 +1,363 @@
+//! Starting a broker and serving its TCP port (clients and peers share it).
+//!
+//! Each connection has a reader loop and a writer task. The reader decodes frames,
+//! checks what can be checked without the node (frame size, protocol version,
+//! names, the record batch's CRC and structure: that work spreads over connections
+//! instead of weighing on the node task), then hands the request to the node. At most
+//! `max_inflight_per_connection` requests per connection are outstanding; beyond that
+//! the reader stops reading, and TCP pushes back on the client.
+//!
+//! Anything malformed closes only that connection, with a logged reason.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::{SinkExt, StreamExt};
+use prost::Message as _;
+use raftmq_proto::pb::{self, ErrorCode};
+use raftmq_store::{CommitLog, LogConfig};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::BrokerConfig;
+use crate::hard_state::HardStateFile;
+use crate::node::{Node, NodeInput};
+use crate::raft::{self, RawNode};
+use crate::raft_wire;
+use crate::response::{error, Outgoing, Responder};
+use crate::transport::PeerTransport;
+
+/// Requests queued for the node task before connections wait.
+const NODE_INBOX: usize = 8192;
+/// Responses written before one flush.
+const WRITE_BATCH: usize = 256;
+/// Cluster id carried by peer messages (one cluster per peer set for now).
+const CLUSTER_ID: u64 = 0;
+
+/// Why a broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory could not be created.
+    #[error("cannot create data dir {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The hard state could not be read.
+    #[error(transparent)]
+    HardState(#[from] crate::hard_state::HardStateError),
+    /// The commit log could not be opened.
+    #[error("cannot open the commit log: {0}")]
+    Log(#[from] raftmq_store::StoreError),
+    /// The Raft configuration is invalid.
+    #[error("invalid raft configuration: {0}")]
+    Raft(String),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// A running broker.
+#[derive(Debug)]
+pub struct Broker {
+    /// The bound address.
+    pub local_addr: SocketAddr,
+    shutdown: CancellationToken,
+    node: JoinHandle<()>,
+    listener: JoinHandle<()>,
+}
+
+impl Broker {
+    /// Opens the data dir, recovers the log, binds the port and starts serving.
+    pub async fn start(config: BrokerConfig) -> Result<Broker, StartError> {
+        let mut config = config;
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        // Port 0 asks for an ephemeral port: record the real one.
+        config.listen = local_addr;
+        if config.peers.len() == 1 {
+            config.peers.insert(config.node_id, local_addr);
+        }
+        let (hard_state_file, hard_state) =
+            HardStateFile::open(&config.data_dir, config.node_id)?;
+        let log_config = LogConfig {
+            segment_bytes: config.segment_bytes,
+            ..LogConfig::default()
+        };
+        let (log, report) = CommitLog::open(&config.data_dir.join("log"), log_config)?;
+        tracing::info!(%report, "commit log recovered");
+        let raft_config = raft::Config {
+            id: config.node_id,
+            voters: config.peers.keys().copied().collect(),
+            election_timeout_ticks: config.election_timeout_ticks,
+            heartbeat_interval_ticks: config.heartbeat_interval_ticks,
+            max_pending_proposals: config.max_pending_proposals,
+            seed: config.node_id.0 ^ seed_from_time(),
+            ..raft::Config::default()
+        };
+        let raft = RawNode::new(raft_config, log, hard_state)
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let config = Arc::new(config);
+        let shutdown = CancellationToken::new();
+        let transport = PeerTransport::start(
+            config.node_id,
+            &config.peers,
+            CLUSTER_ID,
+            config.max_frame_bytes,
+            shutdown.clone(),
+        );
+        let (inbox_tx, inbox_rx) = mpsc::channel(NODE_INBOX);
+        let node = Node::new(
+            config.clone(),
+            raft,
+            hard_state_file,
+            hard_state,
+            transport,
+        );
+        let node = tokio::spawn(node.run(inbox_rx));
+        let listener = tokio::spawn(accept_loop(listener, inbox_tx, config, shutdown.clone()));
+        Ok(Broker {
+            local_addr,
+            shutdown,
+            node,
+            listener,
+        })
+    }
+
+    /// Stops accepting, closes connections, lets the node sync and stop.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.listener.await;
+        let _ = self.node.await;
+    }
+
+    /// A token that stops the broker when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the broker has stopped (after its token was cancelled).
+    pub async fn wait(self) {
+        let _ = self.listener.await;
+        let _ = self.node.await;
+    }
+}
+
+/// Seeds election randomness; the Raft core itself never reads a clock.
+fn seed_from_time() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    inbox: mpsc::Sender<NodeInput>,
+    config: Arc<BrokerConfig>,
+    shutdown: CancellationToken,
+) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                connections.spawn(serve_connection(
+                    stream,
+                    peer,
+                    inbox.clone(),
+                    config.clone(),
+                    shutdown.clone(),
+                ));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    drop(inbox);
+    // Connections stop reading on shutdown; wait for them so the node's inbox closes
+    // only after every request has been handed over.
+    while connections.join_next().await.is_some() {}
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    inbox: mpsc::Sender<NodeInput>,
+    config: Arc<BrokerConfig>,
+    shutdown: CancellationToken,
+) {
+    let (read, write) = stream.into_split();
+    let codec = raftmq_proto::frame::codec(config.max_frame_bytes);
+    let mut reader = FramedRead::new(read, codec.clone());
+    let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
+    let writer = tokio::spawn(write_responses(FramedWrite::new(write, codec), rx));
+    let permits = Arc::new(Semaphore::new(config.max_inflight_per_connection));
+    loop {
+        let frame = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            f = reader.next() => f,
+        };
+        let frame = match frame {
+            None => break,
+            Some(Ok(frame)) => frame.freeze(),
+            Some(Err(e)) => {
+                tracing::info!(%peer, error = %e, "closing connection: bad frame");
+                break;
+            }
+        };
+        let request = match pb::Request::decode(frame) {
+            Ok(request) => request,
+            Err(e) => {
+                tracing::info!(%peer, error = %e, "closing connection: undecodable request");
+                break;
+            }
+        };
+        let Some(body) = request.body else {
+            let reply = Responder::new(request.correlation_id, tx.clone(), None);
+            reply.error(error(
+                ErrorCode::InvalidRequest,
+                "unknown or missing API key",
+            ));
+            continue;
+        };
+        if let pb::request::Body::Raft(msg) = body {
+            match raft_wire::from_pb(msg, CLUSTER_ID) {
+                Ok(msg) => {
+                    if inbox.send(NodeInput::Raft(msg)).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "closing connection: bad raft message");
+                    break;
+                }
+            }
+            continue;
+        }
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let reply = Responder::new(request.correlation_id, tx.clone(), Some(permit));
+        if request.api_version > 1 {
+            reply.error(error(
+                ErrorCode::UnsupportedVersion,
+                format!("api version {} is not supported (max 1)", request.api_version),
+            ));
+            continue;
+        }
+        if let Err(e) = precheck(&body, &config) {
+            reply.error(e);
+            continue;
+        }
+        if inbox
+            .send(NodeInput::Client { body, reply })
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    // Release the node's inbox first: the node answers what it still holds only once
+    // every sender is gone, and the writer ends only after those answers.
+    drop(inbox);
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// Checks that need no state: names, sizes, the batch's CRC and structure.
+fn precheck(body: &pb::request::Body, config: &BrokerConfig) -> Result<(), pb::Error> {
+    use pb::request::Body as B;
+    let name = |n: &str| {
+        raftmq_proto::frame::validate_name(n)
+            .map_err(|e| error(ErrorCode::InvalidRequest, e.to_string()))
+    };
+    match body {
+        B::Produce(req) => {
+            name(&req.topic)?;
+            if req.batch.len() > config.max_batch_bytes {
+                return Err(error(
+                    ErrorCode::MessageTooLarge,
+                    format!(
+                        "batch of {} bytes exceeds the limit of {}",
+                        req.batch.len(),
+                        config.max_batch_bytes
+                    ),
+                ));
+            }
+            raftmq_proto::batch::validate(&req.batch)
+                .map_err(|e| error(ErrorCode::CorruptBatch, e.to_string()))?;
+        }
+        B::Fetch(req) => name(&req.topic)?,
+        B::CreateTopic(req) => name(&req.name)?,
+        B::DeleteTopic(req) => name(&req.name)?,
+        B::ListOffsets(req) => name(&req.topic)?,
+        B::OffsetCommit(req) => {
+            name(&req.group)?;
+            for o in &req.offsets {
+                name(&o.topic)?;
+            }
+        }
+        B::OffsetFetch(req) => name(&req.group)?,
+        _ => {}
+    }
+    Ok(())
+}
+
+async fn write_responses(
+    mut framed: FramedWrite<tokio::net::tcp::OwnedWriteHalf, tokio_util::codec::LengthDelimitedCodec>,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+) {
+    while let Some((response, permit)) = rx.recv().await {
+        let mut result = framed.feed(bytes::Bytes::from(response.encode_to_vec())).await;
+        drop(permit);
+        let mut fed = 1;
+        while result.is_ok() && fed < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok((response, permit)) => {
+                    result = framed.feed(bytes::Bytes::from(response.encode_to_vec())).await;
+                    drop(permit);
+                    fed += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        if result.is_ok() {
+            result = framed.flush().await;
+        }
+        if result.is_err() {
+            break;
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Outbound links to the other brokers of the Raft group.
+//!
+//! One task per peer owns a TCP connection and a bounded queue. Sending never blocks
+//! the Raft task: when a queue is full or the peer is down the message is dropped, which
+//! Raft tolerates (it retries appends and heartbeats). While disconnected the task
+//! reconnects with exponential backoff and discards what was queued, since stale
+//! appends would only be rejected.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::SinkExt;
+use raftmq_proto::pb;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::FramedWrite;
+use tokio_util::sync::CancellationToken;
+
+use crate::raft::{Message, NodeId};
+use crate::raft_wire;
+
+/// Messages queued per peer before new ones are dropped.
+const PEER_QUEUE_MESSAGES: usize = 4096;
+/// Messages written to the socket before one flush.
+const PEER_FLUSH_MESSAGES: usize = 256;
+const BACKOFF_MIN: Duration = Duration::from_millis(20);
+const BACKOFF_MAX: Duration = Duration::from_millis(1000);
+
+/// Handles to the per-peer sender tasks.
+#[derive(Debug)]
+pub struct PeerTransport {
+    peers: BTreeMap<NodeId, mpsc::Sender<pb::RaftMessage>>,
+    cluster_id: u64,
+}
+
+impl PeerTransport {
+    /// Starts one sender task per peer other than `self_id`.
+    pub fn start(
+        self_id: NodeId,
+        peers: &BTreeMap<NodeId, SocketAddr>,
+        cluster_id: u64,
+        max_frame_bytes: usize,
+        shutdown: CancellationToken,
+    ) -> PeerTransport {
+        let mut senders = BTreeMap::new();
+        for (&id, &addr) in peers {
+            if id == self_id {
+                continue;
+            }
+            let (tx, rx) = mpsc::channel(PEER_QUEUE_MESSAGES);
+            tokio::spawn(peer_link(id, addr, rx, max_frame_bytes, shutdown.clone()));
+            senders.insert(id, tx);
+        }
+        PeerTransport {
+            peers: senders,
+            cluster_id,
+        }
+    }
+
+    /// Queues a message for its peer; drops it if the queue is full.
+    pub fn send(&self, msg: Message) {
+        if let Some(tx) = self.peers.get(&msg.to) {
+            let to = msg.to;
+            if tx
+                .try_send(raft_wire::to_pb(msg, self.cluster_id))
+                .is_err()
+            {
+                tracing::trace!(peer = to.0, "peer queue full, message dropped");
+            }
+        }
+    }
+}
+
+async fn peer_link(
+    id: NodeId,
+    addr: SocketAddr,
+    mut rx: mpsc::Receiver<pb::RaftMessage>,
+    max_frame_bytes: usize,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = BACKOFF_MIN;
+    let mut connected_once = false;
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            s = TcpStream::connect(addr) => s,
+        };
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(e) => {
+                if connected_once {
+                    tracing::debug!(peer = id.0, %addr, error = %e, "peer connect failed");
+                }
+                // Drop what queued up while the peer was unreachable.
+                while rx.try_recv().is_ok() {}
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        if !connected_once {
+            tracing::info!(peer = id.0, %addr, "connected to peer");
+        }
+        connected_once = true;
+        backoff = BACKOFF_MIN;
+        let mut framed = FramedWrite::new(stream, raftmq_proto::frame::codec(max_frame_bytes));
+        loop {
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                m = rx.recv() => m,
+            };
+            let Some(first) = first else { return };
+            let mut result = framed.feed(encode(first)).await;
+            let mut fed = 1;
+            while result.is_ok() && fed < PEER_FLUSH_MESSAGES {
+                match rx.try_recv() {
+                    Ok(msg) => {
+                        result = framed.feed(encode(msg)).await;
+                        fed += 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if result.is_ok() {
+                result = framed.flush().await;
+            }
+            if let Err(e) = result {
+                tracing::debug!(peer = id.0, error = %e, "peer link broken, reconnecting");
+                break;
+            }
+        }
+    }
+}
+
+fn encode(msg: pb::RaftMessage) -> bytes::Bytes {
+    use prost::Message as _;
+    let request = pb::Request {
+        correlation_id: 0,
+        api_version: 1,
+        body: Some(pb::request::Body::Raft(msg)),
+    };
+    bytes::Bytes::from(request.encode_to_vec())
+}

@@ -1,0 +1,193 @@
+//! Test harness: real `raftmq-broker` processes on loopback ephemeral ports, each
+//! with its own data directory, stopped (SIGKILL) when the harness is dropped.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One broker process.
+pub struct BrokerProcess {
+    pub id: u64,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+}
+
+/// A cluster of broker processes sharing one temporary directory.
+pub struct Cluster {
+    pub nodes: Vec<BrokerProcess>,
+    peers: String,
+    extra_args: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr")
+}
+
+impl Cluster {
+    /// Starts `n` brokers and waits until each accepts connections.
+    pub fn start(n: usize) -> Cluster {
+        Self::start_with(n, &[])
+    }
+
+    /// Same, with extra command-line flags for every broker.
+    pub fn start_with(n: usize, extra_args: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let addrs: Vec<SocketAddr> = (0..n).map(|_| free_port()).collect();
+        let peers = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={}", i + 1, a))
+            .collect::<Vec<_>>()
+            .join(",");
+        let nodes = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, &addr)| BrokerProcess {
+                id: i as u64 + 1,
+                addr,
+                data_dir: dir.path().join(format!("node{}", i + 1)),
+                child: None,
+            })
+            .collect();
+        let mut cluster = Cluster {
+            nodes,
+            peers,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            _dir: dir,
+        };
+        for id in 1..=n as u64 {
+            cluster.spawn(id);
+        }
+        for id in 1..=n as u64 {
+            cluster.wait_listening(id);
+        }
+        cluster
+    }
+
+    /// Client bootstrap addresses.
+    pub fn addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.addr.to_string()).collect()
+    }
+
+    fn node(&mut self, id: u64) -> &mut BrokerProcess {
+        &mut self.nodes[(id - 1) as usize]
+    }
+
+    /// Starts (or restarts) node `id`.
+    pub fn spawn(&mut self, id: u64) {
+        let peers = self.peers.clone();
+        let extra = self.extra_args.clone();
+        let node = self.node(id);
+        assert!(node.child.is_none(), "node {id} is already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.data_dir.with_extension("log"))
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_raftmq-broker"))
+            .arg("--node-id")
+            .arg(id.to_string())
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .arg("--listen")
+            .arg(node.addr.to_string())
+            .arg("--peers")
+            .arg(&peers)
+            .arg("--segment-bytes")
+            .arg((64u64 << 20).to_string())
+            .args(&extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start raftmq-broker");
+        node.child = Some(child);
+    }
+
+    /// Waits until node `id` accepts TCP connections (at most 10 s).
+    pub fn wait_listening(&mut self, id: u64) {
+        let addr = self.node(id).addr;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+            if let Some(child) = self.node(id).child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("node {id} exited early: {status}; see {}", self.log_path(id));
+                }
+            }
+            assert!(Instant::now() < deadline, "node {id} did not start listening");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Where node `id` writes its log lines.
+    pub fn log_path(&self, id: u64) -> String {
+        self.nodes[(id - 1) as usize]
+            .data_dir
+            .with_extension("log")
+            .display()
+            .to_string()
+    }
+
+    /// SIGKILL: a crash, nothing flushed.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.node(id).child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait (at most 10 s, then SIGKILL). Returns whether it exited 0.
+    pub fn terminate(&mut self, id: u64) -> bool {
+        let Some(mut child) = self.node(id).child.take() else {
+            return false;
+        };
+        // SAFETY: sending a signal to a child process we own; no memory is involved.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Restarts a stopped node and waits for it to listen.
+    pub fn restart(&mut self, id: u64) {
+        self.spawn(id);
+        self.wait_listening(id);
+    }
+
+    /// Ids of the nodes that are running.
+    pub fn running(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.id)
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}

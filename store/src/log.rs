@@ -355,6 +355,9 @@ impl CommitLog {
                     }
                     self.segments.sort_by_key(|s| s.base);
                 }
+                if restart {
+                    self.synced = self.synced.min(first.index.prev());
+                }
                 self.check_invariants();
                 Ok(())
             }
@@ -695,7 +698,8 @@ impl CommitLog {
             assert!(!pair[0].slots.is_empty() || pair[0].base == pair[1].base);
         }
         assert!(
-            self.synced <= self.last_index() || self.synced == LogIndex::ZERO || self.is_empty()
+            self.synced <= self.last_index(),
+            "never synced past the end"
         );
         if let Some(seg) = self.segments.last() {
             assert!(seg.write_pos() <= seg.capacity());

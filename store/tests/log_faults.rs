@@ -20,7 +20,10 @@ fn given_full_disk_when_appending_should_fail_and_keep_log() {
         assert_eq!(log.last_index(), LogIndex(5));
         assert_eq!(log.synced_index(), LogIndex(5));
         assert_eq!(log.segment_count(), segments);
-        assert!(matches!(log.entry(LogIndex(6)), Err(StoreError::OutOfRange { .. })));
+        assert!(matches!(
+            log.entry(LogIndex(6)),
+            Err(StoreError::OutOfRange { .. })
+        ));
         assert_eq!(all(&log), entries(1, 5, 1, 100));
     }
     log.inject_fault(None);
@@ -59,7 +62,10 @@ fn given_a_failed_fsync_the_log_is_poisoned_until_reopened() {
     log.inject_fault(Some(Fault::SyncFails));
     assert!(matches!(log.sync(), Err(StoreError::Io { .. })));
     assert_eq!(log.synced_index(), LogIndex(5));
-    assert!(matches!(log.append(&entries(7, 7, 1, 10)), Err(StoreError::Poisoned)));
+    assert!(matches!(
+        log.append(&entries(7, 7, 1, 10)),
+        Err(StoreError::Poisoned)
+    ));
     assert!(matches!(log.sync(), Err(StoreError::Poisoned)));
     assert!(log.begin_sync().is_none());
     assert_eq!(log.entry(LogIndex(5)).unwrap(), entries(5, 5, 1, 10)[0]);
@@ -78,5 +84,8 @@ fn given_a_failed_sync_job_the_log_is_poisoned() {
     assert!(job.run().is_err());
     log.abort_sync();
     assert_eq!(log.synced_index(), LogIndex::ZERO);
-    assert!(matches!(log.append(&entries(6, 6, 1, 10)), Err(StoreError::Poisoned)));
+    assert!(matches!(
+        log.append(&entries(6, 6, 1, 10)),
+        Err(StoreError::Poisoned)
+    ));
 }

@@ -1,0 +1,436 @@
+//! Frames: every message type round-trips through the codec; oversize and truncated
+//! frames are refused without buffering their bodies.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::{SinkExt, StreamExt};
+use raftmq_proto::frame::{self, DEFAULT_MAX_FRAME_BYTES};
+use raftmq_proto::pb::{self, request::Body as Req, response::Body as Resp};
+use raftmq_proto::{ApiKey, ServerError};
+use tokio::io::AsyncWriteExt;
+use tokio_util::codec::{Decoder, Encoder, FramedRead, FramedWrite};
+
+fn tq(topic: &str, queue: u32) -> pb::TopicQueue {
+    pb::TopicQueue {
+        topic: topic.into(),
+        queue,
+    }
+}
+
+fn qo(topic: &str, queue: u32, offset: u64) -> pb::QueueOffset {
+    pb::QueueOffset {
+        topic: topic.into(),
+        queue,
+        offset,
+    }
+}
+
+/// One request of every API, with every field set to something other than its default.
+fn every_request() -> Vec<Req> {
+    vec![
+        Req::CreateTopic(pb::CreateTopicRequest {
+            name: "orders".into(),
+            queues: 8,
+        }),
+        Req::DeleteTopic(pb::DeleteTopicRequest {
+            name: "orders".into(),
+        }),
+        Req::Metadata(pb::MetadataRequest {
+            topics: vec!["a".into(), "b".into()],
+        }),
+        Req::Produce(pb::ProduceRequest {
+            topic: "orders".into(),
+            queue: 3,
+            acks: pb::Acks::Leader as i32,
+            batch: Bytes::from_static(b"batch bytes"),
+        }),
+        Req::Fetch(pb::FetchRequest {
+            topic: "orders".into(),
+            queue: 3,
+            offset: 42,
+            max_bytes: 1 << 20,
+            max_wait_ms: 500,
+            min_bytes: 1,
+            group: "g".into(),
+            member_id: "m-1".into(),
+            generation: 7,
+        }),
+        Req::ListOffsets(pb::ListOffsetsRequest {
+            topic: "orders".into(),
+            queue: 1,
+            spec: pb::OffsetSpec::Timestamp as i32,
+            timestamp_ms: 1_700_000_000_000,
+        }),
+        Req::ClusterStatus(pb::ClusterStatusRequest {}),
+        Req::TransferLeader(pb::TransferLeaderRequest { to_node_id: 2 }),
+        Req::InitProducer(pb::InitProducerRequest {}),
+        Req::JoinGroup(pb::JoinGroupRequest {
+            group: "g".into(),
+            member_id: "m".into(),
+            topics: vec!["orders".into()],
+            session_timeout_ms: 10_000,
+            strategy: pb::AssignmentStrategy::RoundRobin as i32,
+            client_id: "c".into(),
+        }),
+        Req::Heartbeat(pb::HeartbeatRequest {
+            group: "g".into(),
+            member_id: "m".into(),
+            generation: 3,
+        }),
+        Req::LeaveGroup(pb::LeaveGroupRequest {
+            group: "g".into(),
+            member_id: "m".into(),
+        }),
+        Req::OffsetCommit(pb::OffsetCommitRequest {
+            group: "g".into(),
+            member_id: "m".into(),
+            generation: 3,
+            offsets: vec![qo("orders", 0, 10), qo("orders", 1, 11)],
+        }),
+        Req::OffsetFetch(pb::OffsetFetchRequest {
+            group: "g".into(),
+            queues: vec![tq("orders", 0)],
+        }),
+        Req::ListGroups(pb::ListGroupsRequest {}),
+        Req::DescribeGroup(pb::DescribeGroupRequest { group: "g".into() }),
+        Req::OffsetReset(pb::OffsetResetRequest {
+            group: "g".into(),
+            topic: "orders".into(),
+            spec: pb::OffsetSpec::Latest as i32,
+            timestamp_ms: 5,
+            to_offset: true,
+            offset: 99,
+        }),
+        Req::Raft(pb::RaftMessage {
+            from: 1,
+            to: 2,
+            term: 9,
+            cluster_id: 77,
+            body: Some(pb::raft_message::Body::Append(pb::AppendRequest {
+                prev_log_index: 10,
+                prev_log_term: 8,
+                entries: vec![pb::RaftEntry {
+                    index: 11,
+                    term: 9,
+                    kind: 1,
+                    body: Bytes::from_static(b"entry"),
+                }],
+                commit_index: 10,
+                heartbeat: false,
+            })),
+        }),
+    ]
+}
+
+/// One response of every API (Raft has none), with fields set.
+fn every_response() -> Vec<Resp> {
+    let node = |id: u64| pb::NodeInfo {
+        node_id: id,
+        address: format!("127.0.0.1:70{id:02}"),
+    };
+    vec![
+        Resp::CreateTopic(pb::CreateTopicResponse {}),
+        Resp::DeleteTopic(pb::DeleteTopicResponse {}),
+        Resp::Metadata(pb::MetadataResponse {
+            nodes: vec![node(1), node(2), node(3)],
+            leader_id: 2,
+            topics: vec![pb::TopicInfo {
+                name: "orders".into(),
+                queues: 4,
+            }],
+            cluster_id: 77,
+        }),
+        Resp::Produce(pb::ProduceResponse {
+            base_offset: 1000,
+            count: 10,
+        }),
+        Resp::Fetch(pb::FetchResponse {
+            batches: vec![
+                pb::FetchedBatch {
+                    base_offset: 5,
+                    batch: Bytes::from_static(b"one"),
+                },
+                pb::FetchedBatch {
+                    base_offset: 9,
+                    batch: Bytes::from_static(b"two"),
+                },
+            ],
+            high_watermark: 12,
+            log_start: 0,
+        }),
+        Resp::ListOffsets(pb::ListOffsetsResponse { offset: 17 }),
+        Resp::ClusterStatus(pb::ClusterStatusResponse {
+            node_id: 1,
+            role: "leader".into(),
+            term: 4,
+            leader_id: 1,
+            first_index: 1,
+            last_index: 100,
+            synced_index: 100,
+            commit_index: 99,
+            applied_index: 98,
+            peers: vec![pb::PeerProgress {
+                node_id: 2,
+                match_index: 97,
+                next_index: 98,
+                lag: 3,
+                active: true,
+            }],
+            nodes: vec![node(1), node(2)],
+        }),
+        Resp::TransferLeader(pb::TransferLeaderResponse {}),
+        Resp::InitProducer(pb::InitProducerResponse {
+            producer_id: 12,
+            producer_epoch: 1,
+        }),
+        Resp::JoinGroup(pb::JoinGroupResponse {
+            member_id: "m".into(),
+            generation: 2,
+            assignment: vec![tq("orders", 0), tq("orders", 2)],
+            heartbeat_interval_ms: 3000,
+        }),
+        Resp::Heartbeat(pb::HeartbeatResponse {
+            generation: 3,
+            assignment: vec![tq("orders", 1)],
+        }),
+        Resp::LeaveGroup(pb::LeaveGroupResponse {}),
+        Resp::OffsetCommit(pb::OffsetCommitResponse {}),
+        Resp::OffsetFetch(pb::OffsetFetchResponse {
+            offsets: vec![qo("orders", 0, 3)],
+        }),
+        Resp::ListGroups(pb::ListGroupsResponse {
+            groups: vec!["g".into(), "h".into()],
+        }),
+        Resp::DescribeGroup(pb::DescribeGroupResponse {
+            group: "g".into(),
+            generation: 2,
+            members: vec![pb::GroupMember {
+                member_id: "m".into(),
+                client_id: "c".into(),
+                assignment: vec![tq("orders", 0)],
+            }],
+            queues: vec![pb::GroupQueueLag {
+                topic: "orders".into(),
+                queue: 0,
+                has_committed: true,
+                committed: 3,
+                log_end: 10,
+                lag: 7,
+            }],
+        }),
+        Resp::OffsetReset(pb::OffsetResetResponse {
+            offsets: vec![qo("orders", 0, 0)],
+        }),
+    ]
+}
+
+#[test]
+fn every_request_type_round_trips_through_the_codec() {
+    let requests = every_request();
+    assert_eq!(requests.len(), ApiKey::ALL.len(), "one request per API key");
+    let mut codec = frame::codec(DEFAULT_MAX_FRAME_BYTES);
+    let mut wire = BytesMut::new();
+    let sent: Vec<pb::Request> = requests
+        .into_iter()
+        .enumerate()
+        .map(|(i, body)| pb::Request::new(i as u64 + 1, body))
+        .collect();
+    for request in &sent {
+        codec
+            .encode(frame::encode_request(request), &mut wire)
+            .expect("encode");
+    }
+    for (request, key) in sent.iter().zip(ApiKey::ALL) {
+        let body = codec.decode(&mut wire).expect("decode").expect("a frame");
+        let decoded = frame::decode_request(body.freeze()).expect("valid request");
+        assert_eq!(&decoded, request);
+        assert_eq!(decoded.api_key(), Some(key));
+    }
+    assert!(wire.is_empty());
+    assert!(codec.decode(&mut wire).expect("no error").is_none());
+}
+
+#[test]
+fn every_response_type_round_trips_through_the_codec() {
+    let mut codec = frame::codec(DEFAULT_MAX_FRAME_BYTES);
+    let mut wire = BytesMut::new();
+    let mut sent: Vec<pb::Response> = every_response()
+        .into_iter()
+        .enumerate()
+        .map(|(i, body)| pb::Response::ok(i as u64 + 1, body))
+        .collect();
+    assert_eq!(
+        sent.len(),
+        ApiKey::ALL.len() - 1,
+        "every API but Raft answers"
+    );
+    sent.push(pb::Response::error(
+        99,
+        pb::Error::offset_out_of_range(3, 10),
+    ));
+    for response in &sent {
+        codec
+            .encode(frame::encode_response(response), &mut wire)
+            .expect("encode");
+    }
+    for response in &sent {
+        let body = codec.decode(&mut wire).expect("decode").expect("a frame");
+        let decoded = frame::decode_response(body.freeze()).expect("valid response");
+        assert_eq!(&decoded, response);
+    }
+    let last = sent.last().expect("error response").clone();
+    assert_eq!(
+        ServerError::from(last.error.expect("an error")),
+        ServerError::OffsetOutOfRange {
+            log_start: 3,
+            log_end: 10
+        }
+    );
+}
+
+#[test]
+fn decoded_batches_share_the_frame_buffer() {
+    let request = pb::Request::new(
+        1,
+        Req::Produce(pb::ProduceRequest {
+            topic: "t".into(),
+            queue: 0,
+            acks: 0,
+            batch: Bytes::from(vec![7u8; 4096]),
+        }),
+    );
+    let body = frame::encode_request(&request);
+    let range = body.as_ptr_range();
+    let decoded = frame::decode_request(body.clone()).expect("decode");
+    let Some(Req::Produce(p)) = decoded.body else {
+        panic!("a produce request")
+    };
+    assert!(range.contains(&p.batch.as_ptr()), "batch was copied");
+}
+
+#[test]
+fn unknown_api_decodes_with_no_body_and_keeps_its_correlation_id() {
+    // Field 1 = correlation id 5, then field 99 (no such API) as an empty message.
+    let body = Bytes::from_static(&[0x08, 0x05, 0x9a, 0x06, 0x00]);
+    let decoded = frame::decode_request(body).expect("decode");
+    assert_eq!(decoded.correlation_id, 5);
+    assert_eq!(decoded.api_key(), None);
+}
+
+#[test]
+fn garbage_bodies_are_errors_not_panics() {
+    for body in [
+        &[0xffu8; 12][..],
+        &[0x0a, 0x80][..],
+        &[0x12, 0x05, 0x01][..],
+    ] {
+        assert!(frame::decode_request(Bytes::copy_from_slice(body)).is_err());
+        assert!(frame::decode_response(Bytes::copy_from_slice(body)).is_err());
+    }
+}
+
+#[tokio::test]
+async fn frame_with_a_declared_length_over_the_limit_is_refused_before_its_body() {
+    let (mut client, server) = tokio::io::duplex(64);
+    let mut frames = FramedRead::new(server, frame::codec(DEFAULT_MAX_FRAME_BYTES));
+    // Declares 2 GiB and sends only the 4-byte length: the reader must fail at once
+    // rather than wait for (or allocate) the body.
+    client
+        .write_all(&(2u32 << 30).to_be_bytes())
+        .await
+        .expect("write");
+    let result = tokio::time::timeout(std::time::Duration::from_secs(5), frames.next())
+        .await
+        .expect("refused without waiting for the body")
+        .expect("an item");
+    let err = result.expect_err("oversize frame refused");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+    assert!(
+        frames.read_buffer().capacity() < 1 << 20,
+        "body was buffered"
+    );
+}
+
+#[test]
+fn frame_one_byte_over_a_small_limit_is_refused_and_at_the_limit_accepted() {
+    let mut codec = frame::codec(16);
+    let mut wire = BytesMut::new();
+    wire.put_u32(16);
+    wire.put_bytes(1, 16);
+    assert_eq!(
+        codec.decode(&mut wire).expect("ok").map(|b| b.len()),
+        Some(16)
+    );
+    let mut wire = BytesMut::new();
+    wire.put_u32(17);
+    assert!(codec.decode(&mut wire).is_err());
+    // The encoder refuses too.
+    assert!(codec
+        .encode(Bytes::from(vec![0u8; 17]), &mut BytesMut::new())
+        .is_err());
+}
+
+#[test]
+fn truncated_frames_wait_for_more_bytes_and_decode_once_complete() {
+    let request = pb::Request::new(
+        3,
+        Req::CreateTopic(pb::CreateTopicRequest {
+            name: "t".into(),
+            queues: 2,
+        }),
+    );
+    let mut full = BytesMut::new();
+    frame::codec(DEFAULT_MAX_FRAME_BYTES)
+        .encode(frame::encode_request(&request), &mut full)
+        .expect("encode");
+    for cut in 0..full.len() {
+        let mut codec = frame::codec(DEFAULT_MAX_FRAME_BYTES);
+        let mut wire = BytesMut::from(&full[..cut]);
+        assert!(
+            codec.decode(&mut wire).expect("no error").is_none(),
+            "cut {cut}"
+        );
+        wire.extend_from_slice(&full[cut..]);
+        let body = codec.decode(&mut wire).expect("ok").expect("complete");
+        assert_eq!(
+            frame::decode_request(body.freeze()).expect("valid"),
+            request
+        );
+    }
+}
+
+#[tokio::test]
+async fn stream_ending_inside_a_frame_is_an_error() {
+    let (mut client, server) = tokio::io::duplex(64);
+    let mut frames = FramedRead::new(server, frame::codec(DEFAULT_MAX_FRAME_BYTES));
+    client
+        .write_all(&[0, 0, 0, 10, 1, 2, 3])
+        .await
+        .expect("write");
+    drop(client);
+    let item = frames.next().await.expect("an item");
+    assert!(item.is_err(), "a truncated last frame is reported");
+}
+
+#[tokio::test]
+async fn framed_sink_and_stream_carry_pipelined_requests() {
+    let (client, server) = tokio::io::duplex(1 << 16);
+    let mut sink = FramedWrite::new(client, frame::codec(DEFAULT_MAX_FRAME_BYTES));
+    let mut stream = FramedRead::new(server, frame::codec(DEFAULT_MAX_FRAME_BYTES));
+    let requests: Vec<_> = every_request()
+        .into_iter()
+        .enumerate()
+        .map(|(i, b)| pb::Request::new(i as u64, b))
+        .collect();
+    let sent = requests.clone();
+    let writer = tokio::spawn(async move {
+        for r in &sent {
+            sink.feed(frame::encode_request(r)).await.expect("feed");
+        }
+        SinkExt::<Bytes>::flush(&mut sink).await.expect("flush");
+    });
+    for r in &requests {
+        let body = stream.next().await.expect("frame").expect("ok");
+        assert_eq!(&frame::decode_request(body.freeze()).expect("decode"), r);
+    }
+    writer.await.expect("writer");
+}

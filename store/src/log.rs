@@ -1,0 +1,714 @@
+//! [`CommitLog`]: the segmented, CRC-checked, replicated log's local storage.
+//!
+//! Appends are written (`pwrite`) into the active segment and become durable only
+//! through [`CommitLog::sync`] or the pipelined [`CommitLog::begin_sync`] /
+//! [`SyncJob::run`] / [`CommitLog::finish_sync`]. Only the synced index may be
+//! counted by Raft. Reads return zero-copy views of the segment mappings.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::durability;
+use crate::entry::{self, HEADER_BYTES};
+use crate::entry_index::{self, Slot};
+use crate::error::StoreError;
+use crate::recovery::{self, RecoveryReport};
+use crate::segment::{self, Segment};
+use crate::types::{Entry, LogIndex, Term};
+
+/// Bodies at least this large are written straight from the caller's buffer; smaller
+/// entries are coalesced into one write buffer (fewer system calls).
+const DIRECT_WRITE_BYTES: usize = 256 * 1024;
+/// The coalescing buffer is flushed when it reaches this size.
+const FLUSH_BYTES: usize = 1024 * 1024;
+/// Smallest accepted segment.
+const MIN_SEGMENT_BYTES: u64 = 4096;
+
+/// Settings of a [`CommitLog`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Size of each preallocated segment file. Default 1 GiB.
+    pub segment_bytes: u64,
+    /// Largest entry body accepted; header plus body must fit in a segment.
+    /// Default 64 MiB.
+    pub max_entry_bytes: u32,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 1 << 30,
+            max_entry_bytes: 64 << 20,
+        }
+    }
+}
+
+impl LogConfig {
+    /// Checks that the limits are consistent.
+    pub fn validate(&self) -> Result<(), StoreError> {
+        if self.segment_bytes < MIN_SEGMENT_BYTES {
+            return Err(StoreError::InvalidConfig(format!(
+                "segment_bytes {} is below the minimum of {MIN_SEGMENT_BYTES}",
+                self.segment_bytes
+            )));
+        }
+        if entry::encoded_len(self.max_entry_bytes as usize) > self.segment_bytes {
+            return Err(StoreError::InvalidConfig(format!(
+                "max_entry_bytes {} plus a {HEADER_BYTES}-byte header does not fit in a \
+                 {}-byte segment",
+                self.max_entry_bytes, self.segment_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A fault to inject, for tests of error paths (not part of the supported API).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Segment writes succeed for this many more bytes, then fail with `ENOSPC`
+    /// (after writing the part that still fits, like a real full disk).
+    DiskFullAfter {
+        /// Bytes that may still be written.
+        bytes: u64,
+    },
+    /// Creating (preallocating) a new segment fails with `ENOSPC`.
+    DiskFullOnNewSegment,
+    /// The next sync fails with `EIO`.
+    SyncFails,
+}
+
+/// What a pipelined sync must flush; see [`CommitLog::begin_sync`].
+#[derive(Debug)]
+#[must_use = "a SyncJob does nothing until run"]
+pub struct SyncJob {
+    id: u64,
+    upto: LogIndex,
+    files: Vec<(Arc<File>, PathBuf)>,
+    fail: bool,
+}
+
+/// The outcome of a [`SyncJob`], handed back to [`CommitLog::finish_sync`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncDone {
+    id: u64,
+    upto: LogIndex,
+}
+
+impl SyncDone {
+    /// The index the job made durable (before any truncation that happened meanwhile).
+    pub fn upto(&self) -> LogIndex {
+        self.upto
+    }
+}
+
+impl SyncJob {
+    /// The last index this job makes durable.
+    pub fn upto(&self) -> LogIndex {
+        self.upto
+    }
+
+    /// `fdatasync`s every segment holding entries appended since the last sync. Runs
+    /// on any thread; the log keeps accepting appends meanwhile. On error hand the
+    /// failure to [`CommitLog::abort_sync`].
+    pub fn run(self) -> Result<SyncDone, StoreError> {
+        if self.fail {
+            return Err(StoreError::io(
+                "fdatasync",
+                self.files.first().map(|f| f.1.clone()).unwrap_or_default(),
+                std::io::Error::from_raw_os_error(libc::EIO),
+            ));
+        }
+        for (file, path) in &self.files {
+            durability::sync_data(file, path)?;
+        }
+        Ok(SyncDone {
+            id: self.id,
+            upto: self.upto,
+        })
+    }
+}
+
+/// The sync job currently running elsewhere.
+#[derive(Debug)]
+struct InFlight {
+    id: u64,
+    /// Highest index the job may mark synced: lowered by truncations meanwhile.
+    cap: LogIndex,
+}
+
+/// The commit log. See the crate documentation for the on-disk layout and guarantees.
+#[derive(Debug)]
+pub struct CommitLog {
+    dir: PathBuf,
+    config: LogConfig,
+    /// Sorted by base; contiguous; empty only for a log never written.
+    segments: Vec<Segment>,
+    synced: LogIndex,
+    in_flight: Option<InFlight>,
+    next_job_id: u64,
+    poisoned: bool,
+    scratch: Vec<u8>,
+    fault: Option<Fault>,
+}
+
+impl CommitLog {
+    /// Opens (or creates) the log in `dir`, recovering it (see [`RecoveryReport`]).
+    /// Everything recovered is durable when this returns.
+    pub fn open(dir: &Path, config: LogConfig) -> Result<(CommitLog, RecoveryReport), StoreError> {
+        config.validate()?;
+        let (segments, report) = recovery::recover(dir, &config)?;
+        let mut log = CommitLog {
+            dir: dir.to_path_buf(),
+            config,
+            segments,
+            synced: LogIndex::ZERO,
+            in_flight: None,
+            next_job_id: 1,
+            poisoned: false,
+            scratch: Vec::new(),
+            fault: None,
+        };
+        log.synced = log.last_index();
+        log.check_invariants();
+        tracing::info!(dir = %dir.display(), "{report}");
+        Ok((log, report))
+    }
+
+    /// The configuration the log was opened with.
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// The first stored entry's index (`last_index() + 1` when empty; 1 for a new log).
+    pub fn first_index(&self) -> LogIndex {
+        self.segments.first().map_or(LogIndex(1), |s| s.base)
+    }
+
+    /// The last written entry's index (`LogIndex::ZERO` for a new log).
+    pub fn last_index(&self) -> LogIndex {
+        self.segments
+            .last()
+            .map_or(LogIndex::ZERO, Segment::last_index)
+    }
+
+    /// The last durable entry's index: what Raft may count.
+    pub fn synced_index(&self) -> LogIndex {
+        self.synced
+    }
+
+    /// The last entry's term (`Term(0)` when empty).
+    pub fn last_term(&self) -> Term {
+        self.segments
+            .iter()
+            .rev()
+            .find_map(Segment::last_term)
+            .unwrap_or(Term(0))
+    }
+
+    /// The term of entry `index`; `Some(Term(0))` for index 0 of a log starting at 1;
+    /// `None` when not stored.
+    pub fn term_at(&self, index: LogIndex) -> Option<Term> {
+        if index == LogIndex::ZERO && self.first_index() == LogIndex(1) {
+            return Some(Term(0));
+        }
+        self.segment_of(index)?.slot(index).map(|s| s.term)
+    }
+
+    /// True if the log holds no entries.
+    pub fn is_empty(&self) -> bool {
+        self.last_index() < self.first_index()
+    }
+
+    /// Bytes of segment files on disk (preallocated size).
+    pub fn disk_bytes(&self) -> u64 {
+        self.segments.iter().map(Segment::capacity).sum()
+    }
+
+    /// Number of segment files.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    fn segment_of(&self, index: LogIndex) -> Option<&Segment> {
+        let k = self.segments.partition_point(|s| s.base <= index);
+        let seg = self.segments.get(k.checked_sub(1)?)?;
+        (index <= seg.last_index()).then_some(seg)
+    }
+
+    fn out_of_range(&self, index: LogIndex) -> StoreError {
+        StoreError::OutOfRange {
+            index,
+            first: self.first_index(),
+            last: self.last_index(),
+        }
+    }
+
+    /// Entry `index`, fully validated (CRC included); the body is a zero-copy view.
+    pub fn entry(&self, index: LogIndex) -> Result<Entry, StoreError> {
+        let seg = self
+            .segment_of(index)
+            .ok_or_else(|| self.out_of_range(index))?;
+        seg.read(index, self.config.max_entry_bytes)
+    }
+
+    /// Entries from `from` on: at most `max_entries`, stopping before the bodies would
+    /// exceed `max_bytes`, but always at least one entry if `from <= last_index()`.
+    /// `from == last_index() + 1` gives an empty vector.
+    pub fn entries(
+        &self,
+        from: LogIndex,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let last = self.last_index();
+        if from < self.first_index() || from > last.next() {
+            return Err(self.out_of_range(from));
+        }
+        let wanted = max_entries.max(1).min((last.0 + 1 - from.0) as usize);
+        let mut out = Vec::with_capacity(wanted.min(1024));
+        let mut bytes = 0usize;
+        let mut index = from;
+        let mut k = self
+            .segments
+            .partition_point(|s| s.base <= from)
+            .saturating_sub(1);
+        while out.len() < wanted {
+            let mut seg = &self.segments[k];
+            if index > seg.last_index() {
+                k += 1;
+                seg = &self.segments[k];
+            }
+            let slot = seg.slot(index).ok_or_else(|| self.out_of_range(index))?;
+            let len = slot.body_len as usize;
+            if !out.is_empty() && bytes + len > max_bytes {
+                break;
+            }
+            out.push(seg.read(index, self.config.max_entry_bytes)?);
+            bytes += len;
+            index = index.next();
+        }
+        Ok(out)
+    }
+
+    /// Appends `entries`, whose indexes must continue the log (the first one is
+    /// `last_index() + 1`; an empty log accepts any first index >= 1) and whose terms
+    /// must not decrease. Written, not yet durable. On error (full disk, I/O) the log is exactly
+    /// as before the call.
+    pub fn append(&mut self, entries: &[Entry]) -> Result<(), StoreError> {
+        if self.poisoned {
+            return Err(StoreError::Poisoned);
+        }
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        self.validate_append(entries)?;
+
+        // Where the batch starts: the active segment, unless the log is empty and
+        // restarts at another index (then a fresh segment replaces the empty one).
+        let empty = self.is_empty();
+        let restart = empty && self.segments.last().is_none_or(|s| s.base != first.index);
+        let old_count = self.segments.len();
+        let old_slots = self.segments.last().map_or(0, |s| s.slots.len());
+        let old_end = self.segments.last().map_or(0, Segment::write_pos);
+
+        // Plan: create every segment the batch will need before writing a byte, so a
+        // full disk fails the call before anything changes.
+        let mut created = 0usize;
+        let result = (|| {
+            let mut pos = if restart { None } else { Some(old_end) };
+            let mut capacity = self.segments.last().map_or(0, Segment::capacity);
+            for e in entries {
+                let fits = pos.is_some_and(|p| p + entry::encoded_len(e.body.len()) <= capacity);
+                if !fits {
+                    if self.fault == Some(Fault::DiskFullOnNewSegment) {
+                        return Err(StoreError::DiskFull {
+                            op: "posix_fallocate",
+                            path: self.dir.join(segment::file_name(e.index)),
+                        });
+                    }
+                    let seg = Segment::create(&self.dir, e.index, self.config.segment_bytes)?;
+                    capacity = seg.capacity();
+                    self.segments.push(seg);
+                    created += 1;
+                    pos = Some(0);
+                }
+                pos = pos.map(|p| p + entry::encoded_len(e.body.len()));
+            }
+            let start = if restart { old_count } else { old_count - 1 };
+            self.write_batch(start, entries)
+        })();
+
+        match result {
+            Ok(()) => {
+                if restart && old_count > 0 {
+                    // The replaced empty segment sorts anywhere: find and drop it.
+                    let k = self
+                        .segments
+                        .iter()
+                        .position(|s| s.slots.is_empty() && s.base != first.index);
+                    if let Some(k) = k {
+                        let old = self.segments.remove(k);
+                        self.remove_segment_files(old.base)?;
+                    }
+                    self.segments.sort_by_key(|s| s.base);
+                }
+                if restart {
+                    self.synced = self.synced.min(first.index.prev());
+                }
+                self.check_invariants();
+                Ok(())
+            }
+            Err(err) => {
+                // Undo: drop slots and new segments, scrub bytes written past the old
+                // end (never synced, never acknowledged).
+                let new_segments: Vec<Segment> = self.segments.drain(old_count..).collect();
+                if let Some(seg) = self.segments.last_mut() {
+                    let written = seg.write_pos();
+                    seg.slots.truncate(old_slots);
+                    if let Err(e) = seg.scrub(old_end, written) {
+                        tracing::warn!(error = %e, "could not scrub a failed append");
+                    }
+                }
+                for seg in new_segments.iter().take(created) {
+                    if let Err(e) = self.remove_segment_files(seg.base) {
+                        tracing::warn!(error = %e, "could not remove a segment of a failed append");
+                    }
+                }
+                self.check_invariants();
+                Err(err)
+            }
+        }
+    }
+
+    fn validate_append(&self, entries: &[Entry]) -> Result<(), StoreError> {
+        let empty = self.is_empty();
+        let mut expected = if empty {
+            LogIndex(entries[0].index.0.max(1))
+        } else {
+            self.last_index().next()
+        };
+        let mut term = if empty { Term(0) } else { self.last_term() };
+        for e in entries {
+            if e.index != expected {
+                return Err(StoreError::NonContiguous {
+                    expected,
+                    got: e.index,
+                });
+            }
+            if e.term < term {
+                return Err(StoreError::TermRegression {
+                    index: e.index,
+                    term: e.term.0,
+                    previous: term.0,
+                });
+            }
+            if e.body.len() > self.config.max_entry_bytes as usize {
+                return Err(StoreError::EntryTooLarge {
+                    len: e.body.len(),
+                    max: self.config.max_entry_bytes,
+                });
+            }
+            expected = expected.next();
+            term = e.term;
+        }
+        Ok(())
+    }
+
+    /// Writes `entries` starting at the end of `segments[start]`, rolling into the
+    /// segments the plan created, pushing a slot per entry.
+    fn write_batch(&mut self, start: usize, entries: &[Entry]) -> Result<(), StoreError> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        let mut k = start;
+        let mut pos = self.segments[k].write_pos();
+        let mut pending_at = pos;
+        let result = (|| {
+            for e in entries {
+                let len = e.body.len();
+                if !self.segments[k].fits(pos, len) {
+                    self.flush(k, pending_at, &mut scratch)?;
+                    k += 1;
+                    assert!(self.segments[k].slots.is_empty() && self.segments[k].base == e.index);
+                    pos = 0;
+                    pending_at = 0;
+                }
+                let header = entry::encode_header(e);
+                scratch.extend_from_slice(&header);
+                if len >= DIRECT_WRITE_BYTES {
+                    self.flush(k, pending_at, &mut scratch)?;
+                    self.write(k, pos + HEADER_BYTES as u64, &e.body)?;
+                    pending_at = pos + entry::encoded_len(len);
+                } else {
+                    scratch.extend_from_slice(&e.body);
+                    if scratch.len() >= FLUSH_BYTES {
+                        self.flush(k, pending_at, &mut scratch)?;
+                        pending_at = pos + entry::encoded_len(len);
+                    }
+                }
+                self.segments[k].slots.push(Slot {
+                    position: pos,
+                    body_len: len as u32,
+                    term: e.term,
+                });
+                pos += entry::encoded_len(len);
+            }
+            self.flush(k, pending_at, &mut scratch)
+        })();
+        scratch.clear();
+        if scratch.capacity() <= 2 * FLUSH_BYTES {
+            self.scratch = scratch;
+        }
+        result
+    }
+
+    fn flush(&mut self, k: usize, at: u64, scratch: &mut Vec<u8>) -> Result<(), StoreError> {
+        if scratch.is_empty() {
+            return Ok(());
+        }
+        self.write(k, at, scratch)?;
+        scratch.clear();
+        Ok(())
+    }
+
+    /// One `pwrite` into segment `k`, honouring an injected fault.
+    fn write(&mut self, k: usize, at: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        if let Some(Fault::DiskFullAfter { bytes: budget }) = self.fault {
+            if bytes.len() as u64 > budget {
+                self.segments[k].write_at(at, &bytes[..budget as usize])?;
+                self.fault = Some(Fault::DiskFullAfter { bytes: 0 });
+                return Err(StoreError::io(
+                    "pwrite",
+                    &self.segments[k].path,
+                    std::io::Error::from_raw_os_error(libc::ENOSPC),
+                ));
+            }
+            self.fault = Some(Fault::DiskFullAfter {
+                bytes: budget - bytes.len() as u64,
+            });
+        }
+        self.segments[k].write_at(at, bytes)
+    }
+
+    /// Segments holding entries past the synced index (the ones a sync must flush).
+    fn unsynced_segments(&self) -> impl Iterator<Item = &Segment> {
+        let synced = self.synced;
+        self.segments
+            .iter()
+            .rev()
+            .take_while(move |s| s.last_index() > synced || s.slots.is_empty())
+            .filter(move |s| s.last_index() > synced)
+    }
+
+    /// Group commit: makes everything appended so far durable and returns the new
+    /// synced index. A failure poisons the log (see [`StoreError::Poisoned`]).
+    pub fn sync(&mut self) -> Result<LogIndex, StoreError> {
+        if self.poisoned {
+            return Err(StoreError::Poisoned);
+        }
+        let last = self.last_index();
+        if self.synced >= last {
+            return Ok(self.synced);
+        }
+        if self.fault == Some(Fault::SyncFails) {
+            self.poisoned = true;
+            return Err(StoreError::io(
+                "fdatasync",
+                &self.dir,
+                std::io::Error::from_raw_os_error(libc::EIO),
+            ));
+        }
+        let result: Result<(), StoreError> = self.unsynced_segments().try_for_each(Segment::sync);
+        if let Err(e) = result {
+            self.poisoned = true;
+            return Err(e);
+        }
+        self.mark_synced(last);
+        Ok(self.synced)
+    }
+
+    /// Starts a pipelined group commit: captures the files to flush and the index they
+    /// cover. `None` if nothing is unsynced, a job is already running, or the log is
+    /// poisoned. Run the job anywhere, then call [`CommitLog::finish_sync`] (or
+    /// [`CommitLog::abort_sync`] if it failed).
+    pub fn begin_sync(&mut self) -> Option<SyncJob> {
+        let last = self.last_index();
+        if self.poisoned || self.in_flight.is_some() || self.synced >= last {
+            return None;
+        }
+        let files = self
+            .unsynced_segments()
+            .map(|s| (Arc::clone(s.file()), s.path.clone()))
+            .collect();
+        let id = self.next_job_id;
+        self.next_job_id += 1;
+        self.in_flight = Some(InFlight { id, cap: last });
+        Some(SyncJob {
+            id,
+            upto: last,
+            files,
+            fail: self.fault == Some(Fault::SyncFails),
+        })
+    }
+
+    /// Records a finished [`SyncJob`]. Entries truncated while it ran are never
+    /// reported as synced (the synced index is capped at the lowest truncation point).
+    pub fn finish_sync(&mut self, done: SyncDone) {
+        let Some(job) = self.in_flight.take() else {
+            panic!("finish_sync without a sync in flight");
+        };
+        assert_eq!(job.id, done.id, "finish_sync for another job");
+        if self.poisoned {
+            return;
+        }
+        self.mark_synced(done.upto.min(job.cap));
+    }
+
+    /// Records that a [`SyncJob`] failed: the log is poisoned (no more appends or
+    /// syncs; reopen it to recover from what is on disk).
+    pub fn abort_sync(&mut self) {
+        self.in_flight = None;
+        self.poisoned = true;
+    }
+
+    fn mark_synced(&mut self, upto: LogIndex) {
+        let upto = upto.min(self.last_index());
+        if upto > self.synced {
+            self.synced = upto;
+        }
+        // Sealed segments that are now fully synced get their index checkpoint.
+        let count = self.segments.len();
+        for k in 0..count.saturating_sub(1) {
+            let seg = &self.segments[k];
+            if seg.persisted_slots < seg.slots.len() && seg.last_index() <= self.synced {
+                if let Err(e) = self.segments[k].write_index(&self.dir) {
+                    // Not fatal: the index is rebuilt from the segment on open.
+                    tracing::warn!(error = %e, "could not write an index checkpoint");
+                }
+            }
+        }
+    }
+
+    /// Syncs and writes index checkpoints for every segment (the active one included),
+    /// so the next open scans nothing. Call before a clean shutdown.
+    pub fn checkpoint(&mut self) -> Result<(), StoreError> {
+        self.sync()?;
+        for seg in &mut self.segments {
+            if seg.persisted_slots != seg.slots.len() {
+                seg.write_index(&self.dir)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checkpoints and closes the log.
+    pub fn close(mut self) -> Result<(), StoreError> {
+        self.checkpoint()
+    }
+
+    /// Durably removes `from..=last_index()` (entries and index slots). Truncated
+    /// entries never come back after a crash. Views of truncated entries handed out
+    /// earlier read zeros afterwards. `from > last_index()` is a no-op; `from` below
+    /// `first_index()` is [`StoreError::OutOfRange`]. A failure poisons the log.
+    pub fn truncate_suffix(&mut self, from: LogIndex) -> Result<(), StoreError> {
+        if self.poisoned {
+            return Err(StoreError::Poisoned);
+        }
+        if from > self.last_index() {
+            return Ok(());
+        }
+        if from < self.first_index() || from == LogIndex::ZERO {
+            return Err(self.out_of_range(from));
+        }
+        let result = self.truncate_inner(from);
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        let keep = from.prev();
+        self.synced = self.synced.min(keep);
+        if let Some(job) = &mut self.in_flight {
+            job.cap = job.cap.min(keep);
+        }
+        self.check_invariants();
+        result
+    }
+
+    fn truncate_inner(&mut self, from: LogIndex) -> Result<(), StoreError> {
+        // Whole segments first, last one first, each unlink made durable, so a crash
+        // in between leaves a prefix of the old log.
+        while self.segments.len() > 1 && self.segments.last().is_some_and(|s| s.base >= from) {
+            let base = self.segments[self.segments.len() - 1].base;
+            self.remove_segment_files(base)?;
+            self.segments.pop();
+        }
+        let dir = self.dir.clone();
+        let seg = self
+            .segments
+            .last_mut()
+            .ok_or_else(|| StoreError::InvalidConfig("no segment".into()))?;
+        let keep = (from.0.max(seg.base.0) - seg.base.0) as usize;
+        if keep < seg.slots.len() {
+            if seg.persisted_slots > keep {
+                seg.remove_index(&dir)?;
+            }
+            let cut = seg.slots[keep].position;
+            let end = seg.write_pos();
+            durability_zero(seg, cut, end)?;
+            seg.slots.truncate(keep);
+        }
+        Ok(())
+    }
+
+    /// Retention: deletes whole segments whose entries all lie below `index`, oldest
+    /// first, never the last segment. Returns how many were deleted. Views of their
+    /// entries stay readable (the mapping outlives the file).
+    pub fn delete_segments_before(&mut self, index: LogIndex) -> Result<usize, StoreError> {
+        let mut deleted = 0;
+        while self.segments.len() > 1 && self.segments[0].last_index() < index {
+            let base = self.segments[0].base;
+            self.remove_segment_files(base)?;
+            self.segments.remove(0);
+            deleted += 1;
+        }
+        self.check_invariants();
+        Ok(deleted)
+    }
+
+    fn remove_segment_files(&self, base: LogIndex) -> Result<(), StoreError> {
+        durability::remove_file(&self.dir, &segment::file_name(base))?;
+        durability::remove_file(&self.dir, &entry_index::file_name(base))
+    }
+
+    /// Injects a fault for tests of error paths; `None` clears it.
+    #[doc(hidden)]
+    pub fn inject_fault(&mut self, fault: Option<Fault>) {
+        self.fault = fault;
+    }
+
+    /// Structural invariants, checked after every change (kept in release builds).
+    fn check_invariants(&self) {
+        for pair in self.segments.windows(2) {
+            assert_eq!(
+                pair[0].next_index(),
+                pair[1].base,
+                "segments are contiguous"
+            );
+            assert!(!pair[0].slots.is_empty() || pair[0].base == pair[1].base);
+        }
+        assert!(
+            self.synced <= self.last_index(),
+            "never synced past the end"
+        );
+        if let Some(seg) = self.segments.last() {
+            assert!(seg.write_pos() <= seg.capacity());
+        }
+    }
+}
+
+/// Durably zeroes `from..to` of a segment (truncation).
+fn durability_zero(seg: &Segment, from: u64, to: u64) -> Result<(), StoreError> {
+    assert!(from <= to && to <= seg.capacity());
+    durability::zero_range(seg.file(), &seg.path, from, to - from)
+}

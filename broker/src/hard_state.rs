@@ -44,6 +44,9 @@ pub enum HardStateError {
     /// The file exists but neither slot is valid.
     #[error("hard state file {0} is corrupt in both slots")]
     Corrupt(String),
+    /// Syncing the file or its directory failed.
+    #[error(transparent)]
+    Sync(#[from] raftmq_store::StoreError),
     /// The data directory was written by another node.
     #[error("data dir belongs to node {found}, not node {expected}")]
     WrongNode {
@@ -58,6 +61,7 @@ pub enum HardStateError {
 #[derive(Debug)]
 pub struct HardStateFile {
     file: File,
+    path: std::path::PathBuf,
     sequence: u64,
     node_id: NodeId,
 }
@@ -140,6 +144,7 @@ impl HardStateFile {
         };
         let mut this = HardStateFile {
             file,
+            path,
             sequence,
             node_id,
         };
@@ -156,7 +161,7 @@ impl HardStateFile {
         let slot = encode(sequence, self.node_id, hs);
         let at = (sequence % 2) * SLOT_BYTES as u64;
         self.file.write_all_at(&slot, at)?;
-        durability::sync_file_data(&self.file)?;
+        durability::sync_data(&self.file, &self.path)?;
         self.sequence = sequence;
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! The commit log as the Raft core's log: `raftmq_store::CommitLog` implements
 //! [`RaftLog`]. The store knows nothing of Raft; this is the only place they meet.
 
-use raftmq_store::{CommitLog, Entry, LogIndex, Term};
+use raftmq_store::{CommitLog, Entry, LogIndex, StoreError, Term};
 
 use crate::raft::{LogError, RaftLog};
 
@@ -24,14 +24,21 @@ impl RaftLog for CommitLog {
         max_entries: usize,
         max_bytes: usize,
     ) -> Result<Vec<Entry>, LogError> {
-        CommitLog::entries(self, from, max_entries, max_bytes).map_err(LogError::from_display)
+        CommitLog::entries(self, from, max_entries, max_bytes).map_err(read_error)
     }
 
     fn append(&mut self, entries: &[Entry]) -> Result<(), LogError> {
-        CommitLog::append(self, entries).map_err(LogError::from_display)
+        CommitLog::append(self, entries).map_err(|e| LogError::Write(e.to_string()))
     }
 
     fn truncate_suffix(&mut self, from: LogIndex) -> Result<(), LogError> {
-        CommitLog::truncate_suffix(self, from).map_err(LogError::from_display)
+        CommitLog::truncate_suffix(self, from).map_err(|e| LogError::Write(e.to_string()))
+    }
+}
+
+fn read_error(e: StoreError) -> LogError {
+    match e {
+        StoreError::OutOfRange { index, .. } => LogError::Unavailable(index.0),
+        other => LogError::Read(other.to_string()),
     }
 }

@@ -29,7 +29,7 @@ use crate::config::{BrokerConfig, Durability};
 use crate::group::{Coordinator, GroupError, Strategy, TopicQueue};
 use crate::hard_state::HardStateFile;
 use crate::raft::{HardState, Message, ProposeError, RawNode, Role};
-use crate::response::{error, Responder};
+use crate::response::Responder;
 use crate::state_machine::{ApplyOutcome, QueueState, StateMachine};
 use crate::transport::PeerTransport;
 
@@ -205,6 +205,7 @@ impl Node {
 
     fn handle(&mut self, input: NodeInput) {
         match input {
+            NodeInput::Raft(_) if self.storage_failed => {}
             NodeInput::Raft(msg) => {
                 if let Err(e) = self.raft.step(msg) {
                     tracing::debug!(error = %e, "raft message refused");
@@ -238,13 +239,13 @@ impl Node {
             B::Fetch(req) => self.fetch(req, reply),
             B::CreateTopic(req) => {
                 if self.state.topic(&req.name).is_some() {
-                    return reply.error(error(
+                    return reply.error(pb::Error::new(
                         ErrorCode::TopicExists,
                         format!("topic {:?} exists", req.name),
                     ));
                 }
                 if req.queues == 0 || req.queues > 4096 {
-                    return reply.error(error(
+                    return reply.error(pb::Error::new(
                         ErrorCode::InvalidRequest,
                         "a topic has 1 to 4096 queues",
                     ));
@@ -281,7 +282,7 @@ impl Node {
                     Ok(()) => reply.ok(pb::response::Body::TransferLeader(
                         pb::TransferLeaderResponse {},
                     )),
-                    Err(e) => reply.error(error(ErrorCode::InvalidRequest, e.to_string())),
+                    Err(e) => reply.error(pb::Error::new(ErrorCode::InvalidRequest, e.to_string())),
                 }
             }
             B::OffsetCommit(req) => self.offset_commit(req, reply),
@@ -325,7 +326,7 @@ impl Node {
                     Ok(pb::AssignmentStrategy::RoundRobin) => Strategy::RoundRobin,
                     Ok(pb::AssignmentStrategy::Sticky) => Strategy::Sticky,
                     Err(_) => {
-                        return reply.error(error(ErrorCode::InvalidRequest, "unknown strategy"))
+                        return reply.error(pb::Error::new(ErrorCode::InvalidRequest, "unknown strategy"))
                     }
                 };
                 if let Some(missing) = req.topics.iter().find(|t| self.state.topic(t).is_none()) {
@@ -392,7 +393,7 @@ impl Node {
 
     fn propose(&mut self, kind: EntryKind, body: Bytes, pending: PendingKind, reply: Responder) {
         if self.storage_failed {
-            return reply.error(error(
+            return reply.error(pb::Error::new(
                 ErrorCode::StorageError,
                 "this broker cannot write its log",
             ));
@@ -412,15 +413,15 @@ impl Node {
                 );
             }
             Err(ProposeError::NotLeader { .. }) => reply.error(self.not_leader()),
-            Err(ProposeError::Busy) => reply.error(error(
+            Err(ProposeError::Busy) => reply.error(pb::Error::new(
                 ErrorCode::Busy,
                 "too many proposals in flight, retry shortly",
             )),
             Err(e @ ProposeError::Storage(_)) => {
                 tracing::error!(error = %e, "log append failed");
-                reply.error(error(ErrorCode::StorageError, e.to_string()))
+                reply.error(pb::Error::new(ErrorCode::StorageError, e.to_string()))
             }
-            Err(e) => reply.error(error(ErrorCode::Busy, e.to_string())),
+            Err(e) => reply.error(pb::Error::new(ErrorCode::Busy, e.to_string())),
         }
     }
 
@@ -481,7 +482,7 @@ impl Node {
             return reply.error(self.not_leader());
         }
         if self.groups.has_members(&req.group) {
-            return reply.error(error(
+            return reply.error(pb::Error::new(
                 ErrorCode::GroupNotEmpty,
                 format!("group {:?} has live members; stop them first", req.group),
             ));
@@ -499,7 +500,7 @@ impl Node {
                     Ok(pb::OffsetSpec::Latest) => state.next_offset,
                     Ok(pb::OffsetSpec::Timestamp) => state.offset_for_timestamp(req.timestamp_ms),
                     Err(_) => {
-                        return reply.error(error(ErrorCode::InvalidRequest, "unknown offset spec"))
+                        return reply.error(pb::Error::new(ErrorCode::InvalidRequest, "unknown offset spec"))
                     }
                 }
             };
@@ -527,7 +528,7 @@ impl Node {
         let (generation, members) = self.groups.describe(&req.group).unwrap_or_default();
         let committed = self.state.group_offsets(&req.group);
         if members.is_empty() && committed.is_none() {
-            return reply.error(error(
+            return reply.error(pb::Error::new(
                 ErrorCode::UnknownGroup,
                 format!("unknown group {:?}", req.group),
             ));
@@ -612,8 +613,8 @@ impl Node {
         let peers = status
             .progress
             .iter()
-            .map(|(id, p)| pb::PeerProgress {
-                node_id: id.0,
+            .map(|p| pb::PeerProgress {
+                node_id: p.id.0,
                 match_index: p.match_index.0,
                 next_index: p.next_index.0,
                 lag: last.0.saturating_sub(p.match_index.0),
@@ -622,13 +623,13 @@ impl Node {
             .collect();
         pb::ClusterStatusResponse {
             node_id: self.config.node_id.0,
-            role: status.role.to_string(),
+            role: role_name(status.role).to_string(),
             term: status.term.0,
             leader_id: status.leader.map_or(0, |l| l.0),
             first_index: log.first_index().0,
             last_index: last.0,
             synced_index: log.synced_index().0,
-            commit_index: status.commit.0,
+            commit_index: status.commit_index.0,
             applied_index: self.state.applied().0,
             peers,
             nodes: self.nodes(),
@@ -651,7 +652,7 @@ impl Node {
             Ok(pb::OffsetSpec::Earliest) => queue.start_offset,
             Ok(pb::OffsetSpec::Latest) => queue.next_offset,
             Ok(pb::OffsetSpec::Timestamp) => queue.offset_for_timestamp(req.timestamp_ms),
-            Err(_) => return reply.error(error(ErrorCode::InvalidRequest, "unknown offset spec")),
+            Err(_) => return reply.error(pb::Error::new(ErrorCode::InvalidRequest, "unknown offset spec")),
         };
         reply.ok(pb::response::Body::ListOffsets(pb::ListOffsetsResponse {
             offset,
@@ -721,10 +722,10 @@ impl Node {
             }
             let entry = self.raft.log().entry(slot.entry_index).map_err(|e| {
                 tracing::error!(index = slot.entry_index.0, error = %e, "committed entry unreadable");
-                error(ErrorCode::StorageError, e.to_string())
+                pb::Error::new(ErrorCode::StorageError, e.to_string())
             })?;
             let messages = command::decode_messages(&entry.body)
-                .map_err(|e| error(ErrorCode::StorageError, e.to_string()))?;
+                .map_err(|e| pb::Error::new(ErrorCode::StorageError, e.to_string()))?;
             bytes += messages.batch.len();
             batches.push(pb::FetchedBatch {
                 base_offset: slot.base_offset,
@@ -787,7 +788,7 @@ impl Node {
                 break;
             }
             let pending = entry.remove();
-            pending.reply.error(error(
+            pending.reply.error(pb::Error::new(
                 ErrorCode::Timeout,
                 "not committed in time; retry (idempotent producers are deduplicated)",
             ));
@@ -800,7 +801,7 @@ impl Node {
         }
         let ready = self.raft.ready();
         if let Some((role, term, leader)) = ready.role_change {
-            tracing::info!(role = %role, term = term.0, leader = ?leader.map(|l| l.0), "raft role changed");
+            tracing::info!(role = role_name(role), term = term.0, leader = ?leader.map(|l| l.0), "raft role changed");
             if role != Role::Leader {
                 // Members rejoin the new leader; their committed offsets are in the log.
                 self.groups.clear();
@@ -827,6 +828,9 @@ impl Node {
     }
 
     fn send(&mut self, msg: Message) {
+        if self.storage_failed {
+            return;
+        }
         if msg.to == self.config.node_id {
             if let Err(e) = self.raft.step(msg) {
                 tracing::debug!(error = %e, "self message refused");
@@ -894,12 +898,14 @@ impl Node {
             self.storage_failure();
             return;
         }
-        if let Some((index, term)) = done.unsynced {
-            let synced = self.raft.log().synced_index();
-            self.raft.persisted(index.min(synced), term);
-        }
         for msg in done.messages {
             self.send(msg);
+        }
+        if let Some((index, term)) = done.unsynced {
+            let synced = self.raft.log().synced_index();
+            // A truncation meanwhile lowers what the job covered; the core ignores an
+            // (index, term) pair that no longer matches its log.
+            self.raft.persisted(index.min(synced), term);
         }
         self.start_persist_job();
         self.process_ready();
@@ -925,11 +931,11 @@ impl Node {
                 self.last_hard_state = hs;
             }
         }
-        if let Some((index, term)) = queued.unsynced {
-            self.raft.persisted(index, term);
-        }
         for msg in queued.messages {
             self.send(msg);
+        }
+        if let Some((index, term)) = queued.unsynced {
+            self.raft.persisted(index, term);
         }
     }
 
@@ -940,14 +946,15 @@ impl Node {
         }
     }
 
-    /// The log cannot be written: stop leading and refuse writes. Acknowledged data is
-    /// on the other replicas; this node is restarted once the disk is fixed.
+    /// The log cannot be written: the node isolates itself (drops all Raft traffic, so a
+    /// leader loses its quorum and steps down through check-quorum, and the others
+    /// elect a new leader) and refuses writes. Acknowledged data is on the other
+    /// replicas; the node rejoins when restarted on a repaired disk.
     fn storage_failure(&mut self) {
         if !self.storage_failed {
             tracing::error!("storage failed: this node stops accepting writes");
         }
         self.storage_failed = true;
-        self.raft.step_down();
     }
 
     fn apply(&mut self, from: LogIndex, to: LogIndex) {
@@ -1017,13 +1024,13 @@ impl Node {
         use pb::response::Body as R;
         let reply = pending.reply;
         match (pending.kind, outcome) {
-            (_, ApplyOutcome::Rejected(code, message)) => reply.error(error(code, message)),
+            (_, ApplyOutcome::Rejected(code, message)) => reply.error(pb::Error::new(code, message)),
             (PendingKind::Produce, ApplyOutcome::Produced { base_offset, count }) => {
                 reply.ok(R::Produce(pb::ProduceResponse { base_offset, count }))
             }
             (PendingKind::Produce, ApplyOutcome::Duplicate { base_offset, count }) => {
                 reply.error_with_body(
-                    error(
+                    pb::Error::new(
                         ErrorCode::DuplicateSequence,
                         "batch already stored (idempotent retry)",
                     ),
@@ -1053,7 +1060,7 @@ impl Node {
             }
             (_, other) => {
                 tracing::error!(?other, index = index.0, "unexpected apply outcome");
-                reply.error(error(ErrorCode::InvalidRequest, "unexpected outcome"))
+                reply.error(pb::Error::new(ErrorCode::InvalidRequest, "unexpected outcome"))
             }
         }
     }
@@ -1074,12 +1081,22 @@ impl Node {
         for (_, pending) in std::mem::take(&mut self.pending) {
             pending
                 .reply
-                .error(error(ErrorCode::ShuttingDown, "broker is shutting down"));
+                .error(pb::Error::new(ErrorCode::ShuttingDown, "broker is shutting down"));
         }
         tracing::info!(
             last_index = self.raft.log().last_index().0,
             "node stopped, log synced"
         );
+    }
+}
+
+/// The role as `cluster status` shows it.
+pub fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Leader => "leader",
+        Role::Follower => "follower",
+        Role::Candidate => "candidate",
+        Role::PreCandidate => "pre-candidate",
     }
 }
 
@@ -1094,15 +1111,15 @@ fn to_pb_queues(queues: &[TopicQueue]) -> Vec<pb::TopicQueue> {
 }
 
 fn group_error(e: GroupError) -> pb::Error {
-    error(e.code, e.message)
+    pb::Error::new(e.code, e.message)
 }
 
 fn unknown_topic(name: &str) -> pb::Error {
-    error(ErrorCode::UnknownTopic, format!("unknown topic {name:?}"))
+    pb::Error::new(ErrorCode::UnknownTopic, format!("unknown topic {name:?}"))
 }
 
 fn invalid_queue(topic: &str, queue: u32, queues: usize) -> pb::Error {
-    error(
+    pb::Error::new(
         ErrorCode::InvalidQueue,
         format!("topic {topic:?} has {queues} queues, no queue {queue}"),
     )

@@ -98,7 +98,7 @@ pub fn to_pb(msg: Message, cluster_id: u64) -> pb::RaftMessage {
             heartbeat: true,
             ..pb::AppendRequest::default()
         }),
-        MessageBody::HeartbeatResponse {} => Body::AppendResponse(pb::AppendResponse {
+        MessageBody::HeartbeatResponse => Body::AppendResponse(pb::AppendResponse {
             heartbeat: true,
             ..pb::AppendResponse::default()
         }),
@@ -146,7 +146,7 @@ pub fn from_pb(msg: pb::RaftMessage, cluster_id: u64) -> Result<Message, WireErr
                 .collect::<Result<_, _>>()?,
             commit_index: LogIndex(a.commit_index),
         },
-        Body::AppendResponse(r) if r.heartbeat => MessageBody::HeartbeatResponse {},
+        Body::AppendResponse(r) if r.heartbeat => MessageBody::HeartbeatResponse,
         Body::AppendResponse(r) => MessageBody::AppendResponse {
             success: r.success,
             match_index: LogIndex(r.match_index),

@@ -2,7 +2,7 @@
 //! connection's response queue, plus the in-flight permit that bounds how many
 //! requests one connection may have outstanding.
 
-use raftmq_proto::pb::{self, ErrorCode};
+use raftmq_proto::pb;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 /// A response on its way to the connection's writer, with the permit it releases
@@ -55,14 +55,5 @@ impl Responder {
     /// Answers with an error and a body (a duplicate produce tells where the batch is).
     pub fn error_with_body(self, error: pb::Error, body: pb::response::Body) {
         self.send(Some(error), Some(body));
-    }
-}
-
-/// An error value with a code and a message.
-pub fn error(code: ErrorCode, message: impl Into<String>) -> pb::Error {
-    pb::Error {
-        code: code as i32,
-        message: message.into(),
-        ..pb::Error::default()
     }
 }

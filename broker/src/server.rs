@@ -28,7 +28,7 @@ use crate::hard_state::HardStateFile;
 use crate::node::{Node, NodeInput};
 use crate::raft::{self, RawNode};
 use crate::raft_wire;
-use crate::response::{error, Outgoing, Responder};
+use crate::response::{Outgoing, Responder};
 use crate::transport::PeerTransport;
 
 /// Requests queued for the node task before connections wait.
@@ -109,16 +109,13 @@ impl Broker {
         };
         let (log, report) = CommitLog::open(&config.data_dir.join("log"), log_config)?;
         tracing::info!(%report, "commit log recovered");
-        let raft_config = raft::Config {
-            id: config.node_id,
-            voters: config.peers.keys().copied().collect(),
-            election_timeout_ticks: config.election_timeout_ticks,
-            heartbeat_interval_ticks: config.heartbeat_interval_ticks,
-            max_pending_proposals: config.max_pending_proposals,
-            seed: config.node_id.0 ^ seed_from_time(),
-            ..raft::Config::default()
-        };
-        let raft = RawNode::new(raft_config, log, hard_state)
+        let mut raft_config =
+            raft::Config::new(config.node_id, config.peers.keys().copied().collect());
+        raft_config.election_timeout_ticks = config.election_timeout_ticks;
+        raft_config.heartbeat_interval_ticks = config.heartbeat_interval_ticks;
+        raft_config.max_pending_proposals = config.max_pending_proposals;
+        raft_config.seed = config.node_id.0 ^ seed_from_time();
+        let raft = RawNode::try_new(raft_config, log, hard_state)
             .map_err(|e| StartError::Raft(e.to_string()))?;
         let config = Arc::new(config);
         let shutdown = CancellationToken::new();
@@ -246,7 +243,7 @@ async fn serve_connection(
         };
         let Some(body) = request.body else {
             let reply = Responder::new(request.correlation_id, tx.clone(), None);
-            reply.error(error(
+            reply.error(pb::Error::new(
                 ErrorCode::InvalidRequest,
                 "unknown or missing API key",
             ));
@@ -271,7 +268,7 @@ async fn serve_connection(
         };
         let reply = Responder::new(request.correlation_id, tx.clone(), Some(permit));
         if request.api_version > 1 {
-            reply.error(error(
+            reply.error(pb::Error::new(
                 ErrorCode::UnsupportedVersion,
                 format!("api version {} is not supported (max 1)", request.api_version),
             ));
@@ -301,13 +298,13 @@ fn precheck(body: &pb::request::Body, config: &BrokerConfig) -> Result<(), pb::E
     use pb::request::Body as B;
     let name = |n: &str| {
         raftmq_proto::frame::validate_name(n)
-            .map_err(|e| error(ErrorCode::InvalidRequest, e.to_string()))
+            .map_err(|e| pb::Error::new(ErrorCode::InvalidRequest, e.to_string()))
     };
     match body {
         B::Produce(req) => {
             name(&req.topic)?;
             if req.batch.len() > config.max_batch_bytes {
-                return Err(error(
+                return Err(pb::Error::new(
                     ErrorCode::MessageTooLarge,
                     format!(
                         "batch of {} bytes exceeds the limit of {}",
@@ -317,7 +314,7 @@ fn precheck(body: &pb::request::Body, config: &BrokerConfig) -> Result<(), pb::E
                 ));
             }
             raftmq_proto::batch::validate(&req.batch)
-                .map_err(|e| error(ErrorCode::CorruptBatch, e.to_string()))?;
+                .map_err(|e| pb::Error::new(ErrorCode::CorruptBatch, e.to_string()))?;
         }
         B::Fetch(req) => name(&req.topic)?,
         B::CreateTopic(req) => name(&req.name)?,

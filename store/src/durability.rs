@@ -34,7 +34,7 @@ pub(crate) const TMP_SUFFIX: &str = ".tmp";
 /// `fdatasync`: every byte written to `file` before this call (through `write`/`pwrite`
 /// or through a shared mapping of it) and the metadata needed to read it back (file
 /// size, block allocation) is on stable storage when this returns `Ok`.
-pub(crate) fn sync_data(file: &File, path: &Path) -> Result<(), StoreError> {
+pub fn sync_data(file: &File, path: &Path) -> Result<(), StoreError> {
     file.sync_data()
         .map_err(|e| StoreError::io("fdatasync", path, e))
 }
@@ -48,7 +48,7 @@ pub(crate) fn sync_all(file: &File, path: &Path) -> Result<(), StoreError> {
 
 /// `fsync` of a directory: creations, renames and removals of entries in `dir` done
 /// before this call survive a crash.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     let handle = File::open(dir).map_err(|e| StoreError::io("open directory", dir, e))?;
     handle
         .sync_all()

@@ -1,0 +1,151 @@
+//! The core's configuration, with documented defaults, and its validation.
+
+use super::error::ConfigError;
+use super::types::NodeId;
+
+/// The most voters a group may have (quorum arithmetic uses small fixed buffers).
+pub const VOTERS_MAX: usize = 9;
+
+/// Deliberately broken variants of the core. They exist only so the simulator can
+/// prove that it catches each bug; never set one outside tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultVariant {
+    /// The leader commits entries of earlier terms by counting replicas (Figure 8).
+    CommitOldTermByCount,
+    /// The leader counts its own log as soon as it is written, not when durable.
+    CountLeaderUnsynced,
+    /// Votes are granted without checking that the candidate is up to date.
+    VoteForStaleCandidate,
+    /// A node that lost acknowledged entries still votes and campaigns.
+    DamagedNodeVotes,
+}
+
+/// Configuration of one [`super::RawNode`]. Build it with [`Config::new`] and adjust
+/// the public fields; [`Config::validate`] (called by `RawNode::new`) checks them.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This node.
+    pub id: NodeId,
+    /// All voters of the group, including `id`. At most [`VOTERS_MAX`].
+    pub voters: Vec<NodeId>,
+    /// Base election timeout; each timeout is drawn from `[t, 2t)`. Default 10.
+    pub election_timeout_ticks: u32,
+    /// The leader sends heartbeats this often. Default 1; must be below the election
+    /// timeout.
+    pub heartbeat_interval_ticks: u32,
+    /// Appends in flight per follower in the Replicate state. Default 256.
+    pub max_inflight_appends: usize,
+    /// Upper bound on the body bytes of one append (at least one entry is always
+    /// sent). Default 1 MiB.
+    pub max_append_bytes: usize,
+    /// Upper bound on the entries of one append. Default 4096.
+    pub max_append_entries: usize,
+    /// Proposals the leader accepts beyond its commit index before answering `Busy`.
+    /// Default 65536.
+    pub max_pending_proposals: usize,
+    /// Run a pre-vote round before raising the term. Default true.
+    pub pre_vote: bool,
+    /// The leader steps down when it has not heard from a quorum within an election
+    /// timeout, and followers that heard from a leader recently ignore vote requests.
+    /// Default true.
+    pub check_quorum: bool,
+    /// Seed of the election-timeout PRNG (mixed with `id`). Default 0.
+    pub seed: u64,
+    /// Test only: run a deliberately broken variant. Default `None`.
+    #[doc(hidden)]
+    pub fault: Option<FaultVariant>,
+}
+
+impl Config {
+    /// A configuration with the documented defaults.
+    pub fn new(id: NodeId, voters: Vec<NodeId>) -> Self {
+        Config {
+            id,
+            voters,
+            election_timeout_ticks: 10,
+            heartbeat_interval_ticks: 1,
+            max_inflight_appends: 256,
+            max_append_bytes: 1024 * 1024,
+            max_append_entries: 4096,
+            max_pending_proposals: 65536,
+            pre_vote: true,
+            check_quorum: true,
+            seed: 0,
+            fault: None,
+        }
+    }
+
+    /// Checks every field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.voters.contains(&self.id) {
+            return Err(ConfigError::SelfNotVoter(self.id));
+        }
+        if self.voters.len() > VOTERS_MAX {
+            return Err(ConfigError::TooManyVoters(self.voters.len()));
+        }
+        for (i, v) in self.voters.iter().enumerate() {
+            if self.voters[..i].contains(v) {
+                return Err(ConfigError::DuplicateVoter(*v));
+            }
+        }
+        let invalid = |name, reason| Err(ConfigError::Invalid { name, reason });
+        if self.election_timeout_ticks < 2 {
+            return invalid("election_timeout_ticks", "must be at least 2");
+        }
+        if self.heartbeat_interval_ticks == 0 {
+            return invalid("heartbeat_interval_ticks", "must be at least 1");
+        }
+        if self.heartbeat_interval_ticks >= self.election_timeout_ticks {
+            return invalid(
+                "heartbeat_interval_ticks",
+                "must be below election_timeout_ticks",
+            );
+        }
+        if self.max_inflight_appends == 0 {
+            return invalid("max_inflight_appends", "must be at least 1");
+        }
+        if self.max_append_bytes == 0 {
+            return invalid("max_append_bytes", "must be at least 1");
+        }
+        if self.max_append_entries == 0 {
+            return invalid("max_append_entries", "must be at least 1");
+        }
+        if self.max_pending_proposals == 0 {
+            return invalid("max_pending_proposals", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Votes needed to win an election or commit an entry.
+    pub fn quorum(&self) -> usize {
+        self.voters.len() / 2 + 1
+    }
+
+    pub(crate) fn fault_is(&self, fault: FaultVariant) -> bool {
+        self.fault == Some(fault)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_config_validation_rejects_bad_fields() {
+        let ok = Config::new(NodeId(1), vec![NodeId(1), NodeId(2), NodeId(3)]);
+        assert_eq!(ok.validate(), Ok(()));
+        assert_eq!(ok.quorum(), 2);
+        let mut c = ok.clone();
+        c.voters = vec![NodeId(2)];
+        assert_eq!(c.validate(), Err(ConfigError::SelfNotVoter(NodeId(1))));
+        let mut c = ok.clone();
+        c.voters.push(NodeId(2));
+        assert_eq!(c.validate(), Err(ConfigError::DuplicateVoter(NodeId(2))));
+        let mut c = ok.clone();
+        c.heartbeat_interval_ticks = 10;
+        assert!(c.validate().is_err());
+        let mut c = ok;
+        c.max_inflight_appends = 0;
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,286 @@
+//! Elections: timeouts, pre-vote, votes, check-quorum, leadership transfer.
+
+use super::config::FaultVariant;
+use super::error::RaftError;
+use super::log::RaftLog;
+use super::message::MessageBody;
+use super::progress::Progress;
+use super::raw_node::RawNode;
+use super::types::{Entry, EntryKind, LogIndex, NodeId, Role, Term};
+
+impl<L: RaftLog> RawNode<L> {
+    /// Followers and candidates: campaign when the randomized timeout expires.
+    pub(super) fn tick_election(&mut self) {
+        self.election_elapsed += 1;
+        if self.election_elapsed < self.randomized_election_timeout {
+            return;
+        }
+        self.reset_election_timer();
+        if self.can_campaign() {
+            self.campaign(false);
+        }
+    }
+
+    /// Leaders: heartbeats, check-quorum, transfer timeout.
+    pub(super) fn tick_leader(&mut self) {
+        self.election_elapsed += 1;
+        self.heartbeat_elapsed += 1;
+        if self.transferee.is_some() {
+            self.transfer_elapsed += 1;
+            if self.transfer_elapsed >= self.config.election_timeout_ticks {
+                // The target did not take over in time: abandon the transfer.
+                self.transferee = None;
+            }
+        }
+        if self.election_elapsed >= self.config.election_timeout_ticks {
+            self.election_elapsed = 0;
+            if self.config.check_quorum {
+                let active = 1 + self.progress.values().filter(|p| p.recent_active).count();
+                if active < self.config.quorum() {
+                    self.become_follower(self.term, None);
+                    return;
+                }
+                for pr in self.progress.values_mut() {
+                    pr.recent_active = false;
+                }
+            }
+        }
+        if self.heartbeat_elapsed >= self.config.heartbeat_interval_ticks {
+            self.heartbeat_elapsed = 0;
+            self.broadcast_heartbeat();
+        }
+    }
+
+    /// A node whose log lost acknowledged entries must not lead.
+    pub(super) fn can_campaign(&self) -> bool {
+        !self.recovering || self.config.fault_is(FaultVariant::DamagedNodeVotes)
+    }
+
+    /// Starts an election: a pre-vote round first unless `transfer` (or pre-vote is
+    /// off).
+    pub(super) fn campaign(&mut self, transfer: bool) {
+        if self.config.pre_vote && !transfer {
+            self.become_pre_candidate();
+        } else {
+            self.become_candidate(transfer);
+        }
+    }
+
+    pub(super) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        self.set_term(term);
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.votes.clear();
+        self.progress.clear();
+        self.transferee = None;
+        self.self_match = LogIndex::ZERO;
+        self.reset_election_timer();
+    }
+
+    fn become_pre_candidate(&mut self) {
+        assert!(self.role != Role::Leader);
+        self.role = Role::PreCandidate;
+        self.leader = None;
+        self.votes.clear();
+        self.votes.push((self.config.id, true));
+        if self.votes_granted() >= self.config.quorum() {
+            self.become_candidate(false);
+            return;
+        }
+        let (last_log_index, last_log_term) = self.last_entry_id();
+        let next_term = Term(self.term.0 + 1);
+        let peers: Vec<NodeId> = self.peers().collect();
+        for to in peers {
+            self.msgs.push(super::message::Message {
+                from: self.config.id,
+                to,
+                term: next_term,
+                body: MessageBody::Vote {
+                    pre_vote: true,
+                    last_log_index,
+                    last_log_term,
+                    transfer: false,
+                },
+            });
+        }
+    }
+
+    fn become_candidate(&mut self, transfer: bool) {
+        assert!(self.role != Role::Leader);
+        self.set_term(Term(self.term.0 + 1));
+        self.vote = Some(self.config.id);
+        self.role = Role::Candidate;
+        self.leader = None;
+        self.reset_election_timer();
+        self.votes.clear();
+        self.votes.push((self.config.id, true));
+        if self.votes_granted() >= self.config.quorum() {
+            self.become_leader();
+            return;
+        }
+        let (last_log_index, last_log_term) = self.last_entry_id();
+        let peers: Vec<NodeId> = self.peers().collect();
+        for to in peers {
+            // Depends on the new term and the self-vote: only after they are durable.
+            self.send_persisted(
+                to,
+                MessageBody::Vote {
+                    pre_vote: false,
+                    last_log_index,
+                    last_log_term,
+                    transfer,
+                },
+            );
+        }
+    }
+
+    fn become_leader(&mut self) {
+        assert_eq!(self.role, Role::Candidate);
+        assert_eq!(self.vote, Some(self.config.id));
+        self.role = Role::Leader;
+        self.leader = Some(self.config.id);
+        self.votes.clear();
+        self.election_elapsed = 0;
+        self.heartbeat_elapsed = 0;
+        self.self_match = LogIndex::ZERO;
+        let next = self.log.last_index().next();
+        let inflight_max = self.config.max_inflight_appends;
+        let peers: Vec<NodeId> = self.peers().collect();
+        for id in peers {
+            let mut pr = Progress::new(next, inflight_max);
+            pr.recent_active = true;
+            self.progress.insert(id, pr);
+        }
+        // A Noop of the new term commits every earlier entry once it is replicated.
+        let noop = Entry {
+            index: next,
+            term: self.term,
+            kind: EntryKind::Noop,
+            body: bytes::Bytes::new(),
+        };
+        match self.log.append(std::slice::from_ref(&noop)) {
+            Ok(()) => self.log_dirty = true,
+            Err(_) => {
+                // Cannot write: a leader that cannot append is useless. The error
+                // shows again on the next write attempt; step down cleanly.
+                self.become_follower(self.term, None);
+            }
+        }
+    }
+
+    pub(super) fn last_entry_id(&self) -> (LogIndex, Term) {
+        let last = self.log.last_index();
+        (last, self.log.term_at(last).expect("term of the last entry"))
+    }
+
+    fn votes_granted(&self) -> usize {
+        self.votes.iter().filter(|(_, g)| *g).count()
+    }
+
+    pub(super) fn handle_vote(
+        &mut self,
+        from: NodeId,
+        msg_term: Term,
+        pre_vote: bool,
+        last_log_index: LogIndex,
+        last_log_term: Term,
+    ) {
+        let can_vote = self.vote == Some(from)
+            || (self.vote.is_none() && self.leader.is_none())
+            || (pre_vote && msg_term > self.term);
+        let (my_last_index, my_last_term) = self.last_entry_id();
+        let up_to_date = (last_log_term, last_log_index) >= (my_last_term, my_last_index)
+            || self.config.fault_is(FaultVariant::VoteForStaleCandidate);
+        let intact = self.can_campaign();
+        let granted = can_vote && up_to_date && intact;
+        if !granted {
+            self.send(
+                from,
+                MessageBody::VoteResponse {
+                    pre_vote,
+                    granted: false,
+                },
+            );
+            return;
+        }
+        if pre_vote {
+            // No state changes: answer in the candidate's future term.
+            self.msgs.push(super::message::Message {
+                from: self.config.id,
+                to: from,
+                term: msg_term,
+                body: MessageBody::VoteResponse {
+                    pre_vote: true,
+                    granted: true,
+                },
+            });
+        } else {
+            assert_eq!(msg_term, self.term);
+            self.vote = Some(from);
+            self.reset_election_timer();
+            // The vote must be durable before the candidate hears of it.
+            self.send_persisted(
+                from,
+                MessageBody::VoteResponse {
+                    pre_vote: false,
+                    granted: true,
+                },
+            );
+        }
+    }
+
+    pub(super) fn handle_vote_response(
+        &mut self,
+        from: NodeId,
+        msg_term: Term,
+        pre_vote: bool,
+        granted: bool,
+    ) -> Result<(), RaftError> {
+        let expected = if pre_vote {
+            Role::PreCandidate
+        } else {
+            Role::Candidate
+        };
+        if self.role == Role::Leader {
+            if let Some(pr) = self.progress.get_mut(&from) {
+                pr.recent_active = true;
+            }
+        }
+        if self.role != expected {
+            return Ok(());
+        }
+        if pre_vote && granted && msg_term != Term(self.term.0 + 1) {
+            return Ok(()); // From another round.
+        }
+        if !self.votes.iter().any(|(id, _)| *id == from) {
+            self.votes.push((from, granted));
+        }
+        let quorum = self.config.quorum();
+        if self.votes_granted() >= quorum {
+            if pre_vote {
+                self.become_candidate(false);
+            } else {
+                self.become_leader();
+            }
+        } else if self.votes.len() - self.votes_granted() >= quorum {
+            self.become_follower(self.term, None);
+        }
+        Ok(())
+    }
+
+    pub(super) fn handle_timeout_now(&mut self, _from: NodeId) -> Result<(), RaftError> {
+        if self.role != Role::Leader && self.can_campaign() {
+            self.campaign(true);
+        }
+        Ok(())
+    }
+
+    /// Sends `TimeoutNow` to the transfer target once its log matches the leader's.
+    pub(super) fn maybe_send_timeout_now(&mut self) {
+        let Some(to) = self.transferee else { return };
+        let last = self.log.last_index();
+        if self.progress.get(&to).is_some_and(|pr| pr.match_index == last) {
+            self.send(to, MessageBody::TimeoutNow);
+        }
+    }
+}

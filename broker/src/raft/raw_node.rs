@@ -1,0 +1,641 @@
+//! [`RawNode`]: the state, the entry points (tick, step, propose, ready) and the
+//! invariants. Elections live in `election.rs`, replication in `replication.rs`.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+use super::config::{Config, FaultVariant};
+use super::error::{ProposeError, RaftError, TransferError};
+use super::log::RaftLog;
+use super::message::{Message, MessageBody};
+use super::progress::Progress;
+use super::ready::{PeerStatus, Ready, Status};
+use super::rng::SplitMix64;
+use super::types::{Entry, EntryKind, HardState, LogIndex, NodeId, Role, Term};
+
+/// One Raft node: a deterministic state machine over a [`RaftLog`]. See the module
+/// documentation for how to drive it.
+pub struct RawNode<L: RaftLog> {
+    pub(super) config: Config,
+    pub(super) log: L,
+    pub(super) rng: SplitMix64,
+
+    // Persistent state (reported through `Ready::hard_state`).
+    pub(super) term: Term,
+    pub(super) vote: Option<NodeId>,
+    pub(super) acked_index: LogIndex,
+
+    // Volatile state.
+    pub(super) role: Role,
+    pub(super) leader: Option<NodeId>,
+    pub(super) commit: LogIndex,
+    pub(super) applied: LogIndex,
+    /// The last index handed out in `Ready::to_apply`.
+    pub(super) apply_cursor: LogIndex,
+    pub(super) persisted_index: LogIndex,
+    /// Protocol-aware recovery: the log lost acknowledged entries.
+    pub(super) recovering: bool,
+
+    // Timers, in ticks.
+    pub(super) election_elapsed: u32,
+    pub(super) heartbeat_elapsed: u32,
+    pub(super) randomized_election_timeout: u32,
+    pub(super) transfer_elapsed: u32,
+
+    // Candidate state: (voter, granted), one per voter.
+    pub(super) votes: Vec<(NodeId, bool)>,
+    // Leader state.
+    pub(super) progress: BTreeMap<NodeId, Progress>,
+    /// The leader's own durable match, learned from its self-acknowledgement.
+    pub(super) self_match: LogIndex,
+    pub(super) transferee: Option<NodeId>,
+
+    // Output not yet taken by `ready()`.
+    pub(super) msgs: Vec<Message>,
+    pub(super) persisted_msgs: Vec<Message>,
+    pub(super) log_dirty: bool,
+    pub(super) reported_hard_state: HardState,
+    pub(super) reported_soft: (Role, Term, Option<NodeId>),
+    pub(super) scratch_entries: Vec<Entry>,
+}
+
+impl<L: RaftLog> RawNode<L> {
+    /// A node over `log` (as recovered from disk) and the last durable `hard_state`.
+    ///
+    /// # Panics
+    /// If the configuration is invalid (see [`Config::validate`]; use
+    /// [`RawNode::try_new`] to get the error instead).
+    pub fn new(config: Config, log: L, hard_state: HardState) -> Self {
+        match Self::try_new(config, log, hard_state) {
+            Ok(node) => node,
+            Err(e) => panic!("invalid raft config: {e}"),
+        }
+    }
+
+    /// Like [`RawNode::new`], returning a configuration error instead of panicking.
+    pub fn try_new(
+        config: Config,
+        log: L,
+        hard_state: HardState,
+    ) -> Result<Self, super::error::ConfigError> {
+        config.validate()?;
+        if let Some(v) = hard_state.vote {
+            if !config.voters.contains(&v) {
+                return Err(super::error::ConfigError::UnknownVote(v));
+            }
+        }
+        let last = log.last_index();
+        let last_term = log.term_at(last).expect("term of the last entry");
+        // A crash may keep entries of a term whose hard state was not yet durable:
+        // never run with log terms above the current term.
+        let (term, vote) = if last_term > hard_state.term {
+            (last_term, None)
+        } else {
+            (hard_state.term, hard_state.vote)
+        };
+        let recovering = last < hard_state.acked_index;
+        let mut rng = SplitMix64::new(config.seed ^ config.id.0.wrapping_mul(0x9e37_79b9));
+        let randomized_election_timeout =
+            rng.range_u32(config.election_timeout_ticks, 2 * config.election_timeout_ticks);
+        let n_voters = config.voters.len();
+        let node = RawNode {
+            rng,
+            log,
+            term,
+            vote,
+            acked_index: hard_state.acked_index,
+            role: Role::Follower,
+            leader: None,
+            commit: LogIndex::ZERO,
+            applied: LogIndex::ZERO,
+            apply_cursor: LogIndex::ZERO,
+            persisted_index: last,
+            recovering,
+            election_elapsed: 0,
+            heartbeat_elapsed: 0,
+            randomized_election_timeout,
+            transfer_elapsed: 0,
+            votes: Vec::with_capacity(n_voters),
+            progress: BTreeMap::new(),
+            self_match: LogIndex::ZERO,
+            transferee: None,
+            msgs: Vec::new(),
+            persisted_msgs: Vec::new(),
+            log_dirty: false,
+            reported_hard_state: hard_state,
+            reported_soft: (Role::Follower, term, None),
+            scratch_entries: Vec::new(),
+            config,
+        };
+        Ok(node)
+    }
+
+    // ----- Inputs -------------------------------------------------------------------
+
+    /// Advances the logical clock by one tick.
+    pub fn tick(&mut self) {
+        if self.role == Role::Leader {
+            self.tick_leader();
+        } else {
+            self.tick_election();
+        }
+        self.check_invariants();
+    }
+
+    /// Handles a message from another node (or this node's own self-acknowledgement).
+    pub fn step(&mut self, msg: Message) -> Result<(), RaftError> {
+        if msg.to != self.config.id {
+            return Err(RaftError::WrongRecipient {
+                me: self.config.id,
+                to: msg.to,
+            });
+        }
+        if !self.config.voters.contains(&msg.from) {
+            return Err(RaftError::UnknownPeer(msg.from));
+        }
+        let result = self.step_inner(msg);
+        self.check_invariants();
+        result
+    }
+
+    fn step_inner(&mut self, msg: Message) -> Result<(), RaftError> {
+        if msg.term > self.term {
+            if let MessageBody::Vote { transfer, .. } = msg.body {
+                if self.in_lease() && !transfer {
+                    // Leader stickiness: a leader was heard from recently, so this
+                    // candidate is disruptive (or partitioned). Ignore it.
+                    return Ok(());
+                }
+            }
+            let keeps_term = matches!(
+                msg.body,
+                MessageBody::Vote { pre_vote: true, .. }
+                    | MessageBody::VoteResponse {
+                        pre_vote: true,
+                        granted: true
+                    }
+            );
+            if !keeps_term {
+                let leader = match msg.body {
+                    MessageBody::Append { .. }
+                    | MessageBody::Heartbeat { .. }
+                    | MessageBody::TimeoutNow => Some(msg.from),
+                    _ => None,
+                };
+                self.become_follower(msg.term, leader);
+            }
+        } else if msg.term < self.term {
+            match msg.body {
+                MessageBody::Append { .. } | MessageBody::Heartbeat { .. } => {
+                    // A stale leader: tell it about the newer term so it steps down.
+                    self.send(
+                        msg.from,
+                        MessageBody::AppendResponse {
+                            success: false,
+                            match_index: LogIndex::ZERO,
+                            reject_index: LogIndex::ZERO,
+                            conflict: None,
+                            last_log_index: self.log.last_index(),
+                        },
+                    );
+                }
+                MessageBody::Vote { pre_vote: true, .. } => {
+                    self.send(
+                        msg.from,
+                        MessageBody::VoteResponse {
+                            pre_vote: true,
+                            granted: false,
+                        },
+                    );
+                }
+                _ => {}
+            }
+            return Ok(());
+        }
+
+        let from = msg.from;
+        let term = msg.term;
+        match msg.body {
+            MessageBody::Vote {
+                pre_vote,
+                last_log_index,
+                last_log_term,
+                transfer: _,
+            } => {
+                self.handle_vote(from, term, pre_vote, last_log_index, last_log_term);
+                Ok(())
+            }
+            MessageBody::VoteResponse { pre_vote, granted } => {
+                self.handle_vote_response(from, term, pre_vote, granted)
+            }
+            MessageBody::Append {
+                prev_log_index,
+                prev_log_term,
+                entries,
+                commit_index,
+            } => self.handle_append(from, prev_log_index, prev_log_term, &entries, commit_index),
+            MessageBody::AppendResponse {
+                success,
+                match_index,
+                reject_index,
+                conflict,
+                last_log_index,
+            } => {
+                self.handle_append_response(
+                    from,
+                    success,
+                    match_index,
+                    reject_index,
+                    conflict,
+                    last_log_index,
+                );
+                Ok(())
+            }
+            MessageBody::Heartbeat { commit_index } => {
+                self.handle_heartbeat(from, commit_index);
+                Ok(())
+            }
+            MessageBody::HeartbeatResponse => {
+                self.handle_heartbeat_response(from);
+                Ok(())
+            }
+            MessageBody::TimeoutNow => self.handle_timeout_now(from),
+        }
+    }
+
+    /// Leader only: appends an entry of the current term and returns its (index, term).
+    /// Replication messages are built by the next [`RawNode::ready`], so proposals
+    /// between two readies travel as one append per follower.
+    pub fn propose(
+        &mut self,
+        kind: EntryKind,
+        body: Bytes,
+    ) -> Result<(LogIndex, Term), ProposeError> {
+        self.check_can_propose(1)?;
+        let index = self.log.last_index().next();
+        self.scratch_entries.clear();
+        self.scratch_entries.push(Entry {
+            index,
+            term: self.term,
+            kind,
+            body,
+        });
+        self.append_as_leader()?;
+        Ok((index, self.term))
+    }
+
+    /// Leader only: appends one entry per body, all of `kind`, all or none. Returns
+    /// the first and last index and the term.
+    pub fn propose_batch(
+        &mut self,
+        kind: EntryKind,
+        bodies: &[Bytes],
+    ) -> Result<(LogIndex, LogIndex, Term), ProposeError> {
+        assert!(!bodies.is_empty(), "empty proposal batch");
+        self.check_can_propose(bodies.len())?;
+        let first = self.log.last_index().next();
+        self.scratch_entries.clear();
+        let mut index = first;
+        for body in bodies {
+            self.scratch_entries.push(Entry {
+                index,
+                term: self.term,
+                kind,
+                body: body.clone(),
+            });
+            index = index.next();
+        }
+        self.append_as_leader()?;
+        Ok((first, self.log.last_index(), self.term))
+    }
+
+    fn check_can_propose(&self, count: usize) -> Result<(), ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if self.transferee.is_some() {
+            return Err(ProposeError::TransferInProgress);
+        }
+        let pending = self.log.last_index().0 - self.commit.0;
+        if pending + count as u64 > self.config.max_pending_proposals as u64 {
+            return Err(ProposeError::Busy);
+        }
+        Ok(())
+    }
+
+    /// Appends `scratch_entries` to the leader's log; a failed write steps down.
+    fn append_as_leader(&mut self) -> Result<(), ProposeError> {
+        let entries = std::mem::take(&mut self.scratch_entries);
+        let result = self.log.append(&entries);
+        self.scratch_entries = entries;
+        self.scratch_entries.clear();
+        match result {
+            Ok(()) => {
+                self.log_dirty = true;
+                if self.config.fault_is(FaultVariant::CountLeaderUnsynced) {
+                    self.self_match = self.log.last_index();
+                    self.maybe_commit();
+                }
+                self.check_invariants();
+                Ok(())
+            }
+            Err(e) => {
+                self.become_follower(self.term, None);
+                Err(ProposeError::Storage(e))
+            }
+        }
+    }
+
+    /// The driver made the log durable up to (index, term). Ignored if the entry at
+    /// `index` changed meanwhile.
+    pub fn persisted(&mut self, index: LogIndex, term: Term) {
+        if index > self.persisted_index && self.log.term_at(index) == Some(term) {
+            self.persisted_index = index;
+        }
+    }
+
+    /// Leader only: hands leadership to `to` once it has caught up; proposals are
+    /// refused until the transfer ends (or is abandoned after an election timeout).
+    pub fn transfer_leadership(&mut self, to: NodeId) -> Result<(), TransferError> {
+        if self.role != Role::Leader {
+            return Err(TransferError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if to == self.config.id {
+            return Err(TransferError::AlreadyLeader);
+        }
+        if !self.config.voters.contains(&to) {
+            return Err(TransferError::UnknownPeer(to));
+        }
+        self.transferee = Some(to);
+        self.transfer_elapsed = 0;
+        self.maybe_send_timeout_now();
+        Ok(())
+    }
+
+    /// The driver applied committed entries up to `index`.
+    pub fn applied(&mut self, index: LogIndex) {
+        if index > self.applied {
+            self.applied = index;
+        }
+    }
+
+    // ----- Outputs ------------------------------------------------------------------
+
+    /// Whether [`RawNode::ready`] has anything to hand out.
+    pub fn has_ready(&self) -> bool {
+        self.log_dirty
+            || !self.msgs.is_empty()
+            || !self.persisted_msgs.is_empty()
+            || self.hard_state() != self.reported_hard_state
+            || self.soft_state() != self.reported_soft
+            || self.commit > self.apply_cursor.max(self.applied)
+            || (self.role == Role::Leader && self.any_append_pending())
+    }
+
+    /// Takes everything pending; see [`Ready`] for what the driver must do with it.
+    pub fn ready(&mut self) -> Ready {
+        if self.role == Role::Leader {
+            self.send_appends();
+        }
+        let mut rd = Ready::default();
+        if self.log_dirty {
+            self.log_dirty = false;
+            let last = self.log.last_index();
+            let last_term = self.log.term_at(last).expect("term of the last entry");
+            rd.unsynced = Some((last, last_term));
+            if self.role == Role::Leader {
+                // The leader counts itself once its log is durable: it acknowledges to
+                // itself through the same path as followers.
+                self.raise_acked_index(last);
+                let me = self.config.id;
+                self.persisted_msgs.push(Message {
+                    from: me,
+                    to: me,
+                    term: self.term,
+                    body: MessageBody::AppendResponse {
+                        success: true,
+                        match_index: last,
+                        reject_index: LogIndex::ZERO,
+                        conflict: None,
+                        last_log_index: last,
+                    },
+                });
+            }
+        }
+        let hs = self.hard_state();
+        if hs != self.reported_hard_state {
+            rd.hard_state = Some(hs);
+            self.reported_hard_state = hs;
+        }
+        let soft = self.soft_state();
+        if soft != self.reported_soft {
+            rd.role_change = Some(soft);
+            self.reported_soft = soft;
+        }
+        rd.messages = std::mem::take(&mut self.msgs);
+        rd.persisted_messages = std::mem::take(&mut self.persisted_msgs);
+        rd.commit_index = self.commit;
+        let from = self.apply_cursor.max(self.applied).next();
+        if self.commit >= from {
+            rd.to_apply = Some((from, self.commit));
+            self.apply_cursor = self.commit;
+        }
+        rd
+    }
+
+    /// The state to persist.
+    pub fn hard_state(&self) -> HardState {
+        HardState {
+            term: self.term,
+            vote: self.vote,
+            acked_index: self.acked_index,
+        }
+    }
+
+    fn soft_state(&self) -> (Role, Term, Option<NodeId>) {
+        (self.role, self.term, self.leader)
+    }
+
+    /// A snapshot for monitoring.
+    pub fn status(&self) -> Status {
+        let progress = self
+            .progress
+            .iter()
+            .map(|(&id, pr)| PeerStatus {
+                id,
+                match_index: pr.match_index,
+                next_index: pr.next_index,
+                state: pr.state,
+                recent_active: pr.recent_active,
+                inflight: pr.inflight_len(),
+            })
+            .collect();
+        Status {
+            id: self.config.id,
+            role: self.role,
+            term: self.term,
+            vote: self.vote,
+            leader: self.leader,
+            commit_index: self.commit,
+            applied_index: self.applied,
+            last_index: self.log.last_index(),
+            persisted_index: self.persisted_index,
+            acked_index: self.acked_index,
+            recovering: self.recovering,
+            transferee: self.transferee,
+            progress,
+        }
+    }
+
+    /// The log (the driver syncs it and reads committed entries through it).
+    pub fn log(&self) -> &L {
+        &self.log
+    }
+
+    /// The log, mutably (for syncing). The driver must not append or truncate.
+    pub fn log_mut(&mut self) -> &mut L {
+        &mut self.log
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.config.id
+    }
+
+    /// Its role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The leader it knows of.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+
+    /// Its current term.
+    pub fn term(&self) -> Term {
+        self.term
+    }
+
+    /// Its commit index.
+    pub fn commit_index(&self) -> LogIndex {
+        self.commit
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    // ----- Helpers shared by election.rs and replication.rs -------------------------
+
+    pub(super) fn send(&mut self, to: NodeId, body: MessageBody) {
+        self.msgs.push(Message {
+            from: self.config.id,
+            to,
+            term: self.term,
+            body,
+        });
+    }
+
+    pub(super) fn send_persisted(&mut self, to: NodeId, body: MessageBody) {
+        self.persisted_msgs.push(Message {
+            from: self.config.id,
+            to,
+            term: self.term,
+            body,
+        });
+    }
+
+    pub(super) fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+        let me = self.config.id;
+        self.config.voters.iter().copied().filter(move |&v| v != me)
+    }
+
+    pub(super) fn set_term(&mut self, term: Term) {
+        assert!(term >= self.term, "term went back {} -> {term}", self.term);
+        if term > self.term {
+            self.term = term;
+            self.vote = None;
+        }
+    }
+
+    pub(super) fn set_commit(&mut self, commit: LogIndex) {
+        assert!(
+            commit >= self.commit,
+            "commit went back {} -> {commit}",
+            self.commit
+        );
+        assert!(
+            commit <= self.log.last_index(),
+            "commit {commit} beyond the log end {}",
+            self.log.last_index()
+        );
+        self.commit = commit;
+    }
+
+    /// Raises the recovery mark to `index` (durable by the time the Ready carrying
+    /// it is persisted).
+    pub(super) fn raise_acked_index(&mut self, index: LogIndex) {
+        if index > self.acked_index {
+            self.acked_index = index;
+        }
+    }
+
+    pub(super) fn reset_election_timer(&mut self) {
+        self.election_elapsed = 0;
+        self.randomized_election_timeout = self.rng.range_u32(
+            self.config.election_timeout_ticks,
+            2 * self.config.election_timeout_ticks,
+        );
+    }
+
+    /// Check-quorum lease: a leader was heard from within the minimum timeout.
+    pub(super) fn in_lease(&self) -> bool {
+        self.config.check_quorum
+            && self.leader.is_some()
+            && self.election_elapsed < self.config.election_timeout_ticks
+    }
+
+    pub(super) fn check_invariants(&self) {
+        let last = self.log.last_index();
+        assert!(self.commit <= last, "commit {} > last {last}", self.commit);
+        let last_term = self.log.term_at(last).expect("term of the last entry");
+        assert!(
+            last_term <= self.term,
+            "log term {last_term} above current term {}",
+            self.term
+        );
+        if self.role == Role::Leader {
+            assert_eq!(self.leader, Some(self.config.id));
+            assert_eq!(self.vote, Some(self.config.id), "a leader voted for itself");
+        }
+        if self.role != Role::Leader {
+            assert!(self.progress.is_empty() && self.transferee.is_none());
+        }
+        if let Some(v) = self.vote {
+            assert!(self.config.voters.contains(&v));
+        }
+        if !self.recovering || self.config.fault_is(FaultVariant::DamagedNodeVotes) {
+            return;
+        }
+        assert!(self.role != Role::Leader, "a recovering node leads");
+    }
+}
+
+impl<L: RaftLog> std::fmt::Debug for RawNode<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawNode")
+            .field("id", &self.config.id)
+            .field("role", &self.role)
+            .field("term", &self.term)
+            .field("commit", &self.commit)
+            .field("last", &self.log.last_index())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,375 @@
+//! Log replication: the leader's appends and heartbeats, the follower's checks, the
+//! leader's commit rule.
+
+use super::config::{FaultVariant, VOTERS_MAX};
+use super::error::RaftError;
+use super::log::RaftLog;
+use super::message::MessageBody;
+use super::progress::ProgressState;
+use super::raw_node::RawNode;
+use super::types::{Entry, LogIndex, NodeId, Role, Term};
+
+/// Longest backwards scan for fast backtracking; a bounded hint is still correct,
+/// it only takes more rounds.
+const CONFLICT_SCAN_MAX: u64 = 4096;
+
+impl<L: RaftLog> RawNode<L> {
+    // ----- Leader side --------------------------------------------------------------
+
+    /// Builds appends for every follower that can take some (called by `ready()`).
+    pub(super) fn send_appends(&mut self) {
+        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        for to in peers {
+            self.send_appends_to(to);
+        }
+    }
+
+    pub(super) fn any_append_pending(&self) -> bool {
+        self.progress.keys().any(|&to| self.append_pending(to))
+    }
+
+    fn append_pending(&self, to: NodeId) -> bool {
+        let pr = &self.progress[&to];
+        if pr.is_paused() {
+            return false;
+        }
+        match pr.state {
+            ProgressState::Probe => true,
+            ProgressState::Replicate => {
+                pr.next_index <= self.log.last_index() || pr.commit_sent < self.commit
+            }
+        }
+    }
+
+    fn send_appends_to(&mut self, to: NodeId) {
+        while self.append_pending(to) {
+            let pr = &self.progress[&to];
+            let next = pr.next_index;
+            let state = pr.state;
+            let prev = next.prev();
+            let Some(prev_term) = self.log.term_at(prev) else {
+                panic!("leader lacks the term at {prev} (no snapshots yet)");
+            };
+            let entries = if next <= self.log.last_index() {
+                match self.log.entries(
+                    next,
+                    self.config.max_append_entries,
+                    self.config.max_append_bytes,
+                ) {
+                    Ok(entries) => entries,
+                    // A read failure: retry on the next ready or heartbeat.
+                    Err(_) => return,
+                }
+            } else {
+                Vec::new()
+            };
+            let last_sent = LogIndex(prev.0 + entries.len() as u64);
+            let empty = entries.is_empty();
+            let commit_index = self.commit;
+            self.send(
+                to,
+                MessageBody::Append {
+                    prev_log_index: prev,
+                    prev_log_term: prev_term,
+                    entries,
+                    commit_index,
+                },
+            );
+            let pr = self.progress.get_mut(&to).expect("peer progress");
+            pr.commit_sent = commit_index;
+            if state == ProgressState::Probe {
+                pr.probe_sent = true;
+                return;
+            }
+            if empty {
+                return;
+            }
+            pr.on_sent(last_sent);
+        }
+    }
+
+    pub(super) fn broadcast_heartbeat(&mut self) {
+        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        let interval = self.config.heartbeat_interval_ticks;
+        let timeout = self.config.election_timeout_ticks;
+        for to in peers {
+            let pr = self.progress.get_mut(&to).expect("peer progress");
+            // Retransmission: a Replicate stream that made no progress for an
+            // election timeout lost a message; probe again from the match point.
+            if pr.state == ProgressState::Replicate && pr.inflight_len() > 0 {
+                pr.stalled_ticks += interval;
+                if pr.stalled_ticks >= timeout {
+                    let next = pr.match_index.next();
+                    pr.become_probe(next);
+                }
+            }
+            let commit_index = self.commit.min(pr.match_index);
+            self.send(to, MessageBody::Heartbeat { commit_index });
+        }
+    }
+
+    pub(super) fn handle_append_response(
+        &mut self,
+        from: NodeId,
+        success: bool,
+        match_index: LogIndex,
+        reject_index: LogIndex,
+        conflict: Option<(Term, LogIndex)>,
+        last_log_index: LogIndex,
+    ) {
+        if self.role != Role::Leader {
+            return;
+        }
+        if from == self.config.id {
+            // The leader's own log is durable up to `match_index`.
+            assert!(success && match_index <= self.log.last_index());
+            if match_index > self.self_match {
+                self.self_match = match_index;
+                self.maybe_commit();
+            }
+            return;
+        }
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
+        pr.recent_active = true;
+        if success {
+            assert!(
+                match_index <= self.log.last_index(),
+                "{from} acked {match_index} beyond the leader's log"
+            );
+            let advanced = pr.on_ack(match_index);
+            if pr.state == ProgressState::Probe {
+                pr.become_replicate();
+            }
+            if advanced {
+                self.maybe_commit();
+                self.maybe_send_timeout_now();
+            }
+            return;
+        }
+        if last_log_index < pr.match_index {
+            // The follower lost entries it had acknowledged (a damaged log). Its
+            // acknowledgement was counted already; start over from what it has.
+            pr.on_regression(last_log_index);
+            return;
+        }
+        let stale = match pr.state {
+            ProgressState::Replicate => reject_index <= pr.match_index,
+            ProgressState::Probe => reject_index.next() != pr.next_index,
+        };
+        if stale {
+            return;
+        }
+        let hint = match conflict {
+            None => last_log_index.next(),
+            Some((term, first)) => match self.last_index_of_term(term, reject_index) {
+                Some(i) => i.next(),
+                None => first,
+            },
+        };
+        let pr = self.progress.get_mut(&from).expect("peer progress");
+        let next = hint.min(reject_index).max(pr.match_index.next());
+        pr.become_probe(next);
+    }
+
+    /// The last index at or below `at` holding `term` in the leader's log, if any
+    /// (bounded scan).
+    fn last_index_of_term(&self, term: Term, at: LogIndex) -> Option<LogIndex> {
+        let mut i = at.min(self.log.last_index());
+        let stop = LogIndex(i.0.saturating_sub(CONFLICT_SCAN_MAX));
+        while i > stop {
+            match self.log.term_at(i) {
+                Some(t) if t == term => return Some(i),
+                Some(t) if t < term => return None,
+                Some(_) => i = i.prev(),
+                None => return None,
+            }
+        }
+        None
+    }
+
+    pub(super) fn handle_heartbeat_response(&mut self, from: NodeId) {
+        if self.role != Role::Leader {
+            return;
+        }
+        if let Some(pr) = self.progress.get_mut(&from) {
+            pr.recent_active = true;
+            // Let a probe that may have been lost go again.
+            pr.probe_sent = false;
+        }
+    }
+
+    /// Commits the highest index a quorum holds durably, if it is of the current term
+    /// (Raft §5.4.2: older entries are committed only indirectly).
+    pub(super) fn maybe_commit(&mut self) {
+        let mut matches = [LogIndex::ZERO; VOTERS_MAX];
+        let n = self.config.voters.len();
+        matches[0] = self.self_match;
+        for (slot, pr) in matches[1..n].iter_mut().zip(self.progress.values()) {
+            *slot = pr.match_index;
+        }
+        let matches = &mut matches[..n];
+        matches.sort_unstable_by(|a, b| b.cmp(a));
+        let quorum_index = matches[self.config.quorum() - 1];
+        if quorum_index <= self.commit {
+            return;
+        }
+        let current_term = self.log.term_at(quorum_index) == Some(self.term);
+        if current_term || self.config.fault_is(FaultVariant::CommitOldTermByCount) {
+            self.set_commit(quorum_index);
+        }
+    }
+
+    // ----- Follower side ------------------------------------------------------------
+
+    fn follow(&mut self, leader: NodeId) {
+        if self.role != Role::Follower {
+            assert!(self.role != Role::Leader, "two leaders in term {}", self.term);
+            self.become_follower(self.term, Some(leader));
+        }
+        self.leader = Some(leader);
+        self.election_elapsed = 0;
+    }
+
+    pub(super) fn handle_heartbeat(&mut self, from: NodeId, commit_index: LogIndex) {
+        self.follow(from);
+        // The leader sends min(commit, our durable match), so our log matches it up to
+        // there (a damaged log may be shorter: cap at our end).
+        let commit = commit_index.min(self.log.last_index());
+        if commit > self.commit {
+            self.set_commit(commit);
+        }
+        self.send(from, MessageBody::HeartbeatResponse);
+    }
+
+    pub(super) fn handle_append(
+        &mut self,
+        from: NodeId,
+        prev_log_index: LogIndex,
+        prev_log_term: Term,
+        entries: &[Entry],
+        leader_commit: LogIndex,
+    ) -> Result<(), RaftError> {
+        self.follow(from);
+        let last = self.log.last_index();
+        if prev_log_index > last {
+            self.reject_append(from, prev_log_index, None);
+            return Ok(());
+        }
+        let local_term = self.log.term_at(prev_log_index);
+        if local_term != Some(prev_log_term) {
+            assert!(
+                prev_log_index > self.commit,
+                "committed entry {prev_log_index} conflicts with the leader"
+            );
+            let conflict = local_term.map(|t| (t, self.first_index_of_term(t, prev_log_index)));
+            self.reject_append(from, prev_log_index, conflict);
+            return Ok(());
+        }
+        // Skip what we already have; truncate at the first conflict.
+        let mut start = entries.len();
+        for (k, e) in entries.iter().enumerate() {
+            assert_eq!(e.index, LogIndex(prev_log_index.0 + 1 + k as u64));
+            if e.index > last {
+                start = k;
+                break;
+            }
+            if self.log.term_at(e.index) != Some(e.term) {
+                assert!(
+                    e.index > self.commit,
+                    "truncating committed entry {} (commit {})",
+                    e.index,
+                    self.commit
+                );
+                if let Err(err) = self.log.truncate_suffix(e.index) {
+                    self.reject_append(from, prev_log_index, None);
+                    return Err(err.into());
+                }
+                self.on_truncated(e.index);
+                start = k;
+                break;
+            }
+        }
+        if start < entries.len() {
+            if let Err(err) = self.log.append(&entries[start..]) {
+                self.reject_append(from, prev_log_index, None);
+                return Err(err.into());
+            }
+            self.log_dirty = true;
+        }
+        let match_index = LogIndex(prev_log_index.0 + entries.len() as u64);
+        let commit = leader_commit.min(match_index);
+        if commit > self.commit {
+            self.set_commit(commit);
+        }
+        // The acknowledgement leaves only once the log is durable up to match_index,
+        // and the recovery mark is in the same Ready's hard state.
+        self.raise_acked_index(match_index);
+        if self.recovering && match_index >= self.acked_index {
+            self.recovering = false;
+        }
+        self.send_persisted(
+            from,
+            MessageBody::AppendResponse {
+                success: true,
+                match_index,
+                reject_index: LogIndex::ZERO,
+                conflict: None,
+                last_log_index: self.log.last_index(),
+            },
+        );
+        Ok(())
+    }
+
+    fn reject_append(
+        &mut self,
+        to: NodeId,
+        reject_index: LogIndex,
+        conflict: Option<(Term, LogIndex)>,
+    ) {
+        let last_log_index = self.log.last_index();
+        self.send(
+            to,
+            MessageBody::AppendResponse {
+                success: false,
+                match_index: LogIndex::ZERO,
+                reject_index,
+                conflict,
+                last_log_index,
+            },
+        );
+    }
+
+    /// The first index of the run of `term` that ends at `at` (bounded scan, never
+    /// below the commit index).
+    fn first_index_of_term(&self, term: Term, at: LogIndex) -> LogIndex {
+        let floor = self
+            .commit
+            .next()
+            .max(LogIndex(at.0.saturating_sub(CONFLICT_SCAN_MAX)));
+        let mut i = at;
+        while i > floor && self.log.term_at(i.prev()) == Some(term) {
+            i = i.prev();
+        }
+        i
+    }
+
+    /// The log lost its suffix from `from`: acknowledgements not yet sent for those
+    /// entries are void, and the recovery mark comes down (a leader overwrote them,
+    /// so they were not committed).
+    fn on_truncated(&mut self, from: LogIndex) {
+        assert!(from > self.commit);
+        self.persisted_msgs.retain(|m| {
+            !matches!(m.body, MessageBody::AppendResponse { success: true, match_index, .. } if match_index >= from)
+        });
+        let kept = from.prev();
+        if self.acked_index > kept {
+            self.acked_index = kept;
+        }
+        if self.persisted_index > kept {
+            self.persisted_index = kept;
+        }
+        self.log_dirty = true;
+    }
+}

@@ -33,7 +33,9 @@ impl std::str::FromStr for Durability {
         match s {
             "fsync" => Ok(Durability::Fsync),
             "async" => Ok(Durability::Async),
-            other => Err(format!("unknown durability {other:?} (expected fsync or async)")),
+            other => Err(format!(
+                "unknown durability {other:?} (expected fsync or async)"
+            )),
         }
     }
 }
@@ -284,7 +286,9 @@ impl BrokerConfig {
                 "max_frame_bytes must exceed max_batch_bytes".into(),
             ));
         }
-        if self.tick_ms == 0 || self.election_timeout_ticks < 3 || self.heartbeat_interval_ticks == 0
+        if self.tick_ms == 0
+            || self.election_timeout_ticks < 3
+            || self.heartbeat_interval_ticks == 0
         {
             return Err(ConfigError::OutOfRange(
                 "tick_ms must be >= 1, election_timeout_ticks >= 3, heartbeat_interval_ticks >= 1"
@@ -350,7 +354,10 @@ mod tests {
         assert_eq!(config.listen, defaults.listen);
         assert_eq!(config.segment_bytes, defaults.segment_bytes);
         assert_eq!(config.durability, defaults.durability);
-        assert_eq!(config.election_timeout_ticks, defaults.election_timeout_ticks);
+        assert_eq!(
+            config.election_timeout_ticks,
+            defaults.election_timeout_ticks
+        );
     }
 
     #[test]

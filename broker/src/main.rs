@@ -187,7 +187,14 @@ fn run_dev_cluster(
         let id = i as u64 + 1;
         let dir = data_dir.join(format!("node{id}"));
         let child = std::process::Command::new(&exe)
-            .args(["--node-id", &id.to_string(), "--listen", addr, "--peers", &peers])
+            .args([
+                "--node-id",
+                &id.to_string(),
+                "--listen",
+                addr,
+                "--peers",
+                &peers,
+            ])
             .args(["--durability", durability])
             .arg("--data-dir")
             .arg(&dir)

@@ -326,7 +326,10 @@ impl Node {
                     Ok(pb::AssignmentStrategy::RoundRobin) => Strategy::RoundRobin,
                     Ok(pb::AssignmentStrategy::Sticky) => Strategy::Sticky,
                     Err(_) => {
-                        return reply.error(pb::Error::new(ErrorCode::InvalidRequest, "unknown strategy"))
+                        return reply.error(pb::Error::new(
+                            ErrorCode::InvalidRequest,
+                            "unknown strategy",
+                        ))
                     }
                 };
                 if let Some(missing) = req.topics.iter().find(|t| self.state.topic(t).is_none()) {
@@ -500,7 +503,10 @@ impl Node {
                     Ok(pb::OffsetSpec::Latest) => state.next_offset,
                     Ok(pb::OffsetSpec::Timestamp) => state.offset_for_timestamp(req.timestamp_ms),
                     Err(_) => {
-                        return reply.error(pb::Error::new(ErrorCode::InvalidRequest, "unknown offset spec"))
+                        return reply.error(pb::Error::new(
+                            ErrorCode::InvalidRequest,
+                            "unknown offset spec",
+                        ))
                     }
                 }
             };
@@ -569,12 +575,14 @@ impl Node {
                 assignment: to_pb_queues(&m.assignment),
             })
             .collect();
-        reply.ok(pb::response::Body::DescribeGroup(pb::DescribeGroupResponse {
-            group: req.group,
-            generation,
-            members,
-            queues,
-        }))
+        reply.ok(pb::response::Body::DescribeGroup(
+            pb::DescribeGroupResponse {
+                group: req.group,
+                generation,
+                members,
+                queues,
+            },
+        ))
     }
 
     fn metadata(&self, req: &pb::MetadataRequest) -> pb::MetadataResponse {
@@ -637,7 +645,10 @@ impl Node {
     }
 
     fn queue(&self, topic: &str, queue: u32) -> Result<&QueueState, pb::Error> {
-        let t = self.state.topic(topic).ok_or_else(|| unknown_topic(topic))?;
+        let t = self
+            .state
+            .topic(topic)
+            .ok_or_else(|| unknown_topic(topic))?;
         t.queues
             .get(queue as usize)
             .ok_or_else(|| invalid_queue(topic, queue, t.queues.len()))
@@ -652,7 +663,12 @@ impl Node {
             Ok(pb::OffsetSpec::Earliest) => queue.start_offset,
             Ok(pb::OffsetSpec::Latest) => queue.next_offset,
             Ok(pb::OffsetSpec::Timestamp) => queue.offset_for_timestamp(req.timestamp_ms),
-            Err(_) => return reply.error(pb::Error::new(ErrorCode::InvalidRequest, "unknown offset spec")),
+            Err(_) => {
+                return reply.error(pb::Error::new(
+                    ErrorCode::InvalidRequest,
+                    "unknown offset spec",
+                ))
+            }
         };
         reply.ok(pb::response::Body::ListOffsets(pb::ListOffsetsResponse {
             offset,
@@ -1024,12 +1040,14 @@ impl Node {
         use pb::response::Body as R;
         let reply = pending.reply;
         match (pending.kind, outcome) {
-            (_, ApplyOutcome::Rejected(code, message)) => reply.error(pb::Error::new(code, message)),
+            (_, ApplyOutcome::Rejected(code, message)) => {
+                reply.error(pb::Error::new(code, message))
+            }
             (PendingKind::Produce, ApplyOutcome::Produced { base_offset, count }) => {
                 reply.ok(R::Produce(pb::ProduceResponse { base_offset, count }))
             }
-            (PendingKind::Produce, ApplyOutcome::Duplicate { base_offset, count }) => {
-                reply.error_with_body(
+            (PendingKind::Produce, ApplyOutcome::Duplicate { base_offset, count }) => reply
+                .error_with_body(
                     pb::Error::new(
                         ErrorCode::DuplicateSequence,
                         "batch already stored (idempotent retry)",
@@ -1038,8 +1056,7 @@ impl Node {
                         base_offset: base_offset.unwrap_or(u64::MAX),
                         count,
                     }),
-                )
-            }
+                ),
             (PendingKind::CreateTopic, ApplyOutcome::TopicCreated) => {
                 reply.ok(R::CreateTopic(pb::CreateTopicResponse {}))
             }
@@ -1060,7 +1077,10 @@ impl Node {
             }
             (_, other) => {
                 tracing::error!(?other, index = index.0, "unexpected apply outcome");
-                reply.error(pb::Error::new(ErrorCode::InvalidRequest, "unexpected outcome"))
+                reply.error(pb::Error::new(
+                    ErrorCode::InvalidRequest,
+                    "unexpected outcome",
+                ))
             }
         }
     }
@@ -1079,9 +1099,10 @@ impl Node {
             tracing::error!(error = %e, "final sync failed");
         }
         for (_, pending) in std::mem::take(&mut self.pending) {
-            pending
-                .reply
-                .error(pb::Error::new(ErrorCode::ShuttingDown, "broker is shutting down"));
+            pending.reply.error(pb::Error::new(
+                ErrorCode::ShuttingDown,
+                "broker is shutting down",
+            ));
         }
         tracing::info!(
             last_index = self.raft.log().last_index().0,

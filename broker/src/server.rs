@@ -86,12 +86,13 @@ impl Broker {
             path: config.data_dir.clone(),
             source,
         })?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
         let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: config.listen,
             source,
@@ -101,10 +102,11 @@ impl Broker {
         if config.peers.len() == 1 {
             config.peers.insert(config.node_id, local_addr);
         }
-        let (hard_state_file, hard_state) =
-            HardStateFile::open(&config.data_dir, config.node_id)?;
+        let (hard_state_file, hard_state) = HardStateFile::open(&config.data_dir, config.node_id)?;
         let log_config = LogConfig {
             segment_bytes: config.segment_bytes,
+            // A batch plus the broker's entry header; commands are far smaller.
+            max_entry_bytes: (config.max_batch_bytes + 4096) as u32,
             ..LogConfig::default()
         };
         let (log, report) = CommitLog::open(&config.data_dir.join("log"), log_config)?;
@@ -127,13 +129,7 @@ impl Broker {
             shutdown.clone(),
         );
         let (inbox_tx, inbox_rx) = mpsc::channel(NODE_INBOX);
-        let node = Node::new(
-            config.clone(),
-            raft,
-            hard_state_file,
-            hard_state,
-            transport,
-        );
+        let node = Node::new(config.clone(), raft, hard_state_file, hard_state, transport);
         let node = tokio::spawn(node.run(inbox_rx));
         let listener = tokio::spawn(accept_loop(listener, inbox_tx, config, shutdown.clone()));
         Ok(Broker {
@@ -270,7 +266,10 @@ async fn serve_connection(
         if request.api_version > 1 {
             reply.error(pb::Error::new(
                 ErrorCode::UnsupportedVersion,
-                format!("api version {} is not supported (max 1)", request.api_version),
+                format!(
+                    "api version {} is not supported (max 1)",
+                    request.api_version
+                ),
             ));
             continue;
         }
@@ -278,11 +277,7 @@ async fn serve_connection(
             reply.error(e);
             continue;
         }
-        if inbox
-            .send(NodeInput::Client { body, reply })
-            .await
-            .is_err()
-        {
+        if inbox.send(NodeInput::Client { body, reply }).await.is_err() {
             break;
         }
     }
@@ -333,17 +328,24 @@ fn precheck(body: &pb::request::Body, config: &BrokerConfig) -> Result<(), pb::E
 }
 
 async fn write_responses(
-    mut framed: FramedWrite<tokio::net::tcp::OwnedWriteHalf, tokio_util::codec::LengthDelimitedCodec>,
+    mut framed: FramedWrite<
+        tokio::net::tcp::OwnedWriteHalf,
+        tokio_util::codec::LengthDelimitedCodec,
+    >,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
 ) {
     while let Some((response, permit)) = rx.recv().await {
-        let mut result = framed.feed(bytes::Bytes::from(response.encode_to_vec())).await;
+        let mut result = framed
+            .feed(bytes::Bytes::from(response.encode_to_vec()))
+            .await;
         drop(permit);
         let mut fed = 1;
         while result.is_ok() && fed < WRITE_BATCH {
             match rx.try_recv() {
                 Ok((response, permit)) => {
-                    result = framed.feed(bytes::Bytes::from(response.encode_to_vec())).await;
+                    result = framed
+                        .feed(bytes::Bytes::from(response.encode_to_vec()))
+                        .await;
                     drop(permit);
                     fed += 1;
                 }
@@ -351,7 +353,7 @@ async fn write_responses(
             }
         }
         if result.is_ok() {
-            result = framed.flush().await;
+            result = SinkExt::<bytes::Bytes>::flush(&mut framed).await;
         }
         if result.is_err() {
             break;

@@ -62,10 +62,7 @@ impl PeerTransport {
     pub fn send(&self, msg: Message) {
         if let Some(tx) = self.peers.get(&msg.to) {
             let to = msg.to;
-            if tx
-                .try_send(raft_wire::to_pb(msg, self.cluster_id))
-                .is_err()
-            {
+            if tx.try_send(raft_wire::to_pb(msg, self.cluster_id)).is_err() {
                 tracing::trace!(peer = to.0, "peer queue full, message dropped");
             }
         }
@@ -127,7 +124,7 @@ async fn peer_link(
                 }
             }
             if result.is_ok() {
-                result = framed.flush().await;
+                result = SinkExt::<bytes::Bytes>::flush(&mut framed).await;
             }
             if let Err(e) = result {
                 tracing::debug!(peer = id.0, error = %e, "peer link broken, reconnecting");

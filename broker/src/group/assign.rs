@@ -107,9 +107,9 @@ fn sticky(
         // Members that already held the most of this topic get the `ceil` quotas,
         // so fewer queues move.
         let held = |m: &String| {
-            previous
-                .get(m)
-                .map_or(0, |s| s.iter().filter(|(t, q)| t == topic && *q < count).count())
+            previous.get(m).map_or(0, |s| {
+                s.iter().filter(|(t, q)| t == topic && *q < count).count()
+            })
         };
         let mut by_held: Vec<&String> = subscribers.clone();
         by_held.sort_by(|a, b| held(b).cmp(&held(a)).then(a.cmp(b)));
@@ -160,7 +160,12 @@ mod tests {
 
     fn members(ids: &[&str], topics: &[&str]) -> BTreeMap<String, BTreeSet<String>> {
         ids.iter()
-            .map(|m| (m.to_string(), topics.iter().map(|t| t.to_string()).collect()))
+            .map(|m| {
+                (
+                    m.to_string(),
+                    topics.iter().map(|t| t.to_string()).collect(),
+                )
+            })
             .collect()
     }
 

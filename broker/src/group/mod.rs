@@ -145,7 +145,10 @@ impl Coordinator {
         now_ms: u64,
     ) -> Result<MemberView, GroupError> {
         if topics.is_empty() {
-            return Err(refuse(ErrorCode::InvalidRequest, "subscribe to at least one topic"));
+            return Err(refuse(
+                ErrorCode::InvalidRequest,
+                "subscribe to at least one topic",
+            ));
         }
         if !self.groups.contains_key(group) && self.groups.len() >= MAX_GROUPS {
             return Err(refuse(ErrorCode::Busy, "too many consumer groups"));
@@ -156,18 +159,25 @@ impl Coordinator {
         };
         let member_id = if member_id.is_empty() {
             self.next_member += 1;
-            let prefix = if client_id.is_empty() { "member" } else { client_id };
+            let prefix = if client_id.is_empty() {
+                "member"
+            } else {
+                client_id
+            };
             format!("{prefix}-{}", self.next_member)
         } else {
             member_id.to_string()
         };
-        let g = self.groups.entry(group.to_string()).or_insert_with(|| Group {
-            generation: 0,
-            strategy,
-            members: BTreeMap::new(),
-            target: BTreeMap::new(),
-            holders: BTreeMap::new(),
-        });
+        let g = self
+            .groups
+            .entry(group.to_string())
+            .or_insert_with(|| Group {
+                generation: 0,
+                strategy,
+                members: BTreeMap::new(),
+                target: BTreeMap::new(),
+                holders: BTreeMap::new(),
+            });
         let topics: BTreeSet<String> = topics.iter().cloned().collect();
         let changed = match g.members.get(&member_id) {
             Some(m) => m.topics != topics,
@@ -292,14 +302,18 @@ impl Coordinator {
             }
             return Ok(());
         }
-        let g = self
-            .groups
-            .get(group)
-            .ok_or_else(|| refuse(ErrorCode::UnknownMember, format!("unknown member {member_id:?}")))?;
-        let m = g
-            .members
-            .get(member_id)
-            .ok_or_else(|| refuse(ErrorCode::UnknownMember, format!("unknown member {member_id:?}")))?;
+        let g = self.groups.get(group).ok_or_else(|| {
+            refuse(
+                ErrorCode::UnknownMember,
+                format!("unknown member {member_id:?}"),
+            )
+        })?;
+        let m = g.members.get(member_id).ok_or_else(|| {
+            refuse(
+                ErrorCode::UnknownMember,
+                format!("unknown member {member_id:?}"),
+            )
+        })?;
         if generation < m.confirmed_generation || generation > g.generation {
             return Err(refuse(
                 ErrorCode::StaleGeneration,
@@ -336,7 +350,12 @@ impl Coordinator {
     }
 
     fn member_group(&mut self, group: &str, member_id: &str) -> Result<&mut Group, GroupError> {
-        let unknown = || refuse(ErrorCode::UnknownMember, format!("unknown member {member_id:?}"));
+        let unknown = || {
+            refuse(
+                ErrorCode::UnknownMember,
+                format!("unknown member {member_id:?}"),
+            )
+        };
         let g = self.groups.get_mut(group).ok_or_else(unknown)?;
         if !g.members.contains_key(member_id) {
             return Err(unknown());
@@ -420,8 +439,17 @@ mod tests {
     }
 
     fn join(c: &mut Coordinator, id: &str, now: u64) -> MemberView {
-        c.join("g", id, "app", &topics(), 1000, Strategy::Range, &counts(), now)
-            .unwrap()
+        c.join(
+            "g",
+            id,
+            "app",
+            &topics(),
+            1000,
+            Strategy::Range,
+            &counts(),
+            now,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -442,7 +470,12 @@ mod tests {
         c.heartbeat("g", &a.member_id, a2.generation, 30).unwrap();
         let b2 = c.heartbeat("g", &b.member_id, b.generation, 40).unwrap();
         assert_eq!(b2.assignment.len(), 4);
-        let all: BTreeSet<TopicQueue> = a2.assignment.iter().chain(&b2.assignment).cloned().collect();
+        let all: BTreeSet<TopicQueue> = a2
+            .assignment
+            .iter()
+            .chain(&b2.assignment)
+            .cloned()
+            .collect();
         assert_eq!(all.len(), 8, "disjoint and covering");
     }
 

@@ -225,7 +225,11 @@ impl<L: RaftLog> RawNode<L> {
 
     fn follow(&mut self, leader: NodeId) {
         if self.role != Role::Follower {
-            assert!(self.role != Role::Leader, "two leaders in term {}", self.term);
+            assert!(
+                self.role != Role::Leader,
+                "two leaders in term {}",
+                self.term
+            );
             self.become_follower(self.term, Some(leader));
         }
         self.leader = Some(leader);

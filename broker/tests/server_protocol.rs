@@ -1,0 +1,370 @@
+//! The broker at the protocol level: a single in-process node on a loopback
+//! ephemeral port, spoken to with raw frames. Covers the error codes, pipelining,
+//! long polls, and hostile input (random bytes, oversize lengths, bad CRCs).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use raftmq_broker::config::BrokerConfig;
+use raftmq_broker::raft::NodeId;
+use raftmq_broker::Broker;
+use raftmq_proto::batch::BatchBuilder;
+use raftmq_proto::pb::{self, request::Body as Req, response::Body as Resp, ErrorCode};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+async fn start_broker(dir: &std::path::Path) -> Broker {
+    let config = BrokerConfig {
+        node_id: NodeId(1),
+        data_dir: dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        segment_bytes: 8 << 20,
+        max_batch_bytes: 1 << 20,
+        max_frame_bytes: 2 << 20,
+        election_timeout_ticks: 5,
+        heartbeat_interval_ticks: 1,
+        ..BrokerConfig::default()
+    };
+    let mut config = config;
+    config.peers.clear();
+    config.peers.insert(NodeId(1), config.listen);
+    Broker::start(config).await.expect("broker starts")
+}
+
+struct Conn {
+    framed: Framed<TcpStream, tokio_util::codec::LengthDelimitedCodec>,
+    next_id: u64,
+}
+
+impl Conn {
+    async fn connect(broker: &Broker) -> Conn {
+        let stream = TcpStream::connect(broker.local_addr).await.unwrap();
+        Conn {
+            framed: Framed::new(stream, raftmq_proto::frame::codec(4 << 20)),
+            next_id: 1,
+        }
+    }
+
+    async fn send(&mut self, body: Req) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let request = pb::Request {
+            correlation_id: id,
+            api_version: 1,
+            body: Some(body),
+        };
+        self.framed
+            .send(raftmq_proto::frame::encode_request(&request))
+            .await
+            .unwrap();
+        id
+    }
+
+    async fn recv(&mut self) -> pb::Response {
+        let frame = tokio::time::timeout(TEST_TIMEOUT, self.framed.next())
+            .await
+            .expect("response in time")
+            .expect("connection open")
+            .expect("frame");
+        raftmq_proto::frame::decode_response(frame.freeze()).unwrap()
+    }
+
+    async fn call(&mut self, body: Req) -> pb::Response {
+        let id = self.send(body).await;
+        let response = self.recv().await;
+        assert_eq!(response.correlation_id, id);
+        response
+    }
+
+    /// Retries while the single node is still electing itself.
+    async fn call_when_leader(&mut self, body: Req) -> pb::Response {
+        for _ in 0..200 {
+            let response = self.call(body.clone()).await;
+            match &response.error {
+                Some(e) if e.code == ErrorCode::NotLeader as i32 => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                _ => return response,
+            }
+        }
+        panic!("no leader elected");
+    }
+}
+
+fn code(response: &pb::Response) -> ErrorCode {
+    response
+        .error
+        .as_ref()
+        .map_or(ErrorCode::None, |e| ErrorCode::try_from(e.code).unwrap())
+}
+
+fn batch(values: &[&str]) -> Bytes {
+    let mut builder = BatchBuilder::with_capacity(1024);
+    for v in values {
+        builder.push(None, v.as_bytes(), &[], 1_700_000_000_000);
+    }
+    builder.finish()
+}
+
+fn produce(topic: &str, queue: u32, batch: Bytes) -> Req {
+    Req::Produce(pb::ProduceRequest {
+        topic: topic.into(),
+        queue,
+        acks: pb::Acks::Quorum as i32,
+        batch,
+    })
+}
+
+fn fetch(topic: &str, queue: u32, offset: u64, max_wait_ms: u32) -> Req {
+    Req::Fetch(pb::FetchRequest {
+        topic: topic.into(),
+        queue,
+        offset,
+        max_bytes: 1 << 20,
+        max_wait_ms,
+        min_bytes: 1,
+        ..pb::FetchRequest::default()
+    })
+}
+
+async fn create_topic(conn: &mut Conn, name: &str, queues: u32) {
+    let response = conn
+        .call_when_leader(Req::CreateTopic(pb::CreateTopicRequest {
+            name: name.into(),
+            queues,
+        }))
+        .await;
+    assert_eq!(code(&response), ErrorCode::None, "{response:?}");
+}
+
+fn values_of(response: &pb::Response) -> Vec<(u64, String)> {
+    let Some(Resp::Fetch(fetch)) = &response.body else {
+        panic!("not a fetch response: {response:?}");
+    };
+    fetch
+        .batches
+        .iter()
+        .flat_map(|b| raftmq_proto::batch::decode_records(&b.batch, b.base_offset))
+        .map(|m| {
+            let m = m.unwrap();
+            (m.offset, String::from_utf8(m.value.to_vec()).unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn produced_batches_are_fetched_with_their_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path()).await;
+    let mut conn = Conn::connect(&broker).await;
+    create_topic(&mut conn, "orders", 2).await;
+
+    let first = conn.call(produce("orders", 1, batch(&["a", "b"]))).await;
+    assert_eq!(code(&first), ErrorCode::None, "{first:?}");
+    let second = conn.call(produce("orders", 1, batch(&["c"]))).await;
+    match (&first.body, &second.body) {
+        (Some(Resp::Produce(a)), Some(Resp::Produce(b))) => {
+            assert_eq!((a.base_offset, a.count), (0, 2));
+            assert_eq!((b.base_offset, b.count), (2, 1));
+        }
+        other => panic!("{other:?}"),
+    }
+    let fetched = conn.call(fetch("orders", 1, 1, 0)).await;
+    assert_eq!(
+        values_of(&fetched),
+        vec![(0, "a".into()), (1, "b".into()), (2, "c".into())],
+        "a fetch from the middle of a batch returns the whole batch"
+    );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_long_poll_wakes_when_data_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path()).await;
+    let mut consumer = Conn::connect(&broker).await;
+    let mut producer = Conn::connect(&broker).await;
+    create_topic(&mut consumer, "t", 1).await;
+
+    let waiting = consumer.send(fetch("t", 0, 0, 10_000)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    producer.call(produce("t", 0, batch(&["late"]))).await;
+    let response = consumer.recv().await;
+    assert_eq!(response.correlation_id, waiting);
+    assert_eq!(values_of(&response), vec![(0, "late".into())]);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "woken by the commit, not the timeout"
+    );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn every_request_error_has_its_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path()).await;
+    let mut conn = Conn::connect(&broker).await;
+    create_topic(&mut conn, "t", 2).await;
+
+    let cases: Vec<(Req, ErrorCode)> = vec![
+        (
+            produce("missing", 0, batch(&["x"])),
+            ErrorCode::UnknownTopic,
+        ),
+        (produce("t", 9, batch(&["x"])), ErrorCode::InvalidQueue),
+        (
+            Req::CreateTopic(pb::CreateTopicRequest {
+                name: "t".into(),
+                queues: 1,
+            }),
+            ErrorCode::TopicExists,
+        ),
+        (
+            produce("t", 0, Bytes::from_static(&[0u8; 80])),
+            ErrorCode::CorruptBatch,
+        ),
+        (
+            produce("t", 0, Bytes::from(vec![0u8; 1 << 20 | 1])),
+            ErrorCode::MessageTooLarge,
+        ),
+        (fetch("t", 0, 5, 0), ErrorCode::OffsetOutOfRange),
+        (produce("", 0, batch(&["x"])), ErrorCode::InvalidRequest),
+        (
+            produce("bad name!", 0, batch(&["x"])),
+            ErrorCode::InvalidRequest,
+        ),
+    ];
+    for (request, expected) in cases {
+        let response = conn.call(request.clone()).await;
+        assert_eq!(code(&response), expected, "{request:?} → {response:?}");
+    }
+
+    // A corrupted CRC is refused.
+    let mut bytes = batch(&["hello"]).to_vec();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    let response = conn.call(produce("t", 0, Bytes::from(bytes))).await;
+    assert_eq!(code(&response), ErrorCode::CorruptBatch);
+
+    // Out of range tells the valid range.
+    let response = conn.call(fetch("t", 0, 5, 0)).await;
+    let e = response.error.unwrap();
+    assert_eq!((e.log_start, e.log_end), (0, 0));
+
+    // A newer API version is refused with its own code.
+    let request = pb::Request {
+        correlation_id: 99,
+        api_version: 7,
+        body: Some(Req::Metadata(pb::MetadataRequest::default())),
+    };
+    conn.framed
+        .send(raftmq_proto::frame::encode_request(&request))
+        .await
+        .unwrap();
+    assert_eq!(code(&conn.recv().await), ErrorCode::UnsupportedVersion);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn idempotent_retries_are_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path()).await;
+    let mut conn = Conn::connect(&broker).await;
+    create_topic(&mut conn, "t", 1).await;
+    let init = conn
+        .call(Req::InitProducer(pb::InitProducerRequest {}))
+        .await;
+    let Some(Resp::InitProducer(p)) = init.body else {
+        panic!("{init:?}")
+    };
+    let make = |seq: u32, v: &str| {
+        let mut b = BatchBuilder::with_capacity(256);
+        b.set_producer(p.producer_id, p.producer_epoch as u16, seq);
+        b.push(None, v.as_bytes(), &[], 1);
+        b.finish()
+    };
+    let first = conn.call(produce("t", 0, make(0, "a"))).await;
+    assert_eq!(code(&first), ErrorCode::None);
+    let retry = conn.call(produce("t", 0, make(0, "a"))).await;
+    assert_eq!(code(&retry), ErrorCode::DuplicateSequence);
+    let Some(Resp::Produce(r)) = retry.body else {
+        panic!("{retry:?}")
+    };
+    assert_eq!(r.base_offset, 0, "the duplicate names the original offset");
+    let gap = conn.call(produce("t", 0, make(5, "z"))).await;
+    assert_eq!(code(&gap), ErrorCode::OutOfOrderSequence);
+    let next = conn.call(produce("t", 0, make(1, "b"))).await;
+    assert_eq!(code(&next), ErrorCode::None);
+    let fetched = conn.call(fetch("t", 0, 0, 0)).await;
+    assert_eq!(values_of(&fetched), vec![(0, "a".into()), (1, "b".into())]);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn hostile_bytes_close_only_their_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path()).await;
+    let mut good = Conn::connect(&broker).await;
+    create_topic(&mut good, "t", 1).await;
+
+    // Random bytes, a 2 GiB declared length, a truncated frame, garbage protobuf.
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut attacks: Vec<Vec<u8>> = (0..20)
+        .map(|i| {
+            (0..(i * 37 + 1))
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed as u8
+                })
+                .collect()
+        })
+        .collect();
+    attacks.push(vec![0x7F, 0xFF, 0xFF, 0xFF, 1, 2, 3]);
+    attacks.push(vec![0, 0, 0, 10, 1, 2]);
+    attacks.push(vec![0, 0, 0, 3, 0xFF, 0xFF, 0xFF]);
+    for attack in attacks {
+        let mut stream = TcpStream::connect(broker.local_addr).await.unwrap();
+        let _ = stream.write_all(&attack).await;
+        let _ = stream.shutdown().await;
+    }
+    // The broker still serves the well-behaved client.
+    let response = good.call(produce("t", 0, batch(&["still here"]))).await;
+    assert_eq!(code(&response), ErrorCode::None, "{response:?}");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn acknowledged_data_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path()).await;
+    let mut conn = Conn::connect(&broker).await;
+    create_topic(&mut conn, "t", 1).await;
+    for i in 0..20 {
+        let r = conn.call(produce("t", 0, batch(&[&format!("m{i}")]))).await;
+        assert_eq!(code(&r), ErrorCode::None);
+    }
+    drop(conn);
+    broker.stop().await;
+
+    let broker = start_broker(dir.path()).await;
+    let mut conn = Conn::connect(&broker).await;
+    let fetched = conn.call_when_leader(fetch("t", 0, 0, 0)).await;
+    let fetched = if code(&fetched) == ErrorCode::UnknownTopic {
+        // The state machine is rebuilt as the new term commits the old entries.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        conn.call(fetch("t", 0, 0, 0)).await
+    } else {
+        fetched
+    };
+    let values = values_of(&fetched);
+    assert_eq!(values.len(), 20);
+    assert_eq!(values[19], (19, "m19".into()));
+    broker.stop().await;
+}

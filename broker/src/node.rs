@@ -119,6 +119,10 @@ pub struct Node {
     storage_failed: bool,
     groups: Coordinator,
     started: Instant,
+    /// Index of the first entry of this node's current leadership (its Noop): until
+    /// it is applied the state machine may lag what earlier leaders committed, so
+    /// the leader answers "not ready" instead of stale state.
+    term_start: LogIndex,
 }
 
 impl Node {
@@ -147,6 +151,7 @@ impl Node {
             storage_failed: false,
             groups: Coordinator::new(),
             started: Instant::now(),
+            term_start: LogIndex(u64::MAX),
         }
     }
 
@@ -232,8 +237,22 @@ impl Node {
         }
     }
 
+    /// A leader whose state machine has caught up with everything committed before
+    /// its term.
+    fn leader_ready(&self) -> bool {
+        self.raft.role() == Role::Leader && self.state.applied() >= self.term_start
+    }
+
     fn handle_client(&mut self, body: pb::request::Body, reply: Responder) {
         use pb::request::Body as B;
+        if self.raft.role() == Role::Leader
+            && !self.leader_ready()
+            && !matches!(body, B::ClusterStatus(_))
+        {
+            let mut e = self.not_leader();
+            e.message = "the new leader is applying earlier entries; retry shortly".into();
+            return reply.error(e);
+        }
         match body {
             B::Produce(req) => self.produce(req, reply),
             B::Fetch(req) => self.fetch(req, reply),
@@ -818,9 +837,12 @@ impl Node {
         let ready = self.raft.ready();
         if let Some((role, term, leader)) = ready.role_change {
             tracing::info!(role = role_name(role), term = term.0, leader = ?leader.map(|l| l.0), "raft role changed");
-            if role != Role::Leader {
+            if role == Role::Leader {
+                self.term_start = self.raft.log().last_index();
+            } else {
                 // Members rejoin the new leader; their committed offsets are in the log.
                 self.groups.clear();
+                self.term_start = LogIndex(u64::MAX);
             }
         }
         for msg in ready.messages {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use raftmq_broker::config::BrokerConfig;
 use raftmq_broker::raft::NodeId;
 use raftmq_broker::Broker;
@@ -13,9 +13,10 @@ use raftmq_proto::batch::BatchBuilder;
 use raftmq_proto::pb::{self, request::Body as Req, response::Body as Resp, ErrorCode};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio_util::codec::Framed;
 
-const TEST_TIMEOUT: Duration = Duration::from_secs(20);
+mod common;
+
+use common::raw::{batch, code, Conn};
 
 async fn start_broker(dir: &std::path::Path) -> Broker {
     let config = BrokerConfig {
@@ -33,81 +34,6 @@ async fn start_broker(dir: &std::path::Path) -> Broker {
     config.peers.clear();
     config.peers.insert(NodeId(1), config.listen);
     Broker::start(config).await.expect("broker starts")
-}
-
-struct Conn {
-    framed: Framed<TcpStream, tokio_util::codec::LengthDelimitedCodec>,
-    next_id: u64,
-}
-
-impl Conn {
-    async fn connect(broker: &Broker) -> Conn {
-        let stream = TcpStream::connect(broker.local_addr).await.unwrap();
-        Conn {
-            framed: Framed::new(stream, raftmq_proto::frame::codec(4 << 20)),
-            next_id: 1,
-        }
-    }
-
-    async fn send(&mut self, body: Req) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        let request = pb::Request {
-            correlation_id: id,
-            api_version: 1,
-            body: Some(body),
-        };
-        self.framed
-            .send(raftmq_proto::frame::encode_request(&request))
-            .await
-            .unwrap();
-        id
-    }
-
-    async fn recv(&mut self) -> pb::Response {
-        let frame = tokio::time::timeout(TEST_TIMEOUT, self.framed.next())
-            .await
-            .expect("response in time")
-            .expect("connection open")
-            .expect("frame");
-        raftmq_proto::frame::decode_response(frame.freeze()).unwrap()
-    }
-
-    async fn call(&mut self, body: Req) -> pb::Response {
-        let id = self.send(body).await;
-        let response = self.recv().await;
-        assert_eq!(response.correlation_id, id);
-        response
-    }
-
-    /// Retries while the single node is still electing itself.
-    async fn call_when_leader(&mut self, body: Req) -> pb::Response {
-        for _ in 0..200 {
-            let response = self.call(body.clone()).await;
-            match &response.error {
-                Some(e) if e.code == ErrorCode::NotLeader as i32 => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                _ => return response,
-            }
-        }
-        panic!("no leader elected");
-    }
-}
-
-fn code(response: &pb::Response) -> ErrorCode {
-    response
-        .error
-        .as_ref()
-        .map_or(ErrorCode::None, |e| ErrorCode::try_from(e.code).unwrap())
-}
-
-fn batch(values: &[&str]) -> Bytes {
-    let mut builder = BatchBuilder::with_capacity(1024);
-    for v in values {
-        builder.push(None, v.as_bytes(), &[], 1_700_000_000_000);
-    }
-    builder.finish()
 }
 
 fn produce(topic: &str, queue: u32, batch: Bytes) -> Req {

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -117,10 +119,16 @@ impl Cluster {
         while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
             if let Some(child) = self.node(id).child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    panic!("node {id} exited early: {status}; see {}", self.log_path(id));
+                    panic!(
+                        "node {id} exited early: {status}; see {}",
+                        self.log_path(id)
+                    );
                 }
             }
-            assert!(Instant::now() < deadline, "node {id} did not start listening");
+            assert!(
+                Instant::now() < deadline,
+                "node {id} did not start listening"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

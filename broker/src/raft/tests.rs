@@ -420,6 +420,7 @@ fn test_truncation_voids_pending_acks_and_lowers_acked_index() {
         },
     };
     n.step(append(1, 0, 0, vec![entry(1, 1), entry(2, 1), entry(3, 1)])).unwrap();
+    // (Nothing acknowledged is durable yet: the truncation need not wait.)
     // A new leader of term 2 overwrites index 2.. before the Ready was taken.
     let mut m = append(2, 1, 1, vec![entry(2, 2)]);
     m.from = NodeId(3);
@@ -435,6 +436,37 @@ fn test_truncation_voids_pending_acks_and_lowers_acked_index() {
         })
         .collect();
     assert_eq!(acks, vec![LogIndex(2)], "the ack for (3, 1) was voided");
+}
+
+#[test]
+fn test_truncating_acknowledged_entries_waits_for_lowered_mark() {
+    let mut n = RawNode::new(config(2, 3), MemLog::new(), HardState::default());
+    let append = |from: u64, term: u64, prev: u64, prev_term: u64, entries: Vec<Entry>| Message {
+        from: NodeId(from),
+        to: NodeId(2),
+        term: Term(term),
+        body: MessageBody::Append {
+            prev_log_index: LogIndex(prev),
+            prev_log_term: Term(prev_term),
+            entries,
+            commit_index: LogIndex(0),
+        },
+    };
+    n.step(append(1, 1, 0, 0, vec![entry(1, 1), entry(2, 1), entry(3, 1)])).unwrap();
+    let rd = n.ready();
+    n.persisted(rd.unsynced.unwrap().0, rd.unsynced.unwrap().1);
+    assert_eq!(n.status().acked_index, LogIndex(3));
+    // A leader of term 2 overwrites index 2: first the mark comes down durably.
+    n.step(append(3, 2, 1, 1, vec![entry(2, 2)])).unwrap();
+    assert_eq!(n.log().last_index(), LogIndex(3), "not truncated yet");
+    let rd = n.ready();
+    assert_eq!(rd.hard_state.unwrap().acked_index, LogIndex(1));
+    assert!(rd.persisted_messages.is_empty());
+    let (i, t) = rd.unsynced.unwrap();
+    n.persisted(i, t);
+    n.step(append(3, 2, 1, 1, vec![entry(2, 2)])).unwrap();
+    assert_eq!(n.log().last_index(), LogIndex(2));
+    assert_eq!(n.log().term_at(LogIndex(2)), Some(Term(2)));
 }
 
 #[test]

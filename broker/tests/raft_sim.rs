@@ -2,7 +2,7 @@
 //! writes, disk damage, network faults and pauses, checking safety after every step
 //! and liveness once faults stop.
 //!
-//! - `RAFTMQ_SIM_SEEDS=N` runs seeds `0..N` (default 500).
+//! - `RAFTMQ_SIM_SEEDS=N` runs seeds `0..N` (default 2000).
 //! - `RAFTMQ_SIM_SEED=S` replays seed `S` alone.
 //!
 //! Every failure prints its seed, the replay command and the last events.
@@ -12,7 +12,7 @@ mod sim;
 use raftmq_broker::raft::FaultVariant;
 use sim::{run_seed, Failure, Options};
 
-const DEFAULT_SEEDS: u64 = 500;
+const DEFAULT_SEEDS: u64 = 2000;
 
 fn seeds_from_env() -> Vec<u64> {
     if let Ok(s) = std::env::var("RAFTMQ_SIM_SEED") {

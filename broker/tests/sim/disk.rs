@@ -36,6 +36,11 @@ impl SimLog {
         &self.written
     }
 
+    /// The term at `index` in the synced log.
+    pub fn durable_term_at(&self, index: LogIndex) -> Option<Term> {
+        self.durable.get((index.0 as usize).checked_sub(1)?).map(|e| e.term)
+    }
+
     /// Makes every write so far durable.
     pub fn sync(&mut self) {
         for op in self.ops.drain(..) {

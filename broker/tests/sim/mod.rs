@@ -31,7 +31,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             fault: None,
-            fault_ticks: 300,
+            fault_ticks: 1000,
             liveness_ticks: 1000,
         }
     }
@@ -121,6 +121,9 @@ struct Knobs {
     p_fail_writes: f64,
     p_crash_mid_ready: f64,
     proposals_per_tick: u64,
+    /// Probability that a Ready's writes are synced right away (else later, while
+    /// the node goes on: asynchronous storage writes).
+    p_sync_now: f64,
 }
 
 impl Knobs {
@@ -144,6 +147,7 @@ impl Knobs {
             p_fail_writes: rng.pick(&[0.0, 0.0, 0.005]),
             p_crash_mid_ready: rng.pick(&[0.0, 0.002, 0.01]),
             proposals_per_tick: rng.pick(&[1, 2, 4]),
+            p_sync_now: rng.pick(&[1.0, 0.7, 0.3]),
         }
     }
 }
@@ -163,6 +167,15 @@ struct Slot {
     commit_checked: LogIndex,
     leader_term_checked: Term,
     incarnation: u64,
+    /// Readies whose messages went out but whose writes are not yet synced.
+    pending: VecDeque<PendingWrite>,
+}
+
+/// The part of a Ready that waits for the sync.
+struct PendingWrite {
+    hard_state: Option<HardState>,
+    unsynced: Option<(LogIndex, Term)>,
+    persisted_messages: Vec<Message>,
 }
 
 struct Flight {
@@ -258,6 +271,7 @@ pub fn run_seed(seed: u64, opts: Options) -> Result<Stats, Failure> {
             commit_checked: LogIndex::ZERO,
             leader_term_checked: Term(0),
             incarnation: 0,
+            pending: VecDeque::new(),
         });
     }
     let result = catch_unwind(AssertUnwindSafe(|| world.run()));
@@ -335,6 +349,9 @@ impl World {
             for i in 0..n {
                 if self.active(i) && (!self.faults_on || self.rng.chance(0.7)) {
                     self.process_ready(i)?;
+                }
+                if self.active(i) && (!self.faults_on || self.rng.chance(0.5)) {
+                    self.complete_writes(i)?;
                 }
             }
             if !self.faults_on && self.converged() {
@@ -465,30 +482,7 @@ impl World {
         for m in rd.messages {
             self.send(m);
         }
-        if self.faults_on && self.rng.chance(self.k.p_crash_mid_ready) {
-            self.ev("crash-before-sync", id, 0, 0, 0, 0);
-            return self.crash(i);
-        }
         let node = self.slots[i].raft.as_mut().unwrap();
-        node.log_mut().sync();
-        if self.faults_on && self.rng.chance(self.k.p_crash_mid_ready) {
-            self.ev("crash-after-sync", id, 0, 0, 0, 0);
-            return self.crash(i);
-        }
-        if let Some(hs) = rd.hard_state {
-            self.slots[i].hs = hs;
-        }
-        for m in rd.persisted_messages {
-            if m.to == m.from {
-                self.step(i, m)?;
-            } else {
-                self.send(m);
-            }
-        }
-        let node = self.slots[i].raft.as_mut().unwrap();
-        if let Some((index, term)) = rd.unsynced {
-            node.persisted(index, term);
-        }
         if let Some((from, to)) = rd.to_apply {
             for idx in from.0..=to.0 {
                 let e = &node.log().all()[idx as usize - 1];
@@ -499,6 +493,48 @@ impl World {
                 }
             }
             node.applied(to);
+        }
+        self.slots[i].pending.push_back(PendingWrite {
+            hard_state: rd.hard_state,
+            unsynced: rd.unsynced,
+            persisted_messages: rd.persisted_messages,
+        });
+        if !self.faults_on || self.rng.chance(self.k.p_sync_now) {
+            self.complete_writes(i)?;
+        }
+        self.check()
+    }
+
+    /// Syncs the log and hard state of every pending Ready, then sends what waited.
+    fn complete_writes(&mut self, i: usize) -> Check {
+        if self.slots[i].pending.is_empty() {
+            return Ok(());
+        }
+        let id = i as u64 + 1;
+        if self.faults_on && self.rng.chance(self.k.p_crash_mid_ready) {
+            self.ev("crash-before-sync", id, 0, 0, 0, 0);
+            return self.crash(i);
+        }
+        self.slots[i].raft.as_mut().unwrap().log_mut().sync();
+        if self.faults_on && self.rng.chance(self.k.p_crash_mid_ready) {
+            self.ev("crash-after-sync", id, 0, 0, 0, 0);
+            return self.crash(i);
+        }
+        while let Some(w) = self.slots[i].pending.pop_front() {
+            if let Some(hs) = w.hard_state {
+                self.slots[i].hs = hs;
+            }
+            self.ev("synced", id, w.unsynced.map_or(0, |u| u.0 .0), 0, 0, 0);
+            for m in w.persisted_messages {
+                if m.to == m.from {
+                    self.step(i, m)?;
+                } else {
+                    self.send(m);
+                }
+            }
+            if let Some((index, term)) = w.unsynced {
+                self.slots[i].raft.as_mut().unwrap().persisted(index, term);
+            }
         }
         self.check()
     }
@@ -563,7 +599,14 @@ impl World {
             }
         }
         if self.rng.chance(self.k.p_crash) {
-            let i = self.rng.below(n as u64) as usize;
+            // Leaders are the most interesting victims.
+            let leader = (0..n).find(|&i| {
+                self.live(i) && self.slots[i].raft.as_ref().unwrap().role() == Role::Leader
+            });
+            let i = match leader {
+                Some(l) if self.rng.chance(0.5) => l,
+                _ => self.rng.below(n as u64) as usize,
+            };
             if self.live(i) {
                 self.ev("crash", i as u64 + 1, 0, 0, 0, 0);
                 self.crash(i)?;
@@ -631,6 +674,7 @@ impl World {
 
     fn crash(&mut self, i: usize) -> Check {
         let node = self.slots[i].raft.take().expect("crash a live node");
+        self.slots[i].pending.clear();
         let (_, _, log) = into_parts(node);
         let durable = log.crash(&mut self.rng);
         self.ev("crashed", i as u64 + 1, durable.len() as u64, 0, 0, 0);
@@ -691,6 +735,7 @@ impl World {
 
     /// Safety invariants, after every step.
     fn check(&mut self) -> Check {
+        let durable_checked = self.committed.len();
         for i in 0..self.slots.len() {
             let Some(node) = self.slots[i].raft.as_mut() else {
                 continue;
@@ -772,6 +817,30 @@ impl World {
                     self.committed.push((value.0, value.1, node.term()));
                 }
                 slot.commit_checked = idx;
+            }
+        }
+        // A newly committed entry is durable on a quorum (a damaged node, which
+        // cannot vote until repaired, counts as holding what it acknowledged).
+        if self.committed.len() > durable_checked {
+            let c = self.committed.len();
+            let t = self.committed[c - 1].0;
+            let idx = LogIndex(c as u64);
+            let holders = self
+                .slots
+                .iter()
+                .filter(|s| {
+                    s.damaged
+                        || match &s.raft {
+                            Some(node) => node.log().durable_term_at(idx) == Some(t),
+                            None => s.stopped_log.get(c - 1).is_some_and(|e| e.term == t),
+                        }
+                })
+                .count();
+            let quorum = self.slots.len() / 2 + 1;
+            if holders < quorum {
+                return Err(format!(
+                    "entry {c} (term {t}) committed while durable on only {holders} nodes"
+                ));
             }
         }
         // A committed entry stays in some log (live, or durable on a stopped node).

@@ -307,9 +307,19 @@ impl CommitLog {
         self.validate_append(entries)?;
 
         // Where the batch starts: the active segment, unless the log is empty and
-        // restarts at another index (then a fresh segment replaces the empty one).
-        let empty = self.is_empty();
-        let restart = empty && self.segments.last().is_none_or(|s| s.base != first.index);
+        // restarts at another index. Then the empty segment is removed first (durably),
+        // so a crash can only leave an empty log, never two disconnected segments.
+        let restart = self.is_empty() && self.segments.last().is_none_or(|s| s.base != first.index);
+        if restart {
+            if let Some(old) = self.segments.pop() {
+                assert!(old.slots.is_empty() && self.segments.is_empty());
+                if let Err(e) = self.remove_segment_files(old.base) {
+                    self.segments.push(old);
+                    return Err(e);
+                }
+            }
+            self.synced = self.synced.min(first.index.prev());
+        }
         let old_count = self.segments.len();
         let old_slots = self.segments.last().map_or(0, |s| s.slots.len());
         let old_end = self.segments.last().map_or(0, Segment::write_pos);
@@ -343,21 +353,6 @@ impl CommitLog {
 
         match result {
             Ok(()) => {
-                if restart && old_count > 0 {
-                    // The replaced empty segment sorts anywhere: find and drop it.
-                    let k = self
-                        .segments
-                        .iter()
-                        .position(|s| s.slots.is_empty() && s.base != first.index);
-                    if let Some(k) = k {
-                        let old = self.segments.remove(k);
-                        self.remove_segment_files(old.base)?;
-                    }
-                    self.segments.sort_by_key(|s| s.base);
-                }
-                if restart {
-                    self.synced = self.synced.min(first.index.prev());
-                }
                 self.check_invariants();
                 Ok(())
             }

@@ -221,16 +221,6 @@ pub(crate) fn recover(
         if bad.is_some() {
             break;
         }
-        // An empty first segment followed by more segments is the leftover of an
-        // empty log restarted at another index: drop it.
-        if i == 0 && segments[0].slots.is_empty() && bases.len() > 1 {
-            let dropped = segments.remove(0);
-            durability::remove_file(dir, &segment::file_name(dropped.base))?;
-            durability::remove_file(dir, &entry_index::file_name(dropped.base))?;
-            report.segments_removed += 1;
-            expected = None;
-            last_term = Term(0);
-        }
     }
 
     if let Some(bad) = bad {

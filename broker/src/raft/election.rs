@@ -105,7 +105,7 @@ impl<L: RaftLog> RawNode<L> {
         }
     }
 
-    fn become_candidate(&mut self, transfer: bool) {
+    pub(super) fn become_candidate(&mut self, transfer: bool) {
         assert!(self.role != Role::Leader);
         self.set_term(Term(self.term.0 + 1));
         self.vote = Some(self.config.id);
@@ -134,7 +134,7 @@ impl<L: RaftLog> RawNode<L> {
         }
     }
 
-    fn become_leader(&mut self) {
+    pub(super) fn become_leader(&mut self) {
         assert_eq!(self.role, Role::Candidate);
         assert_eq!(self.vote, Some(self.config.id));
         self.role = Role::Leader;

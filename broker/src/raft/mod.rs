@@ -22,3 +22,6 @@ pub use progress::ProgressState;
 pub use raw_node::RawNode;
 pub use ready::{PeerStatus, Ready, Status};
 pub use types::{Entry, EntryKind, HardState, LogIndex, NodeId, Role, Term};
+
+#[cfg(test)]
+mod tests;

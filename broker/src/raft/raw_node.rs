@@ -25,6 +25,11 @@ pub struct RawNode<L: RaftLog> {
     pub(super) term: Term,
     pub(super) vote: Option<NodeId>,
     pub(super) acked_index: LogIndex,
+    /// The recovery mark known durable: a truncation at or below it waits until a
+    /// lowered mark is durable, so a crash can never leave the log below the mark.
+    pub(super) acked_durable: LogIndex,
+    /// The last Ready that carried `unsynced`: (index, term, its acked mark).
+    pub(super) awaiting_persist: Option<(LogIndex, Term, LogIndex)>,
 
     // Volatile state.
     pub(super) role: Role,
@@ -107,6 +112,8 @@ impl<L: RaftLog> RawNode<L> {
             term,
             vote,
             acked_index: hard_state.acked_index,
+            acked_durable: hard_state.acked_index,
+            awaiting_persist: None,
             role: Role::Follower,
             leader: None,
             commit: LogIndex::ZERO,
@@ -357,6 +364,13 @@ impl<L: RaftLog> RawNode<L> {
         if index > self.persisted_index && self.log.term_at(index) == Some(term) {
             self.persisted_index = index;
         }
+        if let Some((i, t, acked)) = self.awaiting_persist {
+            if (i, t) == (index, term) {
+                // That Ready's hard state is durable too.
+                self.acked_durable = acked;
+                self.awaiting_persist = None;
+            }
+        }
     }
 
     /// Leader only: hands leadership to `to` once it has caught up; proposals are
@@ -430,6 +444,9 @@ impl<L: RaftLog> RawNode<L> {
             }
         }
         let hs = self.hard_state();
+        if let Some((index, term)) = rd.unsynced {
+            self.awaiting_persist = Some((index, term, hs.acked_index));
+        }
         if hs != self.reported_hard_state {
             rd.hard_state = Some(hs);
             self.reported_hard_state = hs;
@@ -502,6 +519,11 @@ impl<L: RaftLog> RawNode<L> {
     /// The log, mutably (for syncing). The driver must not append or truncate.
     pub fn log_mut(&mut self) -> &mut L {
         &mut self.log
+    }
+
+    /// Consumes the node, returning its log (shutdown, tests).
+    pub fn into_log(self) -> L {
+        self.log
     }
 
     /// This node's id.

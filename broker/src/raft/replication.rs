@@ -286,6 +286,15 @@ impl<L: RaftLog> RawNode<L> {
                     e.index,
                     self.commit
                 );
+                if e.index <= self.acked_durable {
+                    // Entries we acknowledged are overwritten: lower the recovery mark
+                    // durably first (the next Ready carries it; `persisted` confirms
+                    // it), so a crash amid the truncation cannot look like a damaged
+                    // log. Until then, drop the append; the leader probes again.
+                    self.void_acks_from(e.index);
+                    self.log_dirty = true;
+                    return Ok(());
+                }
                 if let Err(err) = self.log.truncate_suffix(e.index) {
                     self.reject_append(from, prev_log_index, None);
                     return Err(err.into());
@@ -359,18 +368,33 @@ impl<L: RaftLog> RawNode<L> {
         i
     }
 
-    /// The log lost its suffix from `from`: acknowledgements not yet sent for those
-    /// entries are void, and the recovery mark comes down (a leader overwrote them,
-    /// so they were not committed).
-    fn on_truncated(&mut self, from: LogIndex) {
-        assert!(from > self.commit);
+    /// Acknowledgements not yet sent for entries at `from` and after are void; the
+    /// recovery mark comes down below `from`.
+    fn void_acks_from(&mut self, from: LogIndex) {
         self.persisted_msgs.retain(|m| {
-            !matches!(m.body, MessageBody::AppendResponse { success: true, match_index, .. } if match_index >= from)
+            !matches!(
+                m.body,
+                MessageBody::AppendResponse {
+                    success: true,
+                    match_index,
+                    ..
+                } if match_index >= from
+            )
         });
         let kept = from.prev();
         if self.acked_index > kept {
             self.acked_index = kept;
         }
+    }
+
+    /// The log lost its suffix from `from`: acknowledgements not yet sent for those
+    /// entries are void, and the recovery mark comes down (a leader overwrote them,
+    /// so they were not committed).
+    fn on_truncated(&mut self, from: LogIndex) {
+        assert!(from > self.commit);
+        assert!(from > self.acked_durable, "truncating below the durable mark");
+        self.void_acks_from(from);
+        let kept = from.prev();
         if self.persisted_index > kept {
             self.persisted_index = kept;
         }

@@ -1,0 +1,904 @@
+//! A deterministic cluster simulator for the Raft core (in the spirit of
+//! TigerBeetle's VOPR): one thread, one seed, simulated disks and network, faults,
+//! and safety checks after every step.
+
+pub mod disk;
+pub mod rng;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use bytes::Bytes;
+use raftmq_broker::raft::{
+    Config, Entry, EntryKind, FaultVariant, HardState, LogIndex, Message, MessageBody, NodeId,
+    ProposeError, RaftLog, RawNode, Role, Term,
+};
+
+use disk::SimLog;
+use rng::Rng;
+
+/// How long to run and which core to run.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub fault: Option<FaultVariant>,
+    /// Ticks with faults and client load.
+    pub fault_ticks: u64,
+    /// Ticks allowed after faults stop for a leader to be elected and logs converge.
+    pub liveness_ticks: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            fault: None,
+            fault_ticks: 1000,
+            liveness_ticks: 1000,
+        }
+    }
+}
+
+/// A failed seed: what broke and the last events before it.
+#[derive(Debug)]
+pub struct Failure {
+    pub seed: u64,
+    pub reason: String,
+    pub trace: Vec<String>,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "raft simulation failed: seed {}: {}", self.seed, self.reason)?;
+        writeln!(
+            f,
+            "replay: RAFTMQ_SIM_SEED={} cargo test -p raftmq-broker --test raft_sim -- --nocapture",
+            self.seed
+        )?;
+        writeln!(f, "last {} events:", self.trace.len())?;
+        for line in &self.trace {
+            writeln!(f, "  {line}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What a seed did (for reporting).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    pub ticks: u64,
+    pub events: u64,
+    pub committed: u64,
+    pub crashes: u64,
+    pub damages: u64,
+    pub elections: u64,
+}
+
+/// Events kept for the failure report; `RAFTMQ_SIM_TRACE=N` keeps more.
+fn trace_len() -> usize {
+    std::env::var("RAFTMQ_SIM_TRACE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(50)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Ev {
+    now: u64,
+    what: &'static str,
+    node: u64,
+    a: u64,
+    b: u64,
+    c: u64,
+    d: u64,
+}
+
+impl Ev {
+    fn render(&self) -> String {
+        format!(
+            "t={:<4} n{} {:<16} {} {} {} {}",
+            self.now, self.node, self.what, self.a, self.b, self.c, self.d
+        )
+    }
+}
+
+/// Per-seed knobs: cluster shape, core limits and fault intensities.
+#[derive(Debug, Clone)]
+struct Knobs {
+    nodes: u64,
+    heartbeat: u32,
+    max_append_entries: usize,
+    max_inflight: usize,
+    max_pending: usize,
+    pre_vote: bool,
+    check_quorum: bool,
+    p_drop: f64,
+    p_dup: f64,
+    max_delay: u64,
+    p_crash: f64,
+    p_damage: f64,
+    p_partition: f64,
+    p_pause: f64,
+    p_transfer: f64,
+    p_fail_writes: f64,
+    p_crash_mid_ready: f64,
+    proposals_per_tick: u64,
+    /// Probability that a Ready's writes are synced right away (else later, while
+    /// the node goes on: asynchronous storage writes).
+    p_sync_now: f64,
+}
+
+impl Knobs {
+    fn draw(rng: &mut Rng, seed: u64) -> Self {
+        Knobs {
+            nodes: if seed % 2 == 0 { 3 } else { 5 },
+            heartbeat: rng.pick(&[1, 2, 3]),
+            max_append_entries: rng.pick(&[1, 2, 8, 64]),
+            max_inflight: rng.pick(&[1, 2, 8]),
+            max_pending: rng.pick(&[4, 32, 128]),
+            pre_vote: rng.chance(0.75),
+            check_quorum: rng.chance(0.75),
+            p_drop: rng.pick(&[0.0, 0.01, 0.05, 0.15]),
+            p_dup: rng.pick(&[0.0, 0.02, 0.1]),
+            max_delay: rng.pick(&[0, 1, 2, 4]),
+            p_crash: rng.pick(&[0.003, 0.01, 0.03]),
+            p_damage: rng.pick(&[0.0, 0.2, 0.6]),
+            p_partition: rng.pick(&[0.0, 0.01, 0.03]),
+            p_pause: rng.pick(&[0.0, 0.01, 0.03]),
+            p_transfer: rng.pick(&[0.0, 0.005, 0.02]),
+            p_fail_writes: rng.pick(&[0.0, 0.0, 0.005]),
+            p_crash_mid_ready: rng.pick(&[0.0, 0.002, 0.01]),
+            proposals_per_tick: rng.pick(&[1, 2, 4]),
+            p_sync_now: rng.pick(&[1.0, 0.7, 0.3]),
+        }
+    }
+}
+
+struct Slot {
+    raft: Option<RawNode<SimLog>>,
+    /// The durable log while stopped.
+    stopped_log: Vec<Entry>,
+    /// The durable hard state.
+    hs: HardState,
+    paused_until: u64,
+    restart_at: u64,
+    fail_writes_until: u64,
+    /// Damaged while stopped and not yet caught up.
+    damaged: bool,
+    commit_seen: LogIndex,
+    commit_checked: LogIndex,
+    leader_term_checked: Term,
+    incarnation: u64,
+    /// Readies whose messages went out but whose writes are not yet synced.
+    pending: VecDeque<PendingWrite>,
+}
+
+/// The part of a Ready that waits for the sync.
+struct PendingWrite {
+    hard_state: Option<HardState>,
+    unsynced: Option<(LogIndex, Term)>,
+    persisted_messages: Vec<Message>,
+}
+
+struct Flight {
+    at: u64,
+    msg: Message,
+}
+
+struct World {
+    seed: u64,
+    opts: Options,
+    rng: Rng,
+    k: Knobs,
+    slots: Vec<Slot>,
+    net: Vec<Flight>,
+    /// (from, to) links that drop messages.
+    blocked: BTreeSet<(u64, u64)>,
+    heal_at: u64,
+    now: u64,
+    faults_on: bool,
+    // Checker state.
+    leaders: BTreeMap<Term, NodeId>,
+    registry: HashMap<(u64, u64), (u64, Term)>,
+    /// Per committed index: (entry term, entry hash, term of the node that first
+    /// reported it committed, at least the term it was committed in).
+    committed: Vec<(Term, u64, Term)>,
+    committed_ids: BTreeSet<u64>,
+    next_id: u64,
+    trace: VecDeque<Ev>,
+    trace_len: usize,
+    stats: Stats,
+}
+
+fn entry_hash(e: &Entry) -> u64 {
+    let id = body_id(&e.body).unwrap_or(0);
+    ((e.kind as u64) << 56) ^ id
+}
+
+fn body_id(body: &Bytes) -> Option<u64> {
+    (body.len() >= 8).then(|| u64::from_le_bytes(body[..8].try_into().unwrap()))
+}
+
+fn config(k: &Knobs, id: u64, seed: u64, fault: Option<FaultVariant>) -> Config {
+    let voters = (1..=k.nodes).map(NodeId).collect();
+    let mut c = Config::new(NodeId(id), voters);
+    c.election_timeout_ticks = 10;
+    c.heartbeat_interval_ticks = k.heartbeat;
+    c.max_append_entries = k.max_append_entries;
+    c.max_append_bytes = 64 * 1024;
+    c.max_inflight_appends = k.max_inflight;
+    c.max_pending_proposals = k.max_pending;
+    c.pre_vote = k.pre_vote;
+    c.check_quorum = k.check_quorum;
+    c.seed = seed;
+    c.fault = fault;
+    c
+}
+
+/// Runs one seed; `Err` describes the first violation (or core panic).
+pub fn run_seed(seed: u64, opts: Options) -> Result<Stats, Failure> {
+    let mut rng = Rng::new(seed);
+    let k = Knobs::draw(&mut rng, seed);
+    let mut world = World {
+        seed,
+        opts,
+        slots: Vec::new(),
+        net: Vec::new(),
+        blocked: BTreeSet::new(),
+        heal_at: 0,
+        now: 0,
+        faults_on: true,
+        leaders: BTreeMap::new(),
+        registry: HashMap::new(),
+        committed: Vec::new(),
+        committed_ids: BTreeSet::new(),
+        next_id: 1,
+        trace: VecDeque::new(),
+        trace_len: trace_len(),
+        stats: Stats::default(),
+        rng,
+        k,
+    };
+    for id in 1..=world.k.nodes {
+        let cfg = config(&world.k, id, seed, opts.fault);
+        world.slots.push(Slot {
+            raft: Some(RawNode::new(cfg, SimLog::default(), HardState::default())),
+            stopped_log: Vec::new(),
+            hs: HardState::default(),
+            paused_until: 0,
+            restart_at: 0,
+            fail_writes_until: 0,
+            damaged: false,
+            commit_seen: LogIndex::ZERO,
+            commit_checked: LogIndex::ZERO,
+            leader_term_checked: Term(0),
+            incarnation: 0,
+            pending: VecDeque::new(),
+        });
+    }
+    let result = catch_unwind(AssertUnwindSafe(|| world.run()));
+    let outcome = match result {
+        Ok(Ok(())) => return Ok(world.stats),
+        Ok(Err(reason)) => reason,
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            format!("core panicked: {msg}")
+        }
+    };
+    Err(Failure {
+        seed,
+        reason: format!("{outcome} (knobs: {:?})", world.k),
+        trace: world.trace.iter().map(Ev::render).collect(),
+    })
+}
+
+type Check = Result<(), String>;
+
+impl World {
+    fn ev(&mut self, what: &'static str, node: u64, a: u64, b: u64, c: u64, d: u64) {
+        if self.trace.len() == self.trace_len {
+            self.trace.pop_front();
+        }
+        self.trace.push_back(Ev {
+            now: self.now,
+            what,
+            node,
+            a,
+            b,
+            c,
+            d,
+        });
+        self.stats.events += 1;
+    }
+
+    fn live(&self, i: usize) -> bool {
+        self.slots[i].raft.is_some()
+    }
+
+    fn active(&self, i: usize) -> bool {
+        self.live(i) && self.slots[i].paused_until <= self.now
+    }
+
+    fn run(&mut self) -> Check {
+        let total = self.opts.fault_ticks + self.opts.liveness_ticks;
+        let n = self.slots.len();
+        for now in 0..total {
+            self.now = now;
+            self.stats.ticks = now;
+            if now == self.opts.fault_ticks {
+                self.stop_faults()?;
+            }
+            if self.faults_on {
+                self.inject_faults()?;
+            }
+            for i in 0..n {
+                if self.active(i) {
+                    self.slots[i].raft.as_mut().unwrap().tick();
+                    self.ev("tick", i as u64 + 1, 0, 0, 0, 0);
+                    self.check()?;
+                }
+            }
+            self.deliver_due()?;
+            if self.faults_on {
+                for _ in 0..self.k.proposals_per_tick {
+                    self.propose()?;
+                }
+            }
+            for i in 0..n {
+                if self.active(i) && (!self.faults_on || self.rng.chance(0.7)) {
+                    self.process_ready(i)?;
+                }
+                if self.active(i) && (!self.faults_on || self.rng.chance(0.5)) {
+                    self.complete_writes(i)?;
+                }
+            }
+            if !self.faults_on && self.converged() {
+                return self.final_check();
+            }
+        }
+        let states: Vec<String> = self
+            .slots
+            .iter()
+            .filter_map(|s| s.raft.as_ref())
+            .map(|n| format!("{:?}", n.status()))
+            .collect();
+        Err(format!(
+            "liveness: no convergence within {} ticks after faults stopped; nodes: {}",
+            self.opts.liveness_ticks,
+            states.join("; ")
+        ))
+    }
+
+    // ----- Network -------------------------------------------------------------------
+
+    fn send(&mut self, msg: Message) {
+        let (from, to) = (msg.from.0, msg.to.0);
+        if self.faults_on && (self.rng.chance(self.k.p_drop) || self.blocked.contains(&(from, to)))
+        {
+            return;
+        }
+        let delay = self.rng.below(self.k.max_delay + 1);
+        if self.faults_on && self.rng.chance(self.k.p_dup) {
+            let extra = self.rng.below(self.k.max_delay + 2);
+            self.net.push(Flight {
+                at: self.now + extra,
+                msg: msg.clone(),
+            });
+        }
+        self.net.push(Flight {
+            at: self.now + delay,
+            msg,
+        });
+    }
+
+    fn deliver_due(&mut self) -> Check {
+        let mut due = Vec::new();
+        let mut i = 0;
+        while i < self.net.len() {
+            if self.net[i].at <= self.now {
+                due.push(self.net.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        // Reorder: deliver in a random order.
+        for j in (1..due.len()).rev() {
+            let r = self.rng.below(j as u64 + 1) as usize;
+            due.swap(j, r);
+        }
+        for flight in due {
+            let to = flight.msg.to.0 as usize - 1;
+            if !self.live(to) {
+                continue;
+            }
+            if !self.active(to) {
+                self.net.push(Flight {
+                    at: self.now + 1,
+                    msg: flight.msg,
+                });
+                continue;
+            }
+            if self.faults_on && self.blocked.contains(&(flight.msg.from.0, flight.msg.to.0)) {
+                continue;
+            }
+            self.step(to, flight.msg)?;
+            if self.rng.chance(0.5) {
+                self.process_ready(to)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, i: usize, msg: Message) -> Check {
+        let (a, b, c, d) = match &msg.body {
+            MessageBody::Append {
+                prev_log_index,
+                entries,
+                commit_index,
+                ..
+            } => (msg.term.0, prev_log_index.0, entries.len() as u64, commit_index.0),
+            MessageBody::AppendResponse {
+                success,
+                match_index,
+                reject_index,
+                ..
+            } => (msg.term.0, *success as u64, match_index.0, reject_index.0),
+            MessageBody::Vote {
+                last_log_index,
+                last_log_term,
+                ..
+            } => (msg.term.0, last_log_index.0, last_log_term.0, 0),
+            MessageBody::VoteResponse { granted, .. } => (msg.term.0, *granted as u64, 0, 0),
+            MessageBody::Heartbeat { commit_index } => (msg.term.0, commit_index.0, 0, 0),
+            _ => (msg.term.0, 0, 0, 0),
+        };
+        let what = msg.body.kind_name();
+        self.ev(what, i as u64 + 1, msg.from.0, a, b, c * 1000 + d);
+        let node = self.slots[i].raft.as_mut().unwrap();
+        // Storage errors are expected while writes fail; the core stays consistent.
+        let _ = node.step(msg);
+        self.check()
+    }
+
+    // ----- The driver ----------------------------------------------------------------
+
+    fn process_ready(&mut self, i: usize) -> Check {
+        let node = self.slots[i].raft.as_mut().unwrap();
+        if !node.has_ready() {
+            return Ok(());
+        }
+        let rd = node.ready();
+        let id = i as u64 + 1;
+        self.ev(
+            "ready",
+            id,
+            rd.unsynced.map_or(0, |u| u.0 .0),
+            rd.hard_state.map_or(0, |h| h.term.0),
+            rd.commit_index.0,
+            rd.persisted_messages.len() as u64,
+        );
+        for m in rd.messages {
+            self.send(m);
+        }
+        let node = self.slots[i].raft.as_mut().unwrap();
+        if let Some((from, to)) = rd.to_apply {
+            for idx in from.0..=to.0 {
+                let e = &node.log().all()[idx as usize - 1];
+                if e.kind == EntryKind::Command {
+                    if let Some(id) = body_id(&e.body) {
+                        self.committed_ids.insert(id);
+                    }
+                }
+            }
+            node.applied(to);
+        }
+        self.slots[i].pending.push_back(PendingWrite {
+            hard_state: rd.hard_state,
+            unsynced: rd.unsynced,
+            persisted_messages: rd.persisted_messages,
+        });
+        if !self.faults_on || self.rng.chance(self.k.p_sync_now) {
+            self.complete_writes(i)?;
+        }
+        self.check()
+    }
+
+    /// Syncs the log and hard state of every pending Ready, then sends what waited.
+    fn complete_writes(&mut self, i: usize) -> Check {
+        if self.slots[i].pending.is_empty() {
+            return Ok(());
+        }
+        let id = i as u64 + 1;
+        if self.faults_on && self.rng.chance(self.k.p_crash_mid_ready) {
+            self.ev("crash-before-sync", id, 0, 0, 0, 0);
+            return self.crash(i);
+        }
+        self.slots[i].raft.as_mut().unwrap().log_mut().sync();
+        if self.faults_on && self.rng.chance(self.k.p_crash_mid_ready) {
+            self.ev("crash-after-sync", id, 0, 0, 0, 0);
+            return self.crash(i);
+        }
+        while let Some(w) = self.slots[i].pending.pop_front() {
+            if let Some(hs) = w.hard_state {
+                self.slots[i].hs = hs;
+            }
+            self.ev("synced", id, w.unsynced.map_or(0, |u| u.0 .0), 0, 0, 0);
+            for m in w.persisted_messages {
+                if m.to == m.from {
+                    self.step(i, m)?;
+                } else {
+                    self.send(m);
+                }
+            }
+            if let Some((index, term)) = w.unsynced {
+                self.slots[i].raft.as_mut().unwrap().persisted(index, term);
+            }
+        }
+        self.check()
+    }
+
+    fn propose(&mut self) -> Check {
+        let n = self.slots.len();
+        let leader = (0..n).find(|&i| {
+            self.active(i) && self.slots[i].raft.as_ref().unwrap().role() == Role::Leader
+        });
+        let target = match leader {
+            Some(l) if self.rng.chance(0.9) => l,
+            _ => self.rng.below(n as u64) as usize,
+        };
+        if !self.active(target) {
+            return Ok(());
+        }
+        let id = self.next_id;
+        let mut body = Vec::with_capacity(16);
+        body.extend_from_slice(&id.to_le_bytes());
+        body.extend_from_slice(&(id ^ self.seed).to_le_bytes());
+        let node = self.slots[target].raft.as_mut().unwrap();
+        let batch = self.rng.chance(0.2);
+        let result = if batch {
+            let second = (id + 1).to_le_bytes().repeat(2);
+            node.propose_batch(
+                EntryKind::Command,
+                &[Bytes::from(body), Bytes::from(second)],
+            )
+            .map(|(first, last, term)| (first, term, last.0 - first.0 + 1))
+        } else {
+            node.propose(EntryKind::Command, Bytes::from(body))
+                .map(|(idx, term)| (idx, term, 1))
+        };
+        match result {
+            Ok((idx, term, count)) => {
+                self.next_id += count;
+                self.ev("propose", target as u64 + 1, id, idx.0, term.0, count);
+            }
+            Err(ProposeError::NotLeader { .. })
+            | Err(ProposeError::Busy)
+            | Err(ProposeError::TransferInProgress)
+            | Err(ProposeError::Storage(_)) => {
+                self.next_id += 2;
+            }
+        }
+        self.check()
+    }
+
+    // ----- Faults --------------------------------------------------------------------
+
+    fn inject_faults(&mut self) -> Check {
+        let n = self.slots.len();
+        let f = (n - 1) / 2;
+        for i in 0..n {
+            if !self.live(i) && self.slots[i].restart_at <= self.now {
+                self.restart(i)?;
+            }
+            if self.slots[i].fail_writes_until == self.now {
+                if let Some(node) = self.slots[i].raft.as_mut() {
+                    node.log_mut().fail_writes = false;
+                }
+            }
+        }
+        if self.rng.chance(self.k.p_crash) {
+            // Leaders are the most interesting victims.
+            let leader = (0..n).find(|&i| {
+                self.live(i) && self.slots[i].raft.as_ref().unwrap().role() == Role::Leader
+            });
+            let i = match leader {
+                Some(l) if self.rng.chance(0.5) => l,
+                _ => self.rng.below(n as u64) as usize,
+            };
+            if self.live(i) {
+                self.ev("crash", i as u64 + 1, 0, 0, 0, 0);
+                self.crash(i)?;
+                // Damage a stopped node's disk, keeping at most f nodes damaged.
+                let damaged = self.slots.iter().filter(|s| s.damaged).count();
+                if damaged < f && self.rng.chance(self.k.p_damage) {
+                    let len = self.slots[i].stopped_log.len() as u64;
+                    if len > 0 {
+                        let cut = self.rng.below(len) as usize;
+                        self.slots[i].stopped_log.truncate(cut);
+                        self.slots[i].damaged = true;
+                        self.stats.damages += 1;
+                        let mark = self.slots[i].hs.acked_index.0;
+                        self.ev("damage-log", i as u64 + 1, cut as u64, mark, 0, 0);
+                    }
+                }
+            }
+        }
+        if self.heal_at <= self.now && !self.blocked.is_empty() {
+            self.blocked.clear();
+            self.ev("heal", 0, 0, 0, 0, 0);
+        }
+        if self.rng.chance(self.k.p_partition) {
+            let mask = self.rng.below((1 << n) - 2) + 1;
+            let one_way = self.rng.chance(0.3);
+            for a in 0..n as u64 {
+                for b in 0..n as u64 {
+                    let in_a = mask & (1 << a) != 0;
+                    let in_b = mask & (1 << b) != 0;
+                    if in_a && !in_b {
+                        self.blocked.insert((a + 1, b + 1));
+                        if !one_way {
+                            self.blocked.insert((b + 1, a + 1));
+                        }
+                    }
+                }
+            }
+            self.heal_at = self.now + 10 + self.rng.below(60);
+            self.ev("partition", 0, mask, one_way as u64, self.heal_at, 0);
+        }
+        if self.rng.chance(self.k.p_pause) {
+            let i = self.rng.below(n as u64) as usize;
+            self.slots[i].paused_until = self.now + 1 + self.rng.below(30);
+            self.ev("pause", i as u64 + 1, self.slots[i].paused_until, 0, 0, 0);
+        }
+        if self.rng.chance(self.k.p_transfer) {
+            let to = NodeId(self.rng.below(n as u64) + 1);
+            for i in 0..n {
+                if self.active(i) && self.slots[i].raft.as_ref().unwrap().role() == Role::Leader {
+                    let _ = self.slots[i].raft.as_mut().unwrap().transfer_leadership(to);
+                    self.ev("transfer", i as u64 + 1, to.0, 0, 0, 0);
+                }
+            }
+        }
+        if self.rng.chance(self.k.p_fail_writes) {
+            let i = self.rng.below(n as u64) as usize;
+            if let Some(node) = self.slots[i].raft.as_mut() {
+                node.log_mut().fail_writes = true;
+                self.slots[i].fail_writes_until = self.now + 1 + self.rng.below(10);
+                self.ev("fail-writes", i as u64 + 1, self.slots[i].fail_writes_until, 0, 0, 0);
+            }
+        }
+        self.check()
+    }
+
+    fn crash(&mut self, i: usize) -> Check {
+        let node = self.slots[i].raft.take().expect("crash a live node");
+        self.slots[i].pending.clear();
+        let (_, _, log) = into_parts(node);
+        let durable = log.crash(&mut self.rng);
+        self.ev("crashed", i as u64 + 1, durable.len() as u64, 0, 0, 0);
+        // Damage is repaired once the durable log is back above the durable mark.
+        if durable.len() as u64 >= self.slots[i].hs.acked_index.0 {
+            self.slots[i].damaged = false;
+        }
+        self.slots[i].stopped_log = durable;
+        self.slots[i].restart_at = self.now + 3 + self.rng.below(40);
+        self.stats.crashes += 1;
+        self.check()
+    }
+
+    fn restart(&mut self, i: usize) -> Check {
+        let slot = &mut self.slots[i];
+        slot.incarnation += 1;
+        let log = SimLog::from_durable(std::mem::take(&mut slot.stopped_log));
+        let cfg = config(
+            &self.k,
+            i as u64 + 1,
+            self.seed.wrapping_add(slot.incarnation * 7919),
+            self.opts.fault,
+        );
+        let node = RawNode::new(cfg, log, slot.hs);
+        let recovering = node.status().recovering;
+        let last = node.log().last_index().0;
+        if recovering && !slot.damaged {
+            return Err(format!(
+                "n{} restarted below its recovery mark without disk damage (last {last}, mark {})",
+                i + 1,
+                slot.hs.acked_index
+            ));
+        }
+        slot.raft = Some(node);
+        slot.commit_seen = LogIndex::ZERO;
+        slot.commit_checked = LogIndex::ZERO;
+        slot.leader_term_checked = Term(0);
+        slot.paused_until = 0;
+        self.ev("restart", i as u64 + 1, last, self.slots[i].hs.acked_index.0, 0, 0);
+        self.check()
+    }
+
+    fn stop_faults(&mut self) -> Check {
+        self.faults_on = false;
+        self.blocked.clear();
+        for i in 0..self.slots.len() {
+            self.slots[i].paused_until = 0;
+            if !self.live(i) {
+                self.restart(i)?;
+            }
+            self.slots[i].raft.as_mut().unwrap().log_mut().fail_writes = false;
+        }
+        self.ev("faults-stop", 0, 0, 0, 0, 0);
+        Ok(())
+    }
+
+    // ----- Checks --------------------------------------------------------------------
+
+    /// Safety invariants, after every step.
+    fn check(&mut self) -> Check {
+        let durable_checked = self.committed.len();
+        for i in 0..self.slots.len() {
+            let Some(node) = self.slots[i].raft.as_mut() else {
+                continue;
+            };
+            let id = node.id();
+            // Log matching: (index, term) names one entry with one predecessor term.
+            for (e, prev_term) in node.log_mut().appended.drain(..) {
+                let key = (e.index.0, e.term.0);
+                let value = (entry_hash(&e), prev_term);
+                match self.registry.get(&key) {
+                    Some(v) if *v != value => {
+                        return Err(format!(
+                            "log matching: {id} has entry ({}, {}) differing from another node's",
+                            e.index, e.term
+                        ))
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.registry.insert(key, value);
+                    }
+                }
+            }
+            // Election safety.
+            if node.role() == Role::Leader {
+                let term = node.term();
+                if let Some(other) = self.leaders.insert(term, id) {
+                    if other != id {
+                        return Err(format!("two leaders in term {term}: {other} and {id}"));
+                    }
+                } else {
+                    self.stats.elections += 1;
+                }
+                // Leader completeness, once per leader and term.
+                let slot = &mut self.slots[i];
+                if slot.leader_term_checked != term {
+                    slot.leader_term_checked = term;
+                    let node = slot.raft.as_ref().unwrap();
+                    // Raft §5.4: an entry committed in term t is in the log of every
+                    // leader of a term above t.
+                    let newest = self.committed.iter().rposition(|c| c.2 < term);
+                    if let Some(pos) = newest {
+                        let (t, h, _) = self.committed[pos];
+                        let has = node.log().term_at(LogIndex(pos as u64 + 1)) == Some(t)
+                            && entry_hash(&node.log().all()[pos]) == h;
+                        if !has {
+                            return Err(format!(
+                                "leader completeness: {id} leads term {term} without committed entry {}",
+                                pos + 1
+                            ));
+                        }
+                    }
+                }
+            }
+            // Commit never decreases; committed entries never change.
+            let slot = &mut self.slots[i];
+            let node = slot.raft.as_ref().unwrap();
+            let commit = node.commit_index();
+            if commit < slot.commit_seen {
+                return Err(format!(
+                    "{id}: commit went back from {} to {commit}",
+                    slot.commit_seen
+                ));
+            }
+            slot.commit_seen = commit;
+            while slot.commit_checked < commit {
+                let idx = slot.commit_checked.next();
+                let e = &node.log().all()[idx.0 as usize - 1];
+                let value = (e.term, entry_hash(e));
+                let pos = idx.0 as usize - 1;
+                if pos < self.committed.len() {
+                    if (self.committed[pos].0, self.committed[pos].1) != value {
+                        return Err(format!(
+                            "committed entry {idx} changed: {id} commits term {} where term {} was committed",
+                            e.term, self.committed[pos].0
+                        ));
+                    }
+                } else {
+                    assert_eq!(pos, self.committed.len());
+                    self.committed.push((value.0, value.1, node.term()));
+                }
+                slot.commit_checked = idx;
+            }
+        }
+        // A newly committed entry is durable on a quorum (a damaged node, which
+        // cannot vote until repaired, counts as holding what it acknowledged).
+        if self.committed.len() > durable_checked {
+            let c = self.committed.len();
+            let t = self.committed[c - 1].0;
+            let idx = LogIndex(c as u64);
+            let holders = self
+                .slots
+                .iter()
+                .filter(|s| {
+                    s.damaged
+                        || match &s.raft {
+                            Some(node) => node.log().durable_term_at(idx) == Some(t),
+                            None => s.stopped_log.get(c - 1).is_some_and(|e| e.term == t),
+                        }
+                })
+                .count();
+            let quorum = self.slots.len() / 2 + 1;
+            if holders < quorum {
+                return Err(format!(
+                    "entry {c} (term {t}) committed while durable on only {holders} nodes"
+                ));
+            }
+        }
+        // A committed entry stays in some log (live, or durable on a stopped node).
+        if let Some(&(t, _, _)) = self.committed.last() {
+            let c = self.committed.len();
+            let held = self.slots.iter().any(|s| match &s.raft {
+                Some(node) => node.log().term_at(LogIndex(c as u64)) == Some(t),
+                None => s.stopped_log.get(c - 1).is_some_and(|e| e.term == t),
+            });
+            if !held {
+                return Err(format!("committed entry {c} (term {t}) vanished from every log"));
+            }
+        }
+        Ok(())
+    }
+
+    fn converged(&self) -> bool {
+        let nodes: Vec<&RawNode<SimLog>> = self.slots.iter().filter_map(|s| s.raft.as_ref()).collect();
+        if nodes.len() != self.slots.len() {
+            return false;
+        }
+        let leaders: Vec<&&RawNode<SimLog>> = nodes.iter().filter(|n| n.role() == Role::Leader).collect();
+        let [leader] = leaders[..] else { return false };
+        let last = leader.log().last_index();
+        let term = leader.term();
+        leader.commit_index() == last
+            && nodes.iter().all(|n| {
+                n.term() == term
+                    && n.leader() == Some(leader.id())
+                    && n.commit_index() == last
+                    && n.log().last_index() == last
+                    && n.log().term_at(last) == leader.log().term_at(last)
+            })
+    }
+
+    /// Every proposal reported committed is in the final log exactly once.
+    fn final_check(&mut self) -> Check {
+        self.check()?;
+        let node = self.slots[0].raft.as_ref().unwrap();
+        let commit = node.commit_index().0 as usize;
+        let mut seen = BTreeSet::new();
+        for e in &node.log().all()[..commit] {
+            if e.kind != EntryKind::Command {
+                continue;
+            }
+            let id = body_id(&e.body).expect("command body");
+            if !seen.insert(id) {
+                return Err(format!("proposal {id} committed twice"));
+            }
+        }
+        if let Some(missing) = self.committed_ids.iter().find(|id| !seen.contains(id)) {
+            return Err(format!("proposal {missing} was reported committed but is not in the final log"));
+        }
+        self.stats.committed = seen.len() as u64;
+        Ok(())
+    }
+}
+
+fn into_parts(node: RawNode<SimLog>) -> ((), (), SimLog) {
+    ((), (), node.into_log())
+}

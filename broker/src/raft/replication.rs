@@ -392,7 +392,10 @@ impl<L: RaftLog> RawNode<L> {
     /// so they were not committed).
     fn on_truncated(&mut self, from: LogIndex) {
         assert!(from > self.commit);
-        assert!(from > self.acked_durable, "truncating below the durable mark");
+        assert!(
+            from > self.acked_durable,
+            "truncating below the durable mark"
+        );
         self.void_acks_from(from);
         let kept = from.prev();
         if self.persisted_index > kept {

@@ -1,0 +1,119 @@
+//! `--local-cluster N`: broker processes of the same build on loopback ephemeral
+//! ports, in a temporary directory under the current one (a real disk, not tmpfs),
+//! stopped and removed when dropped.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// Running brokers.
+pub struct LocalCluster {
+    children: Vec<Child>,
+    addrs: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+fn broker_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("executable has a directory")?;
+    let path = dir.join("raftmq-broker");
+    if !path.exists() {
+        bail!(
+            "{} not found: build it with `cargo build --release -p raftmq-broker`",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+impl LocalCluster {
+    /// Starts `n` brokers and waits until each listens.
+    pub fn start(n: u64, async_durability: bool) -> anyhow::Result<LocalCluster> {
+        let binary = broker_binary()?;
+        let dir = tempfile::Builder::new()
+            .prefix(".raftmq-bench-")
+            .tempdir_in(".")
+            .context("temp dir in the current directory")?;
+        let addrs: Vec<String> = (0..n)
+            .map(|_| {
+                let l = TcpListener::bind("127.0.0.1:0")?;
+                Ok(l.local_addr()?.to_string())
+            })
+            .collect::<std::io::Result<_>>()?;
+        let peers = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut children = Vec::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            let log = std::fs::File::create(dir.path().join(format!("node{}.log", i + 1)))?;
+            let child = Command::new(&binary)
+                .args(["--node-id", &(i + 1).to_string(), "--listen", addr])
+                .args(["--peers", &peers])
+                .args([
+                    "--durability",
+                    if async_durability { "async" } else { "fsync" },
+                ])
+                .arg("--data-dir")
+                .arg(dir.path().join(format!("node{}", i + 1)))
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .context("start raftmq-broker")?;
+            children.push(child);
+        }
+        let cluster = LocalCluster {
+            children,
+            addrs,
+            _dir: dir,
+        };
+        for addr in &cluster.addrs {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while std::net::TcpStream::connect(addr).is_err() {
+                if Instant::now() > deadline {
+                    bail!("broker {addr} did not start");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(cluster)
+    }
+
+    /// Client addresses.
+    pub fn addrs(&self) -> Vec<String> {
+        self.addrs.clone()
+    }
+
+    /// Process ids, for CPU accounting.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            // SAFETY: signalling our own child.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for child in &mut self.children {
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

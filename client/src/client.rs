@@ -87,7 +87,9 @@ struct Cache {
 struct Inner {
     config: ClientConfig,
     bootstrap: Vec<String>,
-    connections: tokio::sync::Mutex<HashMap<String, Connection>>,
+    /// One slot per broker address; each slot's lock is held while connecting, so a
+    /// slow connect to one broker never delays requests to another.
+    connections: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Connection>>>>>,
     cache: Mutex<Cache>,
 }
 
@@ -129,7 +131,7 @@ impl Client {
             inner: Arc::new(Inner {
                 config,
                 bootstrap,
-                connections: tokio::sync::Mutex::new(HashMap::new()),
+                connections: Mutex::new(HashMap::new()),
                 cache: Mutex::new(Cache {
                     metadata: ClusterMetadata::default(),
                     leader_address: None,
@@ -241,20 +243,25 @@ impl Client {
     }
 
     async fn connection(&self, address: &str) -> Result<Connection, ClientError> {
-        let mut connections = self.inner.connections.lock().await;
-        if let Some(c) = connections.get(address) {
+        let slot = {
+            let mut slots = match self.inner.connections.lock() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            Arc::clone(slots.entry(address.to_owned()).or_default())
+        };
+        let mut slot = slot.lock().await;
+        if let Some(c) = slot.as_ref() {
             if !c.is_closed() {
                 return Ok(c.clone());
             }
         }
+        *slot = None;
         let config = &self.inner.config;
-        let conn = Connection::connect(address, config.connect_timeout, config.max_frame_bytes)
-            .await
-            .inspect_err(|_| {
-                connections.remove(address);
-            })?;
-        connections.insert(address.to_owned(), conn.clone());
+        let conn =
+            Connection::connect(address, config.connect_timeout, config.max_frame_bytes).await?;
         tracing::debug!(address = conn.address(), "connected");
+        *slot = Some(conn.clone());
         Ok(conn)
     }
 
@@ -322,7 +329,10 @@ impl Client {
                 Ok(b) => return Ok(b),
                 Err(e) => e,
             };
-            if !err.is_retriable() {
+            // Only the leader target follows redirects; a named node stays wrong.
+            let misdirected = target != Target::Leader
+                && matches!(err, ClientError::Server(ServerError::NotLeader { .. }));
+            if !err.is_retriable() || misdirected {
                 return Err(err);
             }
             if attempt >= max_retries {

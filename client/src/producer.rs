@@ -244,7 +244,8 @@ struct ProducerInner {
     config: Arc<ProducerConfig>,
     identity: Option<(u64, u16)>,
     chooser: QueueChooser,
-    workers: Mutex<HashMap<(String, u32), mpsc::Sender<Command>>>,
+    /// Topic to per-queue workers (index = queue), started on first use.
+    workers: Mutex<HashMap<String, Vec<Option<mpsc::Sender<Command>>>>>,
     closed: AtomicBool,
 }
 
@@ -387,7 +388,7 @@ impl Producer {
     /// call is acknowledged or failed.
     pub async fn flush(&self) {
         let workers: Vec<mpsc::Sender<Command>> = match self.inner.workers.lock() {
-            Ok(w) => w.values().cloned().collect(),
+            Ok(w) => w.values().flatten().flatten().cloned().collect(),
             Err(_) => return,
         };
         let mut waits = Vec::new();
@@ -413,8 +414,7 @@ impl Producer {
 
     fn worker(&self, topic: &str, queue: u32) -> Result<mpsc::Sender<Command>, ClientError> {
         let mut workers = self.inner.workers.lock().map_err(|_| ClientError::Closed)?;
-        let key = (topic.to_owned(), queue);
-        if let Some(w) = workers.get(&key) {
+        if let Some(Some(w)) = workers.get(topic).and_then(|q| q.get(queue as usize)) {
             if !w.is_closed() {
                 return Ok(w.clone());
             }
@@ -440,7 +440,11 @@ impl Producer {
             flush_waiters: Vec::new(),
         };
         tokio::spawn(worker.run(rx));
-        workers.insert(key, tx.clone());
+        let slots = workers.entry(topic.to_owned()).or_default();
+        if slots.len() <= queue as usize {
+            slots.resize(queue as usize + 1, None);
+        }
+        slots[queue as usize] = Some(tx.clone());
         Ok(tx)
     }
 }

@@ -216,37 +216,34 @@ async fn given_retriable_failures_when_producing_should_store_every_message_once
         let client = Client::connect_with(&[cluster.address(0)], fast_config())
             .await
             .expect("connect");
+        // Batches close only when full (23 records of 10 bytes in 300 bytes) or on
+        // flush, so their sequences are 0, 23, 46, ...
         let producer = Producer::builder(&client)
             .max_batch_bytes(300)
             .max_in_flight_per_queue(5)
-            .linger(Duration::from_millis(0))
+            .linger(Duration::from_secs(3600))
             .build()
             .await
             .expect("producer");
-        // A dropped batch (the batches pipelined behind it get out-of-order answers and
-        // are resent in order), a stored-but-timed-out one (its retry is answered
-        // as a duplicate), overload; and the same again half-way.
         {
             let mut s = cluster.state.lock().unwrap();
-            s.produce_faults.extend([
-                ProduceFault::TimeoutWithoutStoring,
-                ProduceFault::TimeoutAfterStoring,
-                ProduceFault::Busy,
-            ]);
+            // Stored, but the answer is lost: the retry is answered as a duplicate.
+            s.sequence_faults
+                .insert(23, ProduceFault::TimeoutAfterStoring);
+            // Lost: the batches pipelined behind it are answered out of order and are
+            // resent after it, in order.
+            s.sequence_faults
+                .insert(115, ProduceFault::TimeoutWithoutStoring);
+            s.sequence_faults.insert(207, ProduceFault::Busy);
         }
         let mut acks = Vec::new();
         for i in 0..300u32 {
-            acks.push(
-                producer
-                    .send(Message::new("t", format!("m{i:04}")).with_queue(0))
-                    .await
-                    .expect("queued"),
-            );
-            if i == 150 {
-                cluster.fault(ProduceFault::TimeoutAfterStoring);
-                cluster.fault(ProduceFault::TimeoutWithoutStoring);
-            }
+            let m = Message::new("t", format!("m{i:04}"))
+                .with_queue(0)
+                .with_timestamp(1_000);
+            acks.push(producer.send(m).await.expect("queued"));
         }
+        producer.flush().await;
         let mut offsets = Vec::new();
         for a in acks {
             offsets.push(a.await.expect("acknowledged despite faults").offset);
@@ -260,11 +257,26 @@ async fn given_retriable_failures_when_producing_should_store_every_message_once
         let values: Vec<Bytes> = s.values("t", 0).into_iter().map(|(_, v)| v).collect();
         let expected: Vec<Bytes> = (0..300).map(|i| Bytes::from(format!("m{i:04}"))).collect();
         assert_eq!(values, expected, "every message stored once, in order");
-        assert!(s.produce_faults.is_empty(), "every fault was hit");
-        // Sequences were resent, never renumbered: each stored batch's sequence
-        // range follows the previous one.
-        let retried = s.produce_log.len() > s.logs[&("t".into(), 0)].batches.len();
-        assert!(retried, "faults caused retries");
+        assert!(s.sequence_faults.is_empty(), "every fault was hit");
+        // Retries resent the same sequences (never renumbered): every attempt's
+        // sequence is one of the batch boundaries, and the faulted ones repeat.
+        let sequences: Vec<u32> = s.produce_log.iter().map(|&(_, seq, _)| seq).collect();
+        assert!(sequences.iter().all(|seq| seq % 23 == 0), "{sequences:?}");
+        for faulted in [23, 115, 207] {
+            let tries = sequences.iter().filter(|&&q| q == faulted).count();
+            assert!(tries >= 2, "sequence {faulted} retried: {sequences:?}");
+        }
+        // Stored batches are exactly the 14 sealed ones, in sequence order.
+        let stored: Vec<u32> = s.logs[&("t".into(), 0)]
+            .batches
+            .iter()
+            .map(|(_, b)| {
+                raftmq_proto::batch::BatchHeader::parse(b)
+                    .unwrap()
+                    .base_sequence
+            })
+            .collect();
+        assert_eq!(stored, (0..14).map(|i| i * 23).collect::<Vec<u32>>());
     })
     .await;
 }

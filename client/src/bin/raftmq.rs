@@ -208,9 +208,23 @@ async fn produce(
         }
         Ok(())
     });
-    let mut acks_pending = Vec::new();
+    // Bounded: past this many unacknowledged messages, wait for the oldest.
+    const MAX_UNACKED: usize = 100_000;
+    let mut acks_pending = std::collections::VecDeque::new();
     let mut sent = 0u64;
+    let mut acked = 0u64;
+    let mut first_error = None;
     while let Some(line) = rx.recv().await {
+        if acks_pending.len() >= MAX_UNACKED {
+            if let Some(ack) = acks_pending.pop_front() {
+                match ack.await {
+                    Ok(_) => acked += 1,
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+        }
         let mut m = Message::new(topic, line);
         if let Some(k) = &key {
             m = m.with_key(k.clone());
@@ -218,13 +232,11 @@ async fn produce(
         if let Some(q) = queue {
             m = m.with_queue(q);
         }
-        acks_pending.push(producer.send(m).await?);
+        acks_pending.push_back(producer.send(m).await?);
         sent += 1;
     }
     reader.await.context("stdin reader")??;
     producer.flush().await;
-    let mut acked = 0u64;
-    let mut first_error = None;
     for ack in acks_pending {
         match ack.await {
             Ok(_) => acked += 1,

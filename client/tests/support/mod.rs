@@ -60,6 +60,8 @@ pub struct State {
     pub sessions: HashMap<SessionKey, Session>,
     pub next_producer_id: u64,
     pub produce_faults: VecDeque<ProduceFault>,
+    /// Faults for the first produce request carrying a batch with this base sequence.
+    pub sequence_faults: HashMap<u32, ProduceFault>,
     /// Every produce request that reached a leader: (queue, base sequence, records).
     pub produce_log: Vec<(u32, u32, u32)>,
     /// Requests answered per node.
@@ -347,7 +349,10 @@ fn produce(s: &mut State, id: u64, p: pb::ProduceRequest) -> Option<pb::Response
     }
     s.produce_log
         .push((p.queue, header.base_sequence, header.record_count));
-    let fault = s.produce_faults.pop_front();
+    let fault = match s.sequence_faults.remove(&header.base_sequence) {
+        Some(f) => Some(f),
+        None => s.produce_faults.pop_front(),
+    };
     match fault {
         Some(ProduceFault::TimeoutWithoutStoring) => {
             return Some(pb::Response::error(id, pb::Error::timeout("injected")))

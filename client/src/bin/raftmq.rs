@@ -1,5 +1,358 @@
 //! `raftmq`: the command-line tool.
+//!
+//! ```text
+//! raftmq --brokers HOST:PORT[,...] topic create NAME --queues N
+//! raftmq topic list | topic describe NAME | topic delete NAME
+//! raftmq produce NAME [--key K] [--queue Q] [--acks leader|quorum]   # one message per stdin line
+//! raftmq consume NAME [--queue Q] [--from earliest|latest|OFFSET] [--count N]
+//! raftmq cluster status | cluster transfer-leader NODE
+//! ```
 
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("raftmq: the command-line tool is not built yet")
+use std::io::{BufRead, Write};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use raftmq_client::{
+    Acks, Admin, Client, ClientConfig, Consumer, ConsumerConfig, Message, OffsetReset, Producer,
+    SeekTo,
+};
+
+#[derive(Parser)]
+#[command(name = "raftmq", version, about = "raftmq command-line tool")]
+struct Cli {
+    /// Bootstrap brokers, comma-separated host:port.
+    #[arg(
+        long,
+        env = "RAFTMQ_BROKERS",
+        default_value = "127.0.0.1:7070",
+        value_delimiter = ','
+    )]
+    brokers: Vec<String>,
+    /// Per-request timeout in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    timeout_ms: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create, list, describe or delete topics.
+    Topic {
+        #[command(subcommand)]
+        command: TopicCommand,
+    },
+    /// Produce one message per line of standard input.
+    Produce {
+        /// The topic.
+        topic: String,
+        /// Key of every message (the queue is chosen by its hash).
+        #[arg(long)]
+        key: Option<String>,
+        /// Send every message to this queue.
+        #[arg(long)]
+        queue: Option<u32>,
+        /// Acknowledgement level.
+        #[arg(long, value_enum, default_value_t = AcksArg::Quorum)]
+        acks: AcksArg,
+    },
+    /// Print message values, one per line.
+    Consume {
+        /// The topic.
+        topic: String,
+        /// Read only this queue (default: all).
+        #[arg(long)]
+        queue: Option<u32>,
+        /// Where to start: earliest, latest or an offset.
+        #[arg(long, default_value = "earliest")]
+        from: String,
+        /// Exit after this many messages (default: run until interrupted).
+        #[arg(long)]
+        count: Option<u64>,
+        /// Also print queue, offset and key before each value (tab-separated).
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Cluster status and operations.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicCommand {
+    /// Create a topic.
+    Create {
+        /// The name.
+        name: String,
+        /// Number of queues.
+        #[arg(long, default_value_t = 1)]
+        queues: u32,
+    },
+    /// List topics.
+    List,
+    /// Show a topic's queues and offsets.
+    Describe {
+        /// The name.
+        name: String,
+    },
+    /// Delete a topic.
+    Delete {
+        /// The name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Each node's Raft role, term and indexes, and the leader's view of its peers.
+    Status,
+    /// Hand leadership to a node.
+    TransferLeader {
+        /// The node id.
+        node: u64,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AcksArg {
+    Leader,
+    Quorum,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let config = ClientConfig {
+        request_timeout: Duration::from_millis(cli.timeout_ms),
+        ..ClientConfig::default()
+    };
+    let client = Client::connect_with(&cli.brokers, config)
+        .await
+        .with_context(|| format!("connecting to {}", cli.brokers.join(",")))?;
+    match cli.command {
+        Command::Topic { command } => topic(&client, command).await,
+        Command::Produce {
+            topic,
+            key,
+            queue,
+            acks,
+        } => produce(&client, &topic, key, queue, acks).await,
+        Command::Consume {
+            topic,
+            queue,
+            from,
+            count,
+            verbose,
+        } => consume(&client, &topic, queue, &from, count, verbose).await,
+        Command::Cluster { command } => cluster(&client, command).await,
+    }
+}
+
+async fn topic(client: &Client, command: TopicCommand) -> Result<()> {
+    let admin = Admin::new(client);
+    match command {
+        TopicCommand::Create { name, queues } => {
+            admin.create_topic(&name, queues).await?;
+            println!("created topic {name} with {queues} queues");
+        }
+        TopicCommand::List => {
+            for t in admin.list_topics().await? {
+                println!("{}\t{}", t.name, t.queues);
+            }
+        }
+        TopicCommand::Describe { name } => {
+            let d = admin.describe_topic(&name).await?;
+            println!("topic {} queues {}", d.name, d.queues.len());
+            println!("queue\tlog_start\tlog_end\tmessages");
+            for (q, (start, end)) in d.queues.iter().enumerate() {
+                println!("{q}\t{start}\t{end}\t{}", end.saturating_sub(*start));
+            }
+        }
+        TopicCommand::Delete { name } => {
+            admin.delete_topic(&name).await?;
+            println!("deleted topic {name}");
+        }
+    }
+    Ok(())
+}
+
+async fn produce(
+    client: &Client,
+    topic: &str,
+    key: Option<String>,
+    queue: Option<u32>,
+    acks: AcksArg,
+) -> Result<()> {
+    let acks = match acks {
+        AcksArg::Leader => Acks::Leader,
+        AcksArg::Quorum => Acks::Quorum,
+    };
+    let producer = Producer::builder(client).acks(acks).build().await?;
+    // Read stdin on a blocking thread; hand lines over a bounded channel.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(1024);
+    let reader = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        for line in std::io::stdin().lock().lines() {
+            if tx.blocking_send(line?).is_err() {
+                break;
+            }
+        }
+        Ok(())
+    });
+    // Bounded: past this many unacknowledged messages, wait for the oldest.
+    const MAX_UNACKED: usize = 100_000;
+    let mut acks_pending = std::collections::VecDeque::new();
+    let mut sent = 0u64;
+    let mut acked = 0u64;
+    let mut first_error = None;
+    while let Some(line) = rx.recv().await {
+        if acks_pending.len() >= MAX_UNACKED {
+            if let Some(ack) = acks_pending.pop_front() {
+                match ack.await {
+                    Ok(_) => acked += 1,
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        let mut m = Message::new(topic, line);
+        if let Some(k) = &key {
+            m = m.with_key(k.clone());
+        }
+        if let Some(q) = queue {
+            m = m.with_queue(q);
+        }
+        acks_pending.push_back(producer.send(m).await?);
+        sent += 1;
+    }
+    reader.await.context("stdin reader")??;
+    producer.flush().await;
+    for ack in acks_pending {
+        match ack.await {
+            Ok(_) => acked += 1,
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    producer.close().await;
+    println!("{acked} of {sent} messages acknowledged");
+    if let Some(e) = first_error {
+        bail!("{} messages failed, first: {e}", sent - acked);
+    }
+    Ok(())
+}
+
+async fn consume(
+    client: &Client,
+    topic: &str,
+    queue: Option<u32>,
+    from: &str,
+    count: Option<u64>,
+    verbose: bool,
+) -> Result<()> {
+    let seek = match from {
+        "earliest" => SeekTo::Earliest,
+        "latest" => SeekTo::Latest,
+        n => SeekTo::Offset(
+            n.parse()
+                .with_context(|| format!("--from {n:?}: not earliest, latest or an offset"))?,
+        ),
+    };
+    let config = ConsumerConfig {
+        reset: OffsetReset::Earliest,
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::with_config(client, config);
+    let queues: Vec<u32> = queue.into_iter().collect();
+    consumer.assign(topic, &queues).await?;
+    let assigned: Vec<u32> = consumer.positions().keys().copied().collect();
+    for q in assigned {
+        consumer.seek(q, seek).await?;
+    }
+    let mut printed = 0u64;
+    let stdout = std::io::stdout();
+    loop {
+        if count.is_some_and(|c| printed >= c) {
+            return Ok(());
+        }
+        let messages = consumer.poll().await?;
+        let mut out = stdout.lock();
+        for m in messages {
+            if count.is_some_and(|c| printed >= c) {
+                break;
+            }
+            if verbose {
+                let key = m.key.as_deref().map(String::from_utf8_lossy);
+                write!(
+                    out,
+                    "{}\t{}\t{}\t",
+                    m.queue,
+                    m.offset,
+                    key.as_deref().unwrap_or("")
+                )?;
+            }
+            out.write_all(&m.value)?;
+            out.write_all(b"\n")?;
+            printed += 1;
+        }
+        out.flush()?;
+    }
+}
+
+async fn cluster(client: &Client, command: ClusterCommand) -> Result<()> {
+    let admin = Admin::new(client);
+    match command {
+        ClusterCommand::Status => {
+            println!("node\taddress\trole\tterm\tleader\tlast_index\tcommit_index\tapplied_index");
+            let statuses = admin.cluster_status().await?;
+            let mut peers = Vec::new();
+            for n in &statuses {
+                match &n.status {
+                    Ok(s) => {
+                        println!(
+                            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                            n.node_id,
+                            n.address,
+                            s.role,
+                            s.term,
+                            s.leader_id,
+                            s.last_index,
+                            s.commit_index,
+                            s.applied_index
+                        );
+                        if s.role == "leader" {
+                            peers = s.peers.clone();
+                        }
+                    }
+                    Err(e) => println!("{}\t{}\tunreachable: {e}", n.node_id, n.address),
+                }
+            }
+            if !peers.is_empty() {
+                println!();
+                println!("peer\tmatch_index\tnext_index\tlag\tactive");
+                for p in peers {
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}",
+                        p.node_id, p.match_index, p.next_index, p.lag, p.active
+                    );
+                }
+            }
+        }
+        ClusterCommand::TransferLeader { node } => {
+            admin.transfer_leader(node).await?;
+            println!("leadership transferred to node {node}");
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,265 @@
+//! The per-queue record accumulator: fills one record batch at a time, seals it
+//! when it is full or has lingered long enough, and numbers its records for
+//! idempotence. Pure (time is passed in), so its rules are unit-tested directly.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use raftmq_proto::batch::{BatchBuilder, HEADER_BYTES};
+
+/// A record as the accumulator takes it.
+pub(crate) struct RecordRef<'a> {
+    pub(crate) key: Option<&'a [u8]>,
+    pub(crate) value: &'a [u8],
+    pub(crate) headers: &'a [(String, Bytes)],
+    pub(crate) timestamp_ms: i64,
+}
+
+impl RecordRef<'_> {
+    /// Bytes the record takes in a batch (its first record: timestamp delta 0; a
+    /// later delta costs at most 9 more bytes, which is allowed for below).
+    pub(crate) fn encoded_bytes(&self) -> usize {
+        let headers: Vec<(&str, &[u8])> = self
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_ref()))
+            .collect();
+        BatchBuilder::record_bytes(self.key, self.value, &headers, 0)
+    }
+}
+
+/// The smallest record: length, delta, key, value length and header count.
+const MIN_RECORD_BYTES: usize = 5;
+
+/// Room left for a timestamp delta longer than the 1 byte `encoded_bytes` assumed.
+const TIMESTAMP_SLACK_BYTES: usize = 9;
+
+/// A batch ready to send, with what is needed to answer its records.
+#[derive(Debug)]
+pub(crate) struct SealedBatch<W> {
+    /// The encoded batch: sent as is on every attempt.
+    pub(crate) bytes: Bytes,
+    /// Sequence of its first record (0 when not idempotent).
+    pub(crate) base_sequence: u32,
+    /// Records in it.
+    pub(crate) record_count: u32,
+    /// One per record, in order: who waits for it and its timestamp.
+    pub(crate) waiters: Vec<(W, i64)>,
+    /// Attempts made so far.
+    pub(crate) attempts: u32,
+}
+
+/// Accumulates the records of one (topic, queue).
+#[derive(Debug)]
+pub(crate) struct Accumulator<W> {
+    builder: BatchBuilder,
+    waiters: Vec<(W, i64)>,
+    max_batch_bytes: usize,
+    linger: Duration,
+    /// When the open batch got its first record.
+    opened_at: Option<Instant>,
+    /// Idempotent producer id and epoch.
+    producer: Option<(u64, u16)>,
+    /// Sequence of the next record sealed.
+    next_sequence: u32,
+}
+
+impl<W> Accumulator<W> {
+    pub(crate) fn new(
+        max_batch_bytes: usize,
+        linger: Duration,
+        producer: Option<(u64, u16)>,
+    ) -> Self {
+        Accumulator {
+            builder: BatchBuilder::with_capacity(max_batch_bytes.min(1 << 20)),
+            waiters: Vec::new(),
+            max_batch_bytes,
+            linger,
+            opened_at: None,
+            producer,
+            next_sequence: 0,
+        }
+    }
+
+    /// Whether a record of `record_bytes` can ever fit in a batch.
+    pub(crate) fn fits_alone(max_batch_bytes: usize, record_bytes: usize) -> bool {
+        HEADER_BYTES + record_bytes + TIMESTAMP_SLACK_BYTES <= max_batch_bytes
+    }
+
+    /// Adds a record; when the open batch has no room for it, that batch is sealed
+    /// first and returned. The caller checked [`fits_alone`](Self::fits_alone).
+    pub(crate) fn push(
+        &mut self,
+        record: &RecordRef<'_>,
+        waiter: W,
+        now: Instant,
+    ) -> Option<SealedBatch<W>> {
+        let needed = record.encoded_bytes() + TIMESTAMP_SLACK_BYTES;
+        let sealed = if !self.builder.is_empty()
+            && self.builder.len_bytes() + needed > self.max_batch_bytes
+        {
+            self.seal()
+        } else {
+            None
+        };
+        let headers: Vec<(&str, &[u8])> = record
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_ref()))
+            .collect();
+        self.builder
+            .push(record.key, record.value, &headers, record.timestamp_ms);
+        self.waiters.push((waiter, record.timestamp_ms));
+        self.opened_at.get_or_insert(now);
+        sealed
+    }
+
+    /// Whether the open batch is full enough that not even the smallest record
+    /// would fit.
+    pub(crate) fn is_full(&self) -> bool {
+        self.builder.len_bytes() + MIN_RECORD_BYTES + TIMESTAMP_SLACK_BYTES > self.max_batch_bytes
+    }
+
+    /// When the open batch's linger ends, if one is open.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.opened_at.map(|t| t + self.linger)
+    }
+
+    /// Whether the open batch has lingered long enough at `now`.
+    #[cfg(test)]
+    pub(crate) fn is_ready(&self, now: Instant) -> bool {
+        self.deadline().is_some_and(|d| now >= d)
+    }
+
+    /// Whether no batch is open.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.builder.is_empty()
+    }
+
+    /// Seals the open batch (if any): stamps producer id, epoch and the next
+    /// sequence number, and advances the sequence by its record count.
+    pub(crate) fn seal(&mut self) -> Option<SealedBatch<W>> {
+        if self.builder.is_empty() {
+            return None;
+        }
+        let record_count = self.builder.record_count();
+        let base_sequence = match self.producer {
+            Some((id, epoch)) => {
+                let base = self.next_sequence;
+                self.builder.set_producer(id, epoch, base);
+                self.next_sequence = base.wrapping_add(record_count);
+                base
+            }
+            None => 0,
+        };
+        let bytes = self.builder.finish();
+        self.opened_at = None;
+        debug_assert_eq!(self.waiters.len(), record_count as usize);
+        Some(SealedBatch {
+            bytes,
+            base_sequence,
+            record_count,
+            waiters: std::mem::take(&mut self.waiters),
+            attempts: 0,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raftmq_proto::batch;
+
+    fn rec(value: &[u8]) -> RecordRef<'_> {
+        RecordRef {
+            key: None,
+            value,
+            headers: &[],
+            timestamp_ms: 1_000,
+        }
+    }
+
+    #[test]
+    fn batch_is_sealed_when_the_next_record_does_not_fit() {
+        let value = [7u8; 100];
+        let mut acc = Accumulator::new(1024, Duration::from_secs(60), None);
+        let now = Instant::now();
+        let mut sealed = Vec::new();
+        for i in 0..30u32 {
+            if let Some(b) = acc.push(&rec(&value), i, now) {
+                sealed.push(b);
+            }
+        }
+        sealed.extend(acc.seal());
+        assert!(sealed.len() >= 3);
+        let mut next = 0;
+        for b in &sealed {
+            assert!(b.bytes.len() <= 1024, "{}", b.bytes.len());
+            let header = batch::validate(&b.bytes).expect("valid");
+            assert_eq!(header.record_count, b.record_count);
+            for (w, _) in &b.waiters {
+                assert_eq!(*w, next, "records keep their order across batches");
+                next += 1;
+            }
+        }
+        assert_eq!(next, 30);
+    }
+
+    #[test]
+    fn linger_makes_a_batch_ready_only_after_it_elapses() {
+        let mut acc = Accumulator::new(1 << 20, Duration::from_millis(5), None);
+        let t0 = Instant::now();
+        assert_eq!(acc.deadline(), None);
+        assert!(
+            !acc.is_ready(t0 + Duration::from_secs(1)),
+            "empty is never ready"
+        );
+        acc.push(&rec(b"a"), (), t0);
+        acc.push(&rec(b"b"), (), t0 + Duration::from_millis(3));
+        assert_eq!(acc.deadline(), Some(t0 + Duration::from_millis(5)));
+        assert!(!acc.is_ready(t0 + Duration::from_millis(4)));
+        assert!(acc.is_ready(t0 + Duration::from_millis(5)));
+        let b = acc.seal().expect("a batch");
+        assert_eq!(b.record_count, 2);
+        assert_eq!(acc.deadline(), None);
+    }
+
+    #[test]
+    fn sequences_advance_by_record_count_per_batch() {
+        let mut acc = Accumulator::new(1 << 20, Duration::ZERO, Some((42, 3)));
+        let now = Instant::now();
+        let mut seqs = Vec::new();
+        for n in [3, 1, 5] {
+            for _ in 0..n {
+                acc.push(&rec(b"x"), (), now);
+            }
+            let b = acc.seal().expect("a batch");
+            let h = batch::validate(&b.bytes).expect("valid");
+            assert_eq!((h.producer_id, h.producer_epoch), (42, 3));
+            assert_eq!(h.base_sequence, b.base_sequence);
+            seqs.push((b.base_sequence, h.last_sequence()));
+        }
+        assert_eq!(seqs, [(0, 2), (3, 3), (4, 8)]);
+        assert!(acc.seal().is_none(), "nothing open, nothing sealed");
+    }
+
+    #[test]
+    fn records_too_large_for_any_batch_are_detected() {
+        let big = vec![0u8; 2000];
+        let r = rec(&big);
+        assert!(!Accumulator::<()>::fits_alone(1024, r.encoded_bytes()));
+        assert!(Accumulator::<()>::fits_alone(4096, r.encoded_bytes()));
+    }
+
+    #[test]
+    fn full_batch_is_reported_full() {
+        let mut acc = Accumulator::new(HEADER_BYTES + 40, Duration::ZERO, None);
+        let value = [1u8; 25];
+        assert!(Accumulator::<()>::fits_alone(
+            HEADER_BYTES + 40,
+            rec(&value).encoded_bytes()
+        ));
+        acc.push(&rec(&value), (), Instant::now());
+        assert!(acc.is_full());
+    }
+}

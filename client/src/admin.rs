@@ -1,0 +1,156 @@
+//! [`Admin`]: topics and cluster operations.
+
+use raftmq_proto::frame::validate_name;
+use raftmq_proto::pb::{self, request, response};
+
+use crate::client::unexpected;
+use crate::consumer::list_offset;
+use crate::{Client, ClientError, Target};
+
+/// A topic and its queues' offset ranges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicDescription {
+    /// The name.
+    pub name: String,
+    /// Per queue, in order: `(first offset stored, log end)`.
+    pub queues: Vec<(u64, u64)>,
+}
+
+/// One node's answer to a status request.
+#[derive(Debug, Clone)]
+pub struct NodeStatus {
+    /// The node's id (from metadata).
+    pub node_id: u64,
+    /// Its client address.
+    pub address: String,
+    /// Its status, or why it could not be had.
+    pub status: Result<pb::ClusterStatusResponse, ClientError>,
+}
+
+/// Administrative operations. Cheap to create from a [`Client`].
+#[derive(Debug, Clone)]
+pub struct Admin {
+    client: Client,
+}
+
+impl Admin {
+    /// Admin operations over `client`.
+    pub fn new(client: &Client) -> Self {
+        Admin {
+            client: client.clone(),
+        }
+    }
+
+    /// Creates `name` with `queues` queues (committed through Raft when this returns).
+    pub async fn create_topic(&self, name: &str, queues: u32) -> Result<(), ClientError> {
+        validate_name(name)?;
+        if queues == 0 {
+            return Err(ClientError::InvalidArgument(
+                "a topic needs at least one queue".into(),
+            ));
+        }
+        let body = request::Body::CreateTopic(pb::CreateTopicRequest {
+            name: name.to_owned(),
+            queues,
+        });
+        match self.client.request(Target::Leader, body).await? {
+            response::Body::CreateTopic(_) => {
+                // Best effort: let sends see the topic without another round trip.
+                let _ = self.client.refresh_metadata().await;
+                Ok(())
+            }
+            other => Err(unexpected("create_topic", &other)),
+        }
+    }
+
+    /// Deletes `name`.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
+        let body = request::Body::DeleteTopic(pb::DeleteTopicRequest {
+            name: name.to_owned(),
+        });
+        match self.client.request(Target::Leader, body).await? {
+            response::Body::DeleteTopic(_) => {
+                let _ = self.client.refresh_metadata().await;
+                Ok(())
+            }
+            other => Err(unexpected("delete_topic", &other)),
+        }
+    }
+
+    /// Every topic with its queue count, by name.
+    pub async fn list_topics(&self) -> Result<Vec<pb::TopicInfo>, ClientError> {
+        let body = request::Body::Metadata(pb::MetadataRequest::default());
+        match self.client.request(Target::Leader, body).await? {
+            response::Body::Metadata(m) => {
+                let mut topics = m.topics;
+                topics.sort_by(|a, b| a.name.cmp(&b.name));
+                Ok(topics)
+            }
+            other => Err(unexpected("metadata", &other)),
+        }
+    }
+
+    /// A topic's queues with their offset ranges.
+    pub async fn describe_topic(&self, name: &str) -> Result<TopicDescription, ClientError> {
+        let body = request::Body::Metadata(pb::MetadataRequest {
+            topics: vec![name.to_owned()],
+        });
+        let queues = match self.client.request(Target::Leader, body).await? {
+            response::Body::Metadata(m) => m
+                .topics
+                .into_iter()
+                .find(|t| t.name == name)
+                .map(|t| t.queues)
+                .ok_or_else(|| {
+                    ClientError::Server(raftmq_proto::ServerError::UnknownTopic {
+                        message: format!("unknown topic {name:?}"),
+                    })
+                })?,
+            other => return Err(unexpected("metadata", &other)),
+        };
+        let mut ranges = Vec::with_capacity(queues as usize);
+        for q in 0..queues {
+            let start = list_offset(&self.client, name, q, pb::OffsetSpec::Earliest, 0).await?;
+            let end = list_offset(&self.client, name, q, pb::OffsetSpec::Latest, 0).await?;
+            ranges.push((start, end));
+        }
+        Ok(TopicDescription {
+            name: name.to_owned(),
+            queues: ranges,
+        })
+    }
+
+    /// Asks every node in the metadata for its Raft status (concurrently, no retry).
+    pub async fn cluster_status(&self) -> Result<Vec<NodeStatus>, ClientError> {
+        let metadata = self.client.refresh_metadata().await?;
+        let asks = metadata.nodes.into_iter().map(|(node_id, address)| {
+            let client = self.client.clone();
+            async move {
+                let body = request::Body::ClusterStatus(pb::ClusterStatusRequest {});
+                let status = match client.call_address(&address, body).await {
+                    Ok(response::Body::ClusterStatus(s)) => Ok(s),
+                    Ok(other) => Err(unexpected("cluster_status", &other)),
+                    Err(e) => Err(e),
+                };
+                NodeStatus {
+                    node_id,
+                    address,
+                    status,
+                }
+            }
+        });
+        Ok(futures::future::join_all(asks).await)
+    }
+
+    /// Asks the leader to hand leadership to node `to`.
+    pub async fn transfer_leader(&self, to: u64) -> Result<(), ClientError> {
+        let body = request::Body::TransferLeader(pb::TransferLeaderRequest { to_node_id: to });
+        match self.client.request(Target::Leader, body).await? {
+            response::Body::TransferLeader(_) => {
+                let _ = self.client.refresh_metadata().await;
+                Ok(())
+            }
+            other => Err(unexpected("transfer_leader", &other)),
+        }
+    }
+}

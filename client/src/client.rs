@@ -1,0 +1,412 @@
+//! [`Client`]: connections to the brokers, a metadata cache, and request routing to
+//! the leader with redirects and bounded retries.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use raftmq_proto::pb::ErrorCode;
+use raftmq_proto::pb::{self, request, response};
+use raftmq_proto::{frame, ServerError};
+
+use crate::conn::Connection;
+use crate::ClientError;
+
+/// Connection and retry settings, shared by everything built on a [`Client`].
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Longest wait for one answer. Default 30 s (a quorum produce on a slow disk
+    /// or a leader election must fit; long-poll fetches add their `max_wait`).
+    pub request_timeout: Duration,
+    /// Longest wait for a TCP connection. Default 5 s.
+    pub connect_timeout: Duration,
+    /// Attempts after the first for a retriable failure. Default 10.
+    pub max_retries: u32,
+    /// First backoff between retries; doubled each time up to `retry_backoff_max`.
+    /// Default 50 ms.
+    pub retry_backoff: Duration,
+    /// Largest backoff. Default 1 s.
+    pub retry_backoff_max: Duration,
+    /// Largest frame accepted from a broker or sent to one. Default 16 MiB.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            request_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            max_retries: 10,
+            retry_backoff: Duration::from_millis(50),
+            retry_backoff_max: Duration::from_secs(1),
+            max_frame_bytes: frame::DEFAULT_MAX_FRAME_BYTES,
+        }
+    }
+}
+
+impl ClientConfig {
+    /// The backoff before retry number `attempt` (0-based).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 1u32 << attempt.min(16);
+        self.retry_backoff
+            .saturating_mul(factor)
+            .min(self.retry_backoff_max)
+    }
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The current Raft leader, found through metadata and `NotLeader` redirects.
+    Leader,
+    /// A node by id (its address from metadata).
+    Node(u64),
+    /// A broker by address (host:port).
+    Address(String),
+}
+
+/// What the client knows about the cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterMetadata {
+    /// Node id to client address.
+    pub nodes: BTreeMap<u64, String>,
+    /// The leader's id, when known.
+    pub leader_id: Option<u64>,
+    /// Topic name to queue count.
+    pub topics: BTreeMap<String, u32>,
+    /// The cluster's id.
+    pub cluster_id: u64,
+}
+
+struct Cache {
+    metadata: ClusterMetadata,
+    /// The leader's address: from metadata or a `NotLeader` redirect.
+    leader_address: Option<String>,
+}
+
+struct Inner {
+    config: ClientConfig,
+    bootstrap: Vec<String>,
+    /// One slot per broker address; each slot's lock is held while connecting, so a
+    /// slow connect to one broker never delays requests to another.
+    connections: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Connection>>>>>,
+    cache: Mutex<Cache>,
+}
+
+/// A handle to a raftmq cluster. Cheap to clone; clones share connections and
+/// metadata. Holds one multiplexed, pipelined connection per broker, opened on first
+/// use and reopened after a failure.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("bootstrap", &self.inner.bootstrap)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects with the default [`ClientConfig`]: asks the bootstrap brokers
+    /// (host:port) for metadata until one answers.
+    pub async fn connect(bootstrap: &[impl ToString]) -> Result<Client, ClientError> {
+        Self::connect_with(bootstrap, ClientConfig::default()).await
+    }
+
+    /// Connects with `config`.
+    pub async fn connect_with(
+        bootstrap: &[impl ToString],
+        config: ClientConfig,
+    ) -> Result<Client, ClientError> {
+        let bootstrap: Vec<String> = bootstrap.iter().map(ToString::to_string).collect();
+        if bootstrap.is_empty() {
+            return Err(ClientError::InvalidArgument(
+                "no bootstrap broker given".into(),
+            ));
+        }
+        let client = Client {
+            inner: Arc::new(Inner {
+                config,
+                bootstrap,
+                connections: Mutex::new(HashMap::new()),
+                cache: Mutex::new(Cache {
+                    metadata: ClusterMetadata::default(),
+                    leader_address: None,
+                }),
+            }),
+        };
+        client.refresh_metadata().await?;
+        Ok(client)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// The cached metadata.
+    pub fn metadata(&self) -> ClusterMetadata {
+        self.cache(|c| c.metadata.clone())
+    }
+
+    fn cache<T>(&self, f: impl FnOnce(&mut Cache) -> T) -> T {
+        let mut guard = match self.inner.cache.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&mut guard)
+    }
+
+    /// The leader's address as cached, if known.
+    pub fn leader_address(&self) -> Option<String> {
+        self.cache(|c| c.leader_address.clone())
+    }
+
+    /// Forgets the leader (after it failed), so the next request looks it up.
+    fn forget_leader(&self, address: &str) {
+        self.cache(|c| {
+            if c.leader_address.as_deref() == Some(address) {
+                c.leader_address = None;
+            }
+        });
+    }
+
+    /// Asks the known brokers, then the bootstrap list, for metadata (every topic)
+    /// and updates the cache. Fails only when none answers.
+    pub async fn refresh_metadata(&self) -> Result<ClusterMetadata, ClientError> {
+        let mut candidates: Vec<String> = Vec::new();
+        let (leader, known) = self.cache(|c| {
+            (
+                c.leader_address.clone(),
+                c.metadata.nodes.values().cloned().collect::<Vec<_>>(),
+            )
+        });
+        candidates.extend(leader);
+        candidates.extend(known);
+        candidates.extend(self.inner.bootstrap.iter().cloned());
+        let mut seen = std::collections::HashSet::new();
+        candidates.retain(|a| seen.insert(a.clone()));
+
+        let mut last = ClientError::NoBroker("no broker to ask".into());
+        for address in candidates {
+            let body = request::Body::Metadata(pb::MetadataRequest::default());
+            match self.call_address(&address, body).await {
+                Ok(response::Body::Metadata(m)) => return Ok(self.apply_metadata(m)),
+                Ok(other) => {
+                    last = unexpected("metadata", &other);
+                }
+                Err(e) => {
+                    tracing::debug!(%address, error = %e, "metadata request failed");
+                    last = e;
+                }
+            }
+        }
+        Err(ClientError::NoBroker(format!(
+            "no broker answered a metadata request: {last}"
+        )))
+    }
+
+    fn apply_metadata(&self, m: pb::MetadataResponse) -> ClusterMetadata {
+        let metadata = ClusterMetadata {
+            nodes: m
+                .nodes
+                .into_iter()
+                .map(|n| (n.node_id, n.address))
+                .collect(),
+            leader_id: (m.leader_id != 0).then_some(m.leader_id),
+            topics: m.topics.into_iter().map(|t| (t.name, t.queues)).collect(),
+            cluster_id: m.cluster_id,
+        };
+        self.cache(|c| {
+            c.leader_address = metadata
+                .leader_id
+                .and_then(|id| metadata.nodes.get(&id).cloned());
+            c.metadata = metadata.clone();
+        });
+        metadata
+    }
+
+    /// Queue count of `topic`, from the cache or (when unknown) fresh metadata.
+    pub async fn topic_queues(&self, topic: &str) -> Result<u32, ClientError> {
+        if let Some(n) = self.cache(|c| c.metadata.topics.get(topic).copied()) {
+            return Ok(n);
+        }
+        let m = self.refresh_metadata().await?;
+        m.topics.get(topic).copied().ok_or_else(|| {
+            ClientError::Server(ServerError::UnknownTopic {
+                message: format!("unknown topic {topic:?}"),
+            })
+        })
+    }
+
+    async fn connection(&self, address: &str) -> Result<Connection, ClientError> {
+        let slot = {
+            let mut slots = match self.inner.connections.lock() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            Arc::clone(slots.entry(address.to_owned()).or_default())
+        };
+        let mut slot = slot.lock().await;
+        if let Some(c) = slot.as_ref() {
+            if !c.is_closed() {
+                return Ok(c.clone());
+            }
+        }
+        *slot = None;
+        let config = &self.inner.config;
+        let conn =
+            Connection::connect(address, config.connect_timeout, config.max_frame_bytes).await?;
+        tracing::debug!(address = conn.address(), "connected");
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// One request to one address, no retry: the raw response.
+    async fn call_raw(
+        &self,
+        address: &str,
+        body: request::Body,
+    ) -> Result<pb::Response, ClientError> {
+        let conn = self.connection(address).await?;
+        let timeout = self.inner.config.request_timeout + extra_wait(&body);
+        conn.call(body, timeout).await
+    }
+
+    /// One request to one address, no retry; a broker error becomes `Err(Server)`.
+    /// A `DuplicateSequence` answer that carries a body is a success (the batch was
+    /// stored before; the body says where).
+    pub async fn call_address(
+        &self,
+        address: &str,
+        body: request::Body,
+    ) -> Result<response::Body, ClientError> {
+        let response = self.call_raw(address, body).await?;
+        into_result(response)
+    }
+
+    /// One attempt at `target`, no retry. On `NotLeader` the cached leader is
+    /// updated from the redirect (or forgotten), so the next attempt goes to the
+    /// right broker; on a transport failure to the leader it is forgotten too.
+    pub async fn request_once(
+        &self,
+        target: &Target,
+        body: request::Body,
+    ) -> Result<response::Body, ClientError> {
+        let address = self.resolve(target).await?;
+        let result = self.call_address(&address, body).await;
+        if *target == Target::Leader {
+            match &result {
+                Err(ClientError::Server(ServerError::NotLeader { leader_address, .. })) => {
+                    let redirect = leader_address.clone().filter(|a| *a != address);
+                    self.cache(|c| c.leader_address = redirect);
+                }
+                Err(e) if e.is_retriable() && e.server_error().is_none() => {
+                    self.forget_leader(&address);
+                }
+                _ => {}
+            }
+        }
+        result
+    }
+
+    /// Sends `body` to `target`, following `NotLeader` redirects and retrying
+    /// retriable failures with exponential backoff, at most
+    /// [`max_retries`](ClientConfig::max_retries) times. A redirect to a named leader
+    /// is followed at once; other retries wait the backoff first.
+    pub async fn request(
+        &self,
+        target: Target,
+        body: request::Body,
+    ) -> Result<response::Body, ClientError> {
+        let max_retries = self.inner.config.max_retries;
+        let mut attempt = 0u32;
+        loop {
+            let err = match self.request_once(&target, body.clone()).await {
+                Ok(b) => return Ok(b),
+                Err(e) => e,
+            };
+            // Only the leader target follows redirects; a named node stays wrong.
+            let misdirected = target != Target::Leader
+                && matches!(err, ClientError::Server(ServerError::NotLeader { .. }));
+            if !err.is_retriable() || misdirected {
+                return Err(err);
+            }
+            if attempt >= max_retries {
+                return Err(ClientError::RetriesExhausted {
+                    attempts: attempt + 1,
+                    last: Box::new(err),
+                });
+            }
+            let redirected = matches!(
+                &err,
+                ClientError::Server(ServerError::NotLeader {
+                    leader_address: Some(_),
+                    ..
+                })
+            ) && self.leader_address().is_some();
+            if !redirected {
+                tokio::time::sleep(self.inner.config.backoff(attempt)).await;
+            }
+            tracing::debug!(attempt, error = %err, "retrying request");
+            attempt += 1;
+        }
+    }
+
+    /// The address of `target`; for the leader, fresh metadata when none is cached.
+    async fn resolve(&self, target: &Target) -> Result<String, ClientError> {
+        match target {
+            Target::Address(a) => Ok(a.clone()),
+            Target::Node(id) => {
+                if let Some(a) = self.cache(|c| c.metadata.nodes.get(id).cloned()) {
+                    return Ok(a);
+                }
+                self.refresh_metadata()
+                    .await?
+                    .nodes
+                    .get(id)
+                    .cloned()
+                    .ok_or_else(|| ClientError::InvalidArgument(format!("unknown node {id}")))
+            }
+            Target::Leader => {
+                if let Some(a) = self.leader_address() {
+                    return Ok(a);
+                }
+                self.refresh_metadata().await?;
+                self.leader_address()
+                    .ok_or_else(|| ClientError::NoBroker("no leader known".into()))
+            }
+        }
+    }
+}
+
+/// A long-poll fetch may legitimately wait `max_wait_ms` before answering.
+fn extra_wait(body: &request::Body) -> Duration {
+    match body {
+        request::Body::Fetch(f) => Duration::from_millis(u64::from(f.max_wait_ms)),
+        _ => Duration::ZERO,
+    }
+}
+
+/// Turns a raw response into the body or the typed broker error.
+pub(crate) fn into_result(response: pb::Response) -> Result<response::Body, ClientError> {
+    match (response.error, response.body) {
+        (None, Some(body)) => Ok(body),
+        (None, None) => Err(ClientError::Protocol(
+            "response has neither body nor error".into(),
+        )),
+        (Some(e), Some(body)) if e.code == ErrorCode::DuplicateSequence as i32 => Ok(body),
+        (Some(e), _) => Err(ClientError::Server(ServerError::from(e))),
+    }
+}
+
+/// The error for a response body of the wrong API.
+pub(crate) fn unexpected(wanted: &str, got: &response::Body) -> ClientError {
+    ClientError::Protocol(format!(
+        "expected a {wanted} response, got {}",
+        got.api_key()
+    ))
+}

@@ -1,0 +1,197 @@
+//! One multiplexed connection to one broker: a writer task and a reader task over a
+//! framed TCP stream, and a map from correlation id to the caller waiting for that
+//! answer. Many requests can be in flight at once; answers may come in any order.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use raftmq_proto::{frame, pb};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use crate::ClientError;
+
+type Waiter = oneshot::Sender<Result<pb::Response, ClientError>>;
+
+/// Requests queued for the writer task before callers wait for room.
+const WRITE_QUEUE_FRAMES: usize = 1024;
+
+struct Shared {
+    address: String,
+    pending: Mutex<HashMap<u64, Waiter>>,
+    next_correlation_id: AtomicU64,
+    closed: AtomicBool,
+}
+
+impl Shared {
+    /// Fails every waiter and refuses new requests.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let waiters: Vec<Waiter> = match self.pending.lock() {
+            Ok(mut p) => p.drain().map(|(_, w)| w).collect(),
+            Err(_) => Vec::new(),
+        };
+        for w in waiters {
+            let _ = w.send(Err(ClientError::ConnectionClosed(self.address.clone())));
+        }
+    }
+
+    fn take(&self, correlation_id: u64) -> Option<Waiter> {
+        self.pending.lock().ok()?.remove(&correlation_id)
+    }
+}
+
+/// Removes a waiter when its caller stops waiting (timeout or dropped future).
+struct PendingGuard<'a> {
+    shared: &'a Shared,
+    correlation_id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self.shared.take(self.correlation_id);
+    }
+}
+
+/// A cheap handle to a connection; clones share it.
+#[derive(Clone)]
+pub(crate) struct Connection {
+    shared: Arc<Shared>,
+    writer: mpsc::Sender<Bytes>,
+}
+
+impl Connection {
+    /// Connects to `address` (host:port) with TCP_NODELAY and starts its tasks.
+    pub(crate) async fn connect(
+        address: &str,
+        connect_timeout: Duration,
+        max_frame_bytes: usize,
+    ) -> Result<Connection, ClientError> {
+        let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(address))
+            .await
+            .map_err(|_| ClientError::Timeout(connect_timeout))??;
+        stream.set_nodelay(true)?;
+        let (read_half, write_half) = stream.into_split();
+        let shared = Arc::new(Shared {
+            address: address.to_owned(),
+            pending: Mutex::new(HashMap::new()),
+            next_correlation_id: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+        });
+        let (writer, mut frames_rx) = mpsc::channel::<Bytes>(WRITE_QUEUE_FRAMES);
+
+        let mut sink = FramedWrite::new(write_half, frame::codec(max_frame_bytes));
+        let write_shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            // Feed every frame already queued, then flush once: one syscall for a
+            // burst of pipelined requests.
+            while let Some(first) = frames_rx.recv().await {
+                let mut result = sink.feed(first).await;
+                while result.is_ok() {
+                    match frames_rx.try_recv() {
+                        Ok(next) => result = sink.feed(next).await,
+                        Err(_) => break,
+                    }
+                }
+                if result.is_ok() {
+                    result = SinkExt::<Bytes>::flush(&mut sink).await;
+                }
+                if let Err(e) = result {
+                    tracing::debug!(address = %write_shared.address, error = %e, "write failed");
+                    break;
+                }
+            }
+            write_shared.close();
+        });
+
+        let mut stream = FramedRead::new(read_half, frame::codec(max_frame_bytes));
+        let read_shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            while let Some(item) = stream.next().await {
+                let body = match item {
+                    Ok(body) => body.freeze(),
+                    Err(e) => {
+                        tracing::debug!(address = %read_shared.address, error = %e, "read failed");
+                        break;
+                    }
+                };
+                let response = match frame::decode_response(body) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(address = %read_shared.address, error = %e, "bad response frame");
+                        break;
+                    }
+                };
+                match read_shared.take(response.correlation_id) {
+                    Some(waiter) => {
+                        let _ = waiter.send(Ok(response));
+                    }
+                    None => tracing::debug!(
+                        correlation_id = response.correlation_id,
+                        "answer to a request nobody waits for"
+                    ),
+                }
+            }
+            read_shared.close();
+        });
+
+        Ok(Connection { shared, writer })
+    }
+
+    /// Whether the connection has failed (a new one is needed).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire) || self.writer.is_closed()
+    }
+
+    /// The broker's address.
+    pub(crate) fn address(&self) -> &str {
+        &self.shared.address
+    }
+
+    /// Sends `body` and waits up to `timeout` for the answer (the raw response, with
+    /// its error if any).
+    pub(crate) async fn call(
+        &self,
+        body: pb::request::Body,
+        timeout: Duration,
+    ) -> Result<pb::Response, ClientError> {
+        if self.is_closed() {
+            return Err(ClientError::ConnectionClosed(self.shared.address.clone()));
+        }
+        let correlation_id = self
+            .shared
+            .next_correlation_id
+            .fetch_add(1, Ordering::Relaxed);
+        let frame = frame::encode_request(&pb::Request::new(correlation_id, body));
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .pending
+            .lock()
+            .map_err(|_| ClientError::ConnectionClosed(self.shared.address.clone()))?
+            .insert(correlation_id, tx);
+        let _guard = PendingGuard {
+            shared: &self.shared,
+            correlation_id,
+        };
+        // Closed between the check and the insert: close() may have run already.
+        if self.is_closed() {
+            return Err(ClientError::ConnectionClosed(self.shared.address.clone()));
+        }
+        let exchange = async {
+            self.writer
+                .send(frame)
+                .await
+                .map_err(|_| ClientError::ConnectionClosed(self.shared.address.clone()))?;
+            rx.await
+                .map_err(|_| ClientError::ConnectionClosed(self.shared.address.clone()))?
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| ClientError::Timeout(timeout))?
+    }
+}

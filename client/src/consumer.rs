@@ -1,0 +1,309 @@
+//! [`Consumer`]: reads assigned queues of one topic with long-poll fetches.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::{FuturesUnordered, Stream};
+use futures::{FutureExt, StreamExt};
+use raftmq_proto::batch;
+use raftmq_proto::pb::{self, request, response};
+use raftmq_proto::ServerError;
+
+use crate::client::unexpected;
+use crate::{Client, ClientError, Target};
+
+/// A message read from a queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumedMessage {
+    /// Its topic.
+    pub topic: Arc<str>,
+    /// Its queue.
+    pub queue: u32,
+    /// Its offset in the queue.
+    pub offset: u64,
+    /// Milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// The key, if any (a slice of the fetched frame, not a copy).
+    pub key: Option<Bytes>,
+    /// The value (a slice of the fetched frame).
+    pub value: Bytes,
+    /// Headers, in order.
+    pub headers: Vec<(String, Bytes)>,
+}
+
+/// Where to start or move to in a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeekTo {
+    /// The first offset still stored.
+    Earliest,
+    /// The log end: only messages produced from now on.
+    Latest,
+    /// An exact offset.
+    Offset(u64),
+    /// The first message at or after this time (ms since the Unix epoch).
+    Timestamp(i64),
+}
+
+/// What to do when a position is not (or no longer) in the log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OffsetReset {
+    /// Move to the first offset still stored (default).
+    #[default]
+    Earliest,
+    /// Move to the log end.
+    Latest,
+    /// Fail the poll with the `OffsetOutOfRange` error.
+    Error,
+}
+
+/// Consumer settings.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// Long-poll wait per fetch. Default 500 ms.
+    pub max_wait: Duration,
+    /// Bytes a fetch waits for. Default 1.
+    pub min_bytes: u32,
+    /// Most bytes per fetch and queue (at least one batch comes back). Default 1 MiB.
+    pub max_bytes: u32,
+    /// What to do with an unknown or out-of-range position. Default earliest.
+    pub reset: OffsetReset,
+    /// Check every fetched batch's CRC and structure before decoding. Default on.
+    pub check_crcs: bool,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            max_wait: Duration::from_millis(500),
+            min_bytes: 1,
+            max_bytes: 1024 * 1024,
+            reset: OffsetReset::Earliest,
+            check_crcs: true,
+        }
+    }
+}
+
+/// Reads the queues assigned to it from one topic, tracking a position (the next
+/// offset to read) per queue.
+#[derive(Debug)]
+pub struct Consumer {
+    client: Client,
+    config: ConsumerConfig,
+    topic: Option<Arc<str>>,
+    /// Queue to next offset; `None` until resolved by the reset policy.
+    positions: BTreeMap<u32, Option<u64>>,
+}
+
+impl Consumer {
+    /// A consumer with the default [`ConsumerConfig`].
+    pub fn new(client: &Client) -> Self {
+        Self::with_config(client, ConsumerConfig::default())
+    }
+
+    /// A consumer with `config`.
+    pub fn with_config(client: &Client, config: ConsumerConfig) -> Self {
+        Consumer {
+            client: client.clone(),
+            config,
+            topic: None,
+            positions: BTreeMap::new(),
+        }
+    }
+
+    /// Reads `queues` of `topic` (every queue when empty), replacing any earlier
+    /// assignment. Positions start per the reset policy unless sought.
+    pub async fn assign(&mut self, topic: &str, queues: &[u32]) -> Result<(), ClientError> {
+        let count = self.client.topic_queues(topic).await?;
+        let queues: Vec<u32> = if queues.is_empty() {
+            (0..count).collect()
+        } else {
+            queues.to_vec()
+        };
+        if let Some(q) = queues.iter().find(|&&q| q >= count) {
+            return Err(ClientError::InvalidArgument(format!(
+                "topic {topic:?} has {count} queues, no queue {q}"
+            )));
+        }
+        self.topic = Some(Arc::from(topic));
+        self.positions = queues.into_iter().map(|q| (q, None)).collect();
+        Ok(())
+    }
+
+    /// The assigned queues and their positions (`None` = not resolved yet).
+    pub fn positions(&self) -> &BTreeMap<u32, Option<u64>> {
+        &self.positions
+    }
+
+    /// Moves `queue`'s position; returns the new position.
+    pub async fn seek(&mut self, queue: u32, to: SeekTo) -> Result<u64, ClientError> {
+        let topic = self.topic()?;
+        if !self.positions.contains_key(&queue) {
+            return Err(ClientError::InvalidArgument(format!(
+                "queue {queue} is not assigned"
+            )));
+        }
+        let offset = match to {
+            SeekTo::Offset(o) => o,
+            SeekTo::Earliest => {
+                list_offset(&self.client, &topic, queue, pb::OffsetSpec::Earliest, 0).await?
+            }
+            SeekTo::Latest => {
+                list_offset(&self.client, &topic, queue, pb::OffsetSpec::Latest, 0).await?
+            }
+            SeekTo::Timestamp(ms) => {
+                list_offset(&self.client, &topic, queue, pb::OffsetSpec::Timestamp, ms).await?
+            }
+        };
+        self.positions.insert(queue, Some(offset));
+        Ok(offset)
+    }
+
+    fn topic(&self) -> Result<Arc<str>, ClientError> {
+        self.topic
+            .clone()
+            .ok_or_else(|| ClientError::InvalidArgument("no topic assigned".into()))
+    }
+
+    async fn resolve_position(&mut self, queue: u32) -> Result<u64, ClientError> {
+        if let Some(Some(p)) = self.positions.get(&queue) {
+            return Ok(*p);
+        }
+        let to = match self.config.reset {
+            OffsetReset::Latest => SeekTo::Latest,
+            OffsetReset::Earliest | OffsetReset::Error => SeekTo::Earliest,
+        };
+        self.seek(queue, to).await
+    }
+
+    /// Waits (up to about `max_wait`) for messages in any assigned queue and returns
+    /// them, in offset order per queue. Empty when nothing arrived in time.
+    pub async fn poll(&mut self) -> Result<Vec<ConsumedMessage>, ClientError> {
+        let topic = self.topic()?;
+        let queues: Vec<u32> = self.positions.keys().copied().collect();
+        let mut fetches = FuturesUnordered::new();
+        for queue in queues {
+            let offset = self.resolve_position(queue).await?;
+            let body = request::Body::Fetch(pb::FetchRequest {
+                topic: topic.to_string(),
+                queue,
+                offset,
+                max_bytes: self.config.max_bytes,
+                max_wait_ms: u32::try_from(self.config.max_wait.as_millis()).unwrap_or(u32::MAX),
+                min_bytes: self.config.min_bytes,
+                ..Default::default()
+            });
+            let client = self.client.clone();
+            fetches
+                .push(async move { (queue, offset, client.request(Target::Leader, body).await) });
+        }
+        let mut out = Vec::new();
+        // Take the first answer with data, then whatever else is already answered;
+        // the other long polls are dropped (fetches have no side effect).
+        while let Some(answer) = fetches.next().await {
+            self.absorb(&topic, answer, &mut out).await?;
+            if !out.is_empty() {
+                while let Some(Some(answer)) = fetches.next().now_or_never() {
+                    self.absorb(&topic, answer, &mut out).await?;
+                }
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn absorb(
+        &mut self,
+        topic: &Arc<str>,
+        (queue, offset, result): (u32, u64, Result<response::Body, ClientError>),
+        out: &mut Vec<ConsumedMessage>,
+    ) -> Result<(), ClientError> {
+        // A seek while fetching would make this answer stale.
+        if self.positions.get(&queue) != Some(&Some(offset)) {
+            return Ok(());
+        }
+        let fetched = match result {
+            Ok(response::Body::Fetch(f)) => f,
+            Ok(other) => return Err(unexpected("fetch", &other)),
+            Err(e) => {
+                if let Some(ServerError::OffsetOutOfRange { log_start, log_end }) = e.server_error()
+                {
+                    let to = match self.config.reset {
+                        OffsetReset::Earliest => *log_start,
+                        OffsetReset::Latest => *log_end,
+                        OffsetReset::Error => return Err(e),
+                    };
+                    tracing::info!(queue, offset, to, "position out of range, reset");
+                    self.positions.insert(queue, Some(to));
+                    return Ok(());
+                }
+                return Err(e);
+            }
+        };
+        let mut next = offset;
+        for b in fetched.batches {
+            if self.config.check_crcs {
+                batch::validate(&b.batch)?;
+            }
+            for m in batch::decode_records(&b.batch, b.base_offset) {
+                let m = m?;
+                // A batch may start before the position asked for.
+                if m.offset < next {
+                    continue;
+                }
+                next = m.offset + 1;
+                out.push(ConsumedMessage {
+                    topic: Arc::clone(topic),
+                    queue,
+                    offset: m.offset,
+                    timestamp_ms: m.timestamp_ms,
+                    key: m.key,
+                    value: m.value,
+                    headers: m.headers,
+                });
+            }
+        }
+        self.positions.insert(queue, Some(next));
+        Ok(())
+    }
+
+    /// The consumer as an endless stream of messages (polling as needed). The stream
+    /// yields an error and goes on; drop it to stop.
+    pub fn into_stream(self) -> impl Stream<Item = Result<ConsumedMessage, ClientError>> {
+        futures::stream::unfold(
+            (self, std::collections::VecDeque::new()),
+            |(mut consumer, mut buffer)| async move {
+                loop {
+                    if let Some(m) = buffer.pop_front() {
+                        return Some((Ok(m), (consumer, buffer)));
+                    }
+                    match consumer.poll().await {
+                        Ok(messages) => buffer.extend(messages),
+                        Err(e) => return Some((Err(e), (consumer, buffer))),
+                    }
+                }
+            },
+        )
+    }
+}
+
+/// Asks the leader for an offset of `topic`/`queue`.
+pub(crate) async fn list_offset(
+    client: &Client,
+    topic: &str,
+    queue: u32,
+    spec: pb::OffsetSpec,
+    timestamp_ms: i64,
+) -> Result<u64, ClientError> {
+    let body = request::Body::ListOffsets(pb::ListOffsetsRequest {
+        topic: topic.to_owned(),
+        queue,
+        spec: spec as i32,
+        timestamp_ms,
+    });
+    match client.request(Target::Leader, body).await? {
+        response::Body::ListOffsets(r) => Ok(r.offset),
+        other => Err(unexpected("list_offsets", &other)),
+    }
+}

@@ -1,0 +1,90 @@
+//! [`ClientError`]: everything a client call can fail with.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use raftmq_proto::batch::BatchError;
+use raftmq_proto::{ProtoError, ServerError};
+
+/// What can go wrong in the client. Cheap to clone: one failed batch fails every
+/// message in it with the same error.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    /// The broker answered with an error.
+    #[error("broker error: {0}")]
+    Server(#[from] ServerError),
+    /// A socket failed (connect, read or write).
+    #[error("I/O error: {0}")]
+    Io(Arc<std::io::Error>),
+    /// No answer within the request timeout (the outcome is unknown).
+    #[error("request timed out after {0:?}")]
+    Timeout(Duration),
+    /// The connection closed before the answer came.
+    #[error("connection to {0} closed")]
+    ConnectionClosed(String),
+    /// The broker's answer breaks the protocol (wrong body, bad frame).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// A frame or batch could not be decoded.
+    #[error("decode error: {0}")]
+    Decode(Arc<ProtoError>),
+    /// A fetched record batch is corrupt.
+    #[error("corrupt batch from broker: {0}")]
+    CorruptBatch(#[from] BatchError),
+    /// No broker could be reached, or none knows a leader.
+    #[error("no broker available: {0}")]
+    NoBroker(String),
+    /// The request was retried as often as allowed; the last error is kept.
+    #[error("gave up after {attempts} attempts: {last}")]
+    RetriesExhausted {
+        /// Attempts made.
+        attempts: u32,
+        /// The last failure.
+        last: Box<ClientError>,
+    },
+    /// The argument is invalid (bad name, queue out of range, message too large...).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The producer or consumer was closed.
+    #[error("closed")]
+    Closed,
+}
+
+impl From<std::io::Error> for ClientError {
+    fn from(e: std::io::Error) -> Self {
+        ClientError::Io(Arc::new(e))
+    }
+}
+
+impl From<ProtoError> for ClientError {
+    fn from(e: ProtoError) -> Self {
+        match e {
+            ProtoError::InvalidName { .. } => ClientError::InvalidArgument(e.to_string()),
+            e => ClientError::Decode(Arc::new(e)),
+        }
+    }
+}
+
+impl ClientError {
+    /// Whether sending the same request again (after a backoff, maybe to another
+    /// broker) can succeed: transport failures, timeouts, and retriable broker errors.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            ClientError::Server(e) => e.is_retriable(),
+            ClientError::Io(_)
+            | ClientError::Timeout(_)
+            | ClientError::ConnectionClosed(_)
+            | ClientError::NoBroker(_) => true,
+            _ => false,
+        }
+    }
+
+    /// The broker's error, if this is one (looking through `RetriesExhausted`).
+    pub fn server_error(&self) -> Option<&ServerError> {
+        match self {
+            ClientError::Server(e) => Some(e),
+            ClientError::RetriesExhausted { last, .. } => last.server_error(),
+            _ => None,
+        }
+    }
+}

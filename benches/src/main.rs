@@ -1,5 +1,457 @@
-//! `raftmq-bench`: throughput and latency benchmarks.
+//! `raftmq-bench`: throughput and latency of a raftmq cluster, measured the way a
+//! user of the client library sees it.
+//!
+//! Modes:
+//! - `produce`: producers send `--count` messages (or for `--duration`), each keeping
+//!   at most `--window` messages unacknowledged; latency is send → acknowledgement.
+//!   With `--rate` the load is open-loop: each message has a scheduled send time and
+//!   its latency is measured from that time, so a stall is not hidden (no coordinated
+//!   omission).
+//! - `consume`: loads `--count` messages untimed, then times consumers reading them.
+//! - `e2e`: producers and consumers at once; latency is publish → delivery (the send
+//!   instant travels in the first 8 bytes of each value).
+//! - `sync`: one message in flight: per-message acknowledgement latency.
+//!
+//! Every result states the CPU time of the client and of the brokers per message
+//! (from /proc), which on a small shared machine is the fairest single number.
+
+mod cluster;
+mod cpu;
+mod report;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use raftmq_client::{Acks, Admin, Client, Consumer, Message, Partitioner, Producer};
+
+use crate::report::{Report, RunConfig};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Mode {
+    Produce,
+    Consume,
+    E2e,
+    Sync,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum AcksArg {
+    Quorum,
+    Leader,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum DurabilityArg {
+    Fsync,
+    Async,
+}
+
+/// Throughput and latency benchmark for raftmq.
+#[derive(Debug, Parser, Clone)]
+#[command(name = "raftmq-bench", version, about)]
+struct Args {
+    /// What to measure.
+    #[arg(long, value_enum, default_value = "produce")]
+    mode: Mode,
+    /// Brokers of a running cluster (HOST:PORT,...).
+    #[arg(long, conflicts_with = "local_cluster")]
+    brokers: Option<String>,
+    /// Start N raftmq-broker processes of this build on loopback in a temporary
+    /// directory, and stop them at the end.
+    #[arg(long)]
+    local_cluster: Option<u64>,
+    /// Durability of a `--local-cluster`.
+    #[arg(long, value_enum, default_value = "fsync")]
+    durability: DurabilityArg,
+    /// PIDs of the brokers of `--brokers`, to include their CPU time.
+    #[arg(long, value_delimiter = ',')]
+    server_pids: Vec<u32>,
+    /// Topic (created if missing).
+    #[arg(long, default_value = "bench")]
+    topic: String,
+    /// Queues of the topic when created.
+    #[arg(long, default_value_t = 1)]
+    queues: u32,
+    #[arg(long, default_value_t = 1)]
+    producers: u32,
+    #[arg(long, default_value_t = 1)]
+    consumers: u32,
+    /// Bytes per message value.
+    #[arg(long, default_value_t = 100)]
+    message_size: usize,
+    /// Messages in all (split over producers).
+    #[arg(long, default_value_t = 1_000_000)]
+    count: u64,
+    /// Run for this many seconds instead of `--count` (produce and e2e).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Largest batch the producer builds.
+    #[arg(long, default_value_t = 256 * 1024)]
+    batch_bytes: usize,
+    /// Producer linger (ms).
+    #[arg(long, default_value_t = 1.0)]
+    linger_ms: f64,
+    #[arg(long, value_enum, default_value = "quorum")]
+    acks: AcksArg,
+    /// Messages in flight per producer, each with its own acknowledgement.
+    #[arg(long, default_value_t = 65_536)]
+    window: usize,
+    /// Open loop: messages per second in all.
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Produce requests in flight per queue.
+    #[arg(long, default_value_t = 8)]
+    max_in_flight: usize,
+    /// Print one JSON record instead of text.
+    #[arg(long)]
+    json: bool,
+}
 
 fn main() -> anyhow::Result<()> {
-    anyhow::bail!("raftmq-bench: no benchmark is built yet")
+    let mut args = Args::parse();
+    if args.mode == Mode::Sync {
+        args.window = 1;
+        if args.count == 1_000_000 {
+            args.count = 5_000;
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut cluster = None;
+    let (bootstrap, server_pids) = match (&args.brokers, args.local_cluster) {
+        (Some(b), _) => (
+            b.split(',').map(str::to_string).collect::<Vec<_>>(),
+            args.server_pids.clone(),
+        ),
+        (None, Some(n)) => {
+            let c = cluster::LocalCluster::start(n, args.durability == DurabilityArg::Async)?;
+            let out = (c.addrs(), c.pids());
+            cluster = Some(c);
+            out
+        }
+        (None, None) => (vec!["127.0.0.1:7070".to_string()], args.server_pids.clone()),
+    };
+    let result = runtime.block_on(run(args.clone(), bootstrap, server_pids));
+    drop(cluster);
+    let report = result?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        report.print();
+    }
+    Ok(())
+}
+
+async fn connect(bootstrap: &[String]) -> anyhow::Result<Client> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match Client::connect(bootstrap).await {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() < deadline => {
+                tracing_like_note(&format!("waiting for the cluster: {e}"));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => bail!("cannot connect to {bootstrap:?}: {e}"),
+        }
+    }
+}
+
+fn tracing_like_note(msg: &str) {
+    eprintln!("raftmq-bench: {msg}");
+}
+
+async fn ensure_topic(client: &Client, topic: &str, queues: u32) -> anyhow::Result<()> {
+    let admin = Admin::new(client);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if admin.describe_topic(topic).await.is_ok() {
+            return Ok(());
+        }
+        match admin.create_topic(topic, queues).await {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() < deadline => {
+                tracing_like_note(&format!("creating topic: {e}"));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => bail!("cannot create topic {topic}: {e}"),
+        }
+    }
+}
+
+async fn run(args: Args, bootstrap: Vec<String>, server_pids: Vec<u32>) -> anyhow::Result<Report> {
+    let client = connect(&bootstrap).await?;
+    ensure_topic(&client, &args.topic, args.queues).await?;
+    let queues = client.topic_queues(&args.topic).await?;
+    let epoch = Instant::now();
+    if args.mode == Mode::Consume {
+        // Load the data first, untimed.
+        let loader = Args {
+            rate: None,
+            window: 65_536,
+            ..args.clone()
+        };
+        produce_phase(&loader, &bootstrap, epoch, None).await?;
+    }
+    let cpu_before = cpu::sample(&server_pids);
+    let started = Instant::now();
+    let progress = Arc::new(AtomicU64::new(0));
+    let ticker = report::progress_ticker(progress.clone(), args.count, args.json);
+    let (messages, latency) = match args.mode {
+        Mode::Produce | Mode::Sync => {
+            produce_phase(&args, &bootstrap, epoch, Some(progress.clone())).await?
+        }
+        Mode::Consume => {
+            consume_phase(
+                &args, &bootstrap, queues, args.count, epoch, &progress, false,
+            )
+            .await?
+        }
+        Mode::E2e => {
+            let consumers = {
+                let args = args.clone();
+                let bootstrap = bootstrap.clone();
+                let progress = progress.clone();
+                tokio::spawn(async move {
+                    consume_phase(
+                        &args, &bootstrap, queues, args.count, epoch, &progress, true,
+                    )
+                    .await
+                })
+            };
+            let _ = produce_phase(&args, &bootstrap, epoch, None).await?;
+            let (total, latency) = match consumers.await? {
+                Ok(n) => n,
+                Err(e) => return Err(e),
+            };
+            (total, latency)
+        }
+    };
+    let elapsed = started.elapsed();
+    ticker.abort();
+    let cpu_after = cpu::sample(&server_pids);
+    let config = RunConfig {
+        mode: format!("{:?}", args.mode).to_lowercase(),
+        nodes: args.local_cluster.unwrap_or(bootstrap.len() as u64),
+        durability: format!("{:?}", args.durability).to_lowercase(),
+        acks: format!("{:?}", args.acks).to_lowercase(),
+        topic_queues: queues,
+        producers: args.producers,
+        consumers: args.consumers,
+        message_size: args.message_size,
+        batch_bytes: args.batch_bytes,
+        linger_ms: args.linger_ms,
+        window: args.window,
+        rate: args.rate,
+    };
+    Ok(Report::new(
+        config,
+        messages,
+        elapsed,
+        latency.as_ref(),
+        &cpu_before,
+        &cpu_after,
+        &server_pids,
+    ))
+}
+
+/// Runs the producers; returns messages acknowledged and the latency histogram (µs).
+async fn produce_phase(
+    args: &Args,
+    bootstrap: &[String],
+    epoch: Instant,
+    progress: Option<Arc<AtomicU64>>,
+) -> anyhow::Result<(u64, Option<Histogram<u64>>)> {
+    let per_producer = args.count / u64::from(args.producers.max(1));
+    let deadline = args
+        .duration
+        .map(|d| Instant::now() + Duration::from_secs_f64(d));
+    let mut tasks = Vec::new();
+    for p in 0..args.producers.max(1) {
+        let client = connect(bootstrap).await?;
+        let producer = Producer::builder(&client)
+            .linger(Duration::from_secs_f64(args.linger_ms / 1000.0))
+            .max_batch_bytes(args.batch_bytes)
+            .max_in_flight_per_queue(args.max_in_flight)
+            .acks(match args.acks {
+                AcksArg::Quorum => Acks::Quorum,
+                AcksArg::Leader => Acks::Leader,
+            })
+            .partitioner(Partitioner::RoundRobin)
+            .build()
+            .await
+            .context("producer")?;
+        let args = args.clone();
+        let progress = progress.clone();
+        let rate_per_producer = args
+            .rate
+            .map(|r| r as f64 / f64::from(args.producers.max(1)));
+        tasks.push(tokio::spawn(async move {
+            produce_loop(
+                producer,
+                &args,
+                per_producer,
+                deadline,
+                rate_per_producer,
+                epoch,
+                progress,
+                p,
+            )
+            .await
+        }));
+    }
+    let mut total = 0;
+    let mut histogram = new_histogram();
+    for t in tasks {
+        let (n, h) = t.await??;
+        total += n;
+        histogram.add(h)?;
+    }
+    Ok((total, Some(histogram)))
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn produce_loop(
+    producer: Producer,
+    args: &Args,
+    count: u64,
+    deadline: Option<Instant>,
+    rate: Option<f64>,
+    epoch: Instant,
+    progress: Option<Arc<AtomicU64>>,
+    producer_index: u32,
+) -> anyhow::Result<(u64, Histogram<u64>)> {
+    let mut histogram = new_histogram();
+    let mut in_flight = std::collections::VecDeque::with_capacity(args.window.min(1 << 20));
+    let payload = vec![b'x'; args.message_size.max(8)];
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let mut acked = 0u64;
+    let mut pending_progress = 0u64;
+    loop {
+        let more = match deadline {
+            Some(d) => Instant::now() < d,
+            None => sent < count,
+        };
+        if !more && in_flight.is_empty() {
+            break;
+        }
+        if more && in_flight.len() < args.window {
+            // Open loop: the message's intended send time.
+            let scheduled = match rate {
+                Some(r) => {
+                    let at = started + Duration::from_secs_f64(sent as f64 / r);
+                    let now = Instant::now();
+                    if at > now {
+                        if in_flight.is_empty() {
+                            tokio::time::sleep_until(at.into()).await;
+                        } else {
+                            // Collect an acknowledgement while waiting.
+                            let (t0, fut): (Instant, raftmq_client::DeliveryFuture) =
+                                in_flight.pop_front().expect("not empty");
+                            fut.await.context("produce")?;
+                            record(&mut histogram, t0);
+                            acked += 1;
+                            continue;
+                        }
+                    }
+                    at
+                }
+                None => Instant::now(),
+            };
+            let mut value = payload.clone();
+            let stamp = scheduled.duration_since(epoch).as_micros() as u64;
+            value[..8].copy_from_slice(&stamp.to_le_bytes());
+            let message = Message::new(args.topic.clone(), value);
+            let fut = producer.send(message).await.context("send")?;
+            in_flight.push_back((scheduled, fut));
+            sent += 1;
+            continue;
+        }
+        let (t0, fut) = in_flight.pop_front().expect("not empty");
+        fut.await
+            .with_context(|| format!("producer {producer_index}: produce failed"))?;
+        record(&mut histogram, t0);
+        acked += 1;
+        pending_progress += 1;
+        if pending_progress >= 1024 {
+            if let Some(p) = &progress {
+                p.fetch_add(pending_progress, Ordering::Relaxed);
+            }
+            pending_progress = 0;
+        }
+    }
+    producer.close().await;
+    Ok((acked, histogram))
+}
+
+fn record(histogram: &mut Histogram<u64>, since: Instant) {
+    let us = since.elapsed().as_micros() as u64;
+    histogram.saturating_record(us.max(1));
+}
+
+/// Consumers split the queues; returns messages read and (e2e) delivery latency.
+async fn consume_phase(
+    args: &Args,
+    bootstrap: &[String],
+    queues: u32,
+    expected: u64,
+    epoch: Instant,
+    progress: &Arc<AtomicU64>,
+    measure_latency: bool,
+) -> anyhow::Result<(u64, Option<Histogram<u64>>)> {
+    let consumers = args.consumers.clamp(1, queues);
+    let read = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for c in 0..consumers {
+        let client = connect(bootstrap).await?;
+        let mine: Vec<u32> = (0..queues).filter(|q| q % consumers == c).collect();
+        let topic = args.topic.clone();
+        let read = read.clone();
+        let progress = progress.clone();
+        let deadline =
+            Instant::now() + Duration::from_secs_f64(args.duration.unwrap_or(300.0) + 60.0);
+        tasks.push(tokio::spawn(async move {
+            let mut consumer = Consumer::new(&client);
+            consumer.assign(&topic, &mine).await?;
+            for q in &mine {
+                consumer.seek(*q, raftmq_client::SeekTo::Earliest).await?;
+            }
+            let mut histogram = new_histogram();
+            while read.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+                let messages = consumer.poll().await?;
+                if measure_latency {
+                    let now = epoch.elapsed().as_micros() as u64;
+                    for m in &messages {
+                        if m.value.len() >= 8 {
+                            let sent = u64::from_le_bytes(m.value[..8].try_into().expect("8"));
+                            histogram.saturating_record(now.saturating_sub(sent).max(1));
+                        }
+                    }
+                }
+                let n = messages.len() as u64;
+                read.fetch_add(n, Ordering::Relaxed);
+                progress.fetch_add(n, Ordering::Relaxed);
+            }
+            anyhow::Ok(histogram)
+        }));
+    }
+    let mut histogram = new_histogram();
+    for t in tasks {
+        histogram.add(t.await??)?;
+    }
+    let total = read.load(Ordering::Relaxed);
+    Ok((total, measure_latency.then_some(histogram)))
 }

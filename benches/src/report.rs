@@ -122,7 +122,10 @@ impl Report {
             p999_us: h.value_at_quantile(0.999),
             max_us: h.max(),
         });
-        let rss = server_pids.iter().filter_map(|p| cpu::rss_anon_kib(*p)).max();
+        let rss = server_pids
+            .iter()
+            .filter_map(|p| cpu::rss_anon_kib(*p))
+            .max();
         Report {
             machine: machine(),
             git_commit: git_commit(),

@@ -121,7 +121,7 @@ impl HardStateFile {
         if !existed {
             durability::sync_dir(dir)?;
         }
-        let mut buf = vec![0u8; 2 * SLOT_BYTES];
+        let mut buf = [0u8; 2 * SLOT_BYTES];
         let len = file.metadata()?.len() as usize;
         let read = len.min(buf.len());
         file.read_exact_at(&mut buf[..read], 0)?;

@@ -514,7 +514,7 @@ mod tests {
         let a = join(&mut c, "", 0);
         let a = c.heartbeat("g", &a.member_id, a.generation, 1).unwrap();
         let foreign = ("t".to_string(), 0);
-        let err = c.check_owner("g", "nobody", a.generation, &[foreign.clone()]);
+        let err = c.check_owner("g", "nobody", a.generation, std::slice::from_ref(&foreign));
         assert_eq!(err.unwrap_err().code, ErrorCode::UnknownMember);
     }
 

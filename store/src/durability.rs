@@ -2,18 +2,18 @@
 //! a reader can audit what an acknowledgement means.
 //!
 //! The rules the store follows:
-//! - A byte appended to a segment is durable only after [`sync_data`] of that file
+//! - A byte appended to a segment is durable only after `sync_data` of that file
 //!   returned `Ok` *after* the byte was written. The log's `synced_index` only moves
 //!   after such a call.
 //! - A new file (segment) is created under a temporary name, fully preallocated and
 //!   fsynced, renamed into place, and then its directory is fsynced
-//!   ([`create_preallocated`]), so a crash leaves either no segment or a complete one.
+//!   (`create_preallocated`), so a crash leaves either no segment or a complete one.
 //! - Small metadata files (index checkpoints) are replaced with
-//!   write-temp-fsync-rename-fsync-directory ([`write_file_atomic`]): after a crash the
+//!   write-temp-fsync-rename-fsync-directory (`write_file_atomic`): after a crash the
 //!   reader sees the old or the new content, never a mix.
-//! - Removing a file is followed by a directory fsync ([`remove_file`]), so a deleted
+//! - Removing a file is followed by a directory fsync (`remove_file`), so a deleted
 //!   segment does not come back after a crash.
-//! - Cutting or truncating a log zeroes the bytes and fsyncs the file ([`zero_range`])
+//! - Cutting or truncating a log zeroes the bytes and fsyncs the file (`zero_range`)
 //!   before anything else relies on the cut.
 //!
 //! A failed `fsync`/`fdatasync` is not retried: after such a failure Linux may have

@@ -11,6 +11,8 @@
 //! truncated entry never reappears, even after a crash; a failed append changes
 //! nothing; every read is CRC-checked.
 
+#![deny(missing_docs)]
+
 pub mod durability;
 pub mod entry;
 pub mod entry_index;

@@ -533,10 +533,11 @@ impl CommitLog {
         if self.poisoned || self.in_flight.is_some() || self.synced >= last {
             return None;
         }
-        let files = self
+        let files: Vec<(Arc<File>, PathBuf)> = self
             .unsynced_segments()
             .map(|s| (Arc::clone(s.file()), s.path.clone()))
             .collect();
+        assert!(!files.is_empty(), "unsynced entries live in some segment");
         let id = self.next_job_id;
         self.next_job_id += 1;
         self.in_flight = Some(InFlight { id, cap: last });

@@ -463,3 +463,47 @@ impl QueueIndex {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> QueueSlot {
+        QueueSlot {
+            base_offset: 1 << 40,
+            entry_index: LogIndex(77),
+            count: 12,
+            bytes: 4096,
+            max_timestamp_ms: -5,
+        }
+    }
+
+    #[test]
+    fn slots_round_trip_and_reject_every_flipped_bit() {
+        let bytes = sample().encode();
+        assert_eq!(QueueSlot::decode(&bytes), Some(sample()));
+        for bit in 0..QUEUE_SLOT_BYTES * 8 {
+            let mut bad = bytes;
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert_eq!(QueueSlot::decode(&bad), None, "bit {bit}");
+        }
+        assert_eq!(QueueSlot::decode(&[0u8; QUEUE_SLOT_BYTES]), None);
+        assert_eq!(QueueSlot::decode(&bytes[..39]), None);
+    }
+
+    #[test]
+    fn checkpoints_round_trip_and_reject_every_flipped_bit() {
+        let cp = Checkpoint {
+            start_offset: 3,
+            synced_next_offset: 99,
+            floor_entry: LogIndex(4),
+        };
+        let bytes = cp.encode();
+        assert_eq!(Checkpoint::decode(&bytes), Some(cp));
+        for bit in 0..36 * 8 {
+            let mut bad = bytes;
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert_eq!(Checkpoint::decode(&bad), None, "bit {bit}");
+        }
+    }
+}

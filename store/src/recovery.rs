@@ -427,3 +427,47 @@ fn finish(
     report.last_index = segments.last().map_or(LogIndex::ZERO, Segment::last_index);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Entry, EntryKind};
+
+    fn encoded(index: u64, body: &'static [u8]) -> Vec<u8> {
+        let e = Entry {
+            index: LogIndex(index),
+            term: Term(1),
+            kind: EntryKind::Command,
+            body: bytes::Bytes::from_static(body),
+        };
+        let mut v = entry::encode_header(&e).to_vec();
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[test]
+    fn a_valid_entry_after_a_bad_one_is_found_even_at_an_odd_offset() {
+        let mut data = vec![0u8; 300];
+        data[10..20].copy_from_slice(&[0xEE; 10]);
+        let later = encoded(8, b"later");
+        data[101..101 + later.len()].copy_from_slice(&later);
+        assert!(valid_entry_after(&data, 10, LogIndex(7), 290, 64));
+        assert!(
+            !valid_entry_after(&data, 10, LogIndex(9), 290, 64),
+            "older entries do not count"
+        );
+        assert!(
+            !valid_entry_after(&data, 10, LogIndex(7), 80, 64),
+            "outside the window"
+        );
+    }
+
+    #[test]
+    fn the_last_nonzero_byte_bounds_what_was_cut() {
+        let mut data = vec![0u8; 100];
+        data[40] = 1;
+        assert_eq!(last_nonzero(&data, 10, 90), Some(40));
+        assert_eq!(last_nonzero(&data, 41, 90), None);
+        assert_eq!(last_nonzero(&data, 10, 20), None);
+    }
+}

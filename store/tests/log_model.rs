@@ -1,4 +1,4 @@
-//! Random append / sync / truncate / reopen / crash sequences checked against a
+//! Random append / sync / truncate / retention / reopen / crash sequences checked against a
 //! simple in-memory model of the log.
 //!
 //! Crash simulation: after every operation that makes data durable (sync, truncation,
@@ -38,6 +38,9 @@ enum Op {
     Truncate {
         back: usize,
     },
+    Retain {
+        percent: u64,
+    },
     Checkpoint,
     Reopen,
     Crash {
@@ -54,25 +57,42 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0usize..4, proptest::option::of(0usize..6))
             .prop_map(|(append_meanwhile, truncate_back)| Op::PipelinedSync { append_meanwhile, truncate_back }),
         2 => (0usize..8).prop_map(|back| Op::Truncate { back }),
+        1 => (0u64..=100).prop_map(|percent| Op::Retain { percent }),
         1 => Just(Op::Checkpoint),
         1 => Just(Op::Reopen),
         2 => (0u8..3, any::<u64>()).prop_map(|(mode, seed)| Op::Crash { mode, seed }),
     ]
 }
 
+/// The expected log: `entries[k]` has index `first + k`; `synced` is an index.
 struct Model {
+    first: u64,
     entries: Vec<Entry>,
-    synced: usize,
+    synced: u64,
     term: u64,
 }
 
 impl Model {
+    fn last(&self) -> u64 {
+        self.first + self.entries.len() as u64 - 1
+    }
+
     fn next_batch(&mut self, count: usize, len: usize, new_term: bool) -> Vec<Entry> {
         if new_term {
             self.term += 1;
         }
-        let first = self.entries.len() as u64 + 1;
-        entries(first, first + count as u64 - 1, self.term, len)
+        let next = self.last() + 1;
+        entries(next, next + count as u64 - 1, self.term, len)
+    }
+
+    /// Truncates from `back` entries before the end (never below the first index).
+    fn truncate_back(&mut self, back: usize) -> u64 {
+        let from = (self.last() + 1)
+            .saturating_sub(back as u64)
+            .max(self.first);
+        self.entries.truncate((from - self.first) as usize);
+        self.synced = self.synced.min(from - 1);
+        from
     }
 }
 
@@ -120,8 +140,9 @@ fn power_loss(dir: &Path, durable: &BTreeMap<String, Vec<u8>>, mode: u8, seed: u
 }
 
 fn check(log: &CommitLog, model: &Model) {
-    assert_eq!(log.last_index(), LogIndex(model.entries.len() as u64));
-    assert_eq!(log.synced_index(), LogIndex(model.synced as u64));
+    assert_eq!(log.first_index(), LogIndex(model.first));
+    assert_eq!(log.last_index(), LogIndex(model.last()));
+    assert_eq!(log.synced_index(), LogIndex(model.synced));
     assert_eq!(all(log), model.entries);
 }
 
@@ -130,6 +151,7 @@ fn run(ops: Vec<Op>) {
     let config = small_config();
     let (mut log, _) = open(dir.path(), config.clone());
     let mut model = Model {
+        first: 1,
         entries: Vec::new(),
         synced: 0,
         term: 1,
@@ -148,7 +170,7 @@ fn run(ops: Vec<Op>) {
             }
             Op::Sync => {
                 log.sync().unwrap();
-                model.synced = model.entries.len();
+                model.synced = model.last();
                 durable = disk(dir.path());
             }
             Op::PipelinedSync {
@@ -158,35 +180,42 @@ fn run(ops: Vec<Op>) {
                 let Some(job) = log.begin_sync() else {
                     continue;
                 };
-                let covered = model.entries.len();
+                let mut cap = model.last();
                 let worker = std::thread::spawn(move || job.run());
-                let mut cap = covered;
                 if append_meanwhile > 0 {
                     let batch = model.next_batch(append_meanwhile, 100, false);
                     log.append(&batch).unwrap();
                     model.entries.extend(batch);
                 }
                 if let Some(back) = truncate_back {
-                    let keep = model.entries.len().saturating_sub(back);
-                    log.truncate_suffix(LogIndex(keep as u64 + 1)).unwrap();
-                    model.entries.truncate(keep);
-                    model.synced = model.synced.min(keep);
-                    cap = cap.min(keep);
+                    let from = model.truncate_back(back);
+                    log.truncate_suffix(LogIndex(from)).unwrap();
+                    cap = cap.min(from - 1);
                 }
                 log.finish_sync(worker.join().unwrap().unwrap());
                 model.synced = model.synced.max(cap);
                 durable = disk(dir.path());
             }
             Op::Truncate { back } => {
-                let keep = model.entries.len().saturating_sub(back);
-                log.truncate_suffix(LogIndex(keep as u64 + 1)).unwrap();
-                model.entries.truncate(keep);
-                model.synced = model.synced.min(keep);
+                let from = model.truncate_back(back);
+                log.truncate_suffix(LogIndex(from)).unwrap();
+                durable = disk(dir.path());
+            }
+            Op::Retain { percent } => {
+                // Like Raft: never past what is synced.
+                let span = model.synced + 1 - model.first.min(model.synced + 1);
+                let index = model.first + span * percent / 100;
+                let deleted = log.delete_segments_before(LogIndex(index)).unwrap();
+                let first = log.first_index().0;
+                assert!(first >= model.first && first <= index.max(model.first));
+                assert_eq!(deleted == 0, first == model.first);
+                model.entries.drain(..(first - model.first) as usize);
+                model.first = first;
                 durable = disk(dir.path());
             }
             Op::Checkpoint => {
                 log.checkpoint().unwrap();
-                model.synced = model.entries.len();
+                model.synced = model.last();
                 durable = disk(dir.path());
             }
             Op::Reopen => {
@@ -194,7 +223,7 @@ fn run(ops: Vec<Op>) {
                 let (reopened, report) = open(dir.path(), config.clone());
                 log = reopened;
                 assert_eq!(report.corruption, None);
-                model.synced = model.entries.len();
+                model.synced = model.last();
                 durable = disk(dir.path());
             }
             Op::Crash { mode, seed } => {
@@ -204,9 +233,11 @@ fn run(ops: Vec<Op>) {
                 log = reopened;
                 let recovered = all(&log);
                 let n = recovered.len();
+                assert_eq!(log.first_index(), LogIndex(model.first), "{report}");
+                let last = model.first + n as u64 - 1;
                 assert!(
-                    n >= model.synced,
-                    "lost synced entries: {n} < {} ({report})",
+                    last >= model.synced,
+                    "lost synced entries: last {last} < synced {} ({report})",
                     model.synced
                 );
                 assert!(
@@ -219,12 +250,7 @@ fn run(ops: Vec<Op>) {
                     "not a prefix ({report})"
                 );
                 model.entries.truncate(n);
-                model.synced = n;
-                model.term = model
-                    .entries
-                    .last()
-                    .map_or(model.term, |e| e.term.0)
-                    .max(model.term);
+                model.synced = last;
                 durable = disk(dir.path());
             }
         }
@@ -263,5 +289,36 @@ fn truncation_then_power_loss_never_resurrects_entries() {
             new_term: true,
         },
         Op::Crash { mode: 2, seed: 7 },
+    ]);
+}
+
+#[test]
+fn retention_then_power_loss_keeps_the_new_first_index() {
+    run(vec![
+        Op::Append {
+            count: 5,
+            len: 600,
+            new_term: false,
+        },
+        Op::Append {
+            count: 5,
+            len: 600,
+            new_term: false,
+        },
+        Op::Sync,
+        Op::Append {
+            count: 5,
+            len: 600,
+            new_term: true,
+        },
+        Op::Retain { percent: 100 },
+        Op::Crash { mode: 0, seed: 3 },
+        Op::Append {
+            count: 2,
+            len: 10,
+            new_term: false,
+        },
+        Op::Retain { percent: 100 },
+        Op::Crash { mode: 2, seed: 9 },
     ]);
 }

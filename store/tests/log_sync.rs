@@ -63,3 +63,37 @@ fn sealed_segments_get_their_index_checkpoint_once_synced() {
     log.finish_sync(job.run().unwrap());
     assert!(dir.path().join(format!("{:020}.idx", 1)).exists());
 }
+
+#[test]
+fn the_log_and_its_sync_jobs_can_move_between_threads() {
+    fn send<T: Send + 'static>() {}
+    fn sync<T: Sync>() {}
+    send::<raftmq_store::CommitLog>();
+    sync::<raftmq_store::CommitLog>();
+    send::<raftmq_store::SyncJob>();
+    send::<raftmq_store::SyncDone>();
+}
+
+#[test]
+fn views_read_on_other_threads_stay_valid_while_the_log_appends_rolls_and_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(dir.path(), small_config());
+    let first = entries(1, 30, 1, 300);
+    log.append(&first).unwrap();
+    log.sync().unwrap();
+    let views = log.entries(LogIndex(1), 30, usize::MAX).unwrap();
+    let reader = std::thread::spawn(move || {
+        for _ in 0..200 {
+            for (view, expected) in views.iter().zip(&first) {
+                assert_eq!(view, expected);
+            }
+        }
+    });
+    for k in 0..20u64 {
+        let from = 31 + k * 10;
+        log.append(&entries(from, from + 9, 1, 300)).unwrap();
+        log.sync().unwrap();
+    }
+    log.delete_segments_before(LogIndex(100)).unwrap();
+    reader.join().unwrap();
+}

@@ -33,6 +33,8 @@ pub enum ProduceFault {
     Busy,
     /// Never answer this request (the client's own timeout must fire).
     Swallow,
+    /// Refuse the batch with this error, storing nothing.
+    Refuse(pb::Error),
 }
 
 #[derive(Default)]
@@ -361,6 +363,7 @@ fn produce(s: &mut State, id: u64, p: pb::ProduceRequest) -> Option<pb::Response
             return Some(pb::Response::error(id, pb::Error::busy("injected")))
         }
         Some(ProduceFault::Swallow) => return None,
+        Some(ProduceFault::Refuse(e)) => return Some(pb::Response::error(id, e)),
         _ => {}
     }
     let session_key = (header.producer_id, p.topic.clone(), p.queue);

@@ -182,6 +182,9 @@ impl Consumer {
     pub async fn poll(&mut self) -> Result<Vec<ConsumedMessage>, ClientError> {
         let topic = self.topic()?;
         let queues: Vec<u32> = self.positions.keys().copied().collect();
+        if queues.is_empty() {
+            return Err(ClientError::InvalidArgument("no queue assigned".into()));
+        }
         let mut fetches = FuturesUnordered::new();
         for queue in queues {
             let offset = self.resolve_position(queue).await?;

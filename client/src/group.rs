@@ -124,6 +124,12 @@ impl GroupConsumer {
         self.consumer.positions()
     }
 
+    /// Sets the next offset to read (and to commit) for an assigned queue, without
+    /// asking the broker; ignored for a queue not assigned.
+    pub fn seek(&mut self, queue: u32, offset: u64) {
+        self.consumer.set_position(queue, offset);
+    }
+
     async fn rejoin(&mut self) -> Result<(), ClientError> {
         let mut attempt = 0;
         let joined = loop {

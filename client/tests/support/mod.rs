@@ -496,15 +496,11 @@ fn produce(s: &mut State, id: u64, p: pb::ProduceRequest) -> Option<pb::Response
             let base_offset = *stored
                 .get(&header.base_sequence)
                 .expect("a duplicate matches a stored batch");
-            let mut r = pb::Response::ok(
+            return Some(pb::Response::duplicate_sequence(
                 id,
-                Resp::Produce(pb::ProduceResponse {
-                    base_offset,
-                    count: header.record_count,
-                }),
-            );
-            r.error = Some(pb::Error::duplicate_sequence("already stored"));
-            return Some(r);
+                base_offset,
+                header.record_count,
+            ));
         }
         if header.base_sequence > *expected {
             return Some(pb::Response::error(

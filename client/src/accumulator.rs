@@ -39,8 +39,11 @@ const TIMESTAMP_SLACK_BYTES: usize = 9;
 pub(crate) struct SealedBatch<W> {
     /// The encoded batch: sent as is on every attempt.
     pub(crate) bytes: Bytes,
-    /// Sequence of its first record (0 when not idempotent).
+    /// Sequence of its first record as now encoded (0 when not idempotent).
     pub(crate) base_sequence: u32,
+    /// Sequence given at sealing; `base_sequence` is lower once earlier batches
+    /// were refused for good and later ones renumbered to close the gap.
+    pub(crate) sealed_sequence: u32,
     /// Records in it.
     pub(crate) record_count: u32,
     /// One per record, in order: who waits for it and its timestamp.
@@ -158,6 +161,7 @@ impl<W> Accumulator<W> {
         Some(SealedBatch {
             bytes,
             base_sequence,
+            sealed_sequence: base_sequence,
             record_count,
             waiters: std::mem::take(&mut self.waiters),
             attempts: 0,

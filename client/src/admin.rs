@@ -142,6 +142,68 @@ impl Admin {
         Ok(futures::future::join_all(asks).await)
     }
 
+    /// Every consumer group, by name.
+    pub async fn list_groups(&self) -> Result<Vec<String>, ClientError> {
+        let body = request::Body::ListGroups(pb::ListGroupsRequest {});
+        match self.client.request(Target::Leader, body).await? {
+            response::Body::ListGroups(l) => {
+                let mut groups = l.groups;
+                groups.sort();
+                Ok(groups)
+            }
+            other => Err(unexpected("list_groups", &other)),
+        }
+    }
+
+    /// A group's members, assignment, committed offsets and lag.
+    pub async fn describe_group(
+        &self,
+        group: &str,
+    ) -> Result<pb::DescribeGroupResponse, ClientError> {
+        let body = request::Body::DescribeGroup(pb::DescribeGroupRequest {
+            group: group.to_owned(),
+        });
+        match self.client.request(Target::Leader, body).await? {
+            response::Body::DescribeGroup(d) => Ok(d),
+            other => Err(unexpected("describe_group", &other)),
+        }
+    }
+
+    /// Moves a group's committed offsets for `topic` (every queue) to `to`: earliest,
+    /// latest, a timestamp, or an exact offset. Returns the new offsets.
+    pub async fn reset_group_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        to: crate::SeekTo,
+    ) -> Result<Vec<pb::QueueOffset>, ClientError> {
+        let mut r = pb::OffsetResetRequest {
+            group: group.to_owned(),
+            topic: topic.to_owned(),
+            ..Default::default()
+        };
+        match to {
+            crate::SeekTo::Earliest => r.spec = pb::OffsetSpec::Earliest as i32,
+            crate::SeekTo::Latest => r.spec = pb::OffsetSpec::Latest as i32,
+            crate::SeekTo::Timestamp(ms) => {
+                r.spec = pb::OffsetSpec::Timestamp as i32;
+                r.timestamp_ms = ms;
+            }
+            crate::SeekTo::Offset(o) => {
+                r.to_offset = true;
+                r.offset = o;
+            }
+        }
+        match self
+            .client
+            .request(Target::Leader, request::Body::OffsetReset(r))
+            .await?
+        {
+            response::Body::OffsetReset(o) => Ok(o.offsets),
+            other => Err(unexpected("offset_reset", &other)),
+        }
+    }
+
     /// Asks the leader to hand leadership to node `to`.
     pub async fn transfer_leader(&self, to: u64) -> Result<(), ClientError> {
         let body = request::Body::TransferLeader(pb::TransferLeaderRequest { to_node_id: to });

@@ -90,10 +90,20 @@ impl Default for ConsumerConfig {
 #[derive(Debug)]
 pub struct Consumer {
     client: Client,
-    config: ConsumerConfig,
+    pub(crate) config: ConsumerConfig,
     topic: Option<Arc<str>>,
     /// Queue to next offset; `None` until resolved by the reset policy.
     positions: BTreeMap<u32, Option<u64>>,
+    /// Group membership sent with every fetch, so the broker fences stale members.
+    pub(crate) fencing: Option<Fencing>,
+}
+
+/// A consumer-group member's identity, sent with fetches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Fencing {
+    pub(crate) group: String,
+    pub(crate) member_id: String,
+    pub(crate) generation: u64,
 }
 
 impl Consumer {
@@ -109,6 +119,7 @@ impl Consumer {
             config,
             topic: None,
             positions: BTreeMap::new(),
+            fencing: None,
         }
     }
 
@@ -129,6 +140,27 @@ impl Consumer {
         self.topic = Some(Arc::from(topic));
         self.positions = queues.into_iter().map(|q| (q, None)).collect();
         Ok(())
+    }
+
+    /// Switches to `queues` of `topic`, keeping the positions of queues it already
+    /// had (a group rebalance).
+    pub(crate) fn reassign(&mut self, topic: &str, queues: &[u32]) {
+        if self.topic.as_deref() != Some(topic) {
+            self.topic = Some(Arc::from(topic));
+            self.positions.clear();
+        }
+        let old = std::mem::take(&mut self.positions);
+        self.positions = queues
+            .iter()
+            .map(|&q| (q, old.get(&q).copied().flatten()))
+            .collect();
+    }
+
+    /// Sets a position without asking the broker.
+    pub(crate) fn set_position(&mut self, queue: u32, offset: u64) {
+        if let Some(p) = self.positions.get_mut(&queue) {
+            *p = Some(offset);
+        }
     }
 
     /// The assigned queues and their positions (`None` = not resolved yet).
@@ -182,6 +214,9 @@ impl Consumer {
     pub async fn poll(&mut self) -> Result<Vec<ConsumedMessage>, ClientError> {
         let topic = self.topic()?;
         let queues: Vec<u32> = self.positions.keys().copied().collect();
+        if queues.is_empty() {
+            return Err(ClientError::InvalidArgument("no queue assigned".into()));
+        }
         let mut fetches = FuturesUnordered::new();
         for queue in queues {
             let offset = self.resolve_position(queue).await?;
@@ -192,7 +227,17 @@ impl Consumer {
                 max_bytes: self.config.max_bytes,
                 max_wait_ms: u32::try_from(self.config.max_wait.as_millis()).unwrap_or(u32::MAX),
                 min_bytes: self.config.min_bytes,
-                ..Default::default()
+                group: self
+                    .fencing
+                    .as_ref()
+                    .map(|f| f.group.clone())
+                    .unwrap_or_default(),
+                member_id: self
+                    .fencing
+                    .as_ref()
+                    .map(|f| f.member_id.clone())
+                    .unwrap_or_default(),
+                generation: self.fencing.as_ref().map_or(0, |f| f.generation),
             });
             let client = self.client.clone();
             fetches

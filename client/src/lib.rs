@@ -24,6 +24,8 @@
 //! - [`Producer`]: per-queue batching with linger and a size bound, pipelined
 //!   produce requests, idempotent in-order retries.
 //! - [`Consumer`]: assigned queues, seek, long-poll fetch, reset policy, a `Stream`.
+//! - [`GroupConsumer`]: a consumer-group member (join, heartbeat, rebalance,
+//!   committed offsets) reading one topic.
 //! - [`Admin`]: topics, cluster status, leadership transfer.
 #![deny(missing_docs)]
 
@@ -33,6 +35,7 @@ mod client;
 mod conn;
 mod consumer;
 mod error;
+mod group;
 mod partitioner;
 mod producer;
 
@@ -40,6 +43,7 @@ pub use admin::{Admin, NodeStatus, TopicDescription};
 pub use client::{Client, ClientConfig, ClusterMetadata, Target};
 pub use consumer::{ConsumedMessage, Consumer, ConsumerConfig, OffsetReset, SeekTo};
 pub use error::ClientError;
+pub use group::{GroupConfig, GroupConsumer};
 pub use partitioner::{key_queue, murmur2, Partitioner};
 pub use producer::{
     Acks, DeliveryFuture, Message, Producer, ProducerBuilder, ProducerConfig, RecordMetadata,

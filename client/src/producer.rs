@@ -7,7 +7,11 @@
 //! the same sequence numbers, in order and one at a time, before opening the window
 //! again. So batch *n + 1* never overtakes batch *n*: the broker's sequence checks
 //! accept the retries and turn a batch it already stored into `DuplicateSequence`,
-//! which counts as success.
+//! which counts as success. A batch the broker refuses for good (too large,
+//! corrupt, unknown queue) fails its messages; the batches after it are renumbered
+//! down (header rewritten, CRC recomputed) so the sequence has no gap. A batch whose
+//! outcome stays unknown after every retry (timeouts) is not renumbered around:
+//! it may have been stored.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -431,7 +435,8 @@ impl Producer {
                 .unwrap_or(self.inner.client.config().max_retries),
             window: config.max_in_flight_per_queue.max(1),
             acc: Accumulator::new(config.max_batch_bytes, config.linger, self.inner.identity),
-            idempotent: self.inner.identity.is_some(),
+            identity: self.inner.identity,
+            holes: Vec::new(),
             pending: VecDeque::new(),
             in_flight: FuturesOrdered::new(),
             failed: Vec::new(),
@@ -460,7 +465,11 @@ struct QueueWorker {
     acks: i32,
     max_retries: u32,
     window: usize,
-    idempotent: bool,
+    /// Idempotent producer id and epoch.
+    identity: Option<(u64, u16)>,
+    /// Sequence ranges `(sealed sequence, records)` of batches the broker refused
+    /// for good: later batches are renumbered down past them before they are sent.
+    holes: Vec<(u32, u32)>,
     acc: Accumulator<Reply>,
     /// Sealed batches waiting to be sent, oldest first (retries go to the front).
     pending: VecDeque<Batch>,
@@ -570,6 +579,7 @@ impl QueueWorker {
                 return;
             };
             batch.attempts += 1;
+            self.renumber(&mut batch);
             let client = self.client.clone();
             let body = request::Body::Produce(pb::ProduceRequest {
                 topic: self.topic.clone(),
@@ -584,11 +594,53 @@ impl QueueWorker {
         }
     }
 
+    /// Closes the sequence gaps left by refused batches: the broker expects the
+    /// sequence right after the last batch it stored.
+    fn renumber(&self, batch: &mut Batch) {
+        let Some((id, epoch)) = self.identity else {
+            return;
+        };
+        let shift: u32 = self
+            .holes
+            .iter()
+            .filter(|(sequence, _)| *sequence < batch.sealed_sequence)
+            .map(|(_, count)| count)
+            .sum();
+        let wanted = batch.sealed_sequence.wrapping_sub(shift);
+        if wanted == batch.base_sequence {
+            return;
+        }
+        let mut bytes = bytes::BytesMut::from(&batch.bytes[..]);
+        match raftmq_proto::batch::set_producer(&mut bytes, id, epoch, wanted) {
+            Ok(()) => {
+                batch.bytes = bytes.freeze();
+                batch.base_sequence = wanted;
+            }
+            Err(e) => tracing::error!(error = %e, "cannot renumber a batch this producer built"),
+        }
+    }
+
+    /// Whether the broker refused a batch for good, so it stored nothing and its
+    /// sequences are free again.
+    fn refused(e: &ClientError) -> bool {
+        matches!(
+            e,
+            ClientError::Server(
+                ServerError::CorruptBatch { .. }
+                    | ServerError::MessageTooLarge { .. }
+                    | ServerError::UnknownTopic { .. }
+                    | ServerError::InvalidQueue { .. }
+                    | ServerError::InvalidRequest { .. }
+                    | ServerError::UnsupportedVersion { .. }
+            )
+        )
+    }
+
     fn retriable(&self, e: &ClientError) -> bool {
         // With idempotence an out-of-order answer follows an earlier batch's failure:
         // resending in order fixes it (a real gap fails again and runs out of tries).
         e.is_retriable()
-            || (self.idempotent
+            || (self.identity.is_some()
                 && matches!(
                     e,
                     ClientError::Server(ServerError::OutOfOrderSequence { .. })
@@ -640,6 +692,9 @@ impl QueueWorker {
                 self.failed.push(batch);
             }
             Err(e) => {
+                if self.identity.is_some() && Self::refused(&e) {
+                    self.holes.push((batch.sealed_sequence, batch.record_count));
+                }
                 let attempts = batch.attempts;
                 let e = if self.retriable(&e) {
                     ClientError::RetriesExhausted {

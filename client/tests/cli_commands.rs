@@ -84,3 +84,23 @@ async fn topic_produce_consume_and_status_commands_work_end_to_end() {
     assert!(!ok, "creating an existing topic fails");
     assert!(err.contains("topic exists"), "{err}");
 }
+
+#[tokio::test]
+async fn consume_as_a_group_commits_only_what_it_printed() {
+    let cluster = FakeCluster::start(1).await;
+    cluster.create_topic("logs", 1);
+    let address = cluster.address(0);
+    let lines: String = (0..10).map(|i| format!("m{i}\n")).collect();
+    let (ok, _, err) = raftmq(&address, &["produce", "logs"], &lines).await;
+    assert!(ok, "{err}");
+    let args = ["consume", "logs", "--group", "readers", "--count", "4"];
+    let (ok, out, err) = raftmq(&address, &args, "").await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "m0\nm1\nm2\nm3\n");
+    let (ok, out, err) = raftmq(&address, &args, "").await;
+    assert!(ok, "{err}");
+    assert_eq!(
+        out, "m4\nm5\nm6\nm7\n",
+        "the second run resumes after the first"
+    );
+}

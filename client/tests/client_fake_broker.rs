@@ -282,6 +282,62 @@ async fn given_retriable_failures_when_producing_should_store_every_message_once
 }
 
 #[tokio::test]
+async fn given_a_refused_batch_when_producing_should_fail_only_its_messages_and_close_the_gap() {
+    within(async {
+        let cluster = FakeCluster::start(1).await;
+        cluster.create_topic("t", 1);
+        let client = Client::connect_with(&[cluster.address(0)], fast_config())
+            .await
+            .expect("connect");
+        let producer = Producer::builder(&client)
+            .max_batch_bytes(300)
+            .linger(Duration::from_secs(3600))
+            .build()
+            .await
+            .expect("producer");
+        cluster.state.lock().unwrap().sequence_faults.insert(
+            23,
+            ProduceFault::Refuse(raftmq_proto::pb::Error::message_too_large(300, 200)),
+        );
+        let mut acks = Vec::new();
+        for i in 0..100u32 {
+            let m = Message::new("t", format!("m{i:04}")).with_timestamp(1_000);
+            acks.push(producer.send(m).await.expect("queued"));
+        }
+        producer.flush().await;
+        let mut results = Vec::new();
+        for a in acks {
+            results.push(a.await);
+        }
+        for (i, r) in results.iter().enumerate() {
+            if (23..46).contains(&i) {
+                let e = r.as_ref().expect_err("refused batch fails");
+                assert!(
+                    matches!(e.server_error(), Some(ServerError::MessageTooLarge { .. })),
+                    "{e}"
+                );
+            } else {
+                let offset = r.as_ref().expect("stored").offset as usize;
+                assert_eq!(offset, if i < 23 { i } else { i - 23 });
+            }
+        }
+        let s = cluster.state.lock().unwrap();
+        assert_eq!(s.values("t", 0).len(), 77);
+        let stored: Vec<u32> = s.logs[&("t".into(), 0)]
+            .batches
+            .iter()
+            .map(|(_, b)| {
+                raftmq_proto::batch::BatchHeader::parse(b)
+                    .unwrap()
+                    .base_sequence
+            })
+            .collect();
+        assert_eq!(stored, [0, 23, 46, 69], "renumbered without a gap");
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn given_a_leader_change_when_producing_should_redirect_and_keep_order() {
     within(async {
         let cluster = FakeCluster::start(2).await;

@@ -201,6 +201,20 @@ impl pb::Response {
         }
     }
 
+    /// The answer to a produce whose batch was already stored: the one response
+    /// that carries both an error (`DUPLICATE_SEQUENCE`) and a body (where the batch
+    /// was stored). Clients count it as success.
+    pub fn duplicate_sequence(correlation_id: u64, base_offset: u64, count: u32) -> Self {
+        pb::Response {
+            correlation_id,
+            error: Some(pb::Error::duplicate_sequence("batch already stored")),
+            body: Some(response::Body::Produce(pb::ProduceResponse {
+                base_offset,
+                count,
+            })),
+        }
+    }
+
     /// The API key of the body, `None` when absent.
     pub fn api_key(&self) -> Option<ApiKey> {
         self.body.as_ref().map(response::Body::api_key)

@@ -296,6 +296,30 @@ impl BatchHeader {
     }
 }
 
+/// Rewrites the producer fields of an encoded batch and its CRC, leaving the records
+/// untouched: how a producer renumbers a batch it has not had stored (for example
+/// after an earlier batch was refused for good and left a sequence gap).
+pub fn set_producer(
+    batch: &mut [u8],
+    producer_id: u64,
+    producer_epoch: u16,
+    base_sequence: u32,
+) -> Result<(), BatchError> {
+    let header = BatchHeader::parse(batch)?;
+    if header.length as usize != batch.len() {
+        return Err(BatchError::LengthMismatch {
+            declared: header.length,
+            actual: batch.len(),
+        });
+    }
+    batch[field::PRODUCER_ID..field::PRODUCER_EPOCH].copy_from_slice(&producer_id.to_le_bytes());
+    batch[field::PRODUCER_EPOCH..field::RESERVED_2].copy_from_slice(&producer_epoch.to_le_bytes());
+    batch[field::BASE_SEQUENCE..HEADER_BYTES].copy_from_slice(&base_sequence.to_le_bytes());
+    let crc = crc32fast::hash(&batch[CRC_START..]);
+    batch[field::CRC..field::MAGIC].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
 /// Checks a whole batch (exactly one batch, `batch.len()` = its `length`): header,
 /// CRC and every record. A batch that passes decodes without error.
 pub fn validate(batch: &[u8]) -> Result<BatchHeader, BatchError> {

@@ -362,3 +362,24 @@ fn decoded_values_are_slices_of_the_batch() {
         assert!(range.contains(&m.value.as_ptr()));
     }
 }
+
+#[test]
+fn set_producer_renumbers_a_batch_and_keeps_it_valid() {
+    let original = small_batch();
+    let mut b = original.to_vec();
+    batch::set_producer(&mut b, 8, 3, 17).expect("rewrite");
+    let h = validate(&b).expect("still valid");
+    assert_eq!(
+        (h.producer_id, h.producer_epoch, h.base_sequence),
+        (8, 3, 17)
+    );
+    assert_eq!(
+        &b[HEADER_BYTES..],
+        &original[HEADER_BYTES..],
+        "records untouched"
+    );
+    assert_eq!(
+        batch::set_producer(&mut b[..40], 1, 1, 1),
+        Err(BatchError::TooShort { len: 40 })
+    );
+}

@@ -434,3 +434,29 @@ async fn framed_sink_and_stream_carry_pipelined_requests() {
     }
     writer.await.expect("writer");
 }
+
+proptest::proptest! {
+    #[test]
+    fn arbitrary_frame_bodies_never_panic_the_decoders(
+        body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+    ) {
+        let body = Bytes::from(body);
+        let _ = frame::decode_request(body.clone());
+        let _ = frame::decode_response(body);
+    }
+
+    #[test]
+    fn arbitrary_byte_streams_never_panic_the_frame_codec(
+        wire in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+    ) {
+        let mut codec = frame::codec(256);
+        let mut buf = BytesMut::from(&wire[..]);
+        // Bounded: each step consumes a frame, waits, or fails.
+        for _ in 0..wire.len() + 1 {
+            match codec.decode(&mut buf) {
+                Ok(Some(frame)) => proptest::prop_assert!(frame.len() <= 256),
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+}

@@ -5,6 +5,8 @@
 //! raftmq topic list | topic describe NAME | topic delete NAME
 //! raftmq produce NAME [--key K] [--queue Q] [--acks leader|quorum]   # one message per stdin line
 //! raftmq consume NAME [--queue Q] [--from earliest|latest|OFFSET] [--count N]
+//! raftmq consume NAME --group G [--count N]                       # as a group member
+//! raftmq group list | group describe G
 //! raftmq cluster status | cluster transfer-leader NODE
 //! ```
 
@@ -14,8 +16,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use raftmq_client::{
-    Acks, Admin, Client, ClientConfig, Consumer, ConsumerConfig, Message, OffsetReset, Producer,
-    SeekTo,
+    Acks, Admin, Client, ClientConfig, ConsumedMessage, Consumer, ConsumerConfig, GroupConfig,
+    GroupConsumer, Message, OffsetReset, Producer, SeekTo,
 };
 
 #[derive(Parser)]
@@ -73,6 +75,16 @@ enum Command {
         /// Also print queue, offset and key before each value (tab-separated).
         #[arg(long)]
         verbose: bool,
+        /// Consume as a member of this group (queues assigned by the group, offsets
+        /// committed; `--queue` and `--from` then do not apply: a group starts at
+        /// its committed offsets, else at the earliest).
+        #[arg(long, conflicts_with_all = ["queue", "from"])]
+        group: Option<String>,
+    },
+    /// Consumer groups.
+    Group {
+        #[command(subcommand)]
+        command: GroupCommand,
     },
     /// Cluster status and operations.
     Cluster {
@@ -102,6 +114,17 @@ enum TopicCommand {
     Delete {
         /// The name.
         name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum GroupCommand {
+    /// List groups.
+    List,
+    /// Members, assignment, committed offsets and lag of a group.
+    Describe {
+        /// The group.
+        group: String,
     },
 }
 
@@ -149,11 +172,20 @@ async fn main() -> Result<()> {
         } => produce(&client, &topic, key, queue, acks).await,
         Command::Consume {
             topic,
+            count,
+            verbose,
+            group: Some(group),
+            ..
+        } => consume_group(&client, &topic, &group, count, verbose).await,
+        Command::Consume {
+            topic,
             queue,
             from,
             count,
             verbose,
+            group: None,
         } => consume(&client, &topic, queue, &from, count, verbose).await,
+        Command::Group { command } => group(&client, command).await,
         Command::Cluster { command } => cluster(&client, command).await,
     }
 }
@@ -281,33 +313,109 @@ async fn consume(
         consumer.seek(q, seek).await?;
     }
     let mut printed = 0u64;
-    let stdout = std::io::stdout();
-    loop {
-        if count.is_some_and(|c| printed >= c) {
-            return Ok(());
-        }
+    while count.is_none_or(|c| printed < c) {
         let messages = consumer.poll().await?;
-        let mut out = stdout.lock();
-        for m in messages {
-            if count.is_some_and(|c| printed >= c) {
-                break;
-            }
-            if verbose {
-                let key = m.key.as_deref().map(String::from_utf8_lossy);
-                write!(
-                    out,
-                    "{}\t{}\t{}\t",
-                    m.queue,
-                    m.offset,
-                    key.as_deref().unwrap_or("")
-                )?;
-            }
-            out.write_all(&m.value)?;
-            out.write_all(b"\n")?;
-            printed += 1;
-        }
-        out.flush()?;
+        print_messages(messages, count, &mut printed, verbose)?;
     }
+    Ok(())
+}
+
+async fn consume_group(
+    client: &Client,
+    topic: &str,
+    group: &str,
+    count: Option<u64>,
+    verbose: bool,
+) -> Result<()> {
+    let mut member = GroupConsumer::join(client, group, topic, GroupConfig::default()).await?;
+    let mut printed = 0u64;
+    while count.is_none_or(|c| printed < c) {
+        let messages = member.poll().await?;
+        let unprinted = print_messages(messages, count, &mut printed, verbose)?;
+        // Commit only what was printed: move each queue back to its first message
+        // not printed (messages of a queue come in offset order).
+        let mut rewound = std::collections::BTreeSet::new();
+        for m in unprinted {
+            if rewound.insert(m.queue) {
+                member.seek(m.queue, m.offset);
+            }
+        }
+    }
+    member.leave().await?;
+    Ok(())
+}
+
+/// Prints values (one per line) up to `count` in all; returns the messages left
+/// unprinted because the count was reached.
+fn print_messages(
+    messages: Vec<ConsumedMessage>,
+    count: Option<u64>,
+    printed: &mut u64,
+    verbose: bool,
+) -> Result<Vec<ConsumedMessage>> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut messages = messages.into_iter();
+    for m in messages.by_ref() {
+        if count.is_some_and(|c| *printed >= c) {
+            let mut rest = vec![m];
+            rest.extend(messages);
+            out.flush()?;
+            return Ok(rest);
+        }
+        if verbose {
+            let key = m.key.as_deref().map(String::from_utf8_lossy);
+            write!(
+                out,
+                "{}\t{}\t{}\t",
+                m.queue,
+                m.offset,
+                key.as_deref().unwrap_or("")
+            )?;
+        }
+        out.write_all(&m.value)?;
+        out.write_all(b"\n")?;
+        *printed += 1;
+    }
+    out.flush()?;
+    Ok(Vec::new())
+}
+
+async fn group(client: &Client, command: GroupCommand) -> Result<()> {
+    let admin = Admin::new(client);
+    match command {
+        GroupCommand::List => {
+            for g in admin.list_groups().await? {
+                println!("{g}");
+            }
+        }
+        GroupCommand::Describe { group } => {
+            let d = admin.describe_group(&group).await?;
+            println!("group {} generation {}", d.group, d.generation);
+            println!("member\tclient\tassignment");
+            for m in &d.members {
+                let queues: Vec<String> = m
+                    .assignment
+                    .iter()
+                    .map(|tq| format!("{}/{}", tq.topic, tq.queue))
+                    .collect();
+                println!("{}\t{}\t{}", m.member_id, m.client_id, queues.join(","));
+            }
+            println!("topic\tqueue\tcommitted\tlog_end\tlag");
+            for q in &d.queues {
+                let committed = if q.has_committed {
+                    q.committed.to_string()
+                } else {
+                    "-".into()
+                };
+                println!(
+                    "{}\t{}\t{committed}\t{}\t{}",
+                    q.topic, q.queue, q.log_end, q.lag
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn cluster(client: &Client, command: ClusterCommand) -> Result<()> {

@@ -33,6 +33,8 @@ pub enum ProduceFault {
     Busy,
     /// Never answer this request (the client's own timeout must fire).
     Swallow,
+    /// Refuse the batch with this error, storing nothing.
+    Refuse(pb::Error),
 }
 
 #[derive(Default)]
@@ -66,6 +68,57 @@ pub struct State {
     pub produce_log: Vec<(u32, u32, u32)>,
     /// Requests answered per node.
     pub requests: Vec<(usize, &'static str)>,
+    pub groups: BTreeMap<String, FakeGroup>,
+    pub next_member: u64,
+}
+
+/// A consumer group, range-assigned over members sorted by id.
+#[derive(Default)]
+pub struct FakeGroup {
+    pub generation: u64,
+    /// Member id to its topics.
+    pub members: BTreeMap<String, Vec<String>>,
+    pub assignment: BTreeMap<String, Vec<pb::TopicQueue>>,
+    pub offsets: BTreeMap<(String, u32), u64>,
+}
+
+impl FakeGroup {
+    fn rebalance(&mut self, topics: &BTreeMap<String, u32>) {
+        self.generation += 1;
+        self.assignment.clear();
+        let wanted: std::collections::BTreeSet<&String> = self.members.values().flatten().collect();
+        for topic in wanted {
+            let queues = topics.get(topic).copied().unwrap_or(0);
+            let members: Vec<&String> = self
+                .members
+                .iter()
+                .filter(|(_, t)| t.contains(topic))
+                .map(|(m, _)| m)
+                .collect();
+            let n = members.len() as u32;
+            for (i, m) in members.iter().enumerate() {
+                let i = i as u32;
+                let (from, to) = (queues * i / n, queues * (i + 1) / n);
+                self.assignment
+                    .entry((*m).clone())
+                    .or_default()
+                    .extend((from..to).map(|queue| pb::TopicQueue {
+                        topic: topic.clone(),
+                        queue,
+                    }));
+            }
+        }
+    }
+
+    fn check(&self, member_id: &str, generation: u64) -> Result<(), pb::Error> {
+        if !self.members.contains_key(member_id) {
+            return Err(pb::Error::unknown_member("g", member_id));
+        }
+        if generation != self.generation {
+            return Err(pb::Error::stale_generation(self.generation, generation));
+        }
+        Ok(())
+    }
 }
 
 impl State {
@@ -298,6 +351,78 @@ fn handle(index: usize, state: &Mutex<State>, id: u64, body: Req) -> Option<pb::
             }))
         }
         Req::Produce(p) => produce(&mut s, id, p),
+        Req::JoinGroup(j) => {
+            let member_id = if j.member_id.is_empty() {
+                s.next_member += 1;
+                format!("member-{}", s.next_member)
+            } else {
+                j.member_id
+            };
+            let topics = s.topics.clone();
+            let g = s.groups.entry(j.group).or_default();
+            g.members.insert(member_id.clone(), j.topics);
+            g.rebalance(&topics);
+            ok(Resp::JoinGroup(pb::JoinGroupResponse {
+                assignment: g.assignment.get(&member_id).cloned().unwrap_or_default(),
+                member_id,
+                generation: g.generation,
+                heartbeat_interval_ms: 50,
+            }))
+        }
+        Req::Heartbeat(h) => {
+            let Some(g) = s.groups.get(&h.group) else {
+                return err(pb::Error::unknown_group(&h.group));
+            };
+            if !g.members.contains_key(&h.member_id) {
+                return err(pb::Error::unknown_member(&h.group, &h.member_id));
+            }
+            ok(Resp::Heartbeat(pb::HeartbeatResponse {
+                generation: g.generation,
+                assignment: g.assignment.get(&h.member_id).cloned().unwrap_or_default(),
+            }))
+        }
+        Req::LeaveGroup(l) => {
+            let topics = s.topics.clone();
+            if let Some(g) = s.groups.get_mut(&l.group) {
+                if g.members.remove(&l.member_id).is_some() {
+                    g.rebalance(&topics);
+                }
+            }
+            ok(Resp::LeaveGroup(pb::LeaveGroupResponse {}))
+        }
+        Req::OffsetCommit(c) => {
+            let Some(g) = s.groups.get_mut(&c.group) else {
+                return err(pb::Error::unknown_group(&c.group));
+            };
+            if let Err(e) = g.check(&c.member_id, c.generation) {
+                return err(e);
+            }
+            for o in c.offsets {
+                g.offsets.insert((o.topic, o.queue), o.offset);
+            }
+            ok(Resp::OffsetCommit(pb::OffsetCommitResponse {}))
+        }
+        Req::OffsetFetch(f) => {
+            let offsets = s
+                .groups
+                .get(&f.group)
+                .map(|g| {
+                    g.offsets
+                        .iter()
+                        .filter(|((t, q), _)| {
+                            f.queues.is_empty()
+                                || f.queues.iter().any(|tq| tq.topic == *t && tq.queue == *q)
+                        })
+                        .map(|((topic, queue), &offset)| pb::QueueOffset {
+                            topic: topic.clone(),
+                            queue: *queue,
+                            offset,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            ok(Resp::OffsetFetch(pb::OffsetFetchResponse { offsets }))
+        }
         Req::ListOffsets(l) => {
             let Some(&queues) = s.topics.get(&l.topic) else {
                 return err(pb::Error::unknown_topic(&l.topic));
@@ -361,6 +486,7 @@ fn produce(s: &mut State, id: u64, p: pb::ProduceRequest) -> Option<pb::Response
             return Some(pb::Response::error(id, pb::Error::busy("injected")))
         }
         Some(ProduceFault::Swallow) => return None,
+        Some(ProduceFault::Refuse(e)) => return Some(pb::Response::error(id, e)),
         _ => {}
     }
     let session_key = (header.producer_id, p.topic.clone(), p.queue);
@@ -370,15 +496,11 @@ fn produce(s: &mut State, id: u64, p: pb::ProduceRequest) -> Option<pb::Response
             let base_offset = *stored
                 .get(&header.base_sequence)
                 .expect("a duplicate matches a stored batch");
-            let mut r = pb::Response::ok(
+            return Some(pb::Response::duplicate_sequence(
                 id,
-                Resp::Produce(pb::ProduceResponse {
-                    base_offset,
-                    count: header.record_count,
-                }),
-            );
-            r.error = Some(pb::Error::duplicate_sequence("already stored"));
-            return Some(r);
+                base_offset,
+                header.record_count,
+            ));
         }
         if header.base_sequence > *expected {
             return Some(pb::Response::error(
@@ -423,6 +545,15 @@ async fn fetch(
             s.requests.push((index, "fetch"));
             if s.leader != Some(index) {
                 return pb::Response::error(id, not_leader(&s));
+            }
+            if !f.group.is_empty() {
+                let fenced = match s.groups.get(&f.group) {
+                    Some(g) => g.check(&f.member_id, f.generation),
+                    None => Err(pb::Error::unknown_group(&f.group)),
+                };
+                if let Err(e) = fenced {
+                    return pb::Response::error(id, e);
+                }
             }
             let Some(&queues) = s.topics.get(&f.topic) else {
                 return pb::Response::error(id, pb::Error::unknown_topic(&f.topic));

@@ -1,0 +1,319 @@
+//! [`GroupConsumer`]: a member of a consumer group reading one topic. The broker's
+//! group coordinator assigns the topic's queues among the members; committed
+//! offsets are Raft commands, so they survive a leader change.
+//!
+//! No background task: [`GroupConsumer::poll`] commits the positions reached by the
+//! previous poll (with auto-commit), heartbeats when due, adopts a new assignment
+//! when the group's generation moved, then fetches. Call `poll` more often than the
+//! session timeout or the broker will drop the member. Delivery is at least once: a
+//! rebalance can hand a queue over before its last messages were committed.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use raftmq_proto::pb::{self, request, response};
+use raftmq_proto::ServerError;
+use tokio::time::Instant;
+
+use crate::client::unexpected;
+use crate::consumer::Fencing;
+use crate::{Client, ClientError, ConsumedMessage, Consumer, ConsumerConfig, Target};
+
+/// Group membership settings.
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    /// The broker drops a member that has not heartbeated for this long. Default 10 s.
+    pub session_timeout: Duration,
+    /// How the coordinator splits queues. Default range.
+    pub strategy: pb::AssignmentStrategy,
+    /// Shown in `DescribeGroup`. Default `"raftmq-client"`.
+    pub client_id: String,
+    /// Commit the positions reached by each poll at the start of the next one
+    /// (and on `leave`). Default on.
+    pub auto_commit: bool,
+    /// Joins tried while the group is rebalancing. Default 20.
+    pub max_join_attempts: u32,
+    /// Fetch settings (the long-poll wait is capped at half the heartbeat interval).
+    pub consumer: ConsumerConfig,
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        GroupConfig {
+            session_timeout: Duration::from_secs(10),
+            strategy: pb::AssignmentStrategy::Range,
+            client_id: "raftmq-client".into(),
+            auto_commit: true,
+            max_join_attempts: 20,
+            consumer: ConsumerConfig::default(),
+        }
+    }
+}
+
+/// A consumer-group member reading the queues of one topic assigned to it.
+#[derive(Debug)]
+pub struct GroupConsumer {
+    client: Client,
+    config: GroupConfig,
+    consumer: Consumer,
+    group: String,
+    topic: String,
+    member_id: String,
+    generation: u64,
+    heartbeat_interval: Duration,
+    next_heartbeat: Instant,
+    /// Last offsets committed per queue.
+    committed: BTreeMap<u32, u64>,
+}
+
+/// Whether the group moved on without this member's knowledge: rejoin.
+fn needs_rejoin(e: &ClientError) -> bool {
+    matches!(
+        e.server_error(),
+        Some(
+            ServerError::UnknownMember { .. }
+                | ServerError::StaleGeneration { .. }
+                | ServerError::RebalanceInProgress { .. }
+        )
+    )
+}
+
+impl GroupConsumer {
+    /// Joins `group` to read `topic`, starting each assigned queue at the group's
+    /// committed offset (or per the reset policy when none).
+    pub async fn join(
+        client: &Client,
+        group: &str,
+        topic: &str,
+        config: GroupConfig,
+    ) -> Result<GroupConsumer, ClientError> {
+        raftmq_proto::frame::validate_name(group)?;
+        let mut member = GroupConsumer {
+            client: client.clone(),
+            consumer: Consumer::with_config(client, config.consumer.clone()),
+            config,
+            group: group.to_owned(),
+            topic: topic.to_owned(),
+            member_id: String::new(),
+            generation: 0,
+            heartbeat_interval: Duration::from_secs(3),
+            next_heartbeat: Instant::now(),
+            committed: BTreeMap::new(),
+        };
+        member.rejoin().await?;
+        Ok(member)
+    }
+
+    /// The id the coordinator gave this member.
+    pub fn member_id(&self) -> &str {
+        &self.member_id
+    }
+
+    /// The group generation this member is in.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The queues assigned to this member.
+    pub fn assignment(&self) -> Vec<u32> {
+        self.consumer.positions().keys().copied().collect()
+    }
+
+    /// Positions (next offset to read) of the assigned queues.
+    pub fn positions(&self) -> &BTreeMap<u32, Option<u64>> {
+        self.consumer.positions()
+    }
+
+    /// Sets the next offset to read (and to commit) for an assigned queue, without
+    /// asking the broker; ignored for a queue not assigned.
+    pub fn seek(&mut self, queue: u32, offset: u64) {
+        self.consumer.set_position(queue, offset);
+    }
+
+    async fn rejoin(&mut self) -> Result<(), ClientError> {
+        let mut attempt = 0;
+        let joined = loop {
+            let body = request::Body::JoinGroup(pb::JoinGroupRequest {
+                group: self.group.clone(),
+                member_id: self.member_id.clone(),
+                topics: vec![self.topic.clone()],
+                session_timeout_ms: u32::try_from(self.config.session_timeout.as_millis())
+                    .unwrap_or(u32::MAX),
+                strategy: self.config.strategy as i32,
+                client_id: self.config.client_id.clone(),
+            });
+            match self.client.request(Target::Leader, body).await {
+                Ok(response::Body::JoinGroup(j)) => break j,
+                Ok(other) => return Err(unexpected("join_group", &other)),
+                Err(e) if needs_rejoin(&e) && attempt + 1 < self.config.max_join_attempts => {
+                    if matches!(e.server_error(), Some(ServerError::UnknownMember { .. })) {
+                        self.member_id.clear();
+                    }
+                    tokio::time::sleep(self.client.config().backoff(attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        self.member_id = joined.member_id;
+        self.heartbeat_interval = Duration::from_millis(u64::from(joined.heartbeat_interval_ms))
+            .max(Duration::from_millis(10));
+        self.consumer.config.max_wait = self
+            .config
+            .consumer
+            .max_wait
+            .min(self.heartbeat_interval / 2);
+        self.next_heartbeat = Instant::now() + self.heartbeat_interval;
+        self.adopt(joined.generation, joined.assignment).await
+    }
+
+    /// Takes a new generation's assignment: keeps positions of queues kept, starts
+    /// new ones at the group's committed offsets.
+    async fn adopt(
+        &mut self,
+        generation: u64,
+        assignment: Vec<pb::TopicQueue>,
+    ) -> Result<(), ClientError> {
+        self.generation = generation;
+        let queues: Vec<u32> = assignment
+            .into_iter()
+            .filter(|tq| tq.topic == self.topic)
+            .map(|tq| tq.queue)
+            .collect();
+        let before: Vec<u32> = self.assignment();
+        self.consumer.reassign(&self.topic, &queues);
+        self.consumer.fencing = Some(Fencing {
+            group: self.group.clone(),
+            member_id: self.member_id.clone(),
+            generation,
+        });
+        self.committed.retain(|q, _| queues.contains(q));
+        let gained: Vec<pb::TopicQueue> = queues
+            .iter()
+            .filter(|q| !before.contains(q))
+            .map(|&queue| pb::TopicQueue {
+                topic: self.topic.clone(),
+                queue,
+            })
+            .collect();
+        tracing::debug!(group = %self.group, generation, ?queues, "assignment");
+        if gained.is_empty() {
+            return Ok(());
+        }
+        let body = request::Body::OffsetFetch(pb::OffsetFetchRequest {
+            group: self.group.clone(),
+            queues: gained,
+        });
+        match self.client.request(Target::Leader, body).await? {
+            response::Body::OffsetFetch(f) => {
+                for o in f.offsets.into_iter().filter(|o| o.topic == self.topic) {
+                    self.consumer.set_position(o.queue, o.offset);
+                    self.committed.insert(o.queue, o.offset);
+                }
+                Ok(())
+            }
+            other => Err(unexpected("offset_fetch", &other)),
+        }
+    }
+
+    /// Commits the current positions of the assigned queues (those that moved).
+    pub async fn commit(&mut self) -> Result<(), ClientError> {
+        let offsets: Vec<pb::QueueOffset> = self
+            .consumer
+            .positions()
+            .iter()
+            .filter_map(|(&queue, &p)| {
+                let offset = p?;
+                (self.committed.get(&queue) != Some(&offset)).then(|| pb::QueueOffset {
+                    topic: self.topic.clone(),
+                    queue,
+                    offset,
+                })
+            })
+            .collect();
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let body = request::Body::OffsetCommit(pb::OffsetCommitRequest {
+            group: self.group.clone(),
+            member_id: self.member_id.clone(),
+            generation: self.generation,
+            offsets: offsets.clone(),
+        });
+        match self.client.request(Target::Leader, body).await? {
+            response::Body::OffsetCommit(_) => {
+                for o in offsets {
+                    self.committed.insert(o.queue, o.offset);
+                }
+                Ok(())
+            }
+            other => Err(unexpected("offset_commit", &other)),
+        }
+    }
+
+    async fn heartbeat(&mut self) -> Result<(), ClientError> {
+        let body = request::Body::Heartbeat(pb::HeartbeatRequest {
+            group: self.group.clone(),
+            member_id: self.member_id.clone(),
+            generation: self.generation,
+        });
+        let answer = self.client.request(Target::Leader, body).await?;
+        self.next_heartbeat = Instant::now() + self.heartbeat_interval;
+        match answer {
+            response::Body::Heartbeat(h) if h.generation != self.generation => {
+                self.adopt(h.generation, h.assignment).await
+            }
+            response::Body::Heartbeat(_) => Ok(()),
+            other => Err(unexpected("heartbeat", &other)),
+        }
+    }
+
+    /// Commits (with auto-commit), heartbeats when due, follows rebalances, then
+    /// fetches from the assigned queues. Empty when nothing arrived in time.
+    pub async fn poll(&mut self) -> Result<Vec<ConsumedMessage>, ClientError> {
+        let step = async {
+            if self.config.auto_commit {
+                self.commit().await?;
+            }
+            if Instant::now() >= self.next_heartbeat {
+                self.heartbeat().await?;
+            }
+            if self.consumer.positions().is_empty() {
+                // Nothing assigned (more members than queues): wait for a rebalance.
+                tokio::time::sleep(self.consumer.config.max_wait).await;
+                return Ok(Vec::new());
+            }
+            self.consumer.poll().await
+        };
+        match step.await {
+            Err(e) if needs_rejoin(&e) => {
+                tracing::info!(group = %self.group, error = %e, "rejoining the group");
+                if matches!(e.server_error(), Some(ServerError::UnknownMember { .. })) {
+                    // The group forgot this member: join as a new one.
+                    self.member_id.clear();
+                }
+                self.rejoin().await?;
+                Ok(Vec::new())
+            }
+            other => other,
+        }
+    }
+
+    /// Commits (with auto-commit) and leaves the group so its queues are reassigned
+    /// at once.
+    pub async fn leave(mut self) -> Result<(), ClientError> {
+        if self.config.auto_commit {
+            if let Err(e) = self.commit().await {
+                tracing::warn!(group = %self.group, error = %e, "final commit failed");
+            }
+        }
+        let body = request::Body::LeaveGroup(pb::LeaveGroupRequest {
+            group: self.group.clone(),
+            member_id: self.member_id.clone(),
+        });
+        match self.client.request(Target::Leader, body).await? {
+            response::Body::LeaveGroup(_) => Ok(()),
+            other => Err(unexpected("leave_group", &other)),
+        }
+    }
+}

@@ -170,7 +170,10 @@ impl<L: RaftLog> RawNode<L> {
 
     pub(super) fn last_entry_id(&self) -> (LogIndex, Term) {
         let last = self.log.last_index();
-        (last, self.log.term_at(last).expect("term of the last entry"))
+        (
+            last,
+            self.log.term_at(last).expect("term of the last entry"),
+        )
     }
 
     fn votes_granted(&self) -> usize {
@@ -279,7 +282,11 @@ impl<L: RaftLog> RawNode<L> {
     pub(super) fn maybe_send_timeout_now(&mut self) {
         let Some(to) = self.transferee else { return };
         let last = self.log.last_index();
-        if self.progress.get(&to).is_some_and(|pr| pr.match_index == last) {
+        if self
+            .progress
+            .get(&to)
+            .is_some_and(|pr| pr.match_index == last)
+        {
             self.send(to, MessageBody::TimeoutNow);
         }
     }

@@ -154,8 +154,12 @@ mod tests {
         let mut log = MemLog::new();
         assert_eq!(log.term_at(LogIndex(0)), Some(Term(0)));
         assert_eq!(log.term_at(LogIndex(1)), None);
-        log.append(&[entry(1, 1, b"aaaa"), entry(2, 1, b"bbbb"), entry(3, 2, b"cc")])
-            .unwrap();
+        log.append(&[
+            entry(1, 1, b"aaaa"),
+            entry(2, 1, b"bbbb"),
+            entry(3, 2, b"cc"),
+        ])
+        .unwrap();
         assert_eq!(log.last_index(), LogIndex(3));
         assert_eq!(log.term_at(LogIndex(3)), Some(Term(2)));
         // Bounded by bytes, but never empty.

@@ -101,8 +101,10 @@ impl<L: RaftLog> RawNode<L> {
         };
         let recovering = last < hard_state.acked_index;
         let mut rng = SplitMix64::new(config.seed ^ config.id.0.wrapping_mul(0x9e37_79b9));
-        let randomized_election_timeout =
-            rng.range_u32(config.election_timeout_ticks, 2 * config.election_timeout_ticks);
+        let randomized_election_timeout = rng.range_u32(
+            config.election_timeout_ticks,
+            2 * config.election_timeout_ticks,
+        );
         let n_voters = config.voters.len();
         let node = RawNode {
             rng,

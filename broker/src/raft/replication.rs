@@ -225,7 +225,11 @@ impl<L: RaftLog> RawNode<L> {
 
     fn follow(&mut self, leader: NodeId) {
         if self.role != Role::Follower {
-            assert!(self.role != Role::Leader, "two leaders in term {}", self.term);
+            assert!(
+                self.role != Role::Leader,
+                "two leaders in term {}",
+                self.term
+            );
             self.become_follower(self.term, Some(leader));
         }
         self.leader = Some(leader);
@@ -388,7 +392,10 @@ impl<L: RaftLog> RawNode<L> {
     /// so they were not committed).
     fn on_truncated(&mut self, from: LogIndex) {
         assert!(from > self.commit);
-        assert!(from > self.acked_durable, "truncating below the durable mark");
+        assert!(
+            from > self.acked_durable,
+            "truncating below the durable mark"
+        );
         self.void_acks_from(from);
         let kept = from.prev();
         if self.persisted_index > kept {

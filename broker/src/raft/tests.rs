@@ -191,7 +191,9 @@ fn test_candidate_fallback_on_append_from_leader_of_same_term() {
 fn test_vote_rejected_for_stale_candidate() {
     let mut c = Cluster::with(3, |c| c.check_quorum = false);
     c.elect(1);
-    c.node(1).propose(EntryKind::Command, Bytes::from_static(b"a")).unwrap();
+    c.node(1)
+        .propose(EntryKind::Command, Bytes::from_static(b"a"))
+        .unwrap();
     c.settle();
     let (last, last_term) = c.node(2).last_entry_id();
     assert_eq!(last, LogIndex(2));
@@ -250,7 +252,11 @@ fn test_leader_stickiness_ignores_vote_within_lease() {
         transfer: true,
     };
     c.node(2).step(t).unwrap();
-    assert_eq!(c.node(2).term(), Term(term.0 + 5), "a transfer overrides it");
+    assert_eq!(
+        c.node(2).term(),
+        Term(term.0 + 5),
+        "a transfer overrides it"
+    );
 }
 
 #[test]
@@ -271,19 +277,29 @@ fn test_leader_counts_itself_only_when_durable() {
     c.elect(1);
     c.tick_all(1);
     c.isolated = vec![NodeId(3)];
-    let (idx, _) = c.node(1).propose(EntryKind::Command, Bytes::from_static(b"a")).unwrap();
+    let (idx, _) = c
+        .node(1)
+        .propose(EntryKind::Command, Bytes::from_static(b"a"))
+        .unwrap();
     // n1 builds the Ready but its log is not yet durable; n2 acks.
     let rd = c.node(1).ready();
     assert_eq!(rd.unsynced.map(|u| u.0), Some(idx));
     assert_eq!(rd.hard_state.unwrap().acked_index, idx);
-    let self_ack = rd.persisted_messages.iter().find(|m| m.to == NodeId(1)).cloned();
+    let self_ack = rd
+        .persisted_messages
+        .iter()
+        .find(|m| m.to == NodeId(1))
+        .cloned();
     for m in rd.messages {
         if m.to == NodeId(2) {
             c.node(2).step(m).unwrap();
         }
     }
     let rd2 = c.node(2).ready();
-    assert!(rd2.messages.iter().all(|m| !matches!(m.body, MessageBody::AppendResponse { .. })));
+    assert!(rd2
+        .messages
+        .iter()
+        .all(|m| !matches!(m.body, MessageBody::AppendResponse { .. })));
     for m in rd2.persisted_messages {
         c.node(1).step(m).unwrap();
     }
@@ -300,7 +316,9 @@ fn test_figure8_old_term_not_committed_by_count() {
     c.elect(1);
     c.tick_all(1);
     c.isolated = vec![NodeId(1)];
-    c.node(1).propose(EntryKind::Command, Bytes::from_static(b"old")).unwrap();
+    c.node(1)
+        .propose(EntryKind::Command, Bytes::from_static(b"old"))
+        .unwrap();
     c.settle();
     let old_term = c.node(1).term();
     // n2 leads a later term, appends (2, t') alone, and is partitioned.
@@ -319,7 +337,11 @@ fn test_figure8_old_term_not_committed_by_count() {
     c.node(3).become_follower(Term(old_term.0 + 2), None);
     c.node(1).become_candidate(false);
     let rd = c.node(1).ready();
-    for m in rd.persisted_messages.into_iter().filter(|m| m.to == NodeId(3)) {
+    for m in rd
+        .persisted_messages
+        .into_iter()
+        .filter(|m| m.to == NodeId(3))
+    {
         c.node(3).step(m).unwrap();
     }
     let rd = c.node(3).ready();
@@ -353,7 +375,11 @@ fn test_figure8_old_term_not_committed_by_count() {
         for m in rd.persisted_messages {
             c.node(1).step(m).unwrap();
         }
-        appends = rd.messages.into_iter().filter(|m| m.to == NodeId(3)).collect();
+        appends = rd
+            .messages
+            .into_iter()
+            .filter(|m| m.to == NodeId(3))
+            .collect();
         if c.node(3).log().term_at(LogIndex(2)) == Some(old_term)
             && c.node(3).log().last_index() == LogIndex(2)
         {
@@ -388,7 +414,9 @@ fn test_follower_ack_is_a_persisted_message_and_raises_acked_index() {
     let mut c = Cluster::new(3);
     c.elect(1);
     c.tick_all(1);
-    c.node(1).propose(EntryKind::Command, Bytes::from_static(b"a")).unwrap();
+    c.node(1)
+        .propose(EntryKind::Command, Bytes::from_static(b"a"))
+        .unwrap();
     let rd = c.node(1).ready();
     let m = rd.messages.into_iter().find(|m| m.to == NodeId(2)).unwrap();
     c.node(2).step(m).unwrap();
@@ -419,7 +447,8 @@ fn test_truncation_voids_pending_acks_and_lowers_acked_index() {
             commit_index: LogIndex(0),
         },
     };
-    n.step(append(1, 0, 0, vec![entry(1, 1), entry(2, 1), entry(3, 1)])).unwrap();
+    n.step(append(1, 0, 0, vec![entry(1, 1), entry(2, 1), entry(3, 1)]))
+        .unwrap();
     // (Nothing acknowledged is durable yet: the truncation need not wait.)
     // A new leader of term 2 overwrites index 2.. before the Ready was taken.
     let mut m = append(2, 1, 1, vec![entry(2, 2)]);
@@ -452,7 +481,14 @@ fn test_truncating_acknowledged_entries_waits_for_lowered_mark() {
             commit_index: LogIndex(0),
         },
     };
-    n.step(append(1, 1, 0, 0, vec![entry(1, 1), entry(2, 1), entry(3, 1)])).unwrap();
+    n.step(append(
+        1,
+        1,
+        0,
+        0,
+        vec![entry(1, 1), entry(2, 1), entry(3, 1)],
+    ))
+    .unwrap();
     let rd = n.ready();
     n.persisted(rd.unsynced.unwrap().0, rd.unsynced.unwrap().1);
     assert_eq!(n.status().acked_index, LogIndex(3));
@@ -553,7 +589,9 @@ fn test_batching_many_proposals_one_append_per_follower() {
     c.elect(1);
     c.tick_all(1);
     for _ in 0..100 {
-        c.node(1).propose(EntryKind::Messages, Bytes::from_static(b"m")).unwrap();
+        c.node(1)
+            .propose(EntryKind::Messages, Bytes::from_static(b"m"))
+            .unwrap();
     }
     let rd = c.node(1).ready();
     let appends: Vec<&Message> = rd
@@ -563,7 +601,9 @@ fn test_batching_many_proposals_one_append_per_follower() {
         .collect();
     assert_eq!(appends.len(), 2);
     for m in appends {
-        let MessageBody::Append { entries, .. } = &m.body else { unreachable!() };
+        let MessageBody::Append { entries, .. } = &m.body else {
+            unreachable!()
+        };
         assert_eq!(entries.len(), 100);
     }
 }

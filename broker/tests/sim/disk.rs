@@ -38,7 +38,9 @@ impl SimLog {
 
     /// The term at `index` in the synced log.
     pub fn durable_term_at(&self, index: LogIndex) -> Option<Term> {
-        self.durable.get((index.0 as usize).checked_sub(1)?).map(|e| e.term)
+        self.durable
+            .get((index.0 as usize).checked_sub(1)?)
+            .map(|e| e.term)
     }
 
     /// Makes every write so far durable.
@@ -100,7 +102,12 @@ impl RaftLog for SimLog {
         self.written.get(index.0 as usize - 1).map(|e| e.term)
     }
 
-    fn entries(&self, from: LogIndex, max: usize, max_bytes: usize) -> Result<Vec<Entry>, LogError> {
+    fn entries(
+        &self,
+        from: LogIndex,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, LogError> {
         if from.0 == 0 || from.0 as usize > self.written.len() {
             return Err(LogError::Unavailable(from.0));
         }

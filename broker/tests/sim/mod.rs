@@ -47,7 +47,11 @@ pub struct Failure {
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "raft simulation failed: seed {}: {}", self.seed, self.reason)?;
+        writeln!(
+            f,
+            "raft simulation failed: seed {}: {}",
+            self.seed, self.reason
+        )?;
         writeln!(
             f,
             "replay: RAFTMQ_SIM_SEED={} cargo test -p raftmq-broker --test raft_sim -- --nocapture",
@@ -438,7 +442,12 @@ impl World {
                 entries,
                 commit_index,
                 ..
-            } => (msg.term.0, prev_log_index.0, entries.len() as u64, commit_index.0),
+            } => (
+                msg.term.0,
+                prev_log_index.0,
+                entries.len() as u64,
+                commit_index.0,
+            ),
             MessageBody::AppendResponse {
                 success,
                 match_index,
@@ -666,7 +675,14 @@ impl World {
             if let Some(node) = self.slots[i].raft.as_mut() {
                 node.log_mut().fail_writes = true;
                 self.slots[i].fail_writes_until = self.now + 1 + self.rng.below(10);
-                self.ev("fail-writes", i as u64 + 1, self.slots[i].fail_writes_until, 0, 0, 0);
+                self.ev(
+                    "fail-writes",
+                    i as u64 + 1,
+                    self.slots[i].fail_writes_until,
+                    0,
+                    0,
+                    0,
+                );
             }
         }
         self.check()
@@ -713,7 +729,14 @@ impl World {
         slot.commit_checked = LogIndex::ZERO;
         slot.leader_term_checked = Term(0);
         slot.paused_until = 0;
-        self.ev("restart", i as u64 + 1, last, self.slots[i].hs.acked_index.0, 0, 0);
+        self.ev(
+            "restart",
+            i as u64 + 1,
+            last,
+            self.slots[i].hs.acked_index.0,
+            0,
+            0,
+        );
         self.check()
     }
 
@@ -851,18 +874,22 @@ impl World {
                 None => s.stopped_log.get(c - 1).is_some_and(|e| e.term == t),
             });
             if !held {
-                return Err(format!("committed entry {c} (term {t}) vanished from every log"));
+                return Err(format!(
+                    "committed entry {c} (term {t}) vanished from every log"
+                ));
             }
         }
         Ok(())
     }
 
     fn converged(&self) -> bool {
-        let nodes: Vec<&RawNode<SimLog>> = self.slots.iter().filter_map(|s| s.raft.as_ref()).collect();
+        let nodes: Vec<&RawNode<SimLog>> =
+            self.slots.iter().filter_map(|s| s.raft.as_ref()).collect();
         if nodes.len() != self.slots.len() {
             return false;
         }
-        let leaders: Vec<&&RawNode<SimLog>> = nodes.iter().filter(|n| n.role() == Role::Leader).collect();
+        let leaders: Vec<&&RawNode<SimLog>> =
+            nodes.iter().filter(|n| n.role() == Role::Leader).collect();
         let [leader] = leaders[..] else { return false };
         let last = leader.log().last_index();
         let term = leader.term();
@@ -892,7 +919,9 @@ impl World {
             }
         }
         if let Some(missing) = self.committed_ids.iter().find(|id| !seen.contains(id)) {
-            return Err(format!("proposal {missing} was reported committed but is not in the final log"));
+            return Err(format!(
+                "proposal {missing} was reported committed but is not in the final log"
+            ));
         }
         self.stats.committed = seen.len() as u64;
         Ok(())

@@ -3,7 +3,9 @@
 //! and liveness once faults stop.
 //!
 //! - `RAFTMQ_SIM_SEEDS=N` runs seeds `0..N` (default 2000).
-//! - `RAFTMQ_SIM_SEED=S` replays seed `S` alone.
+//! - `RAFTMQ_SIM_SEED_START=K` starts at seed `K` instead of 0.
+//! - `RAFTMQ_SIM_SEED=S` replays seed `S` alone (`RAFTMQ_SIM_TRACE=N` prints the
+//!   last `N` events instead of 50).
 //!
 //! Every failure prints its seed, the replay command and the last events.
 
@@ -21,7 +23,10 @@ fn seeds_from_env() -> Vec<u64> {
     let n = std::env::var("RAFTMQ_SIM_SEEDS")
         .map(|s| s.parse().expect("RAFTMQ_SIM_SEEDS is a number"))
         .unwrap_or(DEFAULT_SEEDS);
-    (0..n).collect()
+    let start: u64 = std::env::var("RAFTMQ_SIM_SEED_START")
+        .map(|s| s.parse().expect("RAFTMQ_SIM_SEED_START is a number"))
+        .unwrap_or(0);
+    (start..start + n).collect()
 }
 
 #[test]

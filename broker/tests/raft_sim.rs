@@ -74,7 +74,7 @@ fn expect_caught(fault: FaultVariant, budget: u64) {
             ..Options::default()
         };
         if let Err(f) = run_seed(seed, opts) {
-            eprintln!("{fault:?} caught at seed {seed}: {}", f.reason);
+            eprintln!("{fault:?} caught:\n{f}");
             return;
         }
     }

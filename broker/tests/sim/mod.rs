@@ -94,13 +94,33 @@ struct Ev {
     b: u64,
     c: u64,
     d: u64,
+    e: u64,
 }
 
 impl Ev {
     fn render(&self) -> String {
+        let Ev { a, b, c, d, e, .. } = *self;
+        let detail = match self.what {
+            "Append" => format!("from n{a} term {b} prev {c} entries {d} commit {e}"),
+            "AppendResponse" => format!("from n{a} term {b} success {c} match {d} reject {e}"),
+            "Vote" | "PreVote" => format!("from n{a} term {b} last_index {c} last_term {d}"),
+            "VoteResponse" | "PreVoteResponse" => format!("from n{a} term {b} granted {c}"),
+            "Heartbeat" => format!("from n{a} term {b} commit {c}"),
+            "HeartbeatResponse" | "TimeoutNow" => format!("from n{a} term {b}"),
+            "ready" => format!("unsynced {a} hard_state_term {b} commit {c} persisted_msgs {d}"),
+            "synced" => format!("log durable up to {a}"),
+            "propose" => format!("id {a} index {b} term {c} entries {d}"),
+            "crashed" => format!("durable log keeps {a} entries"),
+            "damage-log" => format!("log cut to {a} entries, recovery mark {b}"),
+            "partition" => format!("side mask {a:#b} one_way {b} heal at t={c}"),
+            "pause" | "fail-writes" => format!("until t={a}"),
+            "transfer" => format!("to n{a}"),
+            "restart" => format!("log {a} entries, recovery mark {b}"),
+            _ => String::new(),
+        };
         format!(
-            "t={:<4} n{} {:<16} {} {} {} {}",
-            self.now, self.node, self.what, self.a, self.b, self.c, self.d
+            "t={:<5} n{} {:<18} {detail}",
+            self.now, self.node, self.what
         )
     }
 }
@@ -303,6 +323,10 @@ type Check = Result<(), String>;
 
 impl World {
     fn ev(&mut self, what: &'static str, node: u64, a: u64, b: u64, c: u64, d: u64) {
+        self.ev5(what, node, [a, b, c, d, 0]);
+    }
+
+    fn ev5(&mut self, what: &'static str, node: u64, [a, b, c, d, e]: [u64; 5]) {
         if self.trace.len() == self.trace_len {
             self.trace.pop_front();
         }
@@ -314,6 +338,7 @@ impl World {
             b,
             c,
             d,
+            e,
         });
         self.stats.events += 1;
     }
@@ -437,35 +462,31 @@ impl World {
     }
 
     fn step(&mut self, i: usize, msg: Message) -> Check {
-        let (a, b, c, d) = match &msg.body {
+        let t = msg.term.0;
+        let f = msg.from.0;
+        let fields = match &msg.body {
             MessageBody::Append {
                 prev_log_index,
                 entries,
                 commit_index,
                 ..
-            } => (
-                msg.term.0,
-                prev_log_index.0,
-                entries.len() as u64,
-                commit_index.0,
-            ),
+            } => [f, t, prev_log_index.0, entries.len() as u64, commit_index.0],
             MessageBody::AppendResponse {
                 success,
                 match_index,
                 reject_index,
                 ..
-            } => (msg.term.0, *success as u64, match_index.0, reject_index.0),
+            } => [f, t, *success as u64, match_index.0, reject_index.0],
             MessageBody::Vote {
                 last_log_index,
                 last_log_term,
                 ..
-            } => (msg.term.0, last_log_index.0, last_log_term.0, 0),
-            MessageBody::VoteResponse { granted, .. } => (msg.term.0, *granted as u64, 0, 0),
-            MessageBody::Heartbeat { commit_index } => (msg.term.0, commit_index.0, 0, 0),
-            _ => (msg.term.0, 0, 0, 0),
+            } => [f, t, last_log_index.0, last_log_term.0, 0],
+            MessageBody::VoteResponse { granted, .. } => [f, t, *granted as u64, 0, 0],
+            MessageBody::Heartbeat { commit_index } => [f, t, commit_index.0, 0, 0],
+            _ => [f, t, 0, 0, 0],
         };
-        let what = msg.body.kind_name();
-        self.ev(what, i as u64 + 1, msg.from.0, a, b, c * 1000 + d);
+        self.ev5(msg.body.kind_name(), i as u64 + 1, fields);
         let node = self.slots[i].raft.as_mut().unwrap();
         // Storage errors are expected while writes fail; the core stays consistent.
         let _ = node.step(msg);

@@ -129,7 +129,10 @@ impl Ev {
 #[derive(Debug, Clone)]
 struct Knobs {
     nodes: u64,
+    election_timeout: u32,
     heartbeat: u32,
+    /// Probability that a node skips a tick or takes two (clock drift).
+    p_tick_skew: f64,
     max_append_entries: usize,
     max_inflight: usize,
     max_pending: usize,
@@ -163,7 +166,9 @@ impl Knobs {
             check_quorum: rng.chance(0.75),
             p_drop: rng.pick(&[0.0, 0.01, 0.05, 0.15]),
             p_dup: rng.pick(&[0.0, 0.02, 0.1]),
-            max_delay: rng.pick(&[0, 1, 2, 4]),
+            max_delay: rng.pick(&[0, 1, 2, 4, 15]),
+            election_timeout: rng.pick(&[5, 10, 20]),
+            p_tick_skew: rng.pick(&[0.0, 0.0, 0.1]),
             p_crash: rng.pick(&[0.003, 0.01, 0.03]),
             p_damage: rng.pick(&[0.0, 0.2, 0.6]),
             p_partition: rng.pick(&[0.0, 0.01, 0.03]),
@@ -245,8 +250,8 @@ fn body_id(body: &Bytes) -> Option<u64> {
 fn config(k: &Knobs, id: u64, seed: u64, fault: Option<FaultVariant>) -> Config {
     let voters = (1..=k.nodes).map(NodeId).collect();
     let mut c = Config::new(NodeId(id), voters);
-    c.election_timeout_ticks = 10;
-    c.heartbeat_interval_ticks = k.heartbeat;
+    c.election_timeout_ticks = k.election_timeout;
+    c.heartbeat_interval_ticks = k.heartbeat.min(k.election_timeout - 1);
     c.max_append_entries = k.max_append_entries;
     c.max_append_bytes = 64 * 1024;
     c.max_inflight_appends = k.max_inflight;
@@ -365,7 +370,14 @@ impl World {
             }
             for i in 0..n {
                 if self.active(i) {
-                    self.slots[i].raft.as_mut().unwrap().tick();
+                    let ticks = if self.faults_on && self.rng.chance(self.k.p_tick_skew) {
+                        self.rng.below(3)
+                    } else {
+                        1
+                    };
+                    for _ in 0..ticks {
+                        self.slots[i].raft.as_mut().unwrap().tick();
+                    }
                     self.ev("tick", i as u64 + 1, 0, 0, 0, 0);
                     self.check()?;
                 }
@@ -409,9 +421,15 @@ impl World {
         {
             return;
         }
-        let delay = self.rng.below(self.k.max_delay + 1);
+        // Once faults stop, delays stay well below the election timeout.
+        let max_delay = if self.faults_on {
+            self.k.max_delay
+        } else {
+            self.k.max_delay.min(2)
+        };
+        let delay = self.rng.below(max_delay + 1);
         if self.faults_on && self.rng.chance(self.k.p_dup) {
-            let extra = self.rng.below(self.k.max_delay + 2);
+            let extra = self.rng.below(max_delay + 2);
             self.net.push(Flight {
                 at: self.now + extra,
                 msg: msg.clone(),

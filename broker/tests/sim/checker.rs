@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use raftmq_broker::raft::{EntryKind, LogIndex, RaftLog, RawNode, Role};
+use raftmq_broker::raft::{EntryKind, LogIndex, RaftLog, RawNode, Role, Term};
 
 use super::disk::SimLog;
 use super::{body_id, entry_hash, Check, World};
@@ -129,6 +129,60 @@ impl World {
             if !held {
                 return Err(format!(
                     "committed entry {c} (term {t}) vanished from every log"
+                ));
+            }
+        }
+        self.check_no_electable_node_lacks_commit()
+    }
+
+    /// Leader completeness as a state invariant: no node lacking the newest committed
+    /// entry may be at least as up to date as a quorum of (undamaged) voters, judged
+    /// on the voters' synced logs (what they would hold after a crash).
+    fn check_no_electable_node_lacks_commit(&self) -> Check {
+        let Some(&(t, _, _)) = self.committed.last() else {
+            return Ok(());
+        };
+        let c = LogIndex(self.committed.len() as u64);
+        let quorum = self.slots.len() / 2 + 1;
+        let voter_last = |s: &super::Slot| match &s.raft {
+            Some(node) => node.log().durable_last(),
+            None => s
+                .stopped_log
+                .last()
+                .map_or((Term(0), LogIndex(0)), |e| (e.term, e.index)),
+        };
+        for (x, sx) in self.slots.iter().enumerate() {
+            if sx.damaged {
+                continue;
+            }
+            let (has, x_last) = match &sx.raft {
+                Some(node) => {
+                    let last = node.log().last_index();
+                    (
+                        node.log().term_at(c) == Some(t),
+                        (node.log().term_at(last).unwrap(), last),
+                    )
+                }
+                None => (
+                    sx.stopped_log
+                        .get(c.0 as usize - 1)
+                        .is_some_and(|e| e.term == t),
+                    voter_last(sx),
+                ),
+            };
+            if has {
+                continue;
+            }
+            let grants = self
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(y, sy)| *y == x || (!sy.damaged && x_last >= voter_last(sy)))
+                .count();
+            if grants >= quorum {
+                return Err(format!(
+                    "n{} lacks committed entry {c} (term {t}) yet {grants} nodes would elect it",
+                    x + 1
                 ));
             }
         }

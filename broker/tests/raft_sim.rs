@@ -125,20 +125,21 @@ fn sim_variant_detection_rates() {
     }
 }
 
-/// Seeds that once failed, replayed on every run (they exercise the same paths even
-/// as the simulator evolves, though not necessarily the same schedule).
+/// Seeds that once failed, replayed on every run. The simulator's schedules change
+/// as it grows, so each bug lists the seeds that exposed it when it was found and,
+/// where rechecked, the seeds that expose it with the current simulator.
 ///
-/// - 16, 99, 111: a follower truncated entries it had acknowledged and crashed before
-///   the lowered recovery mark was durable; it restarted below its mark and took
-///   itself for damaged (with a majority affected, no one could be elected). Fixed by
-///   lowering the mark durably before truncating.
+/// - 16, 99, 111 (now 92, 185, 218): a follower truncated entries it had
+///   acknowledged and crashed before the lowered recovery mark was durable; it
+///   restarted below its mark and took itself for damaged (with a majority affected,
+///   no one could be elected). Fixed by lowering the mark durably before truncating.
 /// - 850, 1206: leader-completeness check applied to a stale leader of an older term
 ///   (checker bug: only leaders of later terms must hold a committed entry).
 /// - 1205: a damaged node was caught up in memory and crashed before syncing; the
 ///   checker forgot it was still damaged on disk.
 #[test]
 fn sim_regression_seeds() {
-    for seed in [16, 99, 111, 850, 1205, 1206] {
+    for seed in [16, 92, 99, 111, 185, 218, 850, 1205, 1206] {
         if let Err(f) = run_seed(seed, Options::default()) {
             panic!("{f}");
         }

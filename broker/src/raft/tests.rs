@@ -332,7 +332,7 @@ fn figure8_commit_after_old_term_ack(fault: Option<FaultVariant>) -> LogIndex {
     c.node(2).vote = Some(NodeId(2));
     // Force leadership without votes (the isolated test harness): count n3's vote.
     c.node(2).votes.push((NodeId(3), true));
-    c.node(2).become_leader();
+    c.node(2).become_leader().unwrap();
     c.settle();
     assert_eq!(c.node(2).log().last_index(), LogIndex(2));
     // n1 comes back and is elected with n3 in a still later term.
@@ -659,6 +659,27 @@ fn test_write_failure_leader_steps_down_cleanly() {
     assert!(matches!(r, Err(ProposeError::Storage(_))));
     assert_eq!(c.node(1).role(), Role::Follower);
     assert_eq!(c.node(1).log().last_index(), last);
+}
+
+#[test]
+fn test_write_failure_on_election_surfaces_and_steps_down() {
+    let mut c = Cluster::with(3, |c| c.pre_vote = false);
+    c.node(1).log_mut().set_fail_writes(true);
+    c.node(1).campaign(false);
+    let rd = c.node(1).ready();
+    let mut results = Vec::new();
+    for m in rd.persisted_messages {
+        let to = m.to.0;
+        c.node(to).step(m).unwrap();
+        let rd = c.node(to).ready();
+        for r in rd.persisted_messages {
+            results.push(c.node(1).step(r));
+        }
+    }
+    assert!(results
+        .iter()
+        .any(|r| matches!(r, Err(RaftError::Storage(_)))));
+    assert_eq!(c.node(1).role(), Role::Follower);
 }
 
 #[test]

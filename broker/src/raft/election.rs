@@ -1,7 +1,7 @@
 //! Elections: timeouts, pre-vote, votes, check-quorum, leadership transfer.
 
 use super::config::FaultVariant;
-use super::error::RaftError;
+use super::error::{LogError, RaftError};
 use super::log::RaftLog;
 use super::message::MessageBody;
 use super::progress::Progress;
@@ -115,7 +115,9 @@ impl<L: RaftLog> RawNode<L> {
         self.votes.clear();
         self.votes.push((self.config.id, true));
         if self.votes_granted() >= self.config.quorum() {
-            self.become_leader();
+            // A single voter: a write failure leaves it a follower; it retries on
+            // its next election timeout.
+            let _ = self.become_leader();
             return;
         }
         let (last_log_index, last_log_term) = self.last_entry_id();
@@ -134,7 +136,8 @@ impl<L: RaftLog> RawNode<L> {
         }
     }
 
-    pub(super) fn become_leader(&mut self) {
+    /// Takes leadership and appends the Noop; a failed write steps down again.
+    pub(super) fn become_leader(&mut self) -> Result<(), LogError> {
         assert_eq!(self.role, Role::Candidate);
         assert_eq!(self.vote, Some(self.config.id));
         self.role = Role::Leader;
@@ -159,11 +162,14 @@ impl<L: RaftLog> RawNode<L> {
             body: bytes::Bytes::new(),
         };
         match self.log.append(std::slice::from_ref(&noop)) {
-            Ok(()) => self.log_dirty = true,
-            Err(_) => {
-                // Cannot write: a leader that cannot append is useless. The error
-                // shows again on the next write attempt; step down cleanly.
+            Ok(()) => {
+                self.log_dirty = true;
+                Ok(())
+            }
+            Err(e) => {
+                // A leader that cannot append is useless: step down cleanly.
                 self.become_follower(self.term, None);
+                Err(e)
             }
         }
     }
@@ -263,7 +269,7 @@ impl<L: RaftLog> RawNode<L> {
             if pre_vote {
                 self.become_candidate(false);
             } else {
-                self.become_leader();
+                self.become_leader()?;
             }
         } else if self.votes.len() - self.votes_granted() >= quorum {
             self.become_follower(self.term, None);

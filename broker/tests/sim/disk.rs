@@ -43,6 +43,13 @@ impl SimLog {
             .map(|e| e.term)
     }
 
+    /// (last term, last index) of the synced log.
+    pub fn durable_last(&self) -> (Term, LogIndex) {
+        self.durable
+            .last()
+            .map_or((Term(0), LogIndex(0)), |e| (e.term, e.index))
+    }
+
     /// Makes every write so far durable.
     pub fn sync(&mut self) {
         for op in self.ops.drain(..) {

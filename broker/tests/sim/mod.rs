@@ -2,6 +2,7 @@
 //! TigerBeetle's VOPR): one thread, one seed, simulated disks and network, faults,
 //! and safety checks after every step.
 
+mod checker;
 pub mod disk;
 pub mod rng;
 
@@ -93,13 +94,33 @@ struct Ev {
     b: u64,
     c: u64,
     d: u64,
+    e: u64,
 }
 
 impl Ev {
     fn render(&self) -> String {
+        let Ev { a, b, c, d, e, .. } = *self;
+        let detail = match self.what {
+            "Append" => format!("from n{a} term {b} prev {c} entries {d} commit {e}"),
+            "AppendResponse" => format!("from n{a} term {b} success {c} match {d} reject {e}"),
+            "Vote" | "PreVote" => format!("from n{a} term {b} last_index {c} last_term {d}"),
+            "VoteResponse" | "PreVoteResponse" => format!("from n{a} term {b} granted {c}"),
+            "Heartbeat" => format!("from n{a} term {b} commit {c}"),
+            "HeartbeatResponse" | "TimeoutNow" => format!("from n{a} term {b}"),
+            "ready" => format!("unsynced {a} hard_state_term {b} commit {c} persisted_msgs {d}"),
+            "synced" => format!("log durable up to {a}"),
+            "propose" => format!("id {a} index {b} term {c} entries {d}"),
+            "crashed" => format!("durable log keeps {a} entries"),
+            "damage-log" => format!("log cut to {a} entries, recovery mark {b}"),
+            "partition" => format!("side mask {a:#b} one_way {b} heal at t={c}"),
+            "pause" | "fail-writes" => format!("until t={a}"),
+            "transfer" => format!("to n{a}"),
+            "restart" => format!("log {a} entries, recovery mark {b}"),
+            _ => String::new(),
+        };
         format!(
-            "t={:<4} n{} {:<16} {} {} {} {}",
-            self.now, self.node, self.what, self.a, self.b, self.c, self.d
+            "t={:<5} n{} {:<18} {detail}",
+            self.now, self.node, self.what
         )
     }
 }
@@ -108,7 +129,10 @@ impl Ev {
 #[derive(Debug, Clone)]
 struct Knobs {
     nodes: u64,
+    election_timeout: u32,
     heartbeat: u32,
+    /// Probability that a node skips a tick or takes two (clock drift).
+    p_tick_skew: f64,
     max_append_entries: usize,
     max_inflight: usize,
     max_pending: usize,
@@ -142,7 +166,9 @@ impl Knobs {
             check_quorum: rng.chance(0.75),
             p_drop: rng.pick(&[0.0, 0.01, 0.05, 0.15]),
             p_dup: rng.pick(&[0.0, 0.02, 0.1]),
-            max_delay: rng.pick(&[0, 1, 2, 4]),
+            max_delay: rng.pick(&[0, 1, 2, 4, 15]),
+            election_timeout: rng.pick(&[5, 10, 20]),
+            p_tick_skew: rng.pick(&[0.0, 0.0, 0.1]),
             p_crash: rng.pick(&[0.003, 0.01, 0.03]),
             p_damage: rng.pick(&[0.0, 0.2, 0.6]),
             p_partition: rng.pick(&[0.0, 0.01, 0.03]),
@@ -224,8 +250,8 @@ fn body_id(body: &Bytes) -> Option<u64> {
 fn config(k: &Knobs, id: u64, seed: u64, fault: Option<FaultVariant>) -> Config {
     let voters = (1..=k.nodes).map(NodeId).collect();
     let mut c = Config::new(NodeId(id), voters);
-    c.election_timeout_ticks = 10;
-    c.heartbeat_interval_ticks = k.heartbeat;
+    c.election_timeout_ticks = k.election_timeout;
+    c.heartbeat_interval_ticks = k.heartbeat.min(k.election_timeout - 1);
     c.max_append_entries = k.max_append_entries;
     c.max_append_bytes = 64 * 1024;
     c.max_inflight_appends = k.max_inflight;
@@ -302,6 +328,10 @@ type Check = Result<(), String>;
 
 impl World {
     fn ev(&mut self, what: &'static str, node: u64, a: u64, b: u64, c: u64, d: u64) {
+        self.ev5(what, node, [a, b, c, d, 0]);
+    }
+
+    fn ev5(&mut self, what: &'static str, node: u64, [a, b, c, d, e]: [u64; 5]) {
         if self.trace.len() == self.trace_len {
             self.trace.pop_front();
         }
@@ -313,6 +343,7 @@ impl World {
             b,
             c,
             d,
+            e,
         });
         self.stats.events += 1;
     }
@@ -339,7 +370,14 @@ impl World {
             }
             for i in 0..n {
                 if self.active(i) {
-                    self.slots[i].raft.as_mut().unwrap().tick();
+                    let ticks = if self.faults_on && self.rng.chance(self.k.p_tick_skew) {
+                        self.rng.below(3)
+                    } else {
+                        1
+                    };
+                    for _ in 0..ticks {
+                        self.slots[i].raft.as_mut().unwrap().tick();
+                    }
                     self.ev("tick", i as u64 + 1, 0, 0, 0, 0);
                     self.check()?;
                 }
@@ -383,9 +421,15 @@ impl World {
         {
             return;
         }
-        let delay = self.rng.below(self.k.max_delay + 1);
+        // Once faults stop, delays stay well below the election timeout.
+        let max_delay = if self.faults_on {
+            self.k.max_delay
+        } else {
+            self.k.max_delay.min(2)
+        };
+        let delay = self.rng.below(max_delay + 1);
         if self.faults_on && self.rng.chance(self.k.p_dup) {
-            let extra = self.rng.below(self.k.max_delay + 2);
+            let extra = self.rng.below(max_delay + 2);
             self.net.push(Flight {
                 at: self.now + extra,
                 msg: msg.clone(),
@@ -436,35 +480,31 @@ impl World {
     }
 
     fn step(&mut self, i: usize, msg: Message) -> Check {
-        let (a, b, c, d) = match &msg.body {
+        let t = msg.term.0;
+        let f = msg.from.0;
+        let fields = match &msg.body {
             MessageBody::Append {
                 prev_log_index,
                 entries,
                 commit_index,
                 ..
-            } => (
-                msg.term.0,
-                prev_log_index.0,
-                entries.len() as u64,
-                commit_index.0,
-            ),
+            } => [f, t, prev_log_index.0, entries.len() as u64, commit_index.0],
             MessageBody::AppendResponse {
                 success,
                 match_index,
                 reject_index,
                 ..
-            } => (msg.term.0, *success as u64, match_index.0, reject_index.0),
+            } => [f, t, *success as u64, match_index.0, reject_index.0],
             MessageBody::Vote {
                 last_log_index,
                 last_log_term,
                 ..
-            } => (msg.term.0, last_log_index.0, last_log_term.0, 0),
-            MessageBody::VoteResponse { granted, .. } => (msg.term.0, *granted as u64, 0, 0),
-            MessageBody::Heartbeat { commit_index } => (msg.term.0, commit_index.0, 0, 0),
-            _ => (msg.term.0, 0, 0, 0),
+            } => [f, t, last_log_index.0, last_log_term.0, 0],
+            MessageBody::VoteResponse { granted, .. } => [f, t, *granted as u64, 0, 0],
+            MessageBody::Heartbeat { commit_index } => [f, t, commit_index.0, 0, 0],
+            _ => [f, t, 0, 0, 0],
         };
-        let what = msg.body.kind_name();
-        self.ev(what, i as u64 + 1, msg.from.0, a, b, c * 1000 + d);
+        self.ev5(msg.body.kind_name(), i as u64 + 1, fields);
         let node = self.slots[i].raft.as_mut().unwrap();
         // Storage errors are expected while writes fail; the core stays consistent.
         let _ = node.step(msg);
@@ -751,179 +791,6 @@ impl World {
             self.slots[i].raft.as_mut().unwrap().log_mut().fail_writes = false;
         }
         self.ev("faults-stop", 0, 0, 0, 0, 0);
-        Ok(())
-    }
-
-    // ----- Checks --------------------------------------------------------------------
-
-    /// Safety invariants, after every step.
-    fn check(&mut self) -> Check {
-        let durable_checked = self.committed.len();
-        for i in 0..self.slots.len() {
-            let Some(node) = self.slots[i].raft.as_mut() else {
-                continue;
-            };
-            let id = node.id();
-            // Log matching: (index, term) names one entry with one predecessor term.
-            for (e, prev_term) in node.log_mut().appended.drain(..) {
-                let key = (e.index.0, e.term.0);
-                let value = (entry_hash(&e), prev_term);
-                match self.registry.get(&key) {
-                    Some(v) if *v != value => {
-                        return Err(format!(
-                            "log matching: {id} has entry ({}, {}) differing from another node's",
-                            e.index, e.term
-                        ))
-                    }
-                    Some(_) => {}
-                    None => {
-                        self.registry.insert(key, value);
-                    }
-                }
-            }
-            // Election safety.
-            if node.role() == Role::Leader {
-                let term = node.term();
-                if let Some(other) = self.leaders.insert(term, id) {
-                    if other != id {
-                        return Err(format!("two leaders in term {term}: {other} and {id}"));
-                    }
-                } else {
-                    self.stats.elections += 1;
-                }
-                // Leader completeness, once per leader and term.
-                let slot = &mut self.slots[i];
-                if slot.leader_term_checked != term {
-                    slot.leader_term_checked = term;
-                    let node = slot.raft.as_ref().unwrap();
-                    // Raft §5.4: an entry committed in term t is in the log of every
-                    // leader of a term above t.
-                    let newest = self.committed.iter().rposition(|c| c.2 < term);
-                    if let Some(pos) = newest {
-                        let (t, h, _) = self.committed[pos];
-                        let has = node.log().term_at(LogIndex(pos as u64 + 1)) == Some(t)
-                            && entry_hash(&node.log().all()[pos]) == h;
-                        if !has {
-                            return Err(format!(
-                                "leader completeness: {id} leads term {term} without committed entry {}",
-                                pos + 1
-                            ));
-                        }
-                    }
-                }
-            }
-            // Commit never decreases; committed entries never change.
-            let slot = &mut self.slots[i];
-            let node = slot.raft.as_ref().unwrap();
-            let commit = node.commit_index();
-            if commit < slot.commit_seen {
-                return Err(format!(
-                    "{id}: commit went back from {} to {commit}",
-                    slot.commit_seen
-                ));
-            }
-            slot.commit_seen = commit;
-            while slot.commit_checked < commit {
-                let idx = slot.commit_checked.next();
-                let e = &node.log().all()[idx.0 as usize - 1];
-                let value = (e.term, entry_hash(e));
-                let pos = idx.0 as usize - 1;
-                if pos < self.committed.len() {
-                    if (self.committed[pos].0, self.committed[pos].1) != value {
-                        return Err(format!(
-                            "committed entry {idx} changed: {id} commits term {} where term {} was committed",
-                            e.term, self.committed[pos].0
-                        ));
-                    }
-                } else {
-                    assert_eq!(pos, self.committed.len());
-                    self.committed.push((value.0, value.1, node.term()));
-                }
-                slot.commit_checked = idx;
-            }
-        }
-        // A newly committed entry is durable on a quorum (a damaged node, which
-        // cannot vote until repaired, counts as holding what it acknowledged).
-        if self.committed.len() > durable_checked {
-            let c = self.committed.len();
-            let t = self.committed[c - 1].0;
-            let idx = LogIndex(c as u64);
-            let holders = self
-                .slots
-                .iter()
-                .filter(|s| {
-                    s.damaged
-                        || match &s.raft {
-                            Some(node) => node.log().durable_term_at(idx) == Some(t),
-                            None => s.stopped_log.get(c - 1).is_some_and(|e| e.term == t),
-                        }
-                })
-                .count();
-            let quorum = self.slots.len() / 2 + 1;
-            if holders < quorum {
-                return Err(format!(
-                    "entry {c} (term {t}) committed while durable on only {holders} nodes"
-                ));
-            }
-        }
-        // A committed entry stays in some log (live, or durable on a stopped node).
-        if let Some(&(t, _, _)) = self.committed.last() {
-            let c = self.committed.len();
-            let held = self.slots.iter().any(|s| match &s.raft {
-                Some(node) => node.log().term_at(LogIndex(c as u64)) == Some(t),
-                None => s.stopped_log.get(c - 1).is_some_and(|e| e.term == t),
-            });
-            if !held {
-                return Err(format!(
-                    "committed entry {c} (term {t}) vanished from every log"
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    fn converged(&self) -> bool {
-        let nodes: Vec<&RawNode<SimLog>> =
-            self.slots.iter().filter_map(|s| s.raft.as_ref()).collect();
-        if nodes.len() != self.slots.len() {
-            return false;
-        }
-        let leaders: Vec<&&RawNode<SimLog>> =
-            nodes.iter().filter(|n| n.role() == Role::Leader).collect();
-        let [leader] = leaders[..] else { return false };
-        let last = leader.log().last_index();
-        let term = leader.term();
-        leader.commit_index() == last
-            && nodes.iter().all(|n| {
-                n.term() == term
-                    && n.leader() == Some(leader.id())
-                    && n.commit_index() == last
-                    && n.log().last_index() == last
-                    && n.log().term_at(last) == leader.log().term_at(last)
-            })
-    }
-
-    /// Every proposal reported committed is in the final log exactly once.
-    fn final_check(&mut self) -> Check {
-        self.check()?;
-        let node = self.slots[0].raft.as_ref().unwrap();
-        let commit = node.commit_index().0 as usize;
-        let mut seen = BTreeSet::new();
-        for e in &node.log().all()[..commit] {
-            if e.kind != EntryKind::Command {
-                continue;
-            }
-            let id = body_id(&e.body).expect("command body");
-            if !seen.insert(id) {
-                return Err(format!("proposal {id} committed twice"));
-            }
-        }
-        if let Some(missing) = self.committed_ids.iter().find(|id| !seen.contains(id)) {
-            return Err(format!(
-                "proposal {missing} was reported committed but is not in the final log"
-            ));
-        }
-        self.stats.committed = seen.len() as u64;
         Ok(())
     }
 }

@@ -1,0 +1,236 @@
+//! The invariants checked after every step, the liveness condition and the final
+//! check of client proposals.
+
+use std::collections::BTreeSet;
+
+use raftmq_broker::raft::{EntryKind, LogIndex, RaftLog, RawNode, Role, Term};
+
+use super::disk::SimLog;
+use super::{body_id, entry_hash, Check, World};
+
+impl World {
+    /// Safety invariants, after every step.
+    pub(super) fn check(&mut self) -> Check {
+        let durable_checked = self.committed.len();
+        for i in 0..self.slots.len() {
+            let Some(node) = self.slots[i].raft.as_mut() else {
+                continue;
+            };
+            let id = node.id();
+            // Log matching: (index, term) names one entry with one predecessor term.
+            for (e, prev_term) in node.log_mut().appended.drain(..) {
+                let key = (e.index.0, e.term.0);
+                let value = (entry_hash(&e), prev_term);
+                match self.registry.get(&key) {
+                    Some(v) if *v != value => {
+                        return Err(format!(
+                            "log matching: {id} has entry ({}, {}) differing from another node's",
+                            e.index, e.term
+                        ))
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.registry.insert(key, value);
+                    }
+                }
+            }
+            // Election safety.
+            if node.role() == Role::Leader {
+                let term = node.term();
+                if let Some(other) = self.leaders.insert(term, id) {
+                    if other != id {
+                        return Err(format!("two leaders in term {term}: {other} and {id}"));
+                    }
+                } else {
+                    self.stats.elections += 1;
+                }
+                // Leader completeness, once per leader and term.
+                let slot = &mut self.slots[i];
+                if slot.leader_term_checked != term {
+                    slot.leader_term_checked = term;
+                    let node = slot.raft.as_ref().unwrap();
+                    // Raft §5.4: an entry committed in term t is in the log of every
+                    // leader of a term above t.
+                    let newest = self.committed.iter().rposition(|c| c.2 < term);
+                    if let Some(pos) = newest {
+                        let (t, h, _) = self.committed[pos];
+                        let has = node.log().term_at(LogIndex(pos as u64 + 1)) == Some(t)
+                            && entry_hash(&node.log().all()[pos]) == h;
+                        if !has {
+                            return Err(format!(
+                                "leader completeness: {id} leads term {term} without committed entry {}",
+                                pos + 1
+                            ));
+                        }
+                    }
+                }
+            }
+            // Commit never decreases; committed entries never change.
+            let slot = &mut self.slots[i];
+            let node = slot.raft.as_ref().unwrap();
+            let commit = node.commit_index();
+            if commit < slot.commit_seen {
+                return Err(format!(
+                    "{id}: commit went back from {} to {commit}",
+                    slot.commit_seen
+                ));
+            }
+            slot.commit_seen = commit;
+            while slot.commit_checked < commit {
+                let idx = slot.commit_checked.next();
+                let e = &node.log().all()[idx.0 as usize - 1];
+                let value = (e.term, entry_hash(e));
+                let pos = idx.0 as usize - 1;
+                if pos < self.committed.len() {
+                    if (self.committed[pos].0, self.committed[pos].1) != value {
+                        return Err(format!(
+                            "committed entry {idx} changed: {id} commits term {} where term {} was committed",
+                            e.term, self.committed[pos].0
+                        ));
+                    }
+                } else {
+                    assert_eq!(pos, self.committed.len());
+                    self.committed.push((value.0, value.1, node.term()));
+                }
+                slot.commit_checked = idx;
+            }
+        }
+        // A newly committed entry is durable on a quorum (a damaged node, which
+        // cannot vote until repaired, counts as holding what it acknowledged).
+        if self.committed.len() > durable_checked {
+            let c = self.committed.len();
+            let t = self.committed[c - 1].0;
+            let idx = LogIndex(c as u64);
+            let holders = self
+                .slots
+                .iter()
+                .filter(|s| {
+                    s.damaged
+                        || match &s.raft {
+                            Some(node) => node.log().durable_term_at(idx) == Some(t),
+                            None => s.stopped_log.get(c - 1).is_some_and(|e| e.term == t),
+                        }
+                })
+                .count();
+            let quorum = self.slots.len() / 2 + 1;
+            if holders < quorum {
+                return Err(format!(
+                    "entry {c} (term {t}) committed while durable on only {holders} nodes"
+                ));
+            }
+        }
+        // A committed entry stays in some log (live, or durable on a stopped node).
+        if let Some(&(t, _, _)) = self.committed.last() {
+            let c = self.committed.len();
+            let held = self.slots.iter().any(|s| match &s.raft {
+                Some(node) => node.log().term_at(LogIndex(c as u64)) == Some(t),
+                None => s.stopped_log.get(c - 1).is_some_and(|e| e.term == t),
+            });
+            if !held {
+                return Err(format!(
+                    "committed entry {c} (term {t}) vanished from every log"
+                ));
+            }
+        }
+        self.check_no_electable_node_lacks_commit()
+    }
+
+    /// Leader completeness as a state invariant: no node lacking the newest committed
+    /// entry may be at least as up to date as a quorum of (undamaged) voters, judged
+    /// on the voters' synced logs (what they would hold after a crash).
+    fn check_no_electable_node_lacks_commit(&self) -> Check {
+        let Some(&(t, _, _)) = self.committed.last() else {
+            return Ok(());
+        };
+        let c = LogIndex(self.committed.len() as u64);
+        let quorum = self.slots.len() / 2 + 1;
+        let voter_last = |s: &super::Slot| match &s.raft {
+            Some(node) => node.log().durable_last(),
+            None => s
+                .stopped_log
+                .last()
+                .map_or((Term(0), LogIndex(0)), |e| (e.term, e.index)),
+        };
+        for (x, sx) in self.slots.iter().enumerate() {
+            if sx.damaged {
+                continue;
+            }
+            let (has, x_last) = match &sx.raft {
+                Some(node) => {
+                    let last = node.log().last_index();
+                    (
+                        node.log().term_at(c) == Some(t),
+                        (node.log().term_at(last).unwrap(), last),
+                    )
+                }
+                None => (
+                    sx.stopped_log
+                        .get(c.0 as usize - 1)
+                        .is_some_and(|e| e.term == t),
+                    voter_last(sx),
+                ),
+            };
+            if has {
+                continue;
+            }
+            let grants = self
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(y, sy)| *y == x || (!sy.damaged && x_last >= voter_last(sy)))
+                .count();
+            if grants >= quorum {
+                return Err(format!(
+                    "n{} lacks committed entry {c} (term {t}) yet {grants} nodes would elect it",
+                    x + 1
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn converged(&self) -> bool {
+        let nodes: Vec<&RawNode<SimLog>> =
+            self.slots.iter().filter_map(|s| s.raft.as_ref()).collect();
+        if nodes.len() != self.slots.len() {
+            return false;
+        }
+        let leaders: Vec<&&RawNode<SimLog>> =
+            nodes.iter().filter(|n| n.role() == Role::Leader).collect();
+        let [leader] = leaders[..] else { return false };
+        let last = leader.log().last_index();
+        let term = leader.term();
+        leader.commit_index() == last
+            && nodes.iter().all(|n| {
+                n.term() == term
+                    && n.leader() == Some(leader.id())
+                    && n.commit_index() == last
+                    && n.log().last_index() == last
+                    && n.log().term_at(last) == leader.log().term_at(last)
+            })
+    }
+
+    /// Every proposal reported committed is in the final log exactly once.
+    pub(super) fn final_check(&mut self) -> Check {
+        self.check()?;
+        let node = self.slots[0].raft.as_ref().unwrap();
+        let commit = node.commit_index().0 as usize;
+        let mut seen = BTreeSet::new();
+        for e in &node.log().all()[..commit] {
+            if e.kind != EntryKind::Command {
+                continue;
+            }
+            let id = body_id(&e.body).expect("command body");
+            if !seen.insert(id) {
+                return Err(format!("proposal {id} committed twice"));
+            }
+        }
+        if let Some(missing) = self.committed_ids.iter().find(|id| !seen.contains(id)) {
+            return Err(format!(
+                "proposal {missing} was reported committed but is not in the final log"
+            ));
+        }
+        self.stats.committed = seen.len() as u64;
+        Ok(())
+    }
+}

@@ -260,10 +260,22 @@ impl GroupConsumer {
         let answer = self.client.request(Target::Leader, body).await?;
         self.next_heartbeat = Instant::now() + self.heartbeat_interval;
         match answer {
-            response::Body::Heartbeat(h) if h.generation != self.generation => {
-                self.adopt(h.generation, h.assignment).await
+            response::Body::Heartbeat(h) => {
+                // The coordinator hands a queue over only once its previous owner has
+                // released it, so an assignment can grow within one generation too.
+                let mut offered: Vec<u32> = h
+                    .assignment
+                    .iter()
+                    .filter(|tq| tq.topic == self.topic)
+                    .map(|tq| tq.queue)
+                    .collect();
+                offered.sort_unstable();
+                if h.generation != self.generation || offered != self.assignment() {
+                    self.adopt(h.generation, h.assignment).await
+                } else {
+                    Ok(())
+                }
             }
-            response::Body::Heartbeat(_) => Ok(()),
             other => Err(unexpected("heartbeat", &other)),
         }
     }

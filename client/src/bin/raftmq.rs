@@ -147,6 +147,12 @@ enum AcksArg {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    // Like other Unix filters (`raftmq consume ... | head`), end quietly when the
+    // reader of stdout goes away instead of panicking on a broken pipe.
+    // SAFETY: changes a process-wide signal disposition; no memory is involved.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

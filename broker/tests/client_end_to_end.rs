@@ -163,12 +163,15 @@ fn group_config() -> GroupConfig {
     }
 }
 
+/// A member's name, its assignment after a poll, and the (queue, offset)s it read.
+type Observation = (&'static str, Vec<u32>, Vec<(u32, u64)>);
+
 /// Runs a member that polls until `stop`, reporting what it read and its assignment.
 fn spawn_member(
     client: Client,
     name: &'static str,
     stop: tokio::sync::watch::Receiver<bool>,
-    seen: tokio::sync::mpsc::UnboundedSender<(&'static str, Vec<u32>, Vec<(u32, u64)>)>,
+    seen: tokio::sync::mpsc::UnboundedSender<Observation>,
     leave: bool,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -199,13 +202,18 @@ async fn a_group_shares_queues_rebalances_and_commits_every_offset() {
         .build()
         .await
         .unwrap();
+    let mut acks = Vec::new();
     for i in 0..8_000u32 {
-        let _ = producer
-            .send(Message::new("t", format!("m{i}")))
-            .await
-            .unwrap();
+        acks.push(
+            producer
+                .send(Message::new("t", format!("m{i}")))
+                .await
+                .unwrap(),
+        );
     }
-    producer.flush().await;
+    for ack in acks {
+        ack.await.unwrap();
+    }
 
     let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
     let (stop_a, stop_a_rx) = tokio::sync::watch::channel(false);

@@ -1,0 +1,559 @@
+//! The node task: the one owner of the Raft group, its commit log and the state
+//! machine. Connections send it requests over a bounded channel; it drives the pure
+//! Raft core, persists in the order the core requires, replicates through the peer
+//! transport, applies committed entries and answers.
+//!
+//! Persistence follows the core's contract ([`crate::raft::Ready`]):
+//! 1. entries are written into the log by the core itself (a copy into the mapping);
+//! 2. one *persist job* at a time runs on a blocking thread: it syncs the log (group
+//!    commit: everything written so far) and then writes the hard state; the
+//!    acknowledged-index mark is therefore never ahead of the durable log;
+//! 3. when the job is done the node reports `persisted(index, term)` and only then
+//!    sends the messages that depended on it (votes, append acknowledgements, the
+//!    leader's own acknowledgement).
+//!
+//! Readies that arrive while a job runs wait for the next job, which covers all of
+//! them at once: the slower the disk, the bigger the group commit.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use raftmq_proto::pb::{self, ErrorCode};
+use raftmq_store::{CommitLog, EntryKind, LogIndex, SyncJob, Term};
+use tokio::sync::mpsc;
+
+use crate::command;
+use crate::config::{BrokerConfig, Durability};
+use crate::group::Coordinator;
+use crate::hard_state::HardStateFile;
+use crate::raft::{HardState, Message, RawNode, Role};
+use crate::response::Responder;
+use crate::state_machine::{ApplyOutcome, StateMachine};
+use crate::transport::PeerTransport;
+
+mod fetch;
+mod requests;
+
+/// Entries read from the log per apply step.
+const APPLY_CHUNK_ENTRIES: usize = 1024;
+/// Bytes read from the log per apply step.
+const APPLY_CHUNK_BYTES: usize = 8 << 20;
+/// Inputs handled before the node processes a `Ready`.
+const INPUTS_PER_ROUND: usize = 512;
+/// Batches a single fetch response may hold.
+const FETCH_MAX_BATCHES: usize = 4096;
+
+/// A request for the node task.
+pub enum NodeInput {
+    /// A client request (already checked by the connection: sizes, CRCs, names).
+    Client {
+        /// The request body.
+        body: pb::request::Body,
+        /// Where the answer goes.
+        reply: Responder,
+    },
+    /// A message from a peer.
+    Raft(Message),
+}
+
+/// What a proposal waits for.
+enum PendingKind {
+    Produce,
+    CreateTopic,
+    DeleteTopic,
+    InitProducer,
+    CommitOffsets,
+    OffsetReset(Vec<pb::QueueOffset>),
+}
+
+struct Pending {
+    term: Term,
+    kind: PendingKind,
+    reply: Responder,
+    deadline: Instant,
+}
+
+struct FetchWaiter {
+    request: pb::FetchRequest,
+    reply: Responder,
+    deadline: Instant,
+}
+
+/// The result of a persist job, back from the blocking thread.
+struct PersistDone {
+    sync: Option<Result<raftmq_store::SyncDone, raftmq_store::StoreError>>,
+    hard_state_file: HardStateFile,
+    hard_state_result: Result<(), crate::hard_state::HardStateError>,
+    /// What this job made durable, for `persisted`.
+    unsynced: Option<(LogIndex, Term)>,
+    messages: Vec<Message>,
+}
+
+/// Work queued for the next persist job.
+#[derive(Default)]
+struct PersistQueue {
+    hard_state: Option<HardState>,
+    unsynced: Option<(LogIndex, Term)>,
+    messages: Vec<Message>,
+}
+
+impl PersistQueue {
+    fn is_empty(&self) -> bool {
+        self.hard_state.is_none() && self.unsynced.is_none() && self.messages.is_empty()
+    }
+}
+
+/// The node task's state.
+pub struct Node {
+    config: Arc<BrokerConfig>,
+    raft: RawNode<CommitLog>,
+    state: StateMachine,
+    transport: PeerTransport,
+    pending: BTreeMap<LogIndex, Pending>,
+    fetch_waiters: BTreeMap<(u32, u32), Vec<FetchWaiter>>,
+    fetch_deadlines: VecDeque<(Instant, u32, u32)>,
+    hard_state_file: Option<HardStateFile>,
+    last_hard_state: HardState,
+    queued: PersistQueue,
+    persist_tx: mpsc::UnboundedSender<PersistDone>,
+    persist_rx: mpsc::UnboundedReceiver<PersistDone>,
+    storage_failed: bool,
+    groups: Coordinator,
+    started: Instant,
+    /// Index of the first entry of this node's current leadership (its Noop): until
+    /// it is applied the state machine may lag what earlier leaders committed, so
+    /// the leader answers "not ready" instead of stale state.
+    term_start: LogIndex,
+}
+
+impl Node {
+    /// Builds the node around an opened log and hard state.
+    pub fn new(
+        config: Arc<BrokerConfig>,
+        raft: RawNode<CommitLog>,
+        hard_state_file: HardStateFile,
+        hard_state: HardState,
+        transport: PeerTransport,
+    ) -> Node {
+        let (persist_tx, persist_rx) = mpsc::unbounded_channel();
+        Node {
+            config,
+            raft,
+            state: StateMachine::new(),
+            transport,
+            pending: BTreeMap::new(),
+            fetch_waiters: BTreeMap::new(),
+            fetch_deadlines: VecDeque::new(),
+            hard_state_file: Some(hard_state_file),
+            last_hard_state: hard_state,
+            queued: PersistQueue::default(),
+            persist_tx,
+            persist_rx,
+            storage_failed: false,
+            groups: Coordinator::new(),
+            started: Instant::now(),
+            term_start: LogIndex(u64::MAX),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn queue_counts(&self) -> BTreeMap<String, u32> {
+        self.state
+            .topics()
+            .map(|t| (t.name.clone(), t.queues.len() as u32))
+            .collect()
+    }
+
+    /// Runs until `inbox` closes (every connection and the listener are gone), then
+    /// makes everything written durable and returns.
+    pub async fn run(mut self, mut inbox: mpsc::Receiver<NodeInput>) {
+        let mut ticker = tokio::time::interval(Duration::from_millis(self.config.tick_ms));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut async_sync =
+            tokio::time::interval(Duration::from_millis(self.config.async_sync_interval_ms));
+        async_sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let async_mode = self.config.durability == Durability::Async;
+        loop {
+            tokio::select! {
+                input = inbox.recv() => {
+                    let Some(input) = input else { break };
+                    self.handle(input);
+                    for _ in 1..INPUTS_PER_ROUND {
+                        match inbox.try_recv() {
+                            Ok(input) => self.handle(input),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                done = self.persist_rx.recv() => {
+                    let done = done.expect("the node holds a sender");
+                    self.persist_done(done);
+                }
+                _ = ticker.tick() => {
+                    self.raft.tick();
+                    self.expire(Instant::now());
+                    let counts = self.queue_counts();
+                    for (group, member) in self.groups.expire(self.now_ms(), &counts) {
+                        tracing::info!(%group, %member, "member session timed out");
+                    }
+                }
+                _ = async_sync.tick(), if async_mode => {
+                    self.background_sync();
+                }
+            }
+            self.process_ready();
+        }
+        self.shutdown().await;
+    }
+
+    fn handle(&mut self, input: NodeInput) {
+        match input {
+            NodeInput::Raft(_) if self.storage_failed => {}
+            NodeInput::Raft(msg) => {
+                if let Err(e) = self.raft.step(msg) {
+                    tracing::debug!(error = %e, "raft message refused");
+                }
+            }
+            NodeInput::Client { body, reply } => self.handle_client(body, reply),
+        }
+    }
+
+    fn not_leader(&self) -> pb::Error {
+        let leader = self.raft.leader();
+        let address = leader
+            .and_then(|id| self.config.address_of(id))
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        pb::Error {
+            code: ErrorCode::NotLeader as i32,
+            message: match leader {
+                Some(id) => format!("node {} is the leader", id.0),
+                None => "no leader is known yet".to_string(),
+            },
+            leader_address: address,
+            ..pb::Error::default()
+        }
+    }
+
+    /// A leader whose state machine has caught up with everything committed before
+    /// its term.
+    fn leader_ready(&self) -> bool {
+        self.raft.role() == Role::Leader && self.state.applied() >= self.term_start
+    }
+
+    fn process_ready(&mut self) {
+        if !self.raft.has_ready() {
+            return;
+        }
+        let ready = self.raft.ready();
+        if let Some((role, term, leader)) = ready.role_change {
+            tracing::info!(role = role_name(role), term = term.0, leader = ?leader.map(|l| l.0), "raft role changed");
+            if role == Role::Leader {
+                self.term_start = self.raft.log().last_index();
+            } else {
+                // Members rejoin the new leader; their committed offsets are in the log.
+                self.groups.clear();
+                self.term_start = LogIndex(u64::MAX);
+            }
+        }
+        for msg in ready.messages {
+            self.send(msg);
+        }
+        if let Some(hs) = ready.hard_state {
+            self.queued.hard_state = Some(hs);
+        }
+        if let Some(unsynced) = ready.unsynced {
+            self.queued.unsynced = Some(unsynced);
+        }
+        self.queued.messages.extend(ready.persisted_messages);
+        if self.config.durability == Durability::Async {
+            self.persist_async_mode();
+        } else {
+            self.start_persist_job();
+        }
+        if let Some((from, to)) = ready.to_apply {
+            self.apply(from, to);
+        }
+    }
+
+    fn send(&mut self, msg: Message) {
+        if self.storage_failed {
+            return;
+        }
+        if msg.to == self.config.node_id {
+            if let Err(e) = self.raft.step(msg) {
+                tracing::debug!(error = %e, "self message refused");
+            }
+        } else {
+            self.transport.send(msg);
+        }
+    }
+
+    /// Starts a persist job if none runs and something is queued.
+    fn start_persist_job(&mut self) {
+        if self.queued.is_empty() {
+            return;
+        }
+        let Some(mut hard_state_file) = self.hard_state_file.take() else {
+            return; // a job is running; the queue waits for the next one
+        };
+        let queued = std::mem::take(&mut self.queued);
+        let sync_job: Option<SyncJob> = if queued.unsynced.is_some() {
+            self.raft.log_mut().begin_sync()
+        } else {
+            None
+        };
+        let hard_state = queued.hard_state;
+        if let Some(hs) = hard_state {
+            self.last_hard_state = hs;
+        }
+        let tx = self.persist_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let sync = sync_job.map(SyncJob::run);
+            let sync_ok = !matches!(sync, Some(Err(_)));
+            // The hard state goes after the log: the acknowledged mark in it must
+            // never be ahead of what is durable.
+            let hard_state_result = match hard_state {
+                Some(hs) if sync_ok => hard_state_file.store(&hs),
+                _ => Ok(()),
+            };
+            let _ = tx.send(PersistDone {
+                sync,
+                hard_state_file,
+                hard_state_result,
+                unsynced: queued.unsynced,
+                messages: queued.messages,
+            });
+        });
+    }
+
+    fn persist_done(&mut self, done: PersistDone) {
+        self.hard_state_file = Some(done.hard_state_file);
+        let mut failed = false;
+        if let Some(sync) = done.sync {
+            match sync {
+                Ok(sync) => self.raft.log_mut().finish_sync(sync),
+                Err(e) => {
+                    tracing::error!(error = %e, "log sync failed");
+                    failed = true;
+                }
+            }
+        }
+        if let Err(e) = done.hard_state_result {
+            tracing::error!(error = %e, "hard state write failed");
+            failed = true;
+        }
+        if failed {
+            self.storage_failure();
+            return;
+        }
+        for msg in done.messages {
+            self.send(msg);
+        }
+        if let Some((index, term)) = done.unsynced {
+            let synced = self.raft.log().synced_index();
+            // A truncation meanwhile lowers what the job covered; the core ignores an
+            // (index, term) pair that no longer matches its log.
+            self.raft.persisted(index.min(synced), term);
+        }
+        self.start_persist_job();
+        self.process_ready();
+    }
+
+    /// In `async` durability the log counts as persisted once written; only term and
+    /// vote changes are synced before the messages that depend on them.
+    fn persist_async_mode(&mut self) {
+        let queued = std::mem::take(&mut self.queued);
+        if let Some(mut hs) = queued.hard_state {
+            // The acknowledged mark may only name what is on disk.
+            hs.acked_index = hs.acked_index.min(self.raft.log().synced_index());
+            let changed =
+                hs.term != self.last_hard_state.term || hs.vote != self.last_hard_state.vote;
+            if changed {
+                if let Some(file) = self.hard_state_file.as_mut() {
+                    if let Err(e) = file.store(&hs) {
+                        tracing::error!(error = %e, "hard state write failed");
+                        self.storage_failure();
+                        return;
+                    }
+                }
+                self.last_hard_state = hs;
+            }
+        }
+        for msg in queued.messages {
+            self.send(msg);
+        }
+        if let Some((index, term)) = queued.unsynced {
+            self.raft.persisted(index, term);
+        }
+    }
+
+    fn background_sync(&mut self) {
+        if let Err(e) = self.raft.log_mut().sync() {
+            tracing::error!(error = %e, "periodic log sync failed");
+            self.storage_failure();
+        }
+    }
+
+    /// The log cannot be written: the node isolates itself (drops all Raft traffic, so a
+    /// leader loses its quorum and steps down through check-quorum, and the others
+    /// elect a new leader) and refuses writes. Acknowledged data is on the other
+    /// replicas; the node rejoins when restarted on a repaired disk.
+    fn storage_failure(&mut self) {
+        if !self.storage_failed {
+            tracing::error!("storage failed: this node stops accepting writes");
+        }
+        self.storage_failed = true;
+    }
+
+    fn apply(&mut self, from: LogIndex, to: LogIndex) {
+        let mut next = from;
+        let mut touched: Vec<(u32, u32)> = Vec::new();
+        while next <= to {
+            let want = (to.0 - next.0 + 1) as usize;
+            let entries = match self.raft.log().entries(
+                next,
+                want.min(APPLY_CHUNK_ENTRIES),
+                APPLY_CHUNK_BYTES,
+            ) {
+                Ok(entries) => entries,
+                Err(e) => {
+                    // Committed entries are in the log by construction; failing to read
+                    // them means the disk is failing under us.
+                    tracing::error!(index = next.0, error = %e, "cannot read committed entries");
+                    self.storage_failure();
+                    return;
+                }
+            };
+            assert!(!entries.is_empty(), "committed entries exist");
+            for entry in entries {
+                if entry.index > to {
+                    break;
+                }
+                if entry.index <= self.state.applied() {
+                    next = entry.index.next();
+                    continue;
+                }
+                let outcome = self.state.apply(&entry);
+                if entry.kind == EntryKind::Messages {
+                    if let ApplyOutcome::Produced { .. } = outcome {
+                        if let Ok(m) = command::decode_messages(&entry.body) {
+                            if !touched.contains(&(m.topic_id, m.queue)) {
+                                touched.push((m.topic_id, m.queue));
+                            }
+                        }
+                    }
+                }
+                self.answer(entry.index, entry.term, outcome);
+                next = entry.index.next();
+            }
+        }
+        self.raft.applied(to);
+        for (topic_id, queue) in touched {
+            self.wake_fetchers(topic_id, queue);
+        }
+    }
+
+    fn answer(&mut self, index: LogIndex, term: Term, outcome: ApplyOutcome) {
+        // Proposals below this index that are still waiting were replaced by another
+        // leader's entries; their entries were never committed.
+        while let Some(entry) = self.pending.first_entry() {
+            if *entry.key() >= index {
+                break;
+            }
+            let pending = entry.remove();
+            pending.reply.error(self.not_leader());
+        }
+        let Some(pending) = self.pending.remove(&index) else {
+            return;
+        };
+        if pending.term != term {
+            return pending.reply.error(self.not_leader());
+        }
+        use pb::response::Body as R;
+        let reply = pending.reply;
+        match (pending.kind, outcome) {
+            (_, ApplyOutcome::Rejected(code, message)) => {
+                reply.error(pb::Error::new(code, message))
+            }
+            (PendingKind::Produce, ApplyOutcome::Produced { base_offset, count }) => {
+                reply.ok(R::Produce(pb::ProduceResponse { base_offset, count }))
+            }
+            (PendingKind::Produce, ApplyOutcome::Duplicate { base_offset, count }) => reply
+                .error_with_body(
+                    pb::Error::new(
+                        ErrorCode::DuplicateSequence,
+                        "batch already stored (idempotent retry)",
+                    ),
+                    R::Produce(pb::ProduceResponse {
+                        base_offset: base_offset.unwrap_or(u64::MAX),
+                        count,
+                    }),
+                ),
+            (PendingKind::CreateTopic, ApplyOutcome::TopicCreated) => {
+                reply.ok(R::CreateTopic(pb::CreateTopicResponse {}))
+            }
+            (PendingKind::DeleteTopic, ApplyOutcome::TopicDeleted) => {
+                reply.ok(R::DeleteTopic(pb::DeleteTopicResponse {}))
+            }
+            (PendingKind::InitProducer, ApplyOutcome::ProducerId(id)) => {
+                reply.ok(R::InitProducer(pb::InitProducerResponse {
+                    producer_id: id,
+                    producer_epoch: 0,
+                }))
+            }
+            (PendingKind::CommitOffsets, ApplyOutcome::OffsetsCommitted) => {
+                reply.ok(R::OffsetCommit(pb::OffsetCommitResponse {}))
+            }
+            (PendingKind::OffsetReset(offsets), ApplyOutcome::OffsetsCommitted) => {
+                reply.ok(R::OffsetReset(pb::OffsetResetResponse { offsets }))
+            }
+            (_, other) => {
+                tracing::error!(?other, index = index.0, "unexpected apply outcome");
+                reply.error(pb::Error::new(
+                    ErrorCode::InvalidRequest,
+                    "unexpected outcome",
+                ))
+            }
+        }
+    }
+
+    async fn shutdown(mut self) {
+        // Let a running persist job finish, then sync whatever is left.
+        if self.hard_state_file.is_none() {
+            if let Some(done) = self.persist_rx.recv().await {
+                self.hard_state_file = Some(done.hard_state_file);
+                if let Some(Ok(sync)) = done.sync {
+                    self.raft.log_mut().finish_sync(sync);
+                }
+            }
+        }
+        if let Err(e) = self.raft.log_mut().sync() {
+            tracing::error!(error = %e, "final sync failed");
+        }
+        for (_, pending) in std::mem::take(&mut self.pending) {
+            pending.reply.error(pb::Error::new(
+                ErrorCode::ShuttingDown,
+                "broker is shutting down",
+            ));
+        }
+        tracing::info!(
+            last_index = self.raft.log().last_index().0,
+            "node stopped, log synced"
+        );
+    }
+}
+
+/// The role as `cluster status` shows it.
+pub fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Leader => "leader",
+        Role::Follower => "follower",
+        Role::Candidate => "candidate",
+        Role::PreCandidate => "pre-candidate",
+    }
+}

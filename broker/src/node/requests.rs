@@ -1,0 +1,504 @@
+//! Client requests: topics, produce, metadata, offsets and consumer groups.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use raftmq_proto::pb::{self, ErrorCode};
+use raftmq_store::EntryKind;
+
+use super::{role_name, Node, Pending, PendingKind};
+use crate::command::{self, Command, CommittedOffset};
+use crate::group::{GroupError, Strategy, TopicQueue};
+use crate::raft::{ProposeError, Role};
+use crate::response::Responder;
+use crate::state_machine::QueueState;
+
+impl Node {
+    pub(super) fn handle_client(&mut self, body: pb::request::Body, reply: Responder) {
+        use pb::request::Body as B;
+        if self.raft.role() == Role::Leader
+            && !self.leader_ready()
+            && !matches!(body, B::ClusterStatus(_))
+        {
+            let mut e = self.not_leader();
+            e.message = "the new leader is applying earlier entries; retry shortly".into();
+            return reply.error(e);
+        }
+        match body {
+            B::Produce(req) => self.produce(req, reply),
+            B::Fetch(req) => self.fetch(req, reply),
+            B::CreateTopic(req) => {
+                if self.state.topic(&req.name).is_some() {
+                    return reply.error(pb::Error::new(
+                        ErrorCode::TopicExists,
+                        format!("topic {:?} exists", req.name),
+                    ));
+                }
+                if req.queues == 0 || req.queues > 4096 {
+                    return reply.error(pb::Error::new(
+                        ErrorCode::InvalidRequest,
+                        "a topic has 1 to 4096 queues",
+                    ));
+                }
+                let command = Command::CreateTopic {
+                    name: req.name,
+                    queues: req.queues,
+                };
+                self.propose_command(command, PendingKind::CreateTopic, reply);
+            }
+            B::DeleteTopic(req) => {
+                if self.state.topic(&req.name).is_none() {
+                    return reply.error(unknown_topic(&req.name));
+                }
+                let command = Command::DeleteTopic { name: req.name };
+                self.propose_command(command, PendingKind::DeleteTopic, reply);
+            }
+            B::InitProducer(_) => {
+                self.propose_command(Command::InitProducer, PendingKind::InitProducer, reply);
+            }
+            B::Metadata(req) => reply.ok(pb::response::Body::Metadata(self.metadata(&req))),
+            B::ListOffsets(req) => self.list_offsets(req, reply),
+            B::ClusterStatus(_) => {
+                reply.ok(pb::response::Body::ClusterStatus(self.cluster_status()))
+            }
+            B::TransferLeader(req) => {
+                if self.raft.role() != Role::Leader {
+                    return reply.error(self.not_leader());
+                }
+                match self
+                    .raft
+                    .transfer_leadership(crate::raft::NodeId(req.to_node_id))
+                {
+                    Ok(()) => reply.ok(pb::response::Body::TransferLeader(
+                        pb::TransferLeaderResponse {},
+                    )),
+                    Err(e) => reply.error(pb::Error::new(ErrorCode::InvalidRequest, e.to_string())),
+                }
+            }
+            B::OffsetCommit(req) => self.offset_commit(req, reply),
+            B::OffsetFetch(req) => {
+                let stored = self.state.group_offsets(&req.group);
+                let offsets = stored
+                    .into_iter()
+                    .flat_map(|m| m.iter())
+                    .filter(|((topic, queue), _)| {
+                        req.queues.is_empty()
+                            || req
+                                .queues
+                                .iter()
+                                .any(|q| &q.topic == topic && q.queue == *queue)
+                    })
+                    .map(|((topic, queue), offset)| pb::QueueOffset {
+                        topic: topic.clone(),
+                        queue: *queue,
+                        offset: *offset,
+                    })
+                    .collect();
+                reply.ok(pb::response::Body::OffsetFetch(pb::OffsetFetchResponse {
+                    offsets,
+                }))
+            }
+            B::ListGroups(_) => {
+                let mut groups: Vec<String> = self.state.groups().cloned().collect();
+                groups.extend(self.groups.group_names().cloned());
+                groups.sort();
+                groups.dedup();
+                reply.ok(pb::response::Body::ListGroups(pb::ListGroupsResponse {
+                    groups,
+                }))
+            }
+            B::JoinGroup(req) => {
+                if self.raft.role() != Role::Leader {
+                    return reply.error(self.not_leader());
+                }
+                let strategy = match pb::AssignmentStrategy::try_from(req.strategy) {
+                    Ok(pb::AssignmentStrategy::Range) => Strategy::Range,
+                    Ok(pb::AssignmentStrategy::RoundRobin) => Strategy::RoundRobin,
+                    Ok(pb::AssignmentStrategy::Sticky) => Strategy::Sticky,
+                    Err(_) => {
+                        return reply.error(pb::Error::new(
+                            ErrorCode::InvalidRequest,
+                            "unknown strategy",
+                        ))
+                    }
+                };
+                if let Some(missing) = req.topics.iter().find(|t| self.state.topic(t).is_none()) {
+                    return reply.error(unknown_topic(missing));
+                }
+                let counts = self.queue_counts();
+                let now = self.now_ms();
+                match self.groups.join(
+                    &req.group,
+                    &req.member_id,
+                    &req.client_id,
+                    &req.topics,
+                    u64::from(req.session_timeout_ms),
+                    strategy,
+                    &counts,
+                    now,
+                ) {
+                    Ok(view) => {
+                        tracing::info!(group = %req.group, member = %view.member_id, generation = view.generation, "member joined");
+                        reply.ok(pb::response::Body::JoinGroup(pb::JoinGroupResponse {
+                            member_id: view.member_id,
+                            generation: view.generation,
+                            assignment: to_pb_queues(&view.assignment),
+                            heartbeat_interval_ms: view.heartbeat_interval_ms as u32,
+                        }))
+                    }
+                    Err(e) => reply.error(group_error(e)),
+                }
+            }
+            B::Heartbeat(req) => {
+                if self.raft.role() != Role::Leader {
+                    return reply.error(self.not_leader());
+                }
+                let now = self.now_ms();
+                match self
+                    .groups
+                    .heartbeat(&req.group, &req.member_id, req.generation, now)
+                {
+                    Ok(view) => reply.ok(pb::response::Body::Heartbeat(pb::HeartbeatResponse {
+                        generation: view.generation,
+                        assignment: to_pb_queues(&view.assignment),
+                    })),
+                    Err(e) => reply.error(group_error(e)),
+                }
+            }
+            B::LeaveGroup(req) => {
+                if self.raft.role() != Role::Leader {
+                    return reply.error(self.not_leader());
+                }
+                let counts = self.queue_counts();
+                match self.groups.leave(&req.group, &req.member_id, &counts) {
+                    Ok(()) => {
+                        tracing::info!(group = %req.group, member = %req.member_id, "member left");
+                        reply.ok(pb::response::Body::LeaveGroup(pb::LeaveGroupResponse {}))
+                    }
+                    Err(e) => reply.error(group_error(e)),
+                }
+            }
+            B::DescribeGroup(req) => self.describe_group(req, reply),
+            B::OffsetReset(req) => self.offset_reset(req, reply),
+            B::Raft(_) => unreachable!("connections route raft messages as NodeInput::Raft"),
+        }
+    }
+
+    pub(super) fn propose(
+        &mut self,
+        kind: EntryKind,
+        body: Bytes,
+        pending: PendingKind,
+        reply: Responder,
+    ) {
+        if self.storage_failed {
+            return reply.error(pb::Error::new(
+                ErrorCode::StorageError,
+                "this broker cannot write its log",
+            ));
+        }
+        match self.raft.propose(kind, body) {
+            Ok((index, term)) => {
+                let deadline =
+                    Instant::now() + Duration::from_millis(self.config.request_timeout_ms);
+                self.pending.insert(
+                    index,
+                    Pending {
+                        term,
+                        kind: pending,
+                        reply,
+                        deadline,
+                    },
+                );
+            }
+            Err(ProposeError::NotLeader { .. }) => reply.error(self.not_leader()),
+            Err(ProposeError::Busy) => reply.error(pb::Error::new(
+                ErrorCode::Busy,
+                "too many proposals in flight, retry shortly",
+            )),
+            Err(e @ ProposeError::Storage(_)) => {
+                tracing::error!(error = %e, "log append failed");
+                reply.error(pb::Error::new(ErrorCode::StorageError, e.to_string()))
+            }
+            Err(e) => reply.error(pb::Error::new(ErrorCode::Busy, e.to_string())),
+        }
+    }
+
+    pub(super) fn propose_command(
+        &mut self,
+        command: Command,
+        pending: PendingKind,
+        reply: Responder,
+    ) {
+        if self.raft.role() != Role::Leader {
+            return reply.error(self.not_leader());
+        }
+        self.propose(EntryKind::Command, command.encode(), pending, reply);
+    }
+
+    pub(super) fn produce(&mut self, req: pb::ProduceRequest, reply: Responder) {
+        if self.raft.role() != Role::Leader {
+            return reply.error(self.not_leader());
+        }
+        let Some(topic) = self.state.topic(&req.topic) else {
+            return reply.error(unknown_topic(&req.topic));
+        };
+        if req.queue as usize >= topic.queues.len() {
+            return reply.error(invalid_queue(&req.topic, req.queue, topic.queues.len()));
+        }
+        let body = command::encode_messages(topic.id, req.queue, &req.batch);
+        self.propose(EntryKind::Messages, body, PendingKind::Produce, reply);
+    }
+
+    pub(super) fn offset_commit(&mut self, req: pb::OffsetCommitRequest, reply: Responder) {
+        if self.raft.role() != Role::Leader {
+            return reply.error(self.not_leader());
+        }
+        let queues: Vec<TopicQueue> = req
+            .offsets
+            .iter()
+            .map(|o| (o.topic.clone(), o.queue))
+            .collect();
+        if let Err(e) = self
+            .groups
+            .check_owner(&req.group, &req.member_id, req.generation, &queues)
+        {
+            return reply.error(group_error(e));
+        }
+        let offsets = req
+            .offsets
+            .into_iter()
+            .map(|o| CommittedOffset {
+                topic: o.topic,
+                queue: o.queue,
+                offset: o.offset,
+            })
+            .collect();
+        let command = Command::CommitOffsets {
+            group: req.group,
+            offsets,
+        };
+        self.propose_command(command, PendingKind::CommitOffsets, reply);
+    }
+
+    pub(super) fn offset_reset(&mut self, req: pb::OffsetResetRequest, reply: Responder) {
+        if self.raft.role() != Role::Leader {
+            return reply.error(self.not_leader());
+        }
+        if self.groups.has_members(&req.group) {
+            return reply.error(pb::Error::new(
+                ErrorCode::GroupNotEmpty,
+                format!("group {:?} has live members; stop them first", req.group),
+            ));
+        }
+        let Some(topic) = self.state.topic(&req.topic) else {
+            return reply.error(unknown_topic(&req.topic));
+        };
+        let mut offsets = Vec::with_capacity(topic.queues.len());
+        for (queue, state) in topic.queues.iter().enumerate() {
+            let offset = if req.to_offset {
+                req.offset.clamp(state.start_offset, state.next_offset)
+            } else {
+                match pb::OffsetSpec::try_from(req.spec) {
+                    Ok(pb::OffsetSpec::Earliest) => state.start_offset,
+                    Ok(pb::OffsetSpec::Latest) => state.next_offset,
+                    Ok(pb::OffsetSpec::Timestamp) => state.offset_for_timestamp(req.timestamp_ms),
+                    Err(_) => {
+                        return reply.error(pb::Error::new(
+                            ErrorCode::InvalidRequest,
+                            "unknown offset spec",
+                        ))
+                    }
+                }
+            };
+            offsets.push(pb::QueueOffset {
+                topic: req.topic.clone(),
+                queue: queue as u32,
+                offset,
+            });
+        }
+        let command = Command::CommitOffsets {
+            group: req.group,
+            offsets: offsets
+                .iter()
+                .map(|o| CommittedOffset {
+                    topic: o.topic.clone(),
+                    queue: o.queue,
+                    offset: o.offset,
+                })
+                .collect(),
+        };
+        self.propose_command(command, PendingKind::OffsetReset(offsets), reply);
+    }
+
+    pub(super) fn describe_group(&self, req: pb::DescribeGroupRequest, reply: Responder) {
+        let (generation, members) = self.groups.describe(&req.group).unwrap_or_default();
+        let committed = self.state.group_offsets(&req.group);
+        if members.is_empty() && committed.is_none() {
+            return reply.error(pb::Error::new(
+                ErrorCode::UnknownGroup,
+                format!("unknown group {:?}", req.group),
+            ));
+        }
+        let mut queues: BTreeMap<(String, u32), Option<u64>> = BTreeMap::new();
+        for m in &members {
+            for tq in &m.assignment {
+                queues.entry(tq.clone()).or_insert(None);
+            }
+        }
+        for ((topic, queue), offset) in committed.into_iter().flatten() {
+            queues.insert((topic.clone(), *queue), Some(*offset));
+        }
+        let queues = queues
+            .into_iter()
+            .map(|((topic, queue), committed)| {
+                let log_end = self
+                    .state
+                    .topic(&topic)
+                    .and_then(|t| t.queues.get(queue as usize))
+                    .map_or(0, |q| q.next_offset);
+                let from = committed.unwrap_or(0);
+                pb::GroupQueueLag {
+                    topic,
+                    queue,
+                    has_committed: committed.is_some(),
+                    committed: from,
+                    log_end,
+                    lag: log_end.saturating_sub(from),
+                }
+            })
+            .collect();
+        let members = members
+            .into_iter()
+            .map(|m| pb::GroupMember {
+                member_id: m.member_id,
+                client_id: m.client_id,
+                assignment: to_pb_queues(&m.assignment),
+            })
+            .collect();
+        reply.ok(pb::response::Body::DescribeGroup(
+            pb::DescribeGroupResponse {
+                group: req.group,
+                generation,
+                members,
+                queues,
+            },
+        ))
+    }
+
+    pub(super) fn metadata(&self, req: &pb::MetadataRequest) -> pb::MetadataResponse {
+        let topics = self
+            .state
+            .topics()
+            .filter(|t| req.topics.is_empty() || req.topics.contains(&t.name))
+            .map(|t| pb::TopicInfo {
+                name: t.name.clone(),
+                queues: t.queues.len() as u32,
+            })
+            .collect();
+        pb::MetadataResponse {
+            nodes: self.nodes(),
+            leader_id: self.raft.leader().map_or(0, |l| l.0),
+            topics,
+            cluster_id: 0,
+        }
+    }
+
+    pub(super) fn nodes(&self) -> Vec<pb::NodeInfo> {
+        self.config
+            .peers
+            .iter()
+            .map(|(id, addr)| pb::NodeInfo {
+                node_id: id.0,
+                address: addr.to_string(),
+            })
+            .collect()
+    }
+
+    pub(super) fn cluster_status(&self) -> pb::ClusterStatusResponse {
+        let status = self.raft.status();
+        let log = self.raft.log();
+        let last = log.last_index();
+        let peers = status
+            .progress
+            .iter()
+            .map(|p| pb::PeerProgress {
+                node_id: p.id.0,
+                match_index: p.match_index.0,
+                next_index: p.next_index.0,
+                lag: last.0.saturating_sub(p.match_index.0),
+                active: p.recent_active,
+            })
+            .collect();
+        pb::ClusterStatusResponse {
+            node_id: self.config.node_id.0,
+            role: role_name(status.role).to_string(),
+            term: status.term.0,
+            leader_id: status.leader.map_or(0, |l| l.0),
+            first_index: log.first_index().0,
+            last_index: last.0,
+            synced_index: log.synced_index().0,
+            commit_index: status.commit_index.0,
+            applied_index: self.state.applied().0,
+            peers,
+            nodes: self.nodes(),
+        }
+    }
+
+    pub(super) fn queue(&self, topic: &str, queue: u32) -> Result<&QueueState, pb::Error> {
+        let t = self
+            .state
+            .topic(topic)
+            .ok_or_else(|| unknown_topic(topic))?;
+        t.queues
+            .get(queue as usize)
+            .ok_or_else(|| invalid_queue(topic, queue, t.queues.len()))
+    }
+
+    pub(super) fn list_offsets(&self, req: pb::ListOffsetsRequest, reply: Responder) {
+        let queue = match self.queue(&req.topic, req.queue) {
+            Ok(q) => q,
+            Err(e) => return reply.error(e),
+        };
+        let offset = match pb::OffsetSpec::try_from(req.spec) {
+            Ok(pb::OffsetSpec::Earliest) => queue.start_offset,
+            Ok(pb::OffsetSpec::Latest) => queue.next_offset,
+            Ok(pb::OffsetSpec::Timestamp) => queue.offset_for_timestamp(req.timestamp_ms),
+            Err(_) => {
+                return reply.error(pb::Error::new(
+                    ErrorCode::InvalidRequest,
+                    "unknown offset spec",
+                ))
+            }
+        };
+        reply.ok(pb::response::Body::ListOffsets(pb::ListOffsetsResponse {
+            offset,
+        }))
+    }
+}
+
+pub(super) fn to_pb_queues(queues: &[TopicQueue]) -> Vec<pb::TopicQueue> {
+    queues
+        .iter()
+        .map(|(topic, queue)| pb::TopicQueue {
+            topic: topic.clone(),
+            queue: *queue,
+        })
+        .collect()
+}
+
+pub(super) fn group_error(e: GroupError) -> pb::Error {
+    pb::Error::new(e.code, e.message)
+}
+
+pub(super) fn unknown_topic(name: &str) -> pb::Error {
+    pb::Error::new(ErrorCode::UnknownTopic, format!("unknown topic {name:?}"))
+}
+
+pub(super) fn invalid_queue(topic: &str, queue: u32, queues: usize) -> pb::Error {
+    pb::Error::new(
+        ErrorCode::InvalidQueue,
+        format!("topic {topic:?} has {queues} queues, no queue {queue}"),
+    )
+}

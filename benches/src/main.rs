@@ -117,7 +117,9 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
     if args.mode == Mode::Sync {
+        // One message in flight: lingering would only add to every latency.
         args.window = 1;
+        args.linger_ms = 0.0;
         if args.count == 1_000_000 {
             args.count = 5_000;
         }

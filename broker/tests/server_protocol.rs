@@ -294,3 +294,33 @@ async fn acknowledged_data_survives_a_restart() {
     assert_eq!(values[19], (19, "m19".into()));
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn acks_leader_answers_before_offsets_are_known_and_the_batch_still_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path()).await;
+    let mut conn = Conn::connect(&broker).await;
+    create_topic(&mut conn, "t", 1).await;
+    let response = conn
+        .call(Req::Produce(pb::ProduceRequest {
+            topic: "t".into(),
+            queue: 0,
+            acks: pb::Acks::Leader as i32,
+            batch: batch(&["quick", "ack"]),
+        }))
+        .await;
+    match &response.body {
+        Some(Resp::Produce(p)) => {
+            assert_eq!(p.count, 2);
+            assert_eq!(p.base_offset, raftmq_broker::node::UNKNOWN_OFFSET);
+        }
+        other => panic!("{other:?}"),
+    }
+    // The batch commits: a long poll sees it.
+    let fetched = conn.call(fetch("t", 0, 0, 5_000)).await;
+    assert_eq!(
+        values_of(&fetched),
+        vec![(0, "quick".into()), (1, "ack".into())]
+    );
+    broker.stop().await;
+}

@@ -106,7 +106,9 @@ pub enum Acks {
     /// Once a quorum holds the batch (durably, in the default durability mode).
     #[default]
     Quorum,
-    /// Once the leader has appended it to its own log.
+    /// Once the leader has written it to its own log (not replicated, not synced).
+    /// Offsets are assigned when the batch commits, after this answer: the
+    /// [`RecordMetadata::offset`] is then `u64::MAX` (unknown).
     Leader,
 }
 
@@ -660,7 +662,8 @@ impl QueueWorker {
                 for (i, (reply, timestamp_ms)) in batch.waiters.into_iter().enumerate() {
                     let _ = reply.send(Ok(RecordMetadata {
                         queue: self.queue,
-                        offset: r.base_offset + i as u64,
+                        // `acks=leader` answers before offsets exist: u64::MAX stays "unknown".
+                        offset: r.base_offset.saturating_add(i as u64),
                         timestamp_ms,
                     }));
                 }

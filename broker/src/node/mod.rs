@@ -35,6 +35,8 @@ use crate::transport::PeerTransport;
 mod fetch;
 mod requests;
 
+pub use requests::UNKNOWN_OFFSET;
+
 /// Entries read from the log per apply step.
 const APPLY_CHUNK_ENTRIES: usize = 1024;
 /// Bytes read from the log per apply step.
@@ -60,6 +62,11 @@ pub enum NodeInput {
 /// What a proposal waits for.
 enum PendingKind {
     Produce,
+    /// Answered as soon as the leader has written the entry (`acks=leader`); never
+    /// stored as pending.
+    ProduceLeaderAck {
+        count: u32,
+    },
     CreateTopic,
     DeleteTopic,
     InitProducer,

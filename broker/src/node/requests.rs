@@ -14,6 +14,10 @@ use crate::raft::{ProposeError, Role};
 use crate::response::Responder;
 use crate::state_machine::QueueState;
 
+/// `ProduceResponse.base_offset` under `acks=leader`: offsets are assigned when the
+/// batch commits, after the answer.
+pub const UNKNOWN_OFFSET: u64 = u64::MAX;
+
 impl Node {
     pub(super) fn handle_client(&mut self, body: pb::request::Body, reply: Responder) {
         use pb::request::Body as B;
@@ -199,6 +203,17 @@ impl Node {
             ));
         }
         match self.raft.propose(kind, body) {
+            Ok((_, _)) if matches!(pending, PendingKind::ProduceLeaderAck { .. }) => {
+                // acks=leader: the batch is in the leader's log; its offsets are
+                // assigned when it commits, so they are not known yet.
+                let PendingKind::ProduceLeaderAck { count } = pending else {
+                    unreachable!("matched above")
+                };
+                reply.ok(pb::response::Body::Produce(pb::ProduceResponse {
+                    base_offset: UNKNOWN_OFFSET,
+                    count,
+                }));
+            }
             Ok((index, term)) => {
                 let deadline =
                     Instant::now() + Duration::from_millis(self.config.request_timeout_ms);
@@ -248,7 +263,14 @@ impl Node {
             return reply.error(invalid_queue(&req.topic, req.queue, topic.queues.len()));
         }
         let body = command::encode_messages(topic.id, req.queue, &req.batch);
-        self.propose(EntryKind::Messages, body, PendingKind::Produce, reply);
+        let pending = if req.acks == pb::Acks::Leader as i32 {
+            let count =
+                raftmq_proto::batch::BatchHeader::parse(&req.batch).map_or(0, |h| h.record_count);
+            PendingKind::ProduceLeaderAck { count }
+        } else {
+            PendingKind::Produce
+        };
+        self.propose(EntryKind::Messages, body, pending, reply);
     }
 
     pub(super) fn offset_commit(&mut self, req: pb::OffsetCommitRequest, reply: Responder) {

@@ -107,6 +107,7 @@ impl Broker {
             segment_bytes: config.segment_bytes,
             // A batch plus the broker's entry header; commands are far smaller.
             max_entry_bytes: (config.max_batch_bytes + 4096) as u32,
+            verify_on_open: true,
         };
         let (log, report) = CommitLog::open(&config.data_dir.join("log"), log_config)?;
         tracing::info!(%report, "commit log recovered");

@@ -1,8 +1,9 @@
 //! Recovery on open: rebuild the in-memory log from the segment files.
 //!
 //! For each segment, in index order:
-//! 1. Load its `.idx` checkpoint if it is valid and its last entry checks out on disk
-//!    (full CRC); otherwise start from the segment's first byte.
+//! 1. Load its `.idx` checkpoint if it is valid and its entries check out on disk
+//!    (full CRC of every entry with `LogConfig::verify_on_open`, the default; of the
+//!    last one otherwise); otherwise start from the segment's first byte.
 //! 2. Scan every entry after the checkpoint: header, length, CRC, the expected index
 //!    (contiguous) and a non-decreasing term.
 //! 3. At the first bad entry stop: every later byte and segment is discarded.
@@ -281,15 +282,23 @@ fn load_index(dir: &Path, seg: &Segment, config: &LogConfig, prev_term: Term) ->
     let Some(last) = slots.last() else {
         return (slots, true);
     };
-    let last_index = LogIndex(seg.base.0 + slots.len() as u64 - 1);
-    let checks = slots[0].term >= prev_term
-        && entry::check_at(
+    let check = |k: usize, slot: &Slot| {
+        entry::check_at(
             seg.bytes(),
-            last.position as usize,
+            slot.position as usize,
             config.max_entry_bytes,
-            Some(last_index),
+            Some(LogIndex(seg.base.0 + k as u64)),
         )
-        .is_ok_and(|h| h.term == last.term && h.body_len == last.body_len);
+        .is_ok_and(|h| h.term == slot.term && h.body_len == slot.body_len)
+    };
+    let checks = slots[0].term >= prev_term
+        && if config.verify_on_open {
+            // Every entry: a damaged one makes the checkpoint untrusted, and the scan
+            // from the segment's start then stops (and cuts) at the damage.
+            slots.iter().enumerate().all(|(k, slot)| check(k, slot))
+        } else {
+            check(slots.len() - 1, last)
+        };
     if !checks {
         tracing::warn!(segment = %seg.path.display(), "index checkpoint disagrees with the segment");
         return (Vec::new(), false);

@@ -205,6 +205,7 @@ fn invalid_configurations_are_refused() {
     let config = LogConfig {
         segment_bytes: 4096,
         max_entry_bytes: 4096,
+        ..LogConfig::default()
     };
     assert!(matches!(
         CommitLog::open(dir.path(), config),

@@ -17,6 +17,7 @@ fn one_segment() -> LogConfig {
     LogConfig {
         segment_bytes: 64 * 1024,
         max_entry_bytes: 1024,
+        ..LogConfig::default()
     }
 }
 
@@ -212,4 +213,53 @@ fn an_index_checkpoint_behind_its_segment_is_completed_by_scanning() {
     let (log, report) = open(dir.path(), one_segment());
     assert_eq!(report.entries_scanned, 5, "{report}");
     assert_eq!(all(&log), entries(1, 15, 1, 20));
+}
+
+#[test]
+fn a_flipped_bit_in_a_sealed_checkpointed_segment_is_found_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    // Segments of 4 KiB hold 26 entries of 120 bytes: 100 entries fill four of them.
+    let config = LogConfig {
+        segment_bytes: 4096,
+        max_entry_bytes: 1024,
+        ..LogConfig::default()
+    };
+    let (mut log, _) = open(dir.path(), config.clone());
+    let batch = entries(1, 100, 1, 120);
+    log.append(&batch).unwrap();
+    log.checkpoint().unwrap();
+    assert!(log.segment_count() >= 3, "several sealed segments");
+    drop(log);
+    // Damage entry 10, deep inside the first (sealed, checkpointed) segment.
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.path().join(segment_name(1)))
+        .unwrap();
+    let at = (position(10, 120) + 40) as u64;
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, at).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x10], at).unwrap();
+    drop(file);
+    let damaged = snapshot(dir.path());
+
+    // Checking only the last entry of each checkpoint trusts the damaged segment.
+    let quick = LogConfig {
+        verify_on_open: false,
+        ..config.clone()
+    };
+    let (log, report) = open(dir.path(), quick);
+    assert_eq!(report.corruption, None);
+    assert_eq!(log.last_index(), LogIndex(100));
+    drop(log);
+
+    restore(dir.path(), &damaged);
+    let (log, report) = open(dir.path(), config);
+    assert!(
+        report.corruption.is_some(),
+        "reported as corruption: {report}"
+    );
+    assert_eq!(report.cut_at, Some(LogIndex(10)), "{report}");
+    assert_eq!(log.last_index(), LogIndex(9), "exactly the valid prefix");
+    assert_eq!(all(&log), batch[..9].to_vec());
 }

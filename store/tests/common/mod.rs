@@ -13,6 +13,7 @@ pub fn small_config() -> LogConfig {
     LogConfig {
         segment_bytes: 4096,
         max_entry_bytes: 1024,
+        ..LogConfig::default()
     }
 }
 

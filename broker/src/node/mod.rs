@@ -41,6 +41,8 @@ pub use requests::UNKNOWN_OFFSET;
 const APPLY_CHUNK_ENTRIES: usize = 1024;
 /// Bytes read from the log per apply step.
 const APPLY_CHUNK_BYTES: usize = 8 << 20;
+/// Readies handled back to back before the node looks at its inputs again.
+const READY_ROUNDS_MAX: usize = 16;
 /// Inputs handled before the node processes a `Ready`.
 const INPUTS_PER_ROUND: usize = 512;
 /// Batches a single fetch response may hold.
@@ -252,10 +254,19 @@ impl Node {
         self.raft.role() == Role::Leader && self.state.applied() >= self.term_start
     }
 
+    /// Handles readies until the core has nothing more (bounded): handling one can
+    /// produce the next at once (a self-acknowledgement once the log is persisted, in
+    /// `async` durability), which must not wait for the next input or tick.
     fn process_ready(&mut self) {
-        if !self.raft.has_ready() {
-            return;
+        for _ in 0..READY_ROUNDS_MAX {
+            if !self.raft.has_ready() {
+                return;
+            }
+            self.process_one_ready();
         }
+    }
+
+    fn process_one_ready(&mut self) {
         let ready = self.raft.ready();
         if let Some((role, term, leader)) = ready.role_change {
             tracing::info!(role = role_name(role), term = term.0, leader = ?leader.map(|l| l.0), "raft role changed");

@@ -26,7 +26,7 @@ async fn given_partitions_on_three_nodes_no_acknowledged_message_is_lost() {
         cluster: ClusterOptions::default(),
         workload: WorkloadConfig::default(),
         profile: Profile::Network,
-        duration: jepsen::fault_duration(Duration::from_secs(25)),
+        duration: jepsen::fault_duration(Duration::from_secs(20)),
     })
     .await;
 }
@@ -42,7 +42,7 @@ async fn given_bridges_and_rings_on_five_nodes_replicas_stay_identical() {
         },
         workload: WorkloadConfig::default(),
         profile: Profile::Network,
-        duration: jepsen::fault_duration(Duration::from_secs(25)),
+        duration: jepsen::fault_duration(Duration::from_secs(20)),
     })
     .await;
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use raftmq_store::{CommitLog, LogConfig, LogIndex};
 
-use super::workload::Event;
+use super::workload::{Event, Reads};
 
 /// Per node, per queue: the final drain, `(offset, value)` in offset order.
 pub type Drains = BTreeMap<u64, BTreeMap<u32, Vec<(u64, String)>>>;
@@ -69,6 +69,7 @@ impl Report {
 /// converged) and the groups' final committed offsets.
 pub fn check(
     events: &[Event],
+    reads: &Reads,
     drains: &Drains,
     final_commits: &BTreeMap<String, BTreeMap<u32, u64>>,
 ) -> Report {
@@ -177,25 +178,6 @@ pub fn check(
                 r.refused += 1;
                 r.anomaly(format!("refused batch {values:?}: {error}"));
             }
-            Event::Read {
-                node,
-                queue,
-                offset,
-                value,
-            } => {
-                r.reads += 1;
-                match at(*queue, *offset) {
-                    Some(v) if v == value => {}
-                    Some(v) => r.anomaly(format!(
-                        "queue {queue} offset {offset}: read {value} from node {node}, \
-                         but the log holds {v}"
-                    )),
-                    None => r.anomaly(format!(
-                        "queue {queue} offset {offset}: read {value} from node {node}, \
-                         but the log ends before it (a read of data later lost)"
-                    )),
-                }
-            }
             Event::CommitAck {
                 group,
                 queue,
@@ -219,6 +201,29 @@ pub fn check(
                     .or_default()
                     .insert(*offset);
             }
+        }
+    }
+
+    // Every read is in the final log at the offset it was read from: an offset
+    // never holds two values, and nothing read was later lost.
+    r.reads = reads.count as usize;
+    for (queue, offset, first, first_node, other, node) in &reads.conflicts {
+        r.anomaly(format!(
+            "queue {queue} offset {offset}: read {first} from node {first_node} and \
+             {other} from node {node}"
+        ));
+    }
+    for (&(queue, offset), (value, node)) in &reads.values {
+        match at(queue, offset) {
+            Some(v) if v == value => {}
+            Some(v) => r.anomaly(format!(
+                "queue {queue} offset {offset}: read {value} from node {node}, \
+                 but the log holds {v}"
+            )),
+            None => r.anomaly(format!(
+                "queue {queue} offset {offset}: read {value} from node {node}, \
+                 but the log ends before it (a read of data later lost)"
+            )),
         }
     }
 

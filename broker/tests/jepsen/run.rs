@@ -84,7 +84,7 @@ pub async fn run(scenario: Scenario, seed: u64) -> Outcome {
     // A healed cluster takes a moment to elect; let the workload see it working.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let history = workload.stop().await;
-    let (report, _) = finish(name, &mut cluster, &router, &scenario, &history.events()).await;
+    let (report, _) = finish(name, &mut cluster, &router, &scenario, &history).await;
     let outcome = Outcome {
         report,
         faults,
@@ -112,7 +112,7 @@ pub async fn finish(
     cluster: &mut Cluster,
     router: &Router,
     scenario: &Scenario,
-    events: &[workload::Event],
+    history: &workload::History,
 ) -> (Report, u64) {
     let ids = cluster.ids();
     let statuses = match router.wait_converged(&ids, CONVERGE_TIMEOUT).await {
@@ -148,7 +148,7 @@ pub async fn finish(
             .unwrap_or_else(|e| panic!("[{name}] {e}"));
         commits.insert(group, offsets);
     }
-    let mut report = checker::check(events, &drains, &commits);
+    let mut report = checker::check(&history.events(), &history.reads(), &drains, &commits);
 
     cluster.stop_all();
     let dirs: BTreeMap<u64, std::path::PathBuf> = cluster

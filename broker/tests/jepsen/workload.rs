@@ -34,6 +34,8 @@ pub struct WorkloadConfig {
     pub batch_messages_max: u32,
     /// Longest pause between two batches of one producer.
     pub pause_ms_max: u64,
+    /// Bytes of key on every message (padding, to fill a disk quickly).
+    pub key_bytes: usize,
 }
 
 impl Default for WorkloadConfig {
@@ -45,6 +47,7 @@ impl Default for WorkloadConfig {
             consumers: 2,
             batch_messages_max: 4,
             pause_ms_max: 20,
+            key_bytes: 0,
         }
     }
 }
@@ -93,17 +96,6 @@ pub enum Event {
         /// What the broker said.
         error: String,
     },
-    /// A consumer read `value` at `offset` from `node`.
-    Read {
-        /// Node that answered.
-        node: u64,
-        /// Queue.
-        queue: u32,
-        /// Offset.
-        offset: u64,
-        /// Value.
-        value: String,
-    },
     /// A group offset commit, acknowledged.
     CommitAck {
         /// Group.
@@ -124,11 +116,26 @@ pub enum Event {
     },
 }
 
-/// Every event of a run, in the order recorded, with error counts.
+/// Every event of a run, in the order recorded, with error counts. Reads are kept
+/// as one value per (queue, offset) plus every conflicting read, so that a long
+/// soak's memory grows with the log, not with the number of reads.
 #[derive(Debug, Default)]
 pub struct History {
     events: Mutex<Vec<Event>>,
     errors: Mutex<BTreeMap<String, u64>>,
+    reads: Mutex<Reads>,
+}
+
+/// What consumers read.
+#[derive(Debug, Default, Clone)]
+pub struct Reads {
+    /// Messages read (repeats included).
+    pub count: u64,
+    /// The first value read at each (queue, offset), with the node that served it.
+    pub values: BTreeMap<(u32, u64), (String, u64)>,
+    /// Reads that found another value at an offset already read: (queue, offset,
+    /// first value, first node, this value, this node).
+    pub conflicts: Vec<(u32, u64, String, u64, String, u64)>,
 }
 
 impl History {
@@ -151,6 +158,29 @@ impl History {
             .expect("errors lock")
             .entry(kind)
             .or_default() += 1;
+    }
+
+    /// Records that `node` returned `value` at `offset` of `queue`.
+    pub fn record_read(&self, node: u64, queue: u32, offset: u64, value: String) {
+        let mut reads = self.reads.lock().expect("reads lock");
+        reads.count += 1;
+        match reads.values.get(&(queue, offset)) {
+            None => {
+                reads.values.insert((queue, offset), (value, node));
+            }
+            Some((first, first_node)) if *first != value => {
+                let conflict = (queue, offset, first.clone(), *first_node, value, node);
+                if reads.conflicts.len() < 1000 {
+                    reads.conflicts.push(conflict);
+                }
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// A copy of the reads.
+    pub fn reads(&self) -> Reads {
+        self.reads.lock().expect("reads lock").clone()
     }
 
     /// A copy of the events.
@@ -249,10 +279,12 @@ async fn producer(
         let values: Vec<String> = (0..count)
             .map(|i| format!("p{producer}-q{queue}-{}", base + i))
             .collect();
-        let mut builder = BatchBuilder::with_capacity(256);
+        let mut builder = BatchBuilder::with_capacity(256 + config.key_bytes * values.len());
         builder.set_producer(producer, epoch, base);
+        let key = vec![b'k'; config.key_bytes];
         for v in &values {
-            builder.push(None, v.as_bytes(), &[], 1_700_000_000_000);
+            let key = (!key.is_empty()).then_some(&key[..]);
+            builder.push(key, v.as_bytes(), &[], 1_700_000_000_000);
         }
         let batch = builder.finish();
         history.push(Event::Send {
@@ -358,12 +390,7 @@ async fn consumer(
                             continue;
                         }
                         let value = String::from_utf8_lossy(&m.value).into_owned();
-                        history.push(Event::Read {
-                            node,
-                            queue,
-                            offset: m.offset,
-                            value,
-                        });
+                        history.record_read(node, queue, m.offset, value);
                         position[q] = m.offset + 1;
                     }
                 }

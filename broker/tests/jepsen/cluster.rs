@@ -223,6 +223,7 @@ impl Cluster {
                 "RUST_LOG",
                 std::env::var("RAFTMQ_FAULT_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);

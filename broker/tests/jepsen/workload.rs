@@ -183,6 +183,16 @@ impl History {
         self.reads.lock().expect("reads lock").clone()
     }
 
+    /// Acknowledged batches so far.
+    pub fn acks(&self) -> usize {
+        self.events
+            .lock()
+            .expect("history lock")
+            .iter()
+            .filter(|e| matches!(e, Event::Ack { .. }))
+            .count()
+    }
+
     /// A copy of the events.
     pub fn events(&self) -> Vec<Event> {
         self.events.lock().expect("history lock").clone()

@@ -17,8 +17,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest wait for a SIGTERMed broker to exit before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How to build a cluster. `Default`: 3 nodes, fsync, 256 KiB segments (many segment
-/// rolls and index checkpoints in a short run), 64 KiB batches at most.
+/// How to build a cluster. `Default`: 3 nodes, fsync, 64 KiB segments (the smallest
+/// allowed: many segment rolls and index checkpoints in a short run), 32 KiB batches
+/// at most.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
     /// Voters.
@@ -38,8 +39,8 @@ impl Default for ClusterOptions {
     fn default() -> Self {
         ClusterOptions {
             nodes: 3,
-            segment_bytes: 256 * 1024,
-            max_batch_bytes: 64 * 1024,
+            segment_bytes: 64 * 1024,
+            max_batch_bytes: 32 * 1024,
             durability: "fsync",
             data_dirs: BTreeMap::new(),
         }

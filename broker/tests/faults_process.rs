@@ -1,0 +1,46 @@
+//! Process faults on real broker processes: SIGKILL and SIGSTOP/SIGCONT of the
+//! leader or of a random node, restarts, and crashes of the whole cluster at once,
+//! while idempotent producers and consumers run; then the history and every
+//! replica are checked (see `docs/reliability.md`).
+//!
+//! `RAFTMQ_FAULT_SEED` replays a schedule; `RAFTMQ_SOAK_SECS` lengthens the fault
+//! phase of every test here (the mixed test is the soak).
+
+#[path = "jepsen/mod.rs"]
+mod jepsen;
+
+use std::time::Duration;
+
+use jepsen::cluster::ClusterOptions;
+use jepsen::nemesis::Profile;
+use jepsen::run::{run_and_check, Scenario};
+use jepsen::workload::WorkloadConfig;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_leader_kills_and_pauses_no_acknowledged_message_is_lost() {
+    let _serial = jepsen::serial().await;
+    run_and_check(Scenario {
+        name: "process-3",
+        cluster: ClusterOptions::default(),
+        workload: WorkloadConfig::default(),
+        profile: Profile::Process,
+        duration: jepsen::fault_duration(Duration::from_secs(20)),
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_mixed_process_and_network_faults_on_five_nodes_the_history_checks_out() {
+    let _serial = jepsen::serial().await;
+    run_and_check(Scenario {
+        name: "mixed-5",
+        cluster: ClusterOptions {
+            nodes: 5,
+            ..ClusterOptions::default()
+        },
+        workload: WorkloadConfig::default(),
+        profile: Profile::Mixed,
+        duration: jepsen::fault_duration(Duration::from_secs(20)),
+    })
+    .await;
+}

@@ -241,7 +241,6 @@ async fn given_a_damaged_follower_log_it_is_detected_on_start_and_repaired_from_
 /// then declares a storage failure and isolates itself for good instead of being
 /// repaired from its peers. Two such nodes in a 3-node cluster stop it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: damage in a sealed segment isolates the node for good"]
 async fn given_a_bit_flip_in_a_sealed_segment_the_follower_is_repaired_from_peers() {
     let _serial = jepsen::serial().await;
     damaged_follower_logs("disk-sealed", &[Damage::FlipBits], true).await;

@@ -343,5 +343,6 @@ pub fn log_config(segment_bytes: u64, max_batch_bytes: u64) -> LogConfig {
     LogConfig {
         segment_bytes,
         max_entry_bytes: (max_batch_bytes + 4096) as u32,
+        verify_on_open: true,
     }
 }

@@ -126,6 +126,73 @@ enum GroupCommand {
         /// The group.
         group: String,
     },
+    /// Move a group's committed offsets for every queue of a topic (refused while
+    /// the group has live members).
+    Reset {
+        /// The group.
+        group: String,
+        /// The topic.
+        #[arg(long)]
+        topic: String,
+        /// earliest, latest, an offset (a number), or a time: RFC 3339 UTC
+        /// (2026-11-25T20:00:00Z) or @MILLISECONDS since the Unix epoch.
+        #[arg(long)]
+        to: String,
+    },
+}
+
+/// Parses `--to` of `group reset`.
+fn parse_reset_target(to: &str) -> Result<SeekTo> {
+    match to {
+        "earliest" => return Ok(SeekTo::Earliest),
+        "latest" => return Ok(SeekTo::Latest),
+        _ => {}
+    }
+    if let Ok(offset) = to.parse::<u64>() {
+        return Ok(SeekTo::Offset(offset));
+    }
+    if let Some(ms) = to.strip_prefix('@') {
+        return Ok(SeekTo::Timestamp(ms.parse().context("@MILLISECONDS")?));
+    }
+    parse_rfc3339_utc_ms(to)
+        .map(SeekTo::Timestamp)
+        .with_context(|| format!("--to {to:?}: expected earliest, latest, an offset or a time"))
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fff]Z` to milliseconds since the Unix epoch.
+fn parse_rfc3339_utc_ms(s: &str) -> Result<i64> {
+    let s = s.strip_suffix('Z').context("times are UTC and end in Z")?;
+    let (date, time) = s.split_once('T').context("date and time are joined by T")?;
+    let num = |part: &str| part.parse::<i64>().context("not a number");
+    let d: Vec<&str> = date.split('-').collect();
+    let t: Vec<&str> = time.split(':').collect();
+    anyhow::ensure!(
+        d.len() == 3 && t.len() == 3,
+        "expected YYYY-MM-DDTHH:MM:SSZ"
+    );
+    let (year, month, day) = (num(d[0])?, num(d[1])?, num(d[2])?);
+    let (hour, minute) = (num(t[0])?, num(t[1])?);
+    let (secs, millis) = match t[2].split_once('.') {
+        Some((s, frac)) => (num(s)?, num(&format!("{frac:0<3}")[..3])?),
+        None => (num(t[2])?, 0),
+    };
+    anyhow::ensure!(
+        (1..=12).contains(&month)
+            && (1..=31).contains(&day)
+            && hour < 24
+            && minute < 60
+            && secs < 61,
+        "a field is out of range"
+    );
+    // Days from the civil date (proleptic Gregorian), after H. Hinnant's algorithm.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Ok(((days * 24 + hour) * 60 + minute) * 60_000 + secs * 1000 + millis)
 }
 
 #[derive(Subcommand)]
@@ -420,8 +487,44 @@ async fn group(client: &Client, command: GroupCommand) -> Result<()> {
                 );
             }
         }
+        GroupCommand::Reset { group, topic, to } => {
+            let target = parse_reset_target(&to)?;
+            let offsets = admin.reset_group_offsets(&group, &topic, target).await?;
+            println!("topic\tqueue\toffset");
+            for o in offsets {
+                println!("{}\t{}\t{}", o.topic, o.queue, o.offset);
+            }
+        }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_targets_parse() {
+        assert!(matches!(
+            parse_reset_target("earliest"),
+            Ok(SeekTo::Earliest)
+        ));
+        assert!(matches!(parse_reset_target("42"), Ok(SeekTo::Offset(42))));
+        assert!(matches!(
+            parse_reset_target("@1000"),
+            Ok(SeekTo::Timestamp(1000))
+        ));
+        assert!(matches!(
+            parse_reset_target("1970-01-02T00:00:01.5Z"),
+            Ok(SeekTo::Timestamp(86_401_500))
+        ));
+        assert!(matches!(
+            parse_reset_target("2000-03-01T00:00:00Z"),
+            Ok(SeekTo::Timestamp(951_868_800_000))
+        ));
+        assert!(parse_reset_target("yesterday").is_err());
+        assert!(parse_reset_target("2000-13-01T00:00:00Z").is_err());
+    }
 }
 
 async fn cluster(client: &Client, command: ClusterCommand) -> Result<()> {

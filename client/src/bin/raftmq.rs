@@ -499,34 +499,6 @@ async fn group(client: &Client, command: GroupCommand) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reset_targets_parse() {
-        assert!(matches!(
-            parse_reset_target("earliest"),
-            Ok(SeekTo::Earliest)
-        ));
-        assert!(matches!(parse_reset_target("42"), Ok(SeekTo::Offset(42))));
-        assert!(matches!(
-            parse_reset_target("@1000"),
-            Ok(SeekTo::Timestamp(1000))
-        ));
-        assert!(matches!(
-            parse_reset_target("1970-01-02T00:00:01.5Z"),
-            Ok(SeekTo::Timestamp(86_401_500))
-        ));
-        assert!(matches!(
-            parse_reset_target("2000-03-01T00:00:00Z"),
-            Ok(SeekTo::Timestamp(951_868_800_000))
-        ));
-        assert!(parse_reset_target("yesterday").is_err());
-        assert!(parse_reset_target("2000-13-01T00:00:00Z").is_err());
-    }
-}
-
 async fn cluster(client: &Client, command: ClusterCommand) -> Result<()> {
     let admin = Admin::new(client);
     match command {
@@ -572,4 +544,32 @@ async fn cluster(client: &Client, command: ClusterCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_targets_parse() {
+        assert!(matches!(
+            parse_reset_target("earliest"),
+            Ok(SeekTo::Earliest)
+        ));
+        assert!(matches!(parse_reset_target("42"), Ok(SeekTo::Offset(42))));
+        assert!(matches!(
+            parse_reset_target("@1000"),
+            Ok(SeekTo::Timestamp(1000))
+        ));
+        assert!(matches!(
+            parse_reset_target("1970-01-02T00:00:01.5Z"),
+            Ok(SeekTo::Timestamp(86_401_500))
+        ));
+        assert!(matches!(
+            parse_reset_target("2000-03-01T00:00:00Z"),
+            Ok(SeekTo::Timestamp(951_868_800_000))
+        ));
+        assert!(parse_reset_target("yesterday").is_err());
+        assert!(parse_reset_target("2000-13-01T00:00:00Z").is_err());
+    }
 }

@@ -558,9 +558,16 @@ impl Producer {
     /// when the queue's buffer is full. Messages sent to one queue are stored in the
     /// order of their `send` calls.
     pub async fn send(&self, message: Message) -> Result<DeliveryFuture, ClientError> {
-        if self.inner.closed.load(Ordering::Acquire) {
-            return Err(ClientError::Closed);
+        match self.try_append(message)? {
+            Ok(future) => Ok(future),
+            // Boxed: the cold path's state (metadata requests, waiting for room)
+            // would otherwise make every send's future large to move.
+            Err((message, queue)) => Box::pin(self.send_slow(message, queue)).await,
         }
+    }
+
+    /// The bytes `message` takes in a batch, checked against the batch size.
+    fn record_bytes(&self, message: &Message) -> Result<usize, ClientError> {
         let record_bytes = RecordRef {
             key: message.key.as_deref(),
             value: &message.value,
@@ -574,20 +581,72 @@ impl Producer {
                 self.inner.config.max_batch_bytes
             )));
         }
-        let topic = self.topic(&message.topic).await?;
+        Ok(record_bytes)
+    }
+
+    /// The queue of `message` in `topic`.
+    fn choose_queue(&self, topic: &TopicQueues, message: &Message) -> Result<u32, ClientError> {
         let queues = topic.queues;
-        let queue = match message.queue {
-            Some(q) if q >= queues => {
-                return Err(ClientError::InvalidArgument(format!(
-                    "topic {:?} has {queues} queues, no queue {q}",
-                    message.topic
-                )))
-            }
-            Some(q) => q,
-            None => self.inner.chooser.choose(message.key.as_deref(), queues),
+        match message.queue {
+            Some(q) if q >= queues => Err(ClientError::InvalidArgument(format!(
+                "topic {:?} has {queues} queues, no queue {q}",
+                message.topic
+            ))),
+            Some(q) => Ok(q),
+            None => Ok(self.inner.chooser.choose(message.key.as_deref(), queues)),
+        }
+    }
+
+    /// The fast path of [`send`](Producer::send), without waiting: appends when the
+    /// topic is known and its queue has room; otherwise gives the message back (with
+    /// its queue once chosen).
+    #[allow(clippy::type_complexity)]
+    fn try_append(
+        &self,
+        message: Message,
+    ) -> Result<Result<DeliveryFuture, (Message, Option<u32>)>, ClientError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(ClientError::Closed);
+        }
+        let record_bytes = self.record_bytes(&message)?;
+        let Some(topic) = self.cached_topic(&message.topic) else {
+            return Ok(Err((message, None)));
+        };
+        let queue = self.choose_queue(&topic, &message)?;
+        let shared = topic.slots[queue as usize].get_or_init(|| self.start_queue(&topic, queue));
+        let mut state = lock(&shared.state);
+        if state.closed || state.worker_exited {
+            return Err(ClientError::Closed);
+        }
+        if !state.has_room() {
+            return Ok(Err((message, Some(queue))));
+        }
+        let (future, wake) = state.append(&message, record_bytes, queue);
+        drop(state);
+        if wake {
+            shared.work.notify_one();
+        }
+        Ok(Ok(future))
+    }
+
+    /// [`send`](Producer::send) when the topic must be looked up or the queue is
+    /// full.
+    async fn send_slow(
+        &self,
+        message: Message,
+        queue: Option<u32>,
+    ) -> Result<DeliveryFuture, ClientError> {
+        let record_bytes = self.record_bytes(&message)?;
+        let topic = self.topic(&message.topic).await?;
+        let queue = match queue {
+            Some(q) if q < topic.queues => q,
+            _ => self.choose_queue(&topic, &message)?,
         };
         let shared = topic.slots[queue as usize].get_or_init(|| self.start_queue(&topic, queue));
         loop {
+            // Registered before the check so that a wake-up in between is not lost.
+            let mut room = pin!(shared.room.notified());
+            room.as_mut().enable();
             {
                 let mut state = lock(&shared.state);
                 if state.closed || state.worker_exited {
@@ -600,19 +659,6 @@ impl Producer {
                         shared.work.notify_one();
                     }
                     return Ok(future);
-                }
-            }
-            // Full: wait for the worker to send a batch. Registered before the
-            // check so that a wake-up between the two is not lost.
-            let mut room = pin!(shared.room.notified());
-            room.as_mut().enable();
-            {
-                let mut state = lock(&shared.state);
-                if state.closed || state.worker_exited {
-                    return Err(ClientError::Closed);
-                }
-                if state.has_room() {
-                    continue;
                 }
                 // Full of records in an open batch: send it now rather than at the
                 // end of its linger.
@@ -676,24 +722,32 @@ impl Producer {
         }
     }
 
+    /// The topic's queues if known as of the client's current metadata: the last
+    /// topic used costs one string comparison.
+    fn cached_topic(&self, name: &str) -> Option<Arc<TopicQueues>> {
+        let generation = self.inner.client.metadata_generation();
+        let mut topics = lock(&self.inner.topics);
+        if let Some(t) = &topics.last {
+            if t.name == name && t.metadata_generation == generation {
+                return Some(Arc::clone(t));
+            }
+        }
+        let t = topics.by_name.get(name)?;
+        if t.metadata_generation != generation {
+            return None;
+        }
+        let t = Arc::clone(t);
+        topics.last = Some(Arc::clone(&t));
+        Some(t)
+    }
+
     /// The topic's queues, with the queue count as of the client's current
     /// metadata (looked up again whenever the metadata changes).
     async fn topic(&self, name: &str) -> Result<Arc<TopicQueues>, ClientError> {
+        // Read before the queue count: a change in between is seen next time.
         let generation = self.inner.client.metadata_generation();
-        {
-            let mut topics = lock(&self.inner.topics);
-            if let Some(t) = &topics.last {
-                if t.name == name && t.metadata_generation == generation {
-                    return Ok(Arc::clone(t));
-                }
-            }
-            if let Some(t) = topics.by_name.get(name) {
-                if t.metadata_generation == generation {
-                    let t = Arc::clone(t);
-                    topics.last = Some(Arc::clone(&t));
-                    return Ok(t);
-                }
-            }
+        if let Some(t) = self.cached_topic(name) {
+            return Ok(t);
         }
         let queues = self.inner.client.topic_queues(name).await?;
         if queues == 0 {

@@ -19,6 +19,9 @@ impl RecordRef<'_> {
     /// Bytes the record takes in a batch (its first record: timestamp delta 0; a
     /// later delta costs at most 9 more bytes, which is allowed for below).
     pub(crate) fn encoded_bytes(&self) -> usize {
+        if self.headers.is_empty() {
+            return BatchBuilder::record_bytes(self.key, self.value, &[], 0);
+        }
         let headers: Vec<(&str, &[u8])> = self
             .headers
             .iter()
@@ -36,7 +39,7 @@ const TIMESTAMP_SLACK_BYTES: usize = 9;
 
 /// A batch ready to send, with what is needed to answer its records.
 #[derive(Debug)]
-pub(crate) struct SealedBatch<W> {
+pub(crate) struct SealedBatch<A> {
     /// The encoded batch: sent as is on every attempt.
     pub(crate) bytes: Bytes,
     /// Sequence of its first record as now encoded (0 when not idempotent).
@@ -46,17 +49,23 @@ pub(crate) struct SealedBatch<W> {
     pub(crate) sealed_sequence: u32,
     /// Records in it.
     pub(crate) record_count: u32,
-    /// One per record, in order: who waits for it and its timestamp.
-    pub(crate) waiters: Vec<(W, i64)>,
+    /// The batch's one acknowledgement handle, shared by all its records (record
+    /// *i* of the batch is answered from it with index *i*).
+    pub(crate) ack: A,
     /// Attempts made so far.
     pub(crate) attempts: u32,
 }
 
 /// Accumulates the records of one (topic, queue).
+///
+/// `A` is the acknowledgement handle of a batch: one is made (`A::default()`) when
+/// a batch opens and travels with it when sealed, so a record costs no allocation
+/// of its own for its answer.
 #[derive(Debug)]
-pub(crate) struct Accumulator<W> {
+pub(crate) struct Accumulator<A> {
     builder: BatchBuilder,
-    waiters: Vec<(W, i64)>,
+    /// The open batch's acknowledgement handle (`Some` exactly when a batch is open).
+    ack: Option<A>,
     max_batch_bytes: usize,
     linger: Duration,
     /// When the open batch got its first record.
@@ -67,7 +76,7 @@ pub(crate) struct Accumulator<W> {
     next_sequence: u32,
 }
 
-impl<W> Accumulator<W> {
+impl<A: Default> Accumulator<A> {
     pub(crate) fn new(
         max_batch_bytes: usize,
         linger: Duration,
@@ -75,7 +84,7 @@ impl<W> Accumulator<W> {
     ) -> Self {
         Accumulator {
             builder: BatchBuilder::with_capacity(max_batch_bytes.min(1 << 20)),
-            waiters: Vec::new(),
+            ack: None,
             max_batch_bytes,
             linger,
             opened_at: None,
@@ -84,20 +93,18 @@ impl<W> Accumulator<W> {
         }
     }
 
-    /// Whether a record of `record_bytes` can ever fit in a batch.
-    pub(crate) fn fits_alone(max_batch_bytes: usize, record_bytes: usize) -> bool {
-        HEADER_BYTES + record_bytes + TIMESTAMP_SLACK_BYTES <= max_batch_bytes
-    }
-
-    /// Adds a record; when the open batch has no room for it, that batch is sealed
-    /// first and returned. The caller checked [`fits_alone`](Self::fits_alone).
+    /// Adds a record of `record_bytes` (its [`RecordRef::encoded_bytes`]) and
+    /// returns its index in the open batch; when the open batch has no room for it,
+    /// that batch is sealed first and returned too. `now` is read only when the
+    /// record opens a batch (it starts the linger). The caller checked
+    /// [`fits_alone`](Accumulator::fits_alone).
     pub(crate) fn push(
         &mut self,
         record: &RecordRef<'_>,
-        waiter: W,
-        now: Instant,
-    ) -> Option<SealedBatch<W>> {
-        let needed = record.encoded_bytes() + TIMESTAMP_SLACK_BYTES;
+        record_bytes: usize,
+        now: impl FnOnce() -> Instant,
+    ) -> (Option<SealedBatch<A>>, u32) {
+        let needed = record_bytes + TIMESTAMP_SLACK_BYTES;
         let sealed = if !self.builder.is_empty()
             && self.builder.len_bytes() + needed > self.max_batch_bytes
         {
@@ -105,16 +112,76 @@ impl<W> Accumulator<W> {
         } else {
             None
         };
-        let headers: Vec<(&str, &[u8])> = record
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_ref()))
-            .collect();
-        self.builder
-            .push(record.key, record.value, &headers, record.timestamp_ms);
-        self.waiters.push((waiter, record.timestamp_ms));
-        self.opened_at.get_or_insert(now);
-        sealed
+        if self.builder.is_empty() {
+            debug_assert!(self.ack.is_none() && self.opened_at.is_none());
+            self.ack = Some(A::default());
+            self.opened_at = Some(now());
+        }
+        let index = self.builder.record_count();
+        if record.headers.is_empty() {
+            self.builder
+                .push(record.key, record.value, &[], record.timestamp_ms);
+        } else {
+            let headers: Vec<(&str, &[u8])> = record
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_ref()))
+                .collect();
+            self.builder
+                .push(record.key, record.value, &headers, record.timestamp_ms);
+        }
+        debug_assert!(self.builder.len_bytes() <= self.max_batch_bytes);
+        (sealed, index)
+    }
+
+    /// The open batch's acknowledgement handle, if a batch is open.
+    pub(crate) fn open_ack(&self) -> Option<&A> {
+        self.ack.as_ref()
+    }
+
+    /// Records in the open batch.
+    pub(crate) fn open_records(&self) -> u32 {
+        self.builder.record_count()
+    }
+
+    /// Seals the open batch (if any): stamps producer id, epoch and the next
+    /// sequence number, and advances the sequence by its record count.
+    pub(crate) fn seal(&mut self) -> Option<SealedBatch<A>> {
+        if self.builder.is_empty() {
+            return None;
+        }
+        let record_count = self.builder.record_count();
+        let base_sequence = match self.producer {
+            Some((id, epoch)) => {
+                let base = self.next_sequence;
+                self.builder.set_producer(id, epoch, base);
+                self.next_sequence = base.wrapping_add(record_count);
+                base
+            }
+            None => 0,
+        };
+        let bytes = self.builder.finish();
+        self.opened_at = None;
+        let ack = self.ack.take();
+        assert!(
+            ack.is_some(),
+            "an open batch has its acknowledgement handle"
+        );
+        Some(SealedBatch {
+            bytes,
+            base_sequence,
+            sealed_sequence: base_sequence,
+            record_count,
+            ack: ack.unwrap_or_default(),
+            attempts: 0,
+        })
+    }
+}
+
+impl<A> Accumulator<A> {
+    /// Whether a record of `record_bytes` can ever fit in a batch.
+    pub(crate) fn fits_alone(max_batch_bytes: usize, record_bytes: usize) -> bool {
+        HEADER_BYTES + record_bytes + TIMESTAMP_SLACK_BYTES <= max_batch_bytes
     }
 
     /// Whether the open batch is full enough that not even the smallest record
@@ -138,35 +205,6 @@ impl<W> Accumulator<W> {
     pub(crate) fn is_empty(&self) -> bool {
         self.builder.is_empty()
     }
-
-    /// Seals the open batch (if any): stamps producer id, epoch and the next
-    /// sequence number, and advances the sequence by its record count.
-    pub(crate) fn seal(&mut self) -> Option<SealedBatch<W>> {
-        if self.builder.is_empty() {
-            return None;
-        }
-        let record_count = self.builder.record_count();
-        let base_sequence = match self.producer {
-            Some((id, epoch)) => {
-                let base = self.next_sequence;
-                self.builder.set_producer(id, epoch, base);
-                self.next_sequence = base.wrapping_add(record_count);
-                base
-            }
-            None => 0,
-        };
-        let bytes = self.builder.finish();
-        self.opened_at = None;
-        debug_assert_eq!(self.waiters.len(), record_count as usize);
-        Some(SealedBatch {
-            bytes,
-            base_sequence,
-            sealed_sequence: base_sequence,
-            record_count,
-            waiters: std::mem::take(&mut self.waiters),
-            attempts: 0,
-        })
-    }
 }
 
 #[cfg(test)]
@@ -183,26 +221,39 @@ mod tests {
         }
     }
 
+    fn push(acc: &mut Accumulator<()>, r: &RecordRef<'_>, now: Instant) -> Option<SealedBatch<()>> {
+        acc.push(r, r.encoded_bytes(), || now).0
+    }
+
     #[test]
     fn batch_is_sealed_when_the_next_record_does_not_fit() {
-        let value = [7u8; 100];
-        let mut acc = Accumulator::new(1024, Duration::from_secs(60), None);
+        let mut acc: Accumulator<()> = Accumulator::new(1024, Duration::from_secs(60), None);
         let now = Instant::now();
         let mut sealed = Vec::new();
-        for i in 0..30u32 {
-            if let Some(b) = acc.push(&rec(&value), i, now) {
-                sealed.push(b);
-            }
+        let mut indexes = Vec::new();
+        for i in 0..30u8 {
+            let value = [i; 100];
+            let (b, index) = acc.push(&rec(&value), rec(&value).encoded_bytes(), || now);
+            sealed.extend(b);
+            indexes.push(index);
         }
         sealed.extend(acc.seal());
         assert!(sealed.len() >= 3);
-        let mut next = 0;
+        let mut next = 0u8;
         for b in &sealed {
             assert!(b.bytes.len() <= 1024, "{}", b.bytes.len());
             let header = batch::validate(&b.bytes).expect("valid");
             assert_eq!(header.record_count, b.record_count);
-            for (w, _) in &b.waiters {
-                assert_eq!(*w, next, "records keep their order across batches");
+            for (position, r) in batch::records(&b.bytes).enumerate() {
+                let r = r.expect("valid record");
+                assert_eq!(
+                    r.value, [next; 100],
+                    "records keep their order across batches"
+                );
+                assert_eq!(
+                    indexes[next as usize], position as u32,
+                    "push returns the record's index in its batch"
+                );
                 next += 1;
             }
         }
@@ -218,8 +269,8 @@ mod tests {
             !acc.is_ready(t0 + Duration::from_secs(1)),
             "empty is never ready"
         );
-        acc.push(&rec(b"a"), (), t0);
-        acc.push(&rec(b"b"), (), t0 + Duration::from_millis(3));
+        push(&mut acc, &rec(b"a"), t0);
+        push(&mut acc, &rec(b"b"), t0 + Duration::from_millis(3));
         assert_eq!(acc.deadline(), Some(t0 + Duration::from_millis(5)));
         assert!(!acc.is_ready(t0 + Duration::from_millis(4)));
         assert!(acc.is_ready(t0 + Duration::from_millis(5)));
@@ -229,13 +280,37 @@ mod tests {
     }
 
     #[test]
+    fn each_batch_gets_its_own_acknowledgement_handle() {
+        let mut acc: Accumulator<std::sync::Arc<()>> =
+            Accumulator::new(1 << 20, Duration::ZERO, None);
+        let now = Instant::now();
+        assert!(acc.open_ack().is_none(), "no batch, no handle");
+        let r = rec(b"x");
+        acc.push(&r, r.encoded_bytes(), || now);
+        let first = std::sync::Arc::clone(acc.open_ack().expect("open"));
+        acc.push(&r, r.encoded_bytes(), || now);
+        assert!(std::sync::Arc::ptr_eq(
+            &first,
+            acc.open_ack().expect("open")
+        ));
+        let sealed = acc.seal().expect("a batch");
+        assert!(std::sync::Arc::ptr_eq(&first, &sealed.ack));
+        assert!(acc.open_ack().is_none());
+        acc.push(&r, r.encoded_bytes(), || now);
+        assert!(!std::sync::Arc::ptr_eq(
+            &first,
+            acc.open_ack().expect("open")
+        ));
+    }
+
+    #[test]
     fn sequences_advance_by_record_count_per_batch() {
         let mut acc = Accumulator::new(1 << 20, Duration::ZERO, Some((42, 3)));
         let now = Instant::now();
         let mut seqs = Vec::new();
         for n in [3, 1, 5] {
             for _ in 0..n {
-                acc.push(&rec(b"x"), (), now);
+                push(&mut acc, &rec(b"x"), now);
             }
             let b = acc.seal().expect("a batch");
             let h = batch::validate(&b.bytes).expect("valid");
@@ -263,7 +338,7 @@ mod tests {
             HEADER_BYTES + 40,
             rec(&value).encoded_bytes()
         ));
-        acc.push(&rec(&value), (), Instant::now());
+        push(&mut acc, &rec(&value), Instant::now());
         assert!(acc.is_full());
     }
 }

@@ -2,6 +2,7 @@
 //! the leader with redirects and bounded retries.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -91,6 +92,9 @@ struct Inner {
     /// slow connect to one broker never delays requests to another.
     connections: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Connection>>>>>,
     cache: Mutex<Cache>,
+    /// Bumped on every metadata update, so that holders of derived facts (the
+    /// producer's queue counts) know when to look again.
+    metadata_generation: AtomicU64,
 }
 
 /// A handle to a raftmq cluster. Cheap to clone; clones share connections and
@@ -136,6 +140,7 @@ impl Client {
                     metadata: ClusterMetadata::default(),
                     leader_address: None,
                 }),
+                metadata_generation: AtomicU64::new(0),
             }),
         };
         client.refresh_metadata().await?;
@@ -226,7 +231,15 @@ impl Client {
                 .and_then(|id| metadata.nodes.get(&id).cloned());
             c.metadata = metadata.clone();
         });
+        self.inner
+            .metadata_generation
+            .fetch_add(1, Ordering::Release);
         metadata
+    }
+
+    /// A number that changes whenever the cached metadata is replaced.
+    pub(crate) fn metadata_generation(&self) -> u64 {
+        self.inner.metadata_generation.load(Ordering::Acquire)
     }
 
     /// Queue count of `topic`, from the cache or (when unknown) fresh metadata.

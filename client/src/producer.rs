@@ -1,8 +1,14 @@
 //! [`Producer`]: batching, lingering, pipelining and idempotent retries.
 //!
-//! Each (topic, queue) gets a worker task that owns its [`Accumulator`], its sealed
-//! batches and its window of in-flight produce requests. Answers are handled in send
-//! order. When a batch fails with a retriable error the worker stops sending, lets
+//! Each (topic, queue) has a [`QueueShared`]: its [`Accumulator`] and sealed batches
+//! behind a short `std::sync::Mutex` (as Kafka's `RecordAccumulator`), and a worker
+//! task that owns the window of in-flight produce requests. [`Producer::send`]
+//! encodes the record straight into the open batch under that lock, with no channel
+//! hop and no allocation of its own: the worker is woken only when a batch opens
+//! (linger), is sealed, or the clock cache is refreshed, i.e. per batch, not per
+//! message. Every record of a batch is answered from one shared [`BatchAck`].
+//!
+//! The worker handles answers in send order. When a batch fails with a retriable error the worker stops sending, lets
 //! the in-flight ones finish, then resends every failed batch, the same bytes with
 //! the same sequence numbers, in order and one at a time, before opening the window
 //! again. So batch *n + 1* never overtakes batch *n*: the broker's sequence checks
@@ -15,10 +21,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -27,7 +33,7 @@ use futures::stream::FuturesOrdered;
 use futures::StreamExt;
 use raftmq_proto::pb::{self, request, response};
 use raftmq_proto::ServerError;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{oneshot, Notify};
 
 use crate::accumulator::{Accumulator, RecordRef, SealedBatch};
 use crate::client::unexpected;
@@ -45,7 +51,8 @@ pub struct Message {
     pub value: Bytes,
     /// Headers, in order.
     pub headers: Vec<(String, Bytes)>,
-    /// Milliseconds since the Unix epoch; `None` = the time of `send`.
+    /// Milliseconds since the Unix epoch; `None` = the time of `send` (the
+    /// producer's clock as read at most [`CLOCK_MAX_AGE`] before the call).
     pub timestamp_ms: Option<i64>,
     /// An explicit queue; `None` = the partitioner chooses.
     pub queue: Option<u32>,
@@ -134,7 +141,9 @@ pub struct ProducerConfig {
     /// Produce requests in flight per queue. Default 5 (as Kafka's idempotent
     /// producer); 1 gives strict order even without idempotence.
     pub max_in_flight_per_queue: usize,
-    /// Messages buffered per queue before `send` waits for room. Default 8192.
+    /// Messages accepted per queue but not yet sent (the open batch and sealed
+    /// batches waiting for the in-flight window) before `send` waits for room.
+    /// Default 8192.
     pub queue_buffer_messages: usize,
     /// Acknowledgement level. Default quorum.
     pub acks: Acks,
@@ -222,27 +231,242 @@ impl ProducerBuilder {
     }
 }
 
-/// The future of one message's acknowledgement.
+/// How old the clock reading given to messages without a timestamp may get: each
+/// queue reads the wall clock when the reading has expired (at most about once per
+/// this interval), not once per message.
+const CLOCK_MAX_AGE: Duration = Duration::from_millis(1);
+
+/// Locks `m`; a panic elsewhere while it was held does not stop the producer.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The outcome of one batch, shared by the [`DeliveryFuture`]s of all its records:
+/// set once, when the batch is stored or fails for good.
+#[derive(Debug, Default)]
+struct BatchAck {
+    /// The base offset the batch was stored at, or why it failed.
+    outcome: OnceLock<Result<u64, ClientError>>,
+    /// Tasks waiting for the outcome, one per distinct waker.
+    wakers: Mutex<Vec<Waker>>,
+}
+
+impl BatchAck {
+    /// Sets the outcome (the first one set wins) and wakes every waiting task.
+    fn resolve(&self, outcome: Result<u64, ClientError>) {
+        let _ = self.outcome.set(outcome);
+        let wakers = std::mem::take(&mut *lock(&self.wakers));
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    /// The outcome, or `Pending` with the task's waker registered. Once the outcome
+    /// is set no lock is taken and no waker is kept.
+    fn poll_outcome(&self, cx: &mut Context<'_>) -> Poll<&Result<u64, ClientError>> {
+        if let Some(outcome) = self.outcome.get() {
+            return Poll::Ready(outcome);
+        }
+        let mut wakers = lock(&self.wakers);
+        // `resolve` sets the outcome before it takes the lock: seen here, or it will
+        // find this waker.
+        if let Some(outcome) = self.outcome.get() {
+            return Poll::Ready(outcome);
+        }
+        if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+/// The owning handle of a batch's [`BatchAck`]: travels with the batch, and answers
+/// its records with [`ClientError::Closed`] if the batch is dropped unanswered.
+#[derive(Debug, Default)]
+struct Acker(Arc<BatchAck>);
+
+impl Acker {
+    fn resolve(&self, outcome: Result<u64, ClientError>) {
+        self.0.resolve(outcome);
+    }
+}
+
+impl Drop for Acker {
+    fn drop(&mut self) {
+        if self.0.outcome.get().is_none() {
+            self.0.resolve(Err(ClientError::Closed));
+        }
+    }
+}
+
+/// The future of one message's acknowledgement: its batch's shared outcome and its
+/// index in that batch.
 #[derive(Debug)]
 pub struct DeliveryFuture {
-    rx: oneshot::Receiver<Result<RecordMetadata, ClientError>>,
+    ack: Arc<BatchAck>,
+    index: u32,
+    queue: u32,
+    timestamp_ms: i64,
 }
 
 impl Future for DeliveryFuture {
     type Output = Result<RecordMetadata, ClientError>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.rx)
-            .poll(cx)
-            .map(|r| r.unwrap_or(Err(ClientError::Closed)))
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        this.ack.poll_outcome(cx).map(|outcome| match outcome {
+            Ok(base_offset) => Ok(RecordMetadata {
+                queue: this.queue,
+                // `acks=leader` answers before offsets exist: u64::MAX stays "unknown".
+                offset: base_offset.saturating_add(u64::from(this.index)),
+                timestamp_ms: this.timestamp_ms,
+            }),
+            Err(e) => Err(e.clone()),
+        })
     }
 }
 
-type Reply = oneshot::Sender<Result<RecordMetadata, ClientError>>;
+type Batch = SealedBatch<Acker>;
+type Attempt = (Batch, Result<response::Body, ClientError>);
 
-enum Command {
-    Send(Message, Reply),
-    Flush(oneshot::Sender<()>),
+/// What `send` and the worker of one (topic, queue) share.
+struct QueueShared {
+    state: Mutex<QueueState>,
+    /// Wakes the worker: a batch opened or was sealed, the clock was read, a flush
+    /// or a close.
+    work: Notify,
+    /// Wakes senders waiting for room.
+    room: Notify,
+}
+
+/// The state of one (topic, queue) behind its lock; every critical section is
+/// short (one record's encoding at most).
+struct QueueState {
+    acc: Accumulator<Acker>,
+    /// Sealed batches waiting to be sent, oldest first (retries go to the front).
+    pending: VecDeque<Batch>,
+    /// Records in `pending`.
+    pending_records: usize,
+    /// Largest `pending.len()` before `send` waits.
+    pending_batches_max: usize,
+    /// Largest count of accepted, unsent records (open batch and `pending`) before
+    /// `send` waits.
+    unsent_records_max: usize,
+    /// The wall clock (ms) given to messages without a timestamp, and when it was
+    /// read; the worker expires it after [`CLOCK_MAX_AGE`].
+    clock: Option<(i64, Instant)>,
+    flush_waiters: Vec<oneshot::Sender<()>>,
+    /// No more sends: the producer was closed or dropped. The worker sends what is
+    /// left and exits.
+    closed: bool,
+    /// The worker has exited.
+    worker_exited: bool,
+}
+
+impl QueueState {
+    fn has_room(&self) -> bool {
+        self.pending.len() < self.pending_batches_max
+            && self.pending_records + (self.acc.open_records() as usize) < self.unsent_records_max
+    }
+
+    fn push_pending(&mut self, batch: Batch) {
+        self.pending_records += batch.record_count as usize;
+        self.pending.push_back(batch);
+    }
+
+    /// Seals the open batch, if any, into `pending`; whether one was.
+    fn seal(&mut self) -> bool {
+        match self.acc.seal() {
+            Some(b) => {
+                self.push_pending(b);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The clock for a message without a timestamp; `wake` is set when it was read
+    /// now (the worker then times its expiry).
+    fn clock_ms(&mut self, wake: &mut bool) -> i64 {
+        if let Some((ms, _)) = self.clock {
+            return ms;
+        }
+        let ms = now_ms();
+        self.clock = Some((ms, Instant::now()));
+        *wake = true;
+        ms
+    }
+
+    /// Encodes `message` into the open batch. Returns its future and whether the
+    /// worker has something new to do.
+    fn append(
+        &mut self,
+        message: &Message,
+        record_bytes: usize,
+        queue: u32,
+    ) -> (DeliveryFuture, bool) {
+        let mut wake = false;
+        let timestamp_ms = match message.timestamp_ms {
+            Some(t) => t,
+            None => self.clock_ms(&mut wake),
+        };
+        let record = RecordRef {
+            key: message.key.as_deref(),
+            value: &message.value,
+            headers: &message.headers,
+            timestamp_ms,
+        };
+        // A new batch starts its linger: the worker times it.
+        wake |= self.acc.is_empty();
+        let (sealed, index) = self.acc.push(&record, record_bytes, Instant::now);
+        if let Some(b) = sealed {
+            self.push_pending(b);
+            wake = true;
+        }
+        let ack = match self.acc.open_ack() {
+            Some(a) => Arc::clone(&a.0),
+            None => unreachable!("a batch is open right after a push"),
+        };
+        if self.acc.is_full() {
+            wake |= self.seal();
+        }
+        let future = DeliveryFuture {
+            ack,
+            index,
+            queue,
+            timestamp_ms,
+        };
+        (future, wake)
+    }
+}
+
+impl QueueShared {
+    /// Stops taking sends; the worker sends what is left, then exits.
+    fn close(&self) {
+        lock(&self.state).closed = true;
+        self.work.notify_one();
+        self.room.notify_waiters();
+    }
+}
+
+/// One topic's queue count, as of a metadata generation, and its queues' state
+/// (started on first use).
+struct TopicQueues {
+    name: String,
+    queues: u32,
+    metadata_generation: u64,
+    /// Index = queue; filled from [`Topics::queues`].
+    slots: Vec<OnceLock<Arc<QueueShared>>>,
+}
+
+#[derive(Default)]
+struct Topics {
+    /// The topic of the last lookup: most producers send to one topic, so a send
+    /// usually costs one string comparison and no hashing.
+    last: Option<Arc<TopicQueues>>,
+    by_name: HashMap<String, Arc<TopicQueues>>,
+    /// Every started (topic, queue): one state and one worker each.
+    queues: HashMap<(String, u32), Arc<QueueShared>>,
 }
 
 struct ProducerInner {
@@ -250,9 +474,17 @@ struct ProducerInner {
     config: Arc<ProducerConfig>,
     identity: Option<(u64, u16)>,
     chooser: QueueChooser,
-    /// Topic to per-queue workers (index = queue), started on first use.
-    workers: Mutex<HashMap<String, Vec<Option<mpsc::Sender<Command>>>>>,
+    topics: Mutex<Topics>,
     closed: AtomicBool,
+}
+
+impl Drop for ProducerInner {
+    fn drop(&mut self) {
+        // The workers send what was queued, answer it, and exit.
+        for q in lock(&self.topics).queues.values() {
+            q.close();
+        }
+    }
 }
 
 /// Sends messages in batches. Cheap to clone; clones share batches and workers.
@@ -314,7 +546,7 @@ impl Producer {
                 client,
                 config: Arc::new(config),
                 identity,
-                workers: Mutex::new(HashMap::new()),
+                topics: Mutex::new(Topics::default()),
                 closed: AtomicBool::new(false),
             }),
         })
@@ -328,49 +560,117 @@ impl Producer {
     /// Queues `message` and returns the future of its acknowledgement. Waits only
     /// when the queue's buffer is full. Messages sent to one queue are stored in the
     /// order of their `send` calls.
-    pub async fn send(&self, mut message: Message) -> Result<DeliveryFuture, ClientError> {
-        if self.inner.closed.load(Ordering::Acquire) {
-            return Err(ClientError::Closed);
+    pub async fn send(&self, message: Message) -> Result<DeliveryFuture, ClientError> {
+        match self.try_append(message)? {
+            Ok(future) => Ok(future),
+            // Boxed: the cold path's state (metadata requests, waiting for room)
+            // would otherwise make every send's future large to move.
+            Err((message, queue)) => Box::pin(self.send_slow(message, queue)).await,
         }
-        let record = RecordRef {
+    }
+
+    /// The bytes `message` takes in a batch, checked against the batch size.
+    fn record_bytes(&self, message: &Message) -> Result<usize, ClientError> {
+        let record_bytes = RecordRef {
             key: message.key.as_deref(),
             value: &message.value,
             headers: &message.headers,
             timestamp_ms: 0,
-        };
-        let bytes = record.encoded_bytes();
-        if !Accumulator::<()>::fits_alone(self.inner.config.max_batch_bytes, bytes) {
+        }
+        .encoded_bytes();
+        if !Accumulator::<Acker>::fits_alone(self.inner.config.max_batch_bytes, record_bytes) {
             return Err(ClientError::InvalidArgument(format!(
-                "message of {bytes} bytes does not fit in a batch of {} bytes",
+                "message of {record_bytes} bytes does not fit in a batch of {} bytes",
                 self.inner.config.max_batch_bytes
             )));
         }
-        let queues = self.inner.client.topic_queues(&message.topic).await?;
-        if queues == 0 {
-            return Err(ClientError::Protocol(format!(
-                "topic {:?} has no queues",
+        Ok(record_bytes)
+    }
+
+    /// The queue of `message` in `topic`.
+    fn choose_queue(&self, topic: &TopicQueues, message: &Message) -> Result<u32, ClientError> {
+        let queues = topic.queues;
+        match message.queue {
+            Some(q) if q >= queues => Err(ClientError::InvalidArgument(format!(
+                "topic {:?} has {queues} queues, no queue {q}",
                 message.topic
-            )));
+            ))),
+            Some(q) => Ok(q),
+            None => Ok(self.inner.chooser.choose(message.key.as_deref(), queues)),
         }
-        let queue = match message.queue {
-            Some(q) if q >= queues => {
-                return Err(ClientError::InvalidArgument(format!(
-                    "topic {:?} has {queues} queues, no queue {q}",
-                    message.topic
-                )))
-            }
-            Some(q) => q,
-            None => self.inner.chooser.choose(message.key.as_deref(), queues),
+    }
+
+    /// The fast path of [`send`](Producer::send), without waiting: appends when the
+    /// topic is known and its queue has room; otherwise gives the message back (with
+    /// its queue once chosen).
+    #[allow(clippy::type_complexity)]
+    fn try_append(
+        &self,
+        message: Message,
+    ) -> Result<Result<DeliveryFuture, (Message, Option<u32>)>, ClientError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(ClientError::Closed);
+        }
+        let record_bytes = self.record_bytes(&message)?;
+        let Some(topic) = self.cached_topic(&message.topic) else {
+            return Ok(Err((message, None)));
         };
-        message.queue = Some(queue);
-        message.timestamp_ms.get_or_insert_with(now_ms);
-        let worker = self.worker(&message.topic, queue)?;
-        let (tx, rx) = oneshot::channel();
-        worker
-            .send(Command::Send(message, tx))
-            .await
-            .map_err(|_| ClientError::Closed)?;
-        Ok(DeliveryFuture { rx })
+        let queue = self.choose_queue(&topic, &message)?;
+        let shared = topic.slots[queue as usize].get_or_init(|| self.start_queue(&topic, queue));
+        let mut state = lock(&shared.state);
+        if state.closed || state.worker_exited {
+            return Err(ClientError::Closed);
+        }
+        if !state.has_room() {
+            return Ok(Err((message, Some(queue))));
+        }
+        let (future, wake) = state.append(&message, record_bytes, queue);
+        drop(state);
+        if wake {
+            shared.work.notify_one();
+        }
+        Ok(Ok(future))
+    }
+
+    /// [`send`](Producer::send) when the topic must be looked up or the queue is
+    /// full.
+    async fn send_slow(
+        &self,
+        message: Message,
+        queue: Option<u32>,
+    ) -> Result<DeliveryFuture, ClientError> {
+        let record_bytes = self.record_bytes(&message)?;
+        let topic = self.topic(&message.topic).await?;
+        let queue = match queue {
+            Some(q) if q < topic.queues => q,
+            _ => self.choose_queue(&topic, &message)?,
+        };
+        let shared = topic.slots[queue as usize].get_or_init(|| self.start_queue(&topic, queue));
+        loop {
+            // Registered before the check so that a wake-up in between is not lost.
+            let mut room = pin!(shared.room.notified());
+            room.as_mut().enable();
+            {
+                let mut state = lock(&shared.state);
+                if state.closed || state.worker_exited {
+                    return Err(ClientError::Closed);
+                }
+                if state.has_room() {
+                    let (future, wake) = state.append(&message, record_bytes, queue);
+                    drop(state);
+                    if wake {
+                        shared.work.notify_one();
+                    }
+                    return Ok(future);
+                }
+                // Full of records in an open batch: send it now rather than at the
+                // end of its linger.
+                if state.pending.is_empty() && state.seal() {
+                    shared.work.notify_one();
+                }
+            }
+            room.await;
+        }
     }
 
     /// Sends and waits for the acknowledgement.
@@ -393,16 +693,21 @@ impl Producer {
     /// Sends every open batch now and waits until every message queued before this
     /// call is acknowledged or failed.
     pub async fn flush(&self) {
-        let workers: Vec<mpsc::Sender<Command>> = match self.inner.workers.lock() {
-            Ok(w) => w.values().flatten().flatten().cloned().collect(),
-            Err(_) => return,
-        };
+        let queues: Vec<Arc<QueueShared>> =
+            lock(&self.inner.topics).queues.values().cloned().collect();
         let mut waits = Vec::new();
-        for w in workers {
+        for q in queues {
             let (tx, rx) = oneshot::channel();
-            if w.send(Command::Flush(tx)).await.is_ok() {
-                waits.push(rx);
+            {
+                let mut state = lock(&q.state);
+                if state.worker_exited {
+                    continue;
+                }
+                state.seal();
+                state.flush_waiters.push(tx);
             }
+            q.work.notify_one();
+            waits.push(rx);
         }
         for rx in waits {
             let _ = rx.await;
@@ -413,54 +718,108 @@ impl Producer {
     pub async fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
         self.flush().await;
-        if let Ok(mut w) = self.inner.workers.lock() {
-            w.clear();
+        let queues: Vec<Arc<QueueShared>> =
+            lock(&self.inner.topics).queues.values().cloned().collect();
+        for q in queues {
+            q.close();
         }
     }
 
-    fn worker(&self, topic: &str, queue: u32) -> Result<mpsc::Sender<Command>, ClientError> {
-        let mut workers = self.inner.workers.lock().map_err(|_| ClientError::Closed)?;
-        if let Some(Some(w)) = workers.get(topic).and_then(|q| q.get(queue as usize)) {
-            if !w.is_closed() {
-                return Ok(w.clone());
+    /// The topic's queues if known as of the client's current metadata: the last
+    /// topic used costs one string comparison.
+    fn cached_topic(&self, name: &str) -> Option<Arc<TopicQueues>> {
+        let generation = self.inner.client.metadata_generation();
+        let mut topics = lock(&self.inner.topics);
+        if let Some(t) = &topics.last {
+            if t.name == name && t.metadata_generation == generation {
+                return Some(Arc::clone(t));
             }
         }
-        let (tx, rx) = mpsc::channel(self.inner.config.queue_buffer_messages);
+        let t = topics.by_name.get(name)?;
+        if t.metadata_generation != generation {
+            return None;
+        }
+        let t = Arc::clone(t);
+        topics.last = Some(Arc::clone(&t));
+        Some(t)
+    }
+
+    /// The topic's queues, with the queue count as of the client's current
+    /// metadata (looked up again whenever the metadata changes).
+    async fn topic(&self, name: &str) -> Result<Arc<TopicQueues>, ClientError> {
+        // Read before the queue count: a change in between is seen next time.
+        let generation = self.inner.client.metadata_generation();
+        if let Some(t) = self.cached_topic(name) {
+            return Ok(t);
+        }
+        let queues = self.inner.client.topic_queues(name).await?;
+        if queues == 0 {
+            return Err(ClientError::Protocol(format!(
+                "topic {name:?} has no queues"
+            )));
+        }
+        let t = Arc::new(TopicQueues {
+            name: name.to_owned(),
+            queues,
+            metadata_generation: generation,
+            slots: (0..queues).map(|_| OnceLock::new()).collect(),
+        });
+        let mut topics = lock(&self.inner.topics);
+        topics.by_name.insert(name.to_owned(), Arc::clone(&t));
+        topics.last = Some(Arc::clone(&t));
+        Ok(t)
+    }
+
+    /// The state of (topic, queue), and its worker, started if need be.
+    fn start_queue(&self, topic: &TopicQueues, queue: u32) -> Arc<QueueShared> {
+        let mut topics = lock(&self.inner.topics);
+        let key = (topic.name.clone(), queue);
+        if let Some(q) = topics.queues.get(&key) {
+            return Arc::clone(q);
+        }
         let config = &self.inner.config;
+        let window = config.max_in_flight_per_queue.max(1);
+        let shared = Arc::new(QueueShared {
+            state: Mutex::new(QueueState {
+                acc: Accumulator::new(config.max_batch_bytes, config.linger, self.inner.identity),
+                pending: VecDeque::new(),
+                pending_records: 0,
+                pending_batches_max: window,
+                unsent_records_max: config.queue_buffer_messages.max(1),
+                clock: None,
+                flush_waiters: Vec::new(),
+                closed: false,
+                worker_exited: false,
+            }),
+            work: Notify::new(),
+            room: Notify::new(),
+        });
         let worker = QueueWorker {
+            shared: Arc::clone(&shared),
             client: self.inner.client.clone(),
-            topic: topic.to_owned(),
+            topic: topic.name.clone(),
             queue,
             acks: config.acks.to_pb() as i32,
             max_retries: config
                 .max_retries
                 .unwrap_or(self.inner.client.config().max_retries),
-            window: config.max_in_flight_per_queue.max(1),
-            acc: Accumulator::new(config.max_batch_bytes, config.linger, self.inner.identity),
+            window,
             identity: self.inner.identity,
             holes: Vec::new(),
-            pending: VecDeque::new(),
             in_flight: FuturesOrdered::new(),
             failed: Vec::new(),
             recovering: false,
             retry_at: None,
-            flush_waiters: Vec::new(),
         };
-        tokio::spawn(worker.run(rx));
-        let slots = workers.entry(topic.to_owned()).or_default();
-        if slots.len() <= queue as usize {
-            slots.resize(queue as usize + 1, None);
-        }
-        slots[queue as usize] = Some(tx.clone());
-        Ok(tx)
+        tokio::spawn(worker.run());
+        topics.queues.insert(key, Arc::clone(&shared));
+        shared
     }
 }
 
-type Batch = SealedBatch<Reply>;
-type Attempt = (Batch, Result<response::Body, ClientError>);
-
-/// Owns one (topic, queue): accumulates, sends in order, retries in order.
+/// Sends one (topic, queue)'s sealed batches in order, and retries in order.
 struct QueueWorker {
+    shared: Arc<QueueShared>,
     client: Client,
     topic: String,
     queue: u32,
@@ -472,9 +831,6 @@ struct QueueWorker {
     /// Sequence ranges `(sealed sequence, records)` of batches the broker refused
     /// for good: later batches are renumbered down past them before they are sent.
     holes: Vec<(u32, u32)>,
-    acc: Accumulator<Reply>,
-    /// Sealed batches waiting to be sent, oldest first (retries go to the front).
-    pending: VecDeque<Batch>,
     /// Sent batches; answers are taken in send order.
     in_flight: FuturesOrdered<BoxFuture<'static, Attempt>>,
     /// Failed batches to resend once the in-flight ones are all answered.
@@ -483,103 +839,100 @@ struct QueueWorker {
     recovering: bool,
     /// No send before this (backoff).
     retry_at: Option<tokio::time::Instant>,
-    flush_waiters: Vec<oneshot::Sender<()>>,
+}
+
+/// Marks the worker gone however it ends: senders and flushes stop waiting for it,
+/// and whatever it leaves unsent is answered with [`ClientError::Closed`].
+struct WorkerExit(Arc<QueueShared>);
+
+impl Drop for WorkerExit {
+    fn drop(&mut self) {
+        let (left, waiters) = {
+            let mut state = lock(&self.0.state);
+            state.worker_exited = true;
+            state.seal();
+            state.pending_records = 0;
+            let left: Vec<Batch> = state.pending.drain(..).collect();
+            (left, std::mem::take(&mut state.flush_waiters))
+        };
+        drop(left);
+        drop(waiters);
+        self.0.room.notify_waiters();
+    }
 }
 
 impl QueueWorker {
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        let mut open = true;
+    async fn run(mut self) {
+        let shared = Arc::clone(&self.shared);
+        let _exit = WorkerExit(Arc::clone(&shared));
         loop {
-            self.dispatch();
-            if self.is_idle() {
-                for w in self.flush_waiters.drain(..) {
-                    let _ = w.send(());
+            let (sent, timer) = {
+                let now = Instant::now();
+                let mut state = lock(&shared.state);
+                if state
+                    .clock
+                    .is_some_and(|(_, read_at)| now >= read_at + CLOCK_MAX_AGE)
+                {
+                    state.clock = None;
                 }
-                if !open {
-                    return;
+                // Linger ends: send the open batch if nothing else waits to be sent
+                // (otherwise it keeps filling until it is its turn).
+                if state.pending.is_empty() && state.acc.deadline().is_some_and(|d| now >= d) {
+                    state.seal();
                 }
-            }
-            // Take more records only while the sealed backlog is short: beyond it the
-            // channel fills and `send` waits (backpressure).
-            let accepting = open && self.pending.len() < self.window;
-            let linger_at = if self.pending.is_empty() {
-                self.acc.deadline().map(tokio::time::Instant::from_std)
-            } else {
-                None
+                let sent = self.dispatch(&mut state);
+                let idle = state.acc.is_empty()
+                    && state.pending.is_empty()
+                    && self.in_flight.is_empty()
+                    && self.failed.is_empty();
+                if idle {
+                    for w in state.flush_waiters.drain(..) {
+                        let _ = w.send(());
+                    }
+                    if state.closed {
+                        return;
+                    }
+                }
+                let linger_at = if state.pending.is_empty() {
+                    state.acc.deadline()
+                } else {
+                    None
+                };
+                let clock_at = state.clock.map(|(_, read_at)| read_at + CLOCK_MAX_AGE);
+                let timer = match (linger_at, clock_at) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                (sent, timer.map(tokio::time::Instant::from_std))
             };
+            if sent {
+                shared.room.notify_waiters();
+            }
             let retry_at = self.retry_at;
             tokio::select! {
-                command = rx.recv(), if accepting => match command {
-                    Some(command) => {
-                        self.handle(command);
-                        // Drain what is already queued without going back to select.
-                        while self.pending.len() < self.window {
-                            match rx.try_recv() {
-                                Ok(c) => self.handle(c),
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                    None => {
-                        open = false;
-                        self.seal();
-                    }
-                },
+                _ = shared.work.notified() => {}
                 Some(attempt) = self.in_flight.next(), if !self.in_flight.is_empty() => {
                     self.complete(attempt);
                 }
-                _ = sleep_until(linger_at), if linger_at.is_some() => self.seal(),
+                _ = sleep_until(timer), if timer.is_some() => {}
                 _ = sleep_until(retry_at), if retry_at.is_some() => self.retry_at = None,
             }
         }
     }
 
-    fn is_idle(&self) -> bool {
-        self.acc.is_empty()
-            && self.pending.is_empty()
-            && self.in_flight.is_empty()
-            && self.failed.is_empty()
-    }
-
-    fn handle(&mut self, command: Command) {
-        match command {
-            Command::Send(m, reply) => {
-                let record = RecordRef {
-                    key: m.key.as_deref(),
-                    value: &m.value,
-                    headers: &m.headers,
-                    timestamp_ms: m.timestamp_ms.unwrap_or_else(now_ms),
-                };
-                if let Some(b) = self.acc.push(&record, reply, Instant::now()) {
-                    self.pending.push_back(b);
-                }
-                if self.acc.is_full() {
-                    self.seal();
-                }
-            }
-            Command::Flush(done) => {
-                self.seal();
-                self.flush_waiters.push(done);
-            }
-        }
-    }
-
-    fn seal(&mut self) {
-        if let Some(b) = self.acc.seal() {
-            self.pending.push_back(b);
-        }
-    }
-
-    /// Sends pending batches while the window allows.
-    fn dispatch(&mut self) {
+    /// Sends pending batches while the window allows; whether it sent any.
+    fn dispatch(&mut self, state: &mut QueueState) -> bool {
         if self.retry_at.is_some() || !self.failed.is_empty() {
-            return;
+            return false;
         }
         let window = if self.recovering { 1 } else { self.window };
+        let mut sent = false;
         while self.in_flight.len() < window {
-            let Some(mut batch) = self.pending.pop_front() else {
-                return;
+            let Some(mut batch) = state.pending.pop_front() else {
+                break;
             };
+            state.pending_records -= batch.record_count as usize;
+            sent = true;
             batch.attempts += 1;
             self.renumber(&mut batch);
             let client = self.client.clone();
@@ -594,6 +947,7 @@ impl QueueWorker {
                 (batch, result)
             }));
         }
+        sent
     }
 
     /// Closes the sequence gaps left by refused batches: the broker expects the
@@ -659,14 +1013,7 @@ impl QueueWorker {
                         "produce answer counts a different number of records"
                     );
                 }
-                for (i, (reply, timestamp_ms)) in batch.waiters.into_iter().enumerate() {
-                    let _ = reply.send(Ok(RecordMetadata {
-                        queue: self.queue,
-                        // `acks=leader` answers before offsets exist: u64::MAX stays "unknown".
-                        offset: r.base_offset.saturating_add(i as u64),
-                        timestamp_ms,
-                    }));
-                }
+                batch.ack.resolve(Ok(r.base_offset));
                 if self.failed.is_empty() {
                     self.recovering = false;
                 }
@@ -712,8 +1059,10 @@ impl QueueWorker {
         }
         if self.in_flight.is_empty() && !self.failed.is_empty() {
             // Everything sent is answered: resend the failures first, in order.
+            let mut state = lock(&self.shared.state);
             for b in self.failed.drain(..).rev() {
-                self.pending.push_front(b);
+                state.pending_records += b.record_count as usize;
+                state.pending.push_front(b);
             }
             self.recovering = true;
         }
@@ -721,14 +1070,86 @@ impl QueueWorker {
 }
 
 fn fail(batch: Batch, e: ClientError) {
-    for (reply, _) in batch.waiters {
-        let _ = reply.send(Err(e.clone()));
-    }
+    batch.ack.resolve(Err(e));
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+
+    struct CountingWaker(AtomicUsize);
+
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn future(ack: &Acker, index: u32) -> DeliveryFuture {
+        DeliveryFuture {
+            ack: Arc::clone(&ack.0),
+            index,
+            queue: 3,
+            timestamp_ms: 7,
+        }
+    }
+
+    #[test]
+    fn every_record_of_a_batch_is_answered_from_its_one_outcome() {
+        let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&counter));
+        let mut cx = Context::from_waker(&waker);
+        let ack = Acker::default();
+        let mut first = future(&ack, 0);
+        let mut second = future(&ack, 1);
+        assert!(Pin::new(&mut first).poll(&mut cx).is_pending());
+        assert!(Pin::new(&mut first).poll(&mut cx).is_pending());
+        assert!(Pin::new(&mut second).poll(&mut cx).is_pending());
+        assert_eq!(
+            lock(&ack.0.wakers).len(),
+            1,
+            "one waker per task, not per poll"
+        );
+        ack.resolve(Ok(100));
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+        let got = |f: &mut DeliveryFuture, cx: &mut Context<'_>| match Pin::new(f).poll(cx) {
+            Poll::Ready(r) => r.expect("stored"),
+            Poll::Pending => panic!("resolved batch must be ready"),
+        };
+        assert_eq!(got(&mut second, &mut cx).offset, 101);
+        assert_eq!(
+            got(&mut first, &mut cx),
+            RecordMetadata {
+                queue: 3,
+                offset: 100,
+                timestamp_ms: 7
+            }
+        );
+        // A batch already answered: ready at once, and no waker is kept.
+        let mut late = future(&ack, 2);
+        assert_eq!(got(&mut late, &mut cx).offset, 102);
+        assert!(lock(&ack.0.wakers).is_empty());
+    }
+
+    #[test]
+    fn a_batch_dropped_unanswered_fails_its_records_as_closed() {
+        let waker = Waker::from(Arc::new(CountingWaker(AtomicUsize::new(0))));
+        let mut cx = Context::from_waker(&waker);
+        let ack = Acker::default();
+        let mut f = future(&ack, 0);
+        drop(ack);
+        match Pin::new(&mut f).poll(&mut cx) {
+            Poll::Ready(Err(ClientError::Closed)) => {}
+            other => panic!("expected Closed, got {other:?}"),
+        }
     }
 }

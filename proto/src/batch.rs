@@ -748,6 +748,11 @@ impl BatchBuilder {
 
     #[inline]
     fn put_uvarint(&mut self, value: u64) {
+        // Most fields of a small record fit one byte: no copy through `tmp`.
+        if value < 0x80 {
+            self.buf.put_u8(value as u8);
+            return;
+        }
         let mut tmp = [0u8; MAX_VARINT_BYTES];
         let n = encode_uvarint(value, &mut tmp);
         self.buf.extend_from_slice(&tmp[..n]);

@@ -131,6 +131,11 @@ impl GroupConsumer {
     }
 
     async fn rejoin(&mut self) -> Result<(), ClientError> {
+        // A (re)joining member holds nothing until the coordinator says so: forget
+        // every local position, so each assigned queue starts from the group's
+        // committed offset and never from a stale position of an earlier assignment.
+        self.consumer.reassign(&self.topic, &[]);
+        self.committed.clear();
         let mut attempt = 0;
         let joined = loop {
             let body = request::Body::JoinGroup(pb::JoinGroupRequest {

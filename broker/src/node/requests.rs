@@ -29,6 +29,17 @@ impl Node {
             e.message = "the new leader is applying earlier entries; retry shortly".into();
             return reply.error(e);
         }
+        // Reads of state that moves (offsets, groups) come from the leader: a
+        // follower's state machine may lag what is committed, and a consumer must
+        // never resume from an older committed offset than the group's.
+        if self.raft.role() != Role::Leader
+            && matches!(
+                body,
+                B::OffsetFetch(_) | B::ListOffsets(_) | B::DescribeGroup(_) | B::ListGroups(_)
+            )
+        {
+            return reply.error(self.not_leader());
+        }
         match body {
             B::Produce(req) => self.produce(req, reply),
             B::Fetch(req) => self.fetch(req, reply),
@@ -287,6 +298,27 @@ impl Node {
             .check_owner(&req.group, &req.member_id, req.generation, &queues)
         {
             return reply.error(group_error(e));
+        }
+        // A member's commit never moves the group backwards (only a reset does): a
+        // member about to do so works from a stale position (it missed a commit of
+        // the member that held the queue before it) and must rejoin to pick up the
+        // group's offsets.
+        if !req.member_id.is_empty() {
+            let stored = self.state.group_offsets(&req.group);
+            for o in &req.offsets {
+                let current = stored.and_then(|m| m.get(&(o.topic.clone(), o.queue)));
+                if let Some(&current) = current {
+                    if o.offset < current {
+                        return reply.error(pb::Error::new(
+                            ErrorCode::StaleGeneration,
+                            format!(
+                                "{}/{}: committing {} would move the group back from {current}; rejoin",
+                                o.topic, o.queue, o.offset
+                            ),
+                        ));
+                    }
+                }
+            }
         }
         let offsets = req
             .offsets

@@ -109,6 +109,10 @@ struct Args {
     /// Produce requests in flight per queue.
     #[arg(long, default_value_t = 8)]
     max_in_flight: usize,
+    /// Messages produced untimed before the measured run (connections, leader,
+    /// page cache and allocator warm), as the peers' harness does.
+    #[arg(long, default_value_t = 50_000)]
+    warmup: u64,
     /// Print one JSON record instead of text.
     #[arg(long)]
     json: bool,
@@ -202,6 +206,18 @@ async fn run(args: Args, bootstrap: Vec<String>, server_pids: Vec<u32>) -> anyho
             ..args.clone()
         };
         produce_phase(&loader, &bootstrap, epoch, None).await?;
+    }
+    if args.warmup > 0 && args.mode != Mode::Consume {
+        let warmup = Args {
+            count: args.warmup,
+            rate: None,
+            duration: None,
+            window: args.window.max(1024),
+            topic: format!("{}-warmup", args.topic),
+            ..args.clone()
+        };
+        ensure_topic(&client, &warmup.topic, 1).await?;
+        produce_phase(&warmup, &bootstrap, epoch, None).await?;
     }
     let cpu_before = cpu::sample(&server_pids);
     let started = Instant::now();
@@ -450,7 +466,8 @@ async fn produce_loop(
     producer_index: u32,
 ) -> anyhow::Result<(u64, Histogram<u64>)> {
     let mut recorder = Recorder::new();
-    let mut in_flight = std::collections::VecDeque::with_capacity(args.window.min(1 << 20));
+    let mut in_flight: std::collections::VecDeque<(Instant, raftmq_client::DeliveryFuture)> =
+        std::collections::VecDeque::with_capacity(args.window.min(1 << 20));
     let mut values = Values::new(args.message_size);
     // Open loop schedules every message: read the clock each time.
     let mut clock = Clock::new(if rate.is_some() { 1 } else { 16 });
@@ -473,17 +490,24 @@ async fn produce_loop(
                     let at = started + Duration::from_secs_f64(sent as f64 / r);
                     let now = Instant::now();
                     if at > now {
-                        if in_flight.is_empty() {
+                        // Collect acknowledgements while waiting for the next send
+                        // time, but never past it: the schedule is the load, whatever
+                        // the acknowledgements do.
+                        let Some((t0, fut)) = in_flight.front_mut() else {
                             tokio::time::sleep_until(at.into()).await;
-                        } else {
-                            // Collect an acknowledgement while waiting.
-                            let (t0, fut): (Instant, raftmq_client::DeliveryFuture) =
-                                in_flight.pop_front().expect("not empty");
-                            fut.await.context("produce")?;
-                            recorder.record(t0.elapsed().as_micros() as u64);
-                            acked += 1;
                             continue;
+                        };
+                        let t0 = *t0;
+                        tokio::select! {
+                            result = fut => {
+                                in_flight.pop_front();
+                                result.context("produce")?;
+                                recorder.record(t0.elapsed().as_micros() as u64);
+                                acked += 1;
+                            }
+                            _ = tokio::time::sleep_until(at.into()) => {}
                         }
+                        continue;
                     }
                     at
                 }

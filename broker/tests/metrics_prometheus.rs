@@ -230,6 +230,7 @@ async fn given_traffic_when_scraped_should_show_every_series_with_live_values() 
             &["file=\"hard_state\""]
         ) >= 1.0
     );
+    assert_eq!(value(&s, "raftmq_raft_elections_started_total", &[]), 1.0);
     assert_eq!(value(&s, "raftmq_raft_elections_won_total", &[]), 1.0);
     // A single node has no followers: the family is there, without samples.
     assert!(!s

@@ -18,6 +18,8 @@ pub(super) struct NodeMetrics {
     group_lag_at: Option<Instant>,
     /// Whether the follower-lag text currently holds samples (cleared on stepping down).
     followers_published: bool,
+    /// The term of the last election this node was seen to start.
+    election_term: Option<Term>,
 }
 
 impl NodeMetrics {
@@ -32,6 +34,7 @@ impl NodeMetrics {
             gauges_at: None,
             group_lag_at: None,
             followers_published: false,
+            election_term: None,
         }
     }
 
@@ -42,14 +45,21 @@ impl NodeMetrics {
         (raft.fsync_log.clone(), raft.fsync_hard_state.clone())
     }
 
-    /// Logs and counts an election this node started or won.
-    pub(super) fn role_changed(&self, role: Role, term: Term) {
-        match role {
-            Role::Candidate => {
+    /// Logs and counts an election this node started or won. A node can become
+    /// candidate and leader between two `Ready`s (a single node, or votes answered
+    /// at once): its win then stands for the start as well.
+    pub(super) fn role_changed(&mut self, role: Role, term: Term) {
+        let started = |this: &mut NodeMetrics| {
+            if this.election_term != Some(term) {
+                this.election_term = Some(term);
                 tracing::info!(term = term.0, "election started");
-                self.handles.raft.elections_started.increment(1);
+                this.handles.raft.elections_started.increment(1);
             }
+        };
+        match role {
+            Role::Candidate => started(self),
             Role::Leader => {
+                started(self);
                 tracing::info!(term = term.0, "election won");
                 self.handles.raft.elections_won.increment(1);
             }

@@ -296,7 +296,7 @@ impl BrokerMetrics {
             .build_recorder();
         let handle = recorder.handle();
         metrics::with_local_recorder(&recorder, describe_all);
-        let m = metrics::with_local_recorder(&recorder, || {
+        let mut m = metrics::with_local_recorder(&recorder, || {
             use metrics::{counter, gauge, histogram};
             gauge!("raftmq_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             BrokerMetrics {
@@ -338,14 +338,12 @@ impl BrokerMetrics {
                 },
             }
         });
-        BrokerMetrics {
-            exporter: Some(Exporter {
-                recorder,
-                handle,
-                dynamic: Mutex::new(DynamicText::default()),
-            }),
-            ..m
-        }
+        m.exporter = Some(Exporter {
+            recorder,
+            handle,
+            dynamic: Mutex::new(DynamicText::default()),
+        });
+        m
     }
 
     /// Whether anything is recorded.

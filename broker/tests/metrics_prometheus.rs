@@ -272,3 +272,69 @@ async fn given_metrics_off_the_broker_has_no_metrics_address() {
     assert_eq!(broker.metrics_addr, None);
     broker.stop().await;
 }
+
+fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_three_nodes_only_the_leader_should_show_follower_lag() {
+    let dir = tempfile::tempdir().unwrap();
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_port()).collect();
+    let peers: BTreeMap<NodeId, SocketAddr> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (NodeId(i as u64 + 1), *a))
+        .collect();
+    let mut brokers = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let config = BrokerConfig {
+            node_id: NodeId(i as u64 + 1),
+            data_dir: dir.path().join(format!("node{}", i + 1)),
+            listen: *addr,
+            peers: peers.clone(),
+            metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+            segment_bytes: 1 << 20,
+            max_batch_bytes: 1 << 16,
+            max_frame_bytes: 1 << 18,
+            election_timeout_ticks: 10,
+            heartbeat_interval_ticks: 2,
+            ..BrokerConfig::default()
+        };
+        brokers.push(Broker::start(config).await.expect("broker starts"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut leaders = Vec::new();
+        let mut lag_series = Vec::new();
+        for broker in &brokers {
+            let (_, body) = http_get(broker.metrics_addr.unwrap(), "/metrics").await;
+            let s = samples(&body);
+            let is_leader = s.iter().any(|(k, v)| {
+                k.starts_with("raftmq_raft_role{") && k.contains("role=\"leader\"") && *v == 1.0
+            });
+            leaders.push(is_leader);
+            lag_series.push(
+                s.keys()
+                    .filter(|k| k.starts_with("raftmq_raft_follower_lag_entries{"))
+                    .count(),
+            );
+        }
+        let led: Vec<usize> = (0..3).filter(|i| leaders[*i]).collect();
+        // The leader reports both followers; followers report none (a former
+        // leader drops its series at its next refresh, hence the retries).
+        let followers_silent = (0..3).filter(|i| !leaders[*i]).all(|i| lag_series[i] == 0);
+        if led.len() == 1 && lag_series[led[0]] == 2 && followers_silent {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no single leader with follower lag: roles {leaders:?}, lag series {lag_series:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for broker in brokers {
+        broker.stop().await;
+    }
+}

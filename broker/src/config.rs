@@ -76,6 +76,8 @@ pub struct BrokerConfig {
     pub request_timeout_ms: u64,
     /// Longest long-poll a fetch may ask for (default 30 s).
     pub max_fetch_wait_ms: u64,
+    /// Address of the Prometheus `/metrics` endpoint (default: none, metrics off).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for BrokerConfig {
@@ -98,6 +100,7 @@ impl Default for BrokerConfig {
             max_inflight_per_connection: 1024,
             request_timeout_ms: 10_000,
             max_fetch_wait_ms: 30_000,
+            metrics_listen: None,
         }
     }
 }
@@ -139,6 +142,9 @@ pub enum ConfigError {
     /// A numeric option is out of its range.
     #[error("{0}")]
     OutOfRange(String),
+    /// The metrics endpoint would share the broker's own port.
+    #[error("metrics_listen {0} is the broker's listen address; give metrics a port of its own")]
+    MetricsOnBrokerPort(SocketAddr),
 }
 
 /// The subset of options a TOML file may set (all optional; unknown keys refused).
@@ -171,6 +177,8 @@ pub struct FileConfig {
     pub heartbeat_interval_ticks: Option<u32>,
     /// See [`BrokerConfig::request_timeout_ms`].
     pub request_timeout_ms: Option<u64>,
+    /// See [`BrokerConfig::metrics_listen`].
+    pub metrics_listen: Option<String>,
 }
 
 /// Parses `HOST:PORT`; names are resolved with the system resolver (for `localhost`).
@@ -243,6 +251,9 @@ impl BrokerConfig {
         if let Some(peers) = file.peers {
             self.peers = parse_peers(&peers)?;
         }
+        if let Some(metrics) = file.metrics_listen {
+            self.metrics_listen = Some(parse_addr(&metrics)?);
+        }
         macro_rules! set {
             ($($field:ident),*) => { $( if let Some(v) = file.$field { self.$field = v; } )* };
         }
@@ -294,6 +305,11 @@ impl BrokerConfig {
                 "tick_ms must be >= 1, election_timeout_ticks >= 3, heartbeat_interval_ticks >= 1"
                     .into(),
             ));
+        }
+        if let Some(metrics) = self.metrics_listen {
+            if metrics == self.listen && metrics.port() != 0 {
+                return Err(ConfigError::MetricsOnBrokerPort(metrics));
+            }
         }
         if self.heartbeat_interval_ticks >= self.election_timeout_ticks {
             return Err(ConfigError::OutOfRange(
@@ -357,6 +373,17 @@ mod tests {
         assert_eq!(
             config.election_timeout_ticks,
             defaults.election_timeout_ticks
+        );
+        assert_eq!(config.metrics_listen, defaults.metrics_listen);
+    }
+
+    #[test]
+    fn metrics_on_the_broker_port_are_refused() {
+        let mut config = BrokerConfig::default();
+        config.metrics_listen = Some(config.listen);
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::MetricsOnBrokerPort(config.listen))
         );
     }
 

@@ -7,13 +7,15 @@
 //! - [`server`]: the listener and connections; [`transport`]: links to peers;
 //! - [`state_machine`] and [`command`]: what committed entries mean;
 //! - [`hard_state`]: term, vote and the acknowledged mark on disk;
-//! - [`config`]: every option with its default.
+//! - [`config`]: every option with its default;
+//! - [`metrics`]: the Prometheus series and their `/metrics` endpoint.
 
 pub mod command;
 pub mod config;
 pub mod group;
 pub mod hard_state;
 pub mod log_adapter;
+pub mod metrics;
 pub mod node;
 pub mod raft;
 pub mod raft_wire;

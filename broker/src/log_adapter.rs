@@ -32,6 +32,15 @@ impl RaftLog for CommitLog {
     }
 
     fn truncate_suffix(&mut self, from: LogIndex) -> Result<(), LogError> {
+        // Rare (a follower dropping a deposed leader's uncommitted tail): worth a line.
+        let last = CommitLog::last_index(self);
+        if from <= last {
+            tracing::info!(
+                from = from.0,
+                last_index = last.0,
+                "log truncated: entries from this index are replaced by the leader's"
+            );
+        }
         CommitLog::truncate_suffix(self, from).map_err(|e| LogError::Write(e.to_string()))
     }
 }

@@ -2,8 +2,12 @@
 //!
 //! With no arguments it runs a single-node broker on 127.0.0.1:7070 with its data in
 //! `./raftmq-data`. A cluster is the same binary with `--node-id` and `--peers`.
+//!
+//! Any error (a refused configuration, a port in use, another node's data dir) is
+//! printed as one line on stderr and the process exits with status 1.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
@@ -39,6 +43,9 @@ struct Args {
     /// Segment file size in bytes (default 1 GiB).
     #[arg(long)]
     segment_bytes: Option<u64>,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (default: off).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_listen: Option<String>,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -61,6 +68,9 @@ enum Sub {
         /// fsync (default) or async.
         #[arg(long, default_value = "fsync")]
         durability: Durability,
+        /// Metrics port of node 1; node N serves http://127.0.0.1:(this + N - 1)/metrics.
+        #[arg(long, default_value_t = 9464)]
+        metrics_base_port: u16,
     },
 }
 
@@ -97,12 +107,26 @@ fn build_config(args: &Args) -> anyhow::Result<BrokerConfig> {
     if let Some(bytes) = args.segment_bytes {
         config.segment_bytes = bytes;
     }
+    if let Some(metrics) = &args.metrics_listen {
+        config.metrics_listen = Some(parse_addr(metrics)?);
+    }
     config.validate()?;
     Ok(config)
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the context and its causes, joined by ": ".
+            eprintln!("raftmq-broker: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -117,9 +141,16 @@ fn main() -> anyhow::Result<()> {
         base_port,
         data_dir,
         durability,
+        metrics_base_port,
     }) = &args.command
     {
-        return run_dev_cluster(*nodes, *base_port, data_dir, *durability);
+        return run_dev_cluster(
+            *nodes,
+            *base_port,
+            *metrics_base_port,
+            data_dir,
+            *durability,
+        );
     }
     let config = build_config(&args).context("invalid configuration")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -129,13 +160,22 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         let data_dir = config.data_dir.clone();
         let node_id = config.node_id;
-        let broker = Broker::start(config).await?;
+        let broker = Broker::start(config).await.with_context(|| {
+            format!(
+                "cannot start node {} with data dir {}",
+                node_id.0,
+                data_dir.display()
+            )
+        })?;
         println!(
             "raftmq-broker node {} listening on {} (data in {})",
             node_id.0,
             broker.local_addr,
             data_dir.display()
         );
+        if let Some(addr) = broker.metrics_addr {
+            println!("metrics: http://{addr}/metrics");
+        }
         let token = broker.shutdown_token();
         tokio::spawn(async move {
             wait_for_signal().await;
@@ -164,10 +204,15 @@ async fn wait_for_signal() {
 fn run_dev_cluster(
     nodes: u64,
     base_port: u16,
+    metrics_base_port: u16,
     data_dir: &std::path::Path,
     durability: Durability,
 ) -> anyhow::Result<()> {
     anyhow::ensure!((1..=9).contains(&nodes), "--nodes must be between 1 and 9");
+    anyhow::ensure!(
+        u64::from(base_port) + nodes <= 65_536 && u64::from(metrics_base_port) + nodes <= 65_536,
+        "--base-port and --metrics-base-port leave no room for {nodes} nodes"
+    );
     let exe = std::env::current_exe().context("cannot find this executable")?;
     let addrs: Vec<String> = (0..nodes)
         .map(|i| format!("127.0.0.1:{}", u64::from(base_port) + i))
@@ -186,6 +231,7 @@ fn run_dev_cluster(
     for (i, addr) in addrs.iter().enumerate() {
         let id = i as u64 + 1;
         let dir = data_dir.join(format!("node{id}"));
+        let metrics = format!("127.0.0.1:{}", u64::from(metrics_base_port) + i as u64);
         let child = std::process::Command::new(&exe)
             .args([
                 "--node-id",
@@ -196,12 +242,16 @@ fn run_dev_cluster(
                 &peers,
             ])
             .args(["--durability", durability])
+            .args(["--metrics-listen", &metrics])
             .arg("--data-dir")
             .arg(&dir)
             .stdout(std::process::Stdio::null())
             .spawn()
             .with_context(|| format!("cannot start node {id}"))?;
-        println!("node {id}: {addr}  data {}", dir.display());
+        println!(
+            "node {id}: {addr}  metrics http://{metrics}/metrics  data {}",
+            dir.display()
+        );
         children.push(child);
     }
     println!("brokers: {}", addrs.join(","));

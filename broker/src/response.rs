@@ -2,8 +2,13 @@
 //! connection's response queue, plus the in-flight permit that bounds how many
 //! requests one connection may have outstanding.
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use raftmq_proto::pb;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
+
+use crate::metrics::{Api, BrokerMetrics};
 
 /// A response on its way to the connection's writer, with the permit it releases
 /// once written.
@@ -16,6 +21,17 @@ pub struct Responder {
     correlation_id: u64,
     tx: mpsc::UnboundedSender<Outgoing>,
     permit: Option<OwnedSemaphorePermit>,
+    /// Set when metrics are on: recorded once, when the answer is sent.
+    observed: Option<Observed>,
+}
+
+/// What the metrics need to know about a request when it is answered.
+#[derive(Debug)]
+struct Observed {
+    metrics: Arc<BrokerMetrics>,
+    api: Api,
+    started: Instant,
+    request_bytes: u64,
 }
 
 impl Responder {
@@ -29,10 +45,41 @@ impl Responder {
             correlation_id,
             tx,
             permit,
+            observed: None,
         }
     }
 
+    /// Records the request's latency, error code and volume in `metrics` when it is
+    /// answered (nothing is attached when metrics are off). `request_bytes` is the
+    /// produce batch size (0 for other requests).
+    pub fn observed(
+        mut self,
+        metrics: &Arc<BrokerMetrics>,
+        api: Api,
+        started: Instant,
+        request_bytes: u64,
+    ) -> Responder {
+        if metrics.enabled() {
+            self.observed = Some(Observed {
+                metrics: metrics.clone(),
+                api,
+                started,
+                request_bytes,
+            });
+        }
+        self
+    }
+
     fn send(self, error: Option<pb::Error>, body: Option<pb::response::Body>) {
+        if let Some(o) = &self.observed {
+            o.metrics.on_response(
+                o.api,
+                o.started,
+                o.request_bytes,
+                error.as_ref(),
+                body.as_ref(),
+            );
+        }
         let response = pb::Response {
             correlation_id: self.correlation_id,
             error,

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::BrokerConfig;
 use crate::hard_state::HardStateFile;
+use crate::metrics::{self, Api, BrokerMetrics};
 use crate::node::{Node, NodeInput};
 use crate::raft::{self, RawNode};
 use crate::raft_wire;
@@ -66,6 +67,14 @@ pub enum StartError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The metrics address could not be bound.
+    #[error("cannot serve metrics on {addr}: {source}")]
+    MetricsBind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
 }
 
 /// A running broker.
@@ -73,6 +82,8 @@ pub enum StartError {
 pub struct Broker {
     /// The bound address.
     pub local_addr: SocketAddr,
+    /// The bound address of the `/metrics` endpoint, when metrics are on.
+    pub metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     node: JoinHandle<()>,
     listener: JoinHandle<()>,
@@ -102,6 +113,22 @@ impl Broker {
         if config.peers.len() == 1 {
             config.peers.insert(config.node_id, local_addr);
         }
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => {
+                let listener = metrics::http::bind(addr)
+                    .await
+                    .map_err(|source| StartError::MetricsBind { addr, source })?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|source| StartError::MetricsBind { addr, source })?;
+                Some((listener, bound))
+            }
+            None => None,
+        };
+        let broker_metrics = Arc::new(match metrics_listener {
+            Some(_) => BrokerMetrics::enabled_for(config.node_id.0),
+            None => BrokerMetrics::disabled(),
+        });
         let (hard_state_file, hard_state) = HardStateFile::open(&config.data_dir, config.node_id)?;
         let log_config = LogConfig {
             segment_bytes: config.segment_bytes,
@@ -129,11 +156,30 @@ impl Broker {
             shutdown.clone(),
         );
         let (inbox_tx, inbox_rx) = mpsc::channel(NODE_INBOX);
-        let node = Node::new(config.clone(), raft, hard_state_file, hard_state, transport);
+        let node = Node::new(config.clone(), raft, hard_state_file, hard_state, transport)
+            .with_metrics(broker_metrics.clone());
         let node = tokio::spawn(node.run(inbox_rx));
-        let listener = tokio::spawn(accept_loop(listener, inbox_tx, config, shutdown.clone()));
+        let mut metrics_addr = None;
+        if let Some((metrics_listener, bound)) = metrics_listener {
+            tracing::info!(addr = %bound, "serving metrics at /metrics");
+            metrics_addr = Some(bound);
+            tokio::spawn(metrics::http::serve(
+                metrics_listener,
+                broker_metrics.clone(),
+                shutdown.clone(),
+            ));
+            tokio::spawn(broker_metrics.clone().run_upkeep(shutdown.clone()));
+        }
+        let listener = tokio::spawn(accept_loop(
+            listener,
+            inbox_tx,
+            config,
+            broker_metrics,
+            shutdown.clone(),
+        ));
         Ok(Broker {
             local_addr,
+            metrics_addr,
             shutdown,
             node,
             listener,
@@ -170,6 +216,7 @@ async fn accept_loop(
     listener: TcpListener,
     inbox: mpsc::Sender<NodeInput>,
     config: Arc<BrokerConfig>,
+    metrics: Arc<BrokerMetrics>,
     shutdown: CancellationToken,
 ) {
     let mut connections = tokio::task::JoinSet::new();
@@ -186,6 +233,7 @@ async fn accept_loop(
                     peer,
                     inbox.clone(),
                     config.clone(),
+                    metrics.clone(),
                     shutdown.clone(),
                 ));
             }
@@ -209,8 +257,10 @@ async fn serve_connection(
     peer: SocketAddr,
     inbox: mpsc::Sender<NodeInput>,
     config: Arc<BrokerConfig>,
+    metrics: Arc<BrokerMetrics>,
     shutdown: CancellationToken,
 ) {
+    metrics.connection_opened();
     let (read, write) = stream.into_split();
     let codec = raftmq_proto::frame::codec(config.max_frame_bytes);
     let mut reader = FramedRead::new(read, codec.clone());
@@ -237,8 +287,14 @@ async fn serve_connection(
                 break;
             }
         };
+        let started = std::time::Instant::now();
         let Some(body) = request.body else {
-            let reply = Responder::new(request.correlation_id, tx.clone(), None);
+            let reply = Responder::new(request.correlation_id, tx.clone(), None).observed(
+                &metrics,
+                Api::Unknown,
+                started,
+                0,
+            );
             reply.error(pb::Error::new(
                 ErrorCode::InvalidRequest,
                 "unknown or missing API key",
@@ -262,7 +318,16 @@ async fn serve_connection(
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };
-        let reply = Responder::new(request.correlation_id, tx.clone(), Some(permit));
+        let request_bytes = match &body {
+            pb::request::Body::Produce(req) => req.batch.len() as u64,
+            _ => 0,
+        };
+        let reply = Responder::new(request.correlation_id, tx.clone(), Some(permit)).observed(
+            &metrics,
+            Api::of(&body),
+            started,
+            request_bytes,
+        );
         if request.api_version > 1 {
             reply.error(pb::Error::new(
                 ErrorCode::UnsupportedVersion,
@@ -286,6 +351,7 @@ async fn serve_connection(
     drop(inbox);
     drop(tx);
     let _ = writer.await;
+    metrics.connection_closed();
 }
 
 /// Checks that need no state: names, sizes, the batch's CRC and structure.

@@ -33,6 +33,7 @@ use crate::state_machine::{ApplyOutcome, StateMachine};
 use crate::transport::PeerTransport;
 
 mod fetch;
+mod observe;
 mod requests;
 
 pub use requests::UNKNOWN_OFFSET;
@@ -134,6 +135,7 @@ pub struct Node {
     /// it is applied the state machine may lag what earlier leaders committed, so
     /// the leader answers "not ready" instead of stale state.
     term_start: LogIndex,
+    metrics: observe::NodeMetrics,
 }
 
 impl Node {
@@ -163,6 +165,7 @@ impl Node {
             groups: Coordinator::new(),
             started: Instant::now(),
             term_start: LogIndex(u64::MAX),
+            metrics: observe::NodeMetrics::disabled(),
         }
     }
 
@@ -205,6 +208,7 @@ impl Node {
                 _ = ticker.tick() => {
                     self.raft.tick();
                     self.expire(Instant::now());
+                    self.observe(Instant::now());
                     let counts = self.queue_counts();
                     for (group, member) in self.groups.expire(self.now_ms(), &counts) {
                         tracing::info!(%group, %member, "member session timed out");
@@ -270,6 +274,7 @@ impl Node {
         let ready = self.raft.ready();
         if let Some((role, term, leader)) = ready.role_change {
             tracing::info!(role = role_name(role), term = term.0, leader = ?leader.map(|l| l.0), "raft role changed");
+            self.metrics.role_changed(role, term);
             if role == Role::Leader {
                 self.term_start = self.raft.log().last_index();
             } else {
@@ -330,15 +335,24 @@ impl Node {
             self.last_hard_state = hs;
         }
         let tx = self.persist_tx.clone();
+        let (fsync_log, fsync_hard_state) = self.metrics.fsync_histograms();
         tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
             let sync = sync_job.map(SyncJob::run);
+            if sync.is_some() {
+                fsync_log.record(started.elapsed());
+            }
             let sync_ok = !matches!(sync, Some(Err(_)));
             // The hard state goes after the log: the acknowledged mark in it must
             // never be ahead of what is durable.
+            let started = Instant::now();
             let hard_state_result = match hard_state {
                 Some(hs) if sync_ok => hard_state_file.store(&hs),
                 _ => Ok(()),
             };
+            if hard_state.is_some() && sync_ok {
+                fsync_hard_state.record(started.elapsed());
+            }
             let _ = tx.send(PersistDone {
                 sync,
                 hard_state_file,

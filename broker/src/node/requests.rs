@@ -81,6 +81,12 @@ impl Node {
                 if self.raft.role() != Role::Leader {
                     return reply.error(self.not_leader());
                 }
+                tracing::info!(
+                    to = req.to_node_id,
+                    term = self.raft.term().0,
+                    "leadership transfer requested"
+                );
+                self.metrics.handles.raft.transfers_requested.increment(1);
                 match self
                     .raft
                     .transfer_leadership(crate::raft::NodeId(req.to_node_id))

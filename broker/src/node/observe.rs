@@ -1,0 +1,201 @@
+//! What the node task tells the metrics and the logs: its gauges, refreshed from the
+//! tick at most every [`NODE_GAUGES_INTERVAL`] (group lag every
+//! [`GROUP_LAG_INTERVAL`]), and a line per election started or won.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::Node;
+use crate::metrics::{
+    BrokerMetrics, FamilyWriter, GROUP_LAG_INTERVAL, GROUP_LAG_SERIES_MAX, NODE_GAUGES_INTERVAL,
+};
+use crate::raft::{Role, Term};
+
+/// The node's link to the metrics: the handles and when each family was refreshed.
+pub(super) struct NodeMetrics {
+    pub(super) handles: Arc<BrokerMetrics>,
+    gauges_at: Option<Instant>,
+    group_lag_at: Option<Instant>,
+    /// Whether the follower-lag text currently holds samples (cleared on stepping down).
+    followers_published: bool,
+    /// The term of the last election this node was seen to start.
+    election_term: Option<Term>,
+}
+
+impl NodeMetrics {
+    /// Metrics off.
+    pub(super) fn disabled() -> NodeMetrics {
+        NodeMetrics::new(Arc::new(BrokerMetrics::disabled()))
+    }
+
+    fn new(handles: Arc<BrokerMetrics>) -> NodeMetrics {
+        NodeMetrics {
+            handles,
+            gauges_at: None,
+            group_lag_at: None,
+            followers_published: false,
+            election_term: None,
+        }
+    }
+
+    /// Handles for timing a persist job's log sync and hard-state write, to move
+    /// into the blocking closure.
+    pub(super) fn fsync_histograms(&self) -> (metrics::Histogram, metrics::Histogram) {
+        let raft = &self.handles.raft;
+        (raft.fsync_log.clone(), raft.fsync_hard_state.clone())
+    }
+
+    /// Logs and counts an election this node started or won. A node can become
+    /// candidate and leader between two `Ready`s (a single node, or votes answered
+    /// at once): its win then stands for the start as well.
+    pub(super) fn role_changed(&mut self, role: Role, term: Term) {
+        let started = |this: &mut NodeMetrics| {
+            if this.election_term != Some(term) {
+                this.election_term = Some(term);
+                tracing::info!(term = term.0, "election started");
+                this.handles.raft.elections_started.increment(1);
+            }
+        };
+        match role {
+            Role::Candidate => started(self),
+            Role::Leader => {
+                started(self);
+                tracing::info!(term = term.0, "election won");
+                self.handles.raft.elections_won.increment(1);
+            }
+            Role::Follower | Role::PreCandidate => {}
+        }
+    }
+}
+
+impl Node {
+    /// Records metrics in `metrics` (see [`crate::metrics`]).
+    pub fn with_metrics(mut self, metrics: Arc<BrokerMetrics>) -> Node {
+        self.metrics = NodeMetrics::new(metrics);
+        self
+    }
+
+    /// Refreshes the gauges when they are due; called on every tick.
+    pub(super) fn observe(&mut self, now: Instant) {
+        if !self.metrics.handles.enabled() {
+            return;
+        }
+        let due = |at: Option<Instant>, every| at.is_none_or(|at| now.duration_since(at) >= every);
+        if due(self.metrics.gauges_at, NODE_GAUGES_INTERVAL) {
+            self.metrics.gauges_at = Some(now);
+            self.observe_gauges();
+        }
+        if due(self.metrics.group_lag_at, GROUP_LAG_INTERVAL) {
+            self.metrics.group_lag_at = Some(now);
+            self.observe_group_lag();
+        }
+    }
+
+    fn observe_gauges(&mut self) {
+        let status = self.raft.status();
+        let log = self.raft.log();
+        let m = &self.metrics.handles;
+        let g = &m.node;
+        g.set_role(status.role);
+        g.term.set(status.term.0 as f64);
+        g.leader_id.set(status.leader.map_or(0, |l| l.0) as f64);
+        g.commit_index.set(status.commit_index.0 as f64);
+        g.applied_index.set(self.state.applied().0 as f64);
+        g.first_index.set(log.first_index().0 as f64);
+        g.last_index.set(log.last_index().0 as f64);
+        g.synced_index.set(log.synced_index().0 as f64);
+        g.segments.set(log.segment_count() as f64);
+        g.disk_bytes.set(log.disk_bytes() as f64);
+        g.pending_proposals.set(self.pending.len() as f64);
+        g.fetch_waiters
+            .set(self.fetch_waiters.values().map(Vec::len).sum::<usize>() as f64);
+        g.storage_failed
+            .set(if self.storage_failed { 1.0 } else { 0.0 });
+
+        if status.role == Role::Leader {
+            let last = log.last_index();
+            let name = "raftmq_raft_follower_lag_entries";
+            let mut w = FamilyWriter::gauge(
+                name,
+                "Leader only: entries the follower's durable log is behind the leader's last index.",
+            );
+            for p in status.progress.iter().filter(|p| p.id != status.id) {
+                let peer = p.id.0.to_string();
+                w.sample(
+                    name,
+                    &[("node", &node_label(self)), ("peer", &peer)],
+                    last.0.saturating_sub(p.match_index.0),
+                );
+            }
+            m.publish_followers(w.finish());
+            self.metrics.followers_published = true;
+        } else if self.metrics.followers_published {
+            m.publish_followers(String::new());
+            self.metrics.followers_published = false;
+        }
+    }
+
+    /// Consumer-group lag from the committed offsets and the queues' ends: leader
+    /// only (every node holds the same offsets; one copy keeps sums right), at most
+    /// [`GROUP_LAG_SERIES_MAX`] series.
+    fn observe_group_lag(&mut self) {
+        let m = &self.metrics.handles;
+        if self.raft.role() != Role::Leader {
+            m.publish_groups(String::new());
+            return;
+        }
+        let name = "raftmq_group_lag_messages";
+        let mut w = FamilyWriter::gauge(
+            name,
+            "Leader only: messages between a group's committed offset and the queue's end.",
+        );
+        let node = node_label(self);
+        let mut series = 0usize;
+        let mut omitted = 0u64;
+        for group in self.state.groups() {
+            let Some(offsets) = self.state.group_offsets(group) else {
+                continue;
+            };
+            for ((topic, queue), committed) in offsets {
+                let Some(end) = self
+                    .state
+                    .topic(topic)
+                    .and_then(|t| t.queues.get(*queue as usize))
+                    .map(|q| q.next_offset)
+                else {
+                    continue; // the topic was deleted after the commit
+                };
+                if series == GROUP_LAG_SERIES_MAX {
+                    omitted += 1;
+                    continue;
+                }
+                series += 1;
+                let queue = queue.to_string();
+                w.sample(
+                    name,
+                    &[
+                        ("node", &node),
+                        ("group", group),
+                        ("topic", topic),
+                        ("queue", &queue),
+                    ],
+                    end.saturating_sub(*committed),
+                );
+            }
+        }
+        let mut text = w.finish();
+        let omitted_name = "raftmq_group_lag_series_omitted";
+        let mut w = FamilyWriter::gauge(
+            omitted_name,
+            "Group-lag series left out beyond the bound of 10000.",
+        );
+        w.sample(omitted_name, &[("node", &node)], omitted);
+        text.push_str(&w.finish());
+        m.publish_groups(text);
+    }
+}
+
+/// The `node` label every series carries.
+fn node_label(node: &Node) -> String {
+    node.config.node_id.0.to_string()
+}

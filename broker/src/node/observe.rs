@@ -10,6 +10,7 @@ use crate::metrics::{
     BrokerMetrics, FamilyWriter, GROUP_LAG_INTERVAL, GROUP_LAG_SERIES_MAX, NODE_GAUGES_INTERVAL,
 };
 use crate::raft::{Role, Term};
+use crate::state_machine::StateMachine;
 
 /// The node's link to the metrics: the handles and when each family was refreshed.
 pub(super) struct NodeMetrics {
@@ -136,66 +137,182 @@ impl Node {
     }
 
     /// Consumer-group lag from the committed offsets and the queues' ends: leader
-    /// only (every node holds the same offsets; one copy keeps sums right), at most
-    /// [`GROUP_LAG_SERIES_MAX`] series.
+    /// only (every node holds the same offsets; one copy keeps sums right).
     fn observe_group_lag(&mut self) {
         let m = &self.metrics.handles;
         if self.raft.role() != Role::Leader {
             m.publish_groups(String::new());
             return;
         }
-        let name = "raftmq_group_lag_messages";
-        let mut w = FamilyWriter::gauge(
-            name,
-            "Leader only: messages between a group's committed offset and the queue's end.",
-        );
-        let node = node_label(self);
-        let mut series = 0usize;
-        let mut omitted = 0u64;
-        for group in self.state.groups() {
-            let Some(offsets) = self.state.group_offsets(group) else {
-                continue;
-            };
-            for ((topic, queue), committed) in offsets {
-                let Some(end) = self
-                    .state
-                    .topic(topic)
-                    .and_then(|t| t.queues.get(*queue as usize))
-                    .map(|q| q.next_offset)
-                else {
-                    continue; // the topic was deleted after the commit
-                };
-                if series == GROUP_LAG_SERIES_MAX {
-                    omitted += 1;
-                    continue;
-                }
-                series += 1;
-                let queue = queue.to_string();
-                w.sample(
-                    name,
-                    &[
-                        ("node", &node),
-                        ("group", group),
-                        ("topic", topic),
-                        ("queue", &queue),
-                    ],
-                    end.saturating_sub(*committed),
-                );
-            }
-        }
-        let mut text = w.finish();
-        let omitted_name = "raftmq_group_lag_series_omitted";
-        let mut w = FamilyWriter::gauge(
-            omitted_name,
-            "Group-lag series left out beyond the bound of 10000.",
-        );
-        w.sample(omitted_name, &[("node", &node)], omitted);
-        text.push_str(&w.finish());
-        m.publish_groups(text);
+        m.publish_groups(group_lag_text(
+            &self.state,
+            &node_label(self),
+            GROUP_LAG_SERIES_MAX,
+        ));
     }
+}
+
+/// The `raftmq_group_lag_messages` family, at most `series_max` series, and
+/// `raftmq_group_lag_series_omitted` counting the rest. Only queues a group has
+/// committed an offset for, and whose topic still exists.
+fn group_lag_text(state: &StateMachine, node: &str, series_max: usize) -> String {
+    let name = "raftmq_group_lag_messages";
+    let mut w = FamilyWriter::gauge(
+        name,
+        "Leader only: messages between a group's committed offset and the queue's end.",
+    );
+    let mut series = 0usize;
+    let mut omitted = 0u64;
+    for group in state.groups() {
+        let Some(offsets) = state.group_offsets(group) else {
+            continue;
+        };
+        for ((topic, queue), committed) in offsets {
+            let Some(end) = state
+                .topic(topic)
+                .and_then(|t| t.queues.get(*queue as usize))
+                .map(|q| q.next_offset)
+            else {
+                continue; // the topic was deleted after the commit
+            };
+            if series == series_max {
+                omitted += 1;
+                continue;
+            }
+            series += 1;
+            let queue = queue.to_string();
+            w.sample(
+                name,
+                &[
+                    ("node", node),
+                    ("group", group),
+                    ("topic", topic),
+                    ("queue", &queue),
+                ],
+                end.saturating_sub(*committed),
+            );
+        }
+    }
+    let mut text = w.finish();
+    let omitted_name = "raftmq_group_lag_series_omitted";
+    let mut w = FamilyWriter::gauge(
+        omitted_name,
+        "Group-lag series left out beyond the bound of 10000.",
+    );
+    w.sample(omitted_name, &[("node", node)], omitted);
+    text.push_str(&w.finish());
+    text
 }
 
 /// The `node` label every series carries.
 fn node_label(node: &Node) -> String {
     node.config.node_id.0.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use raftmq_proto::batch::BatchBuilder;
+    use raftmq_store::{Entry, EntryKind, LogIndex};
+
+    use super::*;
+    use crate::command::{self, Command, CommittedOffset};
+
+    struct Applier {
+        state: StateMachine,
+        next: u64,
+    }
+
+    impl Applier {
+        fn apply(&mut self, kind: EntryKind, body: Bytes) {
+            self.next += 1;
+            let entry = Entry {
+                index: LogIndex(self.next),
+                term: Term(1),
+                kind,
+                body,
+            };
+            self.state.apply(&entry);
+        }
+
+        fn command(&mut self, command: Command) {
+            self.apply(EntryKind::Command, command.encode());
+        }
+    }
+
+    fn lines_of<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .collect()
+    }
+
+    #[test]
+    fn group_lag_is_the_queue_end_minus_the_committed_offset_within_a_bound() {
+        let mut a = Applier {
+            state: StateMachine::new(),
+            next: 0,
+        };
+        a.command(Command::CreateTopic {
+            name: "t".into(),
+            queues: 2,
+        });
+        let mut batch = BatchBuilder::with_capacity(256);
+        for v in ["a", "b", "c", "d"] {
+            batch.push(None, v.as_bytes(), &[], 0);
+        }
+        let batch = batch.finish();
+        a.apply(EntryKind::Messages, command::encode_messages(1, 0, &batch));
+        for group in ["g1", "g2"] {
+            a.command(Command::CommitOffsets {
+                group: group.into(),
+                offsets: vec![
+                    CommittedOffset {
+                        topic: "t".into(),
+                        queue: 0,
+                        offset: 1,
+                    },
+                    CommittedOffset {
+                        topic: "t".into(),
+                        queue: 1,
+                        offset: 0,
+                    },
+                ],
+            });
+        }
+
+        let text = group_lag_text(&a.state, "1", 10);
+        let lags = lines_of(&text, "raftmq_group_lag_messages");
+        assert_eq!(lags.len(), 4, "{text}");
+        assert!(
+            lags.contains(
+                &"raftmq_group_lag_messages{node=\"1\",group=\"g1\",topic=\"t\",queue=\"0\"} 3"
+            ),
+            "{text}"
+        );
+        assert!(
+            lags.contains(
+                &"raftmq_group_lag_messages{node=\"1\",group=\"g2\",topic=\"t\",queue=\"1\"} 0"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("raftmq_group_lag_series_omitted{node=\"1\"} 0\n"),
+            "{text}"
+        );
+
+        let bounded = group_lag_text(&a.state, "1", 3);
+        assert_eq!(lines_of(&bounded, "raftmq_group_lag_messages").len(), 3);
+        assert!(
+            bounded.contains("raftmq_group_lag_series_omitted{node=\"1\"} 1\n"),
+            "{bounded}"
+        );
+
+        // A deleted topic's offsets leave no series behind.
+        a.command(Command::DeleteTopic { name: "t".into() });
+        let text = group_lag_text(&a.state, "1", 10);
+        assert!(
+            lines_of(&text, "raftmq_group_lag_messages").is_empty(),
+            "{text}"
+        );
+    }
 }

@@ -131,11 +131,6 @@ impl GroupConsumer {
     }
 
     async fn rejoin(&mut self) -> Result<(), ClientError> {
-        // A (re)joining member holds nothing until the coordinator says so: forget
-        // every local position, so each assigned queue starts from the group's
-        // committed offset and never from a stale position of an earlier assignment.
-        self.consumer.reassign(&self.topic, &[]);
-        self.committed.clear();
         let mut attempt = 0;
         let joined = loop {
             let body = request::Body::JoinGroup(pb::JoinGroupRequest {
@@ -169,7 +164,10 @@ impl GroupConsumer {
             .max_wait
             .min(self.heartbeat_interval / 2);
         self.next_heartbeat = Instant::now() + self.heartbeat_interval;
-        self.adopt(joined.generation, joined.assignment).await
+        // A (re)joining member held nothing while it was away: another member may
+        // have read and committed its queues meanwhile, so every queue is checked
+        // against the group's committed offset, not only the new ones.
+        self.adopt(joined.generation, joined.assignment, true).await
     }
 
     /// Takes a new generation's assignment: keeps positions of queues kept, starts
@@ -178,6 +176,7 @@ impl GroupConsumer {
         &mut self,
         generation: u64,
         assignment: Vec<pb::TopicQueue>,
+        recheck_kept: bool,
     ) -> Result<(), ClientError> {
         self.generation = generation;
         let queues: Vec<u32> = assignment
@@ -195,7 +194,7 @@ impl GroupConsumer {
         self.committed.retain(|q, _| queues.contains(q));
         let gained: Vec<pb::TopicQueue> = queues
             .iter()
-            .filter(|q| !before.contains(q))
+            .filter(|q| recheck_kept || !before.contains(q))
             .map(|&queue| pb::TopicQueue {
                 topic: self.topic.clone(),
                 queue,
@@ -212,7 +211,11 @@ impl GroupConsumer {
         match self.client.request(Target::Leader, body).await? {
             response::Body::OffsetFetch(f) => {
                 for o in f.offsets.into_iter().filter(|o| o.topic == self.topic) {
-                    self.consumer.set_position(o.queue, o.offset);
+                    // Never behind the group (someone else went further), never
+                    // behind what this member itself already processed.
+                    let local = self.consumer.positions().get(&o.queue).copied().flatten();
+                    let position = local.map_or(o.offset, |p| p.max(o.offset));
+                    self.consumer.set_position(o.queue, position);
                     self.committed.insert(o.queue, o.offset);
                 }
                 Ok(())
@@ -276,7 +279,7 @@ impl GroupConsumer {
                     .collect();
                 offered.sort_unstable();
                 if h.generation != self.generation || offered != self.assignment() {
-                    self.adopt(h.generation, h.assignment).await
+                    self.adopt(h.generation, h.assignment, false).await
                 } else {
                     Ok(())
                 }

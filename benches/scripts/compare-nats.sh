@@ -8,6 +8,7 @@
 #   PEERBENCH_BIN=/path/to/peerbench NATS_CONF_DIR=/path/to/nats-configs
 # The configs are three nodes with client ports 4231-4233 and http 8231-8233.
 # Usage: benches/scripts/compare-nats.sh [REPS]      (default 3)
+# Env:   WINDOW (256), COUNT (200000), LINGER_MS (raftmq producer linger, 1)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -46,7 +47,7 @@ for rep in $(seq 1 "$REPS"); do
   for durability in async fsync; do
     echo "== raftmq 3 nodes $durability window $WINDOW ($rep/$REPS)" >&2
     timeout 200 target/release/raftmq-bench --local-cluster 3 --durability "$durability" \
-      --window "$WINDOW" --count "$COUNT" --json \
+      --window "$WINDOW" --count "$COUNT" --linger-ms "${LINGER_MS:-1}" --json \
       | python3 -c 'import json,sys; r=json.load(sys.stdin); l=r["latency"]; print("RESULT target=raftmq-%s msgs_per_s=%.0f p50_us=%d p99_us=%d cpu_us_per_msg=%.2f" % (sys.argv[1], r["messages_per_second"], l["p50_us"], l["p99_us"], r["cpu_us_per_message"]))' "$durability" \
       | tee -a "$OUT"
   done

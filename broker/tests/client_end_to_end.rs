@@ -183,6 +183,19 @@ fn spawn_member(
             let read = messages.iter().map(|m| (m.queue, m.offset)).collect();
             let _ = seen.send((name, member.assignment(), read));
         }
+        // Every queue this member held was announced as assigned, in order.
+        let mut held: BTreeSet<u32> = BTreeSet::new();
+        for event in member.take_rebalances() {
+            for q in &event.revoked {
+                assert!(held.remove(q), "{name}: revoked {q} it did not hold");
+            }
+            held.extend(event.assigned.iter().copied());
+        }
+        let now: BTreeSet<u32> = member.assignment().into_iter().collect();
+        assert_eq!(
+            held, now,
+            "{name}: rebalance events add up to the assignment"
+        );
         if leave {
             member.leave().await.unwrap();
         }

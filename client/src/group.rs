@@ -50,6 +50,22 @@ impl Default for GroupConfig {
     }
 }
 
+/// A change of this member's queues, as the application sees it: what it no longer
+/// reads (its positions were committed first, with auto-commit) and what it starts
+/// reading (from the group's committed offsets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rebalance {
+    /// The group generation the change belongs to.
+    pub generation: u64,
+    /// Queues taken away from this member.
+    pub revoked: Vec<u32>,
+    /// Queues given to this member.
+    pub assigned: Vec<u32>,
+}
+
+/// Most rebalance events kept until the application takes them.
+const REBALANCE_EVENTS_MAX: usize = 64;
+
 /// A consumer-group member reading the queues of one topic assigned to it.
 #[derive(Debug)]
 pub struct GroupConsumer {
@@ -64,6 +80,8 @@ pub struct GroupConsumer {
     next_heartbeat: Instant,
     /// Last offsets committed per queue.
     committed: BTreeMap<u32, u64>,
+    /// Assignment changes not yet taken by [`GroupConsumer::take_rebalances`].
+    rebalances: Vec<Rebalance>,
 }
 
 /// Whether the group moved on without this member's knowledge: rejoin.
@@ -99,6 +117,7 @@ impl GroupConsumer {
             heartbeat_interval: Duration::from_secs(3),
             next_heartbeat: Instant::now(),
             committed: BTreeMap::new(),
+            rebalances: Vec::new(),
         };
         member.rejoin().await?;
         Ok(member)
@@ -112,6 +131,13 @@ impl GroupConsumer {
     /// The group generation this member is in.
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// The assignment changes since the last call, oldest first (at most 64 are
+    /// kept): revoked queues were committed before they were dropped (with
+    /// auto-commit), assigned ones start at the group's committed offsets.
+    pub fn take_rebalances(&mut self) -> Vec<Rebalance> {
+        std::mem::take(&mut self.rebalances)
     }
 
     /// The queues assigned to this member.
@@ -185,6 +211,26 @@ impl GroupConsumer {
             .map(|tq| tq.queue)
             .collect();
         let before: Vec<u32> = self.assignment();
+        let revoked: Vec<u32> = before
+            .iter()
+            .copied()
+            .filter(|q| !queues.contains(q))
+            .collect();
+        let assigned: Vec<u32> = queues
+            .iter()
+            .copied()
+            .filter(|q| !before.contains(q))
+            .collect();
+        if !revoked.is_empty() || !assigned.is_empty() {
+            if self.rebalances.len() >= REBALANCE_EVENTS_MAX {
+                self.rebalances.remove(0);
+            }
+            self.rebalances.push(Rebalance {
+                generation,
+                revoked,
+                assigned,
+            });
+        }
         self.consumer.reassign(&self.topic, &queues);
         self.consumer.fencing = Some(Fencing {
             group: self.group.clone(),

@@ -43,7 +43,7 @@ pub use admin::{Admin, NodeStatus, TopicDescription};
 pub use client::{Client, ClientConfig, ClusterMetadata, Target};
 pub use consumer::{ConsumedMessage, Consumer, ConsumerConfig, OffsetReset, SeekTo};
 pub use error::ClientError;
-pub use group::{GroupConfig, GroupConsumer};
+pub use group::{GroupConfig, GroupConsumer, Rebalance};
 pub use partitioner::{key_queue, murmur2, Partitioner};
 pub use producer::{
     Acks, DeliveryFuture, Message, Producer, ProducerBuilder, ProducerConfig, RecordMetadata,

@@ -22,6 +22,18 @@ pub enum Strategy {
     Sticky,
 }
 
+/// The members subscribed to `topic`, in id order.
+fn subscribers_of<'a>(
+    members: &'a BTreeMap<String, BTreeSet<String>>,
+    topic: &str,
+) -> Vec<&'a String> {
+    members
+        .iter()
+        .filter(|(_, topics)| topics.contains(topic))
+        .map(|(m, _)| m)
+        .collect()
+}
+
 /// Members (id → subscribed topics), queue counts per topic, and (for `Sticky`) the
 /// previous assignment. Returns member id → queues, with every member present.
 pub fn assign(
@@ -37,11 +49,7 @@ pub fn assign(
     match strategy {
         Strategy::Range => {
             for (topic, &count) in queue_counts {
-                let subscribers: Vec<&String> = members
-                    .iter()
-                    .filter(|(_, topics)| topics.contains(topic))
-                    .map(|(m, _)| m)
-                    .collect();
+                let subscribers = subscribers_of(members, topic);
                 if subscribers.is_empty() {
                     continue;
                 }
@@ -61,11 +69,7 @@ pub fn assign(
         Strategy::RoundRobin => {
             let mut turn = 0usize;
             for (topic, &count) in queue_counts {
-                let subscribers: Vec<&String> = members
-                    .iter()
-                    .filter(|(_, topics)| topics.contains(topic))
-                    .map(|(m, _)| m)
-                    .collect();
+                let subscribers = subscribers_of(members, topic);
                 if subscribers.is_empty() {
                     continue;
                 }
@@ -94,11 +98,7 @@ fn sticky(
     // Members keep previous queues up to their quota; the rest go to whoever is
     // furthest below quota, in id order.
     for (topic, &count) in queue_counts {
-        let subscribers: Vec<&String> = members
-            .iter()
-            .filter(|(_, topics)| topics.contains(topic))
-            .map(|(m, _)| m)
-            .collect();
+        let subscribers = subscribers_of(members, topic);
         if subscribers.is_empty() {
             continue;
         }

@@ -20,6 +20,7 @@
 
 use bytes::Bytes;
 
+use crate::le::{u32_at, u64_at};
 use crate::types::{Entry, EntryKind, LogIndex, Term};
 
 /// Size of the fixed entry header.
@@ -117,18 +118,6 @@ pub fn checksum(header: &[u8; HEADER_BYTES], body: &[u8]) -> u32 {
     hasher.update(&header[8..HEADER_BYTES]);
     hasher.update(body);
     hasher.finalize()
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(a)
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
 }
 
 /// Decodes and checks the header at the start of `bytes` (magic, version, kind,

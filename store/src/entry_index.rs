@@ -26,6 +26,7 @@
 //! `position[k+1] == position[k] + 32 + body_len[k]`; loading checks this too.
 
 use crate::entry::HEADER_BYTES;
+use crate::le::{u32_at, u64_at};
 use crate::types::{LogIndex, Term};
 
 /// Magic of an index file.
@@ -84,16 +85,6 @@ fn file_crc(bytes: &[u8]) -> u32 {
     h.update(&bytes[0..24]);
     h.update(&bytes[28..]);
     h.finalize()
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
 }
 
 /// Parses and validates an index file for the segment starting at `base` whose file

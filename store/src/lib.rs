@@ -17,6 +17,7 @@ pub mod durability;
 pub mod entry;
 pub mod entry_index;
 pub mod error;
+mod le;
 pub mod log;
 pub mod queue_index;
 pub mod recovery;

@@ -37,6 +37,7 @@ use std::path::{Path, PathBuf};
 
 use crate::durability;
 use crate::error::StoreError;
+use crate::le::{u32_at, u64_at};
 use crate::types::LogIndex;
 
 const SLOTS_FILE: &str = "slots";
@@ -103,16 +104,6 @@ fn slot_crc(b: &[u8]) -> u32 {
     h.update(&b[0..32]);
     h.update(&b[36..40]);
     h.finalize()
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
 }
 
 /// The checkpoint's content.

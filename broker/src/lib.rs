@@ -7,6 +7,7 @@
 //! - [`server`]: the listener and connections; [`transport`]: links to peers;
 //! - [`state_machine`] and [`command`]: what committed entries mean;
 //! - [`hard_state`]: term, vote and the acknowledged mark on disk;
+//! - [`snapshot`]: state-machine snapshots, as files and as the bytes sent to peers;
 //! - [`config`]: every option with its default;
 //! - [`metrics`]: the Prometheus series and their `/metrics` endpoint.
 
@@ -21,6 +22,7 @@ pub mod raft;
 pub mod raft_wire;
 pub mod response;
 pub mod server;
+pub mod snapshot;
 pub mod state_machine;
 pub mod transport;
 

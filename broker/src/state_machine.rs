@@ -69,9 +69,9 @@ pub struct QueueSlot {
 #[derive(Debug, Default, Clone)]
 pub struct QueueState {
     slots: Vec<QueueSlot>,
-    /// First offset still stored: 0 until retention deletes entries; after a
-    /// restore from a snapshot, the snapshot's `next_offset` until replay adds slots
-    /// after it.
+    /// First offset still stored: 0 until retention deletes entries (see
+    /// [`StateMachine::drop_before`]); after a restore from a snapshot, the
+    /// snapshot's `next_offset` until replay adds slots after it.
     pub start_offset: u64,
     /// Offset the next committed message gets (the high watermark).
     pub next_offset: u64,
@@ -365,7 +365,7 @@ impl StateMachine {
     }
 }
 
-/// Snapshots.
+/// Snapshots and retention.
 impl StateMachine {
     /// Encodes the replicated state for a snapshot at [`applied`](StateMachine::applied)
     /// (layout in the module docs). The queue slots are left out: they point into
@@ -554,6 +554,35 @@ impl StateMachine {
             group_offsets,
             applied,
         })
+    }
+
+    /// Forgets the batches of log entries below `first_kept`, which retention deleted:
+    /// their slots go and each queue's `start_offset` moves to its first remaining
+    /// batch (to `next_offset` when none remains). Only the queue index changes;
+    /// offsets, producer sessions and group offsets are untouched, so every node
+    /// still applies later entries the same way whatever it has retained.
+    ///
+    /// Cost: a binary search per queue plus moving the slots that remain.
+    pub fn drop_before(&mut self, first_kept: LogIndex) {
+        for topic in self.topics.values_mut() {
+            for queue in &mut topic.queues {
+                // Slots are in entry-index order (entries are applied in order).
+                let gone = queue.slots.partition_point(|s| s.entry_index < first_kept);
+                if gone == 0 {
+                    continue;
+                }
+                queue.slots.drain(..gone);
+                // A large prefix went: give the memory back rather than keep the
+                // queue's peak size for good.
+                if queue.slots.capacity() > 4 * queue.slots.len() + 64 {
+                    queue.slots.shrink_to_fit();
+                }
+                queue.start_offset = queue
+                    .slots
+                    .first()
+                    .map_or(queue.next_offset, |s| s.base_offset);
+            }
+        }
     }
 }
 
@@ -824,6 +853,7 @@ mod tests {
     fn a_restored_state_applies_later_entries_exactly_like_the_original() {
         let mut original = history_state();
         let mut restored = StateMachine::from_snapshot(&original.encode_snapshot()).unwrap();
+        let snapshot_index = original.applied();
 
         let from_original = apply_all(&mut original, future());
         let from_restored = apply_all(&mut restored, future());
@@ -882,10 +912,36 @@ mod tests {
         ));
         assert_eq!(from_original[12], ApplyOutcome::OffsetsCommitted);
 
-        // Same replicated state.
+        // Same replicated state; the same queue index wherever both have it (the
+        // original also still indexes the entries before the snapshot).
         assert_eq!(original.encode_snapshot(), restored.encode_snapshot());
+        original.drop_before(snapshot_index.next());
+        assert_eq!(queues(&original), queues(&restored));
         for (group, offsets) in original.group_offsets.iter() {
             assert_eq!(restored.group_offsets(group), Some(offsets));
+        }
+    }
+
+    #[test]
+    fn restarting_from_a_base_snapshot_rebuilds_the_retained_queue_index() {
+        // What a restart after retention does: restore the base snapshot at i, replay
+        // i+1..; the result must be what the running node has after dropping ..=i.
+        let entries: Vec<_> = history().into_iter().chain(future()).collect();
+        for base in [0, 1, 6, 11, 15, entries.len() - 1, entries.len()] {
+            let mut running = StateMachine::new();
+            let mut snapshot = StateMachine::new().encode_snapshot();
+            for (i, e) in entries.iter().cloned().enumerate() {
+                apply(&mut running, e);
+                if i + 1 == base {
+                    snapshot = running.encode_snapshot();
+                }
+            }
+            let mut restarted = StateMachine::from_snapshot(&snapshot).unwrap();
+            assert_eq!(restarted.applied(), LogIndex(base as u64));
+            apply_all(&mut restarted, entries[base..].iter().cloned());
+            running.drop_before(LogIndex(base as u64 + 1));
+            assert_eq!(queues(&running), queues(&restarted), "base {base}");
+            assert_eq!(running.encode_snapshot(), restarted.encode_snapshot());
         }
     }
 
@@ -979,5 +1035,74 @@ mod tests {
                 prop_assert_eq!(&sm.encode_snapshot()[..], &payload[..]);
             }
         }
+    }
+
+    #[test]
+    fn drop_before_forgets_the_deleted_entries_batches() {
+        let mut sm = StateMachine::new();
+        apply_all(
+            &mut sm,
+            [
+                create("t", 2),              // 1
+                produce(1, 0, 3, 100, None), // 2: offsets 0..3
+                produce(1, 0, 2, 200, None), // 3: offsets 3..5
+                cmd(Command::InitProducer),  // 4
+                produce(1, 0, 1, 300, None), // 5: offset 5
+                produce(1, 1, 4, 50, None),  // 6: queue 1, offsets 0..4
+            ],
+        );
+        let q = |sm: &StateMachine, i: usize| sm.topic("t").unwrap().queues[i].clone();
+
+        sm.drop_before(LogIndex(3));
+        let q0 = q(&sm, 0);
+        assert_eq!((q0.start_offset, q0.next_offset), (3, 6));
+        assert_eq!(
+            q0.slots_from(0)[0].base_offset,
+            3,
+            "gone offsets start at the start"
+        );
+        assert_eq!(q0.slots_from(4)[0].base_offset, 3);
+        assert_eq!(q0.offset_for_timestamp(0), 3);
+        assert_eq!(q0.offset_for_timestamp(250), 5);
+        assert_eq!(q(&sm, 1).start_offset, 0, "queue 1 keeps everything");
+
+        // Dropping less than before changes nothing.
+        sm.drop_before(LogIndex(2));
+        assert_eq!(q(&sm, 0).start_offset, 3);
+
+        sm.drop_before(LogIndex(6));
+        let q0 = q(&sm, 0);
+        assert_eq!((q0.start_offset, q0.next_offset), (6, 6));
+        assert!(q0.slots_from(0).is_empty());
+        assert_eq!(q0.offset_for_timestamp(0), 6);
+        assert_eq!(q(&sm, 1).start_offset, 0);
+
+        sm.drop_before(LogIndex(7));
+        assert_eq!((q(&sm, 1).start_offset, q(&sm, 1).next_offset), (4, 4));
+
+        // New batches continue after the dropped ones; the start stays.
+        assert_eq!(
+            apply(&mut sm, produce(1, 0, 2, 400, None)),
+            ApplyOutcome::Produced {
+                base_offset: 6,
+                count: 2
+            }
+        );
+        let q0 = q(&sm, 0);
+        assert_eq!((q0.start_offset, q0.next_offset), (6, 8));
+        assert_eq!(q0.slots_from(6)[0].entry_index, LogIndex(7));
+    }
+
+    #[test]
+    fn drop_before_returns_the_memory_of_a_large_prefix() {
+        let mut sm = StateMachine::new();
+        apply(&mut sm, create("t", 1));
+        let entries: Vec<_> = (0..1_000).map(|_| produce(1, 0, 1, 0, None)).collect();
+        apply_all(&mut sm, entries);
+        sm.drop_before(LogIndex(995));
+        let q = &sm.topic("t").unwrap().queues[0];
+        assert_eq!(q.slots.len(), 7);
+        assert!(q.slots.capacity() < 100);
+        assert_eq!((q.start_offset, q.next_offset), (993, 1_000));
     }
 }

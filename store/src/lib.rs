@@ -25,7 +25,7 @@ pub mod segment;
 pub mod types;
 
 pub use error::StoreError;
-pub use log::{CommitLog, Fault, LogConfig, SyncDone, SyncJob};
+pub use log::{CommitLog, Fault, LogConfig, SegmentInfo, SyncDone, SyncJob};
 pub use queue_index::{QueueIndex, QueueRecovery, QueueSlot};
 pub use recovery::{Corruption, RecoveryReport};
 pub use types::{Entry, EntryKind, LogIndex, Term};

@@ -8,6 +8,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use crate::durability;
 use crate::entry::{self, HEADER_BYTES};
@@ -85,6 +86,24 @@ pub enum Fault {
     DiskFullOnNewSegment,
     /// The next sync fails with `EIO`.
     SyncFails,
+}
+
+/// One segment file, for retention decisions; see [`CommitLog::segments_info`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// Index of its first entry (the number in its file name).
+    pub base: LogIndex,
+    /// Index of its last entry; `base - 1` if it holds none.
+    pub last_index: LogIndex,
+    /// Length of the file (preallocated: its disk use, whatever it holds).
+    pub file_bytes: u64,
+    /// The file's modification time. Every entry is written with `pwrite`, so for a
+    /// sealed segment this is when its last entry was written (or when a truncation
+    /// zeroed part of it, while it was the active segment). The active segment's also
+    /// moves on every open (recovery zeroes its tail). Best effort after a power
+    /// loss: `fdatasync` does not persist timestamps, so a crash can leave an older
+    /// mtime (the file system's own write-back bounds by how much).
+    pub modified: SystemTime,
 }
 
 /// What a pipelined sync must flush; see [`CommitLog::begin_sync`].
@@ -664,9 +683,21 @@ impl CommitLog {
         Ok(())
     }
 
-    /// Retention: deletes whole segments whose entries all lie below `index`, oldest
-    /// first, never the last segment. Returns how many were deleted. Views of their
-    /// entries stay readable (the mapping outlives the file).
+    /// Retention: deletes whole segments whose entries all lie below `index`, that is
+    /// every segment, oldest first, whose last index is `< index`, stopping at the
+    /// first one that holds `index` or a later entry, and never the last segment (the
+    /// log keeps its last entry and term, and the active segment). Returns how many
+    /// were deleted. Entries are never removed from a segment that is kept, so
+    /// afterwards `first_index()` is the base of the first segment kept: `<= index`
+    /// if anything was deleted, and exactly `index` when `index` is a segment base
+    /// (see [`CommitLog::segment_bases_in`]). Deleting ignores the synced index: the
+    /// caller must hold the entries below `index` elsewhere (a snapshot).
+    ///
+    /// Each segment's files are unlinked and the directory fsynced before the next
+    /// one, so a crash leaves a contiguous suffix of the segments, and the reopened log
+    /// starts at the base of the oldest file left. Views of deleted entries stay
+    /// readable (the mapping outlives the file); their disk space is returned when the
+    /// last view is dropped.
     pub fn delete_segments_before(&mut self, index: LogIndex) -> Result<usize, StoreError> {
         let mut deleted = 0;
         while self.segments.len() > 1 && self.segments[0].last_index() < index {
@@ -677,6 +708,45 @@ impl CommitLog {
         }
         self.check_invariants();
         Ok(deleted)
+    }
+
+    /// The segments, oldest first; the last one is the active segment. One `fstat` per
+    /// segment (for the modification time).
+    pub fn segments_info(&self) -> Result<Vec<SegmentInfo>, StoreError> {
+        self.segments
+            .iter()
+            .map(|seg| {
+                let meta = seg
+                    .file()
+                    .metadata()
+                    .map_err(|e| StoreError::io("fstat", &seg.path, e))?;
+                let modified = meta
+                    .modified()
+                    .map_err(|e| StoreError::io("fstat", &seg.path, e))?;
+                Ok(SegmentInfo {
+                    base: seg.base,
+                    last_index: seg.last_index(),
+                    file_bytes: meta.len(),
+                    modified,
+                })
+            })
+            .collect()
+    }
+
+    /// The bases of the segments with `from <= base <= to`, in order (a binary
+    /// search, then a walk over those segments only). A segment base `b` is where
+    /// retention can cut: a snapshot of the state after applying `b - 1` lets
+    /// [`CommitLog::delete_segments_before`]`(b)` delete every segment before it.
+    pub fn segment_bases_in(
+        &self,
+        from: LogIndex,
+        to: LogIndex,
+    ) -> impl Iterator<Item = LogIndex> + '_ {
+        let k = self.segments.partition_point(|s| s.base < from);
+        self.segments[k..]
+            .iter()
+            .map(|s| s.base)
+            .take_while(move |&base| base <= to)
     }
 
     fn remove_segment_files(&self, base: LogIndex) -> Result<(), StoreError> {

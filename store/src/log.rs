@@ -86,6 +86,12 @@ pub enum Fault {
     DiskFullOnNewSegment,
     /// The next sync fails with `EIO`.
     SyncFails,
+    /// [`CommitLog::reset`] stops after removing this many segments, as if the process
+    /// died there (the log is poisoned; reopen it to see what a crash leaves).
+    ResetStopsAfter {
+        /// Segments removed before stopping.
+        removals: usize,
+    },
 }
 
 /// One segment file, for retention decisions; see [`CommitLog::segments_info`].
@@ -163,6 +169,9 @@ struct InFlight {
     id: u64,
     /// Highest index the job may mark synced: lowered by truncations meanwhile.
     cap: LogIndex,
+    /// A reset deleted every file the job syncs: its outcome, success or failure,
+    /// says nothing about the log any more.
+    voided: bool,
 }
 
 /// The commit log. See the crate documentation for the on-disk layout and guarantees.
@@ -359,13 +368,7 @@ impl CommitLog {
             for e in entries {
                 let fits = pos.is_some_and(|p| p + entry::encoded_len(e.body.len()) <= capacity);
                 if !fits {
-                    if self.fault == Some(Fault::DiskFullOnNewSegment) {
-                        return Err(StoreError::DiskFull {
-                            op: "posix_fallocate",
-                            path: self.dir.join(segment::file_name(e.index)),
-                        });
-                    }
-                    let seg = Segment::create(&self.dir, e.index, self.config.segment_bytes)?;
+                    let seg = self.create_segment(e.index)?;
                     capacity = seg.capacity();
                     self.segments.push(seg);
                     created += 1;
@@ -402,6 +405,18 @@ impl CommitLog {
                 Err(err)
             }
         }
+    }
+
+    /// Creates (durably, preallocated) the empty segment starting at `base`,
+    /// honouring an injected fault.
+    fn create_segment(&self, base: LogIndex) -> Result<Segment, StoreError> {
+        if self.fault == Some(Fault::DiskFullOnNewSegment) {
+            return Err(StoreError::DiskFull {
+                op: "posix_fallocate",
+                path: self.dir.join(segment::file_name(base)),
+            });
+        }
+        Segment::create(&self.dir, base, self.config.segment_bytes)
     }
 
     fn validate_append(&self, entries: &[Entry]) -> Result<(), StoreError> {
@@ -566,7 +581,11 @@ impl CommitLog {
         assert!(!files.is_empty(), "unsynced entries live in some segment");
         let id = self.next_job_id;
         self.next_job_id += 1;
-        self.in_flight = Some(InFlight { id, cap: last });
+        self.in_flight = Some(InFlight {
+            id,
+            cap: last,
+            voided: false,
+        });
         Some(SyncJob {
             id,
             upto: last,
@@ -576,22 +595,28 @@ impl CommitLog {
     }
 
     /// Records a finished [`SyncJob`]. Entries truncated while it ran are never
-    /// reported as synced (the synced index is capped at the lowest truncation point).
+    /// reported as synced (the synced index is capped at the lowest truncation point);
+    /// a job that a [`CommitLog::reset`] overtook changes nothing.
     pub fn finish_sync(&mut self, done: SyncDone) {
         let Some(job) = self.in_flight.take() else {
             panic!("finish_sync without a sync in flight");
         };
         assert_eq!(job.id, done.id, "finish_sync for another job");
-        if self.poisoned {
+        if self.poisoned || job.voided {
             return;
         }
         self.mark_synced(done.upto.min(job.cap));
     }
 
     /// Records that a [`SyncJob`] failed: the log is poisoned (no more appends or
-    /// syncs; reopen it to recover from what is on disk).
+    /// syncs; reopen it to recover from what is on disk). Not if a
+    /// [`CommitLog::reset`] overtook the job: the files it failed to sync are gone.
     pub fn abort_sync(&mut self) {
-        self.in_flight = None;
+        if let Some(job) = self.in_flight.take() {
+            if job.voided {
+                return;
+            }
+        }
         self.poisoned = true;
     }
 
@@ -708,6 +733,90 @@ impl CommitLog {
         }
         self.check_invariants();
         Ok(deleted)
+    }
+
+    /// Discards every entry: afterwards the log is empty and continues at `start`
+    /// (`first_index() == start`, `last_index() == synced_index() == start - 1`, no
+    /// `term_at`, except the usual `Some(Term(0))` at 0 when `start` is 1), as when a
+    /// follower installs a snapshot ending at `start - 1`. Durable when it returns.
+    ///
+    /// Steps, each durable before the next: the segment files and their `.idx`
+    /// checkpoints are removed newest first, then a new, preallocated, empty segment
+    /// with base `start` is created (temp file, rename, directory fsync). A crash
+    /// part-way leaves a contiguous prefix of the old log (possibly empty, then
+    /// `first_index()` is 1), or the new empty log; the caller detects the prefix
+    /// against its snapshot and resets again. An error leaves one of those same states.
+    ///
+    /// Like any empty log, the reset log takes its next entry at `start` into the new
+    /// segment; an append at another index would restart it there (see
+    /// [`CommitLog::append`]), so the caller must continue at `start`.
+    ///
+    /// A sync job running meanwhile is voided: finishing it changes nothing, and its failure no longer
+    /// poisons the log (the files it syncs are deleted). `start == 0` is
+    /// [`StoreError::OutOfRange`]. A failure to remove a file poisons the log (as in
+    /// [`CommitLog::truncate_suffix`]); a failure to create the new segment does not
+    /// (the log is empty; call `reset` again).
+    pub fn reset(&mut self, start: LogIndex) -> Result<(), StoreError> {
+        if self.poisoned {
+            return Err(StoreError::Poisoned);
+        }
+        if start == LogIndex::ZERO {
+            return Err(self.out_of_range(start));
+        }
+        let already = self.segments.len() == 1
+            && self.segments[0].slots.is_empty()
+            && self.segments[0].base == start;
+        if !already {
+            if let Some(job) = &mut self.in_flight {
+                job.voided = true;
+            }
+            let result = self.reset_inner(start);
+            self.synced = self.synced.min(self.last_index());
+            if result.is_err() {
+                self.check_invariants();
+                return result;
+            }
+        }
+        self.synced = start.prev();
+        self.check_invariants();
+        Ok(())
+    }
+
+    fn reset_inner(&mut self, start: LogIndex) -> Result<(), StoreError> {
+        let mut removed = 0usize;
+        while let Some(seg) = self.segments.last() {
+            if let Some(Fault::ResetStopsAfter { removals }) = self.fault {
+                if removed == removals {
+                    self.poisoned = true;
+                    return Err(StoreError::io(
+                        "reset (injected stop)",
+                        &self.dir,
+                        std::io::Error::from_raw_os_error(libc::EINTR),
+                    ));
+                }
+            }
+            let base = seg.base;
+            if let Err(e) = self.remove_segment_files(base) {
+                self.poisoned = true;
+                return Err(e);
+            }
+            self.segments.pop();
+            removed += 1;
+        }
+        match self.create_segment(start) {
+            Ok(seg) => {
+                self.segments.push(seg);
+                Ok(())
+            }
+            Err(e) => {
+                // The file may exist if only the directory fsync failed: remove it, as
+                // a failed append does, so no segment the log does not know survives.
+                if let Err(e) = self.remove_segment_files(start) {
+                    tracing::warn!(error = %e, "could not remove the segment of a failed reset");
+                }
+                Err(e)
+            }
+        }
     }
 
     /// The segments, oldest first; the last one is the active segment. One `fstat` per

@@ -98,12 +98,22 @@ fn segments_info_describes_every_segment_oldest_first() {
     let active_before = info.last().unwrap().clone();
     log.append(&entries(61, 61, 1, 10)).unwrap();
     log.close().unwrap();
-    let (log, _) = open(dir.path(), small_config());
+    let (mut log, _) = open(dir.path(), small_config());
     let after = log.segments_info().unwrap();
     assert_eq!(after[..info.len() - 1], info[..info.len() - 1]);
     let active: &SegmentInfo = &after[info.len() - 1];
     assert_eq!(active.last_index, LogIndex(61));
     assert!(active.modified > active_before.modified);
+
+    // After a reset: one empty segment.
+    log.reset(LogIndex(200)).unwrap();
+    let info = log.segments_info().unwrap();
+    assert_eq!(info.len(), 1);
+    assert_eq!(
+        (info[0].base, info[0].last_index),
+        (LogIndex(200), LogIndex(199))
+    );
+    assert_eq!(info[0].file_bytes, 4096);
 }
 
 #[test]

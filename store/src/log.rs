@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::disk_space::{self, DiskUse};
 use crate::durability;
 use crate::entry::{self, HEADER_BYTES};
 use crate::entry_index::{self, Slot};
@@ -27,7 +28,7 @@ const FLUSH_BYTES: usize = 1024 * 1024;
 const MIN_SEGMENT_BYTES: u64 = 4096;
 
 /// Settings of a [`CommitLog`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogConfig {
     /// Size of each preallocated segment file. Default 1 GiB.
     pub segment_bytes: u64,
@@ -40,6 +41,14 @@ pub struct LogConfig {
     /// peers, instead of on a later read. Costs one read of the log per start
     /// (about one second per GB from disk). Default on.
     pub verify_on_open: bool,
+    /// Creating a segment is refused with [`StoreError::DiskUseLimit`] when it would
+    /// take the file system holding the log above this fraction of its usable space
+    /// (`df`'s `Use%`; see [`crate::disk_space`]). Checked only when a segment is
+    /// created: appends into a preallocated segment need no new space. Refusing early
+    /// leaves room for retention, snapshots and the rest of the node, where a truly
+    /// full disk fails every write. `0 < ratio <= 1`; 1.0 disables the check.
+    /// Default 0.95.
+    pub max_disk_use_ratio: f64,
 }
 
 impl Default for LogConfig {
@@ -48,6 +57,7 @@ impl Default for LogConfig {
             segment_bytes: 1 << 30,
             max_entry_bytes: 64 << 20,
             verify_on_open: true,
+            max_disk_use_ratio: 0.95,
         }
     }
 }
@@ -68,8 +78,18 @@ impl LogConfig {
                 self.max_entry_bytes, self.segment_bytes
             )));
         }
-        Ok(())
+        validate_disk_use_ratio(self.max_disk_use_ratio)
     }
+}
+
+fn validate_disk_use_ratio(ratio: f64) -> Result<(), StoreError> {
+    // Written so that NaN fails too.
+    if !(ratio > 0.0 && ratio <= 1.0) {
+        return Err(StoreError::InvalidConfig(format!(
+            "max_disk_use_ratio {ratio} is not in (0, 1] (1.0 disables the limit)"
+        )));
+    }
+    Ok(())
 }
 
 /// A fault to inject, for tests of error paths (not part of the supported API).
@@ -92,6 +112,8 @@ pub enum Fault {
         /// Segments removed before stopping.
         removals: usize,
     },
+    /// The disk-use limit is checked against these figures instead of `statvfs`.
+    DiskUse(DiskUse),
 }
 
 /// One segment file, for retention decisions; see [`CommitLog::segments_info`].
@@ -345,6 +367,15 @@ impl CommitLog {
         // restarts at another index. Then the empty segment is removed first (durably),
         // so a crash can only leave an empty log, never two disconnected segments.
         let restart = self.is_empty() && self.segments.last().is_none_or(|s| s.base != first.index);
+
+        // Plan: the segments the batch needs, checked against the disk-use limit and
+        // all created before writing a byte, so a full disk fails the call before
+        // anything changes.
+        let new_bases = self.plan_new_segments(entries, restart);
+        if !new_bases.is_empty() {
+            let freed = if restart { self.disk_bytes() } else { 0 };
+            self.check_disk_limit(new_bases.len() as u64, freed)?;
+        }
         if restart {
             if let Some(old) = self.segments.pop() {
                 assert!(old.slots.is_empty() && self.segments.is_empty());
@@ -359,22 +390,11 @@ impl CommitLog {
         let old_slots = self.segments.last().map_or(0, |s| s.slots.len());
         let old_end = self.segments.last().map_or(0, Segment::write_pos);
 
-        // Plan: create every segment the batch will need before writing a byte, so a
-        // full disk fails the call before anything changes.
         let mut created = 0usize;
         let result = (|| {
-            let mut pos = if restart { None } else { Some(old_end) };
-            let mut capacity = self.segments.last().map_or(0, Segment::capacity);
-            for e in entries {
-                let fits = pos.is_some_and(|p| p + entry::encoded_len(e.body.len()) <= capacity);
-                if !fits {
-                    let seg = self.create_segment(e.index)?;
-                    capacity = seg.capacity();
-                    self.segments.push(seg);
-                    created += 1;
-                    pos = Some(0);
-                }
-                pos = pos.map(|p| p + entry::encoded_len(e.body.len()));
+            for &base in &new_bases {
+                self.segments.push(self.create_segment(base)?);
+                created += 1;
             }
             let start = if restart { old_count } else { old_count - 1 };
             self.write_batch(start, entries)
@@ -405,6 +425,29 @@ impl CommitLog {
                 Err(err)
             }
         }
+    }
+
+    /// Bases of the segments `entries` need beyond the active one (the active one is
+    /// not used when `restart`). Allocates only when a segment rolls.
+    fn plan_new_segments(&self, entries: &[Entry], restart: bool) -> Vec<LogIndex> {
+        let mut bases = Vec::new();
+        let mut pos = if restart {
+            None
+        } else {
+            self.segments.last().map(Segment::write_pos)
+        };
+        let mut capacity = self.segments.last().map_or(0, Segment::capacity);
+        for e in entries {
+            let end = pos.map(|p| p + entry::encoded_len(e.body.len()));
+            if end.is_some_and(|end| end <= capacity) {
+                pos = end;
+            } else {
+                bases.push(e.index);
+                capacity = self.config.segment_bytes;
+                pos = Some(entry::encoded_len(e.body.len()));
+            }
+        }
+        bases
     }
 
     /// Creates (durably, preallocated) the empty segment starting at `base`,
@@ -751,7 +794,9 @@ impl CommitLog {
     /// segment; an append at another index would restart it there (see
     /// [`CommitLog::append`]), so the caller must continue at `start`.
     ///
-    /// A sync job running meanwhile is voided: finishing it changes nothing, and its failure no longer
+    /// The disk-use limit is checked first, counting the old segments as freed: a
+    /// refusal ([`StoreError::DiskUseLimit`]) changes nothing. A sync job running
+    /// meanwhile is voided: finishing it changes nothing, and its failure no longer
     /// poisons the log (the files it syncs are deleted). `start == 0` is
     /// [`StoreError::OutOfRange`]. A failure to remove a file poisons the log (as in
     /// [`CommitLog::truncate_suffix`]); a failure to create the new segment does not
@@ -767,6 +812,7 @@ impl CommitLog {
             && self.segments[0].slots.is_empty()
             && self.segments[0].base == start;
         if !already {
+            self.check_disk_limit(1, self.disk_bytes())?;
             if let Some(job) = &mut self.in_flight {
                 job.voided = true;
             }
@@ -856,6 +902,43 @@ impl CommitLog {
             .iter()
             .map(|s| s.base)
             .take_while(move |&base| base <= to)
+    }
+
+    /// How full the file system holding the log is (one `statvfs`), for metrics.
+    pub fn disk_use(&self) -> Result<DiskUse, StoreError> {
+        disk_space::disk_use(&self.dir)
+    }
+
+    /// `Ok` if the log may create its next segment now; the
+    /// [`StoreError::DiskUseLimit`] an append would get when it rolls otherwise, so
+    /// the broker can refuse writes early with that message. Appends that fit in the
+    /// active segment still succeed while this fails. One `statvfs` (none when the
+    /// limit is disabled).
+    pub fn check_disk_use_limit(&self) -> Result<(), StoreError> {
+        self.check_disk_limit(1, 0)
+    }
+
+    /// Changes [`LogConfig::max_disk_use_ratio`] of the open log (for example after
+    /// an operator raised it); validated like the configuration.
+    pub fn set_max_disk_use_ratio(&mut self, ratio: f64) -> Result<(), StoreError> {
+        validate_disk_use_ratio(ratio)?;
+        self.config.max_disk_use_ratio = ratio;
+        Ok(())
+    }
+
+    /// Checks the disk-use limit for creating `segments` new segments while deleting
+    /// `freed` bytes of old ones.
+    fn check_disk_limit(&self, segments: u64, freed: u64) -> Result<(), StoreError> {
+        let limit = self.config.max_disk_use_ratio;
+        if limit >= 1.0 {
+            return Ok(());
+        }
+        let usage = match self.fault {
+            Some(Fault::DiskUse(usage)) => usage,
+            _ => disk_space::disk_use(&self.dir)?,
+        };
+        let needed = segments.saturating_mul(self.config.segment_bytes);
+        disk_space::check_limit(&self.dir, &usage, needed, freed, limit)
     }
 
     fn remove_segment_files(&self, base: LogIndex) -> Result<(), StoreError> {

@@ -1,10 +1,12 @@
 //! The store's one error type. Every fallible public function returns
 //! [`StoreError`]; `ENOSPC` is always reported as [`StoreError::DiskFull`] so the
-//! broker can stop leading instead of retrying blindly.
+//! broker can stop leading instead of retrying blindly. The disk-use limit, hit
+//! before the disk is actually full, is [`StoreError::DiskUseLimit`].
 
 use std::io;
 use std::path::PathBuf;
 
+use crate::disk_space::percent;
 use crate::types::LogIndex;
 
 /// Everything that can go wrong in the store.
@@ -28,6 +30,29 @@ pub enum StoreError {
         op: &'static str,
         /// The file or directory involved.
         path: PathBuf,
+    },
+    /// Creating a segment would take the file system holding the log above
+    /// `LogConfig::max_disk_use_ratio` (see [`crate::disk_space`]). Nothing was
+    /// changed and the log stays usable: the call succeeds once space is freed.
+    #[error(
+        "disk use would reach {} of the file system holding {}, above the limit of {}: \
+         appends are refused until retention frees space",
+        percent(*.would_use_bytes as f64 / *.total_bytes as f64),
+        .path.display(),
+        percent(*.limit_ratio)
+    )]
+    DiskUseLimit {
+        /// The log directory.
+        path: PathBuf,
+        /// Bytes in use on the file system now.
+        used_bytes: u64,
+        /// Bytes in use once the refused operation had created (and deleted) its
+        /// segments.
+        would_use_bytes: u64,
+        /// Bytes an unprivileged process can use on the file system (used + available).
+        total_bytes: u64,
+        /// The configured limit, a fraction of `total_bytes`.
+        limit_ratio: f64,
     },
     /// Stored bytes failed validation (magic, kind, length, CRC, index or term order).
     #[error("corrupt data in {} at byte {offset}: {reason}", path.display())]
@@ -118,6 +143,11 @@ impl StoreError {
     /// True for [`StoreError::DiskFull`].
     pub fn is_disk_full(&self) -> bool {
         matches!(self, StoreError::DiskFull { .. })
+    }
+
+    /// True for [`StoreError::DiskUseLimit`].
+    pub fn is_disk_use_limit(&self) -> bool {
+        matches!(self, StoreError::DiskUseLimit { .. })
     }
 }
 

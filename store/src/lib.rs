@@ -3,7 +3,8 @@
 //!
 //! - [`CommitLog`] stores Raft entries in segments ([`segment`]), encoded by the
 //!   [`entry`] codec, located through the [`entry_index`], rebuilt by [`recovery`] on
-//!   open; every fsync-like call lives in [`durability`].
+//!   open; every fsync-like call lives in [`durability`]; [`disk_space`] measures the
+//!   file system for the disk-use limit.
 //! - [`QueueIndex`] is RocketMQ's ConsumeQueue: per (topic, queue) slots pointing from
 //!   message offsets into the log, rebuildable from it.
 //!
@@ -13,6 +14,7 @@
 
 #![deny(missing_docs)]
 
+pub mod disk_space;
 pub mod durability;
 pub mod entry;
 pub mod entry_index;
@@ -24,8 +26,9 @@ pub mod recovery;
 pub mod segment;
 pub mod types;
 
+pub use disk_space::{disk_use, DiskUse};
 pub use error::StoreError;
-pub use log::{CommitLog, Fault, LogConfig, SyncDone, SyncJob};
+pub use log::{CommitLog, Fault, LogConfig, SegmentInfo, SyncDone, SyncJob};
 pub use queue_index::{QueueIndex, QueueRecovery, QueueSlot};
 pub use recovery::{Corruption, RecoveryReport};
 pub use types::{Entry, EntryKind, LogIndex, Term};

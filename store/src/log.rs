@@ -8,7 +8,9 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::SystemTime;
 
+use crate::disk_space::{self, DiskUse};
 use crate::durability;
 use crate::entry::{self, HEADER_BYTES};
 use crate::entry_index::{self, Slot};
@@ -26,7 +28,7 @@ const FLUSH_BYTES: usize = 1024 * 1024;
 const MIN_SEGMENT_BYTES: u64 = 4096;
 
 /// Settings of a [`CommitLog`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogConfig {
     /// Size of each preallocated segment file. Default 1 GiB.
     pub segment_bytes: u64,
@@ -39,6 +41,14 @@ pub struct LogConfig {
     /// peers, instead of on a later read. Costs one read of the log per start
     /// (about one second per GB from disk). Default on.
     pub verify_on_open: bool,
+    /// Creating a segment is refused with [`StoreError::DiskUseLimit`] when it would
+    /// take the file system holding the log above this fraction of its usable space
+    /// (`df`'s `Use%`; see [`crate::disk_space`]). Checked only when a segment is
+    /// created: appends into a preallocated segment need no new space. Refusing early
+    /// leaves room for retention, snapshots and the rest of the node, where a truly
+    /// full disk fails every write. `0 < ratio <= 1`; 1.0 disables the check.
+    /// Default 0.95.
+    pub max_disk_use_ratio: f64,
 }
 
 impl Default for LogConfig {
@@ -47,6 +57,7 @@ impl Default for LogConfig {
             segment_bytes: 1 << 30,
             max_entry_bytes: 64 << 20,
             verify_on_open: true,
+            max_disk_use_ratio: 0.95,
         }
     }
 }
@@ -67,8 +78,18 @@ impl LogConfig {
                 self.max_entry_bytes, self.segment_bytes
             )));
         }
-        Ok(())
+        validate_disk_use_ratio(self.max_disk_use_ratio)
     }
+}
+
+fn validate_disk_use_ratio(ratio: f64) -> Result<(), StoreError> {
+    // Written so that NaN fails too.
+    if !(ratio > 0.0 && ratio <= 1.0) {
+        return Err(StoreError::InvalidConfig(format!(
+            "max_disk_use_ratio {ratio} is not in (0, 1] (1.0 disables the limit)"
+        )));
+    }
+    Ok(())
 }
 
 /// A fault to inject, for tests of error paths (not part of the supported API).
@@ -85,6 +106,32 @@ pub enum Fault {
     DiskFullOnNewSegment,
     /// The next sync fails with `EIO`.
     SyncFails,
+    /// [`CommitLog::reset`] stops after removing this many segments, as if the process
+    /// died there (the log is poisoned; reopen it to see what a crash leaves).
+    ResetStopsAfter {
+        /// Segments removed before stopping.
+        removals: usize,
+    },
+    /// The disk-use limit is checked against these figures instead of `statvfs`.
+    DiskUse(DiskUse),
+}
+
+/// One segment file, for retention decisions; see [`CommitLog::segments_info`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// Index of its first entry (the number in its file name).
+    pub base: LogIndex,
+    /// Index of its last entry; `base - 1` if it holds none.
+    pub last_index: LogIndex,
+    /// Length of the file (preallocated: its disk use, whatever it holds).
+    pub file_bytes: u64,
+    /// The file's modification time. Every entry is written with `pwrite`, so for a
+    /// sealed segment this is when its last entry was written (or when a truncation
+    /// zeroed part of it, while it was the active segment). The active segment's also
+    /// moves on every open (recovery zeroes its tail). Best effort after a power
+    /// loss: `fdatasync` does not persist timestamps, so a crash can leave an older
+    /// mtime (the file system's own write-back bounds by how much).
+    pub modified: SystemTime,
 }
 
 /// What a pipelined sync must flush; see [`CommitLog::begin_sync`].
@@ -144,6 +191,9 @@ struct InFlight {
     id: u64,
     /// Highest index the job may mark synced: lowered by truncations meanwhile.
     cap: LogIndex,
+    /// A reset deleted every file the job syncs: its outcome, success or failure,
+    /// says nothing about the log any more.
+    voided: bool,
 }
 
 /// The commit log. See the crate documentation for the on-disk layout and guarantees.
@@ -317,6 +367,15 @@ impl CommitLog {
         // restarts at another index. Then the empty segment is removed first (durably),
         // so a crash can only leave an empty log, never two disconnected segments.
         let restart = self.is_empty() && self.segments.last().is_none_or(|s| s.base != first.index);
+
+        // Plan: the segments the batch needs, checked against the disk-use limit and
+        // all created before writing a byte, so a full disk fails the call before
+        // anything changes.
+        let new_bases = self.plan_new_segments(entries, restart);
+        if !new_bases.is_empty() {
+            let freed = if restart { self.disk_bytes() } else { 0 };
+            self.check_disk_limit(new_bases.len() as u64, freed)?;
+        }
         if restart {
             if let Some(old) = self.segments.pop() {
                 assert!(old.slots.is_empty() && self.segments.is_empty());
@@ -331,28 +390,11 @@ impl CommitLog {
         let old_slots = self.segments.last().map_or(0, |s| s.slots.len());
         let old_end = self.segments.last().map_or(0, Segment::write_pos);
 
-        // Plan: create every segment the batch will need before writing a byte, so a
-        // full disk fails the call before anything changes.
         let mut created = 0usize;
         let result = (|| {
-            let mut pos = if restart { None } else { Some(old_end) };
-            let mut capacity = self.segments.last().map_or(0, Segment::capacity);
-            for e in entries {
-                let fits = pos.is_some_and(|p| p + entry::encoded_len(e.body.len()) <= capacity);
-                if !fits {
-                    if self.fault == Some(Fault::DiskFullOnNewSegment) {
-                        return Err(StoreError::DiskFull {
-                            op: "posix_fallocate",
-                            path: self.dir.join(segment::file_name(e.index)),
-                        });
-                    }
-                    let seg = Segment::create(&self.dir, e.index, self.config.segment_bytes)?;
-                    capacity = seg.capacity();
-                    self.segments.push(seg);
-                    created += 1;
-                    pos = Some(0);
-                }
-                pos = pos.map(|p| p + entry::encoded_len(e.body.len()));
+            for &base in &new_bases {
+                self.segments.push(self.create_segment(base)?);
+                created += 1;
             }
             let start = if restart { old_count } else { old_count - 1 };
             self.write_batch(start, entries)
@@ -383,6 +425,41 @@ impl CommitLog {
                 Err(err)
             }
         }
+    }
+
+    /// Bases of the segments `entries` need beyond the active one (the active one is
+    /// not used when `restart`). Allocates only when a segment rolls.
+    fn plan_new_segments(&self, entries: &[Entry], restart: bool) -> Vec<LogIndex> {
+        let mut bases = Vec::new();
+        let mut pos = if restart {
+            None
+        } else {
+            self.segments.last().map(Segment::write_pos)
+        };
+        let mut capacity = self.segments.last().map_or(0, Segment::capacity);
+        for e in entries {
+            let end = pos.map(|p| p + entry::encoded_len(e.body.len()));
+            if end.is_some_and(|end| end <= capacity) {
+                pos = end;
+            } else {
+                bases.push(e.index);
+                capacity = self.config.segment_bytes;
+                pos = Some(entry::encoded_len(e.body.len()));
+            }
+        }
+        bases
+    }
+
+    /// Creates (durably, preallocated) the empty segment starting at `base`,
+    /// honouring an injected fault.
+    fn create_segment(&self, base: LogIndex) -> Result<Segment, StoreError> {
+        if self.fault == Some(Fault::DiskFullOnNewSegment) {
+            return Err(StoreError::DiskFull {
+                op: "posix_fallocate",
+                path: self.dir.join(segment::file_name(base)),
+            });
+        }
+        Segment::create(&self.dir, base, self.config.segment_bytes)
     }
 
     fn validate_append(&self, entries: &[Entry]) -> Result<(), StoreError> {
@@ -547,7 +624,11 @@ impl CommitLog {
         assert!(!files.is_empty(), "unsynced entries live in some segment");
         let id = self.next_job_id;
         self.next_job_id += 1;
-        self.in_flight = Some(InFlight { id, cap: last });
+        self.in_flight = Some(InFlight {
+            id,
+            cap: last,
+            voided: false,
+        });
         Some(SyncJob {
             id,
             upto: last,
@@ -557,22 +638,28 @@ impl CommitLog {
     }
 
     /// Records a finished [`SyncJob`]. Entries truncated while it ran are never
-    /// reported as synced (the synced index is capped at the lowest truncation point).
+    /// reported as synced (the synced index is capped at the lowest truncation point);
+    /// a job that a [`CommitLog::reset`] overtook changes nothing.
     pub fn finish_sync(&mut self, done: SyncDone) {
         let Some(job) = self.in_flight.take() else {
             panic!("finish_sync without a sync in flight");
         };
         assert_eq!(job.id, done.id, "finish_sync for another job");
-        if self.poisoned {
+        if self.poisoned || job.voided {
             return;
         }
         self.mark_synced(done.upto.min(job.cap));
     }
 
     /// Records that a [`SyncJob`] failed: the log is poisoned (no more appends or
-    /// syncs; reopen it to recover from what is on disk).
+    /// syncs; reopen it to recover from what is on disk). Not if a
+    /// [`CommitLog::reset`] overtook the job: the files it failed to sync are gone.
     pub fn abort_sync(&mut self) {
-        self.in_flight = None;
+        if let Some(job) = self.in_flight.take() {
+            if job.voided {
+                return;
+            }
+        }
         self.poisoned = true;
     }
 
@@ -664,9 +751,21 @@ impl CommitLog {
         Ok(())
     }
 
-    /// Retention: deletes whole segments whose entries all lie below `index`, oldest
-    /// first, never the last segment. Returns how many were deleted. Views of their
-    /// entries stay readable (the mapping outlives the file).
+    /// Retention: deletes whole segments whose entries all lie below `index`, that is
+    /// every segment, oldest first, whose last index is `< index`, stopping at the
+    /// first one that holds `index` or a later entry, and never the last segment (the
+    /// log keeps its last entry and term, and the active segment). Returns how many
+    /// were deleted. Entries are never removed from a segment that is kept, so
+    /// afterwards `first_index()` is the base of the first segment kept: `<= index`
+    /// if anything was deleted, and exactly `index` when `index` is a segment base
+    /// (see [`CommitLog::segment_bases_in`]). Deleting ignores the synced index: the
+    /// caller must hold the entries below `index` elsewhere (a snapshot).
+    ///
+    /// Each segment's files are unlinked and the directory fsynced before the next
+    /// one, so a crash leaves a contiguous suffix of the segments, and the reopened log
+    /// starts at the base of the oldest file left. Views of deleted entries stay
+    /// readable (the mapping outlives the file); their disk space is returned when the
+    /// last view is dropped.
     pub fn delete_segments_before(&mut self, index: LogIndex) -> Result<usize, StoreError> {
         let mut deleted = 0;
         while self.segments.len() > 1 && self.segments[0].last_index() < index {
@@ -677,6 +776,169 @@ impl CommitLog {
         }
         self.check_invariants();
         Ok(deleted)
+    }
+
+    /// Discards every entry: afterwards the log is empty and continues at `start`
+    /// (`first_index() == start`, `last_index() == synced_index() == start - 1`, no
+    /// `term_at`, except the usual `Some(Term(0))` at 0 when `start` is 1), as when a
+    /// follower installs a snapshot ending at `start - 1`. Durable when it returns.
+    ///
+    /// Steps, each durable before the next: the segment files and their `.idx`
+    /// checkpoints are removed newest first, then a new, preallocated, empty segment
+    /// with base `start` is created (temp file, rename, directory fsync). A crash
+    /// part-way leaves a contiguous prefix of the old log (possibly empty, then
+    /// `first_index()` is 1), or the new empty log; the caller detects the prefix
+    /// against its snapshot and resets again. An error leaves one of those same states.
+    ///
+    /// Like any empty log, the reset log takes its next entry at `start` into the new
+    /// segment; an append at another index would restart it there (see
+    /// [`CommitLog::append`]), so the caller must continue at `start`.
+    ///
+    /// The disk-use limit is checked first, counting the old segments as freed: a
+    /// refusal ([`StoreError::DiskUseLimit`]) changes nothing. A sync job running
+    /// meanwhile is voided: finishing it changes nothing, and its failure no longer
+    /// poisons the log (the files it syncs are deleted). `start == 0` is
+    /// [`StoreError::OutOfRange`]. A failure to remove a file poisons the log (as in
+    /// [`CommitLog::truncate_suffix`]); a failure to create the new segment does not
+    /// (the log is empty; call `reset` again).
+    pub fn reset(&mut self, start: LogIndex) -> Result<(), StoreError> {
+        if self.poisoned {
+            return Err(StoreError::Poisoned);
+        }
+        if start == LogIndex::ZERO {
+            return Err(self.out_of_range(start));
+        }
+        let already = self.segments.len() == 1
+            && self.segments[0].slots.is_empty()
+            && self.segments[0].base == start;
+        if !already {
+            self.check_disk_limit(1, self.disk_bytes())?;
+            if let Some(job) = &mut self.in_flight {
+                job.voided = true;
+            }
+            let result = self.reset_inner(start);
+            self.synced = self.synced.min(self.last_index());
+            if result.is_err() {
+                self.check_invariants();
+                return result;
+            }
+        }
+        self.synced = start.prev();
+        self.check_invariants();
+        Ok(())
+    }
+
+    fn reset_inner(&mut self, start: LogIndex) -> Result<(), StoreError> {
+        let mut removed = 0usize;
+        while let Some(seg) = self.segments.last() {
+            if let Some(Fault::ResetStopsAfter { removals }) = self.fault {
+                if removed == removals {
+                    self.poisoned = true;
+                    return Err(StoreError::io(
+                        "reset (injected stop)",
+                        &self.dir,
+                        std::io::Error::from_raw_os_error(libc::EINTR),
+                    ));
+                }
+            }
+            let base = seg.base;
+            if let Err(e) = self.remove_segment_files(base) {
+                self.poisoned = true;
+                return Err(e);
+            }
+            self.segments.pop();
+            removed += 1;
+        }
+        match self.create_segment(start) {
+            Ok(seg) => {
+                self.segments.push(seg);
+                Ok(())
+            }
+            Err(e) => {
+                // The file may exist if only the directory fsync failed: remove it, as
+                // a failed append does, so no segment the log does not know survives.
+                if let Err(e) = self.remove_segment_files(start) {
+                    tracing::warn!(error = %e, "could not remove the segment of a failed reset");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The segments, oldest first; the last one is the active segment. One `fstat` per
+    /// segment (for the modification time).
+    pub fn segments_info(&self) -> Result<Vec<SegmentInfo>, StoreError> {
+        self.segments
+            .iter()
+            .map(|seg| {
+                let meta = seg
+                    .file()
+                    .metadata()
+                    .map_err(|e| StoreError::io("fstat", &seg.path, e))?;
+                let modified = meta
+                    .modified()
+                    .map_err(|e| StoreError::io("fstat", &seg.path, e))?;
+                Ok(SegmentInfo {
+                    base: seg.base,
+                    last_index: seg.last_index(),
+                    file_bytes: meta.len(),
+                    modified,
+                })
+            })
+            .collect()
+    }
+
+    /// The bases of the segments with `from <= base <= to`, in order (a binary
+    /// search, then a walk over those segments only). A segment base `b` is where
+    /// retention can cut: a snapshot of the state after applying `b - 1` lets
+    /// [`CommitLog::delete_segments_before`]`(b)` delete every segment before it.
+    pub fn segment_bases_in(
+        &self,
+        from: LogIndex,
+        to: LogIndex,
+    ) -> impl Iterator<Item = LogIndex> + '_ {
+        let k = self.segments.partition_point(|s| s.base < from);
+        self.segments[k..]
+            .iter()
+            .map(|s| s.base)
+            .take_while(move |&base| base <= to)
+    }
+
+    /// How full the file system holding the log is (one `statvfs`), for metrics.
+    pub fn disk_use(&self) -> Result<DiskUse, StoreError> {
+        disk_space::disk_use(&self.dir)
+    }
+
+    /// `Ok` if the log may create its next segment now; the
+    /// [`StoreError::DiskUseLimit`] an append would get when it rolls otherwise, so
+    /// the broker can refuse writes early with that message. Appends that fit in the
+    /// active segment still succeed while this fails. One `statvfs` (none when the
+    /// limit is disabled).
+    pub fn check_disk_use_limit(&self) -> Result<(), StoreError> {
+        self.check_disk_limit(1, 0)
+    }
+
+    /// Changes [`LogConfig::max_disk_use_ratio`] of the open log (for example after
+    /// an operator raised it); validated like the configuration.
+    pub fn set_max_disk_use_ratio(&mut self, ratio: f64) -> Result<(), StoreError> {
+        validate_disk_use_ratio(ratio)?;
+        self.config.max_disk_use_ratio = ratio;
+        Ok(())
+    }
+
+    /// Checks the disk-use limit for creating `segments` new segments while deleting
+    /// `freed` bytes of old ones.
+    fn check_disk_limit(&self, segments: u64, freed: u64) -> Result<(), StoreError> {
+        let limit = self.config.max_disk_use_ratio;
+        if limit >= 1.0 {
+            return Ok(());
+        }
+        let usage = match self.fault {
+            Some(Fault::DiskUse(usage)) => usage,
+            _ => disk_space::disk_use(&self.dir)?,
+        };
+        let needed = segments.saturating_mul(self.config.segment_bytes);
+        disk_space::check_limit(&self.dir, &usage, needed, freed, limit)
     }
 
     fn remove_segment_files(&self, base: LogIndex) -> Result<(), StoreError> {

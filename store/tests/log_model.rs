@@ -1,5 +1,5 @@
-//! Random append / sync / truncate / retention / reopen / crash sequences checked against a
-//! simple in-memory model of the log.
+//! Random append / sync / truncate / retention / reset / reopen / crash sequences checked
+//! against a simple in-memory model of the log.
 //!
 //! Crash simulation: after every operation that makes data durable (sync, truncation,
 //! open) the test copies the segment files ("the disk"). A simulated power loss then
@@ -41,6 +41,10 @@ enum Op {
     Retain {
         percent: u64,
     },
+    /// Reset to `last + 1 + ahead` (at least 1), as when installing a snapshot.
+    Reset {
+        ahead: i64,
+    },
     Checkpoint,
     Reopen,
     Crash {
@@ -58,6 +62,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(append_meanwhile, truncate_back)| Op::PipelinedSync { append_meanwhile, truncate_back }),
         2 => (0usize..8).prop_map(|back| Op::Truncate { back }),
         1 => (0u64..=100).prop_map(|percent| Op::Retain { percent }),
+        1 => (-12i64..=12).prop_map(|ahead| Op::Reset { ahead }),
         1 => Just(Op::Checkpoint),
         1 => Just(Op::Reopen),
         2 => (0u8..3, any::<u64>()).prop_map(|(mode, seed)| Op::Crash { mode, seed }),
@@ -213,6 +218,14 @@ fn run(ops: Vec<Op>) {
                 model.first = first;
                 durable = disk(dir.path());
             }
+            Op::Reset { ahead } => {
+                let start = (model.last() as i64 + 1 + ahead).max(1) as u64;
+                log.reset(LogIndex(start)).unwrap();
+                model.first = start;
+                model.entries.clear();
+                model.synced = start - 1;
+                durable = disk(dir.path());
+            }
             Op::Checkpoint => {
                 log.checkpoint().unwrap();
                 model.synced = model.last();
@@ -289,6 +302,38 @@ fn truncation_then_power_loss_never_resurrects_entries() {
             new_term: true,
         },
         Op::Crash { mode: 2, seed: 7 },
+    ]);
+}
+
+#[test]
+fn reset_then_power_loss_keeps_the_new_start() {
+    run(vec![
+        Op::Append {
+            count: 5,
+            len: 600,
+            new_term: false,
+        },
+        Op::Append {
+            count: 5,
+            len: 600,
+            new_term: false,
+        },
+        Op::Reset { ahead: 3 },
+        Op::Crash { mode: 2, seed: 5 },
+        Op::Append {
+            count: 3,
+            len: 10,
+            new_term: true,
+        },
+        Op::Sync,
+        Op::Reset { ahead: -2 },
+        Op::Crash { mode: 0, seed: 11 },
+        Op::Append {
+            count: 2,
+            len: 10,
+            new_term: false,
+        },
+        Op::Crash { mode: 1, seed: 2 },
     ]);
 }
 

@@ -78,6 +78,22 @@ pub struct BrokerConfig {
     pub max_fetch_wait_ms: u64,
     /// Address of the Prometheus `/metrics` endpoint (default: none, metrics off).
     pub metrics_listen: Option<SocketAddr>,
+    /// Retention by age: sealed segments whose last write is older than this are
+    /// deleted (default 7 days; 0 keeps segments forever).
+    pub retention_ms: u64,
+    /// Retention by size: the oldest segments are deleted while the log is larger
+    /// than this (default 0: no size limit).
+    pub retention_bytes: u64,
+    /// How often retention runs (default 10 s).
+    pub retention_check_interval_ms: u64,
+    /// A live follower's match index holds retention back for at most this long
+    /// before the leader deletes what it still needs (it then catches up from a
+    /// snapshot). Default 10 minutes.
+    pub retention_follower_grace_ms: u64,
+    /// Appends that would take the file system above this fraction in use are
+    /// refused with a clear error, before the disk is actually full (default 0.95;
+    /// 1.0 turns the check off).
+    pub max_disk_use_ratio: f64,
 }
 
 impl Default for BrokerConfig {
@@ -101,6 +117,11 @@ impl Default for BrokerConfig {
             request_timeout_ms: 10_000,
             max_fetch_wait_ms: 30_000,
             metrics_listen: None,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            retention_bytes: 0,
+            retention_check_interval_ms: 10_000,
+            retention_follower_grace_ms: 600_000,
+            max_disk_use_ratio: 0.95,
         }
     }
 }
@@ -179,6 +200,16 @@ pub struct FileConfig {
     pub request_timeout_ms: Option<u64>,
     /// See [`BrokerConfig::metrics_listen`].
     pub metrics_listen: Option<String>,
+    /// See [`BrokerConfig::retention_ms`].
+    pub retention_ms: Option<u64>,
+    /// See [`BrokerConfig::retention_bytes`].
+    pub retention_bytes: Option<u64>,
+    /// See [`BrokerConfig::retention_check_interval_ms`].
+    pub retention_check_interval_ms: Option<u64>,
+    /// See [`BrokerConfig::retention_follower_grace_ms`].
+    pub retention_follower_grace_ms: Option<u64>,
+    /// See [`BrokerConfig::max_disk_use_ratio`].
+    pub max_disk_use_ratio: Option<f64>,
 }
 
 /// Parses `HOST:PORT`; names are resolved with the system resolver (for `localhost`).
@@ -266,7 +297,12 @@ impl BrokerConfig {
             tick_ms,
             election_timeout_ticks,
             heartbeat_interval_ticks,
-            request_timeout_ms
+            request_timeout_ms,
+            retention_ms,
+            retention_bytes,
+            retention_check_interval_ms,
+            retention_follower_grace_ms,
+            max_disk_use_ratio
         );
         Ok(())
     }
@@ -310,6 +346,16 @@ impl BrokerConfig {
             if metrics == self.listen && metrics.port() != 0 {
                 return Err(ConfigError::MetricsOnBrokerPort(metrics));
             }
+        }
+        if !(self.max_disk_use_ratio > 0.0 && self.max_disk_use_ratio <= 1.0) {
+            return Err(ConfigError::OutOfRange(
+                "max_disk_use_ratio must be above 0 and at most 1".into(),
+            ));
+        }
+        if self.retention_check_interval_ms == 0 {
+            return Err(ConfigError::OutOfRange(
+                "retention_check_interval_ms must be at least 1".into(),
+            ));
         }
         if self.heartbeat_interval_ticks >= self.election_timeout_ticks {
             return Err(ConfigError::OutOfRange(

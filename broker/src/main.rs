@@ -43,6 +43,25 @@ struct Args {
     /// Segment file size in bytes (default 1 GiB).
     #[arg(long)]
     segment_bytes: Option<u64>,
+    /// Largest record batch a producer may send, in bytes (default 8 MiB).
+    #[arg(long)]
+    max_batch_bytes: Option<usize>,
+    /// Delete sealed segments older than this many ms (default 7 days; 0 = never).
+    #[arg(long)]
+    retention_ms: Option<u64>,
+    /// Delete the oldest segments while the log is larger than this (default 0 = no
+    /// limit).
+    #[arg(long)]
+    retention_bytes: Option<u64>,
+    /// How often retention runs, in ms (default 10000).
+    #[arg(long)]
+    retention_check_interval_ms: Option<u64>,
+    /// How long a follower may hold retention back, in ms (default 600000).
+    #[arg(long)]
+    retention_follower_grace_ms: Option<u64>,
+    /// Refuse appends above this fraction of the disk in use (default 0.95).
+    #[arg(long)]
+    max_disk_use_ratio: Option<f64>,
     /// Serve Prometheus metrics at http://HOST:PORT/metrics (default: off).
     #[arg(long, value_name = "HOST:PORT")]
     metrics_listen: Option<String>,
@@ -106,6 +125,24 @@ fn build_config(args: &Args) -> anyhow::Result<BrokerConfig> {
     }
     if let Some(bytes) = args.segment_bytes {
         config.segment_bytes = bytes;
+    }
+    if let Some(bytes) = args.max_batch_bytes {
+        config.max_batch_bytes = bytes;
+    }
+    if let Some(ms) = args.retention_ms {
+        config.retention_ms = ms;
+    }
+    if let Some(bytes) = args.retention_bytes {
+        config.retention_bytes = bytes;
+    }
+    if let Some(ms) = args.retention_check_interval_ms {
+        config.retention_check_interval_ms = ms;
+    }
+    if let Some(ms) = args.retention_follower_grace_ms {
+        config.retention_follower_grace_ms = ms;
+    }
+    if let Some(ratio) = args.max_disk_use_ratio {
+        config.max_disk_use_ratio = ratio;
     }
     if let Some(metrics) = &args.metrics_listen {
         config.metrics_listen = Some(parse_addr(metrics)?);

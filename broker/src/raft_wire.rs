@@ -103,6 +103,17 @@ pub fn to_pb(msg: Message, cluster_id: u64) -> pb::RaftMessage {
             ..pb::AppendResponse::default()
         }),
         MessageBody::TimeoutNow => Body::TimeoutNow(pb::TimeoutNow {}),
+        // The driver sends the snapshot itself as `SnapshotChunk`s (see
+        // `snapshot_chunk`); on its own the message is an empty transfer, which
+        // the receiver ignores.
+        MessageBody::InstallSnapshot {
+            index,
+            snapshot_term,
+        } => Body::SnapshotChunk(pb::SnapshotChunk {
+            index: index.0,
+            snapshot_term: snapshot_term.0,
+            ..pb::SnapshotChunk::default()
+        }),
     };
     pb::RaftMessage {
         from: msg.from.0,
@@ -113,8 +124,55 @@ pub fn to_pb(msg: Message, cluster_id: u64) -> pb::RaftMessage {
     }
 }
 
+/// One piece of a snapshot transfer (see `SnapshotChunk` in the protocol).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotChunk {
+    /// The leader.
+    pub from: NodeId,
+    /// The follower.
+    pub to: NodeId,
+    /// The leader's term.
+    pub term: Term,
+    /// The last index the snapshot covers.
+    pub index: LogIndex,
+    /// The term at `index`.
+    pub snapshot_term: Term,
+    /// Where `data` starts in the snapshot file.
+    pub offset: u64,
+    /// The size of the whole file.
+    pub total_bytes: u64,
+    /// The bytes.
+    pub data: bytes::Bytes,
+}
+
+/// A peer's message: a core message, or a piece of a snapshot for the driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerMessage {
+    /// For the Raft core.
+    Raft(Message),
+    /// For the driver's snapshot receiver.
+    SnapshotChunk(SnapshotChunk),
+}
+
+/// Encodes a piece of a snapshot transfer.
+pub fn snapshot_chunk_to_pb(chunk: SnapshotChunk, cluster_id: u64) -> pb::RaftMessage {
+    pb::RaftMessage {
+        from: chunk.from.0,
+        to: chunk.to.0,
+        term: chunk.term.0,
+        cluster_id,
+        body: Some(pb::raft_message::Body::SnapshotChunk(pb::SnapshotChunk {
+            index: chunk.index.0,
+            snapshot_term: chunk.snapshot_term.0,
+            offset: chunk.offset,
+            total_bytes: chunk.total_bytes,
+            data: chunk.data,
+        })),
+    }
+}
+
 /// Decodes a peer's message.
-pub fn from_pb(msg: pb::RaftMessage, cluster_id: u64) -> Result<Message, WireError> {
+pub fn from_pb(msg: pb::RaftMessage, cluster_id: u64) -> Result<PeerMessage, WireError> {
     use pb::raft_message::Body;
     if msg.cluster_id != cluster_id {
         return Err(WireError::WrongCluster {
@@ -123,6 +181,18 @@ pub fn from_pb(msg: pb::RaftMessage, cluster_id: u64) -> Result<Message, WireErr
         });
     }
     let body = match msg.body.ok_or(WireError::MissingBody)? {
+        Body::SnapshotChunk(c) => {
+            return Ok(PeerMessage::SnapshotChunk(SnapshotChunk {
+                from: NodeId(msg.from),
+                to: NodeId(msg.to),
+                term: Term(msg.term),
+                index: LogIndex(c.index),
+                snapshot_term: Term(c.snapshot_term),
+                offset: c.offset,
+                total_bytes: c.total_bytes,
+                data: c.data,
+            }))
+        }
         Body::Vote(v) => MessageBody::Vote {
             pre_vote: v.pre_vote,
             last_log_index: LogIndex(v.last_log_index),
@@ -157,10 +227,10 @@ pub fn from_pb(msg: pb::RaftMessage, cluster_id: u64) -> Result<Message, WireErr
         },
         Body::TimeoutNow(_) => MessageBody::TimeoutNow,
     };
-    Ok(Message {
+    Ok(PeerMessage::Raft(Message {
         from: NodeId(msg.from),
         to: NodeId(msg.to),
         term: Term(msg.term),
         body,
-    })
+    }))
 }

@@ -30,6 +30,7 @@ use crate::node::{Node, NodeInput};
 use crate::raft::{self, RawNode};
 use crate::raft_wire;
 use crate::response::{Outgoing, Responder};
+use crate::snapshot::SnapshotDir;
 use crate::transport::PeerTransport;
 
 /// Requests queued for the node task before connections wait.
@@ -56,6 +57,9 @@ pub enum StartError {
     /// The commit log could not be opened.
     #[error("cannot open the commit log: {0}")]
     Log(#[from] raftmq_store::StoreError),
+    /// The log and the state-machine snapshots could not be reconciled.
+    #[error("cannot restore the state machine: {0}")]
+    Snapshots(#[from] crate::node::RecoverError),
     /// The Raft configuration is invalid.
     #[error("invalid raft configuration: {0}")]
     Raft(String),
@@ -135,9 +139,13 @@ impl Broker {
             // A batch plus the broker's entry header; commands are far smaller.
             max_entry_bytes: (config.max_batch_bytes + 4096) as u32,
             verify_on_open: true,
+            max_disk_use_ratio: config.max_disk_use_ratio,
         };
         let (log, report) = CommitLog::open(&config.data_dir.join("log"), log_config)?;
         tracing::info!(%report, "commit log recovered");
+        let snapshot_dir = SnapshotDir::open(&config.data_dir.join("snapshots"))
+            .map_err(crate::node::RecoverError::from)?;
+        let (log, state, snapshot_files) = crate::node::recover(log, &snapshot_dir)?;
         let mut raft_config =
             raft::Config::new(config.node_id, config.peers.keys().copied().collect());
         raft_config.election_timeout_ticks = config.election_timeout_ticks;
@@ -156,8 +164,15 @@ impl Broker {
             shutdown.clone(),
         );
         let (inbox_tx, inbox_rx) = mpsc::channel(NODE_INBOX);
-        let node = Node::new(config.clone(), raft, hard_state_file, hard_state, transport)
-            .with_metrics(broker_metrics.clone());
+        let node = Node::new(
+            config.clone(),
+            raft,
+            hard_state_file,
+            hard_state,
+            transport,
+            (state, snapshot_dir, snapshot_files),
+        )
+        .with_metrics(broker_metrics.clone());
         let node = tokio::spawn(node.run(inbox_rx));
         let mut metrics_addr = None;
         if let Some((metrics_listener, bound)) = metrics_listener {
@@ -304,7 +319,11 @@ async fn serve_connection(
         if let pb::request::Body::Raft(msg) = body {
             match raft_wire::from_pb(msg, CLUSTER_ID) {
                 Ok(msg) => {
-                    if inbox.send(NodeInput::Raft(msg)).await.is_err() {
+                    let input = match msg {
+                        raft_wire::PeerMessage::Raft(msg) => NodeInput::Raft(msg),
+                        raft_wire::PeerMessage::SnapshotChunk(c) => NodeInput::SnapshotChunk(c),
+                    };
+                    if inbox.send(input).await.is_err() {
                         break;
                     }
                 }

@@ -60,9 +60,20 @@ impl PeerTransport {
 
     /// Queues a message for its peer; drops it if the queue is full.
     pub fn send(&self, msg: Message) {
-        if let Some(tx) = self.peers.get(&msg.to) {
-            let to = msg.to;
-            if tx.try_send(raft_wire::to_pb(msg, self.cluster_id)).is_err() {
+        let to = msg.to;
+        self.send_pb(to, raft_wire::to_pb(msg, self.cluster_id));
+    }
+
+    /// Queues a piece of a snapshot transfer; drops it if the queue is full (the
+    /// follower then sees a gap and the leader retries the whole transfer).
+    pub fn send_snapshot_chunk(&self, chunk: raft_wire::SnapshotChunk) {
+        let to = chunk.to;
+        self.send_pb(to, raft_wire::snapshot_chunk_to_pb(chunk, self.cluster_id));
+    }
+
+    fn send_pb(&self, to: NodeId, msg: pb::RaftMessage) {
+        if let Some(tx) = self.peers.get(&to) {
+            if tx.try_send(msg).is_err() {
                 tracing::trace!(peer = to.0, "peer queue full, message dropped");
             }
         }

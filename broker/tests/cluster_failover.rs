@@ -7,34 +7,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::raw::{code, Conn};
-use common::Cluster;
+use common::{call_leader, create_topic, find_leader, init_producer, Cluster};
 use raftmq_proto::batch::BatchBuilder;
 use raftmq_proto::pb::{self, request::Body as Req, response::Body as Resp, ErrorCode};
 
 const MESSAGES_PER_BATCH: u32 = 10;
-
-/// Asks every running node for its status; returns the id of the one that leads.
-async fn find_leader(cluster: &Cluster, deadline: Duration) -> u64 {
-    let until = Instant::now() + deadline;
-    loop {
-        for id in cluster.running() {
-            let addr = cluster.nodes[(id - 1) as usize].addr;
-            let Ok(mut conn) = Conn::connect_addr(addr).await else {
-                continue;
-            };
-            let request = Req::ClusterStatus(pb::ClusterStatusRequest {});
-            if let Ok(response) = conn.try_call(request, Duration::from_secs(2)).await {
-                if let Some(Resp::ClusterStatus(s)) = response.body {
-                    if s.role == "leader" {
-                        return id;
-                    }
-                }
-            }
-        }
-        assert!(Instant::now() < until, "no leader within {deadline:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn batch_of(producer_id: u64, seq: u32) -> bytes::Bytes {
     let mut b = BatchBuilder::with_capacity(1024);
@@ -48,26 +25,6 @@ fn batch_of(producer_id: u64, seq: u32) -> bytes::Bytes {
         );
     }
     b.finish()
-}
-
-/// Sends one request to the leader, following leader changes, until it gets an
-/// answer that is not "try elsewhere". Bounded by `deadline`.
-async fn call_leader(cluster: &Cluster, body: Req, deadline: Duration) -> pb::Response {
-    let until = Instant::now() + deadline;
-    loop {
-        let leader = find_leader(cluster, until.saturating_duration_since(Instant::now())).await;
-        let addr = cluster.nodes[(leader - 1) as usize].addr;
-        if let Ok(mut conn) = Conn::connect_addr(addr).await {
-            if let Ok(response) = conn.try_call(body.clone(), Duration::from_secs(5)).await {
-                match code(&response) {
-                    ErrorCode::NotLeader | ErrorCode::Timeout | ErrorCode::ShuttingDown => {}
-                    _ => return response,
-                }
-            }
-        }
-        assert!(Instant::now() < until, "no answer within {deadline:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn read_all(cluster: &Cluster, topic: &str, queue: u32) -> Vec<(u64, String)> {
@@ -103,25 +60,8 @@ async fn read_all(cluster: &Cluster, topic: &str, queue: u32) -> Vec<(u64, Strin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_during_produce_loses_no_acknowledged_message() {
     let mut cluster = Cluster::start(3);
-    let response = call_leader(
-        &cluster,
-        Req::CreateTopic(pb::CreateTopicRequest {
-            name: "t".into(),
-            queues: 1,
-        }),
-        Duration::from_secs(30),
-    )
-    .await;
-    assert_eq!(code(&response), ErrorCode::None, "{response:?}");
-    let response = call_leader(
-        &cluster,
-        Req::InitProducer(pb::InitProducerRequest {}),
-        Duration::from_secs(30),
-    )
-    .await;
-    let Some(Resp::InitProducer(producer)) = response.body else {
-        panic!("{response:?}")
-    };
+    create_topic(&cluster, "t", 1).await;
+    let producer_id = init_producer(&cluster).await;
 
     let batches = 120u32;
     let mut killed = None;
@@ -135,7 +75,7 @@ async fn leader_killed_during_produce_loses_no_acknowledged_message() {
             topic: "t".into(),
             queue: 0,
             acks: pb::Acks::Quorum as i32,
-            batch: batch_of(producer.producer_id, seq),
+            batch: batch_of(producer_id, seq),
         });
         let response = call_leader(&cluster, request, Duration::from_secs(30)).await;
         match code(&response) {

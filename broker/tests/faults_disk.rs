@@ -348,6 +348,8 @@ async fn given_a_full_disk_on_the_leader_it_steps_down_and_rejoins_once_freed() 
     let full_node = 3;
     let options = ClusterOptions {
         data_dirs: BTreeMap::from([(full_node, fs.path.join("node3"))]),
+        // The file system really fills (the disk-use limit would refuse earlier).
+        extra_args: vec!["--max-disk-use-ratio".into(), "1.0".into()],
         ..ClusterOptions::default()
     };
     let workload = WorkloadConfig {

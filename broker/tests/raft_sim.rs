@@ -35,12 +35,15 @@ fn sim_correct_core_keeps_safety_and_liveness() {
     let started = std::time::Instant::now();
     let mut committed = 0;
     let mut events = 0;
+    let (mut compactions, mut installs) = (0, 0);
     let mut failures: Vec<Failure> = Vec::new();
     for &seed in &seeds {
         match run_seed(seed, Options::default()) {
             Ok(stats) => {
                 committed += stats.committed;
                 events += stats.events;
+                compactions += stats.compactions;
+                installs += stats.installs;
             }
             Err(f) => {
                 eprintln!("{f}");
@@ -52,7 +55,8 @@ fn sim_correct_core_keeps_safety_and_liveness() {
         }
     }
     eprintln!(
-        "raft sim: {} seeds, {events} events, {committed} committed proposals, {:.1}s",
+        "raft sim: {} seeds, {events} events, {committed} committed proposals, \
+         {compactions} compactions, {installs} snapshots installed, {:.1}s",
         seeds.len(),
         started.elapsed().as_secs_f64()
     );
@@ -101,6 +105,11 @@ fn sim_catches_damaged_node_votes() {
     expect_caught(FaultVariant::DamagedNodeVotes, DEFAULT_SEEDS);
 }
 
+#[test]
+fn sim_catches_snapshot_forgets_damage() {
+    expect_caught(FaultVariant::SnapshotForgetsDamage, DEFAULT_SEEDS);
+}
+
 /// How often each broken variant is caught per seed (for the docs):
 /// `cargo test --release -p raftmq-broker --test raft_sim -- --ignored --nocapture`.
 #[test]
@@ -115,6 +124,7 @@ fn sim_variant_detection_rates() {
         FaultVariant::CountLeaderUnsynced,
         FaultVariant::VoteForStaleCandidate,
         FaultVariant::DamagedNodeVotes,
+        FaultVariant::SnapshotForgetsDamage,
     ] {
         let opts = Options {
             fault: Some(fault),

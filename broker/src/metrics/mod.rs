@@ -203,6 +203,12 @@ pub struct RaftEvents {
     pub fsync_log: Histogram,
     /// `raftmq_fsync_duration_seconds{file="hard_state"}`: one hard-state write+sync.
     pub fsync_hard_state: Histogram,
+    /// `raftmq_retention_segments_deleted_total`.
+    pub segments_deleted: Counter,
+    /// `raftmq_snapshots_sent_total`: InstallSnapshot transfers started.
+    pub snapshots_sent: Counter,
+    /// `raftmq_snapshots_installed_total`.
+    pub snapshots_installed: Counter,
 }
 
 /// Every series the broker exports (see `docs/operations.md` for their meaning).
@@ -282,6 +288,9 @@ impl BrokerMetrics {
                 transfers_requested: Counter::noop(),
                 fsync_log: Histogram::noop(),
                 fsync_hard_state: Histogram::noop(),
+                segments_deleted: Counter::noop(),
+                snapshots_sent: Counter::noop(),
+                snapshots_installed: Counter::noop(),
             },
         }
     }
@@ -335,6 +344,9 @@ impl BrokerMetrics {
                         "raftmq_fsync_duration_seconds",
                         "file" => "hard_state"
                     ),
+                    segments_deleted: counter!("raftmq_retention_segments_deleted_total"),
+                    snapshots_sent: counter!("raftmq_snapshots_sent_total"),
+                    snapshots_installed: counter!("raftmq_snapshots_installed_total"),
                 },
             }
         });
@@ -628,6 +640,18 @@ fn describe_all() {
     describe_gauge!(
         "raftmq_storage_failed",
         "1 once the log could not be written: the node refuses writes until restarted."
+    );
+    describe_counter!(
+        "raftmq_retention_segments_deleted_total",
+        "Commit-log segments deleted by retention."
+    );
+    describe_counter!(
+        "raftmq_snapshots_sent_total",
+        "Snapshot transfers this node started as leader (followers behind the log start)."
+    );
+    describe_counter!(
+        "raftmq_snapshots_installed_total",
+        "Leader snapshots this node installed as follower."
     );
     describe_counter!(
         "raftmq_raft_elections_started_total",

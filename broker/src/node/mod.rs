@@ -20,23 +20,28 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use raftmq_proto::pb::{self, ErrorCode};
-use raftmq_store::{CommitLog, EntryKind, LogIndex, SyncJob, Term};
+use raftmq_store::{EntryKind, LogIndex, SyncJob, Term};
 use tokio::sync::mpsc;
 
 use crate::command;
 use crate::config::{BrokerConfig, Durability};
 use crate::group::Coordinator;
 use crate::hard_state::HardStateFile;
-use crate::raft::{HardState, Message, RawNode, Role};
+use crate::log_adapter::RaftStore;
+use crate::raft::{HardState, Message, MessageBody, RawNode, Role};
+use crate::raft_wire::SnapshotChunk;
 use crate::response::Responder;
+use crate::snapshot::SnapshotDir;
 use crate::state_machine::{ApplyOutcome, StateMachine};
 use crate::transport::PeerTransport;
 
 mod fetch;
 mod observe;
 mod requests;
+mod snapshots;
 
 pub use requests::UNKNOWN_OFFSET;
+pub use snapshots::{recover, RecoverError};
 
 /// Entries read from the log per apply step.
 const APPLY_CHUNK_ENTRIES: usize = 1024;
@@ -60,6 +65,8 @@ pub enum NodeInput {
     },
     /// A message from a peer.
     Raft(Message),
+    /// A piece of a snapshot the leader sends.
+    SnapshotChunk(SnapshotChunk),
 }
 
 /// What a proposal waits for.
@@ -117,8 +124,11 @@ impl PersistQueue {
 /// The node task's state.
 pub struct Node {
     config: Arc<BrokerConfig>,
-    raft: RawNode<CommitLog>,
+    raft: RawNode<RaftStore>,
     state: StateMachine,
+    snapshots: snapshots::Snapshots,
+    /// Appends would take the disk above `max_disk_use_ratio` (checked every tick).
+    disk_use_limited: Option<String>,
     transport: PeerTransport,
     pending: BTreeMap<LogIndex, Pending>,
     fetch_waiters: BTreeMap<(u32, u32), Vec<FetchWaiter>>,
@@ -139,19 +149,28 @@ pub struct Node {
 }
 
 impl Node {
-    /// Builds the node around an opened log and hard state.
+    /// Builds the node around an opened log, hard state and the state machine
+    /// restored by [`recover`] (with the snapshot files it found).
     pub fn new(
         config: Arc<BrokerConfig>,
-        raft: RawNode<CommitLog>,
+        raft: RawNode<RaftStore>,
         hard_state_file: HardStateFile,
         hard_state: HardState,
         transport: PeerTransport,
+        restored: (
+            StateMachine,
+            SnapshotDir,
+            std::collections::BTreeSet<LogIndex>,
+        ),
     ) -> Node {
         let (persist_tx, persist_rx) = mpsc::unbounded_channel();
+        let (state, snapshot_dir, on_disk) = restored;
         Node {
             config,
             raft,
-            state: StateMachine::new(),
+            state,
+            snapshots: snapshots::Snapshots::new(snapshot_dir, on_disk),
+            disk_use_limited: None,
             transport,
             pending: BTreeMap::new(),
             fetch_waiters: BTreeMap::new(),
@@ -207,8 +226,11 @@ impl Node {
                 }
                 _ = ticker.tick() => {
                     self.raft.tick();
-                    self.expire(Instant::now());
-                    self.observe(Instant::now());
+                    let now = Instant::now();
+                    self.expire(now);
+                    self.observe(now);
+                    self.check_disk_use();
+                    self.maybe_run_retention(now);
                     let counts = self.queue_counts();
                     for (group, member) in self.groups.expire(self.now_ms(), &counts) {
                         tracing::info!(%group, %member, "member session timed out");
@@ -225,12 +247,14 @@ impl Node {
 
     fn handle(&mut self, input: NodeInput) {
         match input {
-            NodeInput::Raft(_) if self.storage_failed => {}
+            NodeInput::Raft(_) | NodeInput::SnapshotChunk(_) if self.storage_failed => {}
             NodeInput::Raft(msg) => {
+                self.snapshots.heard_from(msg.from, Instant::now());
                 if let Err(e) = self.raft.step(msg) {
                     tracing::debug!(error = %e, "raft message refused");
                 }
             }
+            NodeInput::SnapshotChunk(chunk) => self.receive_snapshot_chunk(chunk),
             NodeInput::Client { body, reply } => self.handle_client(body, reply),
         }
     }
@@ -286,6 +310,9 @@ impl Node {
         for msg in ready.messages {
             self.send(msg);
         }
+        if let Some((index, _)) = ready.snapshot {
+            self.restore_installed_snapshot(index);
+        }
         if let Some(hs) = ready.hard_state {
             self.queued.hard_state = Some(hs);
         }
@@ -311,6 +338,8 @@ impl Node {
             if let Err(e) = self.raft.step(msg) {
                 tracing::debug!(error = %e, "self message refused");
             }
+        } else if let MessageBody::InstallSnapshot { index, .. } = msg.body {
+            self.send_snapshot(msg.to, msg.term, index);
         } else {
             self.transport.send(msg);
         }
@@ -445,6 +474,7 @@ impl Node {
     fn apply(&mut self, from: LogIndex, to: LogIndex) {
         let mut next = from;
         let mut touched: Vec<(u32, u32)> = Vec::new();
+        let boundaries = self.segment_boundaries(from, to);
         while next <= to {
             let want = (to.0 - next.0 + 1) as usize;
             let entries = match self.raft.log().entries(
@@ -470,6 +500,9 @@ impl Node {
                     next = entry.index.next();
                     continue;
                 }
+                if boundaries.binary_search(&entry.index).is_ok() {
+                    self.save_boundary_snapshot(entry.index.prev());
+                }
                 let outcome = self.state.apply(&entry);
                 if entry.kind == EntryKind::Messages {
                     if let ApplyOutcome::Produced { .. } = outcome {
@@ -488,6 +521,35 @@ impl Node {
         for (topic_id, queue) in touched {
             self.wake_fetchers(topic_id, queue);
         }
+    }
+
+    /// The log was reset to an installed snapshot: nothing waiting can be answered
+    /// from the discarded log.
+    fn fail_pending_after_reset(&mut self) {
+        for (_, pending) in std::mem::take(&mut self.pending) {
+            pending.reply.error(self.not_leader());
+        }
+        self.groups.clear();
+    }
+
+    /// Refreshes whether appends would take the disk above the configured limit;
+    /// produce requests are refused meanwhile (retention may free space).
+    fn check_disk_use(&mut self) {
+        let limited = match self.raft.log().check_disk_use_limit() {
+            Ok(()) => None,
+            Err(e) if e.is_disk_use_limit() => Some(e.to_string()),
+            Err(e) => {
+                tracing::debug!(error = %e, "disk use unknown");
+                None
+            }
+        };
+        if limited.is_some() != self.disk_use_limited.is_some() {
+            match &limited {
+                Some(why) => tracing::warn!(reason = %why, "refusing produce requests"),
+                None => tracing::info!("disk use back below the limit: accepting produce requests"),
+            }
+        }
+        self.disk_use_limited = limited;
     }
 
     fn answer(&mut self, index: LogIndex, term: Term, outcome: ApplyOutcome) {

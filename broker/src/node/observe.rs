@@ -69,6 +69,23 @@ impl NodeMetrics {
     }
 }
 
+impl NodeMetrics {
+    pub(super) fn retention_deleted(&self, segments: usize) {
+        self.handles
+            .raft
+            .segments_deleted
+            .increment(segments as u64);
+    }
+
+    pub(super) fn snapshot_sent(&self) {
+        self.handles.raft.snapshots_sent.increment(1);
+    }
+
+    pub(super) fn snapshot_installed(&self) {
+        self.handles.raft.snapshots_installed.increment(1);
+    }
+}
+
 impl Node {
     /// Records metrics in `metrics` (see [`crate::metrics`]).
     pub fn with_metrics(mut self, metrics: Arc<BrokerMetrics>) -> Node {
@@ -168,10 +185,10 @@ fn group_lag_text(state: &StateMachine, node: &str, series_max: usize) -> String
             continue;
         };
         for ((topic, queue), committed) in offsets {
-            let Some(end) = state
+            let Some((start, end)) = state
                 .topic(topic)
                 .and_then(|t| t.queues.get(*queue as usize))
-                .map(|q| q.next_offset)
+                .map(|q| (q.start_offset, q.next_offset))
             else {
                 continue; // the topic was deleted after the commit
             };
@@ -189,7 +206,8 @@ fn group_lag_text(state: &StateMachine, node: &str, series_max: usize) -> String
                     ("topic", topic),
                     ("queue", &queue),
                 ],
-                end.saturating_sub(*committed),
+                // Deleted messages are not lag.
+                end.saturating_sub((*committed).max(start)),
             );
         }
     }

@@ -279,6 +279,11 @@ impl Node {
         if req.queue as usize >= topic.queues.len() {
             return reply.error(invalid_queue(&req.topic, req.queue, topic.queues.len()));
         }
+        if let Some(why) = &self.disk_use_limited {
+            // Commands (offset commits, topic changes) still go through: they are
+            // small and keep consumers, which let retention free space, working.
+            return reply.error(pb::Error::new(ErrorCode::StorageError, why.clone()));
+        }
         let body = command::encode_messages(topic.id, req.queue, &req.batch);
         let pending = if req.acks == pb::Acks::Leader as i32 {
             let count =
@@ -413,12 +418,13 @@ impl Node {
         let queues = queues
             .into_iter()
             .map(|((topic, queue), committed)| {
-                let log_end = self
+                let (log_start, log_end) = self
                     .state
                     .topic(&topic)
                     .and_then(|t| t.queues.get(queue as usize))
-                    .map_or(0, |q| q.next_offset);
-                let from = committed.unwrap_or(0);
+                    .map_or((0, 0), |q| (q.start_offset, q.next_offset));
+                // Messages retention deleted are not lag: they cannot be consumed.
+                let from = committed.unwrap_or(log_start).max(log_start);
                 pb::GroupQueueLag {
                     topic,
                     queue,

@@ -18,6 +18,9 @@ pub enum FaultVariant {
     VoteForStaleCandidate,
     /// A node that lost acknowledged entries still votes and campaigns.
     DamagedNodeVotes,
+    /// Installing a snapshot resets the recovery mark to the snapshot index, so a
+    /// damaged node forgets it lost acknowledged entries.
+    SnapshotForgetsDamage,
 }
 
 /// Configuration of one [`super::RawNode`]. Build it with [`Config::new`] and adjust

@@ -4,6 +4,13 @@
 //! handles messages and proposals; those writes need not be durable. The driver makes
 //! them durable later (`Ready::unsynced`) and reports back with
 //! [`super::RawNode::persisted`].
+//!
+//! Compaction: the log may start after index 1. Everything below
+//! [`RaftLog::first_index`] is covered by a state-machine snapshot whose (index, term)
+//! is `(first_index - 1, term_at(first_index - 1))`: the log must keep answering
+//! `term_at` for that one index. The driver compacts (never past the applied index)
+//! through its own log type; the core only ever *installs* a snapshot received from a
+//! leader, through [`RaftLog::install_snapshot`].
 
 use super::error::LogError;
 use super::types::{Entry, LogIndex, Term};
@@ -12,12 +19,13 @@ use super::types::{Entry, LogIndex, Term};
 /// the broker over `raftmq_store::CommitLog`.
 pub trait RaftLog {
     /// The index of the first entry held (1 for a log that was never compacted).
+    /// `first_index() - 1` is the index of the snapshot the log starts after.
     fn first_index(&self) -> LogIndex;
     /// The index of the last written entry (maybe not yet durable); `first - 1` when
     /// empty.
     fn last_index(&self) -> LogIndex;
-    /// The term of the entry at `index`: `Some(Term(0))` at index 0 of a log starting
-    /// at 1, `None` when out of range.
+    /// The term of the entry at `index`: at `first_index() - 1` the snapshot's term
+    /// (`Term(0)` at index 0 of a log starting at 1), `None` when out of range.
     fn term_at(&self, index: LogIndex) -> Option<Term>;
     /// Up to `max_entries` entries from `from`, stopping before `max_bytes` of bodies
     /// would be exceeded, but at least one entry when `from <= last_index()`.
@@ -32,13 +40,23 @@ pub trait RaftLog {
     fn append(&mut self, entries: &[Entry]) -> Result<(), LogError>;
     /// Removes every entry at `from` and after. On `Err` the log is unchanged.
     fn truncate_suffix(&mut self, from: LogIndex) -> Result<(), LogError>;
+    /// Discards every entry: the log becomes empty, starting right after the snapshot
+    /// `(index, term)` (afterwards `first_index() == index + 1`,
+    /// `term_at(index) == Some(term)`). The driver made the snapshot itself durable
+    /// before stepping the message; the reset may become durable later, like any
+    /// write: on start the driver resets a log that does not hold the newest
+    /// snapshot's `(index, term)`. On `Err` the log is unchanged.
+    fn install_snapshot(&mut self, index: LogIndex, term: Term) -> Result<(), LogError>;
 }
 
-/// An in-memory log starting at index 1: a `Vec` of entries whose bodies share their
-/// buffers (`Bytes`). Used by unit tests, the simulator and the benchmark.
+/// An in-memory log: a `Vec` of entries whose bodies share their buffers (`Bytes`),
+/// starting after a snapshot point (index 0 until compacted). Used by unit tests and
+/// the benchmark.
 #[derive(Debug, Clone, Default)]
 pub struct MemLog {
     entries: Vec<Entry>,
+    /// (index, term) of the snapshot the log starts after.
+    snapshot: (LogIndex, Term),
     fail_writes: bool,
 }
 
@@ -55,11 +73,22 @@ impl MemLog {
         }
         MemLog {
             entries,
-            fail_writes: false,
+            ..MemLog::default()
         }
     }
 
-    /// All entries.
+    /// Drops the entries up to `upto` (which must be held): the log then starts
+    /// after the snapshot `(upto, term_at(upto))`.
+    pub fn compact(&mut self, upto: LogIndex) {
+        let term = self
+            .term_at(upto)
+            .expect("compact to an index the log holds");
+        let drop = (upto.0 - self.snapshot.0 .0) as usize;
+        self.entries.drain(..drop);
+        self.snapshot = (upto, term);
+    }
+
+    /// All entries held (after the snapshot point).
     pub fn all(&self) -> &[Entry] {
         &self.entries
     }
@@ -70,23 +99,23 @@ impl MemLog {
     }
 
     fn position(&self, index: LogIndex) -> Option<usize> {
-        let pos = index.0.checked_sub(1)? as usize;
+        let pos = index.0.checked_sub(self.snapshot.0 .0 + 1)? as usize;
         (pos < self.entries.len()).then_some(pos)
     }
 }
 
 impl RaftLog for MemLog {
     fn first_index(&self) -> LogIndex {
-        LogIndex(1)
+        self.snapshot.0.next()
     }
 
     fn last_index(&self) -> LogIndex {
-        LogIndex(self.entries.len() as u64)
+        LogIndex(self.snapshot.0 .0 + self.entries.len() as u64)
     }
 
     fn term_at(&self, index: LogIndex) -> Option<Term> {
-        if index == LogIndex::ZERO {
-            return Some(Term(0));
+        if index == self.snapshot.0 {
+            return Some(self.snapshot.1);
         }
         self.position(index).map(|p| self.entries[p].term)
     }
@@ -128,8 +157,18 @@ impl RaftLog for MemLog {
         if self.fail_writes {
             return Err(LogError::Write("injected truncate failure".into()));
         }
-        assert!(from.0 >= 1, "cannot truncate index 0");
-        self.entries.truncate(from.0 as usize - 1);
+        assert!(from > self.snapshot.0, "cannot truncate into the snapshot");
+        self.entries
+            .truncate((from.0 - self.snapshot.0 .0) as usize - 1);
+        Ok(())
+    }
+
+    fn install_snapshot(&mut self, index: LogIndex, term: Term) -> Result<(), LogError> {
+        if self.fail_writes {
+            return Err(LogError::Write("injected install failure".into()));
+        }
+        self.entries.clear();
+        self.snapshot = (index, term);
         Ok(())
     }
 }
@@ -169,6 +208,26 @@ mod tests {
         assert!(log.entries(LogIndex(4), 1, 100).is_err());
         log.truncate_suffix(LogIndex(2)).unwrap();
         assert_eq!(log.last_index(), LogIndex(1));
+    }
+
+    #[test]
+    fn test_memlog_compact_and_install_keep_the_snapshot_term() {
+        let mut log = MemLog::new();
+        log.append(&[entry(1, 1, b"a"), entry(2, 2, b"b"), entry(3, 2, b"c")])
+            .unwrap();
+        log.compact(LogIndex(2));
+        assert_eq!(log.first_index(), LogIndex(3));
+        assert_eq!(log.term_at(LogIndex(2)), Some(Term(2)));
+        assert_eq!(log.term_at(LogIndex(1)), None);
+        assert!(log.entries(LogIndex(2), 10, 100).is_err());
+        assert_eq!(log.entries(LogIndex(3), 10, 100).unwrap().len(), 1);
+        log.install_snapshot(LogIndex(9), Term(4)).unwrap();
+        assert_eq!(log.first_index(), LogIndex(10));
+        assert_eq!(log.last_index(), LogIndex(9));
+        assert_eq!(log.term_at(LogIndex(9)), Some(Term(4)));
+        log.append(&[entry(10, 4, b"d")]).unwrap();
+        log.truncate_suffix(LogIndex(10)).unwrap();
+        assert_eq!(log.last_index(), LogIndex(9));
     }
 
     #[test]

@@ -74,6 +74,16 @@ pub enum MessageBody {
     HeartbeatResponse,
     /// The leader asks the target of a leadership transfer to campaign now.
     TimeoutNow,
+    /// The follower needs entries the leader compacted away: install the leader's
+    /// snapshot, which covers the log up to `index`. The driver carries the snapshot
+    /// itself (in chunks) and steps this message only once it holds all of it; the
+    /// answer is an `AppendResponse` matching up to `index`.
+    InstallSnapshot {
+        /// The last index the snapshot covers.
+        index: LogIndex,
+        /// The term of the entry at `index`.
+        snapshot_term: Term,
+    },
 }
 
 impl MessageBody {
@@ -89,6 +99,7 @@ impl MessageBody {
             MessageBody::Heartbeat { .. } => "Heartbeat",
             MessageBody::HeartbeatResponse => "HeartbeatResponse",
             MessageBody::TimeoutNow => "TimeoutNow",
+            MessageBody::InstallSnapshot { .. } => "InstallSnapshot",
         }
     }
 }

@@ -13,6 +13,10 @@ pub enum ProgressState {
     /// The follower matches up to `match_index`: stream appends optimistically, up to
     /// `max_inflight_appends` unacknowledged ones.
     Replicate,
+    /// The follower needs entries below the leader's log start: a snapshot up to
+    /// `pending_snapshot` was sent; nothing else is sent until it is acknowledged (or
+    /// the transfer stalls for an election timeout and the leader probes again).
+    Snapshot,
 }
 
 /// Per-follower replication state kept by the leader.
@@ -35,6 +39,8 @@ pub struct Progress {
     pub commit_sent: LogIndex,
     /// Ticks since the follower last made progress while appends were in flight.
     pub stalled_ticks: u32,
+    /// Snapshot: the index the snapshot sent covers.
+    pub pending_snapshot: LogIndex,
 }
 
 impl Progress {
@@ -51,7 +57,17 @@ impl Progress {
             inflight_max,
             commit_sent: LogIndex::ZERO,
             stalled_ticks: 0,
+            pending_snapshot: LogIndex::ZERO,
         }
+    }
+
+    /// Switches to Snapshot: a snapshot covering up to `index` is on its way.
+    pub fn become_snapshot(&mut self, index: LogIndex) {
+        self.state = ProgressState::Snapshot;
+        self.pending_snapshot = index;
+        self.probe_sent = false;
+        self.inflight.clear();
+        self.stalled_ticks = 0;
     }
 
     /// Switches to Probe, sending from `next_index` next.
@@ -106,13 +122,14 @@ impl Progress {
         match self.state {
             ProgressState::Probe => self.probe_sent,
             ProgressState::Replicate => self.inflight.len() >= self.inflight_max,
+            ProgressState::Snapshot => true,
         }
     }
 
     /// Records an append that carried entries up to `last`.
     pub fn on_sent(&mut self, last: LogIndex) {
         match self.state {
-            ProgressState::Probe => self.probe_sent = true,
+            ProgressState::Probe | ProgressState::Snapshot => self.probe_sent = true,
             ProgressState::Replicate => {
                 assert!(!self.is_paused());
                 self.next_index = last.next();

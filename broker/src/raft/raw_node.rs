@@ -63,6 +63,8 @@ pub struct RawNode<L: RaftLog> {
     pub(super) reported_hard_state: HardState,
     pub(super) reported_soft: (Role, Term, Option<NodeId>),
     pub(super) scratch_entries: Vec<Entry>,
+    /// A snapshot installed since the last Ready (reported in `Ready::snapshot`).
+    pub(super) installed_snapshot: Option<(LogIndex, Term)>,
 }
 
 impl<L: RaftLog> RawNode<L> {
@@ -100,6 +102,9 @@ impl<L: RaftLog> RawNode<L> {
             (hard_state.term, hard_state.vote)
         };
         let recovering = last < hard_state.acked_index;
+        // The snapshot the log starts after is committed and applied (the driver
+        // restored the state machine from it).
+        let snapshot_index = log.first_index().prev();
         let mut rng = SplitMix64::new(config.seed ^ config.id.0.wrapping_mul(0x9e37_79b9));
         let randomized_election_timeout = rng.range_u32(
             config.election_timeout_ticks,
@@ -116,9 +121,9 @@ impl<L: RaftLog> RawNode<L> {
             awaiting_persist: None,
             role: Role::Follower,
             leader: None,
-            commit: LogIndex::ZERO,
-            applied: LogIndex::ZERO,
-            apply_cursor: LogIndex::ZERO,
+            commit: snapshot_index,
+            applied: snapshot_index,
+            apply_cursor: snapshot_index,
             persisted_index: last,
             recovering,
             election_elapsed: 0,
@@ -135,6 +140,7 @@ impl<L: RaftLog> RawNode<L> {
             reported_hard_state: hard_state,
             reported_soft: (Role::Follower, term, None),
             scratch_entries: Vec::new(),
+            installed_snapshot: None,
             config,
         };
         Ok(node)
@@ -189,6 +195,7 @@ impl<L: RaftLog> RawNode<L> {
                 let leader = match msg.body {
                     MessageBody::Append { .. }
                     | MessageBody::Heartbeat { .. }
+                    | MessageBody::InstallSnapshot { .. }
                     | MessageBody::TimeoutNow => Some(msg.from),
                     _ => None,
                 };
@@ -196,7 +203,9 @@ impl<L: RaftLog> RawNode<L> {
             }
         } else if msg.term < self.term {
             match msg.body {
-                MessageBody::Append { .. } | MessageBody::Heartbeat { .. } => {
+                MessageBody::Append { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::InstallSnapshot { .. } => {
                     // A stale leader: tell it about the newer term so it steps down.
                     self.send(
                         msg.from,
@@ -270,6 +279,10 @@ impl<L: RaftLog> RawNode<L> {
                 Ok(())
             }
             MessageBody::TimeoutNow => self.handle_timeout_now(from),
+            MessageBody::InstallSnapshot {
+                index,
+                snapshot_term,
+            } => self.handle_install_snapshot(from, index, snapshot_term),
         }
     }
 
@@ -405,6 +418,7 @@ impl<L: RaftLog> RawNode<L> {
     /// Whether [`RawNode::ready`] has anything to hand out.
     pub fn has_ready(&self) -> bool {
         self.log_dirty
+            || self.installed_snapshot.is_some()
             || !self.msgs.is_empty()
             || !self.persisted_msgs.is_empty()
             || self.hard_state() != self.reported_hard_state
@@ -418,7 +432,10 @@ impl<L: RaftLog> RawNode<L> {
         if self.role == Role::Leader {
             self.send_appends();
         }
-        let mut rd = Ready::default();
+        let mut rd = Ready {
+            snapshot: self.installed_snapshot.take(),
+            ..Ready::default()
+        };
         if self.log_dirty {
             self.log_dirty = false;
             let last = self.log.last_index();
@@ -629,6 +646,13 @@ impl<L: RaftLog> RawNode<L> {
     pub(super) fn check_invariants(&self) {
         let last = self.log.last_index();
         assert!(self.commit <= last, "commit {} > last {last}", self.commit);
+        let snapshot_index = self.log.first_index().prev();
+        assert!(
+            snapshot_index <= self.applied.max(self.apply_cursor) && snapshot_index <= self.commit,
+            "the log starts after {snapshot_index}, beyond what was applied ({}) or committed ({})",
+            self.applied,
+            self.commit
+        );
         let last_term = self.log.term_at(last).expect("term of the last entry");
         assert!(
             last_term <= self.term,

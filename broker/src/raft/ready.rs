@@ -16,6 +16,9 @@ use super::types::{HardState, LogIndex, NodeId, Role, Term};
 /// 5. call [`super::RawNode::persisted`] with `unsynced`;
 /// 6. apply `to_apply` (read the entries from the log) and report
 ///    [`super::RawNode::applied`].
+///
+/// If `snapshot` is `Some`, the log was reset to a snapshot received from the leader
+/// (already durable): restore the state machine from it before applying `to_apply`.
 #[derive(Debug, Default)]
 pub struct Ready {
     /// Persist durably (atomically) if `Some`, after the log sync and before sending
@@ -34,6 +37,9 @@ pub struct Ready {
     pub to_apply: Option<(LogIndex, LogIndex)>,
     /// The role, term or known leader changed (for logs and metrics).
     pub role_change: Option<(Role, Term, Option<NodeId>)>,
+    /// The log now starts after this installed snapshot (index, term): restore the
+    /// state machine from it first.
+    pub snapshot: Option<(LogIndex, Term)>,
 }
 
 /// The leader's replication state for one follower, as reported by `status()`.

@@ -38,6 +38,7 @@ impl<L: RaftLog> RawNode<L> {
             ProgressState::Replicate => {
                 pr.next_index <= self.log.last_index() || pr.commit_sent < self.commit
             }
+            ProgressState::Snapshot => false,
         }
     }
 
@@ -46,10 +47,15 @@ impl<L: RaftLog> RawNode<L> {
             let pr = &self.progress[&to];
             let next = pr.next_index;
             let state = pr.state;
+            if next < self.log.first_index() {
+                self.send_snapshot(to);
+                return;
+            }
             let prev = next.prev();
-            let Some(prev_term) = self.log.term_at(prev) else {
-                panic!("leader lacks the term at {prev} (no snapshots yet)");
-            };
+            let prev_term = self
+                .log
+                .term_at(prev)
+                .expect("the log holds the term just before its first entry");
             let entries = if next <= self.log.last_index() {
                 match self.log.entries(
                     next,
@@ -88,6 +94,25 @@ impl<L: RaftLog> RawNode<L> {
         }
     }
 
+    /// The follower needs entries below the log start: send the snapshot the log
+    /// starts after (the driver attaches its contents).
+    fn send_snapshot(&mut self, to: NodeId) {
+        let index = self.log.first_index().prev();
+        let snapshot_term = self
+            .log
+            .term_at(index)
+            .expect("the log holds the snapshot term");
+        self.send(
+            to,
+            MessageBody::InstallSnapshot {
+                index,
+                snapshot_term,
+            },
+        );
+        let pr = self.progress.get_mut(&to).expect("peer progress");
+        pr.become_snapshot(index);
+    }
+
     pub(super) fn broadcast_heartbeat(&mut self) {
         let peers: Vec<NodeId> = self.progress.keys().copied().collect();
         let interval = self.config.heartbeat_interval_ticks;
@@ -96,7 +121,14 @@ impl<L: RaftLog> RawNode<L> {
             let pr = self.progress.get_mut(&to).expect("peer progress");
             // Retransmission: a Replicate stream that made no progress for an
             // election timeout lost a message; probe again from the match point.
-            if pr.state == ProgressState::Replicate && pr.inflight_len() > 0 {
+            // A snapshot transfer that was not acknowledged within an election
+            // timeout is retried the same way (the probe finds the log start again).
+            let waiting = match pr.state {
+                ProgressState::Replicate => pr.inflight_len() > 0,
+                ProgressState::Snapshot => true,
+                ProgressState::Probe => false,
+            };
+            if waiting {
                 pr.stalled_ticks += interval;
                 if pr.stalled_ticks >= timeout {
                     let next = pr.match_index.next();
@@ -139,7 +171,12 @@ impl<L: RaftLog> RawNode<L> {
                 "{from} acked {match_index} beyond the leader's log"
             );
             let advanced = pr.on_ack(match_index);
-            if pr.state == ProgressState::Probe {
+            let caught_up = match pr.state {
+                ProgressState::Probe => true,
+                ProgressState::Snapshot => pr.match_index >= pr.pending_snapshot,
+                ProgressState::Replicate => false,
+            };
+            if caught_up {
                 pr.become_replicate();
             }
             if advanced {
@@ -157,6 +194,8 @@ impl<L: RaftLog> RawNode<L> {
         let stale = match pr.state {
             ProgressState::Replicate => reject_index <= pr.match_index,
             ProgressState::Probe => reject_index.next() != pr.next_index,
+            // An answer to an append sent before the snapshot.
+            ProgressState::Snapshot => true,
         };
         if stale {
             return;
@@ -256,6 +295,30 @@ impl<L: RaftLog> RawNode<L> {
         leader_commit: LogIndex,
     ) -> Result<(), RaftError> {
         self.follow(from);
+        let snapshot_index = self.log.first_index().prev();
+        if prev_log_index < snapshot_index {
+            // Entries our snapshot covers (committed, so equal to the leader's): skip
+            // them and go on from the snapshot point.
+            let skip = (snapshot_index.0 - prev_log_index.0) as usize;
+            if skip >= entries.len() {
+                let match_index = LogIndex(prev_log_index.0 + entries.len() as u64);
+                self.ack_when_persisted(from, match_index);
+                return Ok(());
+            }
+            let snapshot_term = self.log.term_at(snapshot_index);
+            assert_eq!(
+                snapshot_term,
+                Some(entries[skip - 1].term),
+                "the leader's entry {snapshot_index} differs from this node's snapshot"
+            );
+            return self.handle_append(
+                from,
+                snapshot_index,
+                entries[skip - 1].term,
+                &entries[skip..],
+                leader_commit,
+            );
+        }
         let last = self.log.last_index();
         if prev_log_index > last {
             self.reject_append(from, prev_log_index, None);
@@ -318,21 +381,109 @@ impl<L: RaftLog> RawNode<L> {
         }
         // The acknowledgement leaves only once the log is durable up to match_index,
         // and the recovery mark is in the same Ready's hard state.
+        self.acknowledge_match(from, match_index);
+        Ok(())
+    }
+
+    /// Whether stepping `InstallSnapshot { index, snapshot_term }` from the leader
+    /// of `term` would reset the log to the snapshot. The driver asks first and makes
+    /// the snapshot durable only then, so a snapshot the core refuses never lands on
+    /// disk (where the start-up reconciliation would otherwise adopt it).
+    pub fn accepts_snapshot(&self, term: Term, index: LogIndex, snapshot_term: Term) -> bool {
+        term >= self.term
+            && !(self.role == Role::Leader && term == self.term)
+            && index > self.commit
+            && self.log.term_at(index) != Some(snapshot_term)
+            && !self.install_would_drop_acked(index)
+    }
+
+    /// Installing a snapshot at `index` discards our entries after it: if some of
+    /// them are under the durable recovery mark, the mark must come down first.
+    fn install_would_drop_acked(&self, index: LogIndex) -> bool {
+        // Every mark that is or may yet become durable (a Ready not yet persisted
+        // carries one).
+        let pending = self.awaiting_persist.map_or(LogIndex::ZERO, |(_, _, m)| m);
+        let mark = self.acked_durable.max(self.acked_index).max(pending);
+        self.log.last_index() > index && mark > index
+    }
+
+    pub(super) fn handle_install_snapshot(
+        &mut self,
+        from: NodeId,
+        index: LogIndex,
+        snapshot_term: Term,
+    ) -> Result<(), RaftError> {
+        self.follow(from);
+        if index <= self.commit || self.log.term_at(index) == Some(snapshot_term) {
+            // We hold the log up to `index` already (maybe not yet known committed).
+            if index > self.commit {
+                self.set_commit(index);
+            }
+            self.acknowledge_match(from, index);
+            return Ok(());
+        }
+        if self.install_would_drop_acked(index) {
+            // As for a truncation: lower the recovery mark durably first; the leader
+            // sends the snapshot again after the stall timeout.
+            self.void_acks_from(index.next());
+            self.log_dirty = true;
+            return Ok(());
+        }
+        if let Err(err) = self.log.install_snapshot(index, snapshot_term) {
+            self.reject_append(from, index, None);
+            return Err(err.into());
+        }
+        // No acknowledgement of a discarded entry may leave (there are none unless
+        // the recovery mark is above `index`, which the check above rules out). The
+        // mark itself stays: a damaged node remains damaged until past it.
+        self.persisted_msgs.retain(|m| {
+            !matches!(
+                m.body,
+                MessageBody::AppendResponse {
+                    success: true,
+                    match_index,
+                    ..
+                } if match_index > index
+            )
+        });
+        if self.config.fault_is(FaultVariant::SnapshotForgetsDamage) {
+            self.acked_index = index;
+            self.acked_durable = index;
+        }
+        self.commit = index;
+        self.applied = index;
+        self.apply_cursor = index;
+        self.persisted_index = index;
+        self.installed_snapshot = Some((index, snapshot_term));
+        self.log_dirty = true;
+        self.acknowledge_match(from, index);
+        Ok(())
+    }
+
+    /// Our log matches the leader's up to `match_index`: raise the recovery mark (in
+    /// the same Ready's hard state), leave recovery once past the mark, and
+    /// acknowledge once the log is durable.
+    fn acknowledge_match(&mut self, leader: NodeId, match_index: LogIndex) {
         self.raise_acked_index(match_index);
         if self.recovering && match_index >= self.acked_index {
             self.recovering = false;
         }
+        self.ack_when_persisted(leader, match_index);
+    }
+
+    /// Acknowledges a match up to `match_index` once the log is durable.
+    fn ack_when_persisted(&mut self, to: NodeId, match_index: LogIndex) {
+        let last_log_index = self.log.last_index();
         self.send_persisted(
-            from,
+            to,
             MessageBody::AppendResponse {
                 success: true,
                 match_index,
                 reject_index: LogIndex::ZERO,
                 conflict: None,
-                last_log_index: self.log.last_index(),
+                last_log_index,
             },
         );
-        Ok(())
     }
 
     fn reject_append(

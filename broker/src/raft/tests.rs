@@ -1012,3 +1012,123 @@ fn test_message_to_another_node_is_refused() {
     };
     assert_eq!(n.step(m), Err(RaftError::UnknownPeer(NodeId(9))));
 }
+
+/// Proposes `count` entries on the leader and settles.
+fn propose_n(c: &mut Cluster, leader: u64, count: usize) {
+    for _ in 0..count {
+        c.node(leader)
+            .propose(EntryKind::Command, Bytes::from_static(b"p"))
+            .unwrap();
+        c.settle();
+    }
+}
+
+#[test]
+fn test_follower_behind_log_start_gets_the_snapshot_then_entries() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.isolated.push(NodeId(3));
+    propose_n(&mut c, 1, 10);
+    let commit = c.node(1).commit_index();
+    assert!(commit >= LogIndex(10));
+    c.node(1).log_mut().compact(LogIndex(8));
+    c.isolated.clear();
+    // Heartbeats let the probe go; the probe hits the log start; the snapshot follows.
+    for _ in 0..100 {
+        if c.node(3).log().first_index() == LogIndex(9) {
+            break;
+        }
+        c.tick_all(1);
+    }
+    c.settle();
+    let n3 = c.node(3);
+    assert_eq!(n3.log().first_index(), LogIndex(9));
+    assert_eq!(n3.commit_index(), commit);
+    assert_eq!(n3.log().last_index(), c.node(1).log().last_index());
+    let pr = c.node(1).status().progress;
+    assert!(pr.iter().all(|p| p.state == ProgressState::Replicate));
+}
+
+#[test]
+fn test_install_snapshot_reports_it_in_ready_and_discards_conflicting_tail() {
+    let mut n = RawNode::new(
+        config(2, 3),
+        MemLog::from_entries(vec![entry(1, 1), entry(2, 1), entry(3, 1)]),
+        HardState {
+            term: Term(1),
+            vote: None,
+            acked_index: LogIndex(0),
+        },
+    );
+    let msg = Message {
+        from: NodeId(1),
+        to: NodeId(2),
+        term: Term(2),
+        body: MessageBody::InstallSnapshot {
+            index: LogIndex(5),
+            snapshot_term: Term(2),
+        },
+    };
+    assert!(n.accepts_snapshot(Term(2), LogIndex(5), Term(2)));
+    n.step(msg).unwrap();
+    let rd = n.ready();
+    assert_eq!(rd.snapshot, Some((LogIndex(5), Term(2))));
+    assert_eq!(rd.unsynced, Some((LogIndex(5), Term(2))));
+    assert_eq!(rd.to_apply, None, "the snapshot is the state up to 5");
+    assert_eq!(n.log().first_index(), LogIndex(6));
+    assert_eq!(n.commit_index(), LogIndex(5));
+    assert!(matches!(
+        rd.persisted_messages[0].body,
+        MessageBody::AppendResponse {
+            success: true,
+            match_index: LogIndex(5),
+            ..
+        }
+    ));
+    // A stale copy of the same snapshot is not installed again.
+    assert!(!n.accepts_snapshot(Term(2), LogIndex(5), Term(2)));
+}
+
+#[test]
+fn test_install_that_would_drop_acknowledged_entries_lowers_the_mark_first() {
+    let log = MemLog::from_entries((1..=6).map(|i| entry(i, 1)).collect());
+    let mut n = RawNode::new(
+        config(2, 3),
+        log,
+        HardState {
+            term: Term(1),
+            vote: None,
+            acked_index: LogIndex(6),
+        },
+    );
+    // The leader's snapshot at 4 has another term: our 4..6 are not committed.
+    assert!(!n.accepts_snapshot(Term(3), LogIndex(4), Term(3)));
+    let msg = |term| Message {
+        from: NodeId(1),
+        to: NodeId(2),
+        term: Term(term),
+        body: MessageBody::InstallSnapshot {
+            index: LogIndex(4),
+            snapshot_term: Term(3),
+        },
+    };
+    n.step(msg(3)).unwrap();
+    assert_eq!(n.log().last_index(), LogIndex(6), "nothing discarded yet");
+    let rd = n.ready();
+    assert_eq!(rd.hard_state.unwrap().acked_index, LogIndex(4));
+    let (i, t) = rd.unsynced.unwrap();
+    n.persisted(i, t);
+    assert!(n.accepts_snapshot(Term(3), LogIndex(4), Term(3)));
+    n.step(msg(3)).unwrap();
+    assert_eq!(n.log().first_index(), LogIndex(5));
+    assert_eq!(n.log().last_index(), LogIndex(4));
+}
+
+#[test]
+fn test_restart_on_a_compacted_log_starts_committed_at_the_snapshot() {
+    let mut log = MemLog::from_entries((1..=6).map(|i| entry(i, 1)).collect());
+    log.compact(LogIndex(4));
+    let n = RawNode::new(config(1, 3), log, HardState::default());
+    assert_eq!(n.commit_index(), LogIndex(4));
+    assert_eq!(n.status().applied_index, LogIndex(4));
+}

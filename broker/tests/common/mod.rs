@@ -5,6 +5,9 @@
 
 pub mod raw;
 
+use raftmq_proto::pb::{self, request::Body as Req, response::Body as Resp, ErrorCode};
+use raw::{code, Conn};
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -85,6 +88,12 @@ impl Cluster {
     pub fn spawn(&mut self, id: u64) {
         let peers = self.peers.clone();
         let extra = self.extra_args.clone();
+        // 64 MiB segments unless the test picks its own.
+        let segment_flag: Vec<String> = if extra.iter().any(|a| a == "--segment-bytes") {
+            Vec::new()
+        } else {
+            vec!["--segment-bytes".into(), (64u64 << 20).to_string()]
+        };
         let node = self.node(id);
         assert!(node.child.is_none(), "node {id} is already running");
         let log = std::fs::OpenOptions::new()
@@ -101,8 +110,7 @@ impl Cluster {
             .arg(node.addr.to_string())
             .arg("--peers")
             .arg(&peers)
-            .arg("--segment-bytes")
-            .arg((64u64 << 20).to_string())
+            .args(segment_flag)
             .args(&extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -197,5 +205,68 @@ impl Drop for Cluster {
                 let _ = child.wait();
             }
         }
+    }
+}
+
+/// Asks every running node for its status; returns the id of the one that leads.
+pub async fn find_leader(cluster: &Cluster, deadline: Duration) -> u64 {
+    let until = Instant::now() + deadline;
+    loop {
+        for id in cluster.running() {
+            let addr = cluster.nodes[(id - 1) as usize].addr;
+            let Ok(mut conn) = Conn::connect_addr(addr).await else {
+                continue;
+            };
+            let request = Req::ClusterStatus(pb::ClusterStatusRequest {});
+            if let Ok(response) = conn.try_call(request, Duration::from_secs(2)).await {
+                if let Some(Resp::ClusterStatus(s)) = response.body {
+                    if s.role == "leader" {
+                        return id;
+                    }
+                }
+            }
+        }
+        assert!(Instant::now() < until, "no leader within {deadline:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends one request to the leader, following leader changes, until it gets an
+/// answer that is not "try elsewhere". Bounded by `deadline`.
+pub async fn call_leader(cluster: &Cluster, body: Req, deadline: Duration) -> pb::Response {
+    let until = Instant::now() + deadline;
+    loop {
+        let leader = find_leader(cluster, until.saturating_duration_since(Instant::now())).await;
+        let addr = cluster.nodes[(leader - 1) as usize].addr;
+        if let Ok(mut conn) = Conn::connect_addr(addr).await {
+            if let Ok(response) = conn.try_call(body.clone(), Duration::from_secs(5)).await {
+                match code(&response) {
+                    ErrorCode::NotLeader | ErrorCode::Timeout | ErrorCode::ShuttingDown => {}
+                    _ => return response,
+                }
+            }
+        }
+        assert!(Instant::now() < until, "no answer within {deadline:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Creates a topic through the leader; panics on any error.
+pub async fn create_topic(cluster: &Cluster, name: &str, queues: u32) {
+    let request = Req::CreateTopic(pb::CreateTopicRequest {
+        name: name.into(),
+        queues,
+    });
+    let response = call_leader(cluster, request, Duration::from_secs(30)).await;
+    assert_eq!(code(&response), ErrorCode::None, "{response:?}");
+}
+
+/// Allocates an idempotent producer id through the leader.
+pub async fn init_producer(cluster: &Cluster) -> u64 {
+    let request = Req::InitProducer(pb::InitProducerRequest {});
+    let response = call_leader(cluster, request, Duration::from_secs(30)).await;
+    match response.body {
+        Some(Resp::InitProducer(p)) => p.producer_id,
+        _ => panic!("{response:?}"),
     }
 }

@@ -344,5 +344,7 @@ pub fn log_config(segment_bytes: u64, max_batch_bytes: u64) -> LogConfig {
         segment_bytes,
         max_entry_bytes: (max_batch_bytes + 4096) as u32,
         verify_on_open: true,
+        // Reading a stopped node's log never creates a segment.
+        max_disk_use_ratio: 1.0,
     }
 }

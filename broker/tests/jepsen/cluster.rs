@@ -33,6 +33,8 @@ pub struct ClusterOptions {
     /// Data directories to use instead of one under the cluster's temp dir (for a
     /// node on a small filesystem).
     pub data_dirs: BTreeMap<u64, PathBuf>,
+    /// Further flags for every broker (retention settings, the disk-use limit).
+    pub extra_args: Vec<String>,
 }
 
 impl Default for ClusterOptions {
@@ -43,6 +45,7 @@ impl Default for ClusterOptions {
             max_batch_bytes: 32 * 1024,
             durability: "fsync",
             data_dirs: BTreeMap::new(),
+            extra_args: Vec::new(),
         }
     }
 }
@@ -220,6 +223,7 @@ impl Cluster {
             .arg(options.segment_bytes.to_string())
             .arg("--durability")
             .arg(options.durability)
+            .args(&options.extra_args)
             .env(
                 "RUST_LOG",
                 std::env::var("RAFTMQ_FAULT_LOG").unwrap_or_else(|_| "info".into()),

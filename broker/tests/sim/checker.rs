@@ -3,10 +3,19 @@
 
 use std::collections::BTreeSet;
 
-use raftmq_broker::raft::{EntryKind, LogIndex, RaftLog, RawNode, Role, Term};
+use raftmq_broker::raft::{EntryKind, LogIndex, RaftLog, RawNode, Role};
 
 use super::disk::SimLog;
-use super::{body_id, entry_hash, Check, World};
+use super::{body_id, entry_hash, Check, Slot, World};
+
+impl Slot {
+    /// A durable snapshot of this node covers `index`.
+    fn snapshot_covers(&self, index: LogIndex) -> bool {
+        self.snapshots
+            .last_key_value()
+            .is_some_and(|(&k, _)| k >= index)
+    }
+}
 
 impl World {
     /// Safety invariants, after every step.
@@ -54,8 +63,14 @@ impl World {
                     let newest = self.committed.iter().rposition(|c| c.2 < term);
                     if let Some(pos) = newest {
                         let (t, h, _) = self.committed[pos];
-                        let has = node.log().term_at(LogIndex(pos as u64 + 1)) == Some(t)
-                            && entry_hash(&node.log().all()[pos]) == h;
+                        let idx = LogIndex(pos as u64 + 1);
+                        // Below the log start, the snapshot (checked against every
+                        // node's applied state) holds it.
+                        let has = idx < node.log().first_index()
+                            || node
+                                .log()
+                                .entry(idx)
+                                .is_some_and(|e| e.term == t && entry_hash(e) == h);
                         if !has {
                             return Err(format!(
                                 "leader completeness: {id} leads term {term} without committed entry {}",
@@ -78,9 +93,18 @@ impl World {
             slot.commit_seen = commit;
             while slot.commit_checked < commit {
                 let idx = slot.commit_checked.next();
-                let e = &node.log().all()[idx.0 as usize - 1];
-                let value = (e.term, entry_hash(e));
                 let pos = idx.0 as usize - 1;
+                let Some(e) = node.log().entry(idx) else {
+                    // Compacted: covered by a snapshot of committed state.
+                    if pos >= self.committed.len() {
+                        return Err(format!(
+                            "{id} commits {idx} through a snapshot beyond anything committed"
+                        ));
+                    }
+                    slot.commit_checked = idx;
+                    continue;
+                };
+                let value = (e.term, entry_hash(e));
                 if pos < self.committed.len() {
                     if (self.committed[pos].0, self.committed[pos].1) != value {
                         return Err(format!(
@@ -91,6 +115,10 @@ impl World {
                 } else {
                     assert_eq!(pos, self.committed.len());
                     self.committed.push((value.0, value.1, node.term()));
+                    let cmd = (e.kind == EntryKind::Command)
+                        .then(|| body_id(&e.body))
+                        .flatten();
+                    self.committed_cmd.push(cmd);
                 }
                 slot.commit_checked = idx;
             }
@@ -106,9 +134,10 @@ impl World {
                 .iter()
                 .filter(|s| {
                     s.damaged
+                        || s.snapshot_covers(idx)
                         || match &s.raft {
                             Some(node) => node.log().durable_term_at(idx) == Some(t),
-                            None => s.stopped_log.get(c - 1).is_some_and(|e| e.term == t),
+                            None => s.stopped_log.term_at(idx) == Some(t),
                         }
                 })
                 .count();
@@ -122,9 +151,13 @@ impl World {
         // A committed entry stays in some log (live, or durable on a stopped node).
         if let Some(&(t, _, _)) = self.committed.last() {
             let c = self.committed.len();
-            let held = self.slots.iter().any(|s| match &s.raft {
-                Some(node) => node.log().term_at(LogIndex(c as u64)) == Some(t),
-                None => s.stopped_log.get(c - 1).is_some_and(|e| e.term == t),
+            let idx = LogIndex(c as u64);
+            let held = self.slots.iter().any(|s| {
+                s.snapshot_covers(idx)
+                    || match &s.raft {
+                        Some(node) => node.log().term_at(idx) == Some(t),
+                        None => s.stopped_log.term_at(idx) == Some(t),
+                    }
             });
             if !held {
                 return Err(format!(
@@ -146,10 +179,7 @@ impl World {
         let quorum = self.slots.len() / 2 + 1;
         let voter_last = |s: &super::Slot| match &s.raft {
             Some(node) => node.log().durable_last(),
-            None => s
-                .stopped_log
-                .last()
-                .map_or((Term(0), LogIndex(0)), |e| (e.term, e.index)),
+            None => s.stopped_log.last(),
         };
         for (x, sx) in self.slots.iter().enumerate() {
             if sx.damaged {
@@ -159,14 +189,12 @@ impl World {
                 Some(node) => {
                     let last = node.log().last_index();
                     (
-                        node.log().term_at(c) == Some(t),
+                        node.log().term_at(c) == Some(t) || c < node.log().first_index(),
                         (node.log().term_at(last).unwrap(), last),
                     )
                 }
                 None => (
-                    sx.stopped_log
-                        .get(c.0 as usize - 1)
-                        .is_some_and(|e| e.term == t),
+                    sx.stopped_log.term_at(c) == Some(t) || c <= sx.stopped_log.snap.0,
                     voter_last(sx),
                 ),
             };
@@ -216,12 +244,8 @@ impl World {
         let node = self.slots[0].raft.as_ref().unwrap();
         let commit = node.commit_index().0 as usize;
         let mut seen = BTreeSet::new();
-        for e in &node.log().all()[..commit] {
-            if e.kind != EntryKind::Command {
-                continue;
-            }
-            let id = body_id(&e.body).expect("command body");
-            if !seen.insert(id) {
+        for id in self.committed_cmd[..commit].iter().flatten() {
+            if !seen.insert(*id) {
                 return Err(format!("proposal {id} committed twice"));
             }
         }

@@ -15,7 +15,7 @@ use raftmq_broker::raft::{
     ProposeError, RaftLog, RawNode, Role, Term,
 };
 
-use disk::SimLog;
+use disk::{DiskLog, SimLog};
 use rng::Rng;
 
 /// How long to run and which core to run.
@@ -75,6 +75,8 @@ pub struct Stats {
     pub crashes: u64,
     pub damages: u64,
     pub elections: u64,
+    pub compactions: u64,
+    pub installs: u64,
 }
 
 /// Events kept for the failure report; `RAFTMQ_SIM_TRACE=N` keeps more.
@@ -116,6 +118,9 @@ impl Ev {
             "pause" | "fail-writes" => format!("until t={a}"),
             "transfer" => format!("to n{a}"),
             "restart" => format!("log {a} entries, recovery mark {b}"),
+            "InstallSnapshot" => format!("from n{a} term {b} index {c} snapshot_term {d}"),
+            "compact" => format!("log starts after {a}"),
+            "install" => format!("state machine restored at {a}"),
             _ => String::new(),
         };
         format!(
@@ -152,6 +157,8 @@ struct Knobs {
     /// Probability that a Ready's writes are synced right away (else later, while
     /// the node goes on: asynchronous storage writes).
     p_sync_now: f64,
+    /// Probability that a node with synced writes snapshots and compacts its log.
+    p_compact: f64,
 }
 
 impl Knobs {
@@ -178,14 +185,38 @@ impl Knobs {
             p_crash_mid_ready: rng.pick(&[0.0, 0.002, 0.01]),
             proposals_per_tick: rng.pick(&[1, 2, 4]),
             p_sync_now: rng.pick(&[1.0, 0.7, 0.3]),
+            p_compact: rng.pick(&[0.02, 0.1, 0.4]),
         }
     }
 }
 
+/// A state-machine snapshot: the chain hash of every entry applied up to `index`.
+#[derive(Debug, Clone, Copy)]
+struct SimSnap {
+    index: LogIndex,
+    term: Term,
+    chain: u64,
+}
+
+/// Chain hash of the applied sequence: equal chains at an index mean equal states.
+fn chain_next(chain: u64, e: &Entry) -> u64 {
+    let x = chain ^ entry_hash(e) ^ (e.term.0 << 40) ^ e.index.0;
+    x.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29)
+}
+
+/// Recent applied points kept per node, for compaction targets.
+const CHAIN_HISTORY: usize = 64;
+
 struct Slot {
     raft: Option<RawNode<SimLog>>,
     /// The durable log while stopped.
-    stopped_log: Vec<Entry>,
+    stopped_log: DiskLog,
+    /// Durable snapshots by index (survive crashes).
+    snapshots: BTreeMap<LogIndex, SimSnap>,
+    /// The state machine: last applied index and its chain hash.
+    sm: (LogIndex, u64),
+    /// Recent (applied index, chain) points.
+    chain_hist: VecDeque<(LogIndex, u64)>,
     /// The durable hard state.
     hs: HardState,
     paused_until: u64,
@@ -211,6 +242,8 @@ struct PendingWrite {
 struct Flight {
     at: u64,
     msg: Message,
+    /// The snapshot an InstallSnapshot carries.
+    snap: Option<SimSnap>,
 }
 
 struct World {
@@ -231,6 +264,10 @@ struct World {
     /// Per committed index: (entry term, entry hash, term of the node that first
     /// reported it committed, at least the term it was committed in).
     committed: Vec<(Term, u64, Term)>,
+    /// Per committed index: the proposal id of a Command entry.
+    committed_cmd: Vec<Option<u64>>,
+    /// Per applied index: the chain hash of the state machine after it.
+    chains: Vec<u64>,
     committed_ids: BTreeSet<u64>,
     next_id: u64,
     trace: VecDeque<Ev>,
@@ -279,6 +316,8 @@ pub fn run_seed(seed: u64, opts: Options) -> Result<Stats, Failure> {
         leaders: BTreeMap::new(),
         registry: HashMap::new(),
         committed: Vec::new(),
+        committed_cmd: Vec::new(),
+        chains: Vec::new(),
         committed_ids: BTreeSet::new(),
         next_id: 1,
         trace: VecDeque::new(),
@@ -291,7 +330,10 @@ pub fn run_seed(seed: u64, opts: Options) -> Result<Stats, Failure> {
         let cfg = config(&world.k, id, seed, opts.fault);
         world.slots.push(Slot {
             raft: Some(RawNode::new(cfg, SimLog::default(), HardState::default())),
-            stopped_log: Vec::new(),
+            stopped_log: DiskLog::default(),
+            snapshots: BTreeMap::new(),
+            sm: (LogIndex::ZERO, 0),
+            chain_hist: VecDeque::new(),
             hs: HardState::default(),
             paused_until: 0,
             restart_at: 0,
@@ -415,8 +457,20 @@ impl World {
 
     // ----- Network -------------------------------------------------------------------
 
-    fn send(&mut self, msg: Message) {
+    fn send(&mut self, mut msg: Message) {
         let (from, to) = (msg.from.0, msg.to.0);
+        let mut snap = None;
+        if let MessageBody::InstallSnapshot { index, .. } = msg.body {
+            // The driver attaches the snapshot the log starts after.
+            let Some(s) = self.slots[from as usize - 1].snapshots.get(&index).copied() else {
+                return;
+            };
+            msg.body = MessageBody::InstallSnapshot {
+                index: s.index,
+                snapshot_term: s.term,
+            };
+            snap = Some(s);
+        }
         if self.faults_on && (self.rng.chance(self.k.p_drop) || self.blocked.contains(&(from, to)))
         {
             return;
@@ -433,11 +487,13 @@ impl World {
             self.net.push(Flight {
                 at: self.now + extra,
                 msg: msg.clone(),
+                snap,
             });
         }
         self.net.push(Flight {
             at: self.now + delay,
             msg,
+            snap,
         });
     }
 
@@ -464,12 +520,21 @@ impl World {
             if !self.active(to) {
                 self.net.push(Flight {
                     at: self.now + 1,
-                    msg: flight.msg,
+                    ..flight
                 });
                 continue;
             }
             if self.faults_on && self.blocked.contains(&(flight.msg.from.0, flight.msg.to.0)) {
                 continue;
+            }
+            if let (Some(snap), MessageBody::InstallSnapshot { .. }) =
+                (flight.snap, &flight.msg.body)
+            {
+                // Received whole: made durable only if the core will install it.
+                let node = self.slots[to].raft.as_ref().unwrap();
+                if node.accepts_snapshot(flight.msg.term, snap.index, snap.term) {
+                    self.slots[to].snapshots.insert(snap.index, snap);
+                }
             }
             self.step(to, flight.msg)?;
             if self.rng.chance(0.5) {
@@ -502,6 +567,10 @@ impl World {
             } => [f, t, last_log_index.0, last_log_term.0, 0],
             MessageBody::VoteResponse { granted, .. } => [f, t, *granted as u64, 0, 0],
             MessageBody::Heartbeat { commit_index } => [f, t, commit_index.0, 0, 0],
+            MessageBody::InstallSnapshot {
+                index,
+                snapshot_term,
+            } => [f, t, index.0, snapshot_term.0, 0],
             _ => [f, t, 0, 0, 0],
         };
         self.ev5(msg.body.kind_name(), i as u64 + 1, fields);
@@ -531,17 +600,29 @@ impl World {
         for m in rd.messages {
             self.send(m);
         }
-        let node = self.slots[i].raft.as_mut().unwrap();
+        if let Some((index, term)) = rd.snapshot {
+            let Some(snap) = self.slots[i].snapshots.get(&index).copied() else {
+                return Err(format!("n{id} installed snapshot {index} it never saved"));
+            };
+            if snap.term != term {
+                return Err(format!(
+                    "n{id} installed snapshot {index} with the wrong term"
+                ));
+            }
+            self.ev("install", id, index.0, 0, 0, 0);
+            self.stats.installs += 1;
+            self.restore_state(i, snap)?;
+        }
         if let Some((from, to)) = rd.to_apply {
             for idx in from.0..=to.0 {
-                let e = &node.log().all()[idx as usize - 1];
-                if e.kind == EntryKind::Command {
-                    if let Some(id) = body_id(&e.body) {
-                        self.committed_ids.insert(id);
-                    }
-                }
+                let node = self.slots[i].raft.as_ref().unwrap();
+                let Some(e) = node.log().entry(LogIndex(idx)) else {
+                    return Err(format!("n{id} asked to apply {idx}, which its log lacks"));
+                };
+                let e = e.clone();
+                self.apply_entry(i, &e)?;
             }
-            node.applied(to);
+            self.slots[i].raft.as_mut().unwrap().applied(to);
         }
         self.slots[i].pending.push_back(PendingWrite {
             hard_state: rd.hard_state,
@@ -552,6 +633,99 @@ impl World {
             self.complete_writes(i)?;
         }
         self.check()
+    }
+
+    /// The state machine applies one committed entry; its state must equal every
+    /// other node's at that index.
+    fn apply_entry(&mut self, i: usize, e: &Entry) -> Check {
+        let slot = &mut self.slots[i];
+        if e.index != slot.sm.0.next() {
+            return Err(format!(
+                "n{} applies {} right after {}",
+                i + 1,
+                e.index,
+                slot.sm.0
+            ));
+        }
+        let chain = chain_next(slot.sm.1, e);
+        slot.sm = (e.index, chain);
+        if slot.chain_hist.len() == CHAIN_HISTORY {
+            slot.chain_hist.pop_front();
+        }
+        slot.chain_hist.push_back(slot.sm);
+        let pos = e.index.0 as usize - 1;
+        if pos < self.chains.len() {
+            if self.chains[pos] != chain {
+                return Err(format!(
+                    "state machine safety: n{} applied a different sequence up to {}",
+                    i + 1,
+                    e.index
+                ));
+            }
+        } else {
+            assert_eq!(pos, self.chains.len(), "applied past the first gap");
+            self.chains.push(chain);
+        }
+        if e.kind == EntryKind::Command {
+            if let Some(id) = body_id(&e.body) {
+                self.committed_ids.insert(id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Restores a node's state machine from one of its snapshots.
+    fn restore_state(&mut self, i: usize, snap: SimSnap) -> Check {
+        if snap.index > LogIndex::ZERO {
+            let pos = snap.index.0 as usize - 1;
+            if self.chains.get(pos) != Some(&snap.chain) {
+                return Err(format!(
+                    "n{}: snapshot at {} does not hold the state every node applied",
+                    i + 1,
+                    snap.index
+                ));
+            }
+        }
+        let slot = &mut self.slots[i];
+        slot.sm = (snap.index, snap.chain);
+        slot.chain_hist.clear();
+        slot.chain_hist.push_back(slot.sm);
+        Ok(())
+    }
+
+    /// Sometimes snapshots the state at a recent applied point and compacts the log
+    /// up to it (only with every write synced: the broker deletes whole, long-synced
+    /// segments).
+    fn maybe_compact(&mut self, i: usize) {
+        if !self.faults_on || !self.rng.chance(self.k.p_compact) {
+            return;
+        }
+        let slot = &self.slots[i];
+        let Some(node) = slot.raft.as_ref() else {
+            return;
+        };
+        if !slot.pending.is_empty() || !node.log().is_synced() {
+            return;
+        }
+        let first = node.log().disk().first_index();
+        let candidates: Vec<(LogIndex, u64)> = slot
+            .chain_hist
+            .iter()
+            .copied()
+            .filter(|(idx, _)| *idx >= first && *idx <= node.log().last_index())
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let (index, chain) = candidates[self.rng.below(candidates.len() as u64) as usize];
+        let term = node.log().term_at(index).expect("held");
+        let id = i as u64 + 1;
+        let slot = &mut self.slots[i];
+        slot.snapshots.insert(index, SimSnap { index, term, chain });
+        slot.raft.as_mut().unwrap().log_mut().compact(index);
+        slot.snapshots.retain(|&k, _| k >= index);
+        self.ev("compact", id, index.0, 0, 0, 0);
+        self.stats.compactions += 1;
     }
 
     /// Syncs the log and hard state of every pending Ready, then sends what waited.
@@ -585,6 +759,7 @@ impl World {
                 self.slots[i].raft.as_mut().unwrap().persisted(index, term);
             }
         }
+        self.maybe_compact(i);
         self.check()
     }
 
@@ -662,10 +837,10 @@ impl World {
                 // Damage a stopped node's disk, keeping at most f nodes damaged.
                 let damaged = self.slots.iter().filter(|s| s.damaged).count();
                 if damaged < f && self.rng.chance(self.k.p_damage) {
-                    let len = self.slots[i].stopped_log.len() as u64;
+                    let len = self.slots[i].stopped_log.entries.len() as u64;
                     if len > 0 {
                         let cut = self.rng.below(len) as usize;
-                        self.slots[i].stopped_log.truncate(cut);
+                        self.slots[i].stopped_log.entries.truncate(cut);
                         self.slots[i].damaged = true;
                         self.stats.damages += 1;
                         let mark = self.slots[i].hs.acked_index.0;
@@ -733,9 +908,9 @@ impl World {
         self.slots[i].pending.clear();
         let (_, _, log) = into_parts(node);
         let durable = log.crash(&mut self.rng);
-        self.ev("crashed", i as u64 + 1, durable.len() as u64, 0, 0, 0);
+        self.ev("crashed", i as u64 + 1, durable.last_index().0, 0, 0, 0);
         // Damage is repaired once the durable log is back above the durable mark.
-        if durable.len() as u64 >= self.slots[i].hs.acked_index.0 {
+        if durable.last_index() >= self.slots[i].hs.acked_index {
             self.slots[i].damaged = false;
         }
         self.slots[i].stopped_log = durable;
@@ -747,7 +922,35 @@ impl World {
     fn restart(&mut self, i: usize) -> Check {
         let slot = &mut self.slots[i];
         slot.incarnation += 1;
-        let log = SimLog::from_durable(std::mem::take(&mut slot.stopped_log));
+        let disk = std::mem::take(&mut slot.stopped_log);
+        // Start-up reconciliation, as the broker does it: snapshots the log does
+        // not hold (an install the crash interrupted before the log reset was
+        // durable) are dropped; the state machine starts from the snapshot the log
+        // starts after.
+        slot.snapshots
+            .retain(|&k, snap| k == disk.snap.0 || disk.term_at(k) == Some(snap.term));
+        let base_index = disk.snap.0;
+        let base = if base_index == LogIndex::ZERO {
+            SimSnap {
+                index: LogIndex::ZERO,
+                term: Term(0),
+                chain: 0,
+            }
+        } else {
+            match slot.snapshots.get(&base_index) {
+                Some(s) => *s,
+                None => {
+                    return Err(format!(
+                        "n{}: the log starts after {base_index} but no snapshot is there",
+                        i + 1
+                    ))
+                }
+            }
+        };
+        slot.snapshots.retain(|&k, _| k >= base_index);
+        self.restore_state(i, base)?;
+        let slot = &mut self.slots[i];
+        let log = SimLog::from_durable(disk);
         let cfg = config(
             &self.k,
             i as u64 + 1,

@@ -98,6 +98,24 @@ pub struct CommittedOffset {
     pub offset: u64,
 }
 
+/// A topic's own retention, on top of the broker's (0: not set). Shorter than the
+/// broker's to matter: the shared log keeps nothing longer than the broker-wide
+/// policy allows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TopicRetention {
+    /// Messages older than this (by their batch's largest timestamp) are deleted.
+    pub ms: u64,
+    /// The oldest batches of a queue are deleted while it holds more than this.
+    pub bytes: u64,
+}
+
+impl TopicRetention {
+    /// Whether either limit is set.
+    pub fn is_set(&self) -> bool {
+        self.ms > 0 || self.bytes > 0
+    }
+}
+
 /// A state-machine command, replicated as a `Command` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -107,6 +125,9 @@ pub enum Command {
         name: String,
         /// Number of queues.
         queues: u32,
+        /// The topic's own retention (encoded after `queues`; absent in entries
+        /// written before it existed, which decode as no topic retention).
+        retention: TopicRetention,
     },
     /// op 2: delete a topic and its queues.
     DeleteTopic {
@@ -165,10 +186,16 @@ impl Command {
         let mut buf = BytesMut::with_capacity(64);
         buf.put_u8(VERSION);
         match self {
-            Command::CreateTopic { name, queues } => {
+            Command::CreateTopic {
+                name,
+                queues,
+                retention,
+            } => {
                 buf.put_u8(1);
                 put_str(&mut buf, name);
                 buf.put_u32_le(*queues);
+                buf.put_u64_le(retention.ms);
+                buf.put_u64_le(retention.bytes);
             }
             Command::DeleteTopic { name } => {
                 buf.put_u8(2);
@@ -200,10 +227,23 @@ impl Command {
             return Err(CommandError::UnknownVersion(version));
         }
         let command = match buf.get_u8() {
-            1 => Command::CreateTopic {
-                name: get_str(&mut buf)?,
-                queues: get_u32(&mut buf)?,
-            },
+            1 => {
+                let name = get_str(&mut buf)?;
+                let queues = get_u32(&mut buf)?;
+                let retention = if buf.has_remaining() {
+                    TopicRetention {
+                        ms: get_u64(&mut buf)?,
+                        bytes: get_u64(&mut buf)?,
+                    }
+                } else {
+                    TopicRetention::default()
+                };
+                Command::CreateTopic {
+                    name,
+                    queues,
+                    retention,
+                }
+            }
             2 => Command::DeleteTopic {
                 name: get_str(&mut buf)?,
             },
@@ -238,6 +278,15 @@ mod tests {
             Command::CreateTopic {
                 name: "orders".into(),
                 queues: 8,
+                retention: TopicRetention {
+                    ms: 60_000,
+                    bytes: 1 << 20,
+                },
+            },
+            Command::CreateTopic {
+                name: "plain".into(),
+                queues: 1,
+                retention: TopicRetention::default(),
             },
             Command::DeleteTopic {
                 name: "orders".into(),
@@ -255,6 +304,22 @@ mod tests {
         for command in commands {
             assert_eq!(Command::decode(&command.encode()), Ok(command));
         }
+    }
+
+    #[test]
+    fn a_create_topic_written_without_retention_decodes_with_none() {
+        let mut body = Command::CreateTopic {
+            name: "old".into(),
+            queues: 2,
+            retention: TopicRetention::default(),
+        }
+        .encode()
+        .to_vec();
+        body.truncate(body.len() - 16);
+        let Command::CreateTopic { retention, .. } = Command::decode(&body).unwrap() else {
+            panic!("not a create");
+        };
+        assert!(!retention.is_set());
     }
 
     #[test]

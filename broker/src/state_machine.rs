@@ -23,7 +23,7 @@
 //! | applied | 8 | the last entry applied (the snapshot's index) |
 //! | next_topic_id | 4 | |
 //! | next_producer_id | 8 | |
-//! | topic count, then per topic by id | 4 | `id` (4), `name` (string), queue count (4), per queue `next_offset` (8) |
+//! | topic count, then per topic by id | 4 | `id` (4), `name` (string), `retention_ms` (8), `retention_bytes` (8), queue count (4), per queue `next_offset` (8) |
 //! | session count, then per session by key | 4 | `producer_id` (8), `topic_id` (4), `queue` (4), `epoch` (2), `next_sequence` (4), recent count (4), per recent batch `base_sequence` (4), `count` (4), `base_offset` (8), oldest first |
 //! | group count, then per group by name | 4 | `name` (string), offset count (4), per offset by key `topic` (string), `queue` (4), `offset` (8) |
 //!
@@ -37,7 +37,7 @@ use raftmq_proto::batch::BatchHeader;
 use raftmq_proto::pb::ErrorCode;
 use raftmq_store::{Entry, EntryKind, LogIndex};
 
-use crate::command::{decode_messages, Command, CommittedOffset};
+use crate::command::{decode_messages, Command, CommittedOffset, TopicRetention};
 use crate::snapshot::PayloadError;
 
 /// Version byte of the snapshot payload layout (module docs).
@@ -75,9 +75,31 @@ pub struct QueueState {
     pub start_offset: u64,
     /// Offset the next committed message gets (the high watermark).
     pub next_offset: u64,
+    /// Bytes of the batches still stored (the sum over `slots`).
+    pub retained_bytes: u64,
 }
 
 impl QueueState {
+    /// Forgets the `n` oldest batches (deleted by retention); returns how many went.
+    fn drop_front(&mut self, n: usize) -> usize {
+        if n == 0 {
+            return 0;
+        }
+        let gone: u64 = self.slots[..n].iter().map(|s| u64::from(s.bytes)).sum();
+        self.slots.drain(..n);
+        self.retained_bytes -= gone;
+        // A large prefix went: give the memory back rather than keep the queue's
+        // peak size for good.
+        if self.slots.capacity() > 4 * self.slots.len() + 64 {
+            self.slots.shrink_to_fit();
+        }
+        self.start_offset = self
+            .slots
+            .first()
+            .map_or(self.next_offset, |s| s.base_offset);
+        n
+    }
+
     /// Slots holding offsets at or after `offset`, starting with the one containing it.
     /// Offsets below `start_offset` are gone: for them this starts at `start_offset`
     /// (callers that must refuse such offsets check `start_offset` first).
@@ -110,6 +132,8 @@ pub struct Topic {
     pub name: String,
     /// Its queues.
     pub queues: Vec<QueueState>,
+    /// Its own retention, on top of the broker's.
+    pub retention: TopicRetention,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -223,7 +247,11 @@ impl StateMachine {
 
     fn apply_command(&mut self, command: Command) -> ApplyOutcome {
         match command {
-            Command::CreateTopic { name, queues } => {
+            Command::CreateTopic {
+                name,
+                queues,
+                retention,
+            } => {
                 if self.topic_ids.contains_key(&name) {
                     return ApplyOutcome::Rejected(
                         ErrorCode::TopicExists,
@@ -234,7 +262,15 @@ impl StateMachine {
                 self.next_topic_id += 1;
                 self.topic_ids.insert(name.clone(), id);
                 let queues = (0..queues).map(|_| QueueState::default()).collect();
-                self.topics.insert(id, Topic { id, name, queues });
+                self.topics.insert(
+                    id,
+                    Topic {
+                        id,
+                        name,
+                        queues,
+                        retention,
+                    },
+                );
                 ApplyOutcome::TopicCreated
             }
             Command::DeleteTopic { name } => match self.topic_ids.remove(&name) {
@@ -361,6 +397,7 @@ impl StateMachine {
             max_timestamp_ms: header.max_timestamp,
         });
         queue.next_offset += u64::from(count);
+        queue.retained_bytes += entry.batch.len() as u64;
         ApplyOutcome::Produced { base_offset, count }
     }
 }
@@ -382,6 +419,8 @@ impl StateMachine {
         for topic in self.topics.values() {
             buf.put_u32_le(topic.id);
             put_string(&mut buf, &topic.name);
+            buf.put_u64_le(topic.retention.ms);
+            buf.put_u64_le(topic.retention.bytes);
             put_count(&mut buf, topic.queues.len());
             for queue in &topic.queues {
                 buf.put_u64_le(queue.next_offset);
@@ -461,6 +500,10 @@ impl StateMachine {
                     "two topics named {name:?}"
                 )));
             }
+            let retention = TopicRetention {
+                ms: r.u64("topic retention ms")?,
+                bytes: r.u64("topic retention bytes")?,
+            };
             let queue_count = r.count("queues", 8)?;
             let mut queues = Vec::with_capacity(queue_count);
             for _ in 0..queue_count {
@@ -469,9 +512,18 @@ impl StateMachine {
                     slots: Vec::new(),
                     start_offset: next_offset,
                     next_offset,
+                    retained_bytes: 0,
                 });
             }
-            topics.insert(id, Topic { id, name, queues });
+            topics.insert(
+                id,
+                Topic {
+                    id,
+                    name,
+                    queues,
+                    retention,
+                },
+            );
         }
 
         let mut sequences = BTreeMap::new();
@@ -568,21 +620,52 @@ impl StateMachine {
             for queue in &mut topic.queues {
                 // Slots are in entry-index order (entries are applied in order).
                 let gone = queue.slots.partition_point(|s| s.entry_index < first_kept);
-                if gone == 0 {
-                    continue;
-                }
-                queue.slots.drain(..gone);
-                // A large prefix went: give the memory back rather than keep the
-                // queue's peak size for good.
-                if queue.slots.capacity() > 4 * queue.slots.len() + 64 {
-                    queue.slots.shrink_to_fit();
-                }
-                queue.start_offset = queue
-                    .slots
-                    .first()
-                    .map_or(queue.next_offset, |s| s.base_offset);
+                queue.drop_front(gone);
             }
         }
+    }
+
+    /// A topic's own retention, applied by each node on its own (like the deletion
+    /// of segments, it is not replicated: it only moves queue starts forward): the
+    /// oldest batches of each queue of a topic with a retention go while they are
+    /// older than `retention.ms` (by their largest timestamp, compared with
+    /// `now_ms`) or while the queue holds more than `retention.bytes`. Returns how
+    /// many batches went.
+    pub fn expire(&mut self, now_ms: i64) -> usize {
+        let mut dropped = 0;
+        for topic in self.topics.values_mut() {
+            let r = topic.retention;
+            if !r.is_set() {
+                continue;
+            }
+            let oldest_kept = (r.ms > 0).then(|| now_ms.saturating_sub(r.ms as i64));
+            for queue in &mut topic.queues {
+                let mut n = 0;
+                let mut bytes = queue.retained_bytes;
+                for slot in &queue.slots {
+                    let too_old = oldest_kept.is_some_and(|t| slot.max_timestamp_ms < t);
+                    let too_big = r.bytes > 0 && bytes > r.bytes;
+                    if !too_old && !too_big {
+                        break;
+                    }
+                    bytes -= u64::from(slot.bytes);
+                    n += 1;
+                }
+                dropped += queue.drop_front(n);
+            }
+        }
+        dropped
+    }
+
+    /// The oldest log entry that still holds a stored batch of any queue; `None`
+    /// when no queue holds one. Segments wholly below it hold only what the
+    /// snapshot covers.
+    pub fn first_retained_entry(&self) -> Option<LogIndex> {
+        self.topics
+            .values()
+            .flat_map(|t| &t.queues)
+            .filter_map(|q| q.slots.first().map(|s| s.entry_index))
+            .min()
     }
 }
 
@@ -697,6 +780,7 @@ mod tests {
         cmd(Command::CreateTopic {
             name: name.into(),
             queues,
+            retention: TopicRetention::default(),
         })
     }
 
@@ -1104,5 +1188,67 @@ mod tests {
         assert_eq!(q.slots.len(), 7);
         assert!(q.slots.capacity() < 100);
         assert_eq!((q.start_offset, q.next_offset), (993, 1_000));
+    }
+
+    #[test]
+    fn topic_retention_expires_old_and_excess_batches_and_survives_a_snapshot() {
+        let mut sm = StateMachine::new();
+        apply_all(
+            &mut sm,
+            [
+                cmd(Command::CreateTopic {
+                    name: "short".into(),
+                    queues: 1,
+                    retention: TopicRetention {
+                        ms: 1_000,
+                        bytes: 0,
+                    },
+                }), // 1
+                create("long", 1),              // 2
+                produce(1, 0, 2, 1_000, None),  // 3: short 0..2, old
+                produce(2, 0, 2, 1_000, None),  // 4: long 0..2, old
+                produce(1, 0, 2, 10_000, None), // 5: short 2..4, recent
+            ],
+        );
+        assert_eq!(sm.first_retained_entry(), Some(LogIndex(3)));
+        assert_eq!(sm.expire(10_500), 1, "only the short topic's old batch");
+        let short = &sm.topic("short").unwrap().queues[0];
+        assert_eq!((short.start_offset, short.next_offset), (2, 4));
+        assert_eq!(sm.topic("long").unwrap().queues[0].start_offset, 0);
+        // The long topic's batch at entry 4 is now the oldest stored.
+        assert_eq!(sm.first_retained_entry(), Some(LogIndex(4)));
+
+        // By size: keep at most one batch's worth.
+        let one_batch = sm.topic("short").unwrap().queues[0].retained_bytes;
+        let restored = StateMachine::from_snapshot(&sm.encode_snapshot()).unwrap();
+        assert_eq!(
+            restored.topic("short").unwrap().retention,
+            TopicRetention {
+                ms: 1_000,
+                bytes: 0
+            }
+        );
+        let mut sm2 = StateMachine::new();
+        apply_all(
+            &mut sm2,
+            [
+                cmd(Command::CreateTopic {
+                    name: "small".into(),
+                    queues: 1,
+                    retention: TopicRetention {
+                        ms: 0,
+                        bytes: one_batch,
+                    },
+                }),
+                produce(1, 0, 2, 10_000, None),
+                produce(1, 0, 2, 10_000, None),
+                produce(1, 0, 2, 10_000, None),
+            ],
+        );
+        assert_eq!(sm2.expire(0), 2);
+        let small = &sm2.topic("small").unwrap().queues[0];
+        assert_eq!((small.start_offset, small.next_offset), (4, 6));
+        assert_eq!(small.retained_bytes, one_batch);
+        assert_eq!(sm2.expire(0), 0, "nothing more while within the limit");
     }
 }

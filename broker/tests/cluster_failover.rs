@@ -125,6 +125,7 @@ async fn all_nodes_restarted_keep_every_acknowledged_message() {
     let create = Req::CreateTopic(pb::CreateTopicRequest {
         name: "t".into(),
         queues: 2,
+        ..Default::default()
     });
     let response = call_leader(&cluster, create, Duration::from_secs(30)).await;
     assert_eq!(code(&response), ErrorCode::None, "{response:?}");

@@ -97,6 +97,7 @@ async fn given_traffic_when_scraped_should_show_every_series_with_live_values() 
         .call_when_leader(Req::CreateTopic(pb::CreateTopicRequest {
             name: "orders".into(),
             queues: 2,
+            ..Default::default()
         }))
         .await;
     assert_eq!(code(&created), ErrorCode::None, "{created:?}");

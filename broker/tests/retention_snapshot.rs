@@ -268,6 +268,7 @@ async fn start_with_topic(
         Req::CreateTopic(pb::CreateTopicRequest {
             name: "t".into(),
             queues: 1,
+            ..Default::default()
         }),
     )
     .await;
@@ -435,6 +436,55 @@ async fn produce_is_refused_above_the_disk_use_limit_and_nothing_is_lost() {
     assert_eq!(
         stored as u64, fetch.high_watermark,
         "every acknowledged message"
+    );
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topics_own_retention_deletes_its_messages_and_frees_their_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = single_node_config(dir.path());
+    config.retention_bytes = 0; // the broker alone would keep everything
+    let broker = raftmq_broker::Broker::start(config).await.expect("starts");
+    let mut conn = Conn::connect(&broker).await;
+    call_ok(
+        &mut conn,
+        Req::CreateTopic(pb::CreateTopicRequest {
+            name: "t".into(),
+            queues: 1,
+            retention_bytes: 100 * 1024,
+            ..Default::default()
+        }),
+    )
+    .await;
+    for seq in 0..120 {
+        call_ok(&mut conn, produce_req(0, seq)).await;
+    }
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let response = conn
+            .call(Req::ClusterStatus(pb::ClusterStatusRequest {}))
+            .await;
+        let Some(Resp::ClusterStatus(s)) = response.body else {
+            panic!("{response:?}");
+        };
+        if s.first_index > 60 {
+            break;
+        }
+        assert!(Instant::now() < until, "segments were not deleted: {s:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let retention run again after the last produce (every 20 ms here).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (log_start, values) = read_retained(broker.local_addr).await;
+    let kept_bytes = values.len() * VALUE_BYTES;
+    assert!(
+        kept_bytes <= 100 * 1024 + 2 * (MESSAGES_PER_BATCH as usize) * VALUE_BYTES,
+        "the topic keeps about its limit: {kept_bytes} bytes from offset {log_start}"
+    );
+    assert_eq!(
+        values.last().map(|(o, _)| *o),
+        Some(u64::from(120 * MESSAGES_PER_BATCH) - 1)
     );
     broker.stop().await;
 }

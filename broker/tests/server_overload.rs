@@ -81,6 +81,7 @@ async fn followers_redirect_and_a_leader_without_quorum_times_out_then_is_busy()
         .call_when_leader(Req::CreateTopic(pb::CreateTopicRequest {
             name: "t".into(),
             queues: 1,
+            ..Default::default()
         }))
         .await;
     assert_eq!(code(&created), ErrorCode::None, "{created:?}");
@@ -131,6 +132,7 @@ async fn a_proposal_that_cannot_commit_in_time_is_answered_with_timeout() {
         .call_when_leader(Req::CreateTopic(pb::CreateTopicRequest {
             name: "t".into(),
             queues: 1,
+            ..Default::default()
         }))
         .await;
     assert_eq!(code(&created), ErrorCode::None, "{created:?}");

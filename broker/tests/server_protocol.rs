@@ -62,6 +62,7 @@ async fn create_topic(conn: &mut Conn, name: &str, queues: u32) {
         .call_when_leader(Req::CreateTopic(pb::CreateTopicRequest {
             name: name.into(),
             queues,
+            ..Default::default()
         }))
         .await;
     assert_eq!(code(&response), ErrorCode::None, "{response:?}");
@@ -147,6 +148,7 @@ async fn every_request_error_has_its_code() {
             Req::CreateTopic(pb::CreateTopicRequest {
                 name: "t".into(),
                 queues: 1,
+                ..Default::default()
             }),
             ErrorCode::TopicExists,
         ),

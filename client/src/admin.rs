@@ -7,6 +7,15 @@ use crate::client::unexpected;
 use crate::consumer::list_offset;
 use crate::{Client, ClientError, Target};
 
+/// A topic's own retention (0: none), on top of the broker-wide retention, which
+/// always applies: a topic keeps nothing longer than the broker does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TopicRetention {
+    /// Delete messages older than this (by their batch's largest timestamp).
+    pub ms: u64,
+    /// Delete the oldest batches of a queue while it holds more than this.
+    pub bytes: u64,
+}
 /// A topic and its queues' offset ranges.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicDescription {
@@ -43,6 +52,17 @@ impl Admin {
 
     /// Creates `name` with `queues` queues (committed through Raft when this returns).
     pub async fn create_topic(&self, name: &str, queues: u32) -> Result<(), ClientError> {
+        self.create_topic_with(name, queues, TopicRetention::default())
+            .await
+    }
+
+    /// Creates `name` with `queues` queues and a retention of its own.
+    pub async fn create_topic_with(
+        &self,
+        name: &str,
+        queues: u32,
+        retention: TopicRetention,
+    ) -> Result<(), ClientError> {
         validate_name(name)?;
         if queues == 0 {
             return Err(ClientError::InvalidArgument(
@@ -52,6 +72,8 @@ impl Admin {
         let body = request::Body::CreateTopic(pb::CreateTopicRequest {
             name: name.to_owned(),
             queues,
+            retention_ms: retention.ms,
+            retention_bytes: retention.bytes,
         });
         match self.client.request(Target::Leader, body).await? {
             response::Body::CreateTopic(_) => {

@@ -39,7 +39,7 @@ mod group;
 mod partitioner;
 mod producer;
 
-pub use admin::{Admin, NodeStatus, TopicDescription};
+pub use admin::{Admin, NodeStatus, TopicDescription, TopicRetention};
 pub use client::{Client, ClientConfig, ClusterMetadata, Target};
 pub use consumer::{ConsumedMessage, Consumer, ConsumerConfig, OffsetReset, SeekTo};
 pub use error::ClientError;

@@ -30,6 +30,7 @@ fn every_request() -> Vec<Req> {
         Req::CreateTopic(pb::CreateTopicRequest {
             name: "orders".into(),
             queues: 8,
+            ..Default::default()
         }),
         Req::DeleteTopic(pb::DeleteTopicRequest {
             name: "orders".into(),
@@ -376,6 +377,7 @@ fn truncated_frames_wait_for_more_bytes_and_decode_once_complete() {
         Req::CreateTopic(pb::CreateTopicRequest {
             name: "t".into(),
             queues: 2,
+            ..Default::default()
         }),
     );
     let mut full = BytesMut::new();

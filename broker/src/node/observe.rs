@@ -273,6 +273,7 @@ mod tests {
         a.command(Command::CreateTopic {
             name: "t".into(),
             queues: 2,
+            retention: Default::default(),
         });
         let mut batch = BatchBuilder::with_capacity(256);
         for v in ["a", "b", "c", "d"] {

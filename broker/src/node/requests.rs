@@ -8,7 +8,7 @@ use raftmq_proto::pb::{self, ErrorCode};
 use raftmq_store::EntryKind;
 
 use super::{role_name, Node, Pending, PendingKind};
-use crate::command::{self, Command, CommittedOffset};
+use crate::command::{self, Command, CommittedOffset, TopicRetention};
 use crate::group::{GroupError, Strategy, TopicQueue};
 use crate::raft::{ProposeError, Role};
 use crate::response::Responder;
@@ -59,6 +59,10 @@ impl Node {
                 let command = Command::CreateTopic {
                     name: req.name,
                     queues: req.queues,
+                    retention: TopicRetention {
+                        ms: req.retention_ms,
+                        bytes: req.retention_bytes,
+                    },
                 };
                 self.propose_command(command, PendingKind::CreateTopic, reply);
             }

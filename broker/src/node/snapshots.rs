@@ -287,13 +287,27 @@ impl Node {
                 .checked_sub(Duration::from_millis(self.config.retention_ms))
                 .unwrap_or(SystemTime::UNIX_EPOCH)
         });
+        // Topics' own retention first: it moves queue starts, and segments wholly
+        // below every queue's first stored batch hold nothing left to read.
+        let now_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let expired = self.state.expire(now_ms);
+        if expired > 0 {
+            tracing::debug!(batches = expired, "topic retention expired batches");
+        }
+        let needed_from = self
+            .state
+            .first_retained_entry()
+            .unwrap_or(LogIndex(u64::MAX));
         let mut remaining = total;
         let mut wanted = 0;
         for seg in &infos[..infos.len() - 1] {
             let by_age = age_limit.is_some_and(|limit| seg.modified < limit);
             let by_size =
                 self.config.retention_bytes > 0 && remaining > self.config.retention_bytes;
-            if !by_age && !by_size {
+            let unread = seg.last_index < needed_from;
+            if !by_age && !by_size && !unread {
                 break;
             }
             remaining -= seg.file_bytes;

@@ -256,6 +256,7 @@ pub async fn create_topic(cluster: &Cluster, name: &str, queues: u32) {
     let request = Req::CreateTopic(pb::CreateTopicRequest {
         name: name.into(),
         queues,
+        ..Default::default()
     });
     let response = call_leader(cluster, request, Duration::from_secs(30)).await;
     assert_eq!(code(&response), ErrorCode::None, "{response:?}");

@@ -202,6 +202,7 @@ impl Router {
         let body = Req::CreateTopic(pb::CreateTopicRequest {
             name: topic.into(),
             queues,
+            ..Default::default()
         });
         match self.call_leader(body, deadline).await {
             Ok(_) => {}

@@ -102,6 +102,13 @@ enum TopicCommand {
         /// Number of queues.
         #[arg(long, default_value_t = 1)]
         queues: u32,
+        /// Delete this topic's messages older than this many ms (default: only the
+        /// broker's retention applies).
+        #[arg(long, default_value_t = 0)]
+        retention_ms: u64,
+        /// Delete the oldest messages of each queue beyond this many bytes.
+        #[arg(long, default_value_t = 0)]
+        retention_bytes: u64,
     },
     /// List topics.
     List,
@@ -266,8 +273,17 @@ async fn main() -> Result<()> {
 async fn topic(client: &Client, command: TopicCommand) -> Result<()> {
     let admin = Admin::new(client);
     match command {
-        TopicCommand::Create { name, queues } => {
-            admin.create_topic(&name, queues).await?;
+        TopicCommand::Create {
+            name,
+            queues,
+            retention_ms,
+            retention_bytes,
+        } => {
+            let retention = raftmq_client::TopicRetention {
+                ms: retention_ms,
+                bytes: retention_bytes,
+            };
+            admin.create_topic_with(&name, queues, retention).await?;
             println!("created topic {name} with {queues} queues");
         }
         TopicCommand::List => {

@@ -42,17 +42,31 @@ impl RaftStore {
 
     /// Retention: deletes the segments before `first_kept`, which must be the base of
     /// a segment and whose predecessor `(first_kept - 1, term)` a durable snapshot
-    /// covers.
+    /// covers (as does every segment boundary below it).
+    ///
+    /// If deleting fails part-way the log starts at some earlier segment base; the
+    /// snapshot point follows it (the term of each boundary is read before anything
+    /// is deleted), so the core never meets a log start it has no term for.
     pub fn compact(&mut self, first_kept: LogIndex, term: Term) -> Result<usize, StoreError> {
-        let deleted = self.log.delete_segments_before(first_kept)?;
         let first = CommitLog::first_index(&self.log);
-        if first > self.snapshot.0.next() {
-            // Deleted some, maybe not all (an error midway): the log starts at a
-            // segment base covered by a snapshot only if it is `first_kept`.
-            assert_eq!(first, first_kept, "retention cut at a segment base");
+        let boundaries: Vec<(LogIndex, Term)> = self
+            .log
+            .segment_bases_in(first.next(), first_kept)
+            .filter_map(|b| Some((b, CommitLog::term_at(&self.log, b.prev())?)))
+            .collect();
+        let result = self.log.delete_segments_before(first_kept);
+        let now_first = CommitLog::first_index(&self.log);
+        if now_first == first_kept {
             self.snapshot = (first_kept.prev(), term);
+        } else if now_first > first {
+            let term = boundaries
+                .iter()
+                .find(|(b, _)| *b == now_first)
+                .map(|(_, t)| *t)
+                .expect("the log starts at a segment base it had");
+            self.snapshot = (now_first.prev(), term);
         }
-        Ok(deleted)
+        result
     }
 }
 

@@ -378,14 +378,19 @@ impl Node {
             }
         };
         let bytes_before = self.raft.log().disk_bytes();
-        match self.raft.log_mut().compact(cut, term) {
+        let first_before = self.raft.log().first_index();
+        let result = self.raft.log_mut().compact(cut, term);
+        // Whatever was deleted (all, or some before an error) is gone from the queues.
+        let first = self.raft.log().first_index();
+        if first > first_before {
+            self.state.drop_before(first);
+            if let Err(e) = self.snapshots.dir.remove_below(first.prev()) {
+                tracing::warn!(error = %e, "could not remove old snapshots");
+            }
+            self.snapshots.on_disk = self.snapshots.on_disk.split_off(&first.prev());
+        }
+        match result {
             Ok(deleted) => {
-                let first = self.raft.log().first_index();
-                self.state.drop_before(first);
-                if let Err(e) = self.snapshots.dir.remove_below(first.prev()) {
-                    tracing::warn!(error = %e, "could not remove old snapshots");
-                }
-                self.snapshots.on_disk = self.snapshots.on_disk.split_off(&first.prev());
                 tracing::info!(
                     segments = deleted,
                     freed_bytes = bytes_before.saturating_sub(self.raft.log().disk_bytes()),
@@ -395,7 +400,7 @@ impl Node {
                 self.metrics.retention_deleted(deleted);
             }
             Err(e) => {
-                tracing::error!(error = %e, "retention could not delete segments");
+                tracing::error!(error = %e, first_index = first.0, "retention could not delete segments");
             }
         }
     }

@@ -30,6 +30,8 @@ pub struct Report {
     pub commits: usize,
     /// Messages in the final log (all queues).
     pub stored: usize,
+    /// Acknowledged messages that retention deleted before the final drain.
+    pub deleted: usize,
     /// Every violation found, one line each.
     pub anomalies: Vec<String>,
 }
@@ -44,7 +46,7 @@ impl Report {
     pub fn summary(&self) -> String {
         format!(
             "sends {} acked {} indeterminate {} (stored {}) refused {} reads {} commits {} \
-             stored {} anomalies {}",
+             stored {} deleted by retention {} anomalies {}",
             self.sends,
             self.acks,
             self.indeterminate,
@@ -53,6 +55,7 @@ impl Report {
             self.reads,
             self.commits,
             self.stored,
+            self.deleted,
             self.anomalies.len()
         )
     }
@@ -67,26 +70,65 @@ impl Report {
 
 /// Checks the history against the drains of every node (all must be complete and
 /// converged) and the groups' final committed offsets.
+///
+/// With `retention` the drains may start after 0 (each node deletes on its own):
+/// they are compared over the offsets all of them still hold, and an acknowledged
+/// message or a read below that start counts as deleted, not lost. Without it a
+/// drain that does not start at 0 is an anomaly.
 pub fn check(
     events: &[Event],
     reads: &Reads,
     drains: &Drains,
     final_commits: &BTreeMap<String, BTreeMap<u32, u64>>,
+    retention: bool,
 ) -> Report {
     let mut r = Report::default();
+    // Per queue, the first offset every node still holds.
+    let mut start: BTreeMap<u32, u64> = BTreeMap::new();
+    for queues in drains.values() {
+        for (&queue, log) in queues {
+            let first = log.first().map_or(0, |(o, _)| *o);
+            let s = start.entry(queue).or_insert(first);
+            *s = (*s).max(first);
+            if first != 0 && !retention {
+                r.anomaly(format!(
+                    "queue {queue}: a drain starts at offset {first}, not 0, though \
+                     nothing is deleted by retention"
+                ));
+            }
+        }
+    }
+    let trimmed: Drains = drains
+        .iter()
+        .map(|(&node, queues)| {
+            let queues = queues
+                .iter()
+                .map(|(&queue, log)| {
+                    let from = start.get(&queue).copied().unwrap_or(0);
+                    let kept = log.iter().filter(|(o, _)| *o >= from).cloned().collect();
+                    (queue, kept)
+                })
+                .collect();
+            (node, queues)
+        })
+        .collect();
+    let drains = &trimmed;
     let Some((&reference_node, reference)) = drains.iter().next() else {
         r.anomaly("no drain to check".into());
         return r;
     };
+    let start_of = |queue: u32| start.get(&queue).copied().unwrap_or(0);
 
-    // Replicas agree, and each queue's offsets are unique and contiguous from 0.
+    // Replicas agree, and each queue's offsets are unique and contiguous from its
+    // start.
     for (&node, queues) in drains {
         for (&queue, log) in queues {
+            let from = start_of(queue);
             for (i, (offset, _)) in log.iter().enumerate() {
-                if *offset != i as u64 {
+                if *offset != from + i as u64 {
                     r.anomaly(format!(
                         "node {node} queue {queue}: offset {offset} at position {i} \
-                         (offsets not unique and contiguous from 0)"
+                         (offsets not unique and contiguous from {from})"
                     ));
                     break;
                 }
@@ -123,9 +165,10 @@ pub fn check(
         }
     }
     let at = |queue: u32, offset: u64| -> Option<&str> {
+        let from = start_of(queue);
         reference
             .get(&queue)
-            .and_then(|log| log.get(offset as usize))
+            .and_then(|log| log.get(offset.checked_sub(from)? as usize))
             .filter(|(o, _)| *o == offset)
             .map(|(_, v)| v.as_str())
     };
@@ -149,7 +192,10 @@ pub fn check(
             } => {
                 r.acks += 1;
                 for (i, v) in values.iter().enumerate() {
+                    let deleted =
+                        retention && base_offset.is_none_or(|b| b + (i as u64) < start_of(*queue));
                     match position.get(v.as_str()) {
+                        None if deleted => r.deleted += 1,
                         None => r.anomaly(format!("lost: acknowledged {v} is not in the log")),
                         Some(&(q, offset)) => {
                             if q != *queue {
@@ -214,6 +260,9 @@ pub fn check(
         ));
     }
     for (&(queue, offset), (value, node)) in &reads.values {
+        if retention && offset < start_of(queue) {
+            continue; // deleted by retention since
+        }
         match at(queue, offset) {
             Some(v) if v == value => {}
             Some(v) => r.anomaly(format!(

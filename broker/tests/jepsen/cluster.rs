@@ -77,6 +77,8 @@ pub struct Cluster {
     options: ClusterOptions,
     config_file: PathBuf,
     dir: Option<tempfile::TempDir>,
+    /// Keep the data directories and logs when dropped (a run with anomalies).
+    keep: bool,
 }
 
 fn free_port() -> SocketAddr {
@@ -150,6 +152,7 @@ impl Cluster {
             options,
             config_file,
             dir: Some(dir),
+            keep: false,
         };
         for id in 1..=n {
             cluster.spawn(id);
@@ -194,6 +197,11 @@ impl Cluster {
             map.insert(proxy.listen.to_string(), to);
         }
         map
+    }
+
+    /// Keeps the cluster's files when it is dropped (for a run that found anomalies).
+    pub fn keep_files(&mut self) {
+        self.keep = true;
     }
 
     /// Starts node `id` (it must not be running).
@@ -444,7 +452,8 @@ impl Drop for Cluster {
                 let _ = child.wait();
             }
         }
-        if std::thread::panicking() || std::env::var_os("RAFTMQ_FAULT_KEEP").is_some() {
+        if self.keep || std::thread::panicking() || std::env::var_os("RAFTMQ_FAULT_KEEP").is_some()
+        {
             if let Some(dir) = self.dir.take() {
                 let kept = dir.keep();
                 eprintln!("cluster files kept in {}", kept.display());

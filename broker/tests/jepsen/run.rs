@@ -45,6 +45,8 @@ pub struct Outcome {
     pub elapsed: Duration,
     /// Retried client errors by kind.
     pub errors: BTreeMap<String, u64>,
+    /// Leader snapshots installed by followers (from the nodes' logs).
+    pub snapshot_installs: usize,
 }
 
 /// Runs `scenario` with `seed` and returns its outcome; anomalies are in the report
@@ -85,17 +87,33 @@ pub async fn run(scenario: Scenario, seed: u64) -> Outcome {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let history = workload.stop().await;
     let (report, _) = finish(name, &mut cluster, &router, &scenario, &history).await;
+    if !report.anomalies.is_empty() {
+        cluster.keep_files();
+    }
+    let snapshot_installs = cluster
+        .ids()
+        .iter()
+        .map(|&id| {
+            cluster
+                .log_text(id)
+                .matches("installed the leader's snapshot")
+                .count()
+        })
+        .sum();
     let outcome = Outcome {
         report,
         faults,
         elapsed: started.elapsed(),
         errors: history.errors(),
+        snapshot_installs,
     };
     eprintln!(
-        "[{name}] seed {seed}: {} faults in {:.1}s; {}; retried errors {:?}",
+        "[{name}] seed {seed}: {} faults in {:.1}s; {}; snapshots installed {}; \
+         retried errors {:?}",
         outcome.faults,
         outcome.elapsed.as_secs_f64(),
         outcome.report.summary(),
+        outcome.snapshot_installs,
         outcome.errors
     );
     for a in &outcome.report.anomalies {
@@ -148,7 +166,18 @@ pub async fn finish(
             .unwrap_or_else(|e| panic!("[{name}] {e}"));
         commits.insert(group, offsets);
     }
-    let mut report = checker::check(&history.events(), &history.reads(), &drains, &commits);
+    let retention = scenario
+        .cluster
+        .extra_args
+        .iter()
+        .any(|a| a.starts_with("--retention"));
+    let mut report = checker::check(
+        &history.events(),
+        &history.reads(),
+        &drains,
+        &commits,
+        retention,
+    );
 
     cluster.stop_all();
     let dirs: BTreeMap<u64, std::path::PathBuf> = cluster

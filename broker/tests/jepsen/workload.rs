@@ -406,6 +406,13 @@ async fn consumer(
                 }
             }
             Ok(other) => panic!("unexpected answer to Fetch: {other:?}"),
+            Err(ClientError::Server(ServerError::OffsetOutOfRange { log_start, .. }))
+                if position[q] < log_start =>
+            {
+                // Retention deleted what comes next: go on from the log start, as
+                // a consumer with `OffsetReset::Earliest` does.
+                position[q] = log_start;
+            }
             Err(e) => {
                 history.count_error(&e);
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -477,6 +484,14 @@ pub async fn drain(
         let fetch = match router.call_node(node, body).await {
             Ok(Resp::Fetch(f)) => f,
             Ok(other) => return Err(format!("unexpected answer to Fetch: {other:?}")),
+            Err(ClientError::Server(ServerError::OffsetOutOfRange { log_start, .. }))
+                if out.is_empty() && offset < log_start =>
+            {
+                // Retention deleted the beginning: the drain starts at the log start
+                // (the checker knows whether the scenario deletes anything).
+                offset = log_start;
+                continue;
+            }
             Err(e) => {
                 if e.is_retriable() {
                     tokio::time::sleep(Duration::from_millis(100)).await;

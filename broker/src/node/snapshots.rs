@@ -575,3 +575,147 @@ impl Node {
         self.metrics.snapshot_installed();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use raftmq_store::{Entry, EntryKind, LogConfig};
+
+    use super::*;
+    use crate::command::{Command, TopicRetention};
+
+    fn config() -> LogConfig {
+        LogConfig {
+            segment_bytes: 16 * 1024,
+            max_entry_bytes: 4 * 1024,
+            ..LogConfig::default()
+        }
+    }
+
+    /// Entry `i` of the test logs: a topic creation, then 3 KB no-ops (about five
+    /// per segment).
+    fn entry(i: u64) -> Entry {
+        let (kind, body) = if i == 1 {
+            let create = Command::CreateTopic {
+                name: "t".into(),
+                queues: 1,
+                retention: TopicRetention::default(),
+            };
+            (EntryKind::Command, create.encode())
+        } else {
+            (EntryKind::Noop, Bytes::from(vec![0u8; 3000]))
+        };
+        Entry {
+            index: LogIndex(i),
+            term: Term(1),
+            kind,
+            body,
+        }
+    }
+
+    /// The state machine after entries `1..=n`.
+    fn state_at(n: u64) -> StateMachine {
+        let mut state = StateMachine::new();
+        for i in 1..=n {
+            state.apply(&entry(i));
+        }
+        state
+    }
+
+    /// A synced log of entries `1..=n` in `dir/log`.
+    fn log_with(dir: &std::path::Path, n: u64) -> CommitLog {
+        let (mut log, _) = CommitLog::open(&dir.join("log"), config()).unwrap();
+        for i in 1..=n {
+            log.append(&[entry(i)]).unwrap();
+        }
+        log.sync().unwrap();
+        log
+    }
+
+    fn save(dir: &SnapshotDir, state: &StateMachine) {
+        let meta = SnapshotMeta {
+            index: state.applied(),
+            term: Term(1),
+        };
+        dir.save(meta, &state.encode_snapshot()).unwrap();
+    }
+
+    #[test]
+    fn the_state_comes_from_the_snapshot_the_log_starts_after() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut log = log_with(tmp.path(), 40);
+        let dir = SnapshotDir::open(&tmp.path().join("snapshots")).unwrap();
+        let cut = log
+            .segment_bases_in(LogIndex(2), LogIndex(40))
+            .nth(1)
+            .unwrap();
+        save(&dir, &state_at(cut.0 - 1));
+        log.delete_segments_before(cut).unwrap();
+
+        let (store, restored, on_disk) = recover(log, &dir).unwrap();
+        assert_eq!(store.first_index(), cut);
+        assert_eq!(RaftLog::term_at(&store, cut.prev()), Some(Term(1)));
+        assert_eq!(restored.applied(), cut.prev());
+        assert!(
+            restored.topic("t").is_some(),
+            "the topic came with the snapshot"
+        );
+        assert_eq!(on_disk, BTreeSet::from([cut.prev()]));
+    }
+
+    #[test]
+    fn a_snapshot_the_log_does_not_hold_is_deleted_and_the_log_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = log_with(tmp.path(), 12);
+        let dir = SnapshotDir::open(&tmp.path().join("snapshots")).unwrap();
+        // An install a crash interrupted: the leader's snapshot at 30, our log ends at 12.
+        save(&dir, &state_at(30));
+
+        let (store, restored, on_disk) = recover(log, &dir).unwrap();
+        assert_eq!(
+            (store.first_index(), store.last_index()),
+            (LogIndex(1), LogIndex(12))
+        );
+        assert_eq!(
+            restored.applied(),
+            LogIndex::ZERO,
+            "replayed from the start"
+        );
+        assert!(on_disk.is_empty());
+        assert!(dir.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_damaged_base_snapshot_falls_back_to_a_later_boundary_or_refuses_to_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut log = log_with(tmp.path(), 40);
+        let dir = SnapshotDir::open(&tmp.path().join("snapshots")).unwrap();
+        let bases: Vec<LogIndex> = log.segment_bases_in(LogIndex(2), LogIndex(40)).collect();
+        let (first_cut, later) = (bases[0], bases[1]);
+        for b in [first_cut, later] {
+            save(&dir, &state_at(b.0 - 1));
+        }
+        log.delete_segments_before(first_cut).unwrap();
+        // Damage the base snapshot.
+        let path = dir.file_path(first_cut.prev());
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[20] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+
+        let (store, restored, _) = recover(log, &dir).unwrap();
+        assert_eq!(
+            store.first_index(),
+            later,
+            "segments before the later boundary go"
+        );
+        assert_eq!(restored.applied(), later.prev());
+
+        // With no usable snapshot at all, the node refuses to start and says why.
+        let tmp = tempfile::tempdir().unwrap();
+        let mut log = log_with(tmp.path(), 40);
+        let dir = SnapshotDir::open(&tmp.path().join("snapshots")).unwrap();
+        log.delete_segments_before(first_cut).unwrap();
+        let err = recover(log, &dir).expect_err("refused");
+        assert!(err.to_string().contains("rejoin"), "{err}");
+    }
+}

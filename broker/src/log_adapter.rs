@@ -134,9 +134,17 @@ impl RaftLog for RaftStore {
             discarded_to = CommitLog::last_index(&self.log).0,
             "log reset to an installed snapshot"
         );
-        self.log
-            .reset(index.next())
-            .map_err(|e| LogError::Write(e.to_string()))?;
+        if let Err(e) = self.log.reset(index.next()) {
+            // The old segments may be partly deleted: the log is neither the old one
+            // nor the new one, which no part of the node can run on. Start-up
+            // recovery reconciles whatever is on disk with the snapshot files.
+            tracing::error!(
+                error = %e,
+                "cannot reset the log to an installed snapshot; exiting so that the \
+                 next start recovers the data directory"
+            );
+            std::process::exit(1);
+        }
         self.snapshot = (index, term);
         Ok(())
     }

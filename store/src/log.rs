@@ -251,6 +251,12 @@ impl CommitLog {
             .map_or(LogIndex::ZERO, Segment::last_index)
     }
 
+    /// Whether a failed write, sync or reset left the log unusable (appends and syncs
+    /// are refused; reopen it to recover what is on disk).
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
     /// The last durable entry's index: what Raft may count.
     pub fn synced_index(&self) -> LogIndex {
         self.synced

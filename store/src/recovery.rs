@@ -133,8 +133,27 @@ pub(crate) fn recover(
     let mut report = RecoveryReport::default();
     fs::create_dir_all(dir).map_err(|e| StoreError::io("create directory", dir, e))?;
 
-    let (bases, index_files) = list(dir)?;
+    let (mut bases, index_files) = list(dir)?;
     let window = config.max_entry_bytes as u64 + HEADER_BYTES as u64;
+    // A leading segment without a single entry that another segment follows is a
+    // leftover of a segment creation that failed after its rename (a reset or a
+    // roll): a sealed segment is never empty. Taken for the start of the log, it
+    // would make everything after it look like a gap and be cut.
+    while bases.len() >= 2 {
+        let holds_data = |base: LogIndex| -> Result<bool, StoreError> {
+            let seg = Segment::open(dir.join(segment::file_name(base)), base)?;
+            Ok(last_nonzero(seg.bytes(), 0, seg.bytes().len() as u64).is_some())
+        };
+        // Only when the log does go on after it: two empty segments are an empty log
+        // either way, and the lower base is kept as before.
+        if holds_data(bases[0])? || !holds_data(bases[1])? {
+            break;
+        }
+        // Its index file, if any, is removed with the other orphans below.
+        durability::remove_file(dir, &segment::file_name(bases[0]))?;
+        report.segments_removed += 1;
+        bases.remove(0);
+    }
     let mut segments: Vec<Segment> = Vec::new();
     let mut bad: Option<Bad> = None;
     let mut expected: Option<LogIndex> = None;

@@ -252,6 +252,7 @@ impl Node {
                 self.snapshots.heard_from(msg.from, Instant::now());
                 if let Err(e) = self.raft.step(msg) {
                     tracing::debug!(error = %e, "raft message refused");
+                    self.check_log_usable();
                 }
             }
             NodeInput::SnapshotChunk(chunk) => self.receive_snapshot_chunk(chunk),
@@ -298,6 +299,7 @@ impl Node {
         let ready = self.raft.ready();
         if let Some((role, term, leader)) = ready.role_change {
             tracing::info!(role = role_name(role), term = term.0, leader = ?leader.map(|l| l.0), "raft role changed");
+            self.snapshots.role_changed();
             self.metrics.role_changed(role, term);
             if role == Role::Leader {
                 self.term_start = self.raft.log().last_index();
@@ -312,6 +314,9 @@ impl Node {
         }
         if let Some((index, _)) = ready.snapshot {
             self.restore_installed_snapshot(index);
+            if self.storage_failed {
+                return;
+            }
         }
         if let Some(hs) = ready.hard_state {
             self.queued.hard_state = Some(hs);
@@ -345,9 +350,23 @@ impl Node {
         }
     }
 
+    /// A log that failed a write or a sync must not be acknowledged from: the node
+    /// isolates itself.
+    fn check_log_usable(&mut self) {
+        if self.raft.log().is_poisoned() {
+            self.storage_failure();
+        }
+    }
+
     /// Starts a persist job if none runs and something is queued.
     fn start_persist_job(&mut self) {
         if self.queued.is_empty() {
+            return;
+        }
+        self.check_log_usable();
+        if self.storage_failed {
+            // Nothing may be acknowledged from a log that cannot be synced.
+            self.queued = PersistQueue::default();
             return;
         }
         let Some(mut hard_state_file) = self.hard_state_file.take() else {

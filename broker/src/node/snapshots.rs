@@ -80,6 +80,12 @@ impl Snapshots {
     pub(super) fn heard_from(&mut self, peer: NodeId, now: Instant) {
         self.peer_heard.insert(peer, now);
     }
+
+    /// A new leadership starts its own grace periods: right after an election every
+    /// follower's match is unknown, and old timestamps must not count against it.
+    pub(super) fn role_changed(&mut self) {
+        self.holding_since.clear();
+    }
 }
 
 /// Why the log and the snapshots could not be reconciled at start-up.
@@ -130,12 +136,11 @@ pub fn recover(
     } else {
         match dir.load(base) {
             Ok((meta, payload)) => {
-                let state = StateMachine::from_snapshot(&payload).map_err(|e| {
-                    RecoverError::MissingBase {
+                let state =
+                    state_from(meta, &payload).map_err(|detail| RecoverError::MissingBase {
                         index: base.0,
-                        detail: e.to_string(),
-                    }
-                })?;
+                        detail,
+                    })?;
                 (RaftStore::new(log, (meta.index, meta.term)), state)
             }
             Err(e) => fall_back(log, dir, base, e)?,
@@ -172,6 +177,20 @@ pub fn recover(
     Ok((store, state, on_disk))
 }
 
+/// The state machine a snapshot holds, which must be the state after exactly the
+/// snapshot's index (anything else would skip entries or apply one twice).
+fn state_from(meta: SnapshotMeta, payload: &[u8]) -> Result<StateMachine, String> {
+    let state = StateMachine::from_snapshot(payload).map_err(|e| e.to_string())?;
+    if state.applied() != meta.index {
+        return Err(format!(
+            "the snapshot at index {} holds the state after index {}",
+            meta.index.0,
+            state.applied().0
+        ));
+    }
+    Ok(state)
+}
+
 /// The base snapshot is unreadable: use the oldest later one the log holds at a
 /// segment boundary, deleting the segments before it.
 fn fall_back(
@@ -195,7 +214,7 @@ fn fall_back(
         if !at_boundary || log.term_at(index) != Some(meta.term) {
             continue;
         }
-        let Ok(state) = StateMachine::from_snapshot(&payload) else {
+        let Ok(state) = state_from(meta, &payload) else {
             continue;
         };
         log.delete_segments_before(index.next())?;
@@ -277,6 +296,16 @@ impl Node {
                 return;
             }
         };
+        // Topics' own retention first (also with a single segment): it moves queue
+        // starts, and segments wholly below every queue's first stored batch hold
+        // nothing left to read.
+        let now_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let expired = self.state.expire(now_ms);
+        if expired > 0 {
+            tracing::debug!(batches = expired, "topic retention expired batches");
+        }
         if infos.len() < 2 {
             return;
         }
@@ -287,15 +316,6 @@ impl Node {
                 .checked_sub(Duration::from_millis(self.config.retention_ms))
                 .unwrap_or(SystemTime::UNIX_EPOCH)
         });
-        // Topics' own retention first: it moves queue starts, and segments wholly
-        // below every queue's first stored batch hold nothing left to read.
-        let now_ms = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        let expired = self.state.expire(now_ms);
-        if expired > 0 {
-            tracing::debug!(batches = expired, "topic retention expired batches");
-        }
         let needed_from = self
             .state
             .first_retained_entry()
@@ -452,7 +472,11 @@ impl Node {
 
     /// A piece of a snapshot from the leader; the last one hands it to the core.
     pub(super) fn receive_snapshot_chunk(&mut self, c: SnapshotChunk) {
-        if c.to != self.config.node_id || c.total_bytes == 0 {
+        if c.to != self.config.node_id
+            || c.total_bytes == 0
+            || c.from == self.config.node_id
+            || !self.config.peers.contains_key(&c.from)
+        {
             return;
         }
         if c.total_bytes > SNAPSHOT_MAX_BYTES {
@@ -493,7 +517,7 @@ impl Node {
         let bytes = inc.buf.freeze();
         let state = match snapshot::decode_file(&bytes) {
             Ok((meta, payload)) if meta.index == inc.index && meta.term == inc.snapshot_term => {
-                match StateMachine::from_snapshot(&payload) {
+                match state_from(meta, &payload) {
                     Ok(state) => state,
                     Err(e) => {
                         tracing::warn!(error = %e, "received snapshot does not decode");
@@ -548,7 +572,7 @@ impl Node {
                 .dir
                 .load(index)
                 .map_err(|e| e.to_string())
-                .and_then(|(_, p)| StateMachine::from_snapshot(&p).map_err(|e| e.to_string()))
+                .and_then(|(meta, p)| state_from(meta, &p))
             {
                 Ok(state) => state,
                 Err(e) => {

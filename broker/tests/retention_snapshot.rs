@@ -63,18 +63,21 @@ async fn produce(cluster: &Cluster, producer_id: u64, seqs: std::ops::Range<u32>
     }
 }
 
+/// A fetch of queue 0 of "t" from `offset`.
+fn fetch_t0(offset: u64) -> Req {
+    Req::Fetch(pb::FetchRequest {
+        topic: "t".into(),
+        queue: 0,
+        offset,
+        max_bytes: 1 << 20,
+        ..pb::FetchRequest::default()
+    })
+}
+
 /// Reads queue 0 of "t" from `addr` (which must lead) from the log start on.
 async fn read_retained(addr: std::net::SocketAddr) -> (u64, Vec<(u64, Vec<u8>)>) {
     let mut conn = Conn::connect_addr(addr).await.expect("connect");
-    let probe = conn
-        .call(Req::Fetch(pb::FetchRequest {
-            topic: "t".into(),
-            queue: 0,
-            offset: 0,
-            max_bytes: 1 << 20,
-            ..pb::FetchRequest::default()
-        }))
-        .await;
+    let probe = conn.call(fetch_t0(0)).await;
     assert_eq!(
         code(&probe),
         ErrorCode::OffsetOutOfRange,
@@ -85,15 +88,7 @@ async fn read_retained(addr: std::net::SocketAddr) -> (u64, Vec<(u64, Vec<u8>)>)
     let mut out = Vec::new();
     let mut offset = log_start;
     for _ in 0..10_000 {
-        let response = conn
-            .call(Req::Fetch(pb::FetchRequest {
-                topic: "t".into(),
-                queue: 0,
-                offset,
-                max_bytes: 1 << 20,
-                ..pb::FetchRequest::default()
-            }))
-            .await;
+        let response = conn.call(fetch_t0(offset)).await;
         let Some(Resp::Fetch(fetch)) = response.body else {
             panic!("fetch at {offset}: {response:?}");
         };
@@ -415,15 +410,7 @@ async fn produce_is_refused_above_the_disk_use_limit_and_nothing_is_lost() {
     let message = refused.error.expect("error").message;
     assert!(message.contains("disk use"), "{message}");
     // What was acknowledged is still there.
-    let response = conn
-        .call(Req::Fetch(pb::FetchRequest {
-            topic: "t".into(),
-            queue: 0,
-            offset: 0,
-            max_bytes: 1 << 20,
-            ..pb::FetchRequest::default()
-        }))
-        .await;
+    let response = conn.call(fetch_t0(0)).await;
     let Some(Resp::Fetch(fetch)) = response.body else {
         panic!("{response:?}");
     };

@@ -445,14 +445,18 @@ impl Node {
     }
 
     /// In `async` durability the log counts as persisted once written; only term and
-    /// vote changes are synced before the messages that depend on them.
+    /// vote changes, and a lowered recovery mark, are synced before the messages that
+    /// depend on them.
     fn persist_async_mode(&mut self) {
         let queued = std::mem::take(&mut self.queued);
         if let Some(mut hs) = queued.hard_state {
             // The acknowledged mark may only name what is on disk.
             hs.acked_index = hs.acked_index.min(self.raft.log().synced_index());
-            let changed =
-                hs.term != self.last_hard_state.term || hs.vote != self.last_hard_state.vote;
+            // A lowered mark (entries truncated, or discarded by a snapshot install)
+            // is written too: a crash must not bring back a mark above the log.
+            let changed = hs.term != self.last_hard_state.term
+                || hs.vote != self.last_hard_state.vote
+                || hs.acked_index < self.last_hard_state.acked_index;
             if changed {
                 if let Some(file) = self.hard_state_file.as_mut() {
                     if let Err(e) = file.store(&hs) {

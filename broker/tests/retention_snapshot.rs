@@ -252,9 +252,11 @@ async fn call_ok(conn: &mut Conn, body: Req) -> pb::Response {
     response
 }
 
-/// Starts a single node and creates topic "t" with one queue.
+/// Starts a single node and creates topic "t" with one queue (and a retention of
+/// its own of `retention_bytes` per queue, 0 for none).
 async fn start_with_topic(
     config: raftmq_broker::config::BrokerConfig,
+    retention_bytes: u64,
 ) -> (raftmq_broker::Broker, Conn) {
     let broker = raftmq_broker::Broker::start(config).await.expect("starts");
     let mut conn = Conn::connect(&broker).await;
@@ -263,6 +265,7 @@ async fn start_with_topic(
         Req::CreateTopic(pb::CreateTopicRequest {
             name: "t".into(),
             queues: 1,
+            retention_bytes,
             ..Default::default()
         }),
     )
@@ -282,7 +285,7 @@ fn produce_req(pid: u64, seq: u32) -> Req {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_deletes_old_segments_and_a_restart_restores_the_state_from_its_snapshot() {
     let dir = tempfile::tempdir().unwrap();
-    let (broker, mut conn) = start_with_topic(single_node_config(dir.path())).await;
+    let (broker, mut conn) = start_with_topic(single_node_config(dir.path()), 0).await;
     let Some(Resp::InitProducer(producer)) =
         call_ok(&mut conn, Req::InitProducer(pb::InitProducerRequest {}))
             .await
@@ -384,7 +387,7 @@ async fn produce_is_refused_above_the_disk_use_limit_and_nothing_is_lost() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = single_node_config(dir.path());
     config.retention_bytes = 0;
-    let (broker, mut conn) = start_with_topic(config.clone()).await;
+    let (broker, mut conn) = start_with_topic(config.clone(), 0).await;
     for seq in 0..3 {
         call_ok(&mut conn, produce_req(0, seq)).await;
     }
@@ -432,18 +435,7 @@ async fn a_topics_own_retention_deletes_its_messages_and_frees_their_segments() 
     let dir = tempfile::tempdir().unwrap();
     let mut config = single_node_config(dir.path());
     config.retention_bytes = 0; // the broker alone would keep everything
-    let broker = raftmq_broker::Broker::start(config).await.expect("starts");
-    let mut conn = Conn::connect(&broker).await;
-    call_ok(
-        &mut conn,
-        Req::CreateTopic(pb::CreateTopicRequest {
-            name: "t".into(),
-            queues: 1,
-            retention_bytes: 100 * 1024,
-            ..Default::default()
-        }),
-    )
-    .await;
+    let (broker, mut conn) = start_with_topic(config, 100 * 1024).await;
     for seq in 0..120 {
         call_ok(&mut conn, produce_req(0, seq)).await;
     }

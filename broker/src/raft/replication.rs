@@ -436,16 +436,7 @@ impl<L: RaftLog> RawNode<L> {
         // No acknowledgement of a discarded entry may leave (there are none unless
         // the recovery mark is above `index`, which the check above rules out). The
         // mark itself stays: a damaged node remains damaged until past it.
-        self.persisted_msgs.retain(|m| {
-            !matches!(
-                m.body,
-                MessageBody::AppendResponse {
-                    success: true,
-                    match_index,
-                    ..
-                } if match_index > index
-            )
-        });
+        self.drop_pending_acks_from(index.next());
         if self.config.fault_is(FaultVariant::SnapshotForgetsDamage) {
             self.acked_index = index;
             self.acked_durable = index;
@@ -519,9 +510,8 @@ impl<L: RaftLog> RawNode<L> {
         i
     }
 
-    /// Acknowledgements not yet sent for entries at `from` and after are void; the
-    /// recovery mark comes down below `from`.
-    fn void_acks_from(&mut self, from: LogIndex) {
+    /// Drops the acknowledgements not yet sent that match at `from` or beyond.
+    fn drop_pending_acks_from(&mut self, from: LogIndex) {
         self.persisted_msgs.retain(|m| {
             !matches!(
                 m.body,
@@ -532,6 +522,12 @@ impl<L: RaftLog> RawNode<L> {
                 } if match_index >= from
             )
         });
+    }
+
+    /// Acknowledgements not yet sent for entries at `from` and after are void; the
+    /// recovery mark comes down below `from`.
+    fn void_acks_from(&mut self, from: LogIndex) {
+        self.drop_pending_acks_from(from);
         let kept = from.prev();
         if self.acked_index > kept {
             self.acked_index = kept;

@@ -6,6 +6,7 @@
 //! - [`node`]: the task that owns the Raft group, the log and the state machine;
 //! - [`server`]: the listener and connections; [`transport`]: links to peers;
 //! - [`state_machine`] and [`command`]: what committed entries mean;
+//! - [`data_dir_lock`]: one broker per data directory;
 //! - [`hard_state`]: term, vote and the acknowledged mark on disk;
 //! - [`snapshot`]: state-machine snapshots, as files and as the bytes sent to peers;
 //! - [`config`]: every option with its default;
@@ -13,6 +14,7 @@
 
 pub mod command;
 pub mod config;
+pub mod data_dir_lock;
 pub mod group;
 pub mod hard_state;
 pub mod log_adapter;

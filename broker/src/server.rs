@@ -24,6 +24,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::BrokerConfig;
+use crate::data_dir_lock::DataDirLock;
 use crate::hard_state::HardStateFile;
 use crate::metrics::{self, Api, BrokerMetrics};
 use crate::node::{Node, NodeInput};
@@ -51,6 +52,9 @@ pub enum StartError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// Another broker holds the data directory, or its lock file is unusable.
+    #[error(transparent)]
+    DataDirLock(#[from] crate::data_dir_lock::DataDirLockError),
     /// The hard state could not be read.
     #[error(transparent)]
     HardState(#[from] crate::hard_state::HardStateError),
@@ -97,10 +101,7 @@ impl Broker {
     /// Opens the data dir, recovers the log, binds the port and starts serving.
     pub async fn start(config: BrokerConfig) -> Result<Broker, StartError> {
         let mut config = config;
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
-            path: config.data_dir.clone(),
-            source,
-        })?;
+        // The port first: a broker that cannot listen leaves no empty data dir behind.
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -112,6 +113,12 @@ impl Broker {
             addr: config.listen,
             source,
         })?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        // Before anything in the directory is read or written.
+        let data_dir_lock = DataDirLock::acquire(&config.data_dir)?;
         // Port 0 asks for an ephemeral port: record the real one.
         config.listen = local_addr;
         if config.peers.len() == 1 {
@@ -173,7 +180,11 @@ impl Broker {
             (state, snapshot_dir, snapshot_files),
         )
         .with_metrics(broker_metrics.clone());
-        let node = tokio::spawn(node.run(inbox_rx));
+        // The lock lives as long as the node task, which owns every file of the dir.
+        let node = tokio::spawn(async move {
+            node.run(inbox_rx).await;
+            drop(data_dir_lock);
+        });
         let mut metrics_addr = None;
         if let Some((metrics_listener, bound)) = metrics_listener {
             tracing::info!(addr = %bound, "serving metrics at /metrics");

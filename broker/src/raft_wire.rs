@@ -77,6 +77,7 @@ pub fn to_pb(msg: Message, cluster_id: u64) -> pb::RaftMessage {
             entries: entries.into_iter().map(entry_to_pb).collect(),
             commit_index: commit_index.0,
             heartbeat: false,
+            read_round: 0,
         }),
         MessageBody::AppendResponse {
             success,
@@ -92,16 +93,30 @@ pub fn to_pb(msg: Message, cluster_id: u64) -> pb::RaftMessage {
             conflict_first_index: conflict.map_or(0, |(_, i)| i.0),
             last_log_index: last_log_index.0,
             heartbeat: false,
+            read_round: 0,
         }),
-        MessageBody::Heartbeat { commit_index } => Body::Append(pb::AppendRequest {
+        MessageBody::Heartbeat {
+            commit_index,
+            read_round,
+        } => Body::Append(pb::AppendRequest {
             commit_index: commit_index.0,
             heartbeat: true,
+            read_round,
             ..pb::AppendRequest::default()
         }),
-        MessageBody::HeartbeatResponse => Body::AppendResponse(pb::AppendResponse {
+        MessageBody::HeartbeatResponse { read_round } => Body::AppendResponse(pb::AppendResponse {
             heartbeat: true,
+            read_round,
             ..pb::AppendResponse::default()
         }),
+        MessageBody::ReadIndex { id } => Body::ReadIndex(pb::ReadIndexRequest { id }),
+        MessageBody::ReadIndexResponse { id, index } => {
+            Body::ReadIndexResponse(pb::ReadIndexResponse {
+                id,
+                ok: index.is_some(),
+                index: index.map_or(0, |i| i.0),
+            })
+        }
         MessageBody::TimeoutNow => Body::TimeoutNow(pb::TimeoutNow {}),
         // The driver sends the snapshot itself as `SnapshotChunk`s (see
         // `snapshot_chunk`); on its own the message is an empty transfer, which
@@ -205,6 +220,7 @@ pub fn from_pb(msg: pb::RaftMessage, cluster_id: u64) -> Result<PeerMessage, Wir
         },
         Body::Append(a) if a.heartbeat => MessageBody::Heartbeat {
             commit_index: LogIndex(a.commit_index),
+            read_round: a.read_round,
         },
         Body::Append(a) => MessageBody::Append {
             prev_log_index: LogIndex(a.prev_log_index),
@@ -216,7 +232,14 @@ pub fn from_pb(msg: pb::RaftMessage, cluster_id: u64) -> Result<PeerMessage, Wir
                 .collect::<Result<_, _>>()?,
             commit_index: LogIndex(a.commit_index),
         },
-        Body::AppendResponse(r) if r.heartbeat => MessageBody::HeartbeatResponse,
+        Body::AppendResponse(r) if r.heartbeat => MessageBody::HeartbeatResponse {
+            read_round: r.read_round,
+        },
+        Body::ReadIndex(r) => MessageBody::ReadIndex { id: r.id },
+        Body::ReadIndexResponse(r) => MessageBody::ReadIndexResponse {
+            id: r.id,
+            index: r.ok.then_some(LogIndex(r.index)),
+        },
         Body::AppendResponse(r) => MessageBody::AppendResponse {
             success: r.success,
             match_index: LogIndex(r.match_index),

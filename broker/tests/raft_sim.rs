@@ -35,7 +35,7 @@ fn sim_correct_core_keeps_safety_and_liveness() {
     let started = std::time::Instant::now();
     let mut committed = 0;
     let mut events = 0;
-    let (mut compactions, mut installs) = (0, 0);
+    let (mut compactions, mut installs, mut reads) = (0, 0, 0);
     let mut failures: Vec<Failure> = Vec::new();
     for &seed in &seeds {
         match run_seed(seed, Options::default()) {
@@ -44,6 +44,7 @@ fn sim_correct_core_keeps_safety_and_liveness() {
                 events += stats.events;
                 compactions += stats.compactions;
                 installs += stats.installs;
+                reads += stats.reads;
             }
             Err(f) => {
                 eprintln!("{f}");
@@ -56,7 +57,7 @@ fn sim_correct_core_keeps_safety_and_liveness() {
     }
     eprintln!(
         "raft sim: {} seeds, {events} events, {committed} committed proposals, \
-         {compactions} compactions, {installs} snapshots installed, {:.1}s",
+         {compactions} compactions, {installs} snapshots installed, {reads} linearizable reads checked, {:.1}s",
         seeds.len(),
         started.elapsed().as_secs_f64()
     );
@@ -110,6 +111,16 @@ fn sim_catches_snapshot_forgets_damage() {
     expect_caught(FaultVariant::SnapshotForgetsDamage, DEFAULT_SEEDS);
 }
 
+#[test]
+fn sim_catches_local_reads() {
+    expect_caught(FaultVariant::LocalReads, DEFAULT_SEEDS);
+}
+
+#[test]
+fn sim_catches_read_before_term_commit() {
+    expect_caught(FaultVariant::ReadBeforeTermCommit, DEFAULT_SEEDS);
+}
+
 /// How often each broken variant is caught per seed (for the docs):
 /// `cargo test --release -p raftmq-broker --test raft_sim -- --ignored --nocapture`.
 #[test]
@@ -125,6 +136,8 @@ fn sim_variant_detection_rates() {
         FaultVariant::VoteForStaleCandidate,
         FaultVariant::DamagedNodeVotes,
         FaultVariant::SnapshotForgetsDamage,
+        FaultVariant::LocalReads,
+        FaultVariant::ReadBeforeTermCommit,
     ] {
         let opts = Options {
             fault: Some(fault),

@@ -21,6 +21,13 @@ pub enum FaultVariant {
     /// Installing a snapshot resets the recovery mark to the snapshot index, so a
     /// damaged node forgets it lost acknowledged entries.
     SnapshotForgetsDamage,
+    /// Reads are answered from the node's own commit index at once, without asking
+    /// the leader or confirming leadership with a quorum (a stale read).
+    LocalReads,
+    /// The leader answers reads at its commit index without checking that it has
+    /// committed an entry of its own term (a new leader's commit index may lag what
+    /// earlier leaders committed).
+    ReadBeforeTermCommit,
 }
 
 /// Configuration of one [`super::RawNode`]. Build it with [`Config::new`] and adjust
@@ -46,6 +53,10 @@ pub struct Config {
     /// Proposals the leader accepts beyond its commit index before answering `Busy`.
     /// Default 65536.
     pub max_pending_proposals: usize,
+    /// Reads waiting for a leadership confirmation the leader accepts (its own and
+    /// its followers') before refusing more with [`super::ReadError::Busy`]. Default
+    /// 65536.
+    pub max_pending_reads: usize,
     /// Run a pre-vote round before raising the term. Default true.
     pub pre_vote: bool,
     /// The leader steps down when it has not heard from a quorum within an election
@@ -71,6 +82,7 @@ impl Config {
             max_append_bytes: 1024 * 1024,
             max_append_entries: 4096,
             max_pending_proposals: 65536,
+            max_pending_reads: 65536,
             pre_vote: true,
             check_quorum: true,
             seed: 0,
@@ -112,6 +124,9 @@ impl Config {
         }
         if self.max_append_entries == 0 {
             return invalid("max_append_entries", "must be at least 1");
+        }
+        if self.max_pending_reads == 0 {
+            return invalid("max_pending_reads", "must be at least 1");
         }
         if self.max_pending_proposals == 0 {
             return invalid("max_pending_proposals", "must be at least 1");

@@ -67,6 +67,9 @@ impl<L: RaftLog> RawNode<L> {
     }
 
     pub(super) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        if self.role == Role::Leader {
+            self.fail_pending_reads();
+        }
         self.set_term(term);
         self.role = Role::Follower;
         self.leader = leader;
@@ -161,6 +164,7 @@ impl<L: RaftLog> RawNode<L> {
             kind: EntryKind::Noop,
             body: bytes::Bytes::new(),
         };
+        self.term_start = next;
         match self.log.append(std::slice::from_ref(&noop)) {
             Ok(()) => {
                 self.log_dirty = true;

@@ -56,6 +56,18 @@ pub enum ProposeError {
     Storage(#[from] LogError),
 }
 
+/// Why [`super::RawNode::read_index`] could not take a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    /// No leader is known (an election is under way, or the node is cut off).
+    #[error("no leader is known")]
+    NoLeader,
+    /// Too many reads wait for a leadership confirmation
+    /// (`Config::max_pending_reads`).
+    #[error("too many reads waiting")]
+    Busy,
+}
+
 /// Why a leadership transfer was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TransferError {

@@ -69,9 +69,30 @@ pub enum MessageBody {
     Heartbeat {
         /// The commit index the follower may adopt.
         commit_index: LogIndex,
+        /// The leader's heartbeat round, echoed in the response: a quorum echoing a
+        /// round confirms the leader was still leading when it sent that round, which
+        /// releases the reads registered before it (ReadIndex).
+        read_round: u64,
     },
     /// The answer to `Heartbeat`.
-    HeartbeatResponse,
+    HeartbeatResponse {
+        /// The round of the heartbeat answered.
+        read_round: u64,
+    },
+    /// A follower asks the leader for a read index on behalf of one of its reads.
+    ReadIndex {
+        /// Chosen by the follower; echoed in the answer.
+        id: u64,
+    },
+    /// The answer to `ReadIndex`: once the asking node has applied up to `index`, its
+    /// state reflects every write committed before the read was asked. `None`: the
+    /// addressee could not confirm its leadership (retry).
+    ReadIndexResponse {
+        /// The follower's id for the read.
+        id: u64,
+        /// The read index, or `None` on failure.
+        index: Option<LogIndex>,
+    },
     /// The leader asks the target of a leadership transfer to campaign now.
     TimeoutNow,
     /// The follower needs entries the leader compacted away: install the leader's
@@ -97,7 +118,9 @@ impl MessageBody {
             MessageBody::Append { .. } => "Append",
             MessageBody::AppendResponse { .. } => "AppendResponse",
             MessageBody::Heartbeat { .. } => "Heartbeat",
-            MessageBody::HeartbeatResponse => "HeartbeatResponse",
+            MessageBody::HeartbeatResponse { .. } => "HeartbeatResponse",
+            MessageBody::ReadIndex { .. } => "ReadIndex",
+            MessageBody::ReadIndexResponse { .. } => "ReadIndexResponse",
             MessageBody::TimeoutNow => "TimeoutNow",
             MessageBody::InstallSnapshot { .. } => "InstallSnapshot",
         }

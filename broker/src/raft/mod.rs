@@ -90,17 +90,19 @@ mod log;
 mod message;
 mod progress;
 mod raw_node;
+mod read_index;
 mod ready;
 mod replication;
 mod rng;
 mod types;
 
 pub use config::{Config, FaultVariant, VOTERS_MAX};
-pub use error::{ConfigError, LogError, ProposeError, RaftError, TransferError};
+pub use error::{ConfigError, LogError, ProposeError, RaftError, ReadError, TransferError};
 pub use log::{MemLog, RaftLog};
 pub use message::{Message, MessageBody};
 pub use progress::ProgressState;
 pub use raw_node::RawNode;
+pub use read_index::ReadState;
 pub use ready::{PeerStatus, Ready, Status};
 pub use types::{Entry, EntryKind, HardState, LogIndex, NodeId, Role, Term};
 

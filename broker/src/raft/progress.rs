@@ -41,6 +41,8 @@ pub struct Progress {
     pub stalled_ticks: u32,
     /// Snapshot: the index the snapshot sent covers.
     pub pending_snapshot: LogIndex,
+    /// The highest heartbeat round of this term the follower answered (ReadIndex).
+    pub read_round_acked: u64,
 }
 
 impl Progress {
@@ -58,6 +60,7 @@ impl Progress {
             commit_sent: LogIndex::ZERO,
             stalled_ticks: 0,
             pending_snapshot: LogIndex::ZERO,
+            read_round_acked: 0,
         }
     }
 

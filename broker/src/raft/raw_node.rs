@@ -1,7 +1,7 @@
 //! [`RawNode`]: the state, the entry points (tick, step, propose, ready) and the
 //! invariants. Elections live in `election.rs`, replication in `replication.rs`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 
@@ -10,6 +10,7 @@ use super::error::{ProposeError, RaftError, TransferError};
 use super::log::RaftLog;
 use super::message::{Message, MessageBody};
 use super::progress::Progress;
+use super::read_index::{PendingRead, ReadState};
 use super::ready::{PeerStatus, Ready, Status};
 use super::rng::SplitMix64;
 use super::types::{Entry, EntryKind, HardState, LogIndex, NodeId, Role, Term};
@@ -55,6 +56,15 @@ pub struct RawNode<L: RaftLog> {
     /// The leader's own durable match, learned from its self-acknowledgement.
     pub(super) self_match: LogIndex,
     pub(super) transferee: Option<NodeId>,
+    /// Leader: the index of its term's first entry (the Noop); reads are answered at
+    /// no lower index (see `read_index.rs`).
+    pub(super) term_start: LogIndex,
+    /// Leader: the last heartbeat round sent (rounds only grow, across terms too).
+    pub(super) read_round: u64,
+    /// Leader: reads wait for a round not sent yet.
+    pub(super) read_round_wanted: bool,
+    /// Leader: reads waiting for a quorum to answer their round, oldest first.
+    pub(super) pending_reads: VecDeque<PendingRead>,
 
     // Output not yet taken by `ready()`.
     pub(super) msgs: Vec<Message>,
@@ -65,6 +75,8 @@ pub struct RawNode<L: RaftLog> {
     pub(super) scratch_entries: Vec<Entry>,
     /// A snapshot installed since the last Ready (reported in `Ready::snapshot`).
     pub(super) installed_snapshot: Option<(LogIndex, Term)>,
+    /// This node's reads decided since the last Ready.
+    pub(super) read_states: Vec<ReadState>,
 }
 
 impl<L: RaftLog> RawNode<L> {
@@ -134,6 +146,10 @@ impl<L: RaftLog> RawNode<L> {
             progress: BTreeMap::new(),
             self_match: LogIndex::ZERO,
             transferee: None,
+            term_start: LogIndex::ZERO,
+            read_round: 0,
+            read_round_wanted: false,
+            pending_reads: VecDeque::new(),
             msgs: Vec::new(),
             persisted_msgs: Vec::new(),
             log_dirty: false,
@@ -141,6 +157,7 @@ impl<L: RaftLog> RawNode<L> {
             reported_soft: (Role::Follower, term, None),
             scratch_entries: Vec::new(),
             installed_snapshot: None,
+            read_states: Vec::new(),
             config,
         };
         Ok(node)
@@ -270,12 +287,23 @@ impl<L: RaftLog> RawNode<L> {
                 );
                 Ok(())
             }
-            MessageBody::Heartbeat { commit_index } => {
-                self.handle_heartbeat(from, commit_index);
+            MessageBody::Heartbeat {
+                commit_index,
+                read_round,
+            } => {
+                self.handle_heartbeat(from, commit_index, read_round);
                 Ok(())
             }
-            MessageBody::HeartbeatResponse => {
-                self.handle_heartbeat_response(from);
+            MessageBody::HeartbeatResponse { read_round } => {
+                self.handle_heartbeat_response(from, read_round);
+                Ok(())
+            }
+            MessageBody::ReadIndex { id } => {
+                self.handle_read_index(from, id);
+                Ok(())
+            }
+            MessageBody::ReadIndexResponse { id, index } => {
+                self.handle_read_index_response(id, index);
                 Ok(())
             }
             MessageBody::TimeoutNow => self.handle_timeout_now(from),
@@ -419,6 +447,8 @@ impl<L: RaftLog> RawNode<L> {
     pub fn has_ready(&self) -> bool {
         self.log_dirty
             || self.installed_snapshot.is_some()
+            || self.read_round_wanted
+            || !self.read_states.is_empty()
             || !self.msgs.is_empty()
             || !self.persisted_msgs.is_empty()
             || self.hard_state() != self.reported_hard_state
@@ -431,9 +461,11 @@ impl<L: RaftLog> RawNode<L> {
     pub fn ready(&mut self) -> Ready {
         if self.role == Role::Leader {
             self.send_appends();
+            self.send_read_round();
         }
         let mut rd = Ready {
             snapshot: self.installed_snapshot.take(),
+            read_states: std::mem::take(&mut self.read_states),
             ..Ready::default()
         };
         if self.log_dirty {
@@ -665,6 +697,21 @@ impl<L: RaftLog> RawNode<L> {
         }
         if self.role != Role::Leader {
             assert!(self.progress.is_empty() && self.transferee.is_none());
+            assert!(
+                self.pending_reads.is_empty() && !self.read_round_wanted,
+                "reads wait for a round of a node that does not lead"
+            );
+        }
+        // Reads wait in the order of their rounds, each for a round not yet answered
+        // by a quorum, and no read is answered below what earlier leaders committed.
+        let mut previous_round = 0;
+        for read in &self.pending_reads {
+            assert!(read.round >= previous_round, "reads out of round order");
+            assert!(
+                read.round <= self.read_round + 1,
+                "read waits for a future round"
+            );
+            previous_round = read.round;
         }
         if let Some(v) = self.vote {
             assert!(self.config.voters.contains(&v));

@@ -2,6 +2,7 @@
 
 use super::message::Message;
 use super::progress::ProgressState;
+use super::read_index::ReadState;
 use super::types::{HardState, LogIndex, NodeId, Role, Term};
 
 /// Everything the driver must do after the core changed state, taken at once by
@@ -40,6 +41,9 @@ pub struct Ready {
     /// The log now starts after this installed snapshot (index, term): restore the
     /// state machine from it first.
     pub snapshot: Option<(LogIndex, Term)>,
+    /// Reads asked with [`super::RawNode::read_index`] that are now decided: serve
+    /// each once the state machine has applied up to its index (after `to_apply`).
+    pub read_states: Vec<ReadState>,
 }
 
 /// The leader's replication state for one follower, as reported by `status()`.

@@ -114,6 +114,10 @@ impl<L: RaftLog> RawNode<L> {
     }
 
     pub(super) fn broadcast_heartbeat(&mut self) {
+        // Every heartbeat is a read round: reads registered before it wait for it.
+        self.read_round += 1;
+        self.read_round_wanted = false;
+        let round = self.read_round;
         let peers: Vec<NodeId> = self.progress.keys().copied().collect();
         let interval = self.config.heartbeat_interval_ticks;
         let timeout = self.config.election_timeout_ticks;
@@ -136,7 +140,13 @@ impl<L: RaftLog> RawNode<L> {
                 }
             }
             let commit_index = self.commit.min(pr.match_index);
-            self.send(to, MessageBody::Heartbeat { commit_index });
+            self.send(
+                to,
+                MessageBody::Heartbeat {
+                    commit_index,
+                    read_round: round,
+                },
+            );
         }
     }
 
@@ -228,7 +238,7 @@ impl<L: RaftLog> RawNode<L> {
         None
     }
 
-    pub(super) fn handle_heartbeat_response(&mut self, from: NodeId) {
+    pub(super) fn handle_heartbeat_response(&mut self, from: NodeId, read_round: u64) {
         if self.role != Role::Leader {
             return;
         }
@@ -237,6 +247,7 @@ impl<L: RaftLog> RawNode<L> {
             // Let a probe that may have been lost go again.
             pr.probe_sent = false;
         }
+        self.read_round_acked(from, read_round);
     }
 
     /// Commits the highest index a quorum holds durably, if it is of the current term
@@ -275,7 +286,12 @@ impl<L: RaftLog> RawNode<L> {
         self.election_elapsed = 0;
     }
 
-    pub(super) fn handle_heartbeat(&mut self, from: NodeId, commit_index: LogIndex) {
+    pub(super) fn handle_heartbeat(
+        &mut self,
+        from: NodeId,
+        commit_index: LogIndex,
+        read_round: u64,
+    ) {
         self.follow(from);
         // The leader sends min(commit, our durable match), so our log matches it up to
         // there (a damaged log may be shorter: cap at our end).
@@ -283,7 +299,7 @@ impl<L: RaftLog> RawNode<L> {
         if commit > self.commit {
             self.set_commit(commit);
         }
-        self.send(from, MessageBody::HeartbeatResponse);
+        self.send(from, MessageBody::HeartbeatResponse { read_round });
     }
 
     pub(super) fn handle_append(

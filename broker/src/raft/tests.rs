@@ -11,6 +11,8 @@ struct Cluster {
     queue: Vec<Message>,
     /// Nodes whose messages (both ways) are dropped.
     isolated: Vec<NodeId>,
+    /// Read states reported by each node's Readies, in order.
+    reads: Vec<(NodeId, ReadState)>,
 }
 
 fn ids(n: u64) -> Vec<NodeId> {
@@ -49,6 +51,7 @@ impl Cluster {
             nodes,
             queue: Vec::new(),
             isolated: Vec::new(),
+            reads: Vec::new(),
         }
     }
 
@@ -61,6 +64,8 @@ impl Cluster {
         for i in 0..self.nodes.len() {
             while self.nodes[i].has_ready() {
                 let rd = self.nodes[i].ready();
+                let id = self.nodes[i].id();
+                self.reads.extend(rd.read_states.iter().map(|r| (id, *r)));
                 self.queue.extend(rd.messages);
                 if let Some((idx, term)) = rd.unsynced {
                     self.nodes[i].persisted(idx, term);
@@ -179,6 +184,7 @@ fn test_candidate_fallback_on_append_from_leader_of_same_term() {
         term: t2,
         body: MessageBody::Heartbeat {
             commit_index: LogIndex::ZERO,
+            read_round: 1,
         },
     };
     c.node(2).step(m).unwrap();
@@ -797,12 +803,16 @@ fn test_heartbeat_commit_is_min_of_commit_and_match() {
         .iter()
         .find(|m| m.to == NodeId(3) && matches!(m.body, MessageBody::Heartbeat { .. }))
         .expect("heartbeat to n3");
-    assert_eq!(
-        hb.body,
-        MessageBody::Heartbeat {
-            commit_index: LogIndex(1)
-        },
-        "n3 only matched the Noop"
+    assert!(
+        matches!(
+            hb.body,
+            MessageBody::Heartbeat {
+                commit_index: LogIndex(1),
+                ..
+            }
+        ),
+        "n3 only matched the Noop: {:?}",
+        hb.body
     );
 }
 
@@ -899,6 +909,7 @@ fn test_to_apply_skips_entries_already_applied() {
         term: Term(1),
         body: MessageBody::Heartbeat {
             commit_index: LogIndex(5),
+            read_round: 1,
         },
     })
     .unwrap();
@@ -1131,4 +1142,152 @@ fn test_restart_on_a_compacted_log_starts_committed_at_the_snapshot() {
     let n = RawNode::new(config(1, 3), log, HardState::default());
     assert_eq!(n.commit_index(), LogIndex(4));
     assert_eq!(n.status().applied_index, LogIndex(4));
+}
+
+// ----- ReadIndex ---------------------------------------------------------------------
+
+#[test]
+fn test_read_index_leader_answers_after_a_quorum_round_at_its_commit_index() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    propose_n(&mut c, 1, 3);
+    c.settle();
+    let commit = c.node(1).commit_index();
+    c.node(1).read_index(7).unwrap();
+    // Nothing is answered before the round goes out and comes back.
+    assert!(c.reads.is_empty());
+    let rd = c.node(1).ready();
+    assert!(rd.read_states.is_empty());
+    let rounds = rd
+        .messages
+        .iter()
+        .filter(|m| matches!(m.body, MessageBody::Heartbeat { .. }))
+        .count();
+    assert_eq!(rounds, 2, "one heartbeat round to each follower");
+    c.queue.extend(rd.messages);
+    c.settle();
+    assert_eq!(
+        c.reads,
+        vec![(
+            NodeId(1),
+            ReadState {
+                id: 7,
+                index: Some(commit)
+            }
+        )]
+    );
+}
+
+#[test]
+fn test_read_index_reads_arriving_together_share_one_round() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.settle();
+    for id in 0..50 {
+        c.node(1).read_index(id).unwrap();
+    }
+    let rd = c.node(1).ready();
+    let heartbeats = rd
+        .messages
+        .iter()
+        .filter(|m| matches!(m.body, MessageBody::Heartbeat { .. }))
+        .count();
+    assert_eq!(heartbeats, 2);
+    c.queue.extend(rd.messages);
+    c.settle();
+    assert_eq!(c.reads.len(), 50);
+}
+
+#[test]
+fn test_read_index_isolated_leader_never_confirms_and_fails_reads_when_it_steps_down() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.settle();
+    c.isolated.push(NodeId(1));
+    c.node(1).read_index(1).unwrap();
+    c.settle();
+    assert!(c.reads.is_empty(), "a leader cut off confirms nothing");
+    // Check-quorum deposes it; its read fails at once instead of hanging.
+    let timeout = c.node(1).config().election_timeout_ticks;
+    for _ in 0..timeout * 2 {
+        c.node(1).tick();
+        c.settle();
+    }
+    assert_ne!(c.node(1).role(), Role::Leader);
+    assert_eq!(c.reads, vec![(NodeId(1), ReadState { id: 1, index: None })]);
+}
+
+#[test]
+fn test_read_index_follower_gets_the_leaders_index() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    propose_n(&mut c, 1, 5);
+    c.settle();
+    let commit = c.node(1).commit_index();
+    c.node(2).read_index(9).unwrap();
+    c.settle();
+    assert_eq!(
+        c.reads,
+        vec![(
+            NodeId(2),
+            ReadState {
+                id: 9,
+                index: Some(commit)
+            }
+        )]
+    );
+}
+
+#[test]
+fn test_read_index_without_a_known_leader_is_refused() {
+    let mut c = Cluster::new(3);
+    assert_eq!(c.node(2).read_index(1), Err(ReadError::NoLeader));
+}
+
+#[test]
+fn test_read_index_new_leader_answers_no_lower_than_its_term_start() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    propose_n(&mut c, 1, 4);
+    c.settle();
+    let before = c.node(1).commit_index();
+    // n2 takes over; until its Noop commits, its commit index may lag.
+    c.node(1).transfer_leadership(NodeId(2)).unwrap();
+    for _ in 0..1000 {
+        if c.node(2).role() == Role::Leader {
+            break;
+        }
+        c.flush();
+        if let Some(m) = c.queue.pop() {
+            let _ = c.node(m.to.0).step(m);
+        }
+    }
+    assert_eq!(c.node(2).role(), Role::Leader);
+    let term_start = c.node(2).log().last_index();
+    c.node(2).read_index(3).unwrap();
+    c.settle();
+    let (_, state) = c.reads.last().copied().expect("answered");
+    assert_eq!(state.index, Some(term_start), "answered at the Noop");
+    assert!(term_start > before);
+}
+
+#[test]
+fn test_read_index_single_voter_answers_at_once() {
+    let mut c = Cluster::new(1);
+    c.elect(1);
+    c.settle();
+    c.node(1).read_index(4).unwrap();
+    c.settle();
+    assert_eq!(c.reads.len(), 1);
+    assert!(c.reads[0].1.index.is_some());
+}
+
+#[test]
+fn test_read_index_refused_when_too_many_wait() {
+    let mut c = Cluster::with(3, |c| c.max_pending_reads = 2);
+    c.elect(1);
+    c.settle();
+    c.node(1).read_index(1).unwrap();
+    c.node(1).read_index(2).unwrap();
+    assert_eq!(c.node(1).read_index(3), Err(ReadError::Busy));
 }

@@ -77,6 +77,8 @@ pub struct Stats {
     pub elections: u64,
     pub compactions: u64,
     pub installs: u64,
+    /// Linearizable reads served (each checked).
+    pub reads: u64,
 }
 
 /// Events kept for the failure report; `RAFTMQ_SIM_TRACE=N` keeps more.
@@ -107,8 +109,14 @@ impl Ev {
             "AppendResponse" => format!("from n{a} term {b} success {c} match {d} reject {e}"),
             "Vote" | "PreVote" => format!("from n{a} term {b} last_index {c} last_term {d}"),
             "VoteResponse" | "PreVoteResponse" => format!("from n{a} term {b} granted {c}"),
-            "Heartbeat" => format!("from n{a} term {b} commit {c}"),
-            "HeartbeatResponse" | "TimeoutNow" => format!("from n{a} term {b}"),
+            "Heartbeat" => format!("from n{a} term {b} commit {c} round {d}"),
+            "HeartbeatResponse" => format!("from n{a} term {b} round {c}"),
+            "TimeoutNow" => format!("from n{a} term {b}"),
+            "ReadIndex" => format!("from n{a} term {b} read {c}"),
+            "ReadIndexResponse" => format!("from n{a} term {b} read {c} index {d} ok {e}"),
+            "read" => format!("id {a} required {b}"),
+            "read-index" => format!("id {a} index {b} ok {c}"),
+            "read-served" => format!("id {a} value {b} required {c}"),
             "ready" => format!("unsynced {a} hard_state_term {b} commit {c} persisted_msgs {d}"),
             "synced" => format!("log durable up to {a}"),
             "propose" => format!("id {a} index {b} term {c} entries {d}"),
@@ -159,6 +167,8 @@ struct Knobs {
     p_sync_now: f64,
     /// Probability that a node with synced writes snapshots and compacts its log.
     p_compact: f64,
+    /// Reads asked per tick (at a random node).
+    reads_per_tick: u64,
 }
 
 impl Knobs {
@@ -186,6 +196,7 @@ impl Knobs {
             proposals_per_tick: rng.pick(&[1, 2, 4]),
             p_sync_now: rng.pick(&[1.0, 0.7, 0.3]),
             p_compact: rng.pick(&[0.02, 0.1, 0.4]),
+            reads_per_tick: rng.pick(&[0, 1, 3]),
         }
     }
 }
@@ -230,6 +241,9 @@ struct Slot {
     incarnation: u64,
     /// Readies whose messages went out but whose writes are not yet synced.
     pending: VecDeque<PendingWrite>,
+    /// Reads with a read index, waiting for the state machine to apply up to it:
+    /// (read id, read index).
+    reads_ready: Vec<(u64, LogIndex)>,
 }
 
 /// The part of a Ready that waits for the sync.
@@ -270,6 +284,10 @@ struct World {
     chains: Vec<u64>,
     committed_ids: BTreeSet<u64>,
     next_id: u64,
+    /// Reads asked and not yet served: id -> the committed index every node knew
+    /// of when the read was asked (a linearizable read must see at least that).
+    reads: HashMap<u64, u64>,
+    next_read_id: u64,
     trace: VecDeque<Ev>,
     trace_len: usize,
     stats: Stats,
@@ -320,6 +338,8 @@ pub fn run_seed(seed: u64, opts: Options) -> Result<Stats, Failure> {
         chains: Vec::new(),
         committed_ids: BTreeSet::new(),
         next_id: 1,
+        reads: HashMap::new(),
+        next_read_id: 1,
         trace: VecDeque::new(),
         trace_len: trace_len(),
         stats: Stats::default(),
@@ -344,6 +364,7 @@ pub fn run_seed(seed: u64, opts: Options) -> Result<Stats, Failure> {
             leader_term_checked: Term(0),
             incarnation: 0,
             pending: VecDeque::new(),
+            reads_ready: Vec::new(),
         });
     }
     let result = catch_unwind(AssertUnwindSafe(|| world.run()));
@@ -428,6 +449,9 @@ impl World {
             if self.faults_on {
                 for _ in 0..self.k.proposals_per_tick {
                     self.propose()?;
+                }
+                for _ in 0..self.k.reads_per_tick {
+                    self.read()?;
                 }
             }
             for i in 0..n {
@@ -566,7 +590,15 @@ impl World {
                 ..
             } => [f, t, last_log_index.0, last_log_term.0, 0],
             MessageBody::VoteResponse { granted, .. } => [f, t, *granted as u64, 0, 0],
-            MessageBody::Heartbeat { commit_index } => [f, t, commit_index.0, 0, 0],
+            MessageBody::Heartbeat {
+                commit_index,
+                read_round,
+            } => [f, t, commit_index.0, *read_round, 0],
+            MessageBody::HeartbeatResponse { read_round } => [f, t, *read_round, 0, 0],
+            MessageBody::ReadIndex { id } => [f, t, *id, 0, 0],
+            MessageBody::ReadIndexResponse { id, index } => {
+                [f, t, *id, index.map_or(0, |i| i.0), index.is_some() as u64]
+            }
             MessageBody::InstallSnapshot {
                 index,
                 snapshot_term,
@@ -624,6 +656,23 @@ impl World {
             }
             self.slots[i].raft.as_mut().unwrap().applied(to);
         }
+        for state in rd.read_states {
+            self.ev(
+                "read-index",
+                id,
+                state.id,
+                state.index.map_or(0, |x| x.0),
+                state.index.is_some() as u64,
+                0,
+            );
+            match state.index {
+                Some(index) => self.slots[i].reads_ready.push((state.id, index)),
+                None => {
+                    self.reads.remove(&state.id);
+                }
+            }
+        }
+        self.serve_reads(i)?;
         self.slots[i].pending.push_back(PendingWrite {
             hard_state: rd.hard_state,
             unsynced: rd.unsynced,
@@ -761,6 +810,54 @@ impl World {
         }
         self.maybe_compact(i);
         self.check()
+    }
+
+    /// Asks a read at a random node; it is served once its read index is applied.
+    fn read(&mut self) -> Check {
+        let n = self.slots.len();
+        let target = self.rng.below(n as u64) as usize;
+        if !self.active(target) {
+            return Ok(());
+        }
+        let id = self.next_read_id;
+        self.next_read_id += 1;
+        // Any entry some node knows committed may have been acknowledged already.
+        let required = self.committed.len() as u64;
+        let node = self.slots[target].raft.as_mut().unwrap();
+        if node.read_index(id).is_ok() {
+            self.reads.insert(id, required);
+            self.ev("read", target as u64 + 1, id, required, 0, 0);
+        }
+        self.check()
+    }
+
+    /// Linearizable reads: a read served at node `i` must reflect every entry
+    /// committed (anywhere) before it was asked. Reads in real-time order then never
+    /// go back: an earlier read saw at most what was committed when it ended.
+    fn serve_reads(&mut self, i: usize) -> Check {
+        let applied = self.slots[i].sm.0;
+        let mut k = 0;
+        while k < self.slots[i].reads_ready.len() {
+            let (read_id, index) = self.slots[i].reads_ready[k];
+            if index > applied {
+                k += 1;
+                continue;
+            }
+            self.slots[i].reads_ready.swap_remove(k);
+            let Some(required) = self.reads.remove(&read_id) else {
+                continue;
+            };
+            self.ev("read-served", i as u64 + 1, read_id, applied.0, required, 0);
+            self.stats.reads += 1;
+            if applied.0 < required {
+                return Err(format!(
+                    "linearizability: n{} served read {read_id} at applied index {applied}, \
+                     but index {required} was committed before the read was asked",
+                    i + 1
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn propose(&mut self) -> Check {
@@ -906,6 +1003,10 @@ impl World {
     fn crash(&mut self, i: usize) -> Check {
         let node = self.slots[i].raft.take().expect("crash a live node");
         self.slots[i].pending.clear();
+        // Reads waiting there are lost with the process (their clients retry).
+        for (read_id, _) in std::mem::take(&mut self.slots[i].reads_ready) {
+            self.reads.remove(&read_id);
+        }
         let (_, _, log) = into_parts(node);
         let durable = log.crash(&mut self.rng);
         self.ev("crashed", i as u64 + 1, durable.last_index().0, 0, 0, 0);

@@ -94,6 +94,12 @@ pub struct BrokerConfig {
     /// refused with a clear error, before the disk is actually full (default 0.95;
     /// 1.0 turns the check off).
     pub max_disk_use_ratio: f64,
+    /// Reads of replicated state (metadata, offsets, groups) and "does not exist"
+    /// answers wait for a read index confirmed by a quorum, so they never go back
+    /// in time (default true). `false` answers from the node's own state at once:
+    /// a node that lags or was deposed may then answer stale (kept for measuring
+    /// the cost of the confirmation; not for production).
+    pub linearizable_reads: bool,
 }
 
 impl Default for BrokerConfig {
@@ -122,6 +128,7 @@ impl Default for BrokerConfig {
             retention_check_interval_ms: 10_000,
             retention_follower_grace_ms: 600_000,
             max_disk_use_ratio: 0.95,
+            linearizable_reads: true,
         }
     }
 }
@@ -210,6 +217,8 @@ pub struct FileConfig {
     pub retention_follower_grace_ms: Option<u64>,
     /// See [`BrokerConfig::max_disk_use_ratio`].
     pub max_disk_use_ratio: Option<f64>,
+    /// See [`BrokerConfig::linearizable_reads`].
+    pub linearizable_reads: Option<bool>,
 }
 
 /// Parses `HOST:PORT`; names are resolved with the system resolver (for `localhost`).
@@ -302,7 +311,8 @@ impl BrokerConfig {
             retention_bytes,
             retention_check_interval_ms,
             retention_follower_grace_ms,
-            max_disk_use_ratio
+            max_disk_use_ratio,
+            linearizable_reads
         );
         Ok(())
     }

@@ -62,6 +62,10 @@ struct Args {
     /// Refuse appends above this fraction of the disk in use (default 0.95).
     #[arg(long)]
     max_disk_use_ratio: Option<f64>,
+    /// Answer reads of replicated state from this node's own state, without
+    /// confirming with the leader (stale reads possible; for measurement only).
+    #[arg(long)]
+    local_reads: bool,
     /// Serve Prometheus metrics at http://HOST:PORT/metrics (default: off).
     #[arg(long, value_name = "HOST:PORT")]
     metrics_listen: Option<String>,
@@ -143,6 +147,9 @@ fn build_config(args: &Args) -> anyhow::Result<BrokerConfig> {
     }
     if let Some(ratio) = args.max_disk_use_ratio {
         config.max_disk_use_ratio = ratio;
+    }
+    if args.local_reads {
+        config.linearizable_reads = false;
     }
     if let Some(metrics) = &args.metrics_listen {
         config.metrics_listen = Some(parse_addr(metrics)?);

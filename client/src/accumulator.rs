@@ -54,6 +54,11 @@ pub(crate) struct SealedBatch<A> {
     pub(crate) ack: A,
     /// Attempts made so far.
     pub(crate) attempts: u32,
+    /// The retry budget, started at the first attempt.
+    pub(crate) retry: Option<crate::retry::RetryState>,
+    /// Some failed attempt may have stored the batch (a timeout, a connection lost
+    /// after sending): if it finally fails, its outcome is unknown, not "failed".
+    pub(crate) outcome_unknown: bool,
 }
 
 /// Accumulates the records of one (topic, queue).
@@ -174,6 +179,8 @@ impl<A: Default> Accumulator<A> {
             record_count,
             ack: ack.unwrap_or_default(),
             attempts: 0,
+            retry: None,
+            outcome_unknown: false,
         })
     }
 }

@@ -11,6 +11,7 @@ use raftmq_proto::pb::{self, request, response};
 use raftmq_proto::{frame, ServerError};
 
 use crate::conn::Connection;
+use crate::retry::{names_leader, RetryState};
 use crate::ClientError;
 
 /// Connection and retry settings, shared by everything built on a [`Client`].
@@ -21,10 +22,16 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// Longest wait for a TCP connection. Default 5 s.
     pub connect_timeout: Duration,
-    /// Attempts after the first for a retriable failure. Default 10.
+    /// How long a request (or a produce batch) keeps retrying retriable failures
+    /// (not leader, not ready, connection refused or reset, timeouts, busy) before
+    /// giving up: longer than an election under load or a node restart, so a
+    /// rolling restart of the cluster is invisible. Default 30 s.
+    pub retry_timeout: Duration,
+    /// An extra cap on attempts after the first. Default: none (`u32::MAX`), the
+    /// `retry_timeout` deadline decides.
     pub max_retries: u32,
-    /// First backoff between retries; doubled each time up to `retry_backoff_max`.
-    /// Default 50 ms.
+    /// First backoff between retries; doubled each time up to `retry_backoff_max`,
+    /// each wait drawn from the upper half of its value (jitter). Default 50 ms.
     pub retry_backoff: Duration,
     /// Largest backoff. Default 1 s.
     pub retry_backoff_max: Duration,
@@ -37,7 +44,8 @@ impl Default for ClientConfig {
         ClientConfig {
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
-            max_retries: 10,
+            retry_timeout: Duration::from_secs(30),
+            max_retries: u32::MAX,
             retry_backoff: Duration::from_millis(50),
             retry_backoff_max: Duration::from_secs(1),
             max_frame_bytes: frame::DEFAULT_MAX_FRAME_BYTES,
@@ -115,7 +123,9 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// Connects with the default [`ClientConfig`]: asks the bootstrap brokers
-    /// (host:port) for metadata until one answers.
+    /// (host:port) for metadata until one answers (retrying, within
+    /// [`retry_timeout`](ClientConfig::retry_timeout), while none can: a cluster
+    /// that is starting or electing a leader).
     pub async fn connect(bootstrap: &[impl ToString]) -> Result<Client, ClientError> {
         Self::connect_with(bootstrap, ClientConfig::default()).await
     }
@@ -143,8 +153,21 @@ impl Client {
                 metadata_generation: AtomicU64::new(0),
             }),
         };
-        client.refresh_metadata().await?;
-        Ok(client)
+        let mut retry = RetryState::start();
+        loop {
+            let err = match client.refresh_metadata().await {
+                Ok(_) => return Ok(client),
+                Err(e) => e,
+            };
+            if !err.is_retriable() {
+                return Err(err);
+            }
+            let Some(delay) = retry.next_delay(&client.inner.config, false) else {
+                return Err(err);
+            };
+            tracing::debug!(error = %err, ?delay, "no broker answered yet; retrying");
+            tokio::time::sleep(delay).await;
+        }
     }
 
     /// The configuration.
@@ -180,7 +203,11 @@ impl Client {
     }
 
     /// Asks the known brokers, then the bootstrap list, for metadata (every topic)
-    /// and updates the cache. Fails only when none answers.
+    /// and updates the cache. Brokers answer metadata only from state confirmed
+    /// with the leader (else `NOT_READY`), so the first answer that names a leader
+    /// is taken; a broker that answers without one (or fails) does not stop the
+    /// client from asking the others. Fails only when none answers; when answers
+    /// came but none knows a leader, the last is kept (and the leader stays unknown).
     pub async fn refresh_metadata(&self) -> Result<ClusterMetadata, ClientError> {
         let mut candidates: Vec<String> = Vec::new();
         let (leader, known) = self.cache(|c| {
@@ -196,10 +223,17 @@ impl Client {
         candidates.retain(|a| seen.insert(a.clone()));
 
         let mut last = ClientError::NoBroker("no broker to ask".into());
+        let mut leaderless = None;
         for address in candidates {
             let body = request::Body::Metadata(pb::MetadataRequest::default());
             match self.call_address(&address, body).await {
-                Ok(response::Body::Metadata(m)) => return Ok(self.apply_metadata(m)),
+                Ok(response::Body::Metadata(m)) if m.leader_id != 0 => {
+                    return Ok(self.apply_metadata(m))
+                }
+                Ok(response::Body::Metadata(m)) => {
+                    tracing::debug!(%address, "metadata without a leader; asking the others");
+                    leaderless = Some(m);
+                }
                 Ok(other) => {
                     last = unexpected("metadata", &other);
                 }
@@ -208,6 +242,9 @@ impl Client {
                     last = e;
                 }
             }
+        }
+        if let Some(m) = leaderless {
+            return Ok(self.apply_metadata(m));
         }
         Err(ClientError::NoBroker(format!(
             "no broker answered a metadata request: {last}"
@@ -313,7 +350,12 @@ impl Client {
         let result = self.call_address(&address, body).await;
         if *target == Target::Leader {
             match &result {
-                Err(ClientError::Server(ServerError::NotLeader { leader_address, .. })) => {
+                Err(ClientError::Server(
+                    ServerError::NotLeader { leader_address, .. }
+                    | ServerError::NotReady { leader_address, .. },
+                )) => {
+                    // A broker naming itself (or nobody) sends the client back to
+                    // metadata, which asks every node.
                     let redirect = leader_address.clone().filter(|a| *a != address);
                     self.cache(|c| c.leader_address = redirect);
                 }
@@ -327,16 +369,15 @@ impl Client {
     }
 
     /// Sends `body` to `target`, following `NotLeader` redirects and retrying
-    /// retriable failures with exponential backoff, at most
-    /// [`max_retries`](ClientConfig::max_retries) times. A redirect to a named leader
-    /// is followed at once; other retries wait the backoff first.
+    /// retriable failures with jittered exponential backoff until
+    /// [`retry_timeout`](ClientConfig::retry_timeout) (see `retry.rs`). A redirect
+    /// to a named leader is followed at once; other retries wait the backoff first.
     pub async fn request(
         &self,
         target: Target,
         body: request::Body,
     ) -> Result<response::Body, ClientError> {
-        let max_retries = self.inner.config.max_retries;
-        let mut attempt = 0u32;
+        let mut retry = RetryState::start();
         loop {
             let err = match self.request_once(&target, body.clone()).await {
                 Ok(b) => return Ok(b),
@@ -348,24 +389,17 @@ impl Client {
             if !err.is_retriable() || misdirected {
                 return Err(err);
             }
-            if attempt >= max_retries {
+            let redirected = names_leader(&err) && self.leader_address().is_some();
+            let Some(delay) = retry.next_delay(&self.inner.config, redirected) else {
                 return Err(ClientError::RetriesExhausted {
-                    attempts: attempt + 1,
+                    attempts: retry.failures(),
                     last: Box::new(err),
                 });
+            };
+            tracing::debug!(attempt = retry.failures(), error = %err, ?delay, "retrying request");
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
             }
-            let redirected = matches!(
-                &err,
-                ClientError::Server(ServerError::NotLeader {
-                    leader_address: Some(_),
-                    ..
-                })
-            ) && self.leader_address().is_some();
-            if !redirected {
-                tokio::time::sleep(self.inner.config.backoff(attempt)).await;
-            }
-            tracing::debug!(attempt, error = %err, "retrying request");
-            attempt += 1;
         }
     }
 

@@ -42,6 +42,17 @@ pub enum ClientError {
         /// The last failure.
         last: Box<ClientError>,
     },
+    /// A produce was retried until the budget ran out, and some attempt may have
+    /// stored it (a timeout, or a connection lost after sending): it may be in the
+    /// log. An idempotent producer never stores it twice, but retrying it by hand
+    /// (with a new producer) could.
+    #[error("outcome unknown after {attempts} attempts (it may have been stored): {last}")]
+    OutcomeUnknown {
+        /// Attempts made.
+        attempts: u32,
+        /// The last failure.
+        last: Box<ClientError>,
+    },
     /// The argument is invalid (bad name, queue out of range, message too large...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -83,8 +94,23 @@ impl ClientError {
     pub fn server_error(&self) -> Option<&ServerError> {
         match self {
             ClientError::Server(e) => Some(e),
-            ClientError::RetriesExhausted { last, .. } => last.server_error(),
+            ClientError::RetriesExhausted { last, .. }
+            | ClientError::OutcomeUnknown { last, .. } => last.server_error(),
             _ => None,
+        }
+    }
+
+    /// Whether a request that failed this way may still have taken effect: it was
+    /// sent and no answer says what happened (a timeout, a lost connection, a
+    /// broker timeout, a leader that stepped down before committing).
+    pub fn outcome_unknown(&self) -> bool {
+        match self {
+            ClientError::Timeout(_)
+            | ClientError::ConnectionClosed(_)
+            | ClientError::OutcomeUnknown { .. } => true,
+            ClientError::Server(ServerError::Timeout { .. }) => true,
+            ClientError::RetriesExhausted { last, .. } => last.outcome_unknown(),
+            _ => false,
         }
     }
 }

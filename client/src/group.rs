@@ -377,9 +377,13 @@ impl GroupConsumer {
             group: self.group.clone(),
             member_id: self.member_id.clone(),
         });
-        match self.client.request(Target::Leader, body).await? {
-            response::Body::LeaveGroup(_) => Ok(()),
-            other => Err(unexpected("leave_group", &other)),
+        match self.client.request(Target::Leader, body).await {
+            Ok(response::Body::LeaveGroup(_)) => Ok(()),
+            // A new coordinator (after a leader change) never knew this member, or
+            // its session expired: it is out of the group already.
+            Err(ClientError::Server(ServerError::UnknownMember { .. })) => Ok(()),
+            Ok(other) => Err(unexpected("leave_group", &other)),
+            Err(e) => Err(e),
         }
     }
 }

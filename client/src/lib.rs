@@ -38,6 +38,7 @@ mod error;
 mod group;
 mod partitioner;
 mod producer;
+mod retry;
 
 pub use admin::{Admin, NodeStatus, TopicDescription, TopicRetention};
 pub use client::{Client, ClientConfig, ClusterMetadata, Target};

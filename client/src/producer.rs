@@ -38,7 +38,8 @@ use tokio::sync::{oneshot, Notify};
 use crate::accumulator::{Accumulator, RecordRef, SealedBatch};
 use crate::client::unexpected;
 use crate::partitioner::QueueChooser;
-use crate::{Client, ClientError, Partitioner, Target};
+use crate::retry::{names_leader, RetryState};
+use crate::{Client, ClientConfig, ClientError, Partitioner, Target};
 
 /// A message to produce.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -800,9 +801,13 @@ impl Producer {
             topic: topic.name.clone(),
             queue,
             acks: config.acks.to_pb() as i32,
-            max_retries: config
-                .max_retries
-                .unwrap_or(self.inner.client.config().max_retries),
+            retry_config: {
+                let mut c = self.inner.client.config().clone();
+                if let Some(n) = config.max_retries {
+                    c.max_retries = n;
+                }
+                c
+            },
             window,
             identity: self.inner.identity,
             holes: Vec::new(),
@@ -824,7 +829,8 @@ struct QueueWorker {
     topic: String,
     queue: u32,
     acks: i32,
-    max_retries: u32,
+    /// The client's retry settings, with the producer's own `max_retries`.
+    retry_config: ClientConfig,
     window: usize,
     /// Idempotent producer id and epoch.
     identity: Option<(u64, u16)>,
@@ -934,6 +940,9 @@ impl QueueWorker {
             state.pending_records -= batch.record_count as usize;
             sent = true;
             batch.attempts += 1;
+            if batch.retry.is_none() {
+                batch.retry = Some(RetryState::start());
+            }
             self.renumber(&mut batch);
             let client = self.client.clone();
             let body = request::Body::Produce(pb::ProduceRequest {
@@ -1019,41 +1028,47 @@ impl QueueWorker {
                 }
             }
             Ok(other) => fail(batch, unexpected("produce", &other)),
-            Err(e) if self.retriable(&e) && batch.attempts <= self.max_retries => {
-                tracing::debug!(
-                    topic = %self.topic, queue = self.queue, sequence = batch.base_sequence,
-                    attempt = batch.attempts, error = %e, "produce failed, will retry"
-                );
-                let redirected = matches!(
-                    &e,
-                    ClientError::Server(ServerError::NotLeader {
-                        leader_address: Some(_),
-                        ..
-                    })
-                );
-                if !redirected {
-                    let backoff = self
-                        .client
-                        .config()
-                        .backoff(batch.attempts.saturating_sub(1));
-                    let at = tokio::time::Instant::now() + backoff;
-                    self.retry_at = Some(self.retry_at.map_or(at, |r| r.max(at)));
+            Err(e) if self.retriable(&e) => {
+                let mut batch = batch;
+                batch.outcome_unknown |= e.outcome_unknown();
+                let redirected = names_leader(&e) && self.client.leader_address().is_some();
+                let delay = batch
+                    .retry
+                    .get_or_insert_with(RetryState::start)
+                    .next_delay(&self.retry_config, redirected);
+                match delay {
+                    Some(delay) => {
+                        tracing::debug!(
+                            topic = %self.topic, queue = self.queue, sequence = batch.base_sequence,
+                            attempt = batch.attempts, error = %e, ?delay, "produce failed, will retry"
+                        );
+                        if !delay.is_zero() {
+                            let at = tokio::time::Instant::now() + delay;
+                            self.retry_at = Some(self.retry_at.map_or(at, |r| r.max(at)));
+                        }
+                        self.failed.push(batch);
+                    }
+                    None => {
+                        let attempts = batch.attempts;
+                        let e = if batch.outcome_unknown {
+                            ClientError::OutcomeUnknown {
+                                attempts,
+                                last: Box::new(e),
+                            }
+                        } else {
+                            ClientError::RetriesExhausted {
+                                attempts,
+                                last: Box::new(e),
+                            }
+                        };
+                        fail(batch, e);
+                    }
                 }
-                self.failed.push(batch);
             }
             Err(e) => {
                 if self.identity.is_some() && Self::refused(&e) {
                     self.holes.push((batch.sealed_sequence, batch.record_count));
                 }
-                let attempts = batch.attempts;
-                let e = if self.retriable(&e) {
-                    ClientError::RetriesExhausted {
-                        attempts,
-                        last: Box::new(e),
-                    }
-                } else {
-                    e
-                };
                 fail(batch, e);
             }
         }

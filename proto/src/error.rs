@@ -176,6 +176,15 @@ impl pb::Error {
     pub fn shutting_down() -> Self {
         Self::new(ErrorCode::ShuttingDown, "the broker is shutting down")
     }
+
+    /// The broker cannot answer from up-to-date state yet (retry); `leader_address`
+    /// is the leader when known.
+    pub fn not_ready(detail: impl Into<String>, leader_address: Option<&str>) -> Self {
+        pb::Error {
+            leader_address: leader_address.unwrap_or_default().to_owned(),
+            ..Self::new(ErrorCode::NotReady, detail)
+        }
+    }
 }
 
 impl From<BatchError> for pb::Error {
@@ -317,6 +326,15 @@ pub enum ServerError {
         /// The broker's message.
         message: String,
     },
+    /// The broker cannot answer from up-to-date state yet (no leader known, or the
+    /// read could not be confirmed); retry after a backoff.
+    #[error("broker not ready: {message}")]
+    NotReady {
+        /// The leader's client address, when the broker knows it.
+        leader_address: Option<String>,
+        /// The broker's message.
+        message: String,
+    },
     /// A code this client does not know (a newer broker), or `NONE` with an error.
     #[error("error code {code}: {message}")]
     Unknown {
@@ -339,6 +357,7 @@ impl ServerError {
                 | ServerError::Timeout { .. }
                 | ServerError::ShuttingDown { .. }
                 | ServerError::StorageError { .. }
+                | ServerError::NotReady { .. }
         )
     }
 
@@ -366,6 +385,7 @@ impl ServerError {
             ServerError::UnknownGroup { .. } => ErrorCode::UnknownGroup,
             ServerError::FencedProducer { .. } => ErrorCode::FencedProducer,
             ServerError::ShuttingDown { .. } => ErrorCode::ShuttingDown,
+            ServerError::NotReady { .. } => ErrorCode::NotReady,
             ServerError::Unknown { .. } => ErrorCode::None,
         }
     }
@@ -402,6 +422,10 @@ impl From<pb::Error> for ServerError {
             Ok(ErrorCode::UnknownGroup) => ServerError::UnknownGroup { message },
             Ok(ErrorCode::FencedProducer) => ServerError::FencedProducer { message },
             Ok(ErrorCode::ShuttingDown) => ServerError::ShuttingDown { message },
+            Ok(ErrorCode::NotReady) => ServerError::NotReady {
+                leader_address: (!e.leader_address.is_empty()).then_some(e.leader_address),
+                message,
+            },
             Ok(ErrorCode::None) | Err(_) => ServerError::Unknown {
                 code: e.code,
                 message,
@@ -416,7 +440,7 @@ mod tests {
 
     #[test]
     fn every_code_maps_to_its_own_server_error() {
-        for code in 1..=21 {
+        for code in 1..=22 {
             let code = ErrorCode::try_from(code).expect("known code");
             let server = ServerError::from(pb::Error::new(code, "x"));
             assert_eq!(server.code(), code, "{server}");

@@ -117,6 +117,7 @@ fn every_request() -> Vec<Req> {
                 }],
                 commit_index: 10,
                 heartbeat: false,
+                read_round: 3,
             })),
         }),
     ]

@@ -37,6 +37,7 @@ use crate::transport::PeerTransport;
 
 mod fetch;
 mod observe;
+mod reads;
 mod requests;
 mod snapshots;
 
@@ -145,6 +146,8 @@ pub struct Node {
     /// it is applied the state machine may lag what earlier leaders committed, so
     /// the leader answers "not ready" instead of stale state.
     term_start: LogIndex,
+    /// Requests waiting for a read index or for the state machine to catch up.
+    waiting: reads::WaitingRequests,
     metrics: observe::NodeMetrics,
 }
 
@@ -184,6 +187,7 @@ impl Node {
             groups: Coordinator::new(),
             started: Instant::now(),
             term_start: LogIndex(u64::MAX),
+            waiting: reads::WaitingRequests::default(),
             metrics: observe::NodeMetrics::disabled(),
         }
     }
@@ -228,6 +232,7 @@ impl Node {
                     self.raft.tick();
                     let now = Instant::now();
                     self.expire(now);
+                    self.expire_waiting(now);
                     self.observe(now);
                     self.check_disk_use();
                     self.maybe_run_retention(now);
@@ -298,7 +303,8 @@ impl Node {
     fn process_one_ready(&mut self) {
         let ready = self.raft.ready();
         if let Some((role, term, leader)) = ready.role_change {
-            tracing::info!(role = role_name(role), term = term.0, leader = ?leader.map(|l| l.0), "raft role changed");
+            let leader = leader.map_or_else(|| "none".to_string(), |l| l.0.to_string());
+            tracing::info!(role = role_name(role), term = term.0, %leader, "raft role changed");
             self.snapshots.role_changed();
             self.metrics.role_changed(role, term);
             if role == Role::Leader {
@@ -307,7 +313,9 @@ impl Node {
                 // Members rejoin the new leader; their committed offsets are in the log.
                 self.groups.clear();
                 self.term_start = LogIndex(u64::MAX);
+                self.fail_pending_on_step_down();
             }
+            self.leadership_changed();
         }
         for msg in ready.messages {
             self.send(msg);
@@ -332,6 +340,25 @@ impl Node {
         }
         if let Some((from, to)) = ready.to_apply {
             self.apply(from, to);
+        }
+        self.read_states(ready.read_states);
+        self.release_applied();
+    }
+
+    /// A leader that steps down cannot tell whether its uncommitted proposals will
+    /// commit (a new leader may keep them): it answers them now, as "retry", instead
+    /// of holding them until their timeout. Idempotent producers retry with the same
+    /// sequence, so a batch that did commit is not stored twice.
+    fn fail_pending_on_step_down(&mut self) {
+        let pending = std::mem::take(&mut self.pending);
+        for (_, p) in pending {
+            // TIMEOUT is the code that says "outcome unknown"; the retry finds the
+            // new leader through this node's NOT_LEADER answer.
+            p.reply.error(pb::Error::new(
+                ErrorCode::Timeout,
+                "leadership was lost before the request committed: its outcome is unknown; \
+                 retry (idempotent producers are deduplicated)",
+            ));
         }
     }
 
@@ -658,6 +685,7 @@ impl Node {
                 "broker is shutting down",
             ));
         }
+        self.fail_waiting();
         tracing::info!(
             last_index = self.raft.log().last_index().0,
             "node stopped, log synced"

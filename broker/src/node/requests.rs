@@ -19,25 +19,17 @@ use crate::state_machine::QueueState;
 pub const UNKNOWN_OFFSET: u64 = u64::MAX;
 
 impl Node {
-    pub(super) fn handle_client(&mut self, body: pb::request::Body, reply: Responder) {
+    /// Serves a request from this node's state (see `reads.rs` for what waits first).
+    pub(super) fn serve_client(&mut self, body: pb::request::Body, reply: Responder) {
         use pb::request::Body as B;
-        if self.raft.role() == Role::Leader
-            && !self.leader_ready()
-            && !matches!(body, B::ClusterStatus(_))
-        {
-            let mut e = self.not_leader();
-            e.message = "the new leader is applying earlier entries; retry shortly".into();
-            return reply.error(e);
-        }
-        // Reads of state that moves (offsets, groups) come from the leader: a
-        // follower's state machine may lag what is committed, and a consumer must
-        // never resume from an older committed offset than the group's.
-        if self.raft.role() != Role::Leader
-            && matches!(
-                body,
-                B::OffsetFetch(_) | B::ListOffsets(_) | B::DescribeGroup(_) | B::ListGroups(_)
-            )
-        {
+        // Group membership lives in the leader's coordinator only. With linearizable
+        // reads off, offsets are read from the leader too (a follower's state may lag).
+        let leader_only = match &body {
+            B::DescribeGroup(_) | B::ListGroups(_) => true,
+            B::OffsetFetch(_) | B::ListOffsets(_) => !self.config.linearizable_reads,
+            _ => false,
+        };
+        if leader_only && self.raft.role() != Role::Leader {
             return reply.error(self.not_leader());
         }
         match body {

@@ -241,7 +241,10 @@ pub async fn call_leader(cluster: &Cluster, body: Req, deadline: Duration) -> pb
         if let Ok(mut conn) = Conn::connect_addr(addr).await {
             if let Ok(response) = conn.try_call(body.clone(), Duration::from_secs(5)).await {
                 match code(&response) {
-                    ErrorCode::NotLeader | ErrorCode::Timeout | ErrorCode::ShuttingDown => {}
+                    ErrorCode::NotLeader
+                    | ErrorCode::NotReady
+                    | ErrorCode::Timeout
+                    | ErrorCode::ShuttingDown => {}
                     _ => return response,
                 }
             }

@@ -87,7 +87,10 @@ impl Conn {
         for _ in 0..500 {
             let response = self.call(body.clone()).await;
             match &response.error {
-                Some(e) if e.code == ErrorCode::NotLeader as i32 => {
+                Some(e)
+                    if e.code == ErrorCode::NotLeader as i32
+                        || e.code == ErrorCode::NotReady as i32 =>
+                {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 _ => return response,

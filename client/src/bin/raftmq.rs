@@ -32,8 +32,12 @@ struct Cli {
     )]
     brokers: Vec<String>,
     /// Per-request timeout in milliseconds.
-    #[arg(long, default_value_t = 30_000)]
+    #[arg(long, default_value_t = 30_000, global = true)]
     timeout_ms: u64,
+    /// How long to keep retrying what may succeed later (no leader yet, a broker
+    /// restarting, connection refused), in milliseconds.
+    #[arg(long, default_value_t = 30_000, global = true)]
+    retry_timeout_ms: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -219,8 +223,30 @@ enum AcksArg {
     Quorum,
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+/// Errors end the process with one line on stderr and status 1 (no backtrace, even
+/// with `RUST_BACKTRACE` set: those are for panics).
+fn main() -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("raftmq: error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The context and its causes, joined by ": ".
+            eprintln!("raftmq: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<()> {
     // Like other Unix filters (`raftmq consume ... | head`), end quietly when the
     // reader of stdout goes away instead of panicking on a broken pipe.
     // SAFETY: changes a process-wide signal disposition; no memory is involved.
@@ -237,6 +263,7 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     let config = ClientConfig {
         request_timeout: Duration::from_millis(cli.timeout_ms),
+        retry_timeout: Duration::from_millis(cli.retry_timeout_ms),
         ..ClientConfig::default()
     };
     let client = Client::connect_with(&cli.brokers, config)
@@ -333,17 +360,11 @@ async fn produce(
     const MAX_UNACKED: usize = 100_000;
     let mut acks_pending = std::collections::VecDeque::new();
     let mut sent = 0u64;
-    let mut acked = 0u64;
-    let mut first_error = None;
+    let mut outcomes = Outcomes::default();
     while let Some(line) = rx.recv().await {
         if acks_pending.len() >= MAX_UNACKED {
             if let Some(ack) = acks_pending.pop_front() {
-                match ack.await {
-                    Ok(_) => acked += 1,
-                    Err(e) => {
-                        first_error.get_or_insert(e);
-                    }
-                }
+                outcomes.record(ack.await);
             }
         }
         let mut m = Message::new(topic, line);
@@ -359,19 +380,65 @@ async fn produce(
     reader.await.context("stdin reader")??;
     producer.flush().await;
     for ack in acks_pending {
-        match ack.await {
-            Ok(_) => acked += 1,
+        outcomes.record(ack.await);
+    }
+    producer.close().await;
+    // On stderr: stdout stays for data a user may pipe.
+    eprintln!("{}", outcomes.summary(sent));
+    if let Some(e) = outcomes.first_error {
+        bail!("first error: {e}");
+    }
+    Ok(())
+}
+
+/// What became of the messages of a `produce` run.
+#[derive(Default)]
+struct Outcomes {
+    acked: u64,
+    /// Refused for good, or never stored: safe to send again.
+    failed: u64,
+    /// Gave up without knowing: may be stored (sending again may duplicate).
+    unknown: u64,
+    first_error: Option<raftmq_client::ClientError>,
+}
+
+impl Outcomes {
+    fn record<T>(&mut self, outcome: Result<T, raftmq_client::ClientError>) {
+        match outcome {
+            Ok(_) => self.acked += 1,
             Err(e) => {
-                first_error.get_or_insert(e);
+                if e.outcome_unknown() {
+                    self.unknown += 1;
+                } else {
+                    self.failed += 1;
+                }
+                self.first_error.get_or_insert(e);
             }
         }
     }
-    producer.close().await;
-    println!("{acked} of {sent} messages acknowledged");
-    if let Some(e) = first_error {
-        bail!("{} messages failed, first: {e}", sent - acked);
+
+    fn summary(&self, sent: u64) -> String {
+        let mut line = format!("{} of {} acknowledged", self.acked, plural(sent, "message"));
+        if self.failed > 0 {
+            line += &format!(", {} failed (not stored)", self.failed);
+        }
+        if self.unknown > 0 {
+            line += &format!(
+                ", {} with an unknown outcome (may be stored; sending again may duplicate)",
+                self.unknown
+            );
+        }
+        line
     }
-    Ok(())
+}
+
+/// `1 message`, `2 messages`.
+fn plural(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("{n} {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 async fn consume(

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use raftmq_store::{CommitLog, LogConfig, LogIndex};
 
-use super::workload::{Event, Reads};
+use super::workload::{EndOp, Event, Reads};
 
 /// Per node, per queue: the final drain, `(offset, value)` in offset order.
 pub type Drains = BTreeMap<u64, BTreeMap<u32, Vec<(u64, String)>>>;
@@ -26,6 +26,8 @@ pub struct Report {
     pub refused: usize,
     /// Messages read by consumers during the run.
     pub reads: usize,
+    /// Latest-offset reads checked for linearizability.
+    pub offset_reads: usize,
     /// Acknowledged group offset commits.
     pub commits: usize,
     /// Messages in the final log (all queues).
@@ -45,14 +47,15 @@ impl Report {
     /// One line for the test output.
     pub fn summary(&self) -> String {
         format!(
-            "sends {} acked {} indeterminate {} (stored {}) refused {} reads {} commits {} \
-             stored {} deleted by retention {} anomalies {}",
+            "sends {} acked {} indeterminate {} (stored {}) refused {} reads {} \
+             offset reads {} commits {} stored {} deleted by retention {} anomalies {}",
             self.sends,
             self.acks,
             self.indeterminate,
             self.indeterminate_stored,
             self.refused,
             self.reads,
+            self.offset_reads,
             self.commits,
             self.stored,
             self.deleted,
@@ -83,6 +86,7 @@ pub fn check(
     retention: bool,
 ) -> Report {
     let mut r = Report::default();
+    check_end_reads(&reads.end_ops, &mut r);
     // Per queue, the first offset every node still holds.
     let mut start: BTreeMap<u32, u64> = BTreeMap::new();
     for queues in drains.values() {
@@ -395,5 +399,44 @@ pub fn log_config(segment_bytes: u64, max_batch_bytes: u64) -> LogConfig {
         verify_on_open: true,
         // Reading a stopped node's log never creates a segment.
         max_disk_use_ratio: 1.0,
+    }
+}
+
+/// Linearizable reads of a queue's end: a read of the latest offset must be at
+/// least the end of every write acknowledged, and every read answered, before the
+/// read was sent (real-time order). A node answering from a lagging or deposed
+/// state machine shows up here as a read that went back in time.
+fn check_end_reads(ops: &[EndOp], r: &mut Report) {
+    let mut by_completion: Vec<&EndOp> = ops.iter().collect();
+    by_completion.sort_by_key(|op| op.completed);
+    let mut reads: Vec<&EndOp> = ops.iter().filter(|op| op.read).collect();
+    reads.sort_by_key(|op| op.invoked);
+    r.offset_reads = reads.len();
+    // Per queue: the highest end completed so far, and the operation that set it.
+    let mut floor: BTreeMap<u32, &EndOp> = BTreeMap::new();
+    let mut next = 0;
+    for read in reads {
+        while next < by_completion.len() && by_completion[next].completed < read.invoked {
+            let op = by_completion[next];
+            let best = floor.entry(op.queue).or_insert(op);
+            if op.end > best.end {
+                *best = op;
+            }
+            next += 1;
+        }
+        if let Some(before) = floor.get(&read.queue) {
+            if read.end < before.end {
+                let what = if before.read {
+                    "a read"
+                } else {
+                    "an acknowledged write"
+                };
+                r.anomaly(format!(
+                    "read went back in time: node {} said queue {} ends at {} after {what} \
+                     (answered by node {}) had seen it end at {}",
+                    read.node, read.queue, read.end, before.node, before.end
+                ));
+            }
+        }
     }
 }

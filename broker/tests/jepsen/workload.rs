@@ -36,6 +36,9 @@ pub struct WorkloadConfig {
     pub pause_ms_max: u64,
     /// Bytes of key on every message (padding, to fill a disk quickly).
     pub key_bytes: usize,
+    /// Tasks reading queues' latest offsets from random nodes (the linearizable-read
+    /// check: no read below a write acknowledged, or a read completed, before it).
+    pub offset_readers: u32,
 }
 
 impl Default for WorkloadConfig {
@@ -48,6 +51,7 @@ impl Default for WorkloadConfig {
             batch_messages_max: 4,
             pause_ms_max: 20,
             key_bytes: 0,
+            offset_readers: 2,
         }
     }
 }
@@ -126,9 +130,30 @@ pub struct History {
     reads: Mutex<Reads>,
 }
 
+/// A timed operation on a queue's end offset, for the linearizable-read check: an
+/// acknowledged write (`end` = its last offset + 1) or a read of the latest offset
+/// (`end` = what the broker answered).
+#[derive(Debug, Clone, Copy)]
+pub struct EndOp {
+    /// The queue.
+    pub queue: u32,
+    /// When the request was sent.
+    pub invoked: Instant,
+    /// When its answer came.
+    pub completed: Instant,
+    /// The end offset it wrote or read.
+    pub end: u64,
+    /// A read (else an acknowledged write).
+    pub read: bool,
+    /// The node that answered.
+    pub node: u64,
+}
+
 /// What consumers read.
 #[derive(Debug, Default, Clone)]
 pub struct Reads {
+    /// Latest-offset reads and acknowledged writes with their times (bounded).
+    pub end_ops: Vec<EndOp>,
     /// Messages read (repeats included).
     pub count: u64,
     /// The first value read at each (queue, offset), with the node that served it.
@@ -175,6 +200,14 @@ impl History {
                 }
             }
             Some(_) => {}
+        }
+    }
+
+    /// Records a timed write or latest-offset read (the first million are kept).
+    pub fn record_end_op(&self, op: EndOp) {
+        let mut reads = self.reads.lock().expect("reads lock");
+        if reads.end_ops.len() < 1_000_000 {
+            reads.end_ops.push(op);
         }
     }
 
@@ -231,6 +264,16 @@ impl Workload {
                 history.clone(),
                 config.clone(),
                 rng.fork(u64::from(i)),
+                stop.clone(),
+                hard_deadline,
+            )));
+        }
+        for i in 0..config.offset_readers {
+            tasks.push(tokio::spawn(offset_reader(
+                router.clone(),
+                history.clone(),
+                config.clone(),
+                rng.fork(2000 + u64::from(i)),
                 stop.clone(),
                 hard_deadline,
             )));
@@ -317,10 +360,19 @@ async fn producer(
                 acks: pb::Acks::Quorum as i32,
                 batch: batch.clone(),
             });
-            let (_, result) = router.call_leader_once(body).await;
+            let invoked = Instant::now();
+            let (node, result) = router.call_leader_once(body).await;
             match result {
                 Ok(Resp::Produce(p)) => {
                     assert_eq!(p.count, count, "acknowledged count");
+                    history.record_end_op(EndOp {
+                        queue,
+                        invoked,
+                        completed: Instant::now(),
+                        end: p.base_offset + u64::from(count),
+                        read: false,
+                        node,
+                    });
                     history.push(Event::Ack {
                         producer,
                         queue,
@@ -454,6 +506,45 @@ async fn consumer(
             position[q] = rng.below(position[q] + 1);
         }
         tokio::time::sleep(Duration::from_millis(rng.below(10))).await;
+    }
+}
+
+/// Asks random nodes for random queues' latest offsets, timing each answer.
+async fn offset_reader(
+    router: Arc<Router>,
+    history: Arc<History>,
+    config: WorkloadConfig,
+    mut rng: Rng,
+    stop: Arc<AtomicBool>,
+    hard_deadline: Instant,
+) {
+    let ids = router.ids();
+    while !stop.load(Ordering::Relaxed) && Instant::now() < hard_deadline {
+        let queue = rng.below(u64::from(config.queues)) as u32;
+        let node = *rng.pick(&ids);
+        let body = Req::ListOffsets(pb::ListOffsetsRequest {
+            topic: config.topic.clone(),
+            queue,
+            spec: pb::OffsetSpec::Latest as i32,
+            timestamp_ms: 0,
+        });
+        let invoked = Instant::now();
+        match router.call_node(node, body).await {
+            Ok(Resp::ListOffsets(r)) => history.record_end_op(EndOp {
+                queue,
+                invoked,
+                completed: Instant::now(),
+                end: r.offset,
+                read: true,
+                node,
+            }),
+            Ok(other) => panic!("unexpected answer to ListOffsets: {other:?}"),
+            Err(e) => {
+                history.count_error(&e);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(rng.below(20))).await;
     }
 }
 

@@ -31,7 +31,11 @@ fn broker_binary() -> anyhow::Result<PathBuf> {
 
 impl LocalCluster {
     /// Starts `n` brokers and waits until each listens.
-    pub fn start(n: u64, async_durability: bool) -> anyhow::Result<LocalCluster> {
+    pub fn start(
+        n: u64,
+        async_durability: bool,
+        extra_args: &[String],
+    ) -> anyhow::Result<LocalCluster> {
         let binary = broker_binary()?;
         let dir = tempfile::Builder::new()
             .prefix(".raftmq-bench-")
@@ -61,6 +65,7 @@ impl LocalCluster {
                 ])
                 .arg("--data-dir")
                 .arg(dir.path().join(format!("node{}", i + 1)))
+                .args(extra_args)
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
                 .stderr(log)

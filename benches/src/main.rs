@@ -37,6 +37,17 @@ enum Mode {
     Consume,
     E2e,
     Sync,
+    /// Reads of replicated state, one at a time per reader (`--consumers`
+    /// readers): `ListOffsets` (latest) and `Metadata` in turn, to the node
+    /// `--read-from` names; `--count` requests in all.
+    Reads,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum ReadFrom {
+    Leader,
+    Follower,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -116,6 +127,13 @@ struct Args {
     /// Print one JSON record instead of text.
     #[arg(long)]
     json: bool,
+    /// `--mode reads`: ask the leader or a follower.
+    #[arg(long, value_enum, default_value = "leader")]
+    read_from: ReadFrom,
+    /// Extra flag for every broker of a `--local-cluster` (repeat for several),
+    /// e.g. `--broker-arg=--local-reads`.
+    #[arg(long, allow_hyphen_values = true)]
+    broker_arg: Vec<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -139,7 +157,11 @@ fn main() -> anyhow::Result<()> {
             args.server_pids.clone(),
         ),
         (None, Some(n)) => {
-            let c = cluster::LocalCluster::start(n, args.durability == DurabilityArg::Async)?;
+            let c = cluster::LocalCluster::start(
+                n,
+                args.durability == DurabilityArg::Async,
+                &args.broker_arg,
+            )?;
             let out = (c.addrs(), c.pids());
             cluster = Some(c);
             out
@@ -207,7 +229,7 @@ async fn run(args: Args, bootstrap: Vec<String>, server_pids: Vec<u32>) -> anyho
         };
         produce_phase(&loader, &bootstrap, epoch, None).await?;
     }
-    if args.warmup > 0 && args.mode != Mode::Consume {
+    if args.warmup > 0 && args.mode != Mode::Consume && args.mode != Mode::Reads {
         let warmup = Args {
             count: args.warmup,
             rate: None,
@@ -227,6 +249,7 @@ async fn run(args: Args, bootstrap: Vec<String>, server_pids: Vec<u32>) -> anyho
         Mode::Produce | Mode::Sync => {
             produce_phase(&args, &bootstrap, epoch, Some(progress.clone())).await?
         }
+        Mode::Reads => reads_phase(&args, &client, &progress).await?,
         Mode::Consume => {
             consume_phase(
                 &args, &bootstrap, queues, args.count, epoch, &progress, false,
@@ -334,6 +357,78 @@ async fn produce_phase(
         histogram.add(h)?;
     }
     Ok((total, Some(histogram)))
+}
+
+/// `--mode reads`: each reader sends one read at a time; latency per request (µs).
+async fn reads_phase(
+    args: &Args,
+    client: &Client,
+    progress: &Arc<AtomicU64>,
+) -> anyhow::Result<(u64, Option<Histogram<u64>>)> {
+    use raftmq_client::pb::{self, request, response};
+    use raftmq_client::Target;
+    let status = Admin::new(client).cluster_status().await?;
+    let leader = status
+        .iter()
+        .find(|n| n.status.as_ref().is_ok_and(|s| s.role == "leader"))
+        .map(|n| n.node_id)
+        .context("no leader")?;
+    let node = match args.read_from {
+        ReadFrom::Leader => leader,
+        ReadFrom::Follower => status
+            .iter()
+            .map(|n| n.node_id)
+            .find(|&id| id != leader)
+            .context("no follower")?,
+    };
+    let address = client
+        .metadata()
+        .nodes
+        .get(&node)
+        .cloned()
+        .context("node address")?;
+    let readers = args.consumers.max(1);
+    let per_reader = args.count / u64::from(readers);
+    let mut tasks = Vec::new();
+    for r in 0..readers {
+        let client = client.clone();
+        let topic = args.topic.clone();
+        let address = address.clone();
+        let progress = progress.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut histogram = new_histogram();
+            for i in 0..per_reader {
+                let body = if (i + u64::from(r)) % 2 == 0 {
+                    request::Body::ListOffsets(pb::ListOffsetsRequest {
+                        topic: topic.clone(),
+                        queue: 0,
+                        spec: pb::OffsetSpec::Latest as i32,
+                        timestamp_ms: 0,
+                    })
+                } else {
+                    request::Body::Metadata(pb::MetadataRequest {
+                        topics: vec![topic.clone()],
+                    })
+                };
+                let started = Instant::now();
+                match client
+                    .request(Target::Address(address.clone()), body)
+                    .await?
+                {
+                    response::Body::ListOffsets(_) | response::Body::Metadata(_) => {}
+                    other => bail!("unexpected answer {}", other.api_key()),
+                }
+                histogram.record(started.elapsed().as_micros().max(1) as u64)?;
+                progress.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(histogram)
+        }));
+    }
+    let mut histogram = new_histogram();
+    for t in tasks {
+        histogram.add(t.await??)?;
+    }
+    Ok((per_reader * u64::from(readers), Some(histogram)))
 }
 
 fn new_histogram() -> Histogram<u64> {

@@ -18,6 +18,7 @@ pub mod data_dir_lock;
 pub mod group;
 pub mod hard_state;
 pub mod log_adapter;
+pub mod logging;
 pub mod metrics;
 pub mod node;
 pub mod raft;

@@ -12,9 +12,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use raftmq_broker::config::{parse_addr, parse_peers, BrokerConfig, Durability, FileConfig};
+use raftmq_broker::logging::{self, LogFormat};
 use raftmq_broker::raft::NodeId;
 use raftmq_broker::Broker;
-use tracing_subscriber::EnvFilter;
 
 /// A Raft-replicated message-queue broker.
 #[derive(Debug, Parser)]
@@ -69,8 +69,12 @@ struct Args {
     /// Serve Prometheus metrics at http://HOST:PORT/metrics (default: off).
     #[arg(long, value_name = "HOST:PORT")]
     metrics_listen: Option<String>,
-    /// Log as JSON lines.
-    #[arg(long)]
+    /// Log line format: text (coloured only on a terminal, unless NO_COLOR is set)
+    /// or json (one object per line).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Same as `--log-format json`.
+    #[arg(long, hide = true)]
     log_json: bool,
 }
 
@@ -171,15 +175,11 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if args.log_json {
-        builder.json().init();
+    let log_format = if args.log_json {
+        LogFormat::Json
     } else {
-        builder.init();
-    }
+        args.log_format
+    };
     if let Some(Sub::Dev {
         nodes,
         base_port,
@@ -188,6 +188,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         metrics_base_port,
     }) = &args.command
     {
+        logging::init(log_format, None);
         return run_dev_cluster(
             *nodes,
             *base_port,
@@ -197,6 +198,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let config = build_config(&args).context("invalid configuration")?;
+    logging::init(log_format, Some(config.node_id.0));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

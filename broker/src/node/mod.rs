@@ -304,7 +304,7 @@ impl Node {
         let ready = self.raft.ready();
         if let Some((role, term, leader)) = ready.role_change {
             let leader = leader.map_or_else(|| "none".to_string(), |l| l.0.to_string());
-            tracing::info!(role = role_name(role), term = term.0, %leader, "raft role changed");
+            tracing::info!(role = %role_name(role), term = term.0, %leader, "raft role changed");
             self.snapshots.role_changed();
             self.metrics.role_changed(role, term);
             if role == Role::Leader {

@@ -169,11 +169,15 @@ pub fn recover(
             }
         }
     }
-    tracing::info!(
-        snapshot_index = base.0,
-        snapshots = on_disk.len(),
-        "state machine restored from its snapshot; replaying the log after it"
-    );
+    if on_disk.is_empty() && base.0 == 0 {
+        tracing::info!("no state-machine snapshot yet; replaying the log from the start");
+    } else {
+        tracing::info!(
+            snapshot_index = base.0,
+            snapshots = on_disk.len(),
+            "state machine restored from its snapshot; replaying the log after it"
+        );
+    }
     Ok((store, state, on_disk))
 }
 

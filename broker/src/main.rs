@@ -16,6 +16,8 @@ use raftmq_broker::logging::{self, LogFormat};
 use raftmq_broker::raft::NodeId;
 use raftmq_broker::Broker;
 
+mod dev_cluster;
+
 /// A Raft-replicated message-queue broker.
 #[derive(Debug, Parser)]
 #[command(name = "raftmq-broker", version, about)]
@@ -81,7 +83,8 @@ struct Args {
 #[derive(Debug, clap::Subcommand)]
 enum Sub {
     /// Runs a local cluster of N brokers (child processes of this binary) on
-    /// consecutive loopback ports; Ctrl-C stops all of them cleanly.
+    /// consecutive loopback ports: restarts a node that exits, fails fast if one
+    /// cannot start; Ctrl-C stops all of them cleanly.
     Dev {
         /// How many nodes.
         #[arg(long, default_value_t = 3)]
@@ -98,6 +101,13 @@ enum Sub {
         /// Metrics port of node 1; node N serves http://127.0.0.1:(this + N - 1)/metrics.
         #[arg(long, default_value_t = 9464)]
         metrics_base_port: u16,
+        /// Delete the data dir first (else an earlier run's data is reused).
+        #[arg(long)]
+        clean: bool,
+        /// Segment size of every node (default 64 MiB: an empty 3-node cluster
+        /// preallocates about 200 MiB, not 3 GiB).
+        #[arg(long, default_value_t = 64 << 20)]
+        segment_bytes: u64,
     },
 }
 
@@ -186,16 +196,20 @@ fn run(args: Args) -> anyhow::Result<()> {
         data_dir,
         durability,
         metrics_base_port,
+        clean,
+        segment_bytes,
     }) = &args.command
     {
         logging::init(log_format, None);
-        return run_dev_cluster(
-            *nodes,
-            *base_port,
-            *metrics_base_port,
-            data_dir,
-            *durability,
-        );
+        return dev_cluster::run(dev_cluster::DevOptions {
+            nodes: *nodes,
+            base_port: *base_port,
+            metrics_base_port: *metrics_base_port,
+            data_dir: data_dir.clone(),
+            durability: *durability,
+            clean: *clean,
+            segment_bytes: *segment_bytes,
+        });
     }
     let config = build_config(&args).context("invalid configuration")?;
     logging::init(log_format, Some(config.node_id.0));
@@ -244,78 +258,4 @@ async fn wait_for_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-}
-
-/// `raftmq-broker dev`: N child brokers, stopped together on Ctrl-C or SIGTERM.
-fn run_dev_cluster(
-    nodes: u64,
-    base_port: u16,
-    metrics_base_port: u16,
-    data_dir: &std::path::Path,
-    durability: Durability,
-) -> anyhow::Result<()> {
-    anyhow::ensure!((1..=9).contains(&nodes), "--nodes must be between 1 and 9");
-    anyhow::ensure!(
-        u64::from(base_port) + nodes <= 65_536 && u64::from(metrics_base_port) + nodes <= 65_536,
-        "--base-port and --metrics-base-port leave no room for {nodes} nodes"
-    );
-    let exe = std::env::current_exe().context("cannot find this executable")?;
-    let addrs: Vec<String> = (0..nodes)
-        .map(|i| format!("127.0.0.1:{}", u64::from(base_port) + i))
-        .collect();
-    let peers = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{}={a}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
-    let durability = match durability {
-        Durability::Fsync => "fsync",
-        Durability::Async => "async",
-    };
-    let mut children = Vec::new();
-    for (i, addr) in addrs.iter().enumerate() {
-        let id = i as u64 + 1;
-        let dir = data_dir.join(format!("node{id}"));
-        let metrics = format!("127.0.0.1:{}", u64::from(metrics_base_port) + i as u64);
-        let child = std::process::Command::new(&exe)
-            .args([
-                "--node-id",
-                &id.to_string(),
-                "--listen",
-                addr,
-                "--peers",
-                &peers,
-            ])
-            .args(["--durability", durability])
-            .args(["--metrics-listen", &metrics])
-            .arg("--data-dir")
-            .arg(&dir)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .with_context(|| format!("cannot start node {id}"))?;
-        println!(
-            "node {id}: {addr}  metrics http://{metrics}/metrics  data {}",
-            dir.display()
-        );
-        children.push(child);
-    }
-    println!("brokers: {}", addrs.join(","));
-    println!("Ctrl-C stops the cluster.");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the runtime")?;
-    runtime.block_on(wait_for_signal());
-    for child in &children {
-        // SAFETY: signalling our own child processes.
-        unsafe {
-            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-        }
-    }
-    for mut child in children {
-        let _ = child.wait();
-    }
-    println!("cluster stopped");
-    Ok(())
 }

@@ -12,9 +12,10 @@
 //! - Segments are 64 MiB (`--segment-bytes`), not the 1 GiB default, so an empty
 //!   3-node cluster preallocates about 200 MiB, not 3 GiB.
 
-use std::net::TcpStream;
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -52,6 +53,9 @@ struct Node {
     child: Child,
     started: Instant,
     quick_exits: u32,
+    /// The broker's first stdout line (`... listening on ...`), or nothing if it
+    /// exited first: the proof that *this* process holds its port.
+    listening: mpsc::Receiver<String>,
 }
 
 /// Runs the cluster until Ctrl-C/SIGTERM (`Ok`) or a node that keeps failing (`Err`).
@@ -107,7 +111,7 @@ pub fn run(opts: DevOptions) -> anyhow::Result<()> {
             "--data-dir".into(),
             dir.display().to_string(),
         ];
-        let child = match spawn(&exe, &args) {
+        let (child, listening) = match spawn(&exe, &args) {
             Ok(c) => c,
             Err(e) => {
                 stop_all(&mut running);
@@ -126,6 +130,7 @@ pub fn run(opts: DevOptions) -> anyhow::Result<()> {
             child,
             started: Instant::now(),
             quick_exits: 0,
+            listening,
         });
     }
     if let Err(e) = wait_all_listening(&mut running) {
@@ -174,38 +179,48 @@ fn prepare_data_dir(dir: &Path, clean: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn(exe: &Path, args: &[String]) -> anyhow::Result<Child> {
-    Command::new(exe)
+/// Starts a node; its stdout is read by a thread that hands over the first line (the
+/// broker prints `... listening on ...` once bound) and drops the rest.
+fn spawn(exe: &Path, args: &[String]) -> anyhow::Result<(Child, mpsc::Receiver<String>)> {
+    let mut child = Command::new(exe)
         .args(args)
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .spawn()
-        .context("cannot run the broker binary")
+        .context("cannot run the broker binary")?;
+    let stdout = child.stdout.take().context("the node's stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        if let Some(Ok(first)) = lines.next() {
+            let _ = tx.send(first);
+        }
+        for _ in lines {}
+    });
+    Ok((child, rx))
 }
 
-/// Waits until every node accepts connections; a node that exits first fails it.
+/// Waits until every node says it listens; a node that exits first fails it. (A
+/// probe of the port would be fooled by another process holding it.)
 fn wait_all_listening(nodes: &mut [Node]) -> anyhow::Result<()> {
     let deadline = Instant::now() + LISTEN_TIMEOUT;
     for node in nodes.iter_mut() {
-        loop {
-            if let Some(status) = node.child.try_wait().context("waiting for a node")? {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match node.listening.recv_timeout(left) {
+            Ok(line) if line.contains("listening on") => {}
+            Ok(_) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                // Its stdout closed without the line: it exited (or is exiting).
+                let status = node.child.wait().context("waiting for a node")?;
                 bail!(
                     "node {} exited at start-up ({}); its error is above",
                     node.id,
                     describe(status)
                 );
             }
-            let addr = node.addr.parse().context("node address")?;
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "node {} did not listen on {} within {LISTEN_TIMEOUT:?}",
-                    node.id,
-                    node.addr
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
+            Err(mpsc::RecvTimeoutError::Timeout) => bail!(
+                "node {} did not listen on {} within {LISTEN_TIMEOUT:?}",
+                node.id,
+                node.addr
+            ),
         }
     }
     Ok(())
@@ -243,7 +258,7 @@ async fn watch(exe: &Path, nodes: &mut [Node]) -> anyhow::Result<()> {
                 "node exited; restarting it in 1 s"
             );
             tokio::time::sleep(Duration::from_secs(1)).await;
-            node.child = spawn(exe, &node.args)?;
+            (node.child, node.listening) = spawn(exe, &node.args)?;
             node.started = Instant::now();
             tracing::info!(node = node.id, pid = node.child.id(), "node restarted");
         }

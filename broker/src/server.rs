@@ -45,12 +45,12 @@ const CLUSTER_ID: u64 = 0;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The data directory could not be created.
-    #[error("cannot create data dir {path}: {source}")]
+    #[error("cannot create data dir {path}: {error}")]
     DataDir {
         /// The directory.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Another broker holds the data directory, or its lock file is unusable.
     #[error(transparent)]
@@ -68,20 +68,20 @@ pub enum StartError {
     #[error("invalid raft configuration: {0}")]
     Raft(String),
     /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {error}")]
     Bind {
         /// The address.
         addr: SocketAddr,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The metrics address could not be bound.
-    #[error("cannot serve metrics on {addr}: {source}")]
+    #[error("cannot serve metrics on {addr}: {error}")]
     MetricsBind {
         /// The address.
         addr: SocketAddr,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -105,17 +105,17 @@ impl Broker {
         let listener =
             TcpListener::bind(config.listen)
                 .await
-                .map_err(|source| StartError::Bind {
+                .map_err(|error| StartError::Bind {
                     addr: config.listen,
-                    source,
+                    error,
                 })?;
-        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        let local_addr = listener.local_addr().map_err(|error| StartError::Bind {
             addr: config.listen,
-            source,
+            error,
         })?;
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+        std::fs::create_dir_all(&config.data_dir).map_err(|error| StartError::DataDir {
             path: config.data_dir.clone(),
-            source,
+            error,
         })?;
         // Before anything in the directory is read or written.
         let data_dir_lock = DataDirLock::acquire(&config.data_dir)?;
@@ -128,10 +128,10 @@ impl Broker {
             Some(addr) => {
                 let listener = metrics::http::bind(addr)
                     .await
-                    .map_err(|source| StartError::MetricsBind { addr, source })?;
+                    .map_err(|error| StartError::MetricsBind { addr, error })?;
                 let bound = listener
                     .local_addr()
-                    .map_err(|source| StartError::MetricsBind { addr, source })?;
+                    .map_err(|error| StartError::MetricsBind { addr, error })?;
                 Some((listener, bound))
             }
             None => None,

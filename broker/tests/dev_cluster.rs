@@ -87,6 +87,11 @@ fn given_a_busy_port_dev_stops_the_cluster_and_exits_non_zero() {
     assert!(!status.success(), "dev exited 0; stderr:\n{stderr}");
     assert!(stderr.contains("node 2 exited at start-up"), "{stderr}");
     assert!(stderr.contains("cannot listen on"), "{stderr}");
+    assert_eq!(
+        stderr.matches("(os error 98)").count(),
+        1,
+        "the OS error is named once: {stderr}"
+    );
     // The other nodes were stopped too.
     std::thread::sleep(Duration::from_millis(200));
     assert!(

@@ -23,6 +23,8 @@ pub struct TopicDescription {
     pub name: String,
     /// Per queue, in order: `(first offset stored, log end)`.
     pub queues: Vec<(u64, u64)>,
+    /// The topic's own retention (zeros: none; the broker's applies too).
+    pub retention: TopicRetention,
 }
 
 /// One node's answer to a status request.
@@ -117,12 +119,18 @@ impl Admin {
         let body = request::Body::Metadata(pb::MetadataRequest {
             topics: vec![name.to_owned()],
         });
-        let queues = match self.client.request(Target::Leader, body).await? {
+        let (queues, retention) = match self.client.request(Target::Leader, body).await? {
             response::Body::Metadata(m) => m
                 .topics
                 .into_iter()
                 .find(|t| t.name == name)
-                .map(|t| t.queues)
+                .map(|t| {
+                    let retention = TopicRetention {
+                        ms: t.retention_ms,
+                        bytes: t.retention_bytes,
+                    };
+                    (t.queues, retention)
+                })
                 .ok_or_else(|| {
                     ClientError::Server(raftmq_proto::ServerError::UnknownTopic {
                         message: format!("unknown topic {name:?}"),
@@ -139,6 +147,7 @@ impl Admin {
         Ok(TopicDescription {
             name: name.to_owned(),
             queues: ranges,
+            retention,
         })
     }
 

@@ -51,7 +51,7 @@ async fn topic_produce_consume_and_status_commands_work_end_to_end() {
 
     let (ok, out, _) = raftmq(&address, &["topic", "list"], "").await;
     assert!(ok);
-    assert_eq!(out.trim(), "logs\t2");
+    assert_eq!(out.trim(), "topic\tqueues\nlogs\t2");
 
     let lines: String = (0..50).map(|i| format!("line {i}\n")).collect();
     let (ok, out, err) = raftmq(&address, &["produce", "logs", "--queue", "1"], &lines).await;
@@ -84,6 +84,70 @@ async fn topic_produce_consume_and_status_commands_work_end_to_end() {
     let (ok, _, err) = raftmq(&address, &["topic", "create", "logs"], "").await;
     assert!(!ok, "creating an existing topic fails");
     assert!(err.contains("topic exists"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one error line: {err}");
+    assert!(err.starts_with("raftmq: error: "), "{err}");
+
+    let args = ["topic", "create", "logs", "--if-not-exists"];
+    let (ok, _, err) = raftmq(&address, &args, "").await;
+    assert!(ok, "--if-not-exists accepts an existing topic: {err}");
+}
+
+#[tokio::test]
+async fn produce_takes_any_bytes_and_consume_never_rewinds() {
+    let cluster = FakeCluster::start(1).await;
+    cluster.create_topic("bin", 1);
+    let address = cluster.address(0);
+    // Not UTF-8, separated by NUL: every message goes through as bytes.
+    let input = "caf\u{e9}\0second\0third";
+    let mut raw = input.as_bytes().to_vec();
+    raw[3] = 0xff; // an invalid UTF-8 byte
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_raftmq"))
+        .args([
+            "--brokers",
+            &address,
+            "produce",
+            "bin",
+            "--delimiter",
+            "\\0",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&raw).await.unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(err.trim(), "3 of 3 messages acknowledged");
+
+    // -e: exit once at the end; -N: the last N.
+    let (ok, out, err) = raftmq(&address, &["consume", "bin", "-o", "-2", "-e"], "").await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "second\nthird\n");
+    let (ok, out, err) = raftmq(&address, &["consume", "bin", "-e"], "").await;
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 3);
+
+    // Past the end: refused, never rewound to offset 0.
+    let (ok, out, err) = raftmq(&address, &["consume", "bin", "--from", "99"], "").await;
+    assert!(!ok);
+    assert_eq!(out, "");
+    assert!(
+        err.contains("offset 99 is past the end of bin/0 (3)"),
+        "{err}"
+    );
+
+    // A misspelled group is not created by a reset.
+    let args = [
+        "group", "reset", "nosuch", "--topic", "bin", "--to", "earliest",
+    ];
+    let (ok, _, err) = raftmq(&address, &args, "").await;
+    assert!(!ok);
+    assert!(err.contains("does not exist"), "{err}");
 }
 
 #[tokio::test]
@@ -103,5 +167,47 @@ async fn consume_as_a_group_commits_only_what_it_printed() {
     assert_eq!(
         out, "m4\nm5\nm6\nm7\n",
         "the second run resumes after the first"
+    );
+}
+
+#[tokio::test]
+async fn a_group_consumer_stopped_by_ctrl_c_commits_leaves_and_exits_zero() {
+    use tokio::io::AsyncBufReadExt;
+    let cluster = FakeCluster::start(1).await;
+    cluster.create_topic("logs", 1);
+    let address = cluster.address(0);
+    let lines: String = (0..10).map(|i| format!("m{i}\n")).collect();
+    let (ok, _, err) = raftmq(&address, &["produce", "logs"], &lines).await;
+    assert!(ok, "{err}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_raftmq"))
+        .args(["--brokers", &address, "consume", "logs", "--group", "g"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    for i in 0..10 {
+        let line = tokio::time::timeout(Duration::from_secs(10), out.next_line())
+            .await
+            .expect("a line in time")
+            .unwrap();
+        assert_eq!(line.as_deref(), Some(format!("m{i}").as_str()));
+    }
+    // SAFETY: signalling a child process this test started.
+    unsafe {
+        libc::kill(child.id().unwrap() as libc::pid_t, libc::SIGINT);
+    }
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits after Ctrl-C")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let (ok, out, err) = raftmq(&address, &["group", "describe", "g"], "").await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("logs\t0\t10\t"),
+        "the printed messages are committed: {out}"
     );
 }

@@ -136,6 +136,8 @@ fn every_response() -> Vec<Resp> {
             nodes: vec![node(1), node(2), node(3)],
             leader_id: 2,
             topics: vec![pb::TopicInfo {
+                retention_ms: 60_000,
+                retention_bytes: 1 << 20,
                 name: "orders".into(),
                 queues: 4,
             }],

@@ -457,6 +457,8 @@ impl Node {
             .map(|t| pb::TopicInfo {
                 name: t.name.clone(),
                 queues: t.queues.len() as u32,
+                retention_ms: t.retention.ms,
+                retention_bytes: t.retention.bytes,
             })
             .collect();
         pb::MetadataResponse {

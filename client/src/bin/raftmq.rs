@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use raftmq_client::{
     Acks, Admin, Client, ClientConfig, ConsumedMessage, Consumer, ConsumerConfig, GroupConfig,
-    GroupConsumer, Message, OffsetReset, Producer, SeekTo,
+    GroupConsumer, Message, OffsetReset, Producer, SeekTo, ServerError,
 };
 
 #[derive(Parser)]
@@ -28,9 +28,13 @@ struct Cli {
         long,
         env = "RAFTMQ_BROKERS",
         default_value = "127.0.0.1:7070",
-        value_delimiter = ','
+        value_delimiter = ',',
+        global = true
     )]
     brokers: Vec<String>,
+    /// No summaries or notes on stderr (errors are still printed).
+    #[arg(short, long, global = true)]
+    quiet: bool,
     /// Per-request timeout in milliseconds.
     #[arg(long, default_value_t = 30_000, global = true)]
     timeout_ms: u64,
@@ -62,6 +66,10 @@ enum Command {
         /// Acknowledgement level.
         #[arg(long, value_enum, default_value_t = AcksArg::Quorum)]
         acks: AcksArg,
+        /// The byte that ends each message in the input (default a newline; `\0`
+        /// for NUL-separated input). Input is bytes: any value, UTF-8 or not.
+        #[arg(long, short = 'D', default_value = "\\n", value_parser = parse_delimiter)]
+        delimiter: u8,
     },
     /// Print message values, one per line.
     Consume {
@@ -70,9 +78,22 @@ enum Command {
         /// Read only this queue (default: all).
         #[arg(long)]
         queue: Option<u32>,
-        /// Where to start: earliest, latest or an offset.
-        #[arg(long, default_value = "earliest")]
+        /// Where to start: earliest, latest, an offset, -N (N before the end of
+        /// each queue), @MILLISECONDS since the epoch or an RFC 3339 UTC time.
+        /// An offset past the end of a queue is refused, never rewound.
+        #[arg(
+            long,
+            short = 'o',
+            default_value = "earliest",
+            allow_hyphen_values = true
+        )]
         from: String,
+        /// Exit once every queue read is at the end it had when the command started.
+        #[arg(long, short = 'e')]
+        exit_at_end: bool,
+        /// With --group: where a queue the group never committed starts.
+        #[arg(long, value_enum, default_value = "earliest")]
+        auto_offset_reset: ResetArg,
         /// Exit after this many messages (default: run until interrupted).
         #[arg(long)]
         count: Option<u64>,
@@ -81,8 +102,9 @@ enum Command {
         verbose: bool,
         /// Consume as a member of this group (queues assigned by the group, offsets
         /// committed; `--queue` and `--from` then do not apply: a group starts at
-        /// its committed offsets, else at the earliest).
-        #[arg(long, conflicts_with_all = ["queue", "from"])]
+        /// its committed offsets, else at `--auto-offset-reset`). Ctrl-C or SIGTERM
+        /// commits what was printed, leaves the group and exits 0.
+        #[arg(long, conflicts_with_all = ["queue", "from", "exit_at_end"])]
         group: Option<String>,
     },
     /// Consumer groups.
@@ -113,6 +135,9 @@ enum TopicCommand {
         /// Delete the oldest messages of each queue beyond this many bytes.
         #[arg(long, default_value_t = 0)]
         retention_bytes: u64,
+        /// Succeed (and change nothing) if the topic exists already.
+        #[arg(long)]
+        if_not_exists: bool,
     },
     /// List topics.
     List,
@@ -149,6 +174,9 @@ enum GroupCommand {
         /// (2026-11-25T20:00:00Z) or @MILLISECONDS since the Unix epoch.
         #[arg(long)]
         to: String,
+        /// Create the group if it does not exist (else a misspelled name is refused).
+        #[arg(long)]
+        create: bool,
     },
 }
 
@@ -218,6 +246,23 @@ enum ClusterCommand {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum ResetArg {
+    Earliest,
+    Latest,
+}
+
+/// `--delimiter`: one byte, or the escapes `\n`, `\0`, `\t`.
+fn parse_delimiter(s: &str) -> std::result::Result<u8, String> {
+    match s {
+        "\\n" => Ok(b'\n'),
+        "\\0" => Ok(0),
+        "\\t" => Ok(b'\t'),
+        _ if s.len() == 1 => Ok(s.as_bytes()[0]),
+        _ => Err(format!("{s:?} is not one byte (or \\n, \\0, \\t)")),
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum AcksArg {
     Leader,
     Quorum,
@@ -238,6 +283,10 @@ fn main() -> std::process::ExitCode {
     };
     match runtime.block_on(run()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // Like other Unix filters (`raftmq consume ... | head`), end quietly when the
+        // reader of stdout goes away. (SIGPIPE stays ignored, as Rust sets it: a
+        // default disposition would also kill the process on a socket write.)
+        Err(e) if is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // The context and its causes, joined by ": ".
             eprintln!("raftmq: error: {e:#}");
@@ -246,13 +295,15 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 async fn run() -> Result<()> {
-    // Like other Unix filters (`raftmq consume ... | head`), end quietly when the
-    // reader of stdout goes away instead of panicking on a broken pipe.
-    // SAFETY: changes a process-wide signal disposition; no memory is involved.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -269,35 +320,40 @@ async fn run() -> Result<()> {
     let client = Client::connect_with(&cli.brokers, config)
         .await
         .with_context(|| format!("connecting to {}", cli.brokers.join(",")))?;
+    let quiet = cli.quiet;
     match cli.command {
-        Command::Topic { command } => topic(&client, command).await,
+        Command::Topic { command } => topic(&client, command, quiet).await,
         Command::Produce {
             topic,
             key,
             queue,
             acks,
-        } => produce(&client, &topic, key, queue, acks).await,
+            delimiter,
+        } => produce(&client, &topic, key, queue, acks, delimiter, quiet).await,
         Command::Consume {
             topic,
             count,
             verbose,
             group: Some(group),
+            auto_offset_reset,
             ..
-        } => consume_group(&client, &topic, &group, count, verbose).await,
+        } => consume_group(&client, &topic, &group, count, verbose, auto_offset_reset).await,
         Command::Consume {
             topic,
             queue,
             from,
             count,
             verbose,
+            exit_at_end,
             group: None,
-        } => consume(&client, &topic, queue, &from, count, verbose).await,
+            ..
+        } => consume(&client, &topic, queue, &from, count, verbose, exit_at_end).await,
         Command::Group { command } => group(&client, command).await,
         Command::Cluster { command } => cluster(&client, command).await,
     }
 }
 
-async fn topic(client: &Client, command: TopicCommand) -> Result<()> {
+async fn topic(client: &Client, command: TopicCommand, quiet: bool) -> Result<()> {
     let admin = Admin::new(client);
     match command {
         TopicCommand::Create {
@@ -305,22 +361,50 @@ async fn topic(client: &Client, command: TopicCommand) -> Result<()> {
             queues,
             retention_ms,
             retention_bytes,
+            if_not_exists,
         } => {
             let retention = raftmq_client::TopicRetention {
                 ms: retention_ms,
                 bytes: retention_bytes,
             };
-            admin.create_topic_with(&name, queues, retention).await?;
-            println!("created topic {name} with {queues} queues");
+            match admin.create_topic_with(&name, queues, retention).await {
+                Ok(()) => println!(
+                    "created topic {name} with {}",
+                    plural(queues.into(), "queue")
+                ),
+                Err(e)
+                    if if_not_exists
+                        && matches!(e.server_error(), Some(ServerError::TopicExists { .. })) =>
+                {
+                    if !quiet {
+                        eprintln!("topic {name} exists already (--if-not-exists)");
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         TopicCommand::List => {
+            println!("topic\tqueues");
             for t in admin.list_topics().await? {
                 println!("{}\t{}", t.name, t.queues);
             }
         }
         TopicCommand::Describe { name } => {
             let d = admin.describe_topic(&name).await?;
-            println!("topic {} queues {}", d.name, d.queues.len());
+            let limit = |v: u64, unit: &str| {
+                if v == 0 {
+                    "broker default".to_string()
+                } else {
+                    format!("{v} {unit}")
+                }
+            };
+            println!(
+                "topic {} queues {} retention {} / {}",
+                d.name,
+                d.queues.len(),
+                limit(d.retention.ms, "ms"),
+                limit(d.retention.bytes, "bytes")
+            );
             println!("queue\tlog_start\tlog_end\tmessages");
             for (q, (start, end)) in d.queues.iter().enumerate() {
                 println!("{q}\t{start}\t{end}\t{}", end.saturating_sub(*start));
@@ -340,21 +424,31 @@ async fn produce(
     key: Option<String>,
     queue: Option<u32>,
     acks: AcksArg,
+    delimiter: u8,
+    quiet: bool,
 ) -> Result<()> {
     let acks = match acks {
         AcksArg::Leader => Acks::Leader,
         AcksArg::Quorum => Acks::Quorum,
     };
     let producer = Producer::builder(client).acks(acks).build().await?;
-    // Read stdin on a blocking thread; hand lines over a bounded channel.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(1024);
+    // Read stdin on a blocking thread, as bytes (any value, UTF-8 or not), one
+    // message per delimiter; hand them over a bounded channel.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1024);
     let reader = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        for line in std::io::stdin().lock().lines() {
-            if tx.blocking_send(line?).is_err() {
-                break;
+        let mut input = std::io::stdin().lock();
+        loop {
+            let mut message = Vec::new();
+            if input.read_until(delimiter, &mut message)? == 0 {
+                return Ok(());
+            }
+            if message.last() == Some(&delimiter) {
+                message.pop();
+            }
+            if tx.blocking_send(message).is_err() {
+                return Ok(());
             }
         }
-        Ok(())
     });
     // Bounded: past this many unacknowledged messages, wait for the oldest.
     const MAX_UNACKED: usize = 100_000;
@@ -377,14 +471,18 @@ async fn produce(
         acks_pending.push_back(producer.send(m).await?);
         sent += 1;
     }
-    reader.await.context("stdin reader")??;
+    let read_result = reader.await.context("stdin reader")?;
     producer.flush().await;
     for ack in acks_pending {
         outcomes.record(ack.await);
     }
     producer.close().await;
     // On stderr: stdout stays for data a user may pipe.
-    eprintln!("{}", outcomes.summary(sent));
+    if !quiet || outcomes.acked < sent {
+        eprintln!("{}", outcomes.summary(sent));
+    }
+    // Reading stopped early (an I/O error): what was sent is accounted for above.
+    read_result.with_context(|| format!("reading standard input after {sent} messages"))?;
     if let Some(e) = outcomes.first_error {
         bail!("first error: {e}");
     }
@@ -441,6 +539,27 @@ fn plural(n: u64, noun: &str) -> String {
     }
 }
 
+/// Where `consume --from` starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum From {
+    Seek(SeekTo),
+    /// N messages before the end of each queue.
+    BeforeEnd(u64),
+}
+
+/// Parses `--from`: earliest, latest, OFFSET, -N, @MILLISECONDS or RFC 3339 UTC.
+fn parse_from(from: &str) -> Result<From> {
+    if let Some(n) = from.strip_prefix('-') {
+        let n = n
+            .parse()
+            .with_context(|| format!("--from {from:?}: -N takes a number of messages"))?;
+        return Ok(From::BeforeEnd(n));
+    }
+    parse_reset_target(from)
+        .map(From::Seek)
+        .with_context(|| format!("--from {from:?}"))
+}
+
 async fn consume(
     client: &Client,
     topic: &str,
@@ -448,28 +567,47 @@ async fn consume(
     from: &str,
     count: Option<u64>,
     verbose: bool,
+    exit_at_end: bool,
 ) -> Result<()> {
-    let seek = match from {
-        "earliest" => SeekTo::Earliest,
-        "latest" => SeekTo::Latest,
-        n => SeekTo::Offset(
-            n.parse()
-                .with_context(|| format!("--from {n:?}: not earliest, latest or an offset"))?,
-        ),
-    };
+    let from = parse_from(from)?;
     let config = ConsumerConfig {
-        reset: OffsetReset::Earliest,
+        // Never rewound: a position the broker says is out of range is an error.
+        reset: OffsetReset::Error,
         ..ConsumerConfig::default()
     };
     let mut consumer = Consumer::with_config(client, config);
     let queues: Vec<u32> = queue.into_iter().collect();
     consumer.assign(topic, &queues).await?;
     let assigned: Vec<u32> = consumer.positions().keys().copied().collect();
+    let mut ends = std::collections::BTreeMap::new();
     for q in assigned {
-        consumer.seek(q, seek).await?;
+        let start = consumer.seek(q, SeekTo::Earliest).await?;
+        let end = consumer.seek(q, SeekTo::Latest).await?;
+        ends.insert(q, end);
+        let target = match from {
+            From::BeforeEnd(n) => SeekTo::Offset(end.saturating_sub(n).max(start)),
+            From::Seek(SeekTo::Offset(o)) if o > end => bail!(
+                "offset {o} is past the end of {topic}/{q} ({end}); \
+                 use --from latest to wait for new messages"
+            ),
+            From::Seek(SeekTo::Offset(o)) if o < start => bail!(
+                "offset {o} of {topic}/{q} was deleted by retention; the queue starts at {start}"
+            ),
+            From::Seek(seek) => seek,
+        };
+        consumer.seek(q, target).await?;
     }
+    let at_end = |consumer: &Consumer| {
+        consumer
+            .positions()
+            .iter()
+            .all(|(q, p)| p.unwrap_or(0) >= ends.get(q).copied().unwrap_or(0))
+    };
     let mut printed = 0u64;
     while count.is_none_or(|c| printed < c) {
+        if exit_at_end && at_end(&consumer) {
+            break;
+        }
         let messages = consumer.poll().await?;
         print_messages(messages, count, &mut printed, verbose)?;
     }
@@ -482,11 +620,22 @@ async fn consume_group(
     group: &str,
     count: Option<u64>,
     verbose: bool,
+    reset: ResetArg,
 ) -> Result<()> {
-    let mut member = GroupConsumer::join(client, group, topic, GroupConfig::default()).await?;
+    let mut config = GroupConfig::default();
+    config.consumer.reset = match reset {
+        ResetArg::Earliest => OffsetReset::Earliest,
+        ResetArg::Latest => OffsetReset::Latest,
+    };
+    let mut member = GroupConsumer::join(client, group, topic, config).await?;
     let mut printed = 0u64;
+    let mut stop = std::pin::pin!(stop_signal());
     while count.is_none_or(|c| printed < c) {
-        let messages = member.poll().await?;
+        let messages = tokio::select! {
+            // Ctrl-C or SIGTERM: commit what was printed, leave, exit 0.
+            _ = &mut stop => break,
+            m = member.poll() => m?,
+        };
         let unprinted = print_messages(messages, count, &mut printed, verbose)?;
         // Commit only what was printed: move each queue back to its first message
         // not printed (messages of a queue come in offset order).
@@ -497,8 +646,22 @@ async fn consume_group(
             }
         }
     }
+    // Leaving commits what was printed (auto-commit) and hands the queues over now.
     member.leave().await?;
     Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }
 
 /// Prints values (one per line) up to `count` in all; returns the messages left
@@ -570,8 +733,24 @@ async fn group(client: &Client, command: GroupCommand) -> Result<()> {
                 );
             }
         }
-        GroupCommand::Reset { group, topic, to } => {
+        GroupCommand::Reset {
+            group,
+            topic,
+            to,
+            create,
+        } => {
             let target = parse_reset_target(&to)?;
+            if !create {
+                match admin.describe_group(&group).await {
+                    Ok(_) => {}
+                    Err(e)
+                        if matches!(e.server_error(), Some(ServerError::UnknownGroup { .. })) =>
+                    {
+                        bail!("group {group:?} does not exist (check the name; --create makes it)")
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
             let offsets = admin.reset_group_offsets(&group, &topic, target).await?;
             println!("topic\tqueue\toffset");
             for o in offsets {

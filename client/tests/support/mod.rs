@@ -294,6 +294,8 @@ fn metadata(state: &State) -> pb::MetadataResponse {
             .topics
             .iter()
             .map(|(name, &queues)| pb::TopicInfo {
+                retention_ms: 0,
+                retention_bytes: 0,
                 name: name.clone(),
                 queues,
             })
@@ -402,6 +404,26 @@ fn handle(index: usize, state: &Mutex<State>, id: u64, body: Req) -> Option<pb::
             }
             ok(Resp::OffsetCommit(pb::OffsetCommitResponse {}))
         }
+        Req::DescribeGroup(d) => match s.groups.get(&d.group) {
+            None => err(pb::Error::unknown_group(&d.group)),
+            Some(g) => ok(Resp::DescribeGroup(pb::DescribeGroupResponse {
+                group: d.group.clone(),
+                generation: 0,
+                members: Vec::new(),
+                queues: g
+                    .offsets
+                    .iter()
+                    .map(|((topic, queue), &offset)| pb::GroupQueueLag {
+                        topic: topic.clone(),
+                        queue: *queue,
+                        has_committed: true,
+                        committed: offset,
+                        log_end: offset,
+                        lag: 0,
+                    })
+                    .collect(),
+            })),
+        },
         Req::OffsetFetch(f) => {
             let offsets = s
                 .groups

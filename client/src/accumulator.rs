@@ -101,8 +101,10 @@ impl<A: Default> Accumulator<A> {
     /// Adds a record of `record_bytes` (its [`RecordRef::encoded_bytes`]) and
     /// returns its index in the open batch; when the open batch has no room for it,
     /// that batch is sealed first and returned too. `now` is read only when the
-    /// record opens a batch (it starts the linger). The caller checked
-    /// [`fits_alone`](Accumulator::fits_alone).
+    /// record opens a batch (it starts the linger). A record too large for a batch of
+    /// `max_batch_bytes` gets a batch of its own, sized to fit it (the batch is
+    /// then full: [`is_full`](Accumulator::is_full) says so and nothing joins it);
+    /// the caller checked it against the largest message it allows.
     pub(crate) fn push(
         &mut self,
         record: &RecordRef<'_>,
@@ -135,7 +137,10 @@ impl<A: Default> Accumulator<A> {
             self.builder
                 .push(record.key, record.value, &headers, record.timestamp_ms);
         }
-        debug_assert!(self.builder.len_bytes() <= self.max_batch_bytes);
+        debug_assert!(
+            self.builder.len_bytes() <= self.max_batch_bytes || self.builder.record_count() == 1,
+            "only a record alone may make a batch larger than the limit"
+        );
         (sealed, index)
     }
 
@@ -230,6 +235,26 @@ mod tests {
 
     fn push(acc: &mut Accumulator<()>, r: &RecordRef<'_>, now: Instant) -> Option<SealedBatch<()>> {
         acc.push(r, r.encoded_bytes(), || now).0
+    }
+
+    #[test]
+    fn a_record_larger_than_a_batch_goes_alone_in_a_batch_of_its_size() {
+        let mut acc: Accumulator<()> = Accumulator::new(1024, Duration::from_secs(60), None);
+        let now = Instant::now();
+        assert!(push(&mut acc, &rec(&[1; 100]), now).is_none());
+        let big = vec![7u8; 5000];
+        let first = push(&mut acc, &rec(&big), now).expect("the open batch is sealed first");
+        assert_eq!(first.record_count, 1);
+        assert!(acc.is_full(), "nothing may join the oversized batch");
+        let alone = acc.seal().expect("the big record's batch");
+        assert_eq!(alone.record_count, 1);
+        let header = batch::validate(&alone.bytes).expect("valid");
+        assert_eq!(header.record_count, 1);
+        let r = batch::records(&alone.bytes).next().unwrap().unwrap();
+        assert_eq!(r.value, &big[..]);
+        // The next small record opens a normal batch again.
+        assert!(push(&mut acc, &rec(&[2; 100]), now).is_none());
+        assert!(!acc.is_full());
     }
 
     #[test]

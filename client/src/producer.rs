@@ -137,8 +137,13 @@ pub struct ProducerConfig {
     /// because a batch stays open while earlier ones wait for the in-flight window.
     pub linger: Duration,
     /// Largest batch, header included. Default 256 KiB. A single message larger than
-    /// this is refused.
+    /// this is sent in a batch of its own (up to `max_message_bytes`).
     pub max_batch_bytes: usize,
+    /// Largest single message (key, value and headers encoded), refused before it is
+    /// sent when larger. Default 8 MiB less 1 KiB, what a broker accepts by default
+    /// (its `max_batch_bytes`, 8 MiB, holds the batch header too); a broker with a
+    /// lower limit answers `MESSAGE_TOO_LARGE`.
+    pub max_message_bytes: usize,
     /// Produce requests in flight per queue. Default 5 (as Kafka's idempotent
     /// producer); 1 gives strict order even without idempotence.
     pub max_in_flight_per_queue: usize,
@@ -162,6 +167,7 @@ impl Default for ProducerConfig {
         ProducerConfig {
             linger: Duration::from_millis(1),
             max_batch_bytes: 256 * 1024,
+            max_message_bytes: (8 << 20) - 1024,
             max_in_flight_per_queue: 5,
             queue_buffer_messages: 8192,
             acks: Acks::Quorum,
@@ -185,6 +191,12 @@ impl ProducerBuilder {
         self.config.linger = linger;
         self
     }
+    /// Sets [`ProducerConfig::max_message_bytes`].
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_message_bytes = bytes;
+        self
+    }
+
     /// Sets [`ProducerConfig::max_batch_bytes`].
     pub fn max_batch_bytes(mut self, bytes: usize) -> Self {
         self.config.max_batch_bytes = bytes;
@@ -579,10 +591,12 @@ impl Producer {
             timestamp_ms: 0,
         }
         .encoded_bytes();
-        if !Accumulator::<Acker>::fits_alone(self.inner.config.max_batch_bytes, record_bytes) {
+        let config = &self.inner.config;
+        let limit = config.max_message_bytes.max(config.max_batch_bytes);
+        if !Accumulator::<Acker>::fits_alone(limit, record_bytes) {
             return Err(ClientError::InvalidArgument(format!(
-                "message of {record_bytes} bytes does not fit in a batch of {} bytes",
-                self.inner.config.max_batch_bytes
+                "message of {record_bytes} bytes is over the limit of {limit} bytes \
+                 (ProducerConfig::max_message_bytes)"
             )));
         }
         Ok(record_bytes)

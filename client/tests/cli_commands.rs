@@ -124,20 +124,29 @@ async fn produce_takes_any_bytes_and_consume_never_rewinds() {
     assert!(out.status.success(), "{err}");
     assert_eq!(err.trim(), "3 of 3 messages acknowledged");
 
-    // -e: exit once at the end; -N: the last N.
-    let (ok, out, err) = raftmq(&address, &["consume", "bin", "-o", "-2", "-e"], "").await;
+    // A message larger than a batch (256 KiB) goes in a batch of its own.
+    let big = format!("{}\n", "x".repeat(300_000));
+    let (ok, _, err) = raftmq(&address, &["produce", "bin"], &big).await;
     assert!(ok, "{err}");
-    assert_eq!(out, "second\nthird\n");
+    assert_eq!(err.trim(), "1 of 1 message acknowledged");
+    let (ok, out, err) = raftmq(&address, &["consume", "bin", "-o", "-1", "-e"], "").await;
+    assert!(ok, "{err}");
+    assert_eq!(out.len(), 300_001);
+
+    // -e: exit once at the end; -N: the last N.
+    let (ok, out, err) = raftmq(&address, &["consume", "bin", "-o", "-3", "-e"], "").await;
+    assert!(ok, "{err}");
+    assert!(out.starts_with("second\nthird\nxxx"), "{}", &out[..20]);
     let (ok, out, err) = raftmq(&address, &["consume", "bin", "-e"], "").await;
     assert!(ok, "{err}");
-    assert_eq!(out.lines().count(), 3);
+    assert_eq!(out.lines().count(), 4);
 
     // Past the end: refused, never rewound to offset 0.
     let (ok, out, err) = raftmq(&address, &["consume", "bin", "--from", "99"], "").await;
     assert!(!ok);
     assert_eq!(out, "");
     assert!(
-        err.contains("offset 99 is past the end of bin/0 (3)"),
+        err.contains("offset 99 is past the end of bin/0 (4)"),
         "{err}"
     );
 

@@ -262,6 +262,19 @@ pub fn parse_peers<S: AsRef<str>>(
     Ok(peers)
 }
 
+/// The parser's message with the line it is about: `line 3 (segment_bytes = "big"):
+/// invalid type: string "big", expected u64`, on one line.
+fn parse_reason(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', " ");
+    let Some(span) = e.span() else {
+        return message;
+    };
+    let start = span.start.min(text.len());
+    let line_number = text[..start].matches('\n').count() + 1;
+    let line = text.lines().nth(line_number - 1).unwrap_or("").trim();
+    format!("line {line_number} ({line}): {message}")
+}
+
 impl FileConfig {
     /// Reads and parses a TOML file.
     pub fn load(path: &std::path::Path) -> Result<FileConfig, ConfigError> {
@@ -271,7 +284,7 @@ impl FileConfig {
         })?;
         toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.display().to_string(),
-            reason: e.message().to_string(),
+            reason: parse_reason(&text, &e),
         })
     }
 }

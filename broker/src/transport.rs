@@ -26,6 +26,8 @@ const PEER_QUEUE_MESSAGES: usize = 4096;
 const PEER_FLUSH_MESSAGES: usize = 256;
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_millis(1000);
+/// How often a peer that stays unreachable is reported.
+const UNREACHABLE_LOG_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Handles to the per-peer sender tasks.
 #[derive(Debug)]
@@ -89,6 +91,10 @@ async fn peer_link(
 ) {
     let mut backoff = BACKOFF_MIN;
     let mut connected_once = false;
+    // While the link is down: since when, and when that was last said (a peer that
+    // stays away is reported every UNREACHABLE_LOG_INTERVAL, not at every retry).
+    let mut down_since: Option<std::time::Instant> = None;
+    let mut last_said = std::time::Instant::now();
     loop {
         let stream = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -97,8 +103,15 @@ async fn peer_link(
         let stream = match stream {
             Ok(stream) => stream,
             Err(e) => {
-                if connected_once {
-                    tracing::debug!(peer = id.0, %addr, error = %e, "peer connect failed");
+                if let Some(since) = down_since {
+                    if last_said.elapsed() >= UNREACHABLE_LOG_INTERVAL {
+                        last_said = std::time::Instant::now();
+                        tracing::warn!(
+                            peer = id.0, %addr, error = %e,
+                            down_for = ?since.elapsed(),
+                            "peer still unreachable"
+                        );
+                    }
                 }
                 // Drop what queued up while the peer was unreachable.
                 while rx.try_recv().is_ok() {}
@@ -113,6 +126,8 @@ async fn peer_link(
         let _ = stream.set_nodelay(true);
         if !connected_once {
             tracing::info!(peer = id.0, %addr, "connected to peer");
+        } else if let Some(since) = down_since.take() {
+            tracing::info!(peer = id.0, %addr, down_for = ?since.elapsed(), "reconnected to peer");
         }
         connected_once = true;
         backoff = BACKOFF_MIN;
@@ -138,7 +153,9 @@ async fn peer_link(
                 result = SinkExt::<bytes::Bytes>::flush(&mut framed).await;
             }
             if let Err(e) = result {
-                tracing::debug!(peer = id.0, error = %e, "peer link broken, reconnecting");
+                tracing::info!(peer = id.0, %addr, error = %e, "lost the link to peer; reconnecting");
+                down_since = Some(std::time::Instant::now());
+                last_said = std::time::Instant::now();
                 break;
             }
         }

@@ -171,11 +171,19 @@ fn given_an_unknown_key_in_the_config_file_should_name_it() {
 #[test]
 fn given_a_wrong_type_in_the_config_file_should_name_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let file = write(dir.path(), "raftmq.toml", "segment_bytes = \"big\"\n");
+    let file = write(
+        dir.path(),
+        "raftmq.toml",
+        "node_id = 1\nsegment_bytes = \"big\"\n",
+    );
     assert_refused(
         dir.path(),
         &["--config", &file],
-        &["invalid config file", "raftmq.toml"],
+        &[
+            "invalid config file",
+            "raftmq.toml",
+            "line 2 (segment_bytes = \"big\")",
+        ],
     );
 }
 

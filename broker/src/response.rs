@@ -32,6 +32,9 @@ struct Observed {
     api: Api,
     started: Instant,
     request_bytes: u64,
+    /// The topic of a produce or fetch, for the per-topic series (resolved only
+    /// when the answer is a success, so unknown topics make no series).
+    topic: Option<String>,
 }
 
 impl Responder {
@@ -65,7 +68,16 @@ impl Responder {
                 api,
                 started,
                 request_bytes,
+                topic: None,
             });
+        }
+        self
+    }
+
+    /// Also counts the answer in the per-topic series of `topic` (produce, fetch).
+    pub fn for_topic(mut self, topic: &str) -> Responder {
+        if let Some(o) = &mut self.observed {
+            o.topic = Some(topic.to_owned());
         }
         self
     }
@@ -78,6 +90,7 @@ impl Responder {
                 o.request_bytes,
                 error.as_ref(),
                 body.as_ref(),
+                o.topic.as_deref(),
             );
         }
         let response = pb::Response {

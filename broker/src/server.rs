@@ -358,6 +358,11 @@ async fn serve_connection(
             started,
             request_bytes,
         );
+        let reply = match &body {
+            pb::request::Body::Produce(req) => reply.for_topic(&req.topic),
+            pb::request::Body::Fetch(req) => reply.for_topic(&req.topic),
+            _ => reply,
+        };
         if request.api_version > 1 {
             reply.error(pb::Error::new(
                 ErrorCode::UnsupportedVersion,

@@ -151,7 +151,7 @@ async fn given_traffic_when_scraped_should_show_every_series_with_live_values() 
 
     // The node task refreshes its gauges every 100 ms and group lag every second.
     let deadline = Instant::now() + Duration::from_secs(20);
-    let s = loop {
+    let (s, scraped) = loop {
         let (status, body) = http_get(metrics_addr, "/metrics").await;
         assert_eq!(status, "HTTP/1.1 200 OK");
         let s = samples(&body);
@@ -163,7 +163,7 @@ async fn given_traffic_when_scraped_should_show_every_series_with_live_values() 
             .find(|(k, _)| k.starts_with("raftmq_raft_applied_index"))
             .map_or(0.0, |(_, v)| *v);
         if lag_ready && applied >= 12.0 {
-            break s;
+            break (s, body);
         }
         assert!(Instant::now() < deadline, "gauges never refreshed:\n{body}");
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -180,6 +180,22 @@ async fn given_traffic_when_scraped_should_show_every_series_with_live_values() 
     assert_eq!(value(&s, "raftmq_fetch_batches_total", &[]), 5.0);
     assert_eq!(value(&s, "raftmq_fetch_messages_total", &[]), 15.0);
     assert!(value(&s, "raftmq_fetch_bytes_total", &[]) > 0.0);
+    // Per topic; a refused produce to an unknown topic makes no series.
+    let orders = ["topic=\"orders\""];
+    assert_eq!(
+        value(&s, "raftmq_topic_produce_messages_total", &orders),
+        30.0
+    );
+    assert_eq!(
+        value(&s, "raftmq_topic_produce_bytes_total", &orders),
+        produced_bytes as f64
+    );
+    assert_eq!(
+        value(&s, "raftmq_topic_fetch_messages_total", &orders),
+        15.0
+    );
+    assert!(value(&s, "raftmq_topic_fetch_bytes_total", &orders) > 0.0);
+    assert!(!s.keys().any(|k| k.contains("topic=\"nope\"")), "{s:?}");
     // Latency by API, errors by code, connections.
     assert_eq!(
         value(
@@ -252,8 +268,45 @@ async fn given_traffic_when_scraped_should_show_every_series_with_live_values() 
     // Every series names its node.
     assert!(s.keys().all(|k| k.contains("node=\"1\"")), "{s:?}");
 
+    // Every series the Grafana dashboard queries is one the broker exports.
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/grafana/raftmq-dashboard.json"
+    ))
+    .expect("the dashboard file");
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).expect("valid JSON");
+    let mut queried = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            queried.extend(series_names(expr));
+        }
+    }
+    assert!(queried.len() >= 10, "{queried:?}");
+    for name in &queried {
+        let family = name
+            .strip_suffix("_bucket")
+            .or_else(|| name.strip_suffix("_sum"))
+            .or_else(|| name.strip_suffix("_count"))
+            .unwrap_or(name);
+        assert!(
+            scraped.contains(&format!("# TYPE {family} ")),
+            "the dashboard queries {name}, which the broker does not export"
+        );
+    }
+
     let (status, _) = http_get(metrics_addr, "/nothing").await;
     assert_eq!(status, "HTTP/1.1 404 Not Found");
+    let (status, body) = http_get(metrics_addr, "/health").await;
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 200 OK", "ok\n")
+    );
+    let (status, body) = http_get(metrics_addr, "/ready").await;
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 200 OK", "ready\n")
+    );
     broker.stop().await;
 }
 
@@ -338,4 +391,53 @@ async fn given_three_nodes_only_the_leader_should_show_follower_lag() {
     for broker in brokers {
         broker.stop().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_no_quorum_the_node_is_live_but_not_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let me = free_port();
+    let mut config = BrokerConfig {
+        data_dir: dir.path().to_path_buf(),
+        listen: me,
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        segment_bytes: 8 << 20,
+        max_batch_bytes: 1 << 20,
+        max_frame_bytes: 2 << 20,
+        ..BrokerConfig::default()
+    };
+    // Two peers that never start: no leader can be elected.
+    config.peers = BTreeMap::from([
+        (NodeId(1), me),
+        (NodeId(2), free_port()),
+        (NodeId(3), free_port()),
+    ]);
+    let broker = Broker::start(config).await.expect("broker starts");
+    let metrics_addr = broker.metrics_addr.unwrap();
+    // The node task publishes readiness with its gauges (every 100 ms).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (status, body) = http_get(metrics_addr, "/health").await;
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 200 OK", "ok\n")
+    );
+    let (status, body) = http_get(metrics_addr, "/ready").await;
+    assert_eq!(status, "HTTP/1.1 503 Service Unavailable");
+    assert_eq!(body, "not ready: no leader known\n");
+    broker.stop().await;
+}
+
+/// The `raftmq_*` identifiers in a PromQL expression.
+fn series_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("raftmq_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    names
 }

@@ -84,11 +84,22 @@ async fn answer(mut stream: TcpStream, metrics: &BrokerMetrics) -> std::io::Resu
     let path = target.split('?').next().unwrap_or("");
     match (method, path) {
         ("GET", "/metrics") => respond(&mut stream, "200 OK", &metrics.render()).await,
+        // Liveness: the process answers.
+        ("GET", "/health") => respond(&mut stream, "200 OK", "ok\n").await,
+        // Readiness: a leader is known and this node has applied what it knows
+        // committed (a restarted node is not ready while it replays its log).
+        ("GET", "/ready") => match metrics.readiness() {
+            Ok(()) => respond(&mut stream, "200 OK", "ready\n").await,
+            Err(why) => {
+                let body = format!("not ready: {why}\n");
+                respond(&mut stream, "503 Service Unavailable", &body).await
+            }
+        },
         ("GET", "/") => {
             respond(
                 &mut stream,
                 "200 OK",
-                "raftmq-broker: metrics at /metrics\n",
+                "raftmq-broker: /metrics, /health, /ready\n",
             )
             .await
         }

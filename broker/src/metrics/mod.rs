@@ -211,6 +211,23 @@ pub struct RaftEvents {
     pub snapshots_installed: Counter,
 }
 
+/// Topics with series of their own; the traffic of any further topic is counted
+/// under `topic="_other"`, so a broker with many (or short-lived) topics keeps a
+/// bounded number of series.
+pub const TOPIC_SERIES_MAX: usize = 256;
+
+/// The label of the shared per-topic series past [`TOPIC_SERIES_MAX`].
+pub const OTHER_TOPICS_LABEL: &str = "_other";
+
+/// One topic's produce and fetch counters.
+#[derive(Debug)]
+pub struct TopicCounters {
+    produce_messages: Counter,
+    produce_bytes: Counter,
+    fetch_messages: Counter,
+    fetch_bytes: Counter,
+}
+
 /// Every series the broker exports (see `docs/operations.md` for their meaning).
 pub struct BrokerMetrics {
     /// `None` when metrics are off.
@@ -236,6 +253,10 @@ struct Exporter {
     handle: PrometheusHandle,
     /// Text for the families with changing label sets, replaced by the node task.
     dynamic: Mutex<DynamicText>,
+    /// Per-topic counters, created on a topic's first produce or fetch.
+    topics: Mutex<std::collections::HashMap<String, Arc<TopicCounters>>>,
+    /// Why the node is not ready (empty: ready), set by the node task (`/ready`).
+    not_ready: Mutex<String>,
 }
 
 #[derive(Default)]
@@ -354,6 +375,8 @@ impl BrokerMetrics {
             recorder,
             handle,
             dynamic: Mutex::new(DynamicText::default()),
+            topics: Mutex::new(std::collections::HashMap::new()),
+            not_ready: Mutex::new("starting".into()),
         });
         m
     }
@@ -373,8 +396,47 @@ impl BrokerMetrics {
         self.connections.decrement(1.0);
     }
 
+    /// The counters of `topic` (the shared `_other` ones past [`TOPIC_SERIES_MAX`]
+    /// topics). No-op counters when metrics are off.
+    pub fn topic_counters(&self, topic: &str) -> Arc<TopicCounters> {
+        let Some(exporter) = &self.exporter else {
+            return Arc::new(TopicCounters {
+                produce_messages: Counter::noop(),
+                produce_bytes: Counter::noop(),
+                fetch_messages: Counter::noop(),
+                fetch_bytes: Counter::noop(),
+            });
+        };
+        let mut topics = match exporter.topics.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(c) = topics.get(topic) {
+            return Arc::clone(c);
+        }
+        let label = if topics.len() < TOPIC_SERIES_MAX {
+            topic
+        } else {
+            OTHER_TOPICS_LABEL
+        };
+        if let Some(c) = topics.get(label) {
+            return Arc::clone(c);
+        }
+        let label_value = label.to_string();
+        let counters = metrics::with_local_recorder(&exporter.recorder, || TopicCounters {
+            produce_messages: metrics::counter!("raftmq_topic_produce_messages_total", "topic" => label_value.clone()),
+            produce_bytes: metrics::counter!("raftmq_topic_produce_bytes_total", "topic" => label_value.clone()),
+            fetch_messages: metrics::counter!("raftmq_topic_fetch_messages_total", "topic" => label_value.clone()),
+            fetch_bytes: metrics::counter!("raftmq_topic_fetch_bytes_total", "topic" => label_value.clone()),
+        });
+        let counters = Arc::new(counters);
+        topics.insert(label.to_string(), Arc::clone(&counters));
+        counters
+    }
+
     /// Records one answered request: its latency, its error code if any, and what a
-    /// produce stored or a fetch returned. Called once per request by the responder.
+    /// produce stored or a fetch returned (in `topic`'s series too, when given).
+    /// Called once per request by the responder.
     pub fn on_response(
         &self,
         api: Api,
@@ -382,6 +444,7 @@ impl BrokerMetrics {
         request_bytes: u64,
         error: Option<&pb::Error>,
         body: Option<&pb::response::Body>,
+        topic: Option<&str>,
     ) {
         let Some(exporter) = &self.exporter else {
             return;
@@ -415,6 +478,10 @@ impl BrokerMetrics {
                 if let (None, Some(pb::response::Body::Produce(r))) = (error, body) {
                     self.produce_messages.increment(u64::from(r.count));
                     self.produce_bytes.increment(request_bytes);
+                    if let Some(t) = topic.map(|t| self.topic_counters(t)) {
+                        t.produce_messages.increment(u64::from(r.count));
+                        t.produce_bytes.increment(request_bytes);
+                    }
                 }
             }
             (Api::Fetch, body) => {
@@ -431,9 +498,42 @@ impl BrokerMetrics {
                     self.fetch_batches.increment(r.batches.len() as u64);
                     self.fetch_messages.increment(messages);
                     self.fetch_bytes.increment(bytes);
+                    if let Some(t) = topic.map(|t| self.topic_counters(t)) {
+                        t.fetch_messages.increment(messages);
+                        t.fetch_bytes.increment(bytes);
+                    }
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Sets why the node is not ready (`None`: ready), for `/ready`.
+    pub fn set_readiness(&self, not_ready: Option<&str>) {
+        if let Some(exporter) = &self.exporter {
+            let mut reason = match exporter.not_ready.lock() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            reason.clear();
+            reason.push_str(not_ready.unwrap_or(""));
+        }
+    }
+
+    /// `Ok` when the node has a leader and has applied what it knows committed,
+    /// else why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        let Some(exporter) = &self.exporter else {
+            return Err("metrics are off".into());
+        };
+        let reason = match exporter.not_ready.lock() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        if reason.is_empty() {
+            Ok(())
+        } else {
+            Err(reason)
         }
     }
 
@@ -587,6 +687,24 @@ fn describe_all() {
         Unit::Bytes,
         "Record-batch bytes returned by fetches."
     );
+    describe_counter!(
+        "raftmq_topic_produce_messages_total",
+        "Messages stored by acknowledged produce requests, per topic (at most 256 topics; the rest under topic=\"_other\")."
+    );
+    describe_counter!(
+        "raftmq_topic_produce_bytes_total",
+        Unit::Bytes,
+        "Record-batch bytes of acknowledged produce requests, per topic."
+    );
+    describe_counter!(
+        "raftmq_topic_fetch_messages_total",
+        "Messages returned by fetches, per topic."
+    );
+    describe_counter!(
+        "raftmq_topic_fetch_bytes_total",
+        Unit::Bytes,
+        "Record-batch bytes returned by fetches, per topic."
+    );
     describe_histogram!(
         "raftmq_request_duration_seconds",
         Unit::Seconds,
@@ -695,7 +813,7 @@ mod tests {
     #[test]
     fn a_disabled_registry_renders_nothing() {
         let m = BrokerMetrics::disabled();
-        m.on_response(Api::Produce, Instant::now(), 10, None, None);
+        m.on_response(Api::Produce, Instant::now(), 10, None, None, None);
         assert!(m.render().is_empty());
     }
 
@@ -704,7 +822,7 @@ mod tests {
         let m = BrokerMetrics::enabled_for(7);
         m.node.set_role(Role::Leader);
         let error = pb::Error::new(pb::ErrorCode::Busy, "busy");
-        m.on_response(Api::Produce, Instant::now(), 10, Some(&error), None);
+        m.on_response(Api::Produce, Instant::now(), 10, Some(&error), None, None);
         let text = m.render();
         assert!(
             text.contains("raftmq_raft_role{node=\"7\",role=\"leader\"} 1"),

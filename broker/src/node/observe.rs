@@ -129,6 +129,22 @@ impl Node {
             .set(self.fetch_waiters.values().map(Vec::len).sum::<usize>() as f64);
         g.storage_failed
             .set(if self.storage_failed { 1.0 } else { 0.0 });
+        let applied = self.state.applied();
+        let not_ready = if self.storage_failed {
+            Some("storage failed".to_string())
+        } else if status.leader.is_none() {
+            Some("no leader known".to_string())
+        } else if status.role == Role::Leader && !self.leader_ready() {
+            Some("the new leader is applying earlier entries".to_string())
+        } else if applied < status.commit_index {
+            Some(format!(
+                "applying committed entries ({} behind)",
+                status.commit_index.0 - applied.0
+            ))
+        } else {
+            None
+        };
+        m.set_readiness(not_ready.as_deref());
 
         if status.role == Role::Leader {
             let last = log.last_index();

@@ -220,3 +220,36 @@ async fn a_group_consumer_stopped_by_ctrl_c_commits_leaves_and_exits_zero() {
         "the printed messages are committed: {out}"
     );
 }
+
+#[tokio::test]
+async fn keys_headers_and_kcat_formats_round_trip() {
+    let cluster = FakeCluster::start(1).await;
+    cluster.create_topic("kv", 1);
+    let address = cluster.address(0);
+    let args = [
+        "produce", "kv", "-K", ":", "-H", "trace=t1", "-H", "app=cli",
+    ];
+    let (ok, _, err) = raftmq(&address, &args, "user-1:hello\nno key here\n").await;
+    assert!(ok, "{err}");
+    let args = ["consume", "kv", "-e", "-f", "%o %k=%s [%h]\\n"];
+    let (ok, out, err) = raftmq(&address, &args, "").await;
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        "0 user-1=hello [trace=t1,app=cli]\n1 =no key here [trace=t1,app=cli]\n"
+    );
+    let (ok, out, err) = raftmq(&address, &["consume", "kv", "-e", "--json"], "").await;
+    assert!(ok, "{err}");
+    let first = out.lines().next().expect("a line");
+    assert!(
+        first.starts_with("{\"topic\":\"kv\",\"queue\":0,\"offset\":0,"),
+        "{first}"
+    );
+    assert!(
+        first.ends_with("\"key\":\"user-1\",\"value\":\"hello\",\"headers\":{\"trace\":\"t1\",\"app\":\"cli\"}}"),
+        "{first}"
+    );
+    let (ok, _, err) = raftmq(&address, &["consume", "kv", "-e", "-f", "%q"], "").await;
+    assert!(!ok);
+    assert!(err.contains("unknown format token %q"), "{err}");
+}

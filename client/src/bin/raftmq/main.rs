@@ -1,19 +1,27 @@
 //! `raftmq`: the command-line tool.
 //!
 //! ```text
-//! raftmq --brokers HOST:PORT[,...] topic create NAME --queues N
+//! raftmq --brokers HOST:PORT[,...] topic create NAME --queues N [--if-not-exists]
 //! raftmq topic list | topic describe NAME | topic delete NAME
-//! raftmq produce NAME [--key K] [--queue Q] [--acks leader|quorum]   # one message per stdin line
-//! raftmq consume NAME [--queue Q] [--from earliest|latest|OFFSET] [--count N]
-//! raftmq consume NAME --group G [--count N]                       # as a group member
-//! raftmq group list | group describe G
+//! raftmq produce NAME [--key K | -K DELIM] [-H K=V]... [--queue Q] [-D BYTE]   # one message per line
+//! raftmq consume NAME [--queue Q] [-o earliest|latest|OFFSET|-N|@MS|TIME] [-e] [--count N]
+//!                     [-f FORMAT | --json | -v]
+//! raftmq consume NAME --group G [--count N] [--auto-offset-reset latest]  # as a group member
+//! raftmq group list | group describe G | group reset G --topic T --to ... [--create]
 //! raftmq cluster status | cluster transfer-leader NODE
 //! ```
+//!
+//! Global flags (`--brokers`, `-q`, `--timeout-ms`, `--retry-timeout-ms`) go anywhere.
+//! Data goes to stdout, summaries and errors to stderr; an error is one line and a
+//! non-zero exit.
 
 use std::io::{BufRead, Write};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use output::Output;
+
+mod output;
 use clap::{Parser, Subcommand, ValueEnum};
 use raftmq_client::{
     Acks, Admin, Client, ClientConfig, ConsumedMessage, Consumer, ConsumerConfig, GroupConfig,
@@ -58,8 +66,15 @@ enum Command {
         /// The topic.
         topic: String,
         /// Key of every message (the queue is chosen by its hash).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "key_delimiter")]
         key: Option<String>,
+        /// Split each input message at the first DELIM: key before, value after
+        /// (a message without it has no key).
+        #[arg(long, short = 'K', value_name = "DELIM")]
+        key_delimiter: Option<String>,
+        /// A header on every message, KEY=VALUE (repeat for several).
+        #[arg(long = "header", short = 'H', value_name = "KEY=VALUE")]
+        headers: Vec<String>,
         /// Send every message to this queue.
         #[arg(long)]
         queue: Option<u32>,
@@ -97,9 +112,19 @@ enum Command {
         /// Exit after this many messages (default: run until interrupted).
         #[arg(long)]
         count: Option<u64>,
-        /// Also print queue, offset and key before each value (tab-separated).
-        #[arg(long)]
+        /// Print queue, offset, timestamp, key and headers before each value
+        /// (tab-separated): `--format '%p\t%o\t%T\t%k\t%h\t%s\n'`.
+        #[arg(long, short = 'v', conflicts_with_all = ["format", "json"])]
         verbose: bool,
+        /// kcat-style output format: %t topic, %p queue, %o offset, %k key, %K key
+        /// length, %s value, %S value length, %T timestamp (ms), %h headers
+        /// (k=v,...), %% and the escapes \n \t \r \0 \\ (default '%s\n').
+        #[arg(long, short = 'f', conflicts_with = "json")]
+        format: Option<String>,
+        /// One JSON object per message: topic, queue, offset, timestamp_ms, key,
+        /// value, headers.
+        #[arg(long, short = 'J')]
+        json: bool,
         /// Consume as a member of this group (queues assigned by the group, offsets
         /// committed; `--queue` and `--from` then do not apply: a group starts at
         /// its committed offsets, else at `--auto-offset-reset`). Ctrl-C or SIGTERM
@@ -326,28 +351,48 @@ async fn run() -> Result<()> {
         Command::Produce {
             topic,
             key,
+            key_delimiter,
+            headers,
             queue,
             acks,
             delimiter,
-        } => produce(&client, &topic, key, queue, acks, delimiter, quiet).await,
+        } => {
+            let shape = Shape {
+                key,
+                key_delimiter,
+                headers: parse_headers(&headers)?,
+                queue,
+            };
+            produce(&client, &topic, shape, acks, delimiter, quiet).await
+        }
         Command::Consume {
             topic,
             count,
             verbose,
+            format,
+            json,
             group: Some(group),
             auto_offset_reset,
             ..
-        } => consume_group(&client, &topic, &group, count, verbose, auto_offset_reset).await,
+        } => {
+            let output = output_of(verbose, format.as_deref(), json)?;
+            consume_group(&client, &topic, &group, count, &output, auto_offset_reset).await
+        }
         Command::Consume {
             topic,
             queue,
             from,
             count,
             verbose,
+            format,
+            json,
             exit_at_end,
             group: None,
             ..
-        } => consume(&client, &topic, queue, &from, count, verbose, exit_at_end).await,
+        } => {
+            let output = output_of(verbose, format.as_deref(), json)?;
+            consume(&client, &topic, queue, &from, count, &output, exit_at_end).await
+        }
         Command::Group { command } => group(&client, command).await,
         Command::Cluster { command } => cluster(&client, command).await,
     }
@@ -418,11 +463,77 @@ async fn topic(client: &Client, command: TopicCommand, quiet: bool) -> Result<()
     Ok(())
 }
 
+/// How `produce` turns an input message into a [`Message`].
+struct Shape {
+    key: Option<String>,
+    key_delimiter: Option<String>,
+    headers: Vec<(String, String)>,
+    queue: Option<u32>,
+}
+
+/// `KEY=VALUE` headers.
+fn parse_headers(headers: &[String]) -> Result<Vec<(String, String)>> {
+    headers
+        .iter()
+        .map(|h| {
+            h.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .with_context(|| format!("--header {h:?}: expected KEY=VALUE"))
+        })
+        .collect()
+}
+
+/// The output chosen by `--verbose`, `--format` or `--json`.
+fn output_of(verbose: bool, format: Option<&str>, json: bool) -> Result<Output> {
+    Ok(match (verbose, format, json) {
+        (_, _, true) => Output::Json,
+        (_, Some(f), _) => {
+            Output::parse_format(f).map_err(|e| anyhow::anyhow!("--format {f:?}: {e}"))?
+        }
+        (true, None, false) => Output::verbose(),
+        (false, None, false) => Output::value_lines(),
+    })
+}
+
+impl Shape {
+    fn message(&self, topic: &str, input: Vec<u8>) -> Message {
+        let mut m = match &self.key_delimiter {
+            Some(d) => match find(&input, d.as_bytes()) {
+                Some(at) => {
+                    let value = input[at + d.len()..].to_vec();
+                    let mut key = input;
+                    key.truncate(at);
+                    Message::new(topic, value).with_key(key)
+                }
+                None => Message::new(topic, input),
+            },
+            None => Message::new(topic, input),
+        };
+        if let Some(k) = &self.key {
+            m = m.with_key(k.clone());
+        }
+        for (k, v) in &self.headers {
+            m = m.with_header(k.clone(), v.clone());
+        }
+        if let Some(q) = self.queue {
+            m = m.with_queue(q);
+        }
+        m
+    }
+}
+
+/// The first position of `needle` in `haystack`.
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return None;
+    }
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
 async fn produce(
     client: &Client,
     topic: &str,
-    key: Option<String>,
-    queue: Option<u32>,
+    shape: Shape,
     acks: AcksArg,
     delimiter: u8,
     quiet: bool,
@@ -461,14 +572,7 @@ async fn produce(
                 outcomes.record(ack.await);
             }
         }
-        let mut m = Message::new(topic, line);
-        if let Some(k) = &key {
-            m = m.with_key(k.clone());
-        }
-        if let Some(q) = queue {
-            m = m.with_queue(q);
-        }
-        acks_pending.push_back(producer.send(m).await?);
+        acks_pending.push_back(producer.send(shape.message(topic, line)).await?);
         sent += 1;
     }
     let read_result = reader.await.context("stdin reader")?;
@@ -566,7 +670,7 @@ async fn consume(
     queue: Option<u32>,
     from: &str,
     count: Option<u64>,
-    verbose: bool,
+    output: &Output,
     exit_at_end: bool,
 ) -> Result<()> {
     let from = parse_from(from)?;
@@ -609,7 +713,7 @@ async fn consume(
             break;
         }
         let messages = consumer.poll().await?;
-        print_messages(messages, count, &mut printed, verbose)?;
+        print_messages(messages, count, &mut printed, output)?;
     }
     Ok(())
 }
@@ -619,7 +723,7 @@ async fn consume_group(
     topic: &str,
     group: &str,
     count: Option<u64>,
-    verbose: bool,
+    output: &Output,
     reset: ResetArg,
 ) -> Result<()> {
     let mut config = GroupConfig::default();
@@ -636,7 +740,7 @@ async fn consume_group(
             _ = &mut stop => break,
             m = member.poll() => m?,
         };
-        let unprinted = print_messages(messages, count, &mut printed, verbose)?;
+        let unprinted = print_messages(messages, count, &mut printed, output)?;
         // Commit only what was printed: move each queue back to its first message
         // not printed (messages of a queue come in offset order).
         let mut rewound = std::collections::BTreeSet::new();
@@ -664,13 +768,13 @@ async fn stop_signal() {
     }
 }
 
-/// Prints values (one per line) up to `count` in all; returns the messages left
-/// unprinted because the count was reached.
+/// Prints messages in `output`'s shape up to `count` in all; returns the messages
+/// left unprinted because the count was reached.
 fn print_messages(
     messages: Vec<ConsumedMessage>,
     count: Option<u64>,
     printed: &mut u64,
-    verbose: bool,
+    output: &Output,
 ) -> Result<Vec<ConsumedMessage>> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -682,18 +786,7 @@ fn print_messages(
             out.flush()?;
             return Ok(rest);
         }
-        if verbose {
-            let key = m.key.as_deref().map(String::from_utf8_lossy);
-            write!(
-                out,
-                "{}\t{}\t{}\t",
-                m.queue,
-                m.offset,
-                key.as_deref().unwrap_or("")
-            )?;
-        }
-        out.write_all(&m.value)?;
-        out.write_all(b"\n")?;
+        output.write(&mut out, &m)?;
         *printed += 1;
     }
     out.flush()?;

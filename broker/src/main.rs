@@ -177,11 +177,27 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line: the context and its causes, joined by ": ".
-            eprintln!("raftmq-broker: error: {e:#}");
+            eprintln!("raftmq-broker: error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, joined by ": ", skipping a cause whose
+/// text is already there (many errors quote their source in their own message).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn run(args: Args) -> anyhow::Result<()> {

@@ -12,7 +12,7 @@ use raftmq_proto::{ProtoError, ServerError};
 pub enum ClientError {
     /// The broker answered with an error.
     #[error("broker error: {0}")]
-    Server(#[from] ServerError),
+    Server(ServerError),
     /// A socket failed (connect, read or write).
     #[error("I/O error: {0}")]
     Io(Arc<std::io::Error>),
@@ -30,7 +30,7 @@ pub enum ClientError {
     Decode(Arc<ProtoError>),
     /// A fetched record batch is corrupt.
     #[error("corrupt batch from broker: {0}")]
-    CorruptBatch(#[from] BatchError),
+    CorruptBatch(BatchError),
     /// No broker could be reached, or none knows a leader.
     #[error("no broker available: {0}")]
     NoBroker(String),
@@ -59,6 +59,20 @@ pub enum ClientError {
     /// The producer or consumer was closed.
     #[error("closed")]
     Closed,
+}
+
+// By hand, not `#[from]`: the message already holds the inner error, which must
+// not also be its `source` (a chain would print it twice).
+impl From<ServerError> for ClientError {
+    fn from(e: ServerError) -> Self {
+        ClientError::Server(e)
+    }
+}
+
+impl From<BatchError> for ClientError {
+    fn from(e: BatchError) -> Self {
+        ClientError::CorruptBatch(e)
+    }
 }
 
 impl From<std::io::Error> for ClientError {

@@ -205,31 +205,31 @@ pub enum ServerError {
         message: String,
     },
     /// No such topic.
-    #[error("unknown topic: {message}")]
+    #[error("{}", tidy("unknown topic", .message))]
     UnknownTopic {
         /// The broker's message.
         message: String,
     },
     /// The queue number is not below the topic's queue count.
-    #[error("invalid queue: {message}")]
+    #[error("{}", tidy("invalid queue", .message))]
     InvalidQueue {
         /// The broker's message.
         message: String,
     },
     /// The topic already exists.
-    #[error("topic exists: {message}")]
+    #[error("{}", tidy("topic exists", .message))]
     TopicExists {
         /// The broker's message.
         message: String,
     },
     /// A record batch failed its CRC or structural checks.
-    #[error("corrupt batch: {message}")]
+    #[error("{}", tidy("corrupt batch", .message))]
     CorruptBatch {
         /// The broker's message.
         message: String,
     },
     /// A batch or request is over a size limit.
-    #[error("message too large: {message}")]
+    #[error("{}", tidy("message too large", .message))]
     MessageTooLarge {
         /// The broker's message.
         message: String,
@@ -243,92 +243,92 @@ pub enum ServerError {
         log_end: u64,
     },
     /// A bounded queue is full; retry after a short backoff.
-    #[error("broker busy: {message}")]
+    #[error("{}", tidy("broker busy", .message))]
     Busy {
         /// The broker's message.
         message: String,
     },
     /// The request timed out on the broker; its outcome is unknown.
-    #[error("broker timeout: {message}")]
+    #[error("{}", tidy("broker timeout", .message))]
     Timeout {
         /// The broker's message.
         message: String,
     },
     /// The batch was already stored.
-    #[error("duplicate sequence: {message}")]
+    #[error("{}", tidy("duplicate sequence", .message))]
     DuplicateSequence {
         /// The broker's message.
         message: String,
     },
     /// The batch's sequence is not the next one expected.
-    #[error("out-of-order sequence: {message}")]
+    #[error("{}", tidy("out-of-order sequence", .message))]
     OutOfOrderSequence {
         /// The broker's message.
         message: String,
     },
     /// The request is malformed or breaks a rule.
-    #[error("invalid request: {message}")]
+    #[error("{}", tidy("invalid request", .message))]
     InvalidRequest {
         /// The broker's message.
         message: String,
     },
     /// The API or version is not supported.
-    #[error("unsupported version: {message}")]
+    #[error("{}", tidy("unsupported version", .message))]
     UnsupportedVersion {
         /// The broker's message.
         message: String,
     },
     /// The broker could not write its log.
-    #[error("storage error: {message}")]
+    #[error("{}", tidy("storage error", .message))]
     StorageError {
         /// The broker's message.
         message: String,
     },
     /// The member is not in the group.
-    #[error("unknown member: {message}")]
+    #[error("{}", tidy("unknown member", .message))]
     UnknownMember {
         /// The broker's message.
         message: String,
     },
     /// The generation is not the group's current one.
-    #[error("stale generation: {message}")]
+    #[error("{}", tidy("stale generation", .message))]
     StaleGeneration {
         /// The broker's message.
         message: String,
     },
     /// The group is rebalancing.
-    #[error("rebalance in progress: {message}")]
+    #[error("{}", tidy("rebalance in progress", .message))]
     RebalanceInProgress {
         /// The broker's message.
         message: String,
     },
     /// The group still has members.
-    #[error("group not empty: {message}")]
+    #[error("{}", tidy("group not empty", .message))]
     GroupNotEmpty {
         /// The broker's message.
         message: String,
     },
     /// No such group.
-    #[error("unknown group: {message}")]
+    #[error("{}", tidy("unknown group", .message))]
     UnknownGroup {
         /// The broker's message.
         message: String,
     },
     /// The producer's epoch is older than the broker's.
-    #[error("fenced producer: {message}")]
+    #[error("{}", tidy("fenced producer", .message))]
     FencedProducer {
         /// The broker's message.
         message: String,
     },
     /// The broker is shutting down.
-    #[error("broker shutting down: {message}")]
+    #[error("{}", tidy("broker shutting down", .message))]
     ShuttingDown {
         /// The broker's message.
         message: String,
     },
     /// The broker cannot answer from up-to-date state yet (no leader known, or the
     /// read could not be confirmed); retry after a backoff.
-    #[error("broker not ready: {message}")]
+    #[error("{}", tidy("broker not ready", .message))]
     NotReady {
         /// The leader's client address, when the broker knows it.
         leader_address: Option<String>,
@@ -343,6 +343,16 @@ pub enum ServerError {
         /// The broker's message.
         message: String,
     },
+}
+
+/// `prefix: message`, unless the broker's message already says what `prefix` says
+/// (`unknown topic "orders"` needs no `unknown topic: ` in front).
+fn tidy(prefix: &str, message: &str) -> String {
+    if message.to_ascii_lowercase().contains(prefix) {
+        message.to_owned()
+    } else {
+        format!("{prefix}: {message}")
+    }
 }
 
 impl ServerError {

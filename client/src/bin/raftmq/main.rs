@@ -313,11 +313,27 @@ fn main() -> std::process::ExitCode {
         // default disposition would also kill the process on a socket write.)
         Err(e) if is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // The context and its causes, joined by ": ".
-            eprintln!("raftmq: error: {e:#}");
+            eprintln!("raftmq: error: {}", one_line(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, joined by ": ", skipping a cause whose
+/// text is already there (many errors quote their source in their own message).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

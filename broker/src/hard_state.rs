@@ -39,8 +39,15 @@ const FILE_NAME: &str = "hardstate";
 #[derive(Debug, thiserror::Error)]
 pub enum HardStateError {
     /// Reading or writing the file failed.
-    #[error("hard state I/O: {0}")]
-    Io(#[from] io::Error),
+    #[error("cannot {op} the hard state {}: {error}", path.display())]
+    Io {
+        /// What was being done (`open`, `read`, `write`).
+        op: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        error: io::Error,
+    },
     /// The file exists but neither slot is valid.
     #[error("hard state file {0} is corrupt in both slots")]
     Corrupt(String),
@@ -111,20 +118,27 @@ impl HardStateFile {
     /// Opens (or creates) the file in `dir` and returns the last stored state.
     pub fn open(dir: &Path, node_id: NodeId) -> Result<(HardStateFile, HardState), HardStateError> {
         let path = dir.join(FILE_NAME);
+        let io = |op, error| HardStateError::Io {
+            op,
+            path: path.clone(),
+            error,
+        };
         let existed = path.exists();
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .open(&path)?;
+            .open(&path)
+            .map_err(|e| io("open", e))?;
         if !existed {
             durability::sync_dir(dir)?;
         }
         let mut buf = [0u8; 2 * SLOT_BYTES];
-        let len = file.metadata()?.len() as usize;
+        let len = file.metadata().map_err(|e| io("read", e))?.len() as usize;
         let read = len.min(buf.len());
-        file.read_exact_at(&mut buf[..read], 0)?;
+        file.read_exact_at(&mut buf[..read], 0)
+            .map_err(|e| io("read", e))?;
         let best = buf
             .chunks(SLOT_BYTES)
             .filter_map(decode)
@@ -160,7 +174,13 @@ impl HardStateFile {
         let sequence = self.sequence + 1;
         let slot = encode(sequence, self.node_id, hs);
         let at = (sequence % 2) * SLOT_BYTES as u64;
-        self.file.write_all_at(&slot, at)?;
+        self.file
+            .write_all_at(&slot, at)
+            .map_err(|error| HardStateError::Io {
+                op: "write",
+                path: self.path.clone(),
+                error,
+            })?;
         durability::sync_data(&self.file, &self.path)?;
         self.sequence = sequence;
         Ok(())

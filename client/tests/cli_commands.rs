@@ -150,6 +150,34 @@ async fn produce_takes_any_bytes_and_consume_never_rewinds() {
         "{err}"
     );
 
+    // One message over the limit fails alone, named; the others are stored.
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_raftmq"))
+        .args(["--brokers", &address, "produce", "bin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let huge = "y".repeat(9 << 20);
+    stdin
+        .write_all(format!("before\n{huge}\nafter\n").as_bytes())
+        .await
+        .unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("message 2 (input record 2) refused"), "{err}");
+    assert!(
+        err.contains("2 of 3 messages acknowledged, 1 failed (not stored)"),
+        "{err}"
+    );
+    let (ok, out, err) = raftmq(&address, &["consume", "bin", "-o", "-2", "-e"], "").await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "before\nafter\n");
+
     // A misspelled group is not created by a reset.
     let args = [
         "group", "reset", "nosuch", "--topic", "bin", "--to", "earliest",

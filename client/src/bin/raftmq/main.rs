@@ -588,8 +588,16 @@ async fn produce(
                 outcomes.record(ack.await);
             }
         }
-        acks_pending.push_back(producer.send(shape.message(topic, line)).await?);
         sent += 1;
+        match producer.send(shape.message(topic, line)).await {
+            Ok(ack) => acks_pending.push_back(ack),
+            // Refused before sending (too large, say): this one fails, the rest go on.
+            Err(e) if !matches!(e, raftmq_client::ClientError::Closed) => {
+                eprintln!("raftmq: message {sent} (input record {sent}) refused: {e}");
+                outcomes.record::<()>(Err(e));
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     let read_result = reader.await.context("stdin reader")?;
     producer.flush().await;

@@ -135,7 +135,13 @@ pub struct ProducerConfig {
     /// How long an open batch waits for more records before it is sent while nothing
     /// else is waiting to be sent. Default 1 ms: under load batches grow anyway
     /// because a batch stays open while earlier ones wait for the in-flight window.
+    /// With `adaptive_linger` (the default) this is only an upper bound.
     pub linger: Duration,
+    /// Send a batch at once when its queue has nothing in flight, and let it fill
+    /// while requests are out (Nagle-like): low per-message latency at low load,
+    /// big batches at high load. Default on; off makes every batch wait `linger`
+    /// (bigger batches when the load is light).
+    pub adaptive_linger: bool,
     /// Largest batch, header included. Default 256 KiB. A single message larger than
     /// this is sent in a batch of its own (up to `max_message_bytes`).
     pub max_batch_bytes: usize,
@@ -166,6 +172,7 @@ impl Default for ProducerConfig {
     fn default() -> Self {
         ProducerConfig {
             linger: Duration::from_millis(1),
+            adaptive_linger: true,
             max_batch_bytes: 256 * 1024,
             max_message_bytes: (8 << 20) - 1024,
             max_in_flight_per_queue: 5,
@@ -191,6 +198,12 @@ impl ProducerBuilder {
         self.config.linger = linger;
         self
     }
+    /// Sets [`ProducerConfig::adaptive_linger`].
+    pub fn adaptive_linger(mut self, on: bool) -> Self {
+        self.config.adaptive_linger = on;
+        self
+    }
+
     /// Sets [`ProducerConfig::max_message_bytes`].
     pub fn max_message_bytes(mut self, bytes: usize) -> Self {
         self.config.max_message_bytes = bytes;
@@ -829,6 +842,7 @@ impl Producer {
             failed: Vec::new(),
             recovering: false,
             retry_at: None,
+            adaptive: config.adaptive_linger,
         };
         tokio::spawn(worker.run());
         topics.queues.insert(key, Arc::clone(&shared));
@@ -857,6 +871,8 @@ struct QueueWorker {
     failed: Vec<Batch>,
     /// Resending failed batches one at a time.
     recovering: bool,
+    /// [`ProducerConfig::adaptive_linger`].
+    adaptive: bool,
     /// No send before this (backoff).
     retry_at: Option<tokio::time::Instant>,
 }
@@ -895,9 +911,18 @@ impl QueueWorker {
                 {
                     state.clock = None;
                 }
-                // Linger ends: send the open batch if nothing else waits to be sent
-                // (otherwise it keeps filling until it is its turn).
-                if state.pending.is_empty() && state.acc.deadline().is_some_and(|d| now >= d) {
+                // Send the open batch if nothing else waits to be sent (otherwise it
+                // keeps filling until it is its turn) and either its linger is over
+                // or, adaptively, nothing of this queue is in flight: an idle queue
+                // sends at once (per-message latency), a busy one batches while its
+                // requests are out (throughput), as Nagle's algorithm does.
+                let idle_queue = self.adaptive
+                    && self.in_flight.is_empty()
+                    && self.failed.is_empty()
+                    && self.retry_at.is_none();
+                if state.pending.is_empty()
+                    && state.acc.deadline().is_some_and(|d| idle_queue || now >= d)
+                {
                     state.seal();
                 }
                 let sent = self.dispatch(&mut state);

@@ -22,6 +22,17 @@ use anyhow::{bail, Context, Result};
 use output::Output;
 
 mod output;
+
+/// `println!` that returns the write error instead of panicking, so that a closed
+/// stdout (`raftmq ... | head`) ends the command quietly (see `is_broken_pipe`).
+macro_rules! out {
+    () => {
+        writeln!(std::io::stdout().lock())?
+    };
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    };
+}
 use clap::{Parser, Subcommand, ValueEnum};
 use raftmq_client::{
     Acks, Admin, Client, ClientConfig, ConsumedMessage, Consumer, ConsumerConfig, GroupConfig,
@@ -429,7 +440,7 @@ async fn topic(client: &Client, command: TopicCommand, quiet: bool) -> Result<()
                 bytes: retention_bytes,
             };
             match admin.create_topic_with(&name, queues, retention).await {
-                Ok(()) => println!(
+                Ok(()) => out!(
                     "created topic {name} with {}",
                     plural(queues.into(), "queue")
                 ),
@@ -445,9 +456,9 @@ async fn topic(client: &Client, command: TopicCommand, quiet: bool) -> Result<()
             }
         }
         TopicCommand::List => {
-            println!("topic\tqueues");
+            out!("topic\tqueues");
             for t in admin.list_topics().await? {
-                println!("{}\t{}", t.name, t.queues);
+                out!("{}\t{}", t.name, t.queues);
             }
         }
         TopicCommand::Describe { name } => {
@@ -459,21 +470,21 @@ async fn topic(client: &Client, command: TopicCommand, quiet: bool) -> Result<()
                     format!("{v} {unit}")
                 }
             };
-            println!(
+            out!(
                 "topic {} queues {} retention {} / {}",
                 d.name,
                 d.queues.len(),
                 limit(d.retention.ms, "ms"),
                 limit(d.retention.bytes, "bytes")
             );
-            println!("queue\tlog_start\tlog_end\tmessages");
+            out!("queue\tlog_start\tlog_end\tmessages");
             for (q, (start, end)) in d.queues.iter().enumerate() {
-                println!("{q}\t{start}\t{end}\t{}", end.saturating_sub(*start));
+                out!("{q}\t{start}\t{end}\t{}", end.saturating_sub(*start));
             }
         }
         TopicCommand::Delete { name } => {
             admin.delete_topic(&name).await?;
-            println!("deleted topic {name}");
+            out!("deleted topic {name}");
         }
     }
     Ok(())
@@ -822,31 +833,34 @@ async fn group(client: &Client, command: GroupCommand) -> Result<()> {
     match command {
         GroupCommand::List => {
             for g in admin.list_groups().await? {
-                println!("{g}");
+                out!("{g}");
             }
         }
         GroupCommand::Describe { group } => {
             let d = admin.describe_group(&group).await?;
-            println!("group {} generation {}", d.group, d.generation);
-            println!("member\tclient\tassignment");
+            out!("group {} generation {}", d.group, d.generation);
+            out!("member\tclient\tassignment");
             for m in &d.members {
                 let queues: Vec<String> = m
                     .assignment
                     .iter()
                     .map(|tq| format!("{}/{}", tq.topic, tq.queue))
                     .collect();
-                println!("{}\t{}\t{}", m.member_id, m.client_id, queues.join(","));
+                out!("{}\t{}\t{}", m.member_id, m.client_id, queues.join(","));
             }
-            println!("topic\tqueue\tcommitted\tlog_end\tlag");
+            out!("topic\tqueue\tcommitted\tlog_end\tlag");
             for q in &d.queues {
                 let committed = if q.has_committed {
                     q.committed.to_string()
                 } else {
                     "-".into()
                 };
-                println!(
+                out!(
                     "{}\t{}\t{committed}\t{}\t{}",
-                    q.topic, q.queue, q.log_end, q.lag
+                    q.topic,
+                    q.queue,
+                    q.log_end,
+                    q.lag
                 );
             }
         }
@@ -869,9 +883,9 @@ async fn group(client: &Client, command: GroupCommand) -> Result<()> {
                 }
             }
             let offsets = admin.reset_group_offsets(&group, &topic, target).await?;
-            println!("topic\tqueue\toffset");
+            out!("topic\tqueue\toffset");
             for o in offsets {
-                println!("{}\t{}\t{}", o.topic, o.queue, o.offset);
+                out!("{}\t{}\t{}", o.topic, o.queue, o.offset);
             }
         }
     }
@@ -882,13 +896,13 @@ async fn cluster(client: &Client, command: ClusterCommand) -> Result<()> {
     let admin = Admin::new(client);
     match command {
         ClusterCommand::Status => {
-            println!("node\taddress\trole\tterm\tleader\tlast_index\tcommit_index\tapplied_index");
+            out!("node\taddress\trole\tterm\tleader\tlast_index\tcommit_index\tapplied_index");
             let statuses = admin.cluster_status().await?;
             let mut peers = Vec::new();
             for n in &statuses {
                 match &n.status {
                     Ok(s) => {
-                        println!(
+                        out!(
                             "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
                             n.node_id,
                             n.address,
@@ -903,23 +917,27 @@ async fn cluster(client: &Client, command: ClusterCommand) -> Result<()> {
                             peers = s.peers.clone();
                         }
                     }
-                    Err(e) => println!("{}\t{}\tunreachable: {e}", n.node_id, n.address),
+                    Err(e) => out!("{}\t{}\tunreachable: {e}", n.node_id, n.address),
                 }
             }
             if !peers.is_empty() {
-                println!();
-                println!("peer\tmatch_index\tnext_index\tlag\tactive");
+                out!();
+                out!("peer\tmatch_index\tnext_index\tlag\tactive");
                 for p in peers {
-                    println!(
+                    out!(
                         "{}\t{}\t{}\t{}\t{}",
-                        p.node_id, p.match_index, p.next_index, p.lag, p.active
+                        p.node_id,
+                        p.match_index,
+                        p.next_index,
+                        p.lag,
+                        p.active
                     );
                 }
             }
         }
         ClusterCommand::TransferLeader { node } => {
             admin.transfer_leader(node).await?;
-            println!("leadership transferred to node {node}");
+            out!("leadership transferred to node {node}");
         }
     }
     Ok(())

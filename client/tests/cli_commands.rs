@@ -13,6 +13,11 @@ use support::FakeCluster;
 /// Runs `raftmq --brokers <addr> args...` feeding it `stdin`; the process is killed
 /// if it runs over 30 s.
 async fn raftmq(address: &str, args: &[&str], stdin: &str) -> (bool, String, String) {
+    raftmq_bytes(address, args, stdin.as_bytes()).await
+}
+
+/// [`raftmq`] with any bytes on stdin.
+async fn raftmq_bytes(address: &str, args: &[&str], stdin: &[u8]) -> (bool, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_raftmq"))
         .arg("--brokers")
         .arg(address)
@@ -24,10 +29,7 @@ async fn raftmq(address: &str, args: &[&str], stdin: &str) -> (bool, String, Str
         .spawn()
         .expect("spawn raftmq");
     let mut input = child.stdin.take().expect("stdin");
-    input
-        .write_all(stdin.as_bytes())
-        .await
-        .expect("write stdin");
+    input.write_all(stdin).await.expect("write stdin");
     drop(input);
     let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
         .await
@@ -101,27 +103,9 @@ async fn produce_takes_any_bytes_and_consume_never_rewinds() {
     let input = "caf\u{e9}\0second\0third";
     let mut raw = input.as_bytes().to_vec();
     raw[3] = 0xff; // an invalid UTF-8 byte
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_raftmq"))
-        .args([
-            "--brokers",
-            &address,
-            "produce",
-            "bin",
-            "--delimiter",
-            "\\0",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(&raw).await.unwrap();
-    drop(stdin);
-    let out = child.wait_with_output().await.unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let args = ["produce", "bin", "--delimiter", "\\0"];
+    let (ok, _, err) = raftmq_bytes(&address, &args, &raw).await;
+    assert!(ok, "{err}");
     assert_eq!(err.trim(), "3 of 3 messages acknowledged");
 
     // A message larger than a batch (256 KiB) goes in a batch of its own.
@@ -151,24 +135,10 @@ async fn produce_takes_any_bytes_and_consume_never_rewinds() {
     );
 
     // One message over the limit fails alone, named; the others are stored.
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_raftmq"))
-        .args(["--brokers", &address, "produce", "bin"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
     let huge = "y".repeat(9 << 20);
-    stdin
-        .write_all(format!("before\n{huge}\nafter\n").as_bytes())
-        .await
-        .unwrap();
-    drop(stdin);
-    let out = child.wait_with_output().await.unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let input = format!("before\n{huge}\nafter\n");
+    let (ok, _, err) = raftmq(&address, &["produce", "bin"], &input).await;
+    assert!(!ok);
     assert!(err.contains("message 2 (input record 2) refused"), "{err}");
     assert!(
         err.contains("2 of 3 messages acknowledged, 1 failed (not stored)"),

@@ -768,7 +768,7 @@ async fn consume_group(
     };
     let mut member = GroupConsumer::join(client, group, topic, config).await?;
     let mut printed = 0u64;
-    let mut stop = std::pin::pin!(stop_signal());
+    let mut stop = std::pin::pin!(stop_signal()?);
     while count.is_none_or(|c| printed < c) {
         let messages = tokio::select! {
             // Ctrl-C or SIGTERM: commit what was printed, leave, exit 0.
@@ -790,17 +790,18 @@ async fn consume_group(
     Ok(())
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn stop_signal() {
+/// Resolves on SIGINT or SIGTERM. The handlers are installed here, when called (not
+/// when first polled), so a signal that comes before the first poll is not lost.
+fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }
 
 /// Prints messages in `output`'s shape up to `count` in all; returns the messages

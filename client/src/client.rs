@@ -165,6 +165,13 @@ impl Client {
             let Some(delay) = retry.next_delay(&client.inner.config, false) else {
                 return Err(err);
             };
+            if retry.failures() == 1 {
+                // Said once: a user who forgot to start a broker sees why it waits.
+                tracing::warn!(
+                    "no broker answered yet ({err}); retrying for up to {:?}",
+                    client.inner.config.retry_timeout
+                );
+            }
             tracing::debug!(error = %err, ?delay, "no broker answered yet; retrying");
             tokio::time::sleep(delay).await;
         }

@@ -362,6 +362,14 @@ async fn run() -> Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // Notes for a person: no timestamp or module path, colour only on a terminal.
+        .without_time()
+        .with_target(false)
+        .with_ansi({
+            use std::io::IsTerminal;
+            std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+                && std::io::stderr().is_terminal()
+        })
         .init();
     let cli = Cli::parse();
     let config = ClientConfig {

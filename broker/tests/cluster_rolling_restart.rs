@@ -222,9 +222,14 @@ async fn run_member(client: Client, stop: Arc<AtomicBool>, seen: Arc<Mutex<Seen>
             return;
         }
     };
-    // Auto-commit (the default): each poll commits what the previous one returned.
+    // Auto-commit (the default) in every poll, and an explicit commit after it, as
+    // an application that commits what it processed does.
     while !stop.load(Ordering::SeqCst) {
-        if let Err(e) = member.poll().await {
+        let result = match member.poll().await {
+            Ok(_) => member.commit().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
             seen.lock().unwrap().errors.push(format!("member: {e}"));
             return;
         }

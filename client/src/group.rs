@@ -271,7 +271,28 @@ impl GroupConsumer {
     }
 
     /// Commits the current positions of the assigned queues (those that moved).
+    ///
+    /// When the group has moved on meanwhile (a leader change makes the new
+    /// coordinator forget members; a rebalance bumps the generation), the member
+    /// rejoins and commits again the positions of the queues it still holds: the
+    /// application sees no error. Positions of queues it lost are not committed
+    /// (their new owner starts from the group's last committed offset, so messages
+    /// may be delivered again: at least once, as with every rebalance).
     pub async fn commit(&mut self) -> Result<(), ClientError> {
+        match self.commit_once().await {
+            Err(e) if needs_rejoin(&e) => {
+                tracing::info!(group = %self.group, error = %e, "rejoining the group to commit");
+                if matches!(e.server_error(), Some(ServerError::UnknownMember { .. })) {
+                    self.member_id.clear();
+                }
+                self.rejoin().await?;
+                self.commit_once().await
+            }
+            other => other,
+        }
+    }
+
+    async fn commit_once(&mut self) -> Result<(), ClientError> {
         let offsets: Vec<pb::QueueOffset> = self
             .consumer
             .positions()
@@ -339,7 +360,7 @@ impl GroupConsumer {
     pub async fn poll(&mut self) -> Result<Vec<ConsumedMessage>, ClientError> {
         let step = async {
             if self.config.auto_commit {
-                self.commit().await?;
+                self.commit_once().await?;
             }
             if Instant::now() >= self.next_heartbeat {
                 self.heartbeat().await?;

@@ -100,6 +100,14 @@ pub struct BrokerConfig {
     /// a node that lags or was deposed may then answer stale (kept for measuring
     /// the cost of the confirmation; not for production).
     pub linearizable_reads: bool,
+    /// Members of an existing cluster to ask for admission (default none). A node
+    /// started with `join` is not a bootstrap member: it asks the leader to add it
+    /// as a learner and receives the log; `raftmq cluster add-node` then makes it a
+    /// voter. `peers` is ignored for it (members' addresses come from the log).
+    pub join: Vec<SocketAddr>,
+    /// A learner is promoted to voter only once its log is within this many
+    /// entries of the leader's (default 1000).
+    pub max_learner_lag: u64,
 }
 
 impl Default for BrokerConfig {
@@ -129,6 +137,8 @@ impl Default for BrokerConfig {
             retention_follower_grace_ms: 600_000,
             max_disk_use_ratio: 0.95,
             linearizable_reads: true,
+            join: Vec::new(),
+            max_learner_lag: 1000,
         }
     }
 }
@@ -219,6 +229,10 @@ pub struct FileConfig {
     pub max_disk_use_ratio: Option<f64>,
     /// See [`BrokerConfig::linearizable_reads`].
     pub linearizable_reads: Option<bool>,
+    /// `["HOST:PORT", ...]`: see [`BrokerConfig::join`].
+    pub join: Option<Vec<String>>,
+    /// See [`BrokerConfig::max_learner_lag`].
+    pub max_learner_lag: Option<u64>,
 }
 
 /// Parses `HOST:PORT`; names are resolved with the system resolver (for `localhost`).
@@ -304,6 +318,12 @@ impl BrokerConfig {
         if let Some(peers) = file.peers {
             self.peers = parse_peers(&peers)?;
         }
+        if let Some(join) = file.join {
+            self.join = join
+                .iter()
+                .map(|a| parse_addr(a))
+                .collect::<Result<_, _>>()?;
+        }
         if let Some(metrics) = file.metrics_listen {
             self.metrics_listen = Some(parse_addr(&metrics)?);
         }
@@ -325,7 +345,8 @@ impl BrokerConfig {
             retention_check_interval_ms,
             retention_follower_grace_ms,
             max_disk_use_ratio,
-            linearizable_reads
+            linearizable_reads,
+            max_learner_lag
         );
         Ok(())
     }

@@ -12,11 +12,13 @@
 //! - [`config`]: every option with its default;
 //! - [`metrics`]: the Prometheus series and their `/metrics` endpoint.
 
+pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod data_dir_lock;
 pub mod group;
 pub mod hard_state;
+pub mod join;
 pub mod log_adapter;
 pub mod logging;
 pub mod metrics;

@@ -39,6 +39,15 @@ struct Args {
     /// Every node of the cluster, this one included: 1=HOST:PORT,2=HOST:PORT,...
     #[arg(long)]
     peers: Option<String>,
+    /// Join an existing cluster through any of its members (HOST:PORT[,...]): this
+    /// node (empty data directory) asks to be added as a learner and receives the
+    /// log; `raftmq cluster add-node ID` then makes it a voter.
+    #[arg(long, value_name = "HOST:PORT[,...]", conflicts_with = "peers")]
+    join: Option<String>,
+    /// A learner is promoted only within this many entries of the leader's log
+    /// (default 1000).
+    #[arg(long)]
+    max_learner_lag: Option<u64>,
     /// fsync (default: acknowledge after a quorum synced) or async.
     #[arg(long)]
     durability: Option<Durability>,
@@ -161,6 +170,15 @@ fn build_config(args: &Args) -> anyhow::Result<BrokerConfig> {
     }
     if let Some(ratio) = args.max_disk_use_ratio {
         config.max_disk_use_ratio = ratio;
+    }
+    if let Some(join) = &args.join {
+        config.join = join
+            .split(',')
+            .map(|a| parse_addr(a.trim()))
+            .collect::<Result<_, _>>()?;
+    }
+    if let Some(lag) = args.max_learner_lag {
+        config.max_learner_lag = lag;
     }
     if args.local_reads {
         config.linearizable_reads = false;

@@ -16,14 +16,20 @@ pub enum WireError {
     /// An entry kind this broker does not know.
     #[error("unknown entry kind {0}")]
     UnknownEntryKind(u32),
-    /// The message came from another cluster.
-    #[error("message from cluster {found}, this is cluster {expected}")]
-    WrongCluster {
-        /// This cluster.
-        expected: u64,
-        /// The sender's.
-        found: u64,
-    },
+}
+
+/// Who sent a peer message: the cluster it believes it belongs to (0: not known
+/// yet) and its data directory's incarnation. The node checks both against the
+/// membership in effect (see `crate::cluster`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PeerIdentity {
+    /// The sender's cluster id, 0 when it does not know it yet.
+    pub cluster_id: u64,
+    /// The sender's data-directory incarnation.
+    pub incarnation: u64,
+    /// The sender's listen address (where answers go when the membership does not
+    /// name it yet).
+    pub address: Option<std::net::SocketAddr>,
 }
 
 fn entry_to_pb(entry: Entry) -> pb::RaftEntry {
@@ -49,7 +55,7 @@ fn entry_from_pb(entry: pb::RaftEntry) -> Result<Entry, WireError> {
 }
 
 /// Encodes a core message for a peer.
-pub fn to_pb(msg: Message, cluster_id: u64) -> pb::RaftMessage {
+pub fn to_pb(msg: Message, identity: PeerIdentity) -> pb::RaftMessage {
     use pb::raft_message::Body;
     let body = match msg.body {
         MessageBody::Vote {
@@ -124,6 +130,7 @@ pub fn to_pb(msg: Message, cluster_id: u64) -> pb::RaftMessage {
         MessageBody::InstallSnapshot {
             index,
             snapshot_term,
+            ..
         } => Body::SnapshotChunk(pb::SnapshotChunk {
             index: index.0,
             snapshot_term: snapshot_term.0,
@@ -134,7 +141,9 @@ pub fn to_pb(msg: Message, cluster_id: u64) -> pb::RaftMessage {
         from: msg.from.0,
         to: msg.to.0,
         term: msg.term.0,
-        cluster_id,
+        cluster_id: identity.cluster_id,
+        from_incarnation: identity.incarnation,
+        from_address: identity.address.map(|a| a.to_string()).unwrap_or_default(),
         body: Some(body),
     }
 }
@@ -170,12 +179,14 @@ pub enum PeerMessage {
 }
 
 /// Encodes a piece of a snapshot transfer.
-pub fn snapshot_chunk_to_pb(chunk: SnapshotChunk, cluster_id: u64) -> pb::RaftMessage {
+pub fn snapshot_chunk_to_pb(chunk: SnapshotChunk, identity: PeerIdentity) -> pb::RaftMessage {
     pb::RaftMessage {
         from: chunk.from.0,
         to: chunk.to.0,
         term: chunk.term.0,
-        cluster_id,
+        cluster_id: identity.cluster_id,
+        from_incarnation: identity.incarnation,
+        from_address: identity.address.map(|a| a.to_string()).unwrap_or_default(),
         body: Some(pb::raft_message::Body::SnapshotChunk(pb::SnapshotChunk {
             index: chunk.index.0,
             snapshot_term: chunk.snapshot_term.0,
@@ -186,27 +197,29 @@ pub fn snapshot_chunk_to_pb(chunk: SnapshotChunk, cluster_id: u64) -> pb::RaftMe
     }
 }
 
-/// Decodes a peer's message.
-pub fn from_pb(msg: pb::RaftMessage, cluster_id: u64) -> Result<PeerMessage, WireError> {
+/// Decodes a peer's message and who sent it.
+pub fn from_pb(msg: pb::RaftMessage) -> Result<(PeerMessage, PeerIdentity), WireError> {
     use pb::raft_message::Body;
-    if msg.cluster_id != cluster_id {
-        return Err(WireError::WrongCluster {
-            expected: cluster_id,
-            found: msg.cluster_id,
-        });
-    }
+    let identity = PeerIdentity {
+        cluster_id: msg.cluster_id,
+        incarnation: msg.from_incarnation,
+        address: msg.from_address.parse().ok(),
+    };
     let body = match msg.body.ok_or(WireError::MissingBody)? {
         Body::SnapshotChunk(c) => {
-            return Ok(PeerMessage::SnapshotChunk(SnapshotChunk {
-                from: NodeId(msg.from),
-                to: NodeId(msg.to),
-                term: Term(msg.term),
-                index: LogIndex(c.index),
-                snapshot_term: Term(c.snapshot_term),
-                offset: c.offset,
-                total_bytes: c.total_bytes,
-                data: c.data,
-            }))
+            return Ok((
+                PeerMessage::SnapshotChunk(SnapshotChunk {
+                    from: NodeId(msg.from),
+                    to: NodeId(msg.to),
+                    term: Term(msg.term),
+                    index: LogIndex(c.index),
+                    snapshot_term: Term(c.snapshot_term),
+                    offset: c.offset,
+                    total_bytes: c.total_bytes,
+                    data: c.data,
+                }),
+                identity,
+            ))
         }
         Body::Vote(v) => MessageBody::Vote {
             pre_vote: v.pre_vote,
@@ -250,10 +263,13 @@ pub fn from_pb(msg: pb::RaftMessage, cluster_id: u64) -> Result<PeerMessage, Wir
         },
         Body::TimeoutNow(_) => MessageBody::TimeoutNow,
     };
-    Ok(PeerMessage::Raft(Message {
-        from: NodeId(msg.from),
-        to: NodeId(msg.to),
-        term: Term(msg.term),
-        body,
-    }))
+    Ok((
+        PeerMessage::Raft(Message {
+            from: NodeId(msg.from),
+            to: NodeId(msg.to),
+            term: Term(msg.term),
+            body,
+        }),
+        identity,
+    ))
 }

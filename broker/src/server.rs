@@ -38,8 +38,6 @@ use crate::transport::PeerTransport;
 const NODE_INBOX: usize = 8192;
 /// Responses written before one flush.
 const WRITE_BATCH: usize = 256;
-/// Cluster id carried by peer messages (one cluster per peer set for now).
-const CLUSTER_ID: u64 = 0;
 
 /// Why a broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +56,9 @@ pub enum StartError {
     /// The hard state could not be read.
     #[error(transparent)]
     HardState(#[from] crate::hard_state::HardStateError),
+    /// The data directory's identity file is unusable or names another node.
+    #[error(transparent)]
+    Identity(#[from] crate::cluster::IdentityError),
     /// The commit log could not be opened.
     #[error("cannot open the commit log: {0}")]
     Log(#[from] raftmq_store::StoreError),
@@ -124,6 +125,11 @@ impl Broker {
         if config.peers.len() == 1 {
             config.peers.insert(config.node_id, local_addr);
         }
+        if !config.join.is_empty() {
+            // Not a bootstrap member: the members and their addresses come from the
+            // log the leader sends once this node is added.
+            config.peers = std::collections::BTreeMap::from([(config.node_id, local_addr)]);
+        }
         let metrics_listener = match config.metrics_listen {
             Some(addr) => {
                 let listener = metrics::http::bind(addr)
@@ -140,6 +146,8 @@ impl Broker {
             Some(_) => BrokerMetrics::enabled_for(config.node_id.0),
             None => BrokerMetrics::disabled(),
         });
+        let identity =
+            crate::cluster::NodeIdentity::load_or_create(&config.data_dir, config.node_id)?;
         let (hard_state_file, hard_state) = HardStateFile::open(&config.data_dir, config.node_id)?;
         let log_config = LogConfig {
             segment_bytes: config.segment_bytes,
@@ -153,8 +161,17 @@ impl Broker {
         let snapshot_dir = SnapshotDir::open(&config.data_dir.join("snapshots"))
             .map_err(crate::node::RecoverError::from)?;
         let (log, state, snapshot_files) = crate::node::recover(log, &snapshot_dir)?;
-        let mut raft_config =
-            raft::Config::new(config.node_id, config.peers.keys().copied().collect());
+        let bootstrap = if config.join.is_empty() {
+            crate::cluster::bootstrap_entry(&config.peers)
+        } else {
+            crate::cluster::bootstrap_entry(&std::collections::BTreeMap::new())
+        };
+        // The membership at the log's start: the base snapshot's, else the bootstrap
+        // configuration; the core adds the changes the log holds after it.
+        let base = crate::cluster::entry_from_state(&state, &bootstrap);
+        let mut raft_config = raft::Config::new(config.node_id, base.membership.voters.clone());
+        raft_config.learners = base.membership.learners.clone();
+        raft_config.membership_context = base.context.clone();
         raft_config.election_timeout_ticks = config.election_timeout_ticks;
         raft_config.heartbeat_interval_ticks = config.heartbeat_interval_ticks;
         raft_config.max_pending_proposals = config.max_pending_proposals;
@@ -163,16 +180,29 @@ impl Broker {
             .map_err(|e| StartError::Raft(e.to_string()))?;
         let config = Arc::new(config);
         let shutdown = CancellationToken::new();
+        // Links follow the membership in effect; the node sets them.
         let transport = PeerTransport::start(
             config.node_id,
-            &config.peers,
-            CLUSTER_ID,
+            &std::collections::BTreeMap::new(),
+            raft_wire::PeerIdentity {
+                cluster_id: identity.cluster_id,
+                incarnation: identity.incarnation,
+                address: Some(local_addr),
+            },
             config.max_frame_bytes,
             shutdown.clone(),
         );
+        tracing::info!(
+            incarnation = %format!("{:016x}", identity.incarnation),
+            cluster_id = %format!("{:016x}", identity.cluster_id),
+            "data directory identity"
+        );
+        let join = config.join.clone();
         let (inbox_tx, inbox_rx) = mpsc::channel(NODE_INBOX);
         let node = Node::new(
             config.clone(),
+            identity.clone(),
+            bootstrap,
             raft,
             hard_state_file,
             hard_state,
@@ -195,6 +225,17 @@ impl Broker {
                 shutdown.clone(),
             ));
             tokio::spawn(broker_metrics.clone().run_upkeep(shutdown.clone()));
+        }
+        if !join.is_empty() {
+            tokio::spawn(crate::join::run(
+                join,
+                crate::join::JoinRequest {
+                    node_id: config.node_id,
+                    address: local_addr,
+                    incarnation: identity.incarnation,
+                },
+                shutdown.clone(),
+            ));
         }
         let listener = tokio::spawn(accept_loop(
             listener,
@@ -328,12 +369,9 @@ async fn serve_connection(
             continue;
         };
         if let pb::request::Body::Raft(msg) = body {
-            match raft_wire::from_pb(msg, CLUSTER_ID) {
+            match raft_wire::from_pb(msg) {
                 Ok(msg) => {
-                    let input = match msg {
-                        raft_wire::PeerMessage::Raft(msg) => NodeInput::Raft(msg),
-                        raft_wire::PeerMessage::SnapshotChunk(c) => NodeInput::SnapshotChunk(c),
-                    };
+                    let input = NodeInput::Peer(msg);
                     if inbox.send(input).await.is_err() {
                         break;
                     }

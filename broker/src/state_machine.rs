@@ -26,6 +26,10 @@
 //! | topic count, then per topic by id | 4 | `id` (4), `name` (string), `retention_ms` (8), `retention_bytes` (8), queue count (4), per queue `next_offset` (8) |
 //! | session count, then per session by key | 4 | `producer_id` (8), `topic_id` (4), `queue` (4), `epoch` (2), `next_sequence` (4), recent count (4), per recent batch `base_sequence` (4), `count` (4), `base_offset` (8), oldest first |
 //! | group count, then per group by name | 4 | `name` (string), offset count (4), per offset by key `topic` (string), `queue` (4), `offset` (8) |
+//! | membership (version 2) | 8 + 4 + n | index of the last membership entry applied (0: none), its body's length and the body |
+//!
+//! Version 1 (no membership field) is still read: its membership is the bootstrap
+//! configuration.
 //!
 //! The name → id map of topics is not stored: it is exactly the topics' names, and
 //! rebuilding it cannot let the two disagree.
@@ -41,7 +45,7 @@ use crate::command::{decode_messages, Command, CommittedOffset, TopicRetention};
 use crate::snapshot::PayloadError;
 
 /// Version byte of the snapshot payload layout (module docs).
-const SNAPSHOT_VERSION: u8 = 1;
+const SNAPSHOT_VERSION: u8 = 2;
 
 /// Batches remembered per (producer, queue) to answer retries with their offset.
 const RECENT_BATCHES_PER_PRODUCER_QUEUE: usize = 8;
@@ -171,6 +175,8 @@ pub enum ApplyOutcome {
     },
     /// Offsets stored.
     OffsetsCommitted,
+    /// A membership entry was applied.
+    MembershipChanged,
     /// The entry was refused; the log keeps it but no queue does.
     Rejected(ErrorCode, String),
 }
@@ -184,6 +190,9 @@ pub struct StateMachine {
     next_producer_id: u64,
     sequences: BTreeMap<(u64, u32, u32), SequenceState>,
     group_offsets: BTreeMap<String, BTreeMap<(String, u32), u64>>,
+    /// The last membership entry applied: (index, body). Kept in snapshots, so a
+    /// node that starts from one knows the group's members at that point.
+    membership: Option<(LogIndex, Bytes)>,
     applied: LogIndex,
 }
 
@@ -200,6 +209,21 @@ impl StateMachine {
     /// The last entry applied.
     pub fn applied(&self) -> LogIndex {
         self.applied
+    }
+
+    /// The last membership entry applied, as (index, body), if any was.
+    pub fn membership(&self) -> Option<&(LogIndex, Bytes)> {
+        self.membership.as_ref()
+    }
+
+    /// An empty state that holds only this one's applied index and membership
+    /// (what the Raft core needs of a snapshot).
+    pub fn membership_only(&self) -> StateMachine {
+        StateMachine {
+            membership: self.membership.clone(),
+            applied: self.applied,
+            ..StateMachine::new()
+        }
     }
 
     /// A topic by name.
@@ -237,6 +261,10 @@ impl StateMachine {
         self.applied = entry.index;
         match entry.kind {
             EntryKind::Noop => ApplyOutcome::None,
+            EntryKind::Membership => {
+                self.membership = Some((entry.index, entry.body.clone()));
+                ApplyOutcome::MembershipChanged
+            }
             EntryKind::Messages => self.apply_messages(entry.index, &entry.body),
             EntryKind::Command => match Command::decode(&entry.body) {
                 Ok(command) => self.apply_command(command),
@@ -452,6 +480,13 @@ impl StateMachine {
                 buf.put_u64_le(*offset);
             }
         }
+        let (index, body) = self
+            .membership
+            .clone()
+            .unwrap_or((LogIndex::ZERO, Bytes::new()));
+        buf.put_u64_le(index.0);
+        buf.put_u32_le(body.len() as u32);
+        buf.put_slice(&body);
         buf.freeze()
     }
 
@@ -467,7 +502,7 @@ impl StateMachine {
     pub fn from_snapshot(payload: &[u8]) -> Result<StateMachine, PayloadError> {
         let mut r = Reader(payload);
         let version = r.u8("version")?;
-        if version != SNAPSHOT_VERSION {
+        if version != SNAPSHOT_VERSION && version != 1 {
             return Err(PayloadError::UnknownVersion(version));
         }
         let applied = LogIndex(r.u64("applied index")?);
@@ -594,10 +629,25 @@ impl StateMachine {
             group_offsets.insert(group, offsets);
         }
 
+        let mut membership = None;
+        if version >= 2 {
+            let index = LogIndex(r.u64("membership index")?);
+            let len = r.count("membership body", 1)?;
+            let body = Bytes::copy_from_slice(r.bytes(len, "membership body")?);
+            if index > applied || (index == LogIndex::ZERO) != body.is_empty() {
+                return Err(PayloadError::Inconsistent(format!(
+                    "membership entry {index} with {len} bytes"
+                )));
+            }
+            if index > LogIndex::ZERO {
+                membership = Some((index, body));
+            }
+        }
         if !r.0.is_empty() {
             return Err(PayloadError::TrailingBytes(r.0.len()));
         }
         Ok(StateMachine {
+            membership,
             topic_ids,
             topics,
             next_topic_id,
@@ -714,6 +764,13 @@ impl Reader<'_> {
     fn u64(&mut self, what: &'static str) -> Result<u64, PayloadError> {
         self.need(8, what)?;
         Ok(self.0.get_u64_le())
+    }
+
+    fn bytes(&mut self, n: usize, what: &'static str) -> Result<&[u8], PayloadError> {
+        self.need(n, what)?;
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
     }
 
     /// A count of items that each take at least `min_item_bytes`: refused at once if
@@ -1098,10 +1155,10 @@ mod tests {
             Err(PayloadError::Inconsistent(_))
         ));
         let mut other_version = payload.to_vec();
-        other_version[0] = 2;
+        other_version[0] = 3;
         assert_eq!(
             StateMachine::from_snapshot(&other_version).unwrap_err(),
-            PayloadError::UnknownVersion(2)
+            PayloadError::UnknownVersion(3)
         );
     }
 

@@ -1,5 +1,8 @@
 //! Outbound links to the other brokers of the Raft group.
 //!
+//! The set of peers follows the membership in effect ([`PeerTransport::set_peers`]):
+//! a link starts for each new member and stops for each removed one.
+//!
 //! One task per peer owns a TCP connection and a bounded queue. Sending never blocks
 //! the Raft task: when a queue is full or the peer is down the message is dropped, which
 //! Raft tolerates (it retries appends and heartbeats). While disconnected the task
@@ -18,7 +21,7 @@ use tokio_util::codec::FramedWrite;
 use tokio_util::sync::CancellationToken;
 
 use crate::raft::{Message, NodeId};
-use crate::raft_wire;
+use crate::raft_wire::{self, PeerIdentity};
 
 /// Messages queued per peer before new ones are dropped.
 const PEER_QUEUE_MESSAGES: usize = 4096;
@@ -29,11 +32,23 @@ const BACKOFF_MAX: Duration = Duration::from_millis(1000);
 /// How often a peer that stays unreachable is reported.
 const UNREACHABLE_LOG_INTERVAL: Duration = Duration::from_secs(30);
 
+/// One peer's sender task.
+#[derive(Debug)]
+struct Link {
+    addr: SocketAddr,
+    tx: mpsc::Sender<pb::RaftMessage>,
+    /// Stops the task (the peer left the membership or moved).
+    stop: CancellationToken,
+}
+
 /// Handles to the per-peer sender tasks.
 #[derive(Debug)]
 pub struct PeerTransport {
-    peers: BTreeMap<NodeId, mpsc::Sender<pb::RaftMessage>>,
-    cluster_id: u64,
+    self_id: NodeId,
+    links: BTreeMap<NodeId, Link>,
+    identity: PeerIdentity,
+    max_frame_bytes: usize,
+    shutdown: CancellationToken,
 }
 
 impl PeerTransport {
@@ -41,41 +56,75 @@ impl PeerTransport {
     pub fn start(
         self_id: NodeId,
         peers: &BTreeMap<NodeId, SocketAddr>,
-        cluster_id: u64,
+        identity: PeerIdentity,
         max_frame_bytes: usize,
         shutdown: CancellationToken,
     ) -> PeerTransport {
-        let mut senders = BTreeMap::new();
+        let mut transport = PeerTransport {
+            self_id,
+            links: BTreeMap::new(),
+            identity,
+            max_frame_bytes,
+            shutdown,
+        };
+        transport.set_peers(peers);
+        transport
+    }
+
+    /// Links to exactly these peers (this node is skipped): new ones start, removed
+    /// ones stop, a peer whose address changed is reconnected.
+    pub fn set_peers(&mut self, peers: &BTreeMap<NodeId, SocketAddr>) {
+        self.links.retain(|id, link| {
+            let keep = peers.get(id) == Some(&link.addr);
+            if !keep {
+                link.stop.cancel();
+            }
+            keep
+        });
         for (&id, &addr) in peers {
-            if id == self_id {
+            if id == self.self_id || self.links.contains_key(&id) {
                 continue;
             }
             let (tx, rx) = mpsc::channel(PEER_QUEUE_MESSAGES);
-            tokio::spawn(peer_link(id, addr, rx, max_frame_bytes, shutdown.clone()));
-            senders.insert(id, tx);
+            let stop = self.shutdown.child_token();
+            tokio::spawn(peer_link(id, addr, rx, self.max_frame_bytes, stop.clone()));
+            self.links.insert(id, Link { addr, tx, stop });
         }
-        PeerTransport {
-            peers: senders,
-            cluster_id,
+    }
+
+    /// Links to `id` at `addr` unless a link to it exists (a node that does not
+    /// know the membership yet answers whoever writes to it).
+    pub fn ensure_peer(&mut self, id: NodeId, addr: SocketAddr) {
+        if id == self.self_id || self.links.contains_key(&id) {
+            return;
         }
+        let (tx, rx) = mpsc::channel(PEER_QUEUE_MESSAGES);
+        let stop = self.shutdown.child_token();
+        tokio::spawn(peer_link(id, addr, rx, self.max_frame_bytes, stop.clone()));
+        self.links.insert(id, Link { addr, tx, stop });
+    }
+
+    /// The identity carried by every message sent from now on.
+    pub fn set_identity(&mut self, identity: PeerIdentity) {
+        self.identity = identity;
     }
 
     /// Queues a message for its peer; drops it if the queue is full.
     pub fn send(&self, msg: Message) {
         let to = msg.to;
-        self.send_pb(to, raft_wire::to_pb(msg, self.cluster_id));
+        self.send_pb(to, raft_wire::to_pb(msg, self.identity));
     }
 
     /// Queues a piece of a snapshot transfer; drops it if the queue is full (the
     /// follower then sees a gap and the leader retries the whole transfer).
     pub fn send_snapshot_chunk(&self, chunk: raft_wire::SnapshotChunk) {
         let to = chunk.to;
-        self.send_pb(to, raft_wire::snapshot_chunk_to_pb(chunk, self.cluster_id));
+        self.send_pb(to, raft_wire::snapshot_chunk_to_pb(chunk, self.identity));
     }
 
     fn send_pb(&self, to: NodeId, msg: pb::RaftMessage) {
-        if let Some(tx) = self.peers.get(&to) {
-            if tx.try_send(msg).is_err() {
+        if let Some(link) = self.links.get(&to) {
+            if link.tx.try_send(msg).is_err() {
                 tracing::trace!(peer = to.0, "peer queue full, message dropped");
             }
         }

@@ -235,6 +235,32 @@ impl Admin {
         }
     }
 
+    /// Promotes learner `node` (a node started with `--join`) to voter, once it has
+    /// caught up with the leader. Returns the index of the membership entry.
+    pub async fn add_node(&self, node: u64) -> Result<u64, ClientError> {
+        let body = request::Body::AddNode(pb::AddNodeRequest { node_id: node });
+        match self.client.request(Target::Leader, body).await? {
+            response::Body::AddNode(r) => {
+                let _ = self.client.refresh_metadata().await;
+                Ok(r.membership_index)
+            }
+            other => Err(unexpected("add_node", &other)),
+        }
+    }
+
+    /// Removes voter or learner `node`, live or dead (a leader removed hands its
+    /// leadership over first). Returns the index of the membership entry.
+    pub async fn remove_node(&self, node: u64) -> Result<u64, ClientError> {
+        let body = request::Body::RemoveNode(pb::RemoveNodeRequest { node_id: node });
+        match self.client.request(Target::Leader, body).await? {
+            response::Body::RemoveNode(r) => {
+                let _ = self.client.refresh_metadata().await;
+                Ok(r.membership_index)
+            }
+            other => Err(unexpected("remove_node", &other)),
+        }
+    }
+
     /// Asks the leader to hand leadership to node `to`.
     pub async fn transfer_leader(&self, to: u64) -> Result<(), ClientError> {
         let body = request::Body::TransferLeader(pb::TransferLeaderRequest { to_node_id: to });

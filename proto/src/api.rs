@@ -29,6 +29,12 @@ pub enum ApiKey {
     TransferLeader = 17,
     /// Get an idempotent producer id.
     InitProducer = 18,
+    /// Promote a learner to voter.
+    AddNode = 19,
+    /// Remove a member.
+    RemoveNode = 20,
+    /// A new node asks to join as a learner.
+    JoinCluster = 21,
     /// Join a consumer group.
     JoinGroup = 30,
     /// Consumer-group heartbeat.
@@ -51,7 +57,7 @@ pub enum ApiKey {
 
 impl ApiKey {
     /// Every API key, in number order.
-    pub const ALL: [ApiKey; 18] = [
+    pub const ALL: [ApiKey; 21] = [
         ApiKey::CreateTopic,
         ApiKey::DeleteTopic,
         ApiKey::Metadata,
@@ -61,6 +67,9 @@ impl ApiKey {
         ApiKey::ClusterStatus,
         ApiKey::TransferLeader,
         ApiKey::InitProducer,
+        ApiKey::AddNode,
+        ApiKey::RemoveNode,
+        ApiKey::JoinCluster,
         ApiKey::JoinGroup,
         ApiKey::Heartbeat,
         ApiKey::LeaveGroup,
@@ -94,6 +103,9 @@ impl ApiKey {
             ApiKey::ClusterStatus => "cluster_status",
             ApiKey::TransferLeader => "transfer_leader",
             ApiKey::InitProducer => "init_producer",
+            ApiKey::AddNode => "add_node",
+            ApiKey::RemoveNode => "remove_node",
+            ApiKey::JoinCluster => "join_cluster",
             ApiKey::JoinGroup => "join_group",
             ApiKey::Heartbeat => "heartbeat",
             ApiKey::LeaveGroup => "leave_group",
@@ -127,6 +139,9 @@ impl request::Body {
             B::ClusterStatus(_) => ApiKey::ClusterStatus,
             B::TransferLeader(_) => ApiKey::TransferLeader,
             B::InitProducer(_) => ApiKey::InitProducer,
+            B::AddNode(_) => ApiKey::AddNode,
+            B::RemoveNode(_) => ApiKey::RemoveNode,
+            B::JoinCluster(_) => ApiKey::JoinCluster,
             B::JoinGroup(_) => ApiKey::JoinGroup,
             B::Heartbeat(_) => ApiKey::Heartbeat,
             B::LeaveGroup(_) => ApiKey::LeaveGroup,
@@ -154,6 +169,9 @@ impl response::Body {
             B::ClusterStatus(_) => ApiKey::ClusterStatus,
             B::TransferLeader(_) => ApiKey::TransferLeader,
             B::InitProducer(_) => ApiKey::InitProducer,
+            B::AddNode(_) => ApiKey::AddNode,
+            B::RemoveNode(_) => ApiKey::RemoveNode,
+            B::JoinCluster(_) => ApiKey::JoinCluster,
             B::JoinGroup(_) => ApiKey::JoinGroup,
             B::Heartbeat(_) => ApiKey::Heartbeat,
             B::LeaveGroup(_) => ApiKey::LeaveGroup,

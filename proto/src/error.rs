@@ -335,6 +335,24 @@ pub enum ServerError {
         /// The broker's message.
         message: String,
     },
+    /// Another membership change is still uncommitted; retry shortly.
+    #[error("{}", tidy("membership change in progress", .message))]
+    MembershipChangeInProgress {
+        /// The broker's message.
+        message: String,
+    },
+    /// The membership change is not allowed (the message says why).
+    #[error("{}", tidy("invalid membership change", .message))]
+    InvalidMembershipChange {
+        /// The broker's message.
+        message: String,
+    },
+    /// The request came from another cluster or from a replaced data directory.
+    #[error("{}", tidy("wrong cluster", .message))]
+    WrongCluster {
+        /// The broker's message.
+        message: String,
+    },
     /// A code this client does not know (a newer broker), or `NONE` with an error.
     #[error("error code {code}: {message}")]
     Unknown {
@@ -368,6 +386,7 @@ impl ServerError {
                 | ServerError::ShuttingDown { .. }
                 | ServerError::StorageError { .. }
                 | ServerError::NotReady { .. }
+                | ServerError::MembershipChangeInProgress { .. }
         )
     }
 
@@ -396,6 +415,9 @@ impl ServerError {
             ServerError::FencedProducer { .. } => ErrorCode::FencedProducer,
             ServerError::ShuttingDown { .. } => ErrorCode::ShuttingDown,
             ServerError::NotReady { .. } => ErrorCode::NotReady,
+            ServerError::MembershipChangeInProgress { .. } => ErrorCode::MembershipChangeInProgress,
+            ServerError::InvalidMembershipChange { .. } => ErrorCode::InvalidMembershipChange,
+            ServerError::WrongCluster { .. } => ErrorCode::WrongCluster,
             ServerError::Unknown { .. } => ErrorCode::None,
         }
     }
@@ -436,6 +458,13 @@ impl From<pb::Error> for ServerError {
                 leader_address: (!e.leader_address.is_empty()).then_some(e.leader_address),
                 message,
             },
+            Ok(ErrorCode::MembershipChangeInProgress) => {
+                ServerError::MembershipChangeInProgress { message }
+            }
+            Ok(ErrorCode::InvalidMembershipChange) => {
+                ServerError::InvalidMembershipChange { message }
+            }
+            Ok(ErrorCode::WrongCluster) => ServerError::WrongCluster { message },
             Ok(ErrorCode::None) | Err(_) => ServerError::Unknown {
                 code: e.code,
                 message,
@@ -450,7 +479,7 @@ mod tests {
 
     #[test]
     fn every_code_maps_to_its_own_server_error() {
-        for code in 1..=22 {
+        for code in 1..=25 {
             let code = ErrorCode::try_from(code).expect("known code");
             let server = ServerError::from(pb::Error::new(code, "x"));
             assert_eq!(server.code(), code, "{server}");

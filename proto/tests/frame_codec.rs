@@ -106,6 +106,8 @@ fn every_request() -> Vec<Req> {
             to: 2,
             term: 9,
             cluster_id: 77,
+            from_incarnation: 5,
+            from_address: "127.0.0.1:7071".into(),
             body: Some(pb::raft_message::Body::Append(pb::AppendRequest {
                 prev_log_index: 10,
                 prev_log_term: 8,
@@ -178,8 +180,29 @@ fn every_response() -> Vec<Resp> {
                 next_index: 98,
                 lag: 3,
                 active: true,
+                voter: true,
             }],
             nodes: vec![node(1), node(2)],
+            cluster_id: 42,
+            members: vec![pb::MemberInfo {
+                node_id: 3,
+                address: "127.0.0.1:7072".into(),
+                incarnation: 9,
+                voter: false,
+            }],
+            membership_index: 7,
+            membership_change_pending: true,
+            incarnation: 11,
+        }),
+        Resp::AddNode(pb::AddNodeResponse {
+            membership_index: 8,
+        }),
+        Resp::RemoveNode(pb::RemoveNodeResponse {
+            membership_index: 9,
+        }),
+        Resp::JoinCluster(pb::JoinClusterResponse {
+            cluster_id: 42,
+            membership_index: 10,
         }),
         Resp::TransferLeader(pb::TransferLeaderResponse {}),
         Resp::InitProducer(pb::InitProducerResponse {

@@ -52,6 +52,8 @@ pub enum EntryKind {
     Command = 2,
     /// A new leader's first entry: commits the entries of earlier terms.
     Noop = 3,
+    /// A change of the Raft group's members (voters and learners).
+    Membership = 4,
 }
 
 impl EntryKind {
@@ -61,6 +63,7 @@ impl EntryKind {
             1 => Some(EntryKind::Messages),
             2 => Some(EntryKind::Command),
             3 => Some(EntryKind::Noop),
+            4 => Some(EntryKind::Membership),
             _ => None,
         }
     }

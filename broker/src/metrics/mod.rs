@@ -73,6 +73,9 @@ pub enum Api {
     LeaveGroup,
     DescribeGroup,
     OffsetReset,
+    AddNode,
+    RemoveNode,
+    JoinCluster,
     /// A request without a known body.
     Unknown,
 }
@@ -102,6 +105,9 @@ impl Api {
             B::LeaveGroup(_) => Api::LeaveGroup,
             B::DescribeGroup(_) => Api::DescribeGroup,
             B::OffsetReset(_) => Api::OffsetReset,
+            B::AddNode(_) => Api::AddNode,
+            B::RemoveNode(_) => Api::RemoveNode,
+            B::JoinCluster(_) => Api::JoinCluster,
             B::Raft(_) => Api::Unknown,
         }
     }
@@ -126,6 +132,9 @@ impl Api {
             Api::LeaveGroup => "leave_group",
             Api::DescribeGroup => "describe_group",
             Api::OffsetReset => "offset_reset",
+            Api::AddNode => "add_node",
+            Api::RemoveNode => "remove_node",
+            Api::JoinCluster => "join_cluster",
             Api::Unknown => "unknown",
         }
     }
@@ -209,6 +218,14 @@ pub struct RaftEvents {
     pub snapshots_sent: Counter,
     /// `raftmq_snapshots_installed_total`.
     pub snapshots_installed: Counter,
+    /// `raftmq_membership_changes_total`: membership entries this node appended
+    /// (as leader or follower).
+    pub membership_changes: Counter,
+    /// `raftmq_membership_refusals_total`: membership requests refused.
+    pub membership_refusals: Counter,
+    /// `raftmq_peer_messages_refused_total`: peer messages from another cluster, a
+    /// replaced data directory or a removed node.
+    pub peer_messages_refused: Counter,
 }
 
 /// Topics with series of their own; the traffic of any further topic is counted
@@ -312,6 +329,9 @@ impl BrokerMetrics {
                 segments_deleted: Counter::noop(),
                 snapshots_sent: Counter::noop(),
                 snapshots_installed: Counter::noop(),
+                membership_changes: Counter::noop(),
+                membership_refusals: Counter::noop(),
+                peer_messages_refused: Counter::noop(),
             },
         }
     }
@@ -368,6 +388,9 @@ impl BrokerMetrics {
                     segments_deleted: counter!("raftmq_retention_segments_deleted_total"),
                     snapshots_sent: counter!("raftmq_snapshots_sent_total"),
                     snapshots_installed: counter!("raftmq_snapshots_installed_total"),
+                    membership_changes: counter!("raftmq_membership_changes_total"),
+                    membership_refusals: counter!("raftmq_membership_refusals_total"),
+                    peer_messages_refused: counter!("raftmq_peer_messages_refused_total"),
                 },
             }
         });
@@ -770,6 +793,18 @@ fn describe_all() {
     describe_counter!(
         "raftmq_snapshots_installed_total",
         "Leader snapshots this node installed as follower."
+    );
+    describe_counter!(
+        "raftmq_membership_changes_total",
+        "Membership entries (join, add-node, remove-node, identity updates) this node appended."
+    );
+    describe_counter!(
+        "raftmq_membership_refusals_total",
+        "Membership requests this node refused (not leader, a change in flight, invalid)."
+    );
+    describe_counter!(
+        "raftmq_peer_messages_refused_total",
+        "Peer messages refused: another cluster, a replaced data directory or a removed node."
     );
     describe_counter!(
         "raftmq_raft_elections_started_total",

@@ -29,13 +29,14 @@ use crate::group::Coordinator;
 use crate::hard_state::HardStateFile;
 use crate::log_adapter::RaftStore;
 use crate::raft::{HardState, Message, MessageBody, RawNode, Role};
-use crate::raft_wire::SnapshotChunk;
+use crate::raft_wire::{PeerIdentity, PeerMessage};
 use crate::response::Responder;
 use crate::snapshot::SnapshotDir;
 use crate::state_machine::{ApplyOutcome, StateMachine};
 use crate::transport::PeerTransport;
 
 mod fetch;
+mod membership;
 mod observe;
 mod reads;
 mod requests;
@@ -64,10 +65,9 @@ pub enum NodeInput {
         /// Where the answer goes.
         reply: Responder,
     },
-    /// A message from a peer.
-    Raft(Message),
-    /// A piece of a snapshot the leader sends.
-    SnapshotChunk(SnapshotChunk),
+    /// A message from a peer (a Raft message or a piece of a snapshot), with who
+    /// sent it.
+    Peer((PeerMessage, PeerIdentity)),
 }
 
 /// What a proposal waits for.
@@ -83,6 +83,7 @@ enum PendingKind {
     InitProducer,
     CommitOffsets,
     OffsetReset(Vec<pb::QueueOffset>),
+    Membership(membership::MembershipOp),
 }
 
 struct Pending {
@@ -149,13 +150,22 @@ pub struct Node {
     /// Requests waiting for a read index or for the state machine to catch up.
     waiting: reads::WaitingRequests,
     metrics: observe::NodeMetrics,
+    /// The configuration a new cluster starts from (no members for a joining node).
+    bootstrap: crate::raft::MembershipEntry,
+    /// This data directory's identity (incarnation, cluster id).
+    identity: crate::cluster::NodeIdentity,
+    /// The membership in effect and the peers heard from.
+    members: membership::MembershipState,
 }
 
 impl Node {
     /// Builds the node around an opened log, hard state and the state machine
     /// restored by [`recover`] (with the snapshot files it found).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Arc<BrokerConfig>,
+        identity: crate::cluster::NodeIdentity,
+        bootstrap: crate::raft::MembershipEntry,
         raft: RawNode<RaftStore>,
         hard_state_file: HardStateFile,
         hard_state: HardState,
@@ -168,8 +178,9 @@ impl Node {
     ) -> Node {
         let (persist_tx, persist_rx) = mpsc::unbounded_channel();
         let (state, snapshot_dir, on_disk) = restored;
-        Node {
-            config,
+        let entry = raft.membership_entry().clone();
+        let view = crate::cluster::ClusterView::from_entry(&entry, &config.peers);
+        let mut node = Node {
             raft,
             state,
             snapshots: snapshots::Snapshots::new(snapshot_dir, on_disk),
@@ -189,7 +200,13 @@ impl Node {
             term_start: LogIndex(u64::MAX),
             waiting: reads::WaitingRequests::default(),
             metrics: observe::NodeMetrics::disabled(),
-        }
+            bootstrap,
+            identity,
+            members: membership::MembershipState::new(view),
+            config,
+        };
+        node.membership_changed(&entry);
+        node
     }
 
     fn now_ms(&self) -> u64 {
@@ -231,6 +248,7 @@ impl Node {
                 _ = ticker.tick() => {
                     self.raft.tick();
                     let now = Instant::now();
+                    self.membership_upkeep(now);
                     self.expire(now);
                     self.expire_waiting(now);
                     self.observe(now);
@@ -252,15 +270,26 @@ impl Node {
 
     fn handle(&mut self, input: NodeInput) {
         match input {
-            NodeInput::Raft(_) | NodeInput::SnapshotChunk(_) if self.storage_failed => {}
-            NodeInput::Raft(msg) => {
-                self.snapshots.heard_from(msg.from, Instant::now());
-                if let Err(e) = self.raft.step(msg) {
-                    tracing::debug!(error = %e, "raft message refused");
-                    self.check_log_usable();
+            NodeInput::Peer(_) if self.storage_failed => {}
+            NodeInput::Peer((msg, identity)) => {
+                let from = match &msg {
+                    PeerMessage::Raft(m) => m.from,
+                    PeerMessage::SnapshotChunk(c) => c.from,
+                };
+                if !self.admit_peer(from, identity) {
+                    return;
+                }
+                match msg {
+                    PeerMessage::Raft(msg) => {
+                        self.snapshots.heard_from(msg.from, Instant::now());
+                        if let Err(e) = self.raft.step(msg) {
+                            tracing::debug!(error = %e, "raft message refused");
+                            self.check_log_usable();
+                        }
+                    }
+                    PeerMessage::SnapshotChunk(chunk) => self.receive_snapshot_chunk(chunk),
                 }
             }
-            NodeInput::SnapshotChunk(chunk) => self.receive_snapshot_chunk(chunk),
             NodeInput::Client { body, reply } => self.handle_client(body, reply),
         }
     }
@@ -268,7 +297,7 @@ impl Node {
     fn not_leader(&self) -> pb::Error {
         let leader = self.raft.leader();
         let address = leader
-            .and_then(|id| self.config.address_of(id))
+            .and_then(|id| self.member_address(id))
             .map(|a| a.to_string())
             .unwrap_or_default();
         pb::Error {
@@ -316,6 +345,10 @@ impl Node {
                 self.fail_pending_on_step_down();
             }
             self.leadership_changed();
+        }
+        if let Some(entry) = &ready.membership {
+            // Before the messages: links to new members must exist to carry them.
+            self.membership_changed(entry);
         }
         for msg in ready.messages {
             self.send(msg);
@@ -554,6 +587,9 @@ impl Node {
                     self.save_boundary_snapshot(entry.index.prev());
                 }
                 let outcome = self.state.apply(&entry);
+                if entry.kind == EntryKind::Membership {
+                    self.membership_applied(&entry.body);
+                }
                 if entry.kind == EntryKind::Messages {
                     if let ApplyOutcome::Produced { .. } = outcome {
                         if let Ok(m) = command::decode_messages(&entry.body) {
@@ -655,6 +691,9 @@ impl Node {
             }
             (PendingKind::OffsetReset(offsets), ApplyOutcome::OffsetsCommitted) => {
                 reply.ok(R::OffsetReset(pb::OffsetResetResponse { offsets }))
+            }
+            (PendingKind::Membership(op), ApplyOutcome::MembershipChanged) => {
+                reply.ok(self.membership_answer(op, index.0))
             }
             (_, other) => {
                 tracing::error!(?other, index = index.0, "unexpected apply outcome");

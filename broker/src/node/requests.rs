@@ -93,6 +93,14 @@ impl Node {
                     Err(e) => reply.error(pb::Error::new(ErrorCode::InvalidRequest, e.to_string())),
                 }
             }
+            B::JoinCluster(_) | B::AddNode(_) | B::RemoveNode(_)
+                if self.raft.role() != Role::Leader =>
+            {
+                reply.error(self.not_leader())
+            }
+            B::JoinCluster(req) => self.join_cluster(req, reply),
+            B::AddNode(req) => self.add_node(req, reply),
+            B::RemoveNode(req) => self.remove_node(req, reply),
             B::OffsetCommit(req) => self.offset_commit(req, reply),
             B::OffsetFetch(req) => {
                 let stored = self.state.group_offsets(&req.group);
@@ -465,17 +473,19 @@ impl Node {
             nodes: self.nodes(),
             leader_id: self.raft.leader().map_or(0, |l| l.0),
             topics,
-            cluster_id: 0,
+            cluster_id: self.identity.cluster_id,
         }
     }
 
+    /// The members of the cluster with their client addresses.
     pub(super) fn nodes(&self) -> Vec<pb::NodeInfo> {
-        self.config
-            .peers
+        self.members
+            .view
+            .members
             .iter()
-            .map(|(id, addr)| pb::NodeInfo {
+            .map(|(id, m)| pb::NodeInfo {
                 node_id: id.0,
-                address: addr.to_string(),
+                address: m.address.to_string(),
             })
             .collect()
     }
@@ -493,6 +503,7 @@ impl Node {
                 next_index: p.next_index.0,
                 lag: last.0.saturating_sub(p.match_index.0),
                 active: p.recent_active,
+                voter: p.voter,
             })
             .collect();
         pb::ClusterStatusResponse {
@@ -507,6 +518,11 @@ impl Node {
             applied_index: self.state.applied().0,
             peers,
             nodes: self.nodes(),
+            cluster_id: self.identity.cluster_id,
+            members: self.members.view.to_pb(),
+            membership_index: self.members.view.index,
+            membership_change_pending: self.raft.membership_change_pending().is_some(),
+            incarnation: self.identity.incarnation,
         }
     }
 

@@ -541,6 +541,7 @@ impl Node {
                 return;
             }
         };
+        let state_membership = state.membership_only();
         if self
             .raft
             .accepts_snapshot(inc.term, inc.index, inc.snapshot_term)
@@ -553,6 +554,7 @@ impl Node {
             self.snapshots.on_disk.insert(inc.index);
             self.snapshots.installing = Some((inc.index, state));
         }
+        let membership = crate::cluster::entry_from_state(&state_membership, &self.bootstrap);
         let msg = Message {
             from: inc.from,
             to: self.config.node_id,
@@ -560,6 +562,7 @@ impl Node {
             body: MessageBody::InstallSnapshot {
                 index: inc.index,
                 snapshot_term: inc.snapshot_term,
+                membership,
             },
         };
         if let Err(e) = self.raft.step(msg) {

@@ -36,8 +36,16 @@ pub enum FaultVariant {
 pub struct Config {
     /// This node.
     pub id: NodeId,
-    /// All voters of the group, including `id`. At most [`VOTERS_MAX`].
+    /// The voters in effect at the log's start (the bootstrap configuration, or the
+    /// membership of the snapshot the log starts after). At most [`VOTERS_MAX`].
+    /// Membership entries in the log override it (see `membership.rs`). A node
+    /// that joins an existing group starts with none and learns them from the log.
     pub voters: Vec<NodeId>,
+    /// The learners in effect at the log's start. Default none.
+    pub learners: Vec<NodeId>,
+    /// The driver's bytes attached to that membership (see
+    /// [`super::MembershipEntry::context`]). Default empty.
+    pub membership_context: bytes::Bytes,
     /// Base election timeout; each timeout is drawn from `[t, 2t)`. Default 10.
     pub election_timeout_ticks: u32,
     /// The leader sends heartbeats this often. Default 1; must be below the election
@@ -76,6 +84,8 @@ impl Config {
         Config {
             id,
             voters,
+            learners: Vec::new(),
+            membership_context: bytes::Bytes::new(),
             election_timeout_ticks: 10,
             heartbeat_interval_ticks: 1,
             max_inflight_appends: 256,
@@ -92,14 +102,12 @@ impl Config {
 
     /// Checks every field.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !self.voters.contains(&self.id) {
-            return Err(ConfigError::SelfNotVoter(self.id));
-        }
         if self.voters.len() > VOTERS_MAX {
             return Err(ConfigError::TooManyVoters(self.voters.len()));
         }
-        for (i, v) in self.voters.iter().enumerate() {
-            if self.voters[..i].contains(v) {
+        let members: Vec<NodeId> = self.voters.iter().chain(&self.learners).copied().collect();
+        for (i, v) in members.iter().enumerate() {
+            if members[..i].contains(v) {
                 return Err(ConfigError::DuplicateVoter(*v));
             }
         }
@@ -134,11 +142,6 @@ impl Config {
         Ok(())
     }
 
-    /// Votes needed to win an election or commit an entry.
-    pub fn quorum(&self) -> usize {
-        self.voters.len() / 2 + 1
-    }
-
     pub(crate) fn fault_is(&self, fault: FaultVariant) -> bool {
         self.fault == Some(fault)
     }
@@ -152,10 +155,12 @@ mod tests {
     fn test_config_validation_rejects_bad_fields() {
         let ok = Config::new(NodeId(1), vec![NodeId(1), NodeId(2), NodeId(3)]);
         assert_eq!(ok.validate(), Ok(()));
-        assert_eq!(ok.quorum(), 2);
         let mut c = ok.clone();
-        c.voters = vec![NodeId(2)];
-        assert_eq!(c.validate(), Err(ConfigError::SelfNotVoter(NodeId(1))));
+        c.voters = vec![];
+        assert_eq!(c.validate(), Ok(()), "a joining node knows no members yet");
+        let mut c = ok.clone();
+        c.learners = vec![NodeId(3)];
+        assert_eq!(c.validate(), Err(ConfigError::DuplicateVoter(NodeId(3))));
         let mut c = ok.clone();
         c.voters.push(NodeId(2));
         assert_eq!(c.validate(), Err(ConfigError::DuplicateVoter(NodeId(2))));

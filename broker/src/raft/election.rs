@@ -35,8 +35,14 @@ impl<L: RaftLog> RawNode<L> {
         if self.election_elapsed >= self.config.election_timeout_ticks {
             self.election_elapsed = 0;
             if self.config.check_quorum {
-                let active = 1 + self.progress.values().filter(|p| p.recent_active).count();
-                if active < self.config.quorum() {
+                let me = self.config.id;
+                let membership = self.membership();
+                let active = membership
+                    .voters
+                    .iter()
+                    .filter(|&&v| v == me || self.progress.get(&v).is_some_and(|p| p.recent_active))
+                    .count();
+                if active < membership.quorum() {
                     self.become_follower(self.term, None);
                     return;
                 }
@@ -51,8 +57,13 @@ impl<L: RaftLog> RawNode<L> {
         }
     }
 
-    /// A node whose log lost acknowledged entries must not lead.
+    /// Only a voter campaigns, and not one whose log lost acknowledged entries.
     pub(super) fn can_campaign(&self) -> bool {
+        self.log_intact() && self.membership().is_voter(self.config.id)
+    }
+
+    /// A node whose log lost acknowledged entries must neither lead nor vote.
+    pub(super) fn log_intact(&self) -> bool {
         !self.recovering || self.config.fault_is(FaultVariant::DamagedNodeVotes)
     }
 
@@ -86,7 +97,7 @@ impl<L: RaftLog> RawNode<L> {
         self.leader = None;
         self.votes.clear();
         self.votes.push((self.config.id, true));
-        if self.votes_granted() >= self.config.quorum() {
+        if self.votes_granted() >= self.membership().quorum() {
             self.become_candidate(false);
             return;
         }
@@ -117,7 +128,7 @@ impl<L: RaftLog> RawNode<L> {
         self.reset_election_timer();
         self.votes.clear();
         self.votes.push((self.config.id, true));
-        if self.votes_granted() >= self.config.quorum() {
+        if self.votes_granted() >= self.membership().quorum() {
             // A single voter: a write failure leaves it a follower; it retries on
             // its next election timeout.
             let _ = self.become_leader();
@@ -151,8 +162,9 @@ impl<L: RaftLog> RawNode<L> {
         self.self_match = LogIndex::ZERO;
         let next = self.log.last_index().next();
         let inflight_max = self.config.max_inflight_appends;
-        let peers: Vec<NodeId> = self.peers().collect();
-        for id in peers {
+        let me = self.config.id;
+        let members: Vec<NodeId> = self.membership().members().filter(|&id| id != me).collect();
+        for id in members {
             let mut pr = Progress::new(next, inflight_max);
             pr.recent_active = true;
             self.progress.insert(id, pr);
@@ -204,7 +216,7 @@ impl<L: RaftLog> RawNode<L> {
         let (my_last_index, my_last_term) = self.last_entry_id();
         let up_to_date = (last_log_term, last_log_index) >= (my_last_term, my_last_index)
             || self.config.fault_is(FaultVariant::VoteForStaleCandidate);
-        let intact = self.can_campaign();
+        let intact = self.log_intact();
         let granted = can_vote && up_to_date && intact;
         if !granted {
             self.send(
@@ -265,10 +277,11 @@ impl<L: RaftLog> RawNode<L> {
         if pre_vote && granted && msg_term != Term(self.term.0 + 1) {
             return Ok(()); // From another round.
         }
-        if !self.votes.iter().any(|(id, _)| *id == from) {
+        // Only the voters of this node's membership count (a learner may answer).
+        if self.membership().is_voter(from) && !self.votes.iter().any(|(id, _)| *id == from) {
             self.votes.push((from, granted));
         }
-        let quorum = self.config.quorum();
+        let quorum = self.membership().quorum();
         if self.votes_granted() >= quorum {
             if pre_vote {
                 self.become_candidate(false);

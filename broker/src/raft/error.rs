@@ -31,9 +31,6 @@ pub enum RaftError {
         /// The addressee.
         to: NodeId,
     },
-    /// The sender is not a voter of this group.
-    #[error("message from unknown node {0}")]
-    UnknownPeer(NodeId),
 }
 
 /// Why a proposal was refused.
@@ -54,6 +51,9 @@ pub enum ProposeError {
     /// Writing to the log failed; the leader stepped down.
     #[error("storage: {0}")]
     Storage(#[from] LogError),
+    /// A membership change breaks the rules of single-server changes.
+    #[error("membership change refused: {0}")]
+    Membership(#[from] super::membership::ChangeError),
 }
 
 /// Why [`super::RawNode::read_index`] could not take a read.
@@ -88,11 +88,8 @@ pub enum TransferError {
 /// An invalid [`super::Config`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
-    /// `voters` does not contain `id`.
-    #[error("voters do not include this node {0}")]
-    SelfNotVoter(NodeId),
-    /// `voters` lists a node twice.
-    #[error("voter {0} listed twice")]
+    /// `voters` and `learners` list a node twice.
+    #[error("member {0} listed twice")]
     DuplicateVoter(NodeId),
     /// More voters than the core supports.
     #[error("{0} voters, at most {max} supported", max = super::config::VOTERS_MAX)]
@@ -105,7 +102,4 @@ pub enum ConfigError {
         /// What is wrong.
         reason: &'static str,
     },
-    /// The hard state votes for a node that is not a voter.
-    #[error("hard state votes for unknown node {0}")]
-    UnknownVote(NodeId),
 }

@@ -1,6 +1,7 @@
 //! Messages exchanged by Raft nodes. Plain scalar fields and [`Entry`]s, so the broker
 //! can map them one to one onto its protobuf wire types.
 
+use super::membership::MembershipEntry;
 use super::types::{Entry, LogIndex, NodeId, Term};
 
 /// A message between two nodes of the group (or from a node to itself: the leader's
@@ -104,6 +105,8 @@ pub enum MessageBody {
         index: LogIndex,
         /// The term of the entry at `index`.
         snapshot_term: Term,
+        /// The membership in effect at `index`.
+        membership: MembershipEntry,
     },
 }
 

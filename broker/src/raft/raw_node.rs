@@ -8,6 +8,7 @@ use bytes::Bytes;
 use super::config::{Config, FaultVariant};
 use super::error::{ProposeError, RaftError, TransferError};
 use super::log::RaftLog;
+use super::membership::{self, ChangeError, Membership, MembershipEntry, MembershipHistory};
 use super::message::{Message, MessageBody};
 use super::progress::Progress;
 use super::read_index::{PendingRead, ReadState};
@@ -31,6 +32,9 @@ pub struct RawNode<L: RaftLog> {
     pub(super) acked_durable: LogIndex,
     /// The last Ready that carried `unsynced`: (index, term, its acked mark).
     pub(super) awaiting_persist: Option<(LogIndex, Term, LogIndex)>,
+
+    /// The memberships the log may still need; the last is in effect.
+    pub(super) memberships: MembershipHistory,
 
     // Volatile state.
     pub(super) role: Role,
@@ -77,6 +81,8 @@ pub struct RawNode<L: RaftLog> {
     pub(super) installed_snapshot: Option<(LogIndex, Term)>,
     /// This node's reads decided since the last Ready.
     pub(super) read_states: Vec<ReadState>,
+    /// The membership last reported in `Ready::membership`.
+    pub(super) reported_membership: (LogIndex, Membership),
 }
 
 impl<L: RaftLog> RawNode<L> {
@@ -99,11 +105,6 @@ impl<L: RaftLog> RawNode<L> {
         hard_state: HardState,
     ) -> Result<Self, super::error::ConfigError> {
         config.validate()?;
-        if let Some(v) = hard_state.vote {
-            if !config.voters.contains(&v) {
-                return Err(super::error::ConfigError::UnknownVote(v));
-            }
-        }
         let last = log.last_index();
         let last_term = log.term_at(last).expect("term of the last entry");
         // A crash may keep entries of a term whose hard state was not yet durable:
@@ -123,7 +124,15 @@ impl<L: RaftLog> RawNode<L> {
             2 * config.election_timeout_ticks,
         );
         let n_voters = config.voters.len();
-        let node = RawNode {
+        let base = MembershipEntry {
+            index: snapshot_index,
+            membership: Membership::new(config.voters.clone(), config.learners.clone()),
+            context: config.membership_context.clone(),
+        };
+        let reported_membership = (base.index, base.membership.clone());
+        let mut memberships = MembershipHistory::new(base);
+        scan_memberships(&log, &mut memberships);
+        let mut node = RawNode {
             rng,
             log,
             term,
@@ -158,8 +167,11 @@ impl<L: RaftLog> RawNode<L> {
             scratch_entries: Vec::new(),
             installed_snapshot: None,
             read_states: Vec::new(),
+            memberships,
+            reported_membership,
             config,
         };
+        node.membership_changed();
         Ok(node)
     }
 
@@ -183,9 +195,9 @@ impl<L: RaftLog> RawNode<L> {
                 to: msg.to,
             });
         }
-        if !self.config.voters.contains(&msg.from) {
-            return Err(RaftError::UnknownPeer(msg.from));
-        }
+        // Messages from nodes outside the membership are taken: a joining node
+        // hears from a leader before it learns the membership from the log, and a
+        // learner may be asked to vote by a candidate whose log already promoted it.
         let result = self.step_inner(msg);
         self.check_invariants();
         result
@@ -310,7 +322,8 @@ impl<L: RaftLog> RawNode<L> {
             MessageBody::InstallSnapshot {
                 index,
                 snapshot_term,
-            } => self.handle_install_snapshot(from, index, snapshot_term),
+                membership,
+            } => self.handle_install_snapshot(from, index, snapshot_term, membership),
         }
     }
 
@@ -322,6 +335,10 @@ impl<L: RaftLog> RawNode<L> {
         kind: EntryKind,
         body: Bytes,
     ) -> Result<(LogIndex, Term), ProposeError> {
+        assert!(
+            kind != EntryKind::Membership,
+            "membership changes go through propose_membership"
+        );
         self.check_can_propose(1)?;
         let index = self.log.last_index().next();
         self.scratch_entries.clear();
@@ -343,6 +360,10 @@ impl<L: RaftLog> RawNode<L> {
         bodies: &[Bytes],
     ) -> Result<(LogIndex, LogIndex, Term), ProposeError> {
         assert!(!bodies.is_empty(), "empty proposal batch");
+        assert!(
+            kind != EntryKind::Membership,
+            "membership changes go through propose_membership"
+        );
         self.check_can_propose(bodies.len())?;
         let first = self.log.last_index().next();
         self.scratch_entries.clear();
@@ -358,6 +379,36 @@ impl<L: RaftLog> RawNode<L> {
         }
         self.append_as_leader()?;
         Ok((first, self.log.last_index(), self.term))
+    }
+
+    /// Leader only: proposes `next` as the group's membership, with the driver's
+    /// `context` bytes. Refused unless it is a single-server change (see
+    /// `membership.rs`) and no other change is uncommitted; the leader must have
+    /// committed an entry of its own term. The change takes effect at once (on
+    /// append), on every node as it appends it.
+    pub fn propose_membership(
+        &mut self,
+        next: &Membership,
+        context: &[u8],
+    ) -> Result<(LogIndex, Term), ProposeError> {
+        self.check_can_propose(1)?;
+        if self.commit < self.term_start {
+            return Err(ChangeError::TermNotCommitted.into());
+        }
+        if let Some(index) = self.memberships.uncommitted(self.commit) {
+            return Err(ChangeError::InProgress(index).into());
+        }
+        self.membership().check_change(next, self.config.id)?;
+        let index = self.log.last_index().next();
+        self.scratch_entries.clear();
+        self.scratch_entries.push(Entry {
+            index,
+            term: self.term,
+            kind: EntryKind::Membership,
+            body: next.encode(context),
+        });
+        self.append_as_leader()?;
+        Ok((index, self.term))
     }
 
     fn check_can_propose(&self, count: usize) -> Result<(), ProposeError> {
@@ -380,6 +431,9 @@ impl<L: RaftLog> RawNode<L> {
     fn append_as_leader(&mut self) -> Result<(), ProposeError> {
         let entries = std::mem::take(&mut self.scratch_entries);
         let result = self.log.append(&entries);
+        if result.is_ok() {
+            self.record_memberships(&entries);
+        }
         self.scratch_entries = entries;
         self.scratch_entries.clear();
         match result {
@@ -425,7 +479,7 @@ impl<L: RaftLog> RawNode<L> {
         if to == self.config.id {
             return Err(TransferError::AlreadyLeader);
         }
-        if !self.config.voters.contains(&to) {
+        if !self.membership().is_voter(to) {
             return Err(TransferError::UnknownPeer(to));
         }
         self.transferee = Some(to);
@@ -453,6 +507,7 @@ impl<L: RaftLog> RawNode<L> {
             || !self.persisted_msgs.is_empty()
             || self.hard_state() != self.reported_hard_state
             || self.soft_state() != self.reported_soft
+            || self.membership_unreported()
             || self.commit > self.apply_cursor.max(self.applied)
             || (self.role == Role::Leader && self.any_append_pending())
     }
@@ -505,6 +560,11 @@ impl<L: RaftLog> RawNode<L> {
             rd.role_change = Some(soft);
             self.reported_soft = soft;
         }
+        if self.membership_unreported() {
+            let current = self.memberships.current().clone();
+            self.reported_membership = (current.index, current.membership.clone());
+            rd.membership = Some(current);
+        }
         rd.messages = std::mem::take(&mut self.msgs);
         rd.persisted_messages = std::mem::take(&mut self.persisted_msgs);
         rd.commit_index = self.commit;
@@ -536,6 +596,7 @@ impl<L: RaftLog> RawNode<L> {
             .iter()
             .map(|(&id, pr)| PeerStatus {
                 id,
+                voter: self.membership().is_voter(id),
                 match_index: pr.match_index,
                 next_index: pr.next_index,
                 state: pr.state,
@@ -557,7 +618,29 @@ impl<L: RaftLog> RawNode<L> {
             recovering: self.recovering,
             transferee: self.transferee,
             progress,
+            membership: self.memberships.current().clone(),
         }
+    }
+
+    /// The membership in effect (the latest in the log, committed or not).
+    pub fn membership(&self) -> &Membership {
+        &self.memberships.current().membership
+    }
+
+    /// The membership in effect with the index of its entry and its context.
+    pub fn membership_entry(&self) -> &MembershipEntry {
+        self.memberships.current()
+    }
+
+    /// The membership in effect at `index`, if the history still holds it (it
+    /// does for every index from the log's snapshot point on).
+    pub fn membership_at(&self, index: LogIndex) -> Option<&MembershipEntry> {
+        self.memberships.at(index)
+    }
+
+    /// Index of the membership change not committed yet, if one is.
+    pub fn membership_change_pending(&self) -> Option<LogIndex> {
+        self.memberships.uncommitted(self.commit)
     }
 
     /// The log (the driver syncs it and reads committed entries through it).
@@ -625,9 +708,88 @@ impl<L: RaftLog> RawNode<L> {
         });
     }
 
+    /// The other voters (whom a candidate asks for votes).
     pub(super) fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
         let me = self.config.id;
-        self.config.voters.iter().copied().filter(move |&v| v != me)
+        self.membership()
+            .voters
+            .iter()
+            .copied()
+            .filter(move |&v| v != me)
+    }
+
+    /// The `quorum`-th highest value among the voters' (`own` for this node,
+    /// `of(progress)` for the others, 0 for a voter without progress): what a quorum
+    /// of voters has reached.
+    pub(super) fn quorum_value(&self, own: u64, of: impl Fn(&Progress) -> u64) -> u64 {
+        let me = self.config.id;
+        let membership = self.membership();
+        let mut values = [0u64; super::config::VOTERS_MAX];
+        let n = membership.voters.len();
+        for (slot, v) in values.iter_mut().zip(&membership.voters) {
+            *slot = if *v == me {
+                own
+            } else {
+                self.progress.get(v).map_or(0, &of)
+            };
+        }
+        let values = &mut values[..n];
+        values.sort_unstable_by(|a, b| b.cmp(a));
+        values[membership.quorum() - 1]
+    }
+
+    fn membership_unreported(&self) -> bool {
+        let current = self.memberships.current();
+        (current.index, &current.membership)
+            != (self.reported_membership.0, &self.reported_membership.1)
+    }
+
+    /// Records the membership changes among `entries`, just appended, and applies
+    /// them.
+    pub(super) fn record_memberships(&mut self, entries: &[Entry]) {
+        let mut changed = false;
+        for entry in membership::changes_in(entries) {
+            self.memberships.push(entry);
+            changed = true;
+        }
+        if changed {
+            self.membership_changed();
+        }
+    }
+
+    /// Brings role, progress and quorums in line with the membership in effect.
+    pub(super) fn membership_changed(&mut self) {
+        let me = self.config.id;
+        let membership = self.membership().clone();
+        match self.role {
+            Role::Leader => {
+                assert!(
+                    membership.is_voter(me),
+                    "leader {me} is not a voter of {membership}"
+                );
+                self.progress.retain(|id, _| membership.contains(*id));
+                let next = self.log.last_index().next();
+                let inflight_max = self.config.max_inflight_appends;
+                for id in membership.members().filter(|&id| id != me) {
+                    self.progress.entry(id).or_insert_with(|| {
+                        let mut pr = Progress::new(next, inflight_max);
+                        // A new member is not held against check-quorum at once.
+                        pr.recent_active = true;
+                        pr
+                    });
+                }
+                if self.transferee.is_some_and(|t| !membership.is_voter(t)) {
+                    self.transferee = None;
+                }
+                // A smaller quorum may commit more, or confirm waiting reads.
+                self.maybe_commit();
+                self.release_confirmed_reads();
+            }
+            Role::Candidate | Role::PreCandidate if !membership.is_voter(me) => {
+                self.become_follower(self.term, None);
+            }
+            _ => {}
+        }
     }
 
     pub(super) fn set_term(&mut self, term: Term) {
@@ -650,6 +812,9 @@ impl<L: RaftLog> RawNode<L> {
             self.log.last_index()
         );
         self.commit = commit;
+        // Nothing at or below the snapshot point is ever truncated or sent again.
+        let floor = self.log.first_index().prev().min(commit);
+        self.memberships.compact(floor);
     }
 
     /// Raises the recovery mark to `index` (durable by the time the Ready carrying
@@ -713,8 +878,13 @@ impl<L: RaftLog> RawNode<L> {
             );
             previous_round = read.round;
         }
-        if let Some(v) = self.vote {
-            assert!(self.config.voters.contains(&v));
+        if self.role == Role::Leader {
+            assert!(self.membership().is_voter(self.config.id));
+            if self.commit >= self.term_start {
+                // Single-server changes: at most one change is ever uncommitted.
+                let above = self.memberships.entries_above(self.commit);
+                assert!(above <= 1, "{above} membership changes uncommitted");
+            }
         }
         if !self.recovering || self.config.fault_is(FaultVariant::DamagedNodeVotes) {
             return;
@@ -732,5 +902,23 @@ impl<L: RaftLog> std::fmt::Debug for RawNode<L> {
             .field("commit", &self.commit)
             .field("last", &self.log.last_index())
             .finish_non_exhaustive()
+    }
+}
+
+/// Records every membership change in `log` (start-up). The bodies are shared with
+/// the log (the broker's are views of its mapped segments), so the scan costs about
+/// one entry header per entry.
+fn scan_memberships<L: RaftLog>(log: &L, history: &mut MembershipHistory) {
+    const CHUNK: usize = 4096;
+    let mut from = log.first_index();
+    while from <= log.last_index() {
+        let entries = log
+            .entries(from, CHUNK, usize::MAX)
+            .expect("reading the log at start-up");
+        let Some(last) = entries.last() else { break };
+        from = last.index.next();
+        for entry in membership::changes_in(&entries) {
+            history.push(entry);
+        }
     }
 }

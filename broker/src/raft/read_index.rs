@@ -20,7 +20,7 @@
 
 use std::collections::VecDeque;
 
-use super::config::{FaultVariant, VOTERS_MAX};
+use super::config::FaultVariant;
 use super::error::ReadError;
 use super::log::RaftLog;
 use super::message::MessageBody;
@@ -99,7 +99,7 @@ impl<L: RaftLog> RawNode<L> {
             round: self.read_round + 1,
             index,
         };
-        if self.config.voters.len() == 1 {
+        if self.membership().voters.len() == 1 {
             self.release_read(read);
             return Ok(());
         }
@@ -151,16 +151,8 @@ impl<L: RaftLog> RawNode<L> {
     }
 
     /// Releases the reads whose round a quorum has answered.
-    fn release_confirmed_reads(&mut self) {
-        let n = self.config.voters.len();
-        let mut rounds = [0u64; VOTERS_MAX];
-        rounds[0] = self.read_round;
-        for (slot, pr) in rounds[1..n].iter_mut().zip(self.progress.values()) {
-            *slot = pr.read_round_acked;
-        }
-        let rounds = &mut rounds[..n];
-        rounds.sort_unstable_by(|a, b| b.cmp(a));
-        let confirmed = rounds[self.config.quorum() - 1];
+    pub(super) fn release_confirmed_reads(&mut self) {
+        let confirmed = self.quorum_value(self.read_round, |pr| pr.read_round_acked);
         while let Some(read) = self.pending_reads.front().copied() {
             if read.round > confirmed {
                 break;

@@ -44,6 +44,9 @@ pub struct Ready {
     /// Reads asked with [`super::RawNode::read_index`] that are now decided: serve
     /// each once the state machine has applied up to its index (after `to_apply`).
     pub read_states: Vec<ReadState>,
+    /// The membership in effect changed (a change was appended, truncated away, or
+    /// came with a snapshot): connect to new members, forget removed ones.
+    pub membership: Option<super::MembershipEntry>,
 }
 
 /// The leader's replication state for one follower, as reported by `status()`.
@@ -51,6 +54,8 @@ pub struct Ready {
 pub struct PeerStatus {
     /// The follower.
     pub id: NodeId,
+    /// A voter (else a learner).
+    pub voter: bool,
     /// Durable match index.
     pub match_index: LogIndex,
     /// Next index to send.
@@ -92,4 +97,6 @@ pub struct Status {
     pub transferee: Option<NodeId>,
     /// Leader only: one entry per follower, by id.
     pub progress: Vec<PeerStatus>,
+    /// The membership in effect, with the index of its entry.
+    pub membership: super::MembershipEntry,
 }

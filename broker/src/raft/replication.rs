@@ -1,9 +1,10 @@
 //! Log replication: the leader's appends and heartbeats, the follower's checks, the
 //! leader's commit rule.
 
-use super::config::{FaultVariant, VOTERS_MAX};
+use super::config::FaultVariant;
 use super::error::RaftError;
 use super::log::RaftLog;
+use super::membership::MembershipEntry;
 use super::message::MessageBody;
 use super::progress::ProgressState;
 use super::raw_node::RawNode;
@@ -102,11 +103,17 @@ impl<L: RaftLog> RawNode<L> {
             .log
             .term_at(index)
             .expect("the log holds the snapshot term");
+        let membership = self
+            .memberships
+            .at(index)
+            .expect("the membership history covers the log's snapshot point")
+            .clone();
         self.send(
             to,
             MessageBody::InstallSnapshot {
                 index,
                 snapshot_term,
+                membership,
             },
         );
         let pr = self.progress.get_mut(&to).expect("peer progress");
@@ -253,15 +260,7 @@ impl<L: RaftLog> RawNode<L> {
     /// Commits the highest index a quorum holds durably, if it is of the current term
     /// (Raft §5.4.2: older entries are committed only indirectly).
     pub(super) fn maybe_commit(&mut self) {
-        let mut matches = [LogIndex::ZERO; VOTERS_MAX];
-        let n = self.config.voters.len();
-        matches[0] = self.self_match;
-        for (slot, pr) in matches[1..n].iter_mut().zip(self.progress.values()) {
-            *slot = pr.match_index;
-        }
-        let matches = &mut matches[..n];
-        matches.sort_unstable_by(|a, b| b.cmp(a));
-        let quorum_index = matches[self.config.quorum() - 1];
+        let quorum_index = LogIndex(self.quorum_value(self.self_match.0, |pr| pr.match_index.0));
         if quorum_index <= self.commit {
             return;
         }
@@ -379,6 +378,9 @@ impl<L: RaftLog> RawNode<L> {
                     return Err(err.into());
                 }
                 self.on_truncated(e.index);
+                if self.memberships.truncate(e.index) {
+                    self.membership_changed();
+                }
                 start = k;
                 break;
             }
@@ -389,6 +391,7 @@ impl<L: RaftLog> RawNode<L> {
                 return Err(err.into());
             }
             self.log_dirty = true;
+            self.record_memberships(&entries[start..]);
         }
         let match_index = LogIndex(prev_log_index.0 + entries.len() as u64);
         let commit = leader_commit.min(match_index);
@@ -428,6 +431,7 @@ impl<L: RaftLog> RawNode<L> {
         from: NodeId,
         index: LogIndex,
         snapshot_term: Term,
+        membership: MembershipEntry,
     ) -> Result<(), RaftError> {
         self.follow(from);
         if index <= self.commit || self.log.term_at(index) == Some(snapshot_term) {
@@ -463,6 +467,11 @@ impl<L: RaftLog> RawNode<L> {
         self.persisted_index = index;
         self.installed_snapshot = Some((index, snapshot_term));
         self.log_dirty = true;
+        self.memberships.reset(MembershipEntry {
+            index,
+            ..membership
+        });
+        self.membership_changed();
         self.acknowledge_match(from, index);
         Ok(())
     }

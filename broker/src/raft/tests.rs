@@ -25,6 +25,14 @@ fn config(id: u64, n: u64) -> Config {
     c
 }
 
+fn three_voters() -> MembershipEntry {
+    MembershipEntry {
+        index: LogIndex(0),
+        membership: Membership::new(ids(3), vec![]),
+        context: Bytes::new(),
+    }
+}
+
 fn entry(index: u64, term: u64) -> Entry {
     Entry {
         index: LogIndex(index),
@@ -95,6 +103,9 @@ impl Cluster {
             for m in msgs {
                 if self.isolated.contains(&m.to) || self.isolated.contains(&m.from) {
                     continue;
+                }
+                if m.to.0 as usize > self.nodes.len() {
+                    continue; // a member the harness does not run
                 }
                 let _ = self.node(m.to.0).step(m);
             }
@@ -1021,7 +1032,9 @@ fn test_message_to_another_node_is_refused() {
         term: Term(1),
         body: MessageBody::TimeoutNow,
     };
-    assert_eq!(n.step(m), Err(RaftError::UnknownPeer(NodeId(9))));
+    // A node outside the membership is heard (a joining node hears from a leader
+    // before it learns the members); it just cannot win this node's vote count.
+    assert_eq!(n.step(m), Ok(()));
 }
 
 /// Proposes `count` entries on the leader and settles.
@@ -1078,6 +1091,7 @@ fn test_install_snapshot_reports_it_in_ready_and_discards_conflicting_tail() {
         body: MessageBody::InstallSnapshot {
             index: LogIndex(5),
             snapshot_term: Term(2),
+            membership: three_voters(),
         },
     };
     assert!(n.accepts_snapshot(Term(2), LogIndex(5), Term(2)));
@@ -1121,6 +1135,7 @@ fn test_install_that_would_drop_acknowledged_entries_lowers_the_mark_first() {
         body: MessageBody::InstallSnapshot {
             index: LogIndex(4),
             snapshot_term: Term(3),
+            membership: three_voters(),
         },
     };
     n.step(msg(3)).unwrap();
@@ -1290,4 +1305,243 @@ fn test_read_index_refused_when_too_many_wait() {
     c.node(1).read_index(1).unwrap();
     c.node(1).read_index(2).unwrap();
     assert_eq!(c.node(1).read_index(3), Err(ReadError::Busy));
+}
+
+// ----- Membership changes ---------------------------------------------------------
+
+fn members(voters: &[u64], learners: &[u64]) -> Membership {
+    Membership::new(
+        voters.iter().map(|&i| NodeId(i)).collect(),
+        learners.iter().map(|&i| NodeId(i)).collect(),
+    )
+}
+
+/// Adds node `id` (the next one) to the harness as a node that knows no members.
+fn add_joining_node(c: &mut Cluster, id: u64) {
+    assert_eq!(c.nodes.len() as u64 + 1, id);
+    let mut config = Config::new(NodeId(id), vec![]);
+    config.seed = 42;
+    c.nodes
+        .push(RawNode::new(config, MemLog::new(), HardState::default()));
+}
+
+#[test]
+fn test_learner_gets_the_log_but_never_counts() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    add_joining_node(&mut c, 4);
+    c.node(1)
+        .propose_membership(&members(&[1, 2, 3], &[4]), b"ctx")
+        .unwrap();
+    c.settle();
+    propose_n(&mut c, 1, 3);
+    let leader_log = c.node(1).log().all().to_vec();
+    assert_eq!(
+        c.node(4).log().all(),
+        &leader_log[..],
+        "the learner holds the log"
+    );
+    assert_eq!(c.node(4).membership(), &members(&[1, 2, 3], &[4]));
+    assert_eq!(
+        c.node(4).membership_entry().context,
+        Bytes::from_static(b"ctx")
+    );
+    // Leader + learner are not a quorum of the three voters.
+    c.isolated = vec![NodeId(2), NodeId(3)];
+    let commit = c.node(1).commit_index();
+    c.node(1)
+        .propose(EntryKind::Command, Bytes::from_static(b"x"))
+        .unwrap();
+    c.settle();
+    assert_eq!(
+        c.node(1).commit_index(),
+        commit,
+        "a learner's ack committed"
+    );
+    // A learner never campaigns.
+    c.isolated = vec![NodeId(1), NodeId(2), NodeId(3)];
+    for _ in 0..100 {
+        c.node(4).tick();
+    }
+    assert_eq!(c.node(4).role(), Role::Follower);
+}
+
+#[test]
+fn test_promote_learner_then_remove_a_voter() {
+    let mut c = Cluster::with(3, |c| c.check_quorum = false);
+    c.elect(1);
+    add_joining_node(&mut c, 4);
+    c.node(1)
+        .propose_membership(&members(&[1, 2, 3], &[4]), b"")
+        .unwrap();
+    c.settle();
+    c.node(1)
+        .propose_membership(&members(&[1, 2, 3, 4], &[]), b"")
+        .unwrap();
+    c.settle();
+    assert_eq!(c.node(1).membership_change_pending(), None);
+    // Four voters: the quorum is three, so 1 and 4 alone do not commit.
+    c.isolated = vec![NodeId(2), NodeId(3)];
+    let commit = c.node(1).commit_index();
+    c.node(1)
+        .propose(EntryKind::Command, Bytes::from_static(b"x"))
+        .unwrap();
+    c.settle();
+    assert_eq!(c.node(1).commit_index(), commit);
+    c.isolated.clear();
+    c.tick_all(30);
+    assert!(c.node(1).commit_index() > commit);
+    // Remove 3 (dead): 1, 2 and 4 go on.
+    c.isolated = vec![NodeId(3)];
+    c.node(1)
+        .propose_membership(&members(&[1, 2, 4], &[]), b"")
+        .unwrap();
+    c.settle();
+    assert_eq!(
+        c.node(1).membership_change_pending(),
+        None,
+        "committed by 1, 2, 4"
+    );
+    assert!(c
+        .node(1)
+        .status()
+        .progress
+        .iter()
+        .all(|p| p.id != NodeId(3)));
+    // 4 can now lead.
+    c.isolated = vec![NodeId(1), NodeId(3)];
+    c.elect(4);
+    assert_eq!(c.node(4).role(), Role::Leader);
+}
+
+#[test]
+fn test_membership_change_rules_are_enforced() {
+    // No leases: another node can be elected at once.
+    let mut c = Cluster::with(3, |c| c.check_quorum = false);
+    c.elect(1);
+    let n1 = c.node(1);
+    assert_eq!(
+        n1.propose_membership(&members(&[2, 3], &[]), b""),
+        Err(ProposeError::Membership(ChangeError::RemovesLeader))
+    );
+    assert_eq!(
+        n1.propose_membership(&members(&[1, 2, 4, 5], &[]), b""),
+        Err(ProposeError::Membership(ChangeError::TooManyVoterChanges(
+            3
+        )))
+    );
+    assert!(matches!(
+        c.node(2).propose_membership(&members(&[1, 2], &[]), b""),
+        Err(ProposeError::NotLeader { .. })
+    ));
+    // One change at a time: the first cannot commit while the others are cut off.
+    c.isolated = vec![NodeId(2), NodeId(3)];
+    let (index, _) = c
+        .node(1)
+        .propose_membership(&members(&[1, 2, 3], &[4]), b"")
+        .unwrap();
+    c.settle();
+    assert_eq!(
+        c.node(1)
+            .propose_membership(&members(&[1, 2, 3], &[5]), b""),
+        Err(ProposeError::Membership(ChangeError::InProgress(index)))
+    );
+    // A new leader must commit an entry of its term first: deliver only the
+    // election's messages, so its Noop is not acknowledged yet.
+    c.isolated = vec![NodeId(1)];
+    for _ in 0..100 {
+        c.node(2).tick();
+        for _ in 0..10 {
+            c.flush();
+            let msgs = std::mem::take(&mut c.queue);
+            for m in msgs {
+                let election = matches!(
+                    m.body,
+                    MessageBody::Vote { .. } | MessageBody::VoteResponse { .. }
+                );
+                if election && m.to != NodeId(1) && m.from != NodeId(1) {
+                    let _ = c.node(m.to.0).step(m);
+                }
+            }
+        }
+        if c.node(2).role() == Role::Leader {
+            break;
+        }
+    }
+    assert_eq!(c.node(2).role(), Role::Leader);
+    assert_eq!(
+        c.node(2).membership(),
+        &members(&[1, 2, 3], &[]),
+        "1's change was never sent"
+    );
+    let r = c
+        .node(2)
+        .propose_membership(&members(&[1, 2, 3], &[6]), b"");
+    assert_eq!(
+        r,
+        Err(ProposeError::Membership(ChangeError::TermNotCommitted))
+    );
+    c.tick_all(30);
+    assert!(c
+        .node(2)
+        .propose_membership(&members(&[1, 2, 3], &[6]), b"")
+        .is_ok());
+}
+
+#[test]
+fn test_truncated_change_reverts_the_membership() {
+    let mut c = Cluster::with(5, |c| c.check_quorum = false);
+    c.elect(1);
+    // 1 appends a change that only 2 receives; 2's acknowledgement is lost.
+    c.isolated = vec![NodeId(3), NodeId(4), NodeId(5)];
+    c.node(1)
+        .propose_membership(&members(&[1, 2, 3, 4, 5], &[6]), b"")
+        .unwrap();
+    c.flush();
+    let to_2: Vec<Message> = std::mem::take(&mut c.queue)
+        .into_iter()
+        .filter(|m| m.to == NodeId(2))
+        .collect();
+    for m in to_2 {
+        c.node(2).step(m).unwrap();
+    }
+    c.flush();
+    c.queue.clear();
+    assert_eq!(c.node(2).membership(), &members(&[1, 2, 3, 4, 5], &[6]));
+    // 3 leads without it and overwrites it on 2.
+    c.isolated = vec![NodeId(1), NodeId(2)];
+    c.elect(3);
+    propose_n(&mut c, 3, 2);
+    c.isolated = vec![NodeId(1)];
+    c.tick_all(3);
+    assert_eq!(c.nodes[1].log().all(), c.nodes[2].log().all());
+    assert_eq!(c.node(2).membership(), &members(&[1, 2, 3, 4, 5], &[]));
+    let rd_membership = c.node(2).membership_entry().index;
+    assert_eq!(
+        rd_membership,
+        LogIndex(0),
+        "back to the bootstrap configuration"
+    );
+}
+
+#[test]
+fn test_restart_finds_the_membership_in_the_log() {
+    let body = members(&[1, 2], &[3]).encode(b"addresses");
+    let log = MemLog::from_entries(vec![
+        entry(1, 1),
+        Entry {
+            index: LogIndex(2),
+            term: Term(1),
+            kind: EntryKind::Membership,
+            body,
+        },
+        entry(3, 1),
+    ]);
+    let n = RawNode::new(config(1, 3), log, HardState::default());
+    assert_eq!(n.membership(), &members(&[1, 2], &[3]));
+    assert_eq!(n.membership_entry().index, LogIndex(2));
+    assert_eq!(
+        n.membership_at(LogIndex(1)).unwrap().membership,
+        members(&[1, 2, 3], &[])
+    );
 }

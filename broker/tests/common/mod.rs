@@ -19,6 +19,8 @@ pub struct BrokerProcess {
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
     child: Option<Child>,
+    /// Started with `--join` (these addresses) instead of `--peers`.
+    join: Option<String>,
 }
 
 /// A cluster of broker processes sharing one temporary directory.
@@ -58,6 +60,7 @@ impl Cluster {
                 addr,
                 data_dir: dir.path().join(format!("node{}", i + 1)),
                 child: None,
+                join: None,
             })
             .collect();
         let mut cluster = Cluster {
@@ -96,6 +99,10 @@ impl Cluster {
         };
         let node = self.node(id);
         assert!(node.child.is_none(), "node {id} is already running");
+        let (membership_flag, membership_value) = match &node.join {
+            Some(join) => ("--join", join.clone()),
+            None => ("--peers", peers),
+        };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -108,8 +115,8 @@ impl Cluster {
             .arg(&node.data_dir)
             .arg("--listen")
             .arg(node.addr.to_string())
-            .arg("--peers")
-            .arg(&peers)
+            .arg(membership_flag)
+            .arg(&membership_value)
             .args(segment_flag)
             .args(&extra)
             .env("RUST_LOG", "info")
@@ -139,6 +146,34 @@ impl Cluster {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Starts a new node (the next id, an empty data directory) with `--join`
+    /// naming the running nodes; returns its id once it listens.
+    pub fn add_joining_node(&mut self) -> u64 {
+        let id = self.nodes.len() as u64 + 1;
+        let join = self
+            .running()
+            .iter()
+            .map(|&r| self.nodes[(r - 1) as usize].addr.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        self.nodes.push(BrokerProcess {
+            id,
+            addr: free_port(),
+            data_dir: self._dir.path().join(format!("node{id}")),
+            child: None,
+            join: Some(join),
+        });
+        self.restart(id);
+        id
+    }
+
+    /// Deletes a stopped node's data directory (a disk that died).
+    pub fn wipe(&mut self, id: u64) {
+        let node = self.node(id);
+        assert!(node.child.is_none(), "wipe a stopped node");
+        let _ = std::fs::remove_dir_all(&node.data_dir);
     }
 
     /// Where node `id` writes its log lines.

@@ -11,8 +11,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use bytes::Bytes;
 use raftmq_broker::raft::{
-    Config, Entry, EntryKind, FaultVariant, HardState, LogIndex, Message, MessageBody, NodeId,
-    ProposeError, RaftLog, RawNode, Role, Term,
+    Config, Entry, EntryKind, FaultVariant, HardState, LogIndex, MembershipEntry, Message,
+    MessageBody, NodeId, ProposeError, RaftLog, RawNode, Role, Term,
 };
 
 use disk::{DiskLog, SimLog};
@@ -202,11 +202,13 @@ impl Knobs {
 }
 
 /// A state-machine snapshot: the chain hash of every entry applied up to `index`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct SimSnap {
     index: LogIndex,
     term: Term,
     chain: u64,
+    /// The membership in effect at `index` (`None`: the bootstrap configuration).
+    membership: Option<MembershipEntry>,
 }
 
 /// Chain hash of the applied sequence: equal chains at an index mean equal states.
@@ -485,13 +487,18 @@ impl World {
         let (from, to) = (msg.from.0, msg.to.0);
         let mut snap = None;
         if let MessageBody::InstallSnapshot { index, .. } = msg.body {
-            // The driver attaches the snapshot the log starts after.
-            let Some(s) = self.slots[from as usize - 1].snapshots.get(&index).copied() else {
+            // The driver attaches the snapshot the log starts after, and the
+            // membership recorded with it.
+            let Some(s) = self.slots[from as usize - 1].snapshots.get(&index).cloned() else {
+                return;
+            };
+            let Some(membership) = s.membership.clone() else {
                 return;
             };
             msg.body = MessageBody::InstallSnapshot {
                 index: s.index,
                 snapshot_term: s.term,
+                membership,
             };
             snap = Some(s);
         }
@@ -511,7 +518,7 @@ impl World {
             self.net.push(Flight {
                 at: self.now + extra,
                 msg: msg.clone(),
-                snap,
+                snap: snap.clone(),
             });
         }
         self.net.push(Flight {
@@ -557,7 +564,7 @@ impl World {
                 // Received whole: made durable only if the core will install it.
                 let node = self.slots[to].raft.as_ref().unwrap();
                 if node.accepts_snapshot(flight.msg.term, snap.index, snap.term) {
-                    self.slots[to].snapshots.insert(snap.index, snap);
+                    self.slots[to].snapshots.insert(snap.index, snap.clone());
                 }
             }
             self.step(to, flight.msg)?;
@@ -602,6 +609,7 @@ impl World {
             MessageBody::InstallSnapshot {
                 index,
                 snapshot_term,
+                ..
             } => [f, t, index.0, snapshot_term.0, 0],
             _ => [f, t, 0, 0, 0],
         };
@@ -633,7 +641,7 @@ impl World {
             self.send(m);
         }
         if let Some((index, term)) = rd.snapshot {
-            let Some(snap) = self.slots[i].snapshots.get(&index).copied() else {
+            let Some(snap) = self.slots[i].snapshots.get(&index).cloned() else {
                 return Err(format!("n{id} installed snapshot {index} it never saved"));
             };
             if snap.term != term {
@@ -769,8 +777,17 @@ impl World {
         let (index, chain) = candidates[self.rng.below(candidates.len() as u64) as usize];
         let term = node.log().term_at(index).expect("held");
         let id = i as u64 + 1;
+        let membership = node.membership_at(index).cloned();
         let slot = &mut self.slots[i];
-        slot.snapshots.insert(index, SimSnap { index, term, chain });
+        slot.snapshots.insert(
+            index,
+            SimSnap {
+                index,
+                term,
+                chain,
+                membership,
+            },
+        );
         slot.raft.as_mut().unwrap().log_mut().compact(index);
         slot.snapshots.retain(|&k, _| k >= index);
         self.ev("compact", id, index.0, 0, 0, 0);
@@ -897,7 +914,8 @@ impl World {
             Err(ProposeError::NotLeader { .. })
             | Err(ProposeError::Busy)
             | Err(ProposeError::TransferInProgress)
-            | Err(ProposeError::Storage(_)) => {
+            | Err(ProposeError::Storage(_))
+            | Err(ProposeError::Membership(_)) => {
                 self.next_id += 2;
             }
         }
@@ -1036,10 +1054,11 @@ impl World {
                 index: LogIndex::ZERO,
                 term: Term(0),
                 chain: 0,
+                membership: None,
             }
         } else {
             match slot.snapshots.get(&base_index) {
-                Some(s) => *s,
+                Some(s) => s.clone(),
                 None => {
                     return Err(format!(
                         "n{}: the log starts after {base_index} but no snapshot is there",
@@ -1049,15 +1068,22 @@ impl World {
             }
         };
         slot.snapshots.retain(|&k, _| k >= base_index);
+        let base_membership = base.membership.clone();
         self.restore_state(i, base)?;
         let slot = &mut self.slots[i];
         let log = SimLog::from_durable(disk);
-        let cfg = config(
+        let mut cfg = config(
             &self.k,
             i as u64 + 1,
             self.seed.wrapping_add(slot.incarnation * 7919),
             self.opts.fault,
         );
+        if let Some(m) = base_membership {
+            // The membership at the log's start is the snapshot's.
+            cfg.voters = m.membership.voters.clone();
+            cfg.learners = m.membership.learners.clone();
+            cfg.membership_context = m.context;
+        }
         let node = RawNode::new(cfg, log, slot.hs);
         let recovering = node.status().recovering;
         let last = node.log().last_index().0;

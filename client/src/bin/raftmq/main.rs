@@ -279,6 +279,16 @@ enum ClusterCommand {
         /// The node id.
         node: u64,
     },
+    /// Make a learner (a node started with --join) a voter, once it has caught up.
+    AddNode {
+        /// The node id.
+        node: u64,
+    },
+    /// Remove a voter or learner from the cluster, whether it is running or not.
+    RemoveNode {
+        /// The node id.
+        node: u64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -931,11 +941,12 @@ async fn cluster(client: &Client, command: ClusterCommand) -> Result<()> {
             }
             if !peers.is_empty() {
                 out!();
-                out!("peer\tmatch_index\tnext_index\tlag\tactive");
+                out!("peer\tkind\tmatch_index\tnext_index\tlag\tactive");
                 for p in peers {
                     out!(
-                        "{}\t{}\t{}\t{}\t{}",
+                        "{}\t{}\t{}\t{}\t{}\t{}",
                         p.node_id,
+                        if p.voter { "voter" } else { "learner" },
                         p.match_index,
                         p.next_index,
                         p.lag,
@@ -943,6 +954,42 @@ async fn cluster(client: &Client, command: ClusterCommand) -> Result<()> {
                     );
                 }
             }
+            // The membership as the most advanced node that answered sees it.
+            let view = statuses
+                .iter()
+                .filter_map(|n| n.status.as_ref().ok())
+                .max_by_key(|s| (s.role == "leader", s.membership_index));
+            if let Some(s) = view {
+                out!();
+                out!(
+                    "cluster {:016x}: membership at index {}{}",
+                    s.cluster_id,
+                    s.membership_index,
+                    if s.membership_change_pending {
+                        " (change in flight)"
+                    } else {
+                        ""
+                    }
+                );
+                out!("member\tkind\taddress\tincarnation");
+                for m in &s.members {
+                    out!(
+                        "{}\t{}\t{}\t{:016x}",
+                        m.node_id,
+                        if m.voter { "voter" } else { "learner" },
+                        m.address,
+                        m.incarnation
+                    );
+                }
+            }
+        }
+        ClusterCommand::AddNode { node } => {
+            let index = admin.add_node(node).await?;
+            out!("node {node} is a voter (membership entry {index})");
+        }
+        ClusterCommand::RemoveNode { node } => {
+            let index = admin.remove_node(node).await?;
+            out!("node {node} removed (membership entry {index})");
         }
         ClusterCommand::TransferLeader { node } => {
             admin.transfer_leader(node).await?;

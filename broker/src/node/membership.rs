@@ -1,0 +1,471 @@
+//! Membership in the node: admitting peers, following the membership in effect,
+//! and the requests that change it (join, add-node, remove-node).
+//!
+//! The Raft core decides what is safe (single-server changes, one at a time, see
+//! `raft/membership.rs`); the node adds what an operator needs: addresses and
+//! identities of members, the cluster id, refusal of strangers, a bounded learner
+//! lag before promotion, and a leader that hands over before removing itself.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use raftmq_proto::pb::{self, ErrorCode};
+
+use super::{Node, Pending, PendingKind};
+use crate::cluster::{ClusterView, MemberInfo};
+use crate::raft::{ChangeError, Membership, MembershipEntry, NodeId, ProposeError, Role};
+use crate::raft_wire::PeerIdentity;
+use crate::response::Responder;
+
+/// A refused peer is reported at most this often.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Which request a membership proposal answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum MembershipOp {
+    Join,
+    Add,
+    Remove,
+}
+
+/// Membership state of the node.
+pub(super) struct MembershipState {
+    /// The membership in effect, decoded.
+    pub view: ClusterView,
+    /// Incarnations heard from members the view records without one.
+    heard: BTreeMap<NodeId, u64>,
+    /// When each refused peer was last reported.
+    refused_said: BTreeMap<NodeId, Instant>,
+    /// When the leader last proposed upkeep (not more than once per election
+    /// timeout while one is uncommitted).
+    last_upkeep: Option<Instant>,
+}
+
+impl MembershipState {
+    pub(super) fn new(view: ClusterView) -> Self {
+        MembershipState {
+            view,
+            heard: BTreeMap::new(),
+            refused_said: BTreeMap::new(),
+            last_upkeep: None,
+        }
+    }
+}
+
+impl Node {
+    /// Whether a peer message may reach the core. Refused: another cluster, a member
+    /// whose data directory is not the recorded one, and (once this node is a
+    /// member) nodes outside the membership.
+    pub(super) fn admit_peer(&mut self, from: NodeId, identity: PeerIdentity) -> bool {
+        let ours = self.identity.cluster_id;
+        let refusal = if identity.cluster_id != 0 && ours != 0 && identity.cluster_id != ours {
+            Some(format!(
+                "it belongs to cluster {:016x}, this node to cluster {ours:016x}",
+                identity.cluster_id
+            ))
+        } else if let Some(member) = self.members.view.members.get(&from) {
+            if member.incarnation != 0
+                && identity.incarnation != 0
+                && member.incarnation != identity.incarnation
+            {
+                Some(format!(
+                    "its data directory (incarnation {:016x}) is not the one the cluster \
+                     knows as node {} ({:016x}): it was wiped or replaced; remove it with \
+                     `raftmq cluster remove-node {}` and start it with --join to add it again",
+                    identity.incarnation, from.0, member.incarnation, from.0
+                ))
+            } else {
+                if member.incarnation == 0 && identity.incarnation != 0 {
+                    self.members.heard.insert(from, identity.incarnation);
+                }
+                None
+            }
+        } else if self.members.view.members.contains_key(&self.config.node_id)
+            && self.members.view.index > 0
+        {
+            Some(format!(
+                "node {} is not a member of this cluster (removed, or not added yet)",
+                from.0
+            ))
+        } else {
+            // This node is not a member yet (it is joining): it hears from the
+            // leader before it learns the membership, and answers where it says.
+            if let Some(address) = identity.address {
+                self.transport.ensure_peer(from, address);
+            }
+            None
+        };
+        let Some(reason) = refusal else {
+            return true;
+        };
+        self.metrics.handles.raft.peer_messages_refused.increment(1);
+        let now = Instant::now();
+        let said = self.members.refused_said.get(&from);
+        if said.is_none_or(|t| now.duration_since(*t) >= REFUSAL_LOG_INTERVAL) {
+            self.members.refused_said.insert(from, now);
+            tracing::warn!(peer = from.0, %reason, "refusing messages from peer");
+        }
+        false
+    }
+
+    /// The membership in effect changed (appended, truncated away, or installed
+    /// with a snapshot): links follow it.
+    pub(super) fn membership_changed(&mut self, entry: &MembershipEntry) {
+        let was_member = self.members.view.members.contains_key(&self.config.node_id);
+        let view = ClusterView::from_entry(entry, &self.bootstrap_addresses());
+        let peers = view
+            .members
+            .iter()
+            .map(|(&id, m)| (id, m.address))
+            .collect();
+        self.transport.set_peers(&peers);
+        tracing::info!(
+            index = entry.index.0,
+            membership = %entry.membership,
+            "membership in effect"
+        );
+        if entry.index.0 > 0 {
+            self.metrics.handles.raft.membership_changes.increment(1);
+        }
+        let me = self.config.node_id;
+        if was_member && !view.membership.contains(me) && entry.index.0 > 0 {
+            tracing::warn!(
+                "this node was removed from the cluster; it no longer votes or receives the log \
+                 (stop it, or start it with an empty data directory and --join to add it again)"
+            );
+        }
+        self.members
+            .heard
+            .retain(|id, _| view.membership.contains(*id));
+        self.members.view = view;
+    }
+
+    /// Addresses to fall back on for members a membership entry does not describe.
+    fn bootstrap_addresses(&self) -> BTreeMap<NodeId, std::net::SocketAddr> {
+        if self.config.join.is_empty() {
+            self.config.peers.clone()
+        } else {
+            BTreeMap::new()
+        }
+    }
+
+    /// A membership entry was applied (committed): the cluster id it carries is
+    /// now this node's for good.
+    pub(super) fn membership_applied(&mut self, body: &bytes::Bytes) {
+        let Ok((membership, context)) = Membership::decode(body) else {
+            return;
+        };
+        let entry = MembershipEntry {
+            index: crate::raft::LogIndex::ZERO,
+            membership,
+            context,
+        };
+        let cluster_id = ClusterView::from_entry(&entry, &BTreeMap::new()).cluster_id;
+        if cluster_id == 0 || cluster_id == self.identity.cluster_id {
+            return;
+        }
+        self.identity.cluster_id = cluster_id;
+        if let Err(e) = self.identity.save(&self.config.data_dir) {
+            tracing::error!(error = %e, "cannot record the cluster id");
+        }
+        self.transport.set_identity(PeerIdentity {
+            cluster_id,
+            incarnation: self.identity.incarnation,
+            address: Some(self.config.listen),
+        });
+        tracing::info!(cluster_id = %format!("{cluster_id:016x}"), "member of cluster");
+    }
+
+    /// Leader, every tick: writes the first membership entry of a new cluster (its
+    /// id) and records members' incarnations once heard from.
+    pub(super) fn membership_upkeep(&mut self, now: Instant) {
+        if !self.leader_ready() || self.raft.membership_change_pending().is_some() {
+            return;
+        }
+        if self
+            .members
+            .last_upkeep
+            .is_some_and(|t| now.duration_since(t) < self.election_timeout())
+        {
+            return;
+        }
+        let view = &self.members.view;
+        let me = self.config.node_id;
+        let mut members = view.members.clone();
+        let mut changed = view.cluster_id == 0;
+        for (id, member) in &mut members {
+            let heard = if *id == me {
+                Some(self.identity.incarnation)
+            } else {
+                self.members.heard.get(id).copied()
+            };
+            if let (0, Some(incarnation)) = (member.incarnation, heard) {
+                member.incarnation = incarnation;
+                changed = true;
+            }
+        }
+        if !changed {
+            return;
+        }
+        let cluster_id = if view.cluster_id == 0 {
+            crate::cluster::random_id()
+        } else {
+            view.cluster_id
+        };
+        let membership = view.membership.clone();
+        self.members.last_upkeep = Some(now);
+        let context = ClusterView::encode_context(cluster_id, &membership, &members);
+        match self.raft.propose_membership(&membership, &context) {
+            Ok((index, _)) => {
+                tracing::info!(
+                    index = index.0,
+                    "recording cluster identity in the membership"
+                )
+            }
+            Err(e) => tracing::debug!(error = %e, "membership upkeep deferred"),
+        }
+    }
+
+    fn election_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.tick_ms * u64::from(self.config.election_timeout_ticks))
+    }
+
+    /// `JoinCluster`: adds a new node as a learner.
+    pub(super) fn join_cluster(&mut self, req: pb::JoinClusterRequest, reply: Responder) {
+        let id = NodeId(req.node_id);
+        let address = match crate::config::parse_addr(&req.address) {
+            Ok(a) => a,
+            Err(e) => return self.refuse_change(reply, ErrorCode::InvalidRequest, e.to_string()),
+        };
+        if id.0 == 0 || req.incarnation == 0 {
+            return self.refuse_change(
+                reply,
+                ErrorCode::InvalidRequest,
+                "a joining node needs a node id and an incarnation".into(),
+            );
+        }
+        let view = &self.members.view;
+        if let Some(member) = view.members.get(&id) {
+            if member.incarnation == req.incarnation || member.incarnation == 0 {
+                // A retry, or a node that restarted with --join: nothing to change.
+                let done = pb::JoinClusterResponse {
+                    cluster_id: view.cluster_id,
+                    membership_index: view.index,
+                };
+                return reply.ok(pb::response::Body::JoinCluster(done));
+            }
+            return self.refuse_change(
+                reply,
+                ErrorCode::WrongCluster,
+                format!(
+                    "node id {} is a member with another data directory; remove it first \
+                     (`raftmq cluster remove-node {}`), then join again",
+                    id.0, id.0
+                ),
+            );
+        }
+        if view.members.values().any(|m| m.address == address) {
+            return self.refuse_change(
+                reply,
+                ErrorCode::InvalidMembershipChange,
+                format!("another member already listens on {address}"),
+            );
+        }
+        let mut membership = view.membership.clone();
+        membership.learners.push(id);
+        membership.learners.sort_unstable();
+        let mut members = view.members.clone();
+        members.insert(
+            id,
+            MemberInfo {
+                address,
+                incarnation: req.incarnation,
+            },
+        );
+        tracing::info!(node = id.0, %address, "node asks to join; adding it as a learner");
+        self.propose_change(membership, members, MembershipOp::Join, reply);
+    }
+
+    /// `AddNode`: promotes a learner that has caught up.
+    pub(super) fn add_node(&mut self, req: pb::AddNodeRequest, reply: Responder) {
+        let id = NodeId(req.node_id);
+        let view = &self.members.view;
+        if view.membership.is_voter(id) {
+            let done = pb::AddNodeResponse {
+                membership_index: view.index,
+            };
+            return reply.ok(pb::response::Body::AddNode(done));
+        }
+        if !view.membership.is_learner(id) {
+            return self.refuse_change(
+                reply,
+                ErrorCode::InvalidMembershipChange,
+                format!(
+                    "node {} is not a learner of this cluster: start it with an empty data \
+                     directory and --join first",
+                    id.0
+                ),
+            );
+        }
+        let status = self.raft.status();
+        let last = status.last_index.0;
+        let progress = status.progress.iter().find(|p| p.id == id);
+        let matched = progress.map_or(0, |p| p.match_index.0);
+        // Replicating: it answered and its log matches the leader's up to `matched`.
+        let replicating = progress
+            .is_some_and(|p| p.recent_active && p.state == crate::raft::ProgressState::Replicate);
+        let lag = last.saturating_sub(matched);
+        if !replicating || lag > self.config.max_learner_lag {
+            return self.refuse_change(
+                reply,
+                ErrorCode::InvalidMembershipChange,
+                format!(
+                    "node {} is {lag} entries behind the leader (at most {} allowed): wait \
+                     until it has caught up (`raftmq cluster status` shows its lag)",
+                    id.0, self.config.max_learner_lag
+                ),
+            );
+        }
+        let mut membership = view.membership.clone();
+        membership.learners.retain(|l| *l != id);
+        membership.voters.push(id);
+        membership.voters.sort_unstable();
+        let members = view.members.clone();
+        tracing::info!(node = id.0, lag, "promoting learner to voter");
+        self.propose_change(membership, members, MembershipOp::Add, reply);
+    }
+
+    /// `RemoveNode`: removes a voter or learner; the leader hands over first if it
+    /// is the one removed.
+    pub(super) fn remove_node(&mut self, req: pb::RemoveNodeRequest, reply: Responder) {
+        let id = NodeId(req.node_id);
+        let view = &self.members.view;
+        if !view.membership.contains(id) {
+            return self.refuse_change(
+                reply,
+                ErrorCode::InvalidMembershipChange,
+                format!("node {} is not a member of this cluster", id.0),
+            );
+        }
+        if id == self.config.node_id {
+            return self.hand_over_before_removal(reply);
+        }
+        let mut membership = view.membership.clone();
+        membership.voters.retain(|v| *v != id);
+        membership.learners.retain(|l| *l != id);
+        let members = view.members.clone();
+        tracing::info!(node = id.0, "removing node");
+        self.propose_change(membership, members, MembershipOp::Remove, reply);
+    }
+
+    /// The leader was asked to remove itself: it hands leadership to the voter most
+    /// caught up and answers NOT_LEADER, so the client retries at the new leader.
+    fn hand_over_before_removal(&mut self, reply: Responder) {
+        let status = self.raft.status();
+        let target = status
+            .progress
+            .iter()
+            .filter(|p| p.voter && p.recent_active)
+            .max_by_key(|p| p.match_index)
+            .map(|p| p.id);
+        let Some(target) = target else {
+            return self.refuse_change(
+                reply,
+                ErrorCode::InvalidMembershipChange,
+                "the leader cannot remove itself: no other live voter could take over".into(),
+            );
+        };
+        tracing::info!(
+            to = target.0,
+            "asked to remove this node: handing leadership over first"
+        );
+        if let Err(e) = self.raft.transfer_leadership(target) {
+            return self.refuse_change(reply, ErrorCode::NotReady, e.to_string());
+        }
+        let mut error = self.not_leader();
+        error.message = format!(
+            "this node is the leader and hands leadership to node {} before it is removed; retry",
+            target.0
+        );
+        reply.error(error);
+    }
+
+    fn propose_change(
+        &mut self,
+        membership: Membership,
+        members: BTreeMap<NodeId, MemberInfo>,
+        op: MembershipOp,
+        reply: Responder,
+    ) {
+        if self.raft.role() != Role::Leader {
+            return reply.error(self.not_leader());
+        }
+        let context =
+            ClusterView::encode_context(self.members.view.cluster_id, &membership, &members);
+        match self.raft.propose_membership(&membership, &context) {
+            Ok((index, term)) => {
+                let deadline =
+                    Instant::now() + Duration::from_millis(self.config.request_timeout_ms);
+                self.pending.insert(
+                    index,
+                    Pending {
+                        term,
+                        kind: PendingKind::Membership(op),
+                        reply,
+                        deadline,
+                    },
+                );
+            }
+            Err(ProposeError::NotLeader { .. }) => reply.error(self.not_leader()),
+            Err(ProposeError::Membership(
+                e @ (ChangeError::InProgress(_) | ChangeError::TermNotCommitted),
+            )) => self.refuse_change(
+                reply,
+                ErrorCode::MembershipChangeInProgress,
+                format!("{e}; retry shortly"),
+            ),
+            Err(ProposeError::Membership(e)) => {
+                self.refuse_change(reply, ErrorCode::InvalidMembershipChange, e.to_string())
+            }
+            Err(ProposeError::TransferInProgress) => self.refuse_change(
+                reply,
+                ErrorCode::MembershipChangeInProgress,
+                "a leadership transfer is in progress; retry shortly".into(),
+            ),
+            Err(e) => self.refuse_change(reply, ErrorCode::Busy, e.to_string()),
+        }
+    }
+
+    fn refuse_change(&self, reply: Responder, code: ErrorCode, message: String) {
+        self.metrics.handles.raft.membership_refusals.increment(1);
+        tracing::info!(%message, "membership request refused");
+        reply.error(pb::Error::new(code, message));
+    }
+
+    /// The answer to a committed membership change.
+    pub(super) fn membership_answer(&self, op: MembershipOp, index: u64) -> pb::response::Body {
+        use pb::response::Body as R;
+        match op {
+            MembershipOp::Join => R::JoinCluster(pb::JoinClusterResponse {
+                cluster_id: self.members.view.cluster_id,
+                membership_index: index,
+            }),
+            MembershipOp::Add => R::AddNode(pb::AddNodeResponse {
+                membership_index: index,
+            }),
+            MembershipOp::Remove => R::RemoveNode(pb::RemoveNodeResponse {
+                membership_index: index,
+            }),
+        }
+    }
+
+    /// A member's client address, from the membership in effect.
+    pub(super) fn member_address(&self, id: NodeId) -> Option<std::net::SocketAddr> {
+        self.members
+            .view
+            .members
+            .get(&id)
+            .map(|m| m.address)
+            .or_else(|| self.config.address_of(id))
+    }
+}

@@ -1,0 +1,252 @@
+//! Membership changes with real broker processes, under a running idempotent
+//! producer: grow a 3-node cluster to 5 (`--join`, then add-node), lose a node
+//! for good and remove it, put a fresh node in its place, shrink back to 3. Every
+//! acknowledged message is then readable, exactly once, from every remaining node.
+//! And a node whose data directory was wiped cannot come back under its old
+//! membership: it is refused until removed and joined again.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::raw::Conn;
+use common::Cluster;
+use raftmq_client::{Admin, Client, Message, Producer};
+use raftmq_proto::pb::{self, request::Body as Req, response::Body as Resp};
+
+const TOPIC: &str = "grow";
+
+/// Retries `add_node` while the learner catches up (bounded).
+async fn promote(admin: &Admin, node: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match admin.add_node(node).await {
+            Ok(_) => return,
+            Err(e) if Instant::now() < deadline => {
+                let text = e.to_string();
+                assert!(
+                    text.contains("not a learner") || text.contains("behind"),
+                    "add-node {node}: {text}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("node {node} was never promoted: {e}"),
+        }
+    }
+}
+
+/// The membership as the leader reports it: (voters, learners).
+async fn membership(client: &Client) -> (Vec<u64>, Vec<u64>) {
+    let statuses = Admin::new(client).cluster_status().await.expect("status");
+    let s = statuses
+        .iter()
+        .filter_map(|n| n.status.as_ref().ok())
+        .find(|s| s.role == "leader")
+        .expect("a leader answers");
+    let pick = |voter: bool| {
+        s.members
+            .iter()
+            .filter(|m| m.voter == voter)
+            .map(|m| m.node_id)
+            .collect()
+    };
+    (pick(true), pick(false))
+}
+
+/// Every message of the topic's only queue, read from node `addr` itself.
+async fn read_from(addr: std::net::SocketAddr) -> Vec<String> {
+    let mut conn = Conn::connect_addr(addr).await.expect("connect");
+    let mut out = Vec::new();
+    let mut offset = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "reading from {addr} did not finish"
+        );
+        let response = conn
+            .call(Req::Fetch(pb::FetchRequest {
+                topic: TOPIC.into(),
+                queue: 0,
+                offset,
+                max_bytes: 1 << 20,
+                ..pb::FetchRequest::default()
+            }))
+            .await;
+        let Some(Resp::Fetch(fetch)) = response.body else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        for b in &fetch.batches {
+            for m in raftmq_proto::batch::decode_records(&b.batch, b.base_offset) {
+                let m = m.expect("stored batches decode");
+                if m.offset >= offset {
+                    out.push(String::from_utf8(m.value.to_vec()).unwrap());
+                    offset = m.offset + 1;
+                }
+            }
+        }
+        if offset >= fetch.high_watermark {
+            return out;
+        }
+    }
+}
+
+/// Prints the last lines of every node's log (on a failure).
+fn dump_logs(cluster: &Cluster) {
+    for n in &cluster.nodes {
+        let text = std::fs::read_to_string(cluster.log_path(n.id)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        eprintln!("----- node {} -----", n.id);
+        for l in &lines[lines.len().saturating_sub(25)..] {
+            eprintln!("{l}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grow_replace_and_shrink_under_load_loses_nothing() {
+    let mut cluster = Cluster::start(3);
+    let client = Client::connect(&cluster.addrs()).await.expect("connect");
+    let admin = Admin::new(&client);
+    admin.create_topic(TOPIC, 1).await.expect("create topic");
+
+    // An idempotent producer acknowledges each message; every ack is recorded.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let errors = Arc::new(Mutex::new(Vec::<String>::new()));
+    let producer = {
+        let (client, stop, acked, errors) =
+            (client.clone(), stop.clone(), acked.clone(), errors.clone());
+        tokio::spawn(async move {
+            let producer = Producer::builder(&client).build().await.expect("producer");
+            let mut i = 0u64;
+            // One message in flight at a time, so the acknowledged order is the
+            // stored order.
+            while !stop.load(Ordering::Relaxed) && i < 100_000 {
+                let value = format!("m{i}");
+                i += 1;
+                let ack = producer.send(Message::new(TOPIC, value.clone())).await;
+                match ack {
+                    Ok(ack) => match ack.await {
+                        Ok(_) => acked.lock().unwrap().push(value),
+                        Err(e) => errors.lock().unwrap().push(e.to_string()),
+                    },
+                    Err(e) => errors.lock().unwrap().push(e.to_string()),
+                }
+            }
+            producer.close().await;
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Grow to five.
+    let n4 = cluster.add_joining_node();
+    promote(&admin, n4).await;
+    let n5 = cluster.add_joining_node();
+    promote(&admin, n5).await;
+    assert_eq!(membership(&client).await, (vec![1, 2, 3, 4, 5], vec![]));
+
+    // Node 2 dies for good: remove it, and put a fresh node in its place.
+    cluster.kill(2);
+    if let Err(e) = admin.remove_node(2).await {
+        dump_logs(&cluster);
+        panic!("remove a dead node: {e}");
+    }
+    let n6 = cluster.add_joining_node();
+    promote(&admin, n6).await;
+    assert_eq!(membership(&client).await, (vec![1, 3, 4, 5, 6], vec![]));
+
+    // Shrink back to three (whoever leads hands over if it is removed).
+    admin.remove_node(n4).await.expect("remove 4");
+    admin.remove_node(n5).await.expect("remove 5");
+    assert_eq!(membership(&client).await, (vec![1, 3, 6], vec![]));
+    cluster.terminate(n4);
+    cluster.terminate(n5);
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    producer.await.expect("producer task");
+    let errors = errors.lock().unwrap().clone();
+    assert!(errors.is_empty(), "the application saw errors: {errors:?}");
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 100, "too few messages: {}", acked.len());
+
+    // Every acknowledged message, once, in order, on every remaining node.
+    for id in [1, 3, n6] {
+        let addr = cluster.nodes[(id - 1) as usize].addr;
+        let stored = read_from(addr).await;
+        assert_eq!(
+            stored.len(),
+            acked.len(),
+            "node {id}: messages stored vs acknowledged"
+        );
+        assert_eq!(
+            stored, acked,
+            "node {id} differs from what was acknowledged"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_is_refused_until_removed_and_joined_again() {
+    let mut cluster = Cluster::start(3);
+    let client = Client::connect(&cluster.addrs()).await.expect("connect");
+    let admin = Admin::new(&client);
+    admin.create_topic(TOPIC, 1).await.expect("create topic");
+    // Wait until the first leader has recorded every member's incarnation.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let statuses = admin.cluster_status().await.expect("status");
+        let recorded = statuses
+            .iter()
+            .filter_map(|n| n.status.as_ref().ok())
+            .find(|s| s.role == "leader")
+            .is_some_and(|s| s.members.len() == 3 && s.members.iter().all(|m| m.incarnation != 0));
+        if recorded {
+            break;
+        }
+        assert!(Instant::now() < deadline, "incarnations never recorded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let leader = common::find_leader(&cluster, Duration::from_secs(10)).await;
+    let victim = (1..=3).find(|&id| id != leader).unwrap();
+    cluster.kill(victim);
+    cluster.wipe(victim);
+    cluster.restart(victim);
+    // The others refuse it: it never becomes a working member again.
+    let log = cluster.log_path(leader);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("wiped or replaced") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no refusal logged in {log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let victim_addr = cluster.nodes[(victim - 1) as usize].addr;
+    let mut conn = Conn::connect_addr(victim_addr).await.expect("connect");
+    let status = conn
+        .call(Req::ClusterStatus(pb::ClusterStatusRequest {}))
+        .await;
+    let Some(Resp::ClusterStatus(s)) = status.body else {
+        panic!("status: {status:?}")
+    };
+    assert_ne!(s.role, "leader");
+    assert_eq!(s.commit_index, 0, "the wiped node received nothing");
+
+    // Remove it and join it again as a new member: it then gets everything.
+    cluster.kill(victim);
+    admin
+        .remove_node(victim)
+        .await
+        .expect("remove the wiped node");
+    let fresh = cluster.add_joining_node();
+    promote(&admin, fresh).await;
+    let (voters, _) = membership(&client).await;
+    assert_eq!(voters.len(), 3);
+    assert!(!voters.contains(&victim) && voters.contains(&fresh));
+}

@@ -35,7 +35,7 @@ fn sim_correct_core_keeps_safety_and_liveness() {
     let started = std::time::Instant::now();
     let mut committed = 0;
     let mut events = 0;
-    let (mut compactions, mut installs, mut reads) = (0, 0, 0);
+    let (mut compactions, mut installs, mut reads, mut changes) = (0, 0, 0, 0);
     let mut failures: Vec<Failure> = Vec::new();
     for &seed in &seeds {
         match run_seed(seed, Options::default()) {
@@ -45,6 +45,7 @@ fn sim_correct_core_keeps_safety_and_liveness() {
                 compactions += stats.compactions;
                 installs += stats.installs;
                 reads += stats.reads;
+                changes += stats.membership_changes;
             }
             Err(f) => {
                 eprintln!("{f}");
@@ -57,7 +58,8 @@ fn sim_correct_core_keeps_safety_and_liveness() {
     }
     eprintln!(
         "raft sim: {} seeds, {events} events, {committed} committed proposals, \
-         {compactions} compactions, {installs} snapshots installed, {reads} linearizable reads checked, {:.1}s",
+         {compactions} compactions, {installs} snapshots installed, {reads} linearizable reads checked, \
+         {changes} membership changes, {:.1}s",
         seeds.len(),
         started.elapsed().as_secs_f64()
     );
@@ -117,6 +119,11 @@ fn sim_catches_local_reads() {
 }
 
 #[test]
+fn sim_catches_unchecked_membership_changes() {
+    expect_caught(FaultVariant::UncheckedMembershipChanges, DEFAULT_SEEDS);
+}
+
+#[test]
 fn sim_catches_read_before_term_commit() {
     expect_caught(FaultVariant::ReadBeforeTermCommit, DEFAULT_SEEDS);
 }
@@ -138,6 +145,7 @@ fn sim_variant_detection_rates() {
         FaultVariant::SnapshotForgetsDamage,
         FaultVariant::LocalReads,
         FaultVariant::ReadBeforeTermCommit,
+        FaultVariant::UncheckedMembershipChanges,
     ] {
         let opts = Options {
             fault: Some(fault),

@@ -55,8 +55,16 @@ impl MembershipState {
 impl Node {
     /// Whether a peer message may reach the core. Refused: another cluster, a member
     /// whose data directory is not the recorded one, and (once this node is a
-    /// member) nodes outside the membership.
-    pub(super) fn admit_peer(&mut self, from: NodeId, identity: PeerIdentity) -> bool {
+    /// member) vote requests from nodes outside the membership: a removed node must
+    /// not disturb the cluster. Other messages from non-members are heard: this
+    /// node's own membership may be an uncommitted change that a leader it does not
+    /// list is about to overwrite.
+    pub(super) fn admit_peer(
+        &mut self,
+        from: NodeId,
+        identity: PeerIdentity,
+        vote_request: bool,
+    ) -> bool {
         let ours = self.identity.cluster_id;
         let refusal = if identity.cluster_id != 0 && ours != 0 && identity.cluster_id != ours {
             Some(format!(
@@ -80,7 +88,8 @@ impl Node {
                 }
                 None
             }
-        } else if self.members.view.members.contains_key(&self.config.node_id)
+        } else if vote_request
+            && self.members.view.members.contains_key(&self.config.node_id)
             && self.members.view.index > 0
         {
             Some(format!(

@@ -272,11 +272,11 @@ impl Node {
         match input {
             NodeInput::Peer(_) if self.storage_failed => {}
             NodeInput::Peer((msg, identity)) => {
-                let from = match &msg {
-                    PeerMessage::Raft(m) => m.from,
-                    PeerMessage::SnapshotChunk(c) => c.from,
+                let (from, vote_request) = match &msg {
+                    PeerMessage::Raft(m) => (m.from, matches!(m.body, MessageBody::Vote { .. })),
+                    PeerMessage::SnapshotChunk(c) => (c.from, false),
                 };
-                if !self.admit_peer(from, identity) {
+                if !self.admit_peer(from, identity, vote_request) {
                     return;
                 }
                 match msg {

@@ -28,6 +28,10 @@ pub enum FaultVariant {
     /// committed an entry of its own term (a new leader's commit index may lag what
     /// earlier leaders committed).
     ReadBeforeTermCommit,
+    /// Membership changes skip the single-server rules: several voters may change
+    /// at once, several changes may be uncommitted, and a new leader need not have
+    /// committed an entry of its term first.
+    UncheckedMembershipChanges,
 }
 
 /// Configuration of one [`super::RawNode`]. Build it with [`Config::new`] and adjust

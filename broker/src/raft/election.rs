@@ -58,8 +58,20 @@ impl<L: RaftLog> RawNode<L> {
     }
 
     /// Only a voter campaigns, and not one whose log lost acknowledged entries.
+    /// A voter of the committed membership still campaigns while an uncommitted
+    /// change in its log drops it: its log may be the only up-to-date one, and
+    /// the group would otherwise wait for it forever (it then leads without
+    /// counting itself, and steps down once the change commits).
     pub(super) fn can_campaign(&self) -> bool {
-        self.log_intact() && self.membership().is_voter(self.config.id)
+        self.log_intact() && self.is_voter_now_or_committed(self.config.id)
+    }
+
+    /// A voter of the membership in effect or of the last committed one.
+    pub(super) fn is_voter_now_or_committed(&self, id: NodeId) -> bool {
+        self.membership().is_voter(id)
+            || self
+                .membership_at(self.commit)
+                .is_some_and(|m| m.membership.is_voter(id))
     }
 
     /// A node whose log lost acknowledged entries must neither lead nor vote.
@@ -198,8 +210,14 @@ impl<L: RaftLog> RawNode<L> {
         )
     }
 
+    /// Votes granted by voters of the membership in effect (a candidate that the
+    /// membership no longer lists does not count its own).
     fn votes_granted(&self) -> usize {
-        self.votes.iter().filter(|(_, g)| *g).count()
+        let membership = self.membership();
+        self.votes
+            .iter()
+            .filter(|(id, g)| *g && membership.is_voter(*id))
+            .count()
     }
 
     pub(super) fn handle_vote(

@@ -392,13 +392,20 @@ impl<L: RaftLog> RawNode<L> {
         context: &[u8],
     ) -> Result<(LogIndex, Term), ProposeError> {
         self.check_can_propose(1)?;
-        if self.commit < self.term_start {
-            return Err(ChangeError::TermNotCommitted.into());
+        if self
+            .config
+            .fault_is(FaultVariant::UncheckedMembershipChanges)
+        {
+            next.validate()?;
+        } else {
+            if self.commit < self.term_start {
+                return Err(ChangeError::TermNotCommitted.into());
+            }
+            if let Some(index) = self.memberships.uncommitted(self.commit) {
+                return Err(ChangeError::InProgress(index).into());
+            }
+            self.membership().check_change(next, self.config.id)?;
         }
-        if let Some(index) = self.memberships.uncommitted(self.commit) {
-            return Err(ChangeError::InProgress(index).into());
-        }
-        self.membership().check_change(next, self.config.id)?;
         let index = self.log.last_index().next();
         self.scratch_entries.clear();
         self.scratch_entries.push(Entry {
@@ -764,7 +771,7 @@ impl<L: RaftLog> RawNode<L> {
         match self.role {
             Role::Leader => {
                 assert!(
-                    membership.is_voter(me),
+                    self.is_voter_now_or_committed(me),
                     "leader {me} is not a voter of {membership}"
                 );
                 self.progress.retain(|id, _| membership.contains(*id));
@@ -785,7 +792,7 @@ impl<L: RaftLog> RawNode<L> {
                 self.maybe_commit();
                 self.release_confirmed_reads();
             }
-            Role::Candidate | Role::PreCandidate if !membership.is_voter(me) => {
+            Role::Candidate | Role::PreCandidate if !self.is_voter_now_or_committed(me) => {
                 self.become_follower(self.term, None);
             }
             _ => {}
@@ -879,8 +886,12 @@ impl<L: RaftLog> RawNode<L> {
             previous_round = read.round;
         }
         if self.role == Role::Leader {
-            assert!(self.membership().is_voter(self.config.id));
-            if self.commit >= self.term_start {
+            assert!(self.is_voter_now_or_committed(self.config.id));
+            if self.commit >= self.term_start
+                && !self
+                    .config
+                    .fault_is(FaultVariant::UncheckedMembershipChanges)
+            {
                 // Single-server changes: at most one change is ever uncommitted.
                 let above = self.memberships.entries_above(self.commit);
                 assert!(above <= 1, "{above} membership changes uncommitted");

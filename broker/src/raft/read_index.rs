@@ -99,7 +99,7 @@ impl<L: RaftLog> RawNode<L> {
             round: self.read_round + 1,
             index,
         };
-        if self.membership().voters.len() == 1 {
+        if self.membership().voters == [self.config.id] {
             self.release_read(read);
             return Ok(());
         }

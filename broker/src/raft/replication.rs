@@ -267,6 +267,11 @@ impl<L: RaftLog> RawNode<L> {
         let current_term = self.log.term_at(quorum_index) == Some(self.term);
         if current_term || self.config.fault_is(FaultVariant::CommitOldTermByCount) {
             self.set_commit(quorum_index);
+            let me = self.config.id;
+            if !self.membership().is_voter(me) && self.membership_change_pending().is_none() {
+                // The change that dropped this leader committed: the others elect one.
+                self.become_follower(self.term, None);
+            }
         }
     }
 

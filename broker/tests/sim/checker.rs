@@ -115,6 +115,7 @@ impl World {
                 } else {
                     assert_eq!(pos, self.committed.len());
                     self.committed.push((value.0, value.1, node.term()));
+                    self.committed_voters.push(node.membership().voters.clone());
                     let cmd = (e.kind == EntryKind::Command)
                         .then(|| body_id(&e.body))
                         .flatten();
@@ -129,9 +130,10 @@ impl World {
             let c = self.committed.len();
             let t = self.committed[c - 1].0;
             let idx = LogIndex(c as u64);
-            let holders = self
-                .slots
+            let voters = &self.committed_voters[c - 1];
+            let holders = voters
                 .iter()
+                .map(|id| &self.slots[id.0 as usize - 1])
                 .filter(|s| {
                     s.damaged
                         || s.snapshot_covers(idx)
@@ -141,10 +143,12 @@ impl World {
                         }
                 })
                 .count();
-            let quorum = self.slots.len() / 2 + 1;
+            let quorum = voters.len() / 2 + 1;
             if holders < quorum {
                 return Err(format!(
-                    "entry {c} (term {t}) committed while durable on only {holders} nodes"
+                    "entry {c} (term {t}) committed while durable on only {holders} of its \
+                     {} voters",
+                    voters.len()
                 ));
             }
         }
@@ -176,15 +180,34 @@ impl World {
             return Ok(());
         };
         let c = LogIndex(self.committed.len() as u64);
-        let quorum = self.slots.len() / 2 + 1;
+        // Judged in the membership of the node that leads (or, with none, the
+        // bootstrap voters): a node whose own view is older is refused by the
+        // members of the newer one (see `deliver_due`).
+        let leader_membership = self
+            .slots
+            .iter()
+            .filter_map(|s| s.raft.as_ref())
+            .find(|n| n.role() == Role::Leader)
+            .map(|n| n.membership().clone());
         let voter_last = |s: &super::Slot| match &s.raft {
             Some(node) => node.log().durable_last(),
             None => s.stopped_log.last(),
         };
         for (x, sx) in self.slots.iter().enumerate() {
-            if sx.damaged {
+            if sx.damaged || sx.retired {
                 continue;
             }
+            let x_id = raftmq_broker::raft::NodeId(x as u64 + 1);
+            let membership = match (&sx.raft, &leader_membership) {
+                (Some(node), Some(m)) if node.membership() == m => m.clone(),
+                (_, Some(_)) => continue,
+                (Some(node), None) => node.membership().clone(),
+                (None, None) => continue,
+            };
+            if !membership.is_voter(x_id) {
+                continue;
+            }
+            let quorum = membership.quorum();
             let (has, x_last) = match &sx.raft {
                 Some(node) => {
                     let last = node.log().last_index();
@@ -201,11 +224,13 @@ impl World {
             if has {
                 continue;
             }
-            let grants = self
-                .slots
+            let grants = membership
+                .voters
                 .iter()
-                .enumerate()
-                .filter(|(y, sy)| *y == x || (!sy.damaged && x_last >= voter_last(sy)))
+                .map(|id| (id.0 as usize - 1, &self.slots[id.0 as usize - 1]))
+                .filter(|(y, sy)| {
+                    *y == x || (!sy.damaged && !sy.retired && x_last >= voter_last(sy))
+                })
                 .count();
             if grants >= quorum {
                 return Err(format!(
@@ -218,17 +243,26 @@ impl World {
     }
 
     pub(super) fn converged(&self) -> bool {
-        let nodes: Vec<&RawNode<SimLog>> =
-            self.slots.iter().filter_map(|s| s.raft.as_ref()).collect();
-        if nodes.len() != self.slots.len() {
+        let leaders: Vec<&RawNode<SimLog>> = self
+            .slots
+            .iter()
+            .filter_map(|s| s.raft.as_ref())
+            .filter(|n| n.role() == Role::Leader)
+            .collect();
+        let [leader] = leaders[..] else { return false };
+        // Every member of the leader's membership, and no one else, must converge.
+        let membership = leader.membership();
+        let nodes: Vec<&RawNode<SimLog>> = membership
+            .members()
+            .filter_map(|id| self.slots[id.0 as usize - 1].raft.as_ref())
+            .collect();
+        if nodes.len() != membership.members().count() {
             return false;
         }
-        let leaders: Vec<&&RawNode<SimLog>> =
-            nodes.iter().filter(|n| n.role() == Role::Leader).collect();
-        let [leader] = leaders[..] else { return false };
         let last = leader.log().last_index();
         let term = leader.term();
         leader.commit_index() == last
+            && leader.membership_change_pending().is_none()
             && nodes.iter().all(|n| {
                 n.term() == term
                     && n.leader() == Some(leader.id())
@@ -241,7 +275,12 @@ impl World {
     /// Every proposal reported committed is in the final log exactly once.
     pub(super) fn final_check(&mut self) -> Check {
         self.check()?;
-        let node = self.slots[0].raft.as_ref().unwrap();
+        let node = self
+            .slots
+            .iter()
+            .filter_map(|s| s.raft.as_ref())
+            .find(|n| n.role() == Role::Leader)
+            .expect("converged with a leader");
         let commit = node.commit_index().0 as usize;
         let mut seen = BTreeSet::new();
         for id in self.committed_cmd[..commit].iter().flatten() {

@@ -79,6 +79,8 @@ pub struct Stats {
     pub installs: u64,
     /// Linearizable reads served (each checked).
     pub reads: u64,
+    /// Membership changes proposed and accepted by a leader.
+    pub membership_changes: u64,
 }
 
 /// Events kept for the failure report; `RAFTMQ_SIM_TRACE=N` keeps more.
@@ -129,6 +131,7 @@ impl Ev {
             "InstallSnapshot" => format!("from n{a} term {b} index {c} snapshot_term {d}"),
             "compact" => format!("log starts after {a}"),
             "install" => format!("state machine restored at {a}"),
+            "membership" => format!("index {a} voters {b:#b} learners {c:#b}"),
             _ => String::new(),
         };
         format!(
@@ -169,6 +172,8 @@ struct Knobs {
     p_compact: f64,
     /// Reads asked per tick (at a random node).
     reads_per_tick: u64,
+    /// Probability per tick that the leader proposes a membership change.
+    p_member_change: f64,
 }
 
 impl Knobs {
@@ -197,6 +202,7 @@ impl Knobs {
             p_sync_now: rng.pick(&[1.0, 0.7, 0.3]),
             p_compact: rng.pick(&[0.02, 0.1, 0.4]),
             reads_per_tick: rng.pick(&[0, 1, 3]),
+            p_member_change: rng.pick(&[0.0, 0.01, 0.04]),
         }
     }
 }
@@ -246,6 +252,14 @@ struct Slot {
     /// Reads with a read index, waiting for the state machine to apply up to it:
     /// (read id, read index).
     reads_ready: Vec<(u64, LogIndex)>,
+    /// Was proposed as a member at some point (a spare is then no longer offered).
+    member_ever: bool,
+    /// The highest index of a committed membership that lists this node
+    /// (`Some(0)`: a bootstrap voter).
+    member_at: Option<LogIndex>,
+    /// Removed by a committed membership change and stopped for good (as an
+    /// operator stops a removed broker); never restarted.
+    retired: bool,
 }
 
 /// The part of a Ready that waits for the sync.
@@ -282,6 +296,9 @@ struct World {
     committed: Vec<(Term, u64, Term)>,
     /// Per committed index: the proposal id of a Command entry.
     committed_cmd: Vec<Option<u64>>,
+    /// Per committed index: the voters of the node that first reported it
+    /// committed (the leader that committed it), whose majority must hold it.
+    committed_voters: Vec<Vec<NodeId>>,
     /// Per applied index: the chain hash of the state machine after it.
     chains: Vec<u64>,
     committed_ids: BTreeSet<u64>,
@@ -304,8 +321,22 @@ fn body_id(body: &Bytes) -> Option<u64> {
     (body.len() >= 8).then(|| u64::from_le_bytes(body[..8].try_into().unwrap()))
 }
 
+/// Spare nodes beyond the bootstrap voters: they start knowing no members and
+/// join when a leader adds them (only in seeds with membership changes).
+fn spares(k: &Knobs) -> u64 {
+    if k.p_member_change > 0.0 {
+        2
+    } else {
+        0
+    }
+}
+
 fn config(k: &Knobs, id: u64, seed: u64, fault: Option<FaultVariant>) -> Config {
-    let voters = (1..=k.nodes).map(NodeId).collect();
+    let voters = if id <= k.nodes {
+        (1..=k.nodes).map(NodeId).collect()
+    } else {
+        Vec::new()
+    };
     let mut c = Config::new(NodeId(id), voters);
     c.election_timeout_ticks = k.election_timeout;
     c.heartbeat_interval_ticks = k.heartbeat.min(k.election_timeout - 1);
@@ -323,7 +354,11 @@ fn config(k: &Knobs, id: u64, seed: u64, fault: Option<FaultVariant>) -> Config 
 /// Runs one seed; `Err` describes the first violation (or core panic).
 pub fn run_seed(seed: u64, opts: Options) -> Result<Stats, Failure> {
     let mut rng = Rng::new(seed);
-    let k = Knobs::draw(&mut rng, seed);
+    let mut k = Knobs::draw(&mut rng, seed);
+    if opts.fault == Some(FaultVariant::UncheckedMembershipChanges) {
+        // The broken variant only shows under changes.
+        k.p_member_change = 0.05;
+    }
     let mut world = World {
         seed,
         opts,
@@ -337,6 +372,7 @@ pub fn run_seed(seed: u64, opts: Options) -> Result<Stats, Failure> {
         registry: HashMap::new(),
         committed: Vec::new(),
         committed_cmd: Vec::new(),
+        committed_voters: Vec::new(),
         chains: Vec::new(),
         committed_ids: BTreeSet::new(),
         next_id: 1,
@@ -348,7 +384,7 @@ pub fn run_seed(seed: u64, opts: Options) -> Result<Stats, Failure> {
         rng,
         k,
     };
-    for id in 1..=world.k.nodes {
+    for id in 1..=world.k.nodes + spares(&world.k) {
         let cfg = config(&world.k, id, seed, opts.fault);
         world.slots.push(Slot {
             raft: Some(RawNode::new(cfg, SimLog::default(), HardState::default())),
@@ -367,6 +403,9 @@ pub fn run_seed(seed: u64, opts: Options) -> Result<Stats, Failure> {
             incarnation: 0,
             pending: VecDeque::new(),
             reads_ready: Vec::new(),
+            member_ever: id <= world.k.nodes,
+            member_at: (id <= world.k.nodes).then_some(LogIndex::ZERO),
+            retired: false,
         });
     }
     let result = catch_unwind(AssertUnwindSafe(|| world.run()));
@@ -455,7 +494,14 @@ impl World {
                 for _ in 0..self.k.reads_per_tick {
                     self.read()?;
                 }
+                if spares(&self.k) > 0 {
+                    self.record_bootstrap_membership()?;
+                }
+                if self.rng.chance(self.k.p_member_change) {
+                    self.change_membership()?;
+                }
             }
+            self.retire_removed()?;
             for i in 0..n {
                 if self.active(i) && (!self.faults_on || self.rng.chance(0.7)) {
                     self.process_ready(i)?;
@@ -556,6 +602,17 @@ impl World {
                 continue;
             }
             if self.faults_on && self.blocked.contains(&(flight.msg.from.0, flight.msg.to.0)) {
+                continue;
+            }
+            // As the broker does: a member refuses vote requests from non-members
+            // (a removed node must not disturb the group). Everything else is
+            // heard: a member whose log holds an uncommitted change that drops the
+            // leader must still get the appends that overwrite it.
+            let membership = self.slots[to].raft.as_ref().unwrap().membership();
+            if matches!(flight.msg.body, MessageBody::Vote { .. })
+                && membership.contains(flight.msg.to)
+                && !membership.contains(flight.msg.from)
+            {
                 continue;
             }
             if let (Some(snap), MessageBody::InstallSnapshot { .. }) =
@@ -926,9 +983,15 @@ impl World {
 
     fn inject_faults(&mut self) -> Check {
         let n = self.slots.len();
-        let f = (n - 1) / 2;
+        // Membership changes never take the voters below three: one damaged node at
+        // most then, or acknowledged entries may be lost legitimately.
+        let f = if self.k.p_member_change > 0.0 {
+            1
+        } else {
+            (n - 1) / 2
+        };
         for i in 0..n {
-            if !self.live(i) && self.slots[i].restart_at <= self.now {
+            if !self.live(i) && !self.slots[i].retired && self.slots[i].restart_at <= self.now {
                 self.restart(i)?;
             }
             if self.slots[i].fail_writes_until == self.now {
@@ -1016,6 +1079,156 @@ impl World {
             }
         }
         self.check()
+    }
+
+    /// The leader proposes a random single-server change: add a spare as a
+    /// learner, promote a learner, demote or remove a voter (never below three
+    /// voters, never above five), or remove a learner.
+    fn change_membership(&mut self) -> Check {
+        let n = self.slots.len();
+        let Some(l) = (0..n).find(|&i| {
+            self.active(i) && self.slots[i].raft.as_ref().unwrap().role() == Role::Leader
+        }) else {
+            return Ok(());
+        };
+        let leader = NodeId(l as u64 + 1);
+        let current = self.slots[l].raft.as_ref().unwrap().membership().clone();
+        let mut next = current.clone();
+        let max_voters = (self.k.nodes as usize + 1).min(5);
+        let spare = (0..n)
+            .filter(|&i| !self.slots[i].member_ever && !self.slots[i].retired)
+            .map(|i| NodeId(i as u64 + 1))
+            .find(|id| !current.contains(*id));
+        let removable: Vec<NodeId> = current
+            .voters
+            .iter()
+            .copied()
+            .filter(|v| *v != leader)
+            .collect();
+        let unchecked = self.opts.fault == Some(FaultVariant::UncheckedMembershipChanges);
+        match self.rng.below(if unchecked { 7 } else { 5 }) {
+            // Broken variant only: swap a voter for a learner or a spare in one
+            // change (two voters change at once).
+            5 | 6 if !removable.is_empty() => {
+                let out = removable[self.rng.below(removable.len() as u64) as usize];
+                let incoming = current.learners.first().copied().or(spare);
+                let Some(incoming) = incoming else {
+                    return Ok(());
+                };
+                next.voters.retain(|v| *v != out);
+                next.learners.retain(|l| *l != incoming);
+                next.voters.push(incoming);
+            }
+            0 => match spare {
+                Some(id) => next.learners.push(id),
+                None => return Ok(()),
+            },
+            1 if !current.learners.is_empty() && current.voters.len() < max_voters => {
+                let id = current.learners[self.rng.below(current.learners.len() as u64) as usize];
+                next.learners.retain(|l| *l != id);
+                next.voters.push(id);
+            }
+            2 | 3 if current.voters.len() > 3 && !removable.is_empty() => {
+                let id = removable[self.rng.below(removable.len() as u64) as usize];
+                next.voters.retain(|v| *v != id);
+                if self.rng.chance(0.5) {
+                    next.learners.push(id);
+                }
+            }
+            4 if !current.learners.is_empty() => {
+                let id = current.learners[self.rng.below(current.learners.len() as u64) as usize];
+                next.learners.retain(|l| *l != id);
+            }
+            _ => return Ok(()),
+        }
+        next.voters.sort_unstable();
+        next.learners.sort_unstable();
+        let node = self.slots[l].raft.as_mut().unwrap();
+        if let Ok((index, _)) = node.propose_membership(&next, b"") {
+            for id in next.members() {
+                self.slots[id.0 as usize - 1].member_ever = true;
+            }
+            self.stats.membership_changes += 1;
+            self.ev5(
+                "membership",
+                leader.0,
+                [
+                    index.0,
+                    ids_mask(&next.voters),
+                    ids_mask(&next.learners),
+                    0,
+                    0,
+                ],
+            );
+        }
+        self.check()
+    }
+
+    /// As the broker's first leader does: writes the bootstrap membership into the
+    /// log, so nodes that join later (knowing no members) learn it from there.
+    fn record_bootstrap_membership(&mut self) -> Check {
+        let n = self.slots.len();
+        let Some(l) = (0..n).find(|&i| {
+            self.active(i) && self.slots[i].raft.as_ref().unwrap().role() == Role::Leader
+        }) else {
+            return Ok(());
+        };
+        let node = self.slots[l].raft.as_mut().unwrap();
+        if node.membership_entry().index > LogIndex::ZERO {
+            return Ok(());
+        }
+        let membership = node.membership().clone();
+        if let Ok((index, _)) = node.propose_membership(&membership, b"bootstrap") {
+            self.ev(
+                "membership",
+                l as u64 + 1,
+                index.0,
+                ids_mask(&membership.voters),
+                0,
+                0,
+            );
+        }
+        self.check()
+    }
+
+    /// Stops for good the nodes the newest committed membership no longer lists
+    /// (what an operator does with a removed broker). "Newest": the highest-index
+    /// membership entry any live node knows committed, so a deposed leader's older
+    /// view never retires a node added since.
+    fn retire_removed(&mut self) -> Check {
+        let n = self.slots.len();
+        // Committed memberships are ordered by index: note, for every node, the
+        // newest committed one listing it.
+        let committed: Vec<MembershipEntry> = (0..n)
+            .filter_map(|i| self.slots[i].raft.as_ref())
+            .filter(|node| node.membership_change_pending().is_none())
+            .map(|node| node.membership_entry().clone())
+            .filter(|e| e.index > LogIndex::ZERO)
+            .collect();
+        for e in &committed {
+            for id in e.membership.members() {
+                let slot = &mut self.slots[id.0 as usize - 1];
+                slot.member_at = Some(slot.member_at.map_or(e.index, |at| at.max(e.index)));
+            }
+        }
+        let Some(newest) = committed.iter().max_by_key(|e| e.index) else {
+            return Ok(());
+        };
+        for i in 0..n {
+            let id = NodeId(i as u64 + 1);
+            let slot = &self.slots[i];
+            let removed = slot
+                .member_at
+                .is_some_and(|at| at < newest.index && !newest.membership.contains(id));
+            if removed && !slot.retired {
+                self.slots[i].retired = true;
+                self.ev("retire", id.0, newest.index.0, 0, 0, 0);
+                if self.live(i) {
+                    self.crash(i)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn crash(&mut self, i: usize) -> Check {
@@ -1115,6 +1328,9 @@ impl World {
         self.blocked.clear();
         for i in 0..self.slots.len() {
             self.slots[i].paused_until = 0;
+            if self.slots[i].retired {
+                continue;
+            }
             if !self.live(i) {
                 self.restart(i)?;
             }
@@ -1123,6 +1339,11 @@ impl World {
         self.ev("faults-stop", 0, 0, 0, 0, 0);
         Ok(())
     }
+}
+
+/// A bit per node id (for the trace).
+fn ids_mask(ids: &[NodeId]) -> u64 {
+    ids.iter().fold(0, |m, id| m | 1 << id.0)
 }
 
 fn into_parts(node: RawNode<SimLog>) -> ((), (), SimLog) {

@@ -43,14 +43,18 @@ pub struct ClusterView {
     pub membership: Membership,
     /// Index of the membership entry (0: the bootstrap configuration).
     pub index: u64,
-    /// Address and incarnation of each member (every voter and learner).
+    /// Address and incarnation of each member (every voter and learner), as this
+    /// node reaches it (its own `--peers` override the log's addresses).
     pub members: BTreeMap<NodeId, MemberInfo>,
+    /// The same as the log records them (what a new membership entry carries on).
+    pub recorded: BTreeMap<NodeId, MemberInfo>,
 }
 
 impl ClusterView {
-    /// Decodes a membership entry's context. Members the context does not describe
-    /// (never written by this broker) keep the addresses in `fallback`.
-    pub fn from_entry(entry: &MembershipEntry, fallback: &BTreeMap<NodeId, SocketAddr>) -> Self {
+    /// Decodes a membership entry's context. A member this node's own `--peers`
+    /// names (`local`) is reached at that address (an operator's choice wins: a
+    /// proxy, another interface); the others at the address the log records.
+    pub fn from_entry(entry: &MembershipEntry, local: &BTreeMap<NodeId, SocketAddr>) -> Self {
         let context = pb::MembershipContext::decode(entry.context.as_ref()).unwrap_or_default();
         let mut members = BTreeMap::new();
         for m in &context.members {
@@ -64,23 +68,29 @@ impl ClusterView {
                 );
             }
         }
+        members.retain(|id, _| entry.membership.contains(*id));
+        let mut recorded = members.clone();
         for id in entry.membership.members() {
-            if let (false, Some(&address)) = (members.contains_key(&id), fallback.get(&id)) {
-                members.insert(
-                    id,
-                    MemberInfo {
+            if let Some(&address) = local.get(&id) {
+                recorded.entry(id).or_insert(MemberInfo {
+                    address,
+                    incarnation: 0,
+                });
+                members
+                    .entry(id)
+                    .and_modify(|m| m.address = address)
+                    .or_insert(MemberInfo {
                         address,
                         incarnation: 0,
-                    },
-                );
+                    });
             }
         }
-        members.retain(|id, _| entry.membership.contains(*id));
         ClusterView {
             cluster_id: context.cluster_id,
             membership: entry.membership.clone(),
             index: entry.index.0,
             members,
+            recorded,
         }
     }
 
@@ -339,11 +349,7 @@ mod tests {
             [(NodeId(3), "127.0.0.1:3".parse().unwrap())].into();
         let view = ClusterView::from_entry(&entry, &three);
         assert_eq!(view.cluster_id, 42);
-        assert_eq!(
-            view.members.len(),
-            3,
-            "learner 3 found through the fallback"
-        );
+        assert_eq!(view.members.len(), 3, "learner 3 found through local peers");
         assert_eq!(view.to_pb().len(), 3);
         assert!(!view.to_pb()[2].voter);
     }

@@ -41,8 +41,10 @@ struct Args {
     peers: Option<String>,
     /// Join an existing cluster through any of its members (HOST:PORT[,...]): this
     /// node (empty data directory) asks to be added as a learner and receives the
-    /// log; `raftmq cluster add-node ID` then makes it a voter.
-    #[arg(long, value_name = "HOST:PORT[,...]", conflicts_with = "peers")]
+    /// log; `raftmq cluster add-node ID` then makes it a voter. With --join,
+    /// --peers only says at which address to reach a member (optional; members'
+    /// addresses come from the log).
+    #[arg(long, value_name = "HOST:PORT[,...]")]
     join: Option<String>,
     /// A learner is promoted only within this many entries of the leader's log
     /// (default 1000).

@@ -125,11 +125,6 @@ impl Broker {
         if config.peers.len() == 1 {
             config.peers.insert(config.node_id, local_addr);
         }
-        if !config.join.is_empty() {
-            // Not a bootstrap member: the members and their addresses come from the
-            // log the leader sends once this node is added.
-            config.peers = std::collections::BTreeMap::from([(config.node_id, local_addr)]);
-        }
         let metrics_listener = match config.metrics_listen {
             Some(addr) => {
                 let listener = metrics::http::bind(addr)

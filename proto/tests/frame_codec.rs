@@ -64,6 +64,13 @@ fn every_request() -> Vec<Req> {
         Req::ClusterStatus(pb::ClusterStatusRequest {}),
         Req::TransferLeader(pb::TransferLeaderRequest { to_node_id: 2 }),
         Req::InitProducer(pb::InitProducerRequest {}),
+        Req::AddNode(pb::AddNodeRequest { node_id: 4 }),
+        Req::RemoveNode(pb::RemoveNodeRequest { node_id: 2 }),
+        Req::JoinCluster(pb::JoinClusterRequest {
+            node_id: 4,
+            address: "127.0.0.1:7074".into(),
+            incarnation: 77,
+        }),
         Req::JoinGroup(pb::JoinGroupRequest {
             group: "g".into(),
             member_id: "m".into(),

@@ -149,13 +149,10 @@ impl Node {
         self.members.view = view;
     }
 
-    /// Addresses to fall back on for members a membership entry does not describe.
+    /// Addresses this node's own configuration gives members (`peers`): they win
+    /// over the log's.
     fn bootstrap_addresses(&self) -> BTreeMap<NodeId, std::net::SocketAddr> {
-        if self.config.join.is_empty() {
-            self.config.peers.clone()
-        } else {
-            BTreeMap::new()
-        }
+        self.config.peers.clone()
     }
 
     /// A membership entry was applied (committed): the cluster id it carries is
@@ -200,7 +197,7 @@ impl Node {
         }
         let view = &self.members.view;
         let me = self.config.node_id;
-        let mut members = view.members.clone();
+        let mut members = view.recorded.clone();
         let mut changed = view.cluster_id == 0;
         for (id, member) in &mut members {
             let heard = if *id == me {
@@ -273,7 +270,7 @@ impl Node {
                 ),
             );
         }
-        if view.members.values().any(|m| m.address == address) {
+        if view.recorded.values().any(|m| m.address == address) {
             return self.refuse_change(
                 reply,
                 ErrorCode::InvalidMembershipChange,
@@ -283,7 +280,7 @@ impl Node {
         let mut membership = view.membership.clone();
         membership.learners.push(id);
         membership.learners.sort_unstable();
-        let mut members = view.members.clone();
+        let mut members = view.recorded.clone();
         members.insert(
             id,
             MemberInfo {
@@ -339,7 +336,7 @@ impl Node {
         membership.learners.retain(|l| *l != id);
         membership.voters.push(id);
         membership.voters.sort_unstable();
-        let members = view.members.clone();
+        let members = view.recorded.clone();
         tracing::info!(node = id.0, lag, "promoting learner to voter");
         self.propose_change(membership, members, MembershipOp::Add, reply);
     }
@@ -362,7 +359,7 @@ impl Node {
         let mut membership = view.membership.clone();
         membership.voters.retain(|v| *v != id);
         membership.learners.retain(|l| *l != id);
-        let members = view.members.clone();
+        let members = view.recorded.clone();
         tracing::info!(node = id.0, "removing node");
         self.propose_change(membership, members, MembershipOp::Remove, reply);
     }

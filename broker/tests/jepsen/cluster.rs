@@ -63,6 +63,8 @@ pub struct Node {
     pub log_path: PathBuf,
     /// The `--peers` it is started with: its own address, proxies for the others.
     peers: String,
+    /// Started with `--join` these addresses (after it was replaced).
+    join: Option<String>,
     child: Option<Child>,
     paused: bool,
 }
@@ -99,7 +101,15 @@ impl Cluster {
             .tempdir()
             .expect("temp dir");
         let n = options.nodes as u64;
-        let addrs: Vec<SocketAddr> = (0..n).map(|_| free_port()).collect();
+        // The brokers' ports stay bound until the proxies have theirs, so a proxy
+        // cannot be handed a port a broker is about to listen on.
+        let held: Vec<TcpListener> = (0..n)
+            .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
+            .collect();
+        let addrs: Vec<SocketAddr> = held
+            .iter()
+            .map(|l| l.local_addr().expect("local addr"))
+            .collect();
         let mut proxies = BTreeMap::new();
         for from in 1..=n {
             for to in 1..=n {
@@ -111,6 +121,7 @@ impl Cluster {
                 }
             }
         }
+        drop(held);
         let config_file = dir.path().join("broker.toml");
         std::fs::write(
             &config_file,
@@ -141,6 +152,7 @@ impl Cluster {
                     data_dir,
                     log_path: dir.path().join(format!("node{id}.log")),
                     peers,
+                    join: None,
                     child: None,
                     paused: false,
                 }
@@ -204,6 +216,22 @@ impl Cluster {
         self.keep = true;
     }
 
+    /// Turns stopped node `id` into a new, empty node that joins the others
+    /// through `--join` when it next starts (its removed self is gone).
+    pub fn prepare_replacement(&mut self, id: u64) {
+        assert!(!self.is_running(id), "replace a stopped node");
+        let join = self
+            .nodes
+            .iter()
+            .filter(|n| n.id != id)
+            .map(|n| n.addr.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let node = self.node_mut(id);
+        let _ = std::fs::remove_dir_all(&node.data_dir);
+        node.join = Some(join);
+    }
+
     /// Starts node `id` (it must not be running).
     pub fn spawn(&mut self, id: u64) {
         let options = self.options.clone();
@@ -227,6 +255,11 @@ impl Cluster {
             .arg(node.addr.to_string())
             .arg("--peers")
             .arg(&node.peers)
+            .args(
+                node.join
+                    .iter()
+                    .flat_map(|j| ["--join".to_string(), j.clone()]),
+            )
             .arg("--segment-bytes")
             .arg(options.segment_bytes.to_string())
             .arg("--durability")

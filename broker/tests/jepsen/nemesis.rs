@@ -77,6 +77,10 @@ pub enum Fault {
     Pause(Target),
     /// SIGKILL every node at once, all restarted at heal.
     KillAll,
+    /// A machine replaced: the node is stopped, removed from the cluster, its data
+    /// directory wiped; it joins again as a new member (`--join`), and is promoted
+    /// to voter once it has caught up.
+    Replace(Target),
 }
 
 /// One step of a schedule.
@@ -165,11 +169,13 @@ fn network_fault(ids: &[u64], rng: &mut Rng) -> Fault {
 }
 
 fn process_fault(ids: &[u64], rng: &mut Rng) -> Fault {
-    match rng.below(10) {
+    match rng.below(12) {
         0..=2 => Fault::Kill(Target::Leader),
         3 | 4 => Fault::Kill(Target::Node(*rng.pick(ids))),
         5 | 6 => Fault::Pause(Target::Leader),
         7 | 8 => Fault::Pause(Target::Node(*rng.pick(ids))),
+        9 => Fault::Replace(Target::Leader),
+        10 => Fault::Replace(Target::Node(*rng.pick(ids))),
         _ => Fault::KillAll,
     }
 }
@@ -300,7 +306,65 @@ pub async fn apply(fault: &Fault, cluster: &mut Cluster, router: &Router) -> Str
             }
             "SIGKILL every node".into()
         }
+        Fault::Replace(target) => match resolve(*target, cluster, router).await {
+            Some(id) if cluster.is_up(id) => replace(id, cluster, router).await,
+            _ => "replace: target not up, nothing done".into(),
+        },
     }
+}
+
+/// How long a replacement may take (removal, then the new node's catch-up).
+const REPLACE_TIMEOUT: Duration = Duration::from_secs(20);
+
+async fn replace(id: u64, cluster: &mut Cluster, router: &Router) -> String {
+    use raftmq_proto::pb::{self, request::Body as Req};
+    cluster.kill(id);
+    let deadline = std::time::Instant::now() + REPLACE_TIMEOUT;
+    let removed = router
+        .call_leader(
+            Req::RemoveNode(pb::RemoveNodeRequest { node_id: id }),
+            deadline,
+        )
+        .await;
+    if let Err(e) = removed {
+        cluster.restart(id).await;
+        return format!("replace node {id}: removal failed ({e}), restarted as it was");
+    }
+    cluster.prepare_replacement(id);
+    cluster.restart(id).await;
+    match promote(id, router, deadline).await {
+        Ok(()) => format!("replace node {id}: removed, wiped, joined again, voter"),
+        Err(e) => format!("replace node {id}: removed, wiped, joined again, still a learner ({e})"),
+    }
+}
+
+/// Asks the leader to make learner `id` a voter until it is one or `deadline`.
+pub async fn promote(id: u64, router: &Router, deadline: std::time::Instant) -> Result<(), String> {
+    use raftmq_proto::pb::{self, request::Body as Req};
+    loop {
+        let result = router
+            .call_leader(Req::AddNode(pb::AddNodeRequest { node_id: id }), deadline)
+            .await;
+        match result {
+            Ok(_) => return Ok(()),
+            Err(e) if std::time::Instant::now() >= deadline => return Err(e.to_string()),
+            // Not a learner yet, or still behind: wait for it.
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// After the schedule: every node that a replacement left a learner becomes a
+/// voter again, so the final checks see the cluster at full strength.
+pub async fn restore_voters(cluster: &Cluster, router: &Router) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut failed = Vec::new();
+    for id in cluster.ids() {
+        if let Err(e) = promote(id, router, deadline).await {
+            failed.push(format!("node {id} is not a voter after the schedule: {e}"));
+        }
+    }
+    failed
 }
 
 /// Runs `steps` (each fault, hold, heal, rest) and returns how many faults were

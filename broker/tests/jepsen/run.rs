@@ -83,10 +83,12 @@ pub async fn run(scenario: Scenario, seed: u64) -> Outcome {
 
     let faults = nemesis::run(name, &steps, &mut cluster, &router).await;
     cluster.heal_all().await;
+    let membership_problems = nemesis::restore_voters(&cluster, &router).await;
     // A healed cluster takes a moment to elect; let the workload see it working.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let history = workload.stop().await;
-    let (report, _) = finish(name, &mut cluster, &router, &scenario, &history).await;
+    let (mut report, _) = finish(name, &mut cluster, &router, &scenario, &history).await;
+    report.anomalies.extend(membership_problems);
     if !report.anomalies.is_empty() {
         cluster.keep_files();
     }

@@ -309,3 +309,46 @@ async fn a_group_shares_queues_rebalances_and_commits_every_offset() {
     assert!(offsets.iter().all(|o| o.offset == 0));
     broker.stop().await;
 }
+
+/// Waits until `client`'s metadata names a cluster id (the first leader writes it).
+async fn cluster_id_of(client: &Client) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(m) = client.refresh_metadata().await {
+            if m.cluster_id != 0 {
+                return m.cluster_id;
+            }
+        }
+        assert!(Instant::now() < deadline, "no cluster id in the metadata");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_refuses_brokers_of_another_cluster() {
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let a = single_node(dir_a.path()).await;
+    let b = single_node(dir_b.path()).await;
+    let (addr_a, addr_b) = (a.local_addr.to_string(), b.local_addr.to_string());
+    // Each single node is its own cluster, with its own id.
+    let id_b = cluster_id_of(&Client::connect(&[addr_b.as_str()]).await.unwrap()).await;
+    let client = Client::connect(&[addr_a.as_str(), addr_b.as_str()])
+        .await
+        .expect("connect");
+    let id_a = cluster_id_of(&client).await;
+    assert_ne!(id_a, id_b);
+    // With A gone, B answers: the client says it is another cluster instead of
+    // talking to it.
+    a.stop().await;
+    let err = client
+        .refresh_metadata()
+        .await
+        .expect_err("B is another cluster");
+    assert!(
+        matches!(err, raftmq_client::ClientError::WrongCluster(_)),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&addr_b), "{err}");
+    b.stop().await;
+}

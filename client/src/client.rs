@@ -103,6 +103,8 @@ struct Inner {
     /// Bumped on every metadata update, so that holders of derived facts (the
     /// producer's queue counts) know when to look again.
     metadata_generation: AtomicU64,
+    /// The cluster id of the first metadata answer that carried one (0: none yet).
+    cluster_id: AtomicU64,
 }
 
 /// A handle to a raftmq cluster. Cheap to clone; clones share connections and
@@ -151,6 +153,7 @@ impl Client {
                     leader_address: None,
                 }),
                 metadata_generation: AtomicU64::new(0),
+                cluster_id: AtomicU64::new(0),
             }),
         };
         let mut retry = RetryState::start();
@@ -231,9 +234,18 @@ impl Client {
 
         let mut last = ClientError::NoBroker("no broker to ask".into());
         let mut leaderless = None;
+        let mut wrong_cluster = None;
         for address in candidates {
             let body = request::Body::Metadata(pb::MetadataRequest::default());
-            match self.call_address(&address, body).await {
+            let answer = self.call_address(&address, body).await;
+            if let Ok(response::Body::Metadata(m)) = &answer {
+                if let Err(e) = self.check_cluster(&address, m.cluster_id) {
+                    tracing::warn!(%address, error = %e, "ignoring a broker of another cluster");
+                    wrong_cluster = Some(e);
+                    continue;
+                }
+            }
+            match answer {
                 Ok(response::Body::Metadata(m)) if m.leader_id != 0 => {
                     return Ok(self.apply_metadata(m))
                 }
@@ -253,9 +265,34 @@ impl Client {
         if let Some(m) = leaderless {
             return Ok(self.apply_metadata(m));
         }
+        if let Some(e) = wrong_cluster {
+            return Err(e);
+        }
         Err(ClientError::NoBroker(format!(
             "no broker answered a metadata request: {last}"
         )))
+    }
+
+    /// Accepts a broker of the cluster this client first talked to (a broker that
+    /// does not know its cluster yet, id 0, is accepted).
+    fn check_cluster(&self, address: &str, cluster_id: u64) -> Result<(), ClientError> {
+        if cluster_id == 0 {
+            return Ok(());
+        }
+        let known = self.inner.cluster_id.compare_exchange(
+            0,
+            cluster_id,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        match known {
+            Ok(_) => Ok(()),
+            Err(known) if known == cluster_id => Ok(()),
+            Err(known) => Err(ClientError::WrongCluster(format!(
+                "{address} belongs to cluster {cluster_id:016x}, this client to cluster \
+                 {known:016x}; check the broker addresses"
+            ))),
+        }
     }
 
     fn apply_metadata(&self, m: pb::MetadataResponse) -> ClusterMetadata {

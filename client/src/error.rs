@@ -59,6 +59,11 @@ pub enum ClientError {
     /// The producer or consumer was closed.
     #[error("closed")]
     Closed,
+    /// The brokers answering belong to another cluster than the one this client
+    /// first talked to (a wrong address list, or a cluster rebuilt under the same
+    /// addresses).
+    #[error("wrong cluster: {0}")]
+    WrongCluster(String),
 }
 
 // By hand, not `#[from]`: the message already holds the inner error, which must

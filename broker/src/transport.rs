@@ -82,13 +82,7 @@ impl PeerTransport {
             keep
         });
         for (&id, &addr) in peers {
-            if id == self.self_id || self.links.contains_key(&id) {
-                continue;
-            }
-            let (tx, rx) = mpsc::channel(PEER_QUEUE_MESSAGES);
-            let stop = self.shutdown.child_token();
-            tokio::spawn(peer_link(id, addr, rx, self.max_frame_bytes, stop.clone()));
-            self.links.insert(id, Link { addr, tx, stop });
+            self.ensure_peer(id, addr);
         }
     }
 

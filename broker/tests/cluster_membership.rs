@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::raw::Conn;
 use common::Cluster;
-use raftmq_client::{Admin, Client, Message, Producer};
+use raftmq_client::{Admin, Client, Consumer, Message, Producer, SeekTo};
 use raftmq_proto::pb::{self, request::Body as Req, response::Body as Resp};
 
 const TOPIC: &str = "grow";
@@ -140,6 +140,41 @@ async fn grow_replace_and_shrink_under_load_loses_nothing() {
             producer.close().await;
         })
     };
+    // A consumer reads along the whole time; it must never see an error, a gap or
+    // a message twice.
+    let consumed = Arc::new(Mutex::new(Vec::<String>::new()));
+    let consumer = {
+        let (client, stop, consumed, errors) = (
+            client.clone(),
+            stop.clone(),
+            consumed.clone(),
+            errors.clone(),
+        );
+        tokio::spawn(async move {
+            let mut consumer = Consumer::new(&client);
+            let start = async {
+                consumer.assign(TOPIC, &[0]).await?;
+                consumer.seek(0, SeekTo::Earliest).await
+            };
+            if let Err(e) = start.await {
+                errors.lock().unwrap().push(format!("consumer start: {e}"));
+                return;
+            }
+            while !stop.load(Ordering::Relaxed) {
+                match consumer.poll().await {
+                    Ok(messages) => consumed.lock().unwrap().extend(
+                        messages
+                            .into_iter()
+                            .map(|m| String::from_utf8_lossy(&m.value).into_owned()),
+                    ),
+                    Err(e) => {
+                        errors.lock().unwrap().push(format!("consumer: {e}"));
+                        return;
+                    }
+                }
+            }
+        })
+    };
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // Grow to five.
@@ -169,10 +204,25 @@ async fn grow_replace_and_shrink_under_load_loses_nothing() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     producer.await.expect("producer task");
+    consumer.await.expect("consumer task");
     let errors = errors.lock().unwrap().clone();
     assert!(errors.is_empty(), "the application saw errors: {errors:?}");
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() > 100, "too few messages: {}", acked.len());
+
+    let consumed = consumed.lock().unwrap().clone();
+    assert!(!consumed.is_empty(), "the consumer read nothing");
+    assert!(
+        consumed.len() <= acked.len(),
+        "the consumer read {} messages, only {} were acknowledged",
+        consumed.len(),
+        acked.len()
+    );
+    assert_eq!(
+        consumed[..],
+        acked[..consumed.len()],
+        "the consumer saw a gap, a duplicate or a reordering"
+    );
 
     // Every acknowledged message, once, in order, on every remaining node.
     for id in [1, 3, n6] {

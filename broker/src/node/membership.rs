@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use raftmq_proto::pb::{self, ErrorCode};
 
-use super::{Node, Pending, PendingKind};
+use super::{Node, PendingKind};
 use crate::cluster::{ClusterView, MemberInfo};
 use crate::raft::{ChangeError, Membership, MembershipEntry, NodeId, ProposeError, Role};
 use crate::raft_wire::PeerIdentity;
@@ -409,19 +409,7 @@ impl Node {
         let context =
             ClusterView::encode_context(self.members.view.cluster_id, &membership, &members);
         match self.raft.propose_membership(&membership, &context) {
-            Ok((index, term)) => {
-                let deadline =
-                    Instant::now() + Duration::from_millis(self.config.request_timeout_ms);
-                self.pending.insert(
-                    index,
-                    Pending {
-                        term,
-                        kind: PendingKind::Membership(op),
-                        reply,
-                        deadline,
-                    },
-                );
-            }
+            Ok((index, term)) => self.await_commit(index, term, PendingKind::Membership(op), reply),
             Err(ProposeError::NotLeader { .. }) => reply.error(self.not_leader()),
             Err(ProposeError::Membership(
                 e @ (ChangeError::InProgress(_) | ChangeError::TermNotCommitted),

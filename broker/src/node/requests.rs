@@ -235,19 +235,7 @@ impl Node {
                     count,
                 }));
             }
-            Ok((index, term)) => {
-                let deadline =
-                    Instant::now() + Duration::from_millis(self.config.request_timeout_ms);
-                self.pending.insert(
-                    index,
-                    Pending {
-                        term,
-                        kind: pending,
-                        reply,
-                        deadline,
-                    },
-                );
-            }
+            Ok((index, term)) => self.await_commit(index, term, pending, reply),
             Err(ProposeError::NotLeader { .. }) => reply.error(self.not_leader()),
             Err(ProposeError::Busy) => reply.error(pb::Error::new(
                 ErrorCode::Busy,
@@ -259,6 +247,26 @@ impl Node {
             }
             Err(e) => reply.error(pb::Error::new(ErrorCode::Busy, e.to_string())),
         }
+    }
+
+    /// The proposal at `index` waits for its commit (or the request timeout).
+    pub(super) fn await_commit(
+        &mut self,
+        index: crate::raft::LogIndex,
+        term: crate::raft::Term,
+        kind: PendingKind,
+        reply: Responder,
+    ) {
+        let deadline = Instant::now() + Duration::from_millis(self.config.request_timeout_ms);
+        self.pending.insert(
+            index,
+            Pending {
+                term,
+                kind,
+                reply,
+                deadline,
+            },
+        );
     }
 
     pub(super) fn propose_command(

@@ -176,6 +176,31 @@ pub enum PeerMessage {
     Raft(Message),
     /// For the driver's snapshot receiver.
     SnapshotChunk(SnapshotChunk),
+    /// The sender ignores this node's messages, for this reason.
+    Refused {
+        /// The refusing node.
+        from: NodeId,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Encodes a refusal notice (see [`PeerMessage::Refused`]).
+pub fn refusal_to_pb(
+    from: NodeId,
+    to: NodeId,
+    reason: String,
+    identity: PeerIdentity,
+) -> pb::RaftMessage {
+    pb::RaftMessage {
+        from: from.0,
+        to: to.0,
+        term: 0,
+        cluster_id: identity.cluster_id,
+        from_incarnation: identity.incarnation,
+        from_address: identity.address.map(|a| a.to_string()).unwrap_or_default(),
+        body: Some(pb::raft_message::Body::Refused(pb::PeerRefused { reason })),
+    }
 }
 
 /// Encodes a piece of a snapshot transfer.
@@ -206,6 +231,15 @@ pub fn from_pb(msg: pb::RaftMessage) -> Result<(PeerMessage, PeerIdentity), Wire
         address: msg.from_address.parse().ok(),
     };
     let body = match msg.body.ok_or(WireError::MissingBody)? {
+        Body::Refused(r) => {
+            return Ok((
+                PeerMessage::Refused {
+                    from: NodeId(msg.from),
+                    reason: r.reason,
+                },
+                identity,
+            ))
+        }
         Body::SnapshotChunk(c) => {
             return Ok((
                 PeerMessage::SnapshotChunk(SnapshotChunk {

@@ -116,6 +116,15 @@ impl PeerTransport {
         self.send_pb(to, raft_wire::snapshot_chunk_to_pb(chunk, self.identity));
     }
 
+    /// Tells `to` (at `addr` when it is not linked) why its messages are ignored.
+    pub fn send_refusal(&mut self, to: NodeId, addr: Option<SocketAddr>, reason: String) {
+        if let Some(addr) = addr {
+            self.ensure_peer(to, addr);
+        }
+        let msg = raft_wire::refusal_to_pb(self.self_id, to, reason, self.identity);
+        self.send_pb(to, msg);
+    }
+
     fn send_pb(&self, to: NodeId, msg: pb::RaftMessage) {
         if let Some(link) = self.links.get(&to) {
             if link.tx.try_send(msg).is_err() {

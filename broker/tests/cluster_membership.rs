@@ -277,6 +277,20 @@ async fn a_wiped_node_is_refused_until_removed_and_joined_again() {
         assert!(Instant::now() < deadline, "no refusal logged in {log}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // And the wiped node's own log says why it is stuck.
+    let own_log = cluster.log_path(victim);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(&own_log).unwrap_or_default();
+        if text.contains("a peer refuses this node") && text.contains("wiped or replaced") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the wiped node does not say why in {own_log}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let victim_addr = cluster.nodes[(victim - 1) as usize].addr;
     let mut conn = Conn::connect_addr(victim_addr).await.expect("connect");
     let status = conn

@@ -113,8 +113,16 @@ impl Node {
         if said.is_none_or(|t| now.duration_since(*t) >= REFUSAL_LOG_INTERVAL) {
             self.members.refused_said.insert(from, now);
             tracing::warn!(peer = from.0, %reason, "refusing messages from peer");
+            // Tell it too, so the refused node's own log says why it is stuck.
+            let notice = format!("node {} ignores this node: {reason}", self.config.node_id.0);
+            self.transport.send_refusal(from, identity.address, notice);
         }
         false
+    }
+
+    /// A peer says it ignores this node's messages (rate-limited by the sender).
+    pub(super) fn refused_by(&mut self, from: NodeId, reason: &str) {
+        tracing::error!(peer = from.0, %reason, "a peer refuses this node");
     }
 
     /// The membership in effect changed (appended, truncated away, or installed

@@ -275,6 +275,9 @@ impl Node {
                 let (from, vote_request) = match &msg {
                     PeerMessage::Raft(m) => (m.from, matches!(m.body, MessageBody::Vote { .. })),
                     PeerMessage::SnapshotChunk(c) => (c.from, false),
+                    PeerMessage::Refused { from, reason } => {
+                        return self.refused_by(*from, reason);
+                    }
                 };
                 if !self.admit_peer(from, identity, vote_request) {
                     return;
@@ -288,6 +291,7 @@ impl Node {
                         }
                     }
                     PeerMessage::SnapshotChunk(chunk) => self.receive_snapshot_chunk(chunk),
+                    PeerMessage::Refused { .. } => unreachable!("handled above"),
                 }
             }
             NodeInput::Client { body, reply } => self.handle_client(body, reply),

@@ -221,10 +221,12 @@ impl Node {
         if !changed {
             return;
         }
-        let cluster_id = if view.cluster_id == 0 {
-            crate::cluster::random_id()
-        } else {
-            view.cluster_id
+        // A cluster id this node already applied wins over a new one (defensive: a
+        // committed id is in every later leader's log anyway).
+        let cluster_id = match (view.cluster_id, self.identity.cluster_id) {
+            (0, 0) => crate::cluster::random_id(),
+            (0, known) => known,
+            (id, _) => id,
         };
         let membership = view.membership.clone();
         self.members.last_upkeep = Some(now);
@@ -247,9 +249,16 @@ impl Node {
     /// `JoinCluster`: adds a new node as a learner.
     pub(super) fn join_cluster(&mut self, req: pb::JoinClusterRequest, reply: Responder) {
         let id = NodeId(req.node_id);
-        let address = match crate::config::parse_addr(&req.address) {
+        // Numeric only: a name would need a blocking lookup on the node task.
+        let address: std::net::SocketAddr = match req.address.parse() {
             Ok(a) => a,
-            Err(e) => return self.refuse_change(reply, ErrorCode::InvalidRequest, e.to_string()),
+            Err(_) => {
+                return self.refuse_change(
+                    reply,
+                    ErrorCode::InvalidRequest,
+                    format!("{:?} is not an IP address and port", req.address),
+                )
+            }
         };
         if id.0 == 0 || req.incarnation == 0 {
             return self.refuse_change(

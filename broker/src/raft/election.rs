@@ -213,10 +213,19 @@ impl<L: RaftLog> RawNode<L> {
     /// Votes granted by voters of the membership in effect (a candidate that the
     /// membership no longer lists does not count its own).
     fn votes_granted(&self) -> usize {
+        self.votes_counted(true)
+    }
+
+    /// Votes refused by voters of the membership in effect.
+    fn votes_refused(&self) -> usize {
+        self.votes_counted(false)
+    }
+
+    fn votes_counted(&self, granted: bool) -> usize {
         let membership = self.membership();
         self.votes
             .iter()
-            .filter(|(id, g)| *g && membership.is_voter(*id))
+            .filter(|(id, g)| *g == granted && membership.is_voter(*id))
             .count()
     }
 
@@ -306,7 +315,7 @@ impl<L: RaftLog> RawNode<L> {
             } else {
                 self.become_leader()?;
             }
-        } else if self.votes.len() - self.votes_granted() >= quorum {
+        } else if self.votes_refused() >= quorum {
             self.become_follower(self.term, None);
         }
         Ok(())

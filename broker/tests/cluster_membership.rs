@@ -240,13 +240,8 @@ async fn grow_replace_and_shrink_under_load_loses_nothing() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wiped_node_is_refused_until_removed_and_joined_again() {
-    let mut cluster = Cluster::start(3);
-    let client = Client::connect(&cluster.addrs()).await.expect("connect");
-    let admin = Admin::new(&client);
-    admin.create_topic(TOPIC, 1).await.expect("create topic");
-    // Wait until the first leader has recorded every member's incarnation.
+/// Waits until the leader has recorded every member's incarnation.
+async fn incarnations_recorded(admin: &Admin, members: usize) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let statuses = admin.cluster_status().await.expect("status");
@@ -254,13 +249,72 @@ async fn a_wiped_node_is_refused_until_removed_and_joined_again() {
             .iter()
             .filter_map(|n| n.status.as_ref().ok())
             .find(|s| s.role == "leader")
-            .is_some_and(|s| s.members.len() == 3 && s.members.iter().all(|m| m.incarnation != 0));
+            .is_some_and(|s| {
+                s.members.len() == members && s.members.iter().all(|m| m.incarnation != 0)
+            });
         if recorded {
-            break;
+            return;
         }
         assert!(Instant::now() < deadline, "incarnations never recorded");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A node that rejoins replays the whole log, memberships that recorded other
+/// members' *earlier* incarnations included: it must still take the appends of a
+/// leader that was itself replaced since (and so catch up and be promoted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejoining_node_catches_up_from_a_leader_replaced_before_it() {
+    let mut cluster = Cluster::start(3);
+    let client = Client::connect(&cluster.addrs()).await.expect("connect");
+    let admin = Admin::new(&client);
+    admin.create_topic(TOPIC, 1).await.expect("create topic");
+    incarnations_recorded(&admin, 3).await;
+    // About 11 MiB after the entry that recorded the first incarnations: a node
+    // that replays the log gets it in many appends (each at most 1 MiB), and sits
+    // on that old membership for a while.
+    let producer = Producer::builder(&client).build().await.expect("producer");
+    let mut acks = Vec::new();
+    for i in 0..700u32 {
+        let value = vec![(i % 251) as u8; 16 << 10];
+        acks.push(producer.send(Message::new(TOPIC, value)).await.expect("send"));
+    }
+    for ack in acks {
+        ack.await.expect("acknowledged");
+    }
+    producer.close().await;
+    let leader = common::find_leader(&cluster, Duration::from_secs(10)).await;
+    let x = (1..=3).find(|&id| id != leader).unwrap();
+    // Replace x under its own id, then make it the leader.
+    cluster.kill(x);
+    admin.remove_node(x).await.expect("remove x");
+    cluster.rejoin(x);
+    promote(&admin, x).await;
+    incarnations_recorded(&admin, 3).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while common::find_leader(&cluster, Duration::from_secs(10)).await != x {
+        let _ = admin.transfer_leader(x).await;
+        assert!(Instant::now() < deadline, "leadership never moved to {x}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Now replace another node: it replays memberships naming x's old incarnation.
+    let y = (1..=3).find(|&id| id != x).unwrap();
+    cluster.kill(y);
+    admin.remove_node(y).await.expect("remove y");
+    cluster.rejoin(y);
+    promote(&admin, y).await;
+    let (voters, learners) = membership(&client).await;
+    assert_eq!((voters, learners), (vec![1, 2, 3], vec![]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_is_refused_until_removed_and_joined_again() {
+    let mut cluster = Cluster::start(3);
+    let client = Client::connect(&cluster.addrs()).await.expect("connect");
+    let admin = Admin::new(&client);
+    admin.create_topic(TOPIC, 1).await.expect("create topic");
+    // Wait until the first leader has recorded every member's incarnation.
+    incarnations_recorded(&admin, 3).await;
     let leader = common::find_leader(&cluster, Duration::from_secs(10)).await;
     let victim = (1..=3).find(|&id| id != leader).unwrap();
     cluster.kill(victim);

@@ -20,6 +20,30 @@ use crate::response::Responder;
 /// A refused peer is reported at most this often.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(30);
 
+/// What a peer message is, for admission (see [`Node::admit_peer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PeerKind {
+    /// A (pre-)vote request.
+    VoteRequest,
+    /// A vote, an append or heartbeat acknowledgement: counted in a quorum.
+    Counted,
+    /// Anything else (appends, heartbeats, snapshots, reads).
+    Other,
+}
+
+impl PeerKind {
+    pub(super) fn of(body: &crate::raft::MessageBody) -> PeerKind {
+        use crate::raft::MessageBody as B;
+        match body {
+            B::Vote { .. } => PeerKind::VoteRequest,
+            B::VoteResponse { .. } | B::AppendResponse { .. } | B::HeartbeatResponse { .. } => {
+                PeerKind::Counted
+            }
+            _ => PeerKind::Other,
+        }
+    }
+}
+
 /// Which request a membership proposal answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum MembershipOp {
@@ -53,17 +77,22 @@ impl MembershipState {
 }
 
 impl Node {
-    /// Whether a peer message may reach the core. Refused: another cluster, a member
-    /// whose data directory is not the recorded one, and (once this node is a
-    /// member) vote requests from nodes outside the membership: a removed node must
-    /// not disturb the cluster. Other messages from non-members are heard: this
-    /// node's own membership may be an uncommitted change that a leader it does not
-    /// list is about to overwrite.
+    /// Whether a peer message may reach the core. Refused:
+    /// - anything from another cluster;
+    /// - from a member whose data directory is not the recorded one, the votes and
+    ///   acknowledgements this node would count (a wiped node forgot its vote and
+    ///   the entries it acknowledged). Its requests are still heard: this node's
+    ///   view may be an old one (a node catching up replays old memberships), and
+    ///   refusing a legitimately replaced leader's appends would stall it;
+    /// - once this node is a member, vote requests from non-members (a removed node
+    ///   must not disturb the cluster). Other messages from non-members are heard:
+    ///   this node's own membership may be an uncommitted change that a leader it
+    ///   does not list is about to overwrite.
     pub(super) fn admit_peer(
         &mut self,
         from: NodeId,
         identity: PeerIdentity,
-        vote_request: bool,
+        kind: PeerKind,
     ) -> bool {
         let ours = self.identity.cluster_id;
         let refusal = if identity.cluster_id != 0 && ours != 0 && identity.cluster_id != ours {
@@ -72,7 +101,8 @@ impl Node {
                 identity.cluster_id
             ))
         } else if let Some(member) = self.members.view.members.get(&from) {
-            if member.incarnation != 0
+            if kind == PeerKind::Counted
+                && member.incarnation != 0
                 && identity.incarnation != 0
                 && member.incarnation != identity.incarnation
             {
@@ -88,7 +118,7 @@ impl Node {
                 }
                 None
             }
-        } else if vote_request
+        } else if kind == PeerKind::VoteRequest
             && self.members.view.members.contains_key(&self.config.node_id)
             && self.members.view.index > 0
         {
@@ -108,6 +138,11 @@ impl Node {
             return true;
         };
         self.metrics.handles.raft.peer_messages_refused.increment(1);
+        if kind == PeerKind::Counted && self.raft.role() != Role::Leader {
+            // A candidate's view may be old: only the leader's is worth reporting.
+            tracing::debug!(peer = from.0, %reason, "vote refused");
+            return false;
+        }
         let now = Instant::now();
         let said = self.members.refused_said.get(&from);
         if said.is_none_or(|t| now.duration_since(*t) >= REFUSAL_LOG_INTERVAL) {

@@ -272,14 +272,14 @@ impl Node {
         match input {
             NodeInput::Peer(_) if self.storage_failed => {}
             NodeInput::Peer((msg, identity)) => {
-                let (from, vote_request) = match &msg {
-                    PeerMessage::Raft(m) => (m.from, matches!(m.body, MessageBody::Vote { .. })),
-                    PeerMessage::SnapshotChunk(c) => (c.from, false),
+                let (from, kind) = match &msg {
+                    PeerMessage::Raft(m) => (m.from, membership::PeerKind::of(&m.body)),
+                    PeerMessage::SnapshotChunk(c) => (c.from, membership::PeerKind::Other),
                     PeerMessage::Refused { from, reason } => {
                         return self.refused_by(*from, reason);
                     }
                 };
-                if !self.admit_peer(from, identity, vote_request) {
+                if !self.admit_peer(from, identity, kind) {
                     return;
                 }
                 match msg {

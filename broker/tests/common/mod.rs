@@ -169,6 +169,20 @@ impl Cluster {
         id
     }
 
+    /// Restarts stopped node `id` with an empty data directory and `--join` (a
+    /// replaced machine under its old id, after it was removed).
+    pub fn rejoin(&mut self, id: u64) {
+        let join = self
+            .running()
+            .iter()
+            .map(|&r| self.nodes[(r - 1) as usize].addr.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        self.wipe(id);
+        self.node(id).join = Some(join);
+        self.restart(id);
+    }
+
     /// Deletes a stopped node's data directory (a disk that died).
     pub fn wipe(&mut self, id: u64) {
         let node = self.node(id);

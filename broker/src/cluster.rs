@@ -282,11 +282,17 @@ impl NodeIdentity {
             let (k, v) = line
                 .split_once('=')
                 .ok_or_else(|| format!("line {line:?} is not key=value"))?;
-            let v: u64 = v
-                .trim()
-                .parse()
-                .map_err(|_| format!("{} is not a number", k.trim()))?;
-            fields.insert(k.trim().to_string(), v);
+            // The ids in hex (as logs and `cluster status` show them), the node id
+            // in decimal.
+            let k = k.trim();
+            let v = v.trim();
+            let v = if k == "node_id" {
+                v.parse()
+            } else {
+                u64::from_str_radix(v, 16)
+            }
+            .map_err(|_| format!("{k} is not a number"))?;
+            fields.insert(k.to_string(), v);
         }
         let get = |k: &str| fields.get(k).copied().ok_or_else(|| format!("{k} missing"));
         let identity = NodeIdentity {
@@ -305,7 +311,7 @@ impl NodeIdentity {
         let path = dir.join(IDENTITY_FILE);
         let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
         let text = format!(
-            "node_id={}\nincarnation={}\ncluster_id={}\n",
+            "node_id={}\nincarnation={:016x}\ncluster_id={:016x}\n",
             self.node_id.0, self.incarnation, self.cluster_id
         );
         let io = |op, path: &Path, error| IdentityError::Io {

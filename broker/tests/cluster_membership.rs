@@ -277,7 +277,12 @@ async fn a_rejoining_node_catches_up_from_a_leader_replaced_before_it() {
     let mut acks = Vec::new();
     for i in 0..700u32 {
         let value = vec![(i % 251) as u8; 16 << 10];
-        acks.push(producer.send(Message::new(TOPIC, value)).await.expect("send"));
+        acks.push(
+            producer
+                .send(Message::new(TOPIC, value))
+                .await
+                .expect("send"),
+        );
     }
     for ack in acks {
         ack.await.expect("acknowledged");

@@ -124,6 +124,11 @@ fn sim_catches_unchecked_membership_changes() {
 }
 
 #[test]
+fn sim_catches_concurrent_membership_changes() {
+    expect_caught(FaultVariant::ConcurrentMembershipChanges, DEFAULT_SEEDS);
+}
+
+#[test]
 fn sim_catches_read_before_term_commit() {
     expect_caught(FaultVariant::ReadBeforeTermCommit, DEFAULT_SEEDS);
 }
@@ -146,6 +151,7 @@ fn sim_variant_detection_rates() {
         FaultVariant::LocalReads,
         FaultVariant::ReadBeforeTermCommit,
         FaultVariant::UncheckedMembershipChanges,
+        FaultVariant::ConcurrentMembershipChanges,
     ] {
         let opts = Options {
             fault: Some(fault),

@@ -84,10 +84,13 @@ impl Node {
     ///   the entries it acknowledged). Its requests are still heard: this node's
     ///   view may be an old one (a node catching up replays old memberships), and
     ///   refusing a legitimately replaced leader's appends would stall it;
-    /// - once this node is a member, vote requests from non-members (a removed node
-    ///   must not disturb the cluster). Other messages from non-members are heard:
-    ///   this node's own membership may be an uncommitted change that a leader it
-    ///   does not list is about to overwrite.
+    ///
+    /// Messages from non-members are heard: this node's view may be old (a voter it
+    /// does not know yet may need its vote), or an uncommitted change that a leader
+    /// it does not list is about to overwrite. A removed node cannot win an
+    /// election anyway (the members that committed its removal hold a newer log),
+    /// and pre-vote keeps it from raising terms; the leader tells it that it is not
+    /// a member, so its own log says so.
     pub(super) fn admit_peer(
         &mut self,
         from: NodeId,
@@ -119,13 +122,19 @@ impl Node {
                 None
             }
         } else if kind == PeerKind::VoteRequest
-            && self.members.view.members.contains_key(&self.config.node_id)
+            && self.raft.role() == Role::Leader
             && self.members.view.index > 0
         {
-            Some(format!(
-                "node {} is not a member of this cluster (removed, or not added yet)",
-                from.0
-            ))
+            // Heard (see above), but told: it asks for votes it is not owed.
+            self.notify_refused(
+                from,
+                identity,
+                format!(
+                    "node {} is not a member of this cluster (removed, or not added yet)",
+                    from.0
+                ),
+            );
+            None
         } else {
             // This node is not a member yet (it is joining): it hears from the
             // leader before it learns the membership, and answers where it says.
@@ -143,16 +152,21 @@ impl Node {
             tracing::debug!(peer = from.0, %reason, "vote refused");
             return false;
         }
+        self.notify_refused(from, identity, reason);
+        false
+    }
+
+    /// Logs why `from` is refused, and tells it (both at most every 30 s).
+    fn notify_refused(&mut self, from: NodeId, identity: PeerIdentity, reason: String) {
         let now = Instant::now();
         let said = self.members.refused_said.get(&from);
         if said.is_none_or(|t| now.duration_since(*t) >= REFUSAL_LOG_INTERVAL) {
             self.members.refused_said.insert(from, now);
-            tracing::warn!(peer = from.0, %reason, "refusing messages from peer");
+            tracing::warn!(peer = from.0, %reason, "peer not admitted");
             // Tell it too, so the refused node's own log says why it is stuck.
             let notice = format!("node {} ignores this node: {reason}", self.config.node_id.0);
             self.transport.send_refusal(from, identity.address, notice);
         }
-        false
     }
 
     /// A peer says it ignores this node's messages (rate-limited by the sender).

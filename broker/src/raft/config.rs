@@ -32,6 +32,9 @@ pub enum FaultVariant {
     /// at once, several changes may be uncommitted, and a new leader need not have
     /// committed an entry of its term first.
     UncheckedMembershipChanges,
+    /// Single-server changes, but a new one may be proposed while another is
+    /// uncommitted (and before the leader committed an entry of its term).
+    ConcurrentMembershipChanges,
 }
 
 /// Configuration of one [`super::RawNode`]. Build it with [`Config::new`] and adjust

@@ -74,6 +74,16 @@ impl<L: RaftLog> RawNode<L> {
                 .is_some_and(|m| m.membership.is_voter(id))
     }
 
+    /// A member (voter or learner) of the membership in effect or of the last
+    /// committed one.
+    pub(super) fn is_member_now_or_committed(&self) -> bool {
+        let me = self.config.id;
+        self.membership().contains(me)
+            || self
+                .membership_at(self.commit)
+                .is_some_and(|m| m.membership.contains(me))
+    }
+
     /// A node whose log lost acknowledged entries must neither lead nor vote.
     pub(super) fn log_intact(&self) -> bool {
         !self.recovering || self.config.fault_is(FaultVariant::DamagedNodeVotes)
@@ -244,7 +254,11 @@ impl<L: RaftLog> RawNode<L> {
         let up_to_date = (last_log_term, last_log_index) >= (my_last_term, my_last_index)
             || self.config.fault_is(FaultVariant::VoteForStaleCandidate);
         let intact = self.log_intact();
-        let granted = can_vote && up_to_date && intact;
+        // A node that is not a member (a new node joining, or one whose data was
+        // wiped and that joins again under its old id) never votes: its empty log
+        // would grant any candidate, even one acting on a membership so old that
+        // it still counts this node's earlier self.
+        let granted = can_vote && up_to_date && intact && self.is_member_now_or_committed();
         if !granted {
             self.send(
                 from,

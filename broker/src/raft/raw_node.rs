@@ -397,6 +397,11 @@ impl<L: RaftLog> RawNode<L> {
             .fault_is(FaultVariant::UncheckedMembershipChanges)
         {
             next.validate()?;
+        } else if self
+            .config
+            .fault_is(FaultVariant::ConcurrentMembershipChanges)
+        {
+            self.membership().check_change(next, self.config.id)?;
         } else {
             if self.commit < self.term_start {
                 return Err(ChangeError::TermNotCommitted.into());
@@ -891,6 +896,9 @@ impl<L: RaftLog> RawNode<L> {
                 && !self
                     .config
                     .fault_is(FaultVariant::UncheckedMembershipChanges)
+                && !self
+                    .config
+                    .fault_is(FaultVariant::ConcurrentMembershipChanges)
             {
                 // Single-server changes: at most one change is ever uncommitted.
                 let above = self.memberships.entries_above(self.commit);

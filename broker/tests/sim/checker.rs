@@ -43,6 +43,22 @@ impl World {
                     }
                 }
             }
+            // Every membership a node acts on is one its log (or its snapshot, or
+            // its start-up configuration) holds.
+            let entry = node.membership_entry();
+            if entry.index >= node.log().first_index() {
+                let held = node.log().entry(entry.index).is_some_and(|e| {
+                    e.kind == EntryKind::Membership
+                        && raftmq_broker::raft::Membership::decode(&e.body)
+                            .is_ok_and(|(m, _)| m == entry.membership)
+                });
+                if !held {
+                    return Err(format!(
+                        "{id} acts on membership {} of index {} that its log does not hold",
+                        entry.membership, entry.index
+                    ));
+                }
+            }
             // Election safety.
             if node.role() == Role::Leader {
                 let term = node.term();
@@ -189,6 +205,20 @@ impl World {
             .filter_map(|s| s.raft.as_ref())
             .find(|n| n.role() == Role::Leader)
             .map(|n| n.membership().clone());
+        // As the core decides: only a member (of its membership in effect or its
+        // committed one) votes; a node wiped and started again knows none until added.
+        let may_vote = |y: usize, s: &super::Slot| {
+            let id = raftmq_broker::raft::NodeId(y as u64 + 1);
+            match &s.raft {
+                Some(node) => {
+                    node.membership().contains(id)
+                        || node
+                            .membership_at(node.commit_index())
+                            .is_some_and(|m| m.membership.contains(id))
+                }
+                None => !s.joined || s.member_ever,
+            }
+        };
         let voter_last = |s: &super::Slot| match &s.raft {
             Some(node) => node.log().durable_last(),
             None => s.stopped_log.last(),
@@ -229,7 +259,11 @@ impl World {
                 .iter()
                 .map(|id| (id.0 as usize - 1, &self.slots[id.0 as usize - 1]))
                 .filter(|(y, sy)| {
-                    *y == x || (!sy.damaged && !sy.retired && x_last >= voter_last(sy))
+                    *y == x
+                        || (!sy.damaged
+                            && !sy.retired
+                            && may_vote(*y, sy)
+                            && x_last >= voter_last(sy))
                 })
                 .count();
             if grants >= quorum {

@@ -11,8 +11,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use bytes::Bytes;
 use raftmq_broker::raft::{
-    Config, Entry, EntryKind, FaultVariant, HardState, LogIndex, MembershipEntry, Message,
-    MessageBody, NodeId, ProposeError, RaftLog, RawNode, Role, Term,
+    Config, Entry, EntryKind, FaultVariant, HardState, LogIndex, Membership, MembershipEntry,
+    Message, MessageBody, NodeId, ProposeError, RaftLog, RawNode, Role, Term,
 };
 
 use disk::{DiskLog, SimLog};
@@ -257,9 +257,14 @@ struct Slot {
     /// The highest index of a committed membership that lists this node
     /// (`Some(0)`: a bootstrap voter).
     member_at: Option<LogIndex>,
-    /// Removed by a committed membership change and stopped for good (as an
-    /// operator stops a removed broker); never restarted.
+    /// Removed by a committed membership change and stopped (as an operator stops
+    /// a removed broker); restarted only after its disk is wiped (`rejoin`).
     retired: bool,
+    /// Wiped and started again as a new, empty node that knows no members.
+    joined: bool,
+    /// Memberships at or below this index are about the node's earlier self (it
+    /// was wiped after them).
+    wiped_after: LogIndex,
 }
 
 /// The part of a Ready that waits for the sync.
@@ -310,6 +315,11 @@ struct World {
     trace: VecDeque<Ev>,
     trace_len: usize,
     stats: Stats,
+    /// A leader asked to hand over so that it can be removed (the broker's way of
+    /// removing the leader): the next leader removes it.
+    to_remove: Option<NodeId>,
+    /// The index of the newest membership entry any live node knew committed.
+    newest_committed_membership: LogIndex,
 }
 
 fn entry_hash(e: &Entry) -> u64 {
@@ -355,7 +365,10 @@ fn config(k: &Knobs, id: u64, seed: u64, fault: Option<FaultVariant>) -> Config 
 pub fn run_seed(seed: u64, opts: Options) -> Result<Stats, Failure> {
     let mut rng = Rng::new(seed);
     let mut k = Knobs::draw(&mut rng, seed);
-    if opts.fault == Some(FaultVariant::UncheckedMembershipChanges) {
+    if matches!(
+        opts.fault,
+        Some(FaultVariant::UncheckedMembershipChanges | FaultVariant::ConcurrentMembershipChanges)
+    ) {
         // The broken variant only shows under changes.
         k.p_member_change = 0.05;
     }
@@ -381,6 +394,8 @@ pub fn run_seed(seed: u64, opts: Options) -> Result<Stats, Failure> {
         trace: VecDeque::new(),
         trace_len: trace_len(),
         stats: Stats::default(),
+        to_remove: None,
+        newest_committed_membership: LogIndex::ZERO,
         rng,
         k,
     };
@@ -406,6 +421,8 @@ pub fn run_seed(seed: u64, opts: Options) -> Result<Stats, Failure> {
             member_ever: id <= world.k.nodes,
             member_at: (id <= world.k.nodes).then_some(LogIndex::ZERO),
             retired: false,
+            joined: false,
+            wiped_after: LogIndex::ZERO,
         });
     }
     let result = catch_unwind(AssertUnwindSafe(|| world.run()));
@@ -499,6 +516,9 @@ impl World {
                 }
                 if self.rng.chance(self.k.p_member_change) {
                     self.change_membership()?;
+                }
+                if self.rng.chance(self.k.p_member_change / 4.0) {
+                    self.wipe_retired();
                 }
             }
             self.retire_removed()?;
@@ -602,17 +622,6 @@ impl World {
                 continue;
             }
             if self.faults_on && self.blocked.contains(&(flight.msg.from.0, flight.msg.to.0)) {
-                continue;
-            }
-            // As the broker does: a member refuses vote requests from non-members
-            // (a removed node must not disturb the group). Everything else is
-            // heard: a member whose log holds an uncommitted change that drops the
-            // leader must still get the appends that overwrite it.
-            let membership = self.slots[to].raft.as_ref().unwrap().membership();
-            if matches!(flight.msg.body, MessageBody::Vote { .. })
-                && membership.contains(flight.msg.to)
-                && !membership.contains(flight.msg.from)
-            {
                 continue;
             }
             if let (Some(snap), MessageBody::InstallSnapshot { .. }) =
@@ -1105,6 +1114,23 @@ impl World {
             .copied()
             .filter(|v| *v != leader)
             .collect();
+        // Removing the leader: it hands over first; the next leader removes it.
+        if let Some(old) = self.to_remove.filter(|old| *old != leader) {
+            self.to_remove = None;
+            if current.is_voter(old) && current.voters.len() > 3 {
+                next.voters.retain(|v| *v != old);
+                return self.propose_change(l, next);
+            }
+        }
+        if current.voters.len() > 3 && self.rng.chance(0.1) && !removable.is_empty() {
+            let to = removable[self.rng.below(removable.len() as u64) as usize];
+            let node = self.slots[l].raft.as_mut().unwrap();
+            if node.transfer_leadership(to).is_ok() {
+                self.to_remove = Some(leader);
+                self.ev("transfer", leader.0, to.0, 0, 0, 0);
+            }
+            return self.check();
+        }
         let unchecked = self.opts.fault == Some(FaultVariant::UncheckedMembershipChanges);
         match self.rng.below(if unchecked { 7 } else { 5 }) {
             // Broken variant only: swap a voter for a learner or a spare in one
@@ -1125,6 +1151,18 @@ impl World {
             },
             1 if !current.learners.is_empty() && current.voters.len() < max_voters => {
                 let id = current.learners[self.rng.below(current.learners.len() as u64) as usize];
+                // As the broker does: only a learner that holds the entry that added
+                // it (it knows it is a member, so it may vote) is promoted.
+                let node = self.slots[l].raft.as_ref().unwrap();
+                let added_at = node.membership_entry().index;
+                let caught_up = node
+                    .status()
+                    .progress
+                    .iter()
+                    .any(|p| p.id == id && p.match_index >= added_at);
+                if !caught_up {
+                    return Ok(());
+                }
                 next.learners.retain(|l| *l != id);
                 next.voters.push(id);
             }
@@ -1141,8 +1179,34 @@ impl World {
             }
             _ => return Ok(()),
         }
+        self.propose_change(l, next)
+    }
+
+    /// Leader `l` proposes `next`; the broken `ConcurrentMembershipChanges` variant
+    /// sometimes follows up with a second change at once.
+    fn propose_change(&mut self, l: usize, mut next: Membership) -> Check {
         next.voters.sort_unstable();
         next.learners.sort_unstable();
+        let leader = NodeId(l as u64 + 1);
+        if self.opts.fault == Some(FaultVariant::ConcurrentMembershipChanges)
+            && self.rng.chance(0.5)
+        {
+            self.propose_one(l, leader, next.clone())?;
+            // A second single-server change on top, before the first commits.
+            if next.voters.len() > 3 {
+                if let Some(v) = next.voters.iter().copied().find(|v| *v != leader) {
+                    next.voters.retain(|x| *x != v);
+                }
+            } else if let Some(s) = next.learners.first().copied() {
+                next.learners.retain(|x| *x != s);
+                next.voters.push(s);
+                next.voters.sort_unstable();
+            }
+        }
+        self.propose_one(l, leader, next)
+    }
+
+    fn propose_one(&mut self, l: usize, leader: NodeId, next: Membership) -> Check {
         let node = self.slots[l].raft.as_mut().unwrap();
         if let Ok((index, _)) = node.propose_membership(&next, b"") {
             for id in next.members() {
@@ -1162,6 +1226,28 @@ impl World {
             );
         }
         self.check()
+    }
+
+    /// A removed node's machine comes back with an empty disk: it restarts as a new
+    /// node under its old id, knowing no members, and may be added again.
+    fn wipe_retired(&mut self) {
+        let Some(i) = (0..self.slots.len()).find(|&i| self.slots[i].retired) else {
+            return;
+        };
+        let slot = &mut self.slots[i];
+        slot.stopped_log = DiskLog::default();
+        slot.snapshots.clear();
+        slot.hs = HardState::default();
+        slot.sm = (LogIndex::ZERO, 0);
+        slot.chain_hist.clear();
+        slot.damaged = false;
+        slot.retired = false;
+        slot.joined = true;
+        slot.member_ever = false;
+        slot.member_at = None;
+        slot.wiped_after = self.newest_committed_membership;
+        slot.restart_at = self.now;
+        self.ev("wipe-rejoin", i as u64 + 1, 0, 0, 0, 0);
     }
 
     /// As the broker's first leader does: writes the bootstrap membership into the
@@ -1208,12 +1294,15 @@ impl World {
         for e in &committed {
             for id in e.membership.members() {
                 let slot = &mut self.slots[id.0 as usize - 1];
-                slot.member_at = Some(slot.member_at.map_or(e.index, |at| at.max(e.index)));
+                if e.index > slot.wiped_after {
+                    slot.member_at = Some(slot.member_at.map_or(e.index, |at| at.max(e.index)));
+                }
             }
         }
         let Some(newest) = committed.iter().max_by_key(|e| e.index) else {
             return Ok(());
         };
+        self.newest_committed_membership = newest.index;
         for i in 0..n {
             let id = NodeId(i as u64 + 1);
             let slot = &self.slots[i];
@@ -1291,6 +1380,10 @@ impl World {
             self.seed.wrapping_add(slot.incarnation * 7919),
             self.opts.fault,
         );
+        if slot.joined {
+            // A new node under an old id: it knows no members until added.
+            cfg.voters.clear();
+        }
         if let Some(m) = base_membership {
             // The membership at the log's start is the snapshot's.
             cfg.voters = m.membership.voters.clone();

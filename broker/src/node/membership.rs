@@ -387,7 +387,10 @@ impl Node {
         let replicating = progress
             .is_some_and(|p| p.recent_active && p.state == crate::raft::ProgressState::Replicate);
         let lag = last.saturating_sub(matched);
-        if !replicating || lag > self.config.max_learner_lag {
+        // It must also hold the membership that lists it: a node that does not know
+        // it is a member does not vote.
+        let knows_itself = matched >= view.index;
+        if !replicating || !knows_itself || lag > self.config.max_learner_lag {
             return self.refuse_change(
                 reply,
                 ErrorCode::InvalidMembershipChange,

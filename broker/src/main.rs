@@ -203,21 +203,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// The error and its causes on one line, joined by ": ", skipping a cause whose
-/// text is already there (many errors quote their source in their own message).
+/// The error and its causes on one line (see [`raftmq_proto::error::one_line`]).
 fn one_line(e: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if line.contains(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
-    }
-    line
+    raftmq_proto::error::one_line(e.as_ref())
 }
 
 fn run(args: Args) -> anyhow::Result<()> {

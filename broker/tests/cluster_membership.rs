@@ -240,6 +240,19 @@ async fn grow_replace_and_shrink_under_load_loses_nothing() {
     }
 }
 
+/// Waits (at most 20 s) until the log file at `path` contains every one of `needles`.
+async fn wait_for_log(path: &str, needles: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if needles.iter().all(|n| text.contains(n)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{path} never said {needles:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits until the leader has recorded every member's incarnation.
 async fn incarnations_recorded(admin: &Admin, members: usize) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -325,31 +338,14 @@ async fn a_wiped_node_is_refused_until_removed_and_joined_again() {
     cluster.kill(victim);
     cluster.wipe(victim);
     cluster.restart(victim);
-    // The others refuse it: it never becomes a working member again.
-    let log = cluster.log_path(leader);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("wiped or replaced") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no refusal logged in {log}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // The leader refuses it: it never becomes a working member again.
+    wait_for_log(&cluster.log_path(leader), &["wiped or replaced"]).await;
     // And the wiped node's own log says why it is stuck.
-    let own_log = cluster.log_path(victim);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = std::fs::read_to_string(&own_log).unwrap_or_default();
-        if text.contains("a peer refuses this node") && text.contains("wiped or replaced") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the wiped node does not say why in {own_log}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_log(
+        &cluster.log_path(victim),
+        &["a peer refuses this node", "wiped or replaced"],
+    )
+    .await;
     let victim_addr = cluster.nodes[(victim - 1) as usize].addr;
     let mut conn = Conn::connect_addr(victim_addr).await.expect("connect");
     let status = conn

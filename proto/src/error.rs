@@ -473,6 +473,25 @@ impl From<pb::Error> for ServerError {
     }
 }
 
+/// An error and its causes on one line, joined by ": ", skipping a cause whose text
+/// is already there (many errors quote their source in their own message). What the
+/// binaries print for a failure.
+pub fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = String::new();
+    let mut next = Some(e);
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+        next = cause.source();
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

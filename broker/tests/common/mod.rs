@@ -148,16 +148,20 @@ impl Cluster {
         }
     }
 
+    /// The addresses of the running nodes, comma-separated (for `--join`).
+    fn running_addrs(&self) -> String {
+        self.running()
+            .iter()
+            .map(|&r| self.nodes[(r - 1) as usize].addr.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// Starts a new node (the next id, an empty data directory) with `--join`
     /// naming the running nodes; returns its id once it listens.
     pub fn add_joining_node(&mut self) -> u64 {
         let id = self.nodes.len() as u64 + 1;
-        let join = self
-            .running()
-            .iter()
-            .map(|&r| self.nodes[(r - 1) as usize].addr.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
+        let join = self.running_addrs();
         self.nodes.push(BrokerProcess {
             id,
             addr: free_port(),
@@ -172,12 +176,7 @@ impl Cluster {
     /// Restarts stopped node `id` with an empty data directory and `--join` (a
     /// replaced machine under its old id, after it was removed).
     pub fn rejoin(&mut self, id: u64) {
-        let join = self
-            .running()
-            .iter()
-            .map(|&r| self.nodes[(r - 1) as usize].addr.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
+        let join = self.running_addrs();
         self.wipe(id);
         self.node(id).join = Some(join);
         self.restart(id);

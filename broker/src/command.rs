@@ -143,6 +143,28 @@ pub enum Command {
         /// What to store.
         offsets: Vec<CommittedOffset>,
     },
+    /// op 5 (metadata group): the cluster runs `count` data groups (1..=count) over
+    /// these voters; topics created from now on spread their queues over them. Set
+    /// once.
+    SetDataGroups {
+        /// Number of data groups.
+        count: u32,
+        /// Node ids of their first voters.
+        voters: Vec<u64>,
+    },
+    /// op 6 (data group): the metadata group holds topic `id`; this group takes its
+    /// batches from now on. Replaces an older topic of the same name; does nothing
+    /// if the topic is already there.
+    MirrorTopic {
+        /// The id the metadata group assigned.
+        id: u32,
+        /// Topic name.
+        name: String,
+        /// Number of queues.
+        queues: u32,
+        /// The topic's own retention.
+        retention: TopicRetention,
+    },
 }
 
 fn put_str(buf: &mut BytesMut, s: &str) {
@@ -212,6 +234,27 @@ impl Command {
                     buf.put_u64_le(o.offset);
                 }
             }
+            Command::SetDataGroups { count, voters } => {
+                buf.put_u8(5);
+                buf.put_u32_le(*count);
+                buf.put_u32_le(voters.len() as u32);
+                for v in voters {
+                    buf.put_u64_le(*v);
+                }
+            }
+            Command::MirrorTopic {
+                id,
+                name,
+                queues,
+                retention,
+            } => {
+                buf.put_u8(6);
+                buf.put_u32_le(*id);
+                put_str(&mut buf, name);
+                buf.put_u32_le(*queues);
+                buf.put_u64_le(retention.ms);
+                buf.put_u64_le(retention.bytes);
+            }
         }
         buf.freeze()
     }
@@ -262,6 +305,24 @@ impl Command {
                 }
                 Command::CommitOffsets { group, offsets }
             }
+            5 => {
+                let count = get_u32(&mut buf)?;
+                let n = get_u32(&mut buf)? as usize;
+                let mut voters = Vec::with_capacity(n.min(buf.remaining() / 8));
+                for _ in 0..n {
+                    voters.push(get_u64(&mut buf)?);
+                }
+                Command::SetDataGroups { count, voters }
+            }
+            6 => Command::MirrorTopic {
+                id: get_u32(&mut buf)?,
+                name: get_str(&mut buf)?,
+                queues: get_u32(&mut buf)?,
+                retention: TopicRetention {
+                    ms: get_u64(&mut buf)?,
+                    bytes: get_u64(&mut buf)?,
+                },
+            },
             op => return Err(CommandError::UnknownOp(op)),
         };
         Ok(command)
@@ -292,6 +353,16 @@ mod tests {
                 name: "orders".into(),
             },
             Command::InitProducer,
+            Command::SetDataGroups {
+                count: 4,
+                voters: vec![1, 2, 3],
+            },
+            Command::MirrorTopic {
+                id: 7,
+                name: "orders".into(),
+                queues: 16,
+                retention: TopicRetention { ms: 5, bytes: 6 },
+            },
             Command::CommitOffsets {
                 group: "g".into(),
                 offsets: vec![CommittedOffset {

@@ -108,6 +108,10 @@ pub struct BrokerConfig {
     /// A learner is promoted to voter only once its log is within this many
     /// entries of the leader's (default 1000).
     pub max_learner_lag: u64,
+    /// Data groups a new cluster spreads its queues over (0, the default: every
+    /// queue in the metadata group, one Raft group in all). Written into the
+    /// metadata log by the first leader that has it set; fixed from then on.
+    pub data_groups: u32,
 }
 
 impl Default for BrokerConfig {
@@ -139,6 +143,7 @@ impl Default for BrokerConfig {
             linearizable_reads: true,
             join: Vec::new(),
             max_learner_lag: 1000,
+            data_groups: 0,
         }
     }
 }
@@ -233,6 +238,8 @@ pub struct FileConfig {
     pub join: Option<Vec<String>>,
     /// See [`BrokerConfig::max_learner_lag`].
     pub max_learner_lag: Option<u64>,
+    /// See [`BrokerConfig::data_groups`].
+    pub data_groups: Option<u32>,
 }
 
 /// Parses `HOST:PORT`; names are resolved with the system resolver (for `localhost`).
@@ -346,7 +353,8 @@ impl BrokerConfig {
             retention_follower_grace_ms,
             max_disk_use_ratio,
             linearizable_reads,
-            max_learner_lag
+            max_learner_lag,
+            data_groups
         );
         Ok(())
     }

@@ -3,7 +3,10 @@
 //! sessions, consumer-group offsets), and serves clients over framed TCP.
 //!
 //! - [`raft`]: the pure consensus core (no I/O);
-//! - [`node`]: the task that owns the Raft group, the log and the state machine;
+//! - [`node`]: the task that owns one Raft group, its log and its state machine;
+//! - [`directory`]: the groups of this process (metadata group, data groups) and
+//!   where each request goes;
+//! - [`consumer_group`]: the consumer-group coordinator (members, assignments);
 //! - [`server`]: the listener and connections; [`transport`]: links to peers;
 //! - [`state_machine`] and [`command`]: what committed entries mean;
 //! - [`data_dir_lock`]: one broker per data directory;
@@ -15,9 +18,11 @@
 pub mod cluster;
 pub mod command;
 pub mod config;
+pub mod consumer_group;
 pub mod data_dir_lock;
-pub mod group;
+pub mod directory;
 pub mod hard_state;
+pub mod host;
 pub mod join;
 pub mod log_adapter;
 pub mod logging;

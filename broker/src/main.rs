@@ -50,6 +50,10 @@ struct Args {
     /// (default 1000).
     #[arg(long)]
     max_learner_lag: Option<u64>,
+    /// Data groups a new cluster spreads its queues over (default 0: one Raft group
+    /// for everything). Fixed once the cluster has written it.
+    #[arg(long)]
+    data_groups: Option<u32>,
     /// fsync (default: acknowledge after a quorum synced) or async.
     #[arg(long)]
     durability: Option<Durability>,
@@ -181,6 +185,9 @@ fn build_config(args: &Args) -> anyhow::Result<BrokerConfig> {
     }
     if let Some(lag) = args.max_learner_lag {
         config.max_learner_lag = lag;
+    }
+    if let Some(n) = args.data_groups {
+        config.data_groups = n;
     }
     if args.local_reads {
         config.linearizable_reads = false;

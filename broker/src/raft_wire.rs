@@ -144,6 +144,7 @@ pub fn to_pb(msg: Message, identity: PeerIdentity) -> pb::RaftMessage {
         cluster_id: identity.cluster_id,
         from_incarnation: identity.incarnation,
         from_address: identity.address.map(|a| a.to_string()).unwrap_or_default(),
+        group_id: 0,
         body: Some(body),
     }
 }
@@ -199,6 +200,7 @@ pub fn refusal_to_pb(
         cluster_id: identity.cluster_id,
         from_incarnation: identity.incarnation,
         from_address: identity.address.map(|a| a.to_string()).unwrap_or_default(),
+        group_id: 0,
         body: Some(pb::raft_message::Body::Refused(pb::PeerRefused { reason })),
     }
 }
@@ -212,6 +214,7 @@ pub fn snapshot_chunk_to_pb(chunk: SnapshotChunk, identity: PeerIdentity) -> pb:
         cluster_id: identity.cluster_id,
         from_incarnation: identity.incarnation,
         from_address: identity.address.map(|a| a.to_string()).unwrap_or_default(),
+        group_id: 0,
         body: Some(pb::raft_message::Body::SnapshotChunk(pb::SnapshotChunk {
             index: chunk.index.0,
             snapshot_term: chunk.snapshot_term.0,

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use futures::{SinkExt, StreamExt};
 use prost::Message as _;
 use raftmq_proto::pb::{self, ErrorCode};
-use raftmq_store::{CommitLog, LogConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
@@ -25,17 +24,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::BrokerConfig;
 use crate::data_dir_lock::DataDirLock;
-use crate::hard_state::HardStateFile;
+use crate::directory::{GroupDirectory, METADATA_GROUP};
+use crate::host::GroupOpener;
 use crate::metrics::{self, Api, BrokerMetrics};
-use crate::node::{Node, NodeInput};
-use crate::raft::{self, RawNode};
+use crate::node::NodeInput;
 use crate::raft_wire;
 use crate::response::{Outgoing, Responder};
-use crate::snapshot::SnapshotDir;
-use crate::transport::PeerTransport;
 
-/// Requests queued for the node task before connections wait.
-const NODE_INBOX: usize = 8192;
 /// Responses written before one flush.
 const WRITE_BATCH: usize = 256;
 
@@ -143,73 +138,38 @@ impl Broker {
         });
         let identity =
             crate::cluster::NodeIdentity::load_or_create(&config.data_dir, config.node_id)?;
-        let (hard_state_file, hard_state) = HardStateFile::open(&config.data_dir, config.node_id)?;
-        let log_config = LogConfig {
-            segment_bytes: config.segment_bytes,
-            // A batch plus the broker's entry header; commands are far smaller.
-            max_entry_bytes: (config.max_batch_bytes + 4096) as u32,
-            verify_on_open: true,
-            max_disk_use_ratio: config.max_disk_use_ratio,
-        };
-        let (log, report) = CommitLog::open(&config.data_dir.join("log"), log_config)?;
-        tracing::info!(%report, "commit log recovered");
-        let snapshot_dir = SnapshotDir::open(&config.data_dir.join("snapshots"))
-            .map_err(crate::node::RecoverError::from)?;
-        let (log, state, snapshot_files) = crate::node::recover(log, &snapshot_dir)?;
         let bootstrap = if config.join.is_empty() {
             crate::cluster::bootstrap_entry(&config.peers)
         } else {
             crate::cluster::bootstrap_entry(&std::collections::BTreeMap::new())
         };
-        // The membership at the log's start: the base snapshot's, else the bootstrap
-        // configuration; the core adds the changes the log holds after it.
-        let base = crate::cluster::entry_from_state(&state, &bootstrap);
-        let mut raft_config = raft::Config::new(config.node_id, base.membership.voters.clone());
-        raft_config.learners = base.membership.learners.clone();
-        raft_config.membership_context = base.context.clone();
-        raft_config.election_timeout_ticks = config.election_timeout_ticks;
-        raft_config.heartbeat_interval_ticks = config.heartbeat_interval_ticks;
-        raft_config.max_pending_proposals = config.max_pending_proposals;
-        raft_config.seed = config.node_id.0 ^ seed_from_time();
-        let raft = RawNode::try_new(raft_config, log, hard_state)
-            .map_err(|e| StartError::Raft(e.to_string()))?;
         let config = Arc::new(config);
         let shutdown = CancellationToken::new();
-        // Links follow the membership in effect; the node sets them.
-        let transport = PeerTransport::start(
-            config.node_id,
-            &std::collections::BTreeMap::new(),
-            raft_wire::PeerIdentity {
-                cluster_id: identity.cluster_id,
-                incarnation: identity.incarnation,
-                address: Some(local_addr),
-            },
-            config.max_frame_bytes,
-            shutdown.clone(),
-        );
+        let (directory, start_requests) = GroupDirectory::new();
+        let groups = GroupOpener {
+            config: config.clone(),
+            local_addr,
+            directory: directory.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let join = config.join.clone();
+        let metadata = groups
+            .open(
+                METADATA_GROUP,
+                &config.data_dir,
+                identity.clone(),
+                bootstrap,
+            )?
+            .with_metrics(broker_metrics.clone());
         tracing::info!(
             incarnation = %format!("{:016x}", identity.incarnation),
             cluster_id = %format!("{:016x}", identity.cluster_id),
             "data directory identity"
         );
-        let join = config.join.clone();
-        let (inbox_tx, inbox_rx) = mpsc::channel(NODE_INBOX);
-        let node = Node::new(
-            config.clone(),
-            identity.clone(),
-            bootstrap,
-            raft,
-            hard_state_file,
-            hard_state,
-            transport,
-            (state, snapshot_dir, snapshot_files),
-        )
-        .with_metrics(broker_metrics.clone());
-        // The lock lives as long as the node task, which owns every file of the dir.
-        let node = tokio::spawn(async move {
-            node.run(inbox_rx).await;
-            drop(data_dir_lock);
-        });
+        let metadata = groups.spawn(METADATA_GROUP, metadata);
+        // The supervisor owns the node tasks and the directory lock: the lock lives
+        // as long as any node task, which own every file of the dir.
+        let node = tokio::spawn(groups.supervise(start_requests, metadata, data_dir_lock));
         let mut metrics_addr = None;
         if let Some((metrics_listener, bound)) = metrics_listener {
             tracing::info!(addr = %bound, "serving metrics at /metrics");
@@ -234,7 +194,7 @@ impl Broker {
         }
         let listener = tokio::spawn(accept_loop(
             listener,
-            inbox_tx,
+            directory,
             config,
             broker_metrics,
             shutdown.clone(),
@@ -267,16 +227,9 @@ impl Broker {
     }
 }
 
-/// Seeds election randomness; the Raft core itself never reads a clock.
-fn seed_from_time() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
 async fn accept_loop(
     listener: TcpListener,
-    inbox: mpsc::Sender<NodeInput>,
+    directory: Arc<GroupDirectory>,
     config: Arc<BrokerConfig>,
     metrics: Arc<BrokerMetrics>,
     shutdown: CancellationToken,
@@ -293,7 +246,7 @@ async fn accept_loop(
                 connections.spawn(serve_connection(
                     stream,
                     peer,
-                    inbox.clone(),
+                    directory.clone(),
                     config.clone(),
                     metrics.clone(),
                     shutdown.clone(),
@@ -308,16 +261,17 @@ async fn accept_loop(
         while connections.try_join_next().is_some() {}
     }
     drop(listener);
-    drop(inbox);
-    // Connections stop reading on shutdown; wait for them so the node's inbox closes
-    // only after every request has been handed over.
+    // Close every group's inbox: each node task answers what it still holds (those
+    // answers end the connections' writers) and stops; requests read from now on
+    // are answered "shutting down".
+    directory.close();
     while connections.join_next().await.is_some() {}
 }
 
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    inbox: mpsc::Sender<NodeInput>,
+    directory: Arc<GroupDirectory>,
     config: Arc<BrokerConfig>,
     metrics: Arc<BrokerMetrics>,
     shutdown: CancellationToken,
@@ -364,10 +318,16 @@ async fn serve_connection(
             continue;
         };
         if let pb::request::Body::Raft(msg) = body {
+            let group = msg.group_id;
             match raft_wire::from_pb(msg) {
                 Ok(msg) => {
-                    let input = NodeInput::Peer(msg);
-                    if inbox.send(input).await.is_err() {
+                    // A group not started here yet (its creation not applied by
+                    // this node's metadata group): Raft retries.
+                    let Some(inbox) = directory.inbox(group) else {
+                        tracing::trace!(%peer, group, "message for a group not running here");
+                        continue;
+                    };
+                    if inbox.send(NodeInput::Peer(msg)).await.is_err() {
                         break;
                     }
                 }
@@ -410,13 +370,27 @@ async fn serve_connection(
             reply.error(e);
             continue;
         }
-        if inbox.send(NodeInput::Client { body, reply }).await.is_err() {
+        let group = directory.route(&body);
+        let Some(inbox) = directory.inbox(group) else {
+            if shutdown.is_cancelled() {
+                reply.error(pb::Error::shutting_down());
+            } else {
+                reply.error(pb::Error::not_ready(
+                    format!("group {group} is not running on this node yet; retry"),
+                    None,
+                ));
+            }
+            continue;
+        };
+        if let Err(e) = inbox.send(NodeInput::Client { body, reply }).await {
+            if let NodeInput::Client { reply, .. } = e.0 {
+                reply.error(pb::Error::shutting_down());
+            }
             break;
         }
     }
-    // Release the node's inbox first: the node answers what it still holds only once
-    // every sender is gone, and the writer ends only after those answers.
-    drop(inbox);
+    // The writer ends once every answer is written: the node tasks hold the
+    // responders of what they still work on.
     drop(tx);
     let _ = writer.await;
     metrics.connection_closed();

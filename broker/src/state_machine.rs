@@ -27,9 +27,12 @@
 //! | session count, then per session by key | 4 | `producer_id` (8), `topic_id` (4), `queue` (4), `epoch` (2), `next_sequence` (4), recent count (4), per recent batch `base_sequence` (4), `count` (4), `base_offset` (8), oldest first |
 //! | group count, then per group by name | 4 | `name` (string), offset count (4), per offset by key `topic` (string), `queue` (4), `offset` (8) |
 //! | membership (version 2) | 8 + 4 + n | index of the last membership entry applied (0: none), its body's length and the body |
+//! | data groups (version 3) | 4 + 4 + 8n | the number of data groups, the count of their voters and the voters' ids |
+//! | placement (version 3) | per topic by id: 4 + 4n | the count of queue groups, then the group of each queue (0 entries: all in group 0) |
 //!
-//! Version 1 (no membership field) is still read: its membership is the bootstrap
-//! configuration.
+//! Versions 1 (no membership field) and 2 (no data groups) are still read: a version
+//! 1 membership is the bootstrap configuration; without data groups every queue is
+//! in group 0.
 //!
 //! The name → id map of topics is not stored: it is exactly the topics' names, and
 //! rebuilding it cannot let the two disagree.
@@ -45,7 +48,7 @@ use crate::command::{decode_messages, Command, CommittedOffset, TopicRetention};
 use crate::snapshot::PayloadError;
 
 /// Version byte of the snapshot payload layout (module docs).
-const SNAPSHOT_VERSION: u8 = 2;
+const SNAPSHOT_VERSION: u8 = 3;
 
 /// Batches remembered per (producer, queue) to answer retries with their offset.
 const RECENT_BATCHES_PER_PRODUCER_QUEUE: usize = 8;
@@ -138,6 +141,16 @@ pub struct Topic {
     pub queues: Vec<QueueState>,
     /// Its own retention, on top of the broker's.
     pub retention: TopicRetention,
+    /// The Raft group holding each queue (metadata group only; empty: all in group
+    /// 0, the metadata group itself).
+    pub groups: Vec<u32>,
+}
+
+impl Topic {
+    /// The Raft group holding `queue` (0 when the topic's queues are not spread).
+    pub fn group_of(&self, queue: u32) -> u32 {
+        self.groups.get(queue as usize).copied().unwrap_or(0)
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -177,6 +190,10 @@ pub enum ApplyOutcome {
     OffsetsCommitted,
     /// A membership entry was applied.
     MembershipChanged,
+    /// The data groups were set (metadata group).
+    DataGroupsSet,
+    /// A topic of the metadata group is now held by this data group.
+    TopicMirrored,
     /// The entry was refused; the log keeps it but no queue does.
     Rejected(ErrorCode, String),
 }
@@ -193,6 +210,10 @@ pub struct StateMachine {
     /// The last membership entry applied: (index, body). Kept in snapshots, so a
     /// node that starts from one knows the group's members at that point.
     membership: Option<(LogIndex, Bytes)>,
+    /// Metadata group: the data groups (1..=data_groups) new topics spread over, and
+    /// the voters each of them started with.
+    data_groups: u32,
+    data_group_voters: Vec<u64>,
     applied: LogIndex,
 }
 
@@ -224,6 +245,21 @@ impl StateMachine {
             applied: self.applied,
             ..StateMachine::new()
         }
+    }
+
+    /// The number of data groups (0: every queue lives in the metadata group).
+    pub fn data_groups(&self) -> u32 {
+        self.data_groups
+    }
+
+    /// The voters the data groups started with.
+    pub fn data_group_voters(&self) -> &[u64] {
+        &self.data_group_voters
+    }
+
+    /// The next topic id to be assigned: every topic id below it was created once.
+    pub fn next_topic_id(&self) -> u32 {
+        self.next_topic_id
     }
 
     /// A topic by name.
@@ -289,6 +325,12 @@ impl StateMachine {
                 let id = self.next_topic_id;
                 self.next_topic_id += 1;
                 self.topic_ids.insert(name.clone(), id);
+                // Queues go round the data groups, each topic starting one further
+                // on, so that topics of few queues still spread.
+                let groups = match self.data_groups {
+                    0 => Vec::new(),
+                    n => (0..queues).map(|q| 1 + (id + q) % n).collect(),
+                };
                 let queues = (0..queues).map(|_| QueueState::default()).collect();
                 self.topics.insert(
                     id,
@@ -297,9 +339,54 @@ impl StateMachine {
                         name,
                         queues,
                         retention,
+                        groups,
                     },
                 );
                 ApplyOutcome::TopicCreated
+            }
+            Command::MirrorTopic {
+                id,
+                name,
+                queues,
+                retention,
+            } => {
+                if self.topics.contains_key(&id) {
+                    return ApplyOutcome::None;
+                }
+                if let Some(old) = self.topic_ids.remove(&name) {
+                    // The metadata group deleted the old topic and made a new one of
+                    // the same name.
+                    self.topics.remove(&old);
+                    self.sequences.retain(|(_, topic, _), _| *topic != old);
+                }
+                self.next_topic_id = self.next_topic_id.max(id.saturating_add(1));
+                self.topic_ids.insert(name.clone(), id);
+                let queues = (0..queues).map(|_| QueueState::default()).collect();
+                self.topics.insert(
+                    id,
+                    Topic {
+                        id,
+                        name,
+                        queues,
+                        retention,
+                        groups: Vec::new(),
+                    },
+                );
+                ApplyOutcome::TopicMirrored
+            }
+            Command::SetDataGroups { count, voters } => {
+                if self.data_groups != 0 || count == 0 || voters.is_empty() {
+                    return ApplyOutcome::Rejected(
+                        ErrorCode::InvalidRequest,
+                        format!(
+                            "the cluster has {} data groups; changing that is not supported",
+                            self.data_groups
+                        ),
+                    );
+                }
+                self.data_groups = count;
+                self.data_group_voters = voters;
+                ApplyOutcome::DataGroupsSet
             }
             Command::DeleteTopic { name } => match self.topic_ids.remove(&name) {
                 Some(id) => {
@@ -336,7 +423,8 @@ impl StateMachine {
                     format!("topic {:?} has no queue {}", o.topic, o.queue),
                 );
             };
-            if o.offset > queue.next_offset {
+            // A queue of a data group: this group does not see its high watermark.
+            if topic.group_of(o.queue) == 0 && o.offset > queue.next_offset {
                 return ApplyOutcome::Rejected(
                     ErrorCode::OffsetOutOfRange,
                     format!(
@@ -487,6 +575,18 @@ impl StateMachine {
         buf.put_u64_le(index.0);
         buf.put_u32_le(body.len() as u32);
         buf.put_slice(&body);
+
+        buf.put_u32_le(self.data_groups);
+        put_count(&mut buf, self.data_group_voters.len());
+        for v in &self.data_group_voters {
+            buf.put_u64_le(*v);
+        }
+        for topic in self.topics.values() {
+            put_count(&mut buf, topic.groups.len());
+            for g in &topic.groups {
+                buf.put_u32_le(*g);
+            }
+        }
         buf.freeze()
     }
 
@@ -502,7 +602,7 @@ impl StateMachine {
     pub fn from_snapshot(payload: &[u8]) -> Result<StateMachine, PayloadError> {
         let mut r = Reader(payload);
         let version = r.u8("version")?;
-        if version != SNAPSHOT_VERSION && version != 1 {
+        if !(1..=SNAPSHOT_VERSION).contains(&version) {
             return Err(PayloadError::UnknownVersion(version));
         }
         let applied = LogIndex(r.u64("applied index")?);
@@ -557,6 +657,7 @@ impl StateMachine {
                     name,
                     queues,
                     retention,
+                    groups: Vec::new(),
                 },
             );
         }
@@ -643,11 +744,41 @@ impl StateMachine {
                 membership = Some((index, body));
             }
         }
+        let mut data_groups = 0;
+        let mut data_group_voters = Vec::new();
+        if version >= 3 {
+            data_groups = r.u32("data groups")?;
+            let voters = r.count("data group voters", 8)?;
+            for _ in 0..voters {
+                data_group_voters.push(r.u64("data group voter")?);
+            }
+            for topic in topics.values_mut() {
+                let n = r.count("queue groups", 4)?;
+                if n != 0 && n != topic.queues.len() {
+                    return Err(PayloadError::Inconsistent(format!(
+                        "topic {:?} has {} queues and {n} queue groups",
+                        topic.name,
+                        topic.queues.len()
+                    )));
+                }
+                for _ in 0..n {
+                    let g = r.u32("queue group")?;
+                    if g == 0 || g > data_groups {
+                        return Err(PayloadError::Inconsistent(format!(
+                            "queue group {g} is outside 1..={data_groups}"
+                        )));
+                    }
+                    topic.groups.push(g);
+                }
+            }
+        }
         if !r.0.is_empty() {
             return Err(PayloadError::TrailingBytes(r.0.len()));
         }
         Ok(StateMachine {
             membership,
+            data_groups,
+            data_group_voters,
             topic_ids,
             topics,
             next_topic_id,
@@ -1155,11 +1286,86 @@ mod tests {
             Err(PayloadError::Inconsistent(_))
         ));
         let mut other_version = payload.to_vec();
-        other_version[0] = 3;
+        other_version[0] = SNAPSHOT_VERSION + 1;
         assert_eq!(
             StateMachine::from_snapshot(&other_version).unwrap_err(),
-            PayloadError::UnknownVersion(3)
+            PayloadError::UnknownVersion(SNAPSHOT_VERSION + 1)
         );
+    }
+
+    #[test]
+    fn topics_spread_over_the_data_groups_and_keep_their_placement_in_snapshots() {
+        let mut sm = StateMachine::new();
+        let set = Command::SetDataGroups {
+            count: 3,
+            voters: vec![1, 2, 3],
+        };
+        apply_all(&mut sm, [create("before", 2), cmd(set.clone())]);
+        assert_eq!(sm.data_groups(), 3);
+        // A second setting is refused: the number of groups is fixed.
+        assert!(matches!(
+            apply(&mut sm, cmd(set)),
+            ApplyOutcome::Rejected(ErrorCode::InvalidRequest, _)
+        ));
+        apply_all(&mut sm, [create("after", 4), create("one", 1)]);
+        // Topics of before the data groups keep every queue in group 0.
+        assert!(sm.topic("before").unwrap().groups.is_empty());
+        // Queues go round the groups, each topic one group further on.
+        assert_eq!(sm.topic("after").unwrap().groups, vec![3, 1, 2, 3]);
+        assert_eq!(sm.topic("one").unwrap().groups, vec![1]);
+        // A committed offset of a data-group queue is not checked against this
+        // group's (empty) queue; one of group 0 still is.
+        assert_eq!(
+            apply(&mut sm, commit("g", &[("after", 1, 500)])),
+            ApplyOutcome::OffsetsCommitted
+        );
+        assert!(matches!(
+            apply(&mut sm, commit("g", &[("before", 0, 500)])),
+            ApplyOutcome::Rejected(ErrorCode::OffsetOutOfRange, _)
+        ));
+        let payload = sm.encode_snapshot();
+        let restored = StateMachine::from_snapshot(&payload).unwrap();
+        assert_eq!(restored.encode_snapshot(), payload);
+        assert_eq!(restored.data_groups(), 3);
+        assert_eq!(restored.data_group_voters(), &[1, 2, 3]);
+        assert_eq!(restored.topic("after").unwrap().groups, vec![3, 1, 2, 3]);
+        assert!(restored.topic("before").unwrap().groups.is_empty());
+    }
+
+    #[test]
+    fn a_data_group_mirrors_topics_under_the_metadata_groups_ids() {
+        let mirror = |id: u32, name: &str, queues: u32| {
+            cmd(Command::MirrorTopic {
+                id,
+                name: name.into(),
+                queues,
+                retention: TopicRetention::default(),
+            })
+        };
+        let mut sm = StateMachine::new();
+        assert_eq!(
+            apply(&mut sm, mirror(5, "t", 2)),
+            ApplyOutcome::TopicMirrored
+        );
+        assert_eq!(sm.topic("t").unwrap().id, 5);
+        assert_eq!(sm.next_topic_id(), 6);
+        // Idempotent: a second mirror of the same id changes nothing.
+        assert_eq!(apply(&mut sm, mirror(5, "t", 2)), ApplyOutcome::None);
+        apply(&mut sm, produce(5, 1, 3, 0, None));
+        assert_eq!(sm.topic("t").unwrap().queues[1].next_offset, 3);
+        // The metadata group deleted "t" and created it again: the new id replaces
+        // the old topic and its queues start empty.
+        assert_eq!(
+            apply(&mut sm, mirror(9, "t", 1)),
+            ApplyOutcome::TopicMirrored
+        );
+        let t = sm.topic("t").unwrap();
+        assert_eq!((t.id, t.queues.len()), (9, 1));
+        assert_eq!(t.queues[0].next_offset, 0);
+        assert!(sm.topic_by_id(5).is_none());
+        let payload = sm.encode_snapshot();
+        let restored = StateMachine::from_snapshot(&payload).unwrap();
+        assert_eq!(restored.encode_snapshot(), payload);
     }
 
     proptest! {

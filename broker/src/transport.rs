@@ -49,6 +49,8 @@ pub struct PeerTransport {
     identity: PeerIdentity,
     max_frame_bytes: usize,
     shutdown: CancellationToken,
+    /// The Raft group every message is stamped with (each group has its own links).
+    group: crate::directory::GroupId,
 }
 
 impl PeerTransport {
@@ -66,6 +68,7 @@ impl PeerTransport {
             identity,
             max_frame_bytes,
             shutdown,
+            group: crate::directory::METADATA_GROUP,
         };
         transport.set_peers(peers);
         transport
@@ -98,6 +101,12 @@ impl PeerTransport {
         self.links.insert(id, Link { addr, tx, stop });
     }
 
+    /// Stamps every message with `group` (before the first peer is linked).
+    pub fn for_group(mut self, group: crate::directory::GroupId) -> PeerTransport {
+        self.group = group;
+        self
+    }
+
     /// The identity carried by every message sent from now on.
     pub fn set_identity(&mut self, identity: PeerIdentity) {
         self.identity = identity;
@@ -125,7 +134,8 @@ impl PeerTransport {
         self.send_pb(to, msg);
     }
 
-    fn send_pb(&self, to: NodeId, msg: pb::RaftMessage) {
+    fn send_pb(&self, to: NodeId, mut msg: pb::RaftMessage) {
+        msg.group_id = self.group;
         if let Some(link) = self.links.get(&to) {
             if link.tx.try_send(msg).is_err() {
                 tracing::trace!(peer = to.0, "peer queue full, message dropped");

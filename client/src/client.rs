@@ -66,8 +66,12 @@ impl ClientConfig {
 /// Where a request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    /// The current Raft leader, found through metadata and `NotLeader` redirects.
+    /// The leader of the metadata group (topics, consumer groups, offsets, the
+    /// cluster), found through metadata and `NotLeader` redirects.
     Leader,
+    /// The leader of a data group (the queues placed on it): see
+    /// [`Client::queue_target`].
+    Group(u32),
     /// A node by id (its address from metadata).
     Node(u64),
     /// A broker by address (host:port).
@@ -85,12 +89,32 @@ pub struct ClusterMetadata {
     pub topics: BTreeMap<String, u32>,
     /// The cluster's id.
     pub cluster_id: u64,
+    /// Topic name to the Raft group of each queue (absent or empty: every queue is
+    /// in the metadata group).
+    pub queue_groups: BTreeMap<String, Vec<u32>>,
+    /// Data group to its leader's node id, as the answering broker saw it.
+    pub group_leaders: BTreeMap<u32, u64>,
+}
+
+impl ClusterMetadata {
+    /// The Raft group holding `queue` of `topic` (0, the metadata group, when the
+    /// topic's queues are not spread or the topic is unknown).
+    pub fn group_of(&self, topic: &str, queue: u32) -> u32 {
+        self.queue_groups
+            .get(topic)
+            .and_then(|g| g.get(queue as usize).copied())
+            .unwrap_or(0)
+    }
 }
 
 struct Cache {
     metadata: ClusterMetadata,
-    /// The leader's address: from metadata or a `NotLeader` redirect.
-    leader_address: Option<String>,
+    /// Each group's leader address (group 0: the metadata leader): from metadata or
+    /// a `NotLeader` redirect.
+    leaders: BTreeMap<u32, String>,
+    /// A broker said a queue is not where the cached metadata puts it: look again
+    /// before the next queue request.
+    stale: bool,
 }
 
 struct Inner {
@@ -150,7 +174,8 @@ impl Client {
                 connections: Mutex::new(HashMap::new()),
                 cache: Mutex::new(Cache {
                     metadata: ClusterMetadata::default(),
-                    leader_address: None,
+                    leaders: BTreeMap::new(),
+                    stale: false,
                 }),
                 metadata_generation: AtomicU64::new(0),
                 cluster_id: AtomicU64::new(0),
@@ -198,18 +223,81 @@ impl Client {
         f(&mut guard)
     }
 
-    /// The leader's address as cached, if known.
+    /// The metadata leader's address as cached, if known.
     pub fn leader_address(&self) -> Option<String> {
-        self.cache(|c| c.leader_address.clone())
+        self.group_leader_address(0)
     }
 
-    /// Forgets the leader (after it failed), so the next request looks it up.
-    fn forget_leader(&self, address: &str) {
+    /// A group's leader address as cached, if known (group 0: the metadata leader).
+    pub fn group_leader_address(&self, group: u32) -> Option<String> {
+        self.cache(|c| c.leaders.get(&group).cloned())
+    }
+
+    /// Forgets a group's leader (after it failed), so the next request looks it up.
+    fn forget_leader(&self, group: u32, address: &str) {
         self.cache(|c| {
-            if c.leader_address.as_deref() == Some(address) {
-                c.leader_address = None;
+            if c.leaders.get(&group).map(String::as_str) == Some(address) {
+                c.leaders.remove(&group);
             }
         });
+    }
+
+    /// Where requests for `queue` of `topic` go (produce, fetch, offset lookups):
+    /// the leader of the group holding it, from cached metadata (refreshed first
+    /// when a broker said the cache is wrong, or the topic is not in it).
+    pub async fn queue_target(&self, topic: &str, queue: u32) -> Target {
+        let (stale, known) = self.cache(|c| (c.stale, c.metadata.topics.contains_key(topic)));
+        if stale || !known {
+            if let Err(e) = self.refresh_metadata().await {
+                tracing::debug!(error = %e, "metadata refresh failed");
+            }
+        }
+        match self.cache(|c| c.metadata.group_of(topic, queue)) {
+            0 => Target::Leader,
+            g => Target::Group(g),
+        }
+    }
+
+    /// Sends a request for `queue` of `topic` to the leader of its group, with the
+    /// retries of [`request`](Self::request) (the group is looked up again before
+    /// each attempt).
+    pub async fn request_queue(
+        &self,
+        topic: &str,
+        queue: u32,
+        body: request::Body,
+    ) -> Result<response::Body, ClientError> {
+        let mut retry = RetryState::start();
+        loop {
+            let target = self.queue_target(topic, queue).await;
+            let err = match self.request_once(&target, body.clone()).await {
+                Ok(b) => return Ok(b),
+                Err(e) => e,
+            };
+            if !err.is_retriable() {
+                return Err(err);
+            }
+            let redirected = names_leader(&err) && self.has_leader(&target);
+            let Some(delay) = retry.next_delay(&self.inner.config, redirected) else {
+                return Err(ClientError::RetriesExhausted {
+                    attempts: retry.failures(),
+                    last: Box::new(err),
+                });
+            };
+            tracing::debug!(attempt = retry.failures(), error = %err, ?delay, "retrying request");
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+
+    /// Whether the leader `target` stands for is known (a redirect was taken).
+    pub fn has_leader(&self, target: &Target) -> bool {
+        match target {
+            Target::Leader => self.group_leader_address(0).is_some(),
+            Target::Group(g) => self.group_leader_address(*g).is_some(),
+            _ => false,
+        }
     }
 
     /// Asks the known brokers, then the bootstrap list, for metadata (every topic)
@@ -222,7 +310,7 @@ impl Client {
         let mut candidates: Vec<String> = Vec::new();
         let (leader, known) = self.cache(|c| {
             (
-                c.leader_address.clone(),
+                c.leaders.get(&0).cloned(),
                 c.metadata.nodes.values().cloned().collect::<Vec<_>>(),
             )
         });
@@ -303,14 +391,35 @@ impl Client {
                 .map(|n| (n.node_id, n.address))
                 .collect(),
             leader_id: (m.leader_id != 0).then_some(m.leader_id),
+            queue_groups: m
+                .topics
+                .iter()
+                .filter(|t| !t.queue_groups.is_empty())
+                .map(|t| (t.name.clone(), t.queue_groups.clone()))
+                .collect(),
+            group_leaders: m
+                .groups
+                .iter()
+                .filter(|g| g.leader_id != 0)
+                .map(|g| (g.group_id, g.leader_id))
+                .collect(),
             topics: m.topics.into_iter().map(|t| (t.name, t.queues)).collect(),
             cluster_id: m.cluster_id,
         };
         self.cache(|c| {
-            c.leader_address = metadata
+            c.leaders.clear();
+            let leaders = metadata
                 .leader_id
-                .and_then(|id| metadata.nodes.get(&id).cloned());
+                .map(|id| (0, id))
+                .into_iter()
+                .chain(metadata.group_leaders.iter().map(|(g, id)| (*g, *id)));
+            for (group, id) in leaders {
+                if let Some(address) = metadata.nodes.get(&id) {
+                    c.leaders.insert(group, address.clone());
+                }
+            }
             c.metadata = metadata.clone();
+            c.stale = false;
         });
         self.inner
             .metadata_generation
@@ -392,22 +501,33 @@ impl Client {
     ) -> Result<response::Body, ClientError> {
         let address = self.resolve(target).await?;
         let result = self.call_address(&address, body).await;
-        if *target == Target::Leader {
-            match &result {
-                Err(ClientError::Server(
-                    ServerError::NotLeader { leader_address, .. }
-                    | ServerError::NotReady { leader_address, .. },
-                )) => {
-                    // A broker naming itself (or nobody) sends the client back to
-                    // metadata, which asks every node.
-                    let redirect = leader_address.clone().filter(|a| *a != address);
-                    self.cache(|c| c.leader_address = redirect);
-                }
-                Err(e) if e.is_retriable() && e.server_error().is_none() => {
-                    self.forget_leader(&address);
-                }
-                _ => {}
+        let group = match target {
+            Target::Leader => 0,
+            Target::Group(g) => *g,
+            _ => return result,
+        };
+        match &result {
+            Err(ClientError::Server(
+                ServerError::NotLeader { leader_address, .. }
+                | ServerError::NotReady { leader_address, .. },
+            )) => {
+                // A broker naming itself (or nobody) sends the client back to
+                // metadata, which asks every node.
+                let redirect = leader_address.clone().filter(|a| *a != address);
+                let unnamed = redirect.is_none();
+                self.cache(|c| {
+                    match redirect {
+                        Some(a) => c.leaders.insert(group, a),
+                        None => c.leaders.remove(&group),
+                    };
+                    // Nobody named: the queue may have moved, or its topic be new.
+                    c.stale |= unnamed;
+                });
             }
+            Err(e) if e.is_retriable() && e.server_error().is_none() => {
+                self.forget_leader(group, &address);
+            }
+            _ => {}
         }
         result
     }
@@ -427,13 +547,13 @@ impl Client {
                 Ok(b) => return Ok(b),
                 Err(e) => e,
             };
-            // Only the leader target follows redirects; a named node stays wrong.
-            let misdirected = target != Target::Leader
+            // Only leader targets follow redirects; a named node stays wrong.
+            let misdirected = matches!(target, Target::Node(_) | Target::Address(_))
                 && matches!(err, ClientError::Server(ServerError::NotLeader { .. }));
             if !err.is_retriable() || misdirected {
                 return Err(err);
             }
-            let redirected = names_leader(&err) && self.leader_address().is_some();
+            let redirected = names_leader(&err) && self.has_leader(&target);
             let Some(delay) = retry.next_delay(&self.inner.config, redirected) else {
                 return Err(ClientError::RetriesExhausted {
                     attempts: retry.failures(),
@@ -462,13 +582,24 @@ impl Client {
                     .cloned()
                     .ok_or_else(|| ClientError::InvalidArgument(format!("unknown node {id}")))
             }
-            Target::Leader => {
-                if let Some(a) = self.leader_address() {
+            Target::Leader | Target::Group(_) => {
+                let group = match target {
+                    Target::Group(g) => *g,
+                    _ => 0,
+                };
+                if let Some(a) = self.group_leader_address(group) {
                     return Ok(a);
                 }
                 self.refresh_metadata().await?;
-                self.leader_address()
-                    .ok_or_else(|| ClientError::NoBroker("no leader known".into()))
+                match self.group_leader_address(group) {
+                    Some(a) => Ok(a),
+                    // A data group's leader unknown to the answering broker: any
+                    // node of the cluster answers NOT_LEADER naming it, or NOT_READY.
+                    None if group != 0 => self
+                        .cache(|c| c.metadata.nodes.values().next().cloned())
+                        .ok_or_else(|| ClientError::NoBroker("no broker known".into())),
+                    None => Err(ClientError::NoBroker("no leader known".into())),
+                }
             }
         }
     }

@@ -12,7 +12,7 @@ use raftmq_proto::pb::{self, request, response};
 use raftmq_proto::ServerError;
 
 use crate::client::unexpected;
-use crate::{Client, ClientError, Target};
+use crate::{Client, ClientError};
 
 /// A message read from a queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,8 +240,11 @@ impl Consumer {
                 generation: self.fencing.as_ref().map_or(0, |f| f.generation),
             });
             let client = self.client.clone();
-            fetches
-                .push(async move { (queue, offset, client.request(Target::Leader, body).await) });
+            let topic = topic.clone();
+            fetches.push(async move {
+                let answer = client.request_queue(&topic, queue, body).await;
+                (queue, offset, answer)
+            });
         }
         let mut out = Vec::new();
         // Take the first answer with data, then whatever else is already answered;
@@ -347,7 +350,7 @@ pub(crate) async fn list_offset(
         spec: spec as i32,
         timestamp_ms,
     });
-    match client.request(Target::Leader, body).await? {
+    match client.request_queue(topic, queue, body).await? {
         response::Body::ListOffsets(r) => Ok(r.offset),
         other => Err(unexpected("list_offsets", &other)),
     }

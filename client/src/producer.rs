@@ -990,8 +990,10 @@ impl QueueWorker {
                 acks: self.acks,
                 batch: batch.bytes.clone(),
             });
+            let (topic, queue) = (self.topic.clone(), self.queue);
             self.in_flight.push_back(Box::pin(async move {
-                let result = client.request_once(&Target::Leader, body).await;
+                let target = client.queue_target(&topic, queue).await;
+                let result = client.request_once(&target, body).await;
                 (batch, result)
             }));
         }

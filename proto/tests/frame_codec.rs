@@ -115,6 +115,7 @@ fn every_request() -> Vec<Req> {
             cluster_id: 77,
             from_incarnation: 5,
             from_address: "127.0.0.1:7071".into(),
+            group_id: 3,
             body: Some(pb::raft_message::Body::Append(pb::AppendRequest {
                 prev_log_index: 10,
                 prev_log_term: 8,
@@ -130,6 +131,20 @@ fn every_request() -> Vec<Req> {
             })),
         }),
     ]
+}
+
+fn group_info(id: u32) -> pb::GroupInfo {
+    pb::GroupInfo {
+        group_id: id,
+        leader_id: 2,
+        term: 5,
+        role: "follower".into(),
+        commit_index: 10,
+        applied_index: 9,
+        last_index: 11,
+        preferred_leader_id: 2,
+        voters: vec![1, 2, 3],
+    }
 }
 
 /// One response of every API (Raft has none), with fields set.
@@ -149,8 +164,10 @@ fn every_response() -> Vec<Resp> {
                 retention_bytes: 1 << 20,
                 name: "orders".into(),
                 queues: 4,
+                queue_groups: vec![1, 2, 1, 2],
             }],
             cluster_id: 77,
+            groups: vec![group_info(2)],
         }),
         Resp::Produce(pb::ProduceResponse {
             base_offset: 1000,
@@ -200,6 +217,7 @@ fn every_response() -> Vec<Resp> {
             membership_index: 7,
             membership_change_pending: true,
             incarnation: 11,
+            groups: vec![group_info(1), group_info(2)],
         }),
         Resp::AddNode(pb::AddNodeResponse {
             membership_index: 8,

@@ -228,8 +228,12 @@ impl Node {
             return;
         }
         self.identity.cluster_id = cluster_id;
-        if let Err(e) = self.identity.save(&self.config.data_dir) {
-            tracing::error!(error = %e, "cannot record the cluster id");
+        // The identity file is the metadata group's; data groups are born into a
+        // known cluster.
+        if self.group_id() == crate::directory::METADATA_GROUP {
+            if let Err(e) = self.identity.save(&self.config.data_dir) {
+                tracing::error!(error = %e, "cannot record the cluster id");
+            }
         }
         self.transport.set_identity(PeerIdentity {
             cluster_id,
@@ -273,6 +277,7 @@ impl Node {
         // A cluster id this node already applied wins over a new one (defensive: a
         // committed id is in every later leader's log anyway).
         let cluster_id = match (view.cluster_id, self.identity.cluster_id) {
+            (0, 0) if self.group_id() != crate::directory::METADATA_GROUP => return,
             (0, 0) => crate::cluster::random_id(),
             (0, known) => known,
             (id, _) => id,
@@ -291,12 +296,15 @@ impl Node {
         }
     }
 
-    fn election_timeout(&self) -> Duration {
+    pub(super) fn election_timeout(&self) -> Duration {
         Duration::from_millis(self.config.tick_ms * u64::from(self.config.election_timeout_ticks))
     }
 
     /// `JoinCluster`: adds a new node as a learner.
     pub(super) fn join_cluster(&mut self, req: pb::JoinClusterRequest, reply: Responder) {
+        if let Some(why) = self.membership_changes_refused() {
+            return self.refuse_change(reply, ErrorCode::InvalidMembershipChange, why);
+        }
         let id = NodeId(req.node_id);
         // Numeric only: a name would need a blocking lookup on the node task.
         let address: std::net::SocketAddr = match req.address.parse() {
@@ -360,6 +368,9 @@ impl Node {
 
     /// `AddNode`: promotes a learner that has caught up.
     pub(super) fn add_node(&mut self, req: pb::AddNodeRequest, reply: Responder) {
+        if let Some(why) = self.membership_changes_refused() {
+            return self.refuse_change(reply, ErrorCode::InvalidMembershipChange, why);
+        }
         let id = NodeId(req.node_id);
         let view = &self.members.view;
         if view.membership.is_voter(id) {
@@ -413,6 +424,9 @@ impl Node {
     /// `RemoveNode`: removes a voter or learner; the leader hands over first if it
     /// is the one removed.
     pub(super) fn remove_node(&mut self, req: pb::RemoveNodeRequest, reply: Responder) {
+        if let Some(why) = self.membership_changes_refused() {
+            return self.refuse_change(reply, ErrorCode::InvalidMembershipChange, why);
+        }
         let id = NodeId(req.node_id);
         let view = &self.members.view;
         if !view.membership.contains(id) {

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 
 use crate::command;
 use crate::config::{BrokerConfig, Durability};
-use crate::group::Coordinator;
+use crate::consumer_group::Coordinator;
 use crate::hard_state::HardStateFile;
 use crate::log_adapter::RaftStore;
 use crate::raft::{HardState, Message, MessageBody, RawNode, Role};
@@ -38,10 +38,12 @@ use crate::transport::PeerTransport;
 mod fetch;
 mod membership;
 mod observe;
+mod raft_groups;
 mod reads;
 mod requests;
 mod snapshots;
 
+pub use raft_groups::preferred_leader;
 pub use requests::UNKNOWN_OFFSET;
 pub use snapshots::{recover, RecoverError};
 
@@ -156,6 +158,8 @@ pub struct Node {
     identity: crate::cluster::NodeIdentity,
     /// The membership in effect and the peers heard from.
     members: membership::MembershipState,
+    /// Which Raft group this task drives, and its part in the process's groups.
+    raft_groups: raft_groups::RaftGroups,
 }
 
 impl Node {
@@ -203,6 +207,10 @@ impl Node {
             bootstrap,
             identity,
             members: membership::MembershipState::new(view),
+            raft_groups: raft_groups::RaftGroups::new(
+                crate::directory::METADATA_GROUP,
+                crate::directory::GroupDirectory::new().0,
+            ),
             config,
         };
         node.membership_changed(&entry);
@@ -249,6 +257,7 @@ impl Node {
                     self.raft.tick();
                     let now = Instant::now();
                     self.membership_upkeep(now);
+                    self.raft_groups_upkeep(now);
                     self.expire(now);
                     self.expire_waiting(now);
                     self.observe(now);
@@ -591,6 +600,14 @@ impl Node {
                     self.save_boundary_snapshot(entry.index.prev());
                 }
                 let outcome = self.state.apply(&entry);
+                if matches!(
+                    outcome,
+                    ApplyOutcome::TopicCreated
+                        | ApplyOutcome::TopicDeleted
+                        | ApplyOutcome::DataGroupsSet
+                ) {
+                    self.placement_changed();
+                }
                 if entry.kind == EntryKind::Membership {
                     self.membership_applied(&entry.body);
                 }

@@ -9,7 +9,8 @@ use raftmq_store::EntryKind;
 
 use super::{role_name, Node, Pending, PendingKind};
 use crate::command::{self, Command, CommittedOffset, TopicRetention};
-use crate::group::{GroupError, Strategy, TopicQueue};
+use crate::consumer_group::{GroupError, Strategy, TopicQueue};
+use crate::directory::METADATA_GROUP;
 use crate::raft::{ProposeError, Role};
 use crate::response::Responder;
 use crate::state_machine::QueueState;
@@ -46,6 +47,13 @@ impl Node {
                     return reply.error(pb::Error::new(
                         ErrorCode::InvalidRequest,
                         "a topic has 1 to 4096 queues",
+                    ));
+                }
+                if self.config.data_groups > 0 && self.state.data_groups() == 0 {
+                    // A topic created now would keep all its queues in this group.
+                    return reply.error(self.not_ready(
+                        "the cluster is creating its data groups (its first leader writes \
+                         them once the cluster has its id); retry",
                     ));
                 }
                 let command = Command::CreateTopic {
@@ -285,12 +293,10 @@ impl Node {
         if self.raft.role() != Role::Leader {
             return reply.error(self.not_leader());
         }
-        let Some(topic) = self.state.topic(&req.topic) else {
-            return reply.error(unknown_topic(&req.topic));
+        let topic = match self.topic_holding(&req.topic, req.queue) {
+            Ok(topic) => topic,
+            Err(e) => return reply.error(e),
         };
-        if req.queue as usize >= topic.queues.len() {
-            return reply.error(invalid_queue(&req.topic, req.queue, topic.queues.len()));
-        }
         if let Some(why) = &self.disk_use_limited {
             // Commands (offset commits, topic changes) still go through: they are
             // small and keep consumers, which let retention free space, working.
@@ -475,6 +481,7 @@ impl Node {
                 queues: t.queues.len() as u32,
                 retention_ms: t.retention.ms,
                 retention_bytes: t.retention.bytes,
+                queue_groups: t.groups.clone(),
             })
             .collect();
         pb::MetadataResponse {
@@ -482,6 +489,7 @@ impl Node {
             leader_id: self.raft.leader().map_or(0, |l| l.0),
             topics,
             cluster_id: self.identity.cluster_id,
+            groups: self.data_group_infos(),
         }
     }
 
@@ -531,17 +539,59 @@ impl Node {
             membership_index: self.members.view.index,
             membership_change_pending: self.raft.membership_change_pending().is_some(),
             incarnation: self.identity.incarnation,
+            groups: self.data_group_infos(),
         }
     }
 
     pub(super) fn queue(&self, topic: &str, queue: u32) -> Result<&QueueState, pb::Error> {
-        let t = self
-            .state
-            .topic(topic)
-            .ok_or_else(|| unknown_topic(topic))?;
-        t.queues
-            .get(queue as usize)
-            .ok_or_else(|| invalid_queue(topic, queue, t.queues.len()))
+        let t = self.topic_holding(topic, queue)?;
+        Ok(&t.queues[queue as usize])
+    }
+
+    /// The topic of `queue` when this group holds that queue; else why not: an
+    /// unknown topic or queue, or (retriable) a queue another group holds or a topic
+    /// this data group has not mirrored yet.
+    pub(super) fn topic_holding(
+        &self,
+        topic: &str,
+        queue: u32,
+    ) -> Result<&crate::state_machine::Topic, pb::Error> {
+        let Some(t) = self.state.topic(topic) else {
+            if self.group_id() == METADATA_GROUP {
+                return Err(unknown_topic(topic));
+            }
+            return Err(pb::Error::not_ready(
+                format!(
+                    "topic {topic:?} is not on data group {} yet (just created?); retry",
+                    self.group_id()
+                ),
+                None,
+            ));
+        };
+        if queue as usize >= t.queues.len() {
+            return Err(invalid_queue(topic, queue, t.queues.len()));
+        }
+        let holder = if self.group_id() == METADATA_GROUP {
+            t.group_of(queue)
+        } else {
+            self.raft_groups
+                .directory
+                .placement()
+                .topics
+                .get(topic)
+                .filter(|p| p.id == t.id)
+                .map_or(METADATA_GROUP, |p| p.group_of(queue))
+        };
+        if holder != self.group_id() {
+            return Err(pb::Error::not_ready(
+                format!(
+                    "queue {topic}/{queue} is held by group {holder}, not group {}; retry",
+                    self.group_id()
+                ),
+                None,
+            ));
+        }
+        Ok(t)
     }
 
     pub(super) fn list_offsets(&self, req: pb::ListOffsetsRequest, reply: Responder) {

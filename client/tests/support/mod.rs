@@ -298,9 +298,11 @@ fn metadata(state: &State) -> pb::MetadataResponse {
                 retention_bytes: 0,
                 name: name.clone(),
                 queues,
+                queue_groups: Vec::new(),
             })
             .collect(),
         cluster_id: 7,
+        groups: Vec::new(),
     }
 }
 

@@ -1,0 +1,243 @@
+//! The Raft groups one broker process hosts, and what its connections need to send
+//! each request to the right one.
+//!
+//! Group 0 is the **metadata group**: members, topics, consumer groups and their
+//! offsets, producer ids, and which data group holds each queue. Groups 1..=N are
+//! **data groups**: each a Raft group with its own commit log holding the batches of
+//! the queues placed on it (a log shared by several queues, not one per queue, so
+//! fsyncs stay few and batches large). A cluster without data groups (the default,
+//! and every data directory of earlier versions) keeps every queue in group 0.
+//!
+//! Each group is driven by its own node task ([`crate::node::Node`]). The directory is
+//! the only state they share: the inboxes, what the metadata group last applied about
+//! placement, and each group's status (leader, indexes) for metadata answers. Reads
+//! take a lock for a few map lookups; nothing is held across an await.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use raftmq_proto::pb;
+use tokio::sync::mpsc;
+
+use crate::cluster::NodeIdentity;
+use crate::command::TopicRetention;
+use crate::node::NodeInput;
+
+/// A Raft group's number within the cluster.
+pub type GroupId = u32;
+
+/// The metadata group.
+pub const METADATA_GROUP: GroupId = 0;
+
+/// A topic as the metadata group placed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicPlacement {
+    /// The topic's id (the same in every group that holds its queues).
+    pub id: u32,
+    /// Number of queues.
+    pub queues: u32,
+    /// Its own retention.
+    pub retention: TopicRetention,
+    /// The group of each queue (empty: all in group 0).
+    pub groups: Vec<GroupId>,
+}
+
+impl TopicPlacement {
+    /// The group holding `queue`.
+    pub fn group_of(&self, queue: u32) -> GroupId {
+        self.groups
+            .get(queue as usize)
+            .copied()
+            .unwrap_or(METADATA_GROUP)
+    }
+}
+
+/// What the metadata group last applied about topics and data groups.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// Topics by name.
+    pub topics: BTreeMap<String, TopicPlacement>,
+    /// Every topic id below this was assigned once (a data group holding a topic of
+    /// a lower id that is not in `topics` holds a deleted topic).
+    pub next_topic_id: u32,
+    /// Data groups 1..=data_groups exist.
+    pub data_groups: u32,
+    /// Their voters.
+    pub voters: Vec<u64>,
+}
+
+/// A request from the metadata group's node to start the data groups it applied.
+#[derive(Debug, Clone)]
+pub struct StartGroups {
+    /// Groups 1..=count.
+    pub count: u32,
+    /// Their first voters.
+    pub voters: Vec<u64>,
+    /// This data directory's identity as the metadata group knows it (the cluster
+    /// id is set by then).
+    pub identity: NodeIdentity,
+    /// The members' addresses as the metadata group knows them.
+    pub addresses: BTreeMap<crate::raft::NodeId, std::net::SocketAddr>,
+}
+
+/// The groups of this process.
+#[derive(Debug)]
+pub struct GroupDirectory {
+    inboxes: RwLock<BTreeMap<GroupId, mpsc::Sender<NodeInput>>>,
+    status: RwLock<BTreeMap<GroupId, pb::GroupInfo>>,
+    placement: RwLock<Arc<Placement>>,
+    start: mpsc::UnboundedSender<StartGroups>,
+    /// Set by [`GroupDirectory::close`]: no inbox is registered after it.
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl GroupDirectory {
+    /// An empty directory and the receiving end of its start requests.
+    pub fn new() -> (Arc<GroupDirectory>, mpsc::UnboundedReceiver<StartGroups>) {
+        let (start, rx) = mpsc::unbounded_channel();
+        let directory = GroupDirectory {
+            inboxes: RwLock::default(),
+            status: RwLock::default(),
+            placement: RwLock::default(),
+            start,
+            closed: std::sync::atomic::AtomicBool::new(false),
+        };
+        (Arc::new(directory), rx)
+    }
+
+    /// Makes `group` reachable through `inbox`; after [`close`](Self::close) the
+    /// inbox is dropped instead (its node task stops at once).
+    pub fn register(&self, group: GroupId, inbox: mpsc::Sender<NodeInput>) {
+        let mut inboxes = write(&self.inboxes);
+        if !self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            inboxes.insert(group, inbox);
+        }
+    }
+
+    /// Whether `group` runs here.
+    pub fn hosts(&self, group: GroupId) -> bool {
+        read(&self.inboxes).contains_key(&group)
+    }
+
+    /// Drops every inbox: each node task stops once the requests already queued
+    /// are handled (shutdown, after the connections are gone).
+    pub fn close(&self) {
+        let mut inboxes = write(&self.inboxes);
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        inboxes.clear();
+    }
+
+    /// The inbox of `group`, if it runs here.
+    pub fn inbox(&self, group: GroupId) -> Option<mpsc::Sender<NodeInput>> {
+        read(&self.inboxes).get(&group).cloned()
+    }
+
+    /// The group a client request belongs to: a queue's group for produce, fetch
+    /// and offset lookups, the metadata group for everything else (and for a topic
+    /// it has not published yet, which that group then answers).
+    pub fn route(&self, body: &pb::request::Body) -> GroupId {
+        let (topic, queue) = match body {
+            pb::request::Body::Produce(r) => (&r.topic, r.queue),
+            pb::request::Body::Fetch(r) => (&r.topic, r.queue),
+            pb::request::Body::ListOffsets(r) => (&r.topic, r.queue),
+            _ => return METADATA_GROUP,
+        };
+        read(&self.placement)
+            .topics
+            .get(topic)
+            .map_or(METADATA_GROUP, |t| t.group_of(queue))
+    }
+
+    /// What the metadata group last published.
+    pub fn placement(&self) -> Arc<Placement> {
+        read(&self.placement).clone()
+    }
+
+    /// The metadata group applied a change of topics or data groups.
+    pub fn publish_placement(&self, placement: Placement) {
+        *write(&self.placement) = Arc::new(placement);
+    }
+
+    /// A group's status changed (role, leader, indexes).
+    pub fn publish_status(&self, status: pb::GroupInfo) {
+        write(&self.status).insert(status.group_id, status);
+    }
+
+    /// The status of every group running here, by id.
+    pub fn statuses(&self) -> Vec<pb::GroupInfo> {
+        read(&self.status).values().cloned().collect()
+    }
+
+    /// Asks the process to start data groups (idempotent: running ones are kept).
+    pub fn request_start(&self, request: StartGroups) {
+        let _ = self.start.send(request);
+    }
+}
+
+// A poisoned lock only means a node task panicked while holding it; the maps are
+// still whole (every update is a single insert or replace).
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn produce(topic: &str, queue: u32) -> pb::request::Body {
+        pb::request::Body::Produce(pb::ProduceRequest {
+            topic: topic.into(),
+            queue,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn requests_go_to_the_group_of_their_queue() {
+        let (directory, _rx) = GroupDirectory::new();
+        let mut topics = BTreeMap::new();
+        topics.insert(
+            "t".to_string(),
+            TopicPlacement {
+                id: 1,
+                queues: 3,
+                retention: TopicRetention::default(),
+                groups: vec![2, 3, 1],
+            },
+        );
+        topics.insert(
+            "old".to_string(),
+            TopicPlacement {
+                id: 2,
+                queues: 1,
+                retention: TopicRetention::default(),
+                groups: vec![],
+            },
+        );
+        directory.publish_placement(Placement {
+            topics,
+            next_topic_id: 3,
+            data_groups: 3,
+            voters: vec![1],
+        });
+        assert_eq!(directory.route(&produce("t", 0)), 2);
+        assert_eq!(directory.route(&produce("t", 2)), 1);
+        // Out of range, unknown topics and topics of an earlier version: group 0,
+        // which answers them.
+        assert_eq!(directory.route(&produce("t", 9)), METADATA_GROUP);
+        assert_eq!(directory.route(&produce("nope", 0)), METADATA_GROUP);
+        assert_eq!(directory.route(&produce("old", 0)), METADATA_GROUP);
+        let fetch = pb::request::Body::Fetch(pb::FetchRequest {
+            topic: "t".into(),
+            queue: 1,
+            ..Default::default()
+        });
+        assert_eq!(directory.route(&fetch), 3);
+        let meta = pb::request::Body::Metadata(pb::MetadataRequest::default());
+        assert_eq!(directory.route(&meta), METADATA_GROUP);
+    }
+}

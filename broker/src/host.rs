@@ -1,0 +1,193 @@
+//! Opening and running the Raft groups of this process: the metadata group in the
+//! data directory itself (where every earlier version kept its one group), data group
+//! `N` in `groups/N/` under it, each with its own commit log, hard state, snapshots
+//! and peer links, driven by its own node task.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use raftmq_store::{CommitLog, LogConfig};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::cluster::NodeIdentity;
+use crate::config::BrokerConfig;
+use crate::data_dir_lock::DataDirLock;
+use crate::directory::{GroupDirectory, GroupId, StartGroups, METADATA_GROUP};
+use crate::hard_state::HardStateFile;
+use crate::node::Node;
+use crate::raft::{self, MembershipEntry, NodeId, RawNode};
+use crate::raft_wire;
+use crate::server::StartError;
+use crate::snapshot::SnapshotDir;
+use crate::transport::PeerTransport;
+
+/// Requests queued for a node task before connections wait.
+const NODE_INBOX: usize = 8192;
+
+/// What every group of the process is opened with.
+pub(crate) struct GroupOpener {
+    pub(crate) config: Arc<BrokerConfig>,
+    pub(crate) local_addr: SocketAddr,
+    pub(crate) directory: Arc<GroupDirectory>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// The directory of data group `group` under the data directory.
+pub fn data_group_dir(data_dir: &Path, group: GroupId) -> std::path::PathBuf {
+    data_dir.join("groups").join(group.to_string())
+}
+
+impl GroupOpener {
+    /// Opens group `group` from `dir`: recovers its log, restores its state machine
+    /// and builds its node task (not yet running).
+    pub(crate) fn open(
+        &self,
+        group: GroupId,
+        dir: &Path,
+        identity: NodeIdentity,
+        bootstrap: MembershipEntry,
+    ) -> Result<Node, StartError> {
+        let config = &self.config;
+        std::fs::create_dir_all(dir).map_err(|error| StartError::DataDir {
+            path: dir.to_path_buf(),
+            error,
+        })?;
+        let (hard_state_file, hard_state) = HardStateFile::open(dir, config.node_id)?;
+        let log_config = LogConfig {
+            segment_bytes: config.segment_bytes,
+            // A batch plus the broker's entry header; commands are far smaller.
+            max_entry_bytes: (config.max_batch_bytes + 4096) as u32,
+            verify_on_open: true,
+            max_disk_use_ratio: config.max_disk_use_ratio,
+        };
+        let (log, report) = CommitLog::open(&dir.join("log"), log_config)?;
+        tracing::info!(group, %report, "commit log recovered");
+        let snapshot_dir =
+            SnapshotDir::open(&dir.join("snapshots")).map_err(crate::node::RecoverError::from)?;
+        let (log, state, snapshot_files) = crate::node::recover(log, &snapshot_dir)?;
+        // The membership at the log's start: the base snapshot's, else the bootstrap
+        // configuration; the core adds the changes the log holds after it.
+        let base = crate::cluster::entry_from_state(&state, &bootstrap);
+        let mut raft_config = raft::Config::new(config.node_id, base.membership.voters.clone());
+        raft_config.learners = base.membership.learners.clone();
+        raft_config.membership_context = base.context.clone();
+        raft_config.election_timeout_ticks = config.election_timeout_ticks;
+        raft_config.heartbeat_interval_ticks = config.heartbeat_interval_ticks;
+        raft_config.max_pending_proposals = config.max_pending_proposals;
+        raft_config.seed = config.node_id.0 ^ seed_from_time() ^ u64::from(group) << 48;
+        let raft = RawNode::try_new(raft_config, log, hard_state)
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        // Links follow the membership in effect; the node sets them.
+        let transport = PeerTransport::start(
+            config.node_id,
+            &BTreeMap::new(),
+            raft_wire::PeerIdentity {
+                cluster_id: identity.cluster_id,
+                incarnation: identity.incarnation,
+                address: Some(self.local_addr),
+            },
+            config.max_frame_bytes,
+            self.shutdown.clone(),
+        )
+        .for_group(group);
+        let node = Node::new(
+            config.clone(),
+            identity,
+            bootstrap,
+            raft,
+            hard_state_file,
+            hard_state,
+            transport,
+            (state, snapshot_dir, snapshot_files),
+        )
+        .with_group(group, self.directory.clone());
+        Ok(node)
+    }
+
+    /// Runs `node` as group `group`'s task, reachable through the directory (it
+    /// stops at once if the directory is already closed).
+    pub(crate) fn spawn(&self, group: GroupId, node: Node) -> JoinHandle<()> {
+        let (tx, rx) = mpsc::channel(NODE_INBOX);
+        self.directory.register(group, tx);
+        let span = tracing::info_span!("group", id = group);
+        tokio::spawn(node.run(rx).instrument(span))
+    }
+
+    /// Starts the data groups the metadata group asks for, until shutdown; then
+    /// waits for every node task and releases the data directory.
+    pub(crate) async fn supervise(
+        self,
+        mut requests: mpsc::UnboundedReceiver<StartGroups>,
+        metadata: JoinHandle<()>,
+        lock: DataDirLock,
+    ) {
+        let mut tasks = vec![metadata];
+        let mut running = std::collections::BTreeSet::from([METADATA_GROUP]);
+        loop {
+            let request = tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                r = requests.recv() => match r {
+                    Some(r) => r,
+                    None => break,
+                },
+            };
+            for group in 1..=request.count {
+                if !running.insert(group) {
+                    continue;
+                }
+                // Every replica must start from the same voters: all of them, each
+                // with an address.
+                let addresses: Option<BTreeMap<NodeId, SocketAddr>> = request
+                    .voters
+                    .iter()
+                    .map(|&v| {
+                        let id = NodeId(v);
+                        let address = request.addresses.get(&id).or(self.config.peers.get(&id));
+                        address.map(|a| (id, *a))
+                    })
+                    .collect();
+                let Some(addresses) = addresses else {
+                    tracing::error!(
+                        group,
+                        voters = ?request.voters,
+                        "cannot start data group: a voter's address is unknown"
+                    );
+                    continue;
+                };
+                let bootstrap = crate::cluster::bootstrap_entry(&addresses);
+                let dir = data_group_dir(&self.config.data_dir, group);
+                match self.open(group, &dir, request.identity.clone(), bootstrap) {
+                    Ok(node) => {
+                        tracing::info!(group, dir = %dir.display(), "data group started");
+                        tasks.push(self.spawn(group, node));
+                    }
+                    Err(e) => {
+                        // Requests for it are answered "not running here"; its peers
+                        // go on without this replica.
+                        tracing::error!(
+                            group,
+                            error = %raftmq_proto::error::one_line(&e),
+                            "cannot start data group"
+                        );
+                    }
+                }
+            }
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+        drop(lock);
+    }
+}
+
+/// Seeds election randomness; the Raft core itself never reads a clock.
+fn seed_from_time() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}

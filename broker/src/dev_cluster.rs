@@ -37,6 +37,8 @@ pub struct DevOptions {
     pub clean: bool,
     /// Segment size of every node.
     pub segment_bytes: u64,
+    /// Data groups of the cluster.
+    pub data_groups: u32,
 }
 
 /// A node dying within this long of its start counts as failing to start.
@@ -68,6 +70,7 @@ pub fn run(opts: DevOptions) -> anyhow::Result<()> {
         durability,
         clean,
         segment_bytes,
+        data_groups,
     } = opts;
     anyhow::ensure!((1..=9).contains(&nodes), "--nodes must be between 1 and 9");
     anyhow::ensure!(
@@ -108,6 +111,8 @@ pub fn run(opts: DevOptions) -> anyhow::Result<()> {
             metrics.clone(),
             "--segment-bytes".into(),
             segment_bytes.to_string(),
+            "--data-groups".into(),
+            data_groups.to_string(),
             "--data-dir".into(),
             dir.display().to_string(),
         ];

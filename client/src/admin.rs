@@ -25,6 +25,9 @@ pub struct TopicDescription {
     pub queues: Vec<(u64, u64)>,
     /// The topic's own retention (zeros: none; the broker's applies too).
     pub retention: TopicRetention,
+    /// Per queue, in order: the Raft group holding it (0: the metadata group) and
+    /// that group's leader as the answering broker knows it (0: unknown).
+    pub placement: Vec<(u32, u64)>,
 }
 
 /// One node's answer to a status request.
@@ -119,17 +122,32 @@ impl Admin {
         let body = request::Body::Metadata(pb::MetadataRequest {
             topics: vec![name.to_owned()],
         });
-        let (queues, retention) = match self.client.request(Target::Leader, body).await? {
+        let (queues, retention, placement) = match self.client.request(Target::Leader, body).await?
+        {
             response::Body::Metadata(m) => m
                 .topics
-                .into_iter()
+                .iter()
                 .find(|t| t.name == name)
                 .map(|t| {
                     let retention = TopicRetention {
                         ms: t.retention_ms,
                         bytes: t.retention_bytes,
                     };
-                    (t.queues, retention)
+                    let leader_of = |group: u32| match group {
+                        0 => m.leader_id,
+                        g => m
+                            .groups
+                            .iter()
+                            .find(|i| i.group_id == g)
+                            .map_or(0, |i| i.leader_id),
+                    };
+                    let placement = (0..t.queues)
+                        .map(|q| {
+                            let group = t.queue_groups.get(q as usize).copied().unwrap_or(0);
+                            (group, leader_of(group))
+                        })
+                        .collect();
+                    (t.queues, retention, placement)
                 })
                 .ok_or_else(|| {
                     ClientError::Server(raftmq_proto::ServerError::UnknownTopic {
@@ -148,6 +166,7 @@ impl Admin {
             name: name.to_owned(),
             queues: ranges,
             retention,
+            placement,
         })
     }
 

@@ -483,9 +483,17 @@ async fn topic(client: &Client, command: TopicCommand, quiet: bool) -> Result<()
                 limit(d.retention.ms, "ms"),
                 limit(d.retention.bytes, "bytes")
             );
-            out!("queue\tlog_start\tlog_end\tmessages");
+            out!("queue\tlog_start\tlog_end\tmessages\tgroup\tleader");
             for (q, (start, end)) in d.queues.iter().enumerate() {
-                out!("{q}\t{start}\t{end}\t{}", end.saturating_sub(*start));
+                let (group, leader) = d.placement.get(q).copied().unwrap_or_default();
+                let leader = match leader {
+                    0 => "unknown".to_string(),
+                    id => id.to_string(),
+                };
+                out!(
+                    "{q}\t{start}\t{end}\t{}\t{group}\t{leader}",
+                    end.saturating_sub(*start)
+                );
             }
         }
         TopicCommand::Delete { name } => {
@@ -925,6 +933,28 @@ async fn cluster(client: &Client, command: ClusterCommand) -> Result<()> {
                         }
                     }
                     Err(e) => out!("{}\t{}\tunreachable: {e}", n.node_id, n.address),
+                }
+            }
+            let groups: Vec<_> = statuses
+                .iter()
+                .filter_map(|n| n.status.as_ref().ok().map(|s| (n.node_id, s)))
+                .flat_map(|(node, s)| s.groups.iter().map(move |g| (g.group_id, node, g)))
+                .collect();
+            if !groups.is_empty() {
+                let mut groups = groups;
+                groups.sort_by_key(|(group, node, _)| (*group, *node));
+                out!();
+                out!("data group\tnode\trole\tterm\tleader\tpreferred\tlast_index\tcommit_index");
+                for (group, node, g) in groups {
+                    out!(
+                        "{group}\t{node}\t{}\t{}\t{}\t{}\t{}\t{}",
+                        g.role,
+                        g.term,
+                        g.leader_id,
+                        g.preferred_leader_id,
+                        g.last_index,
+                        g.commit_index
+                    );
                 }
             }
             if !peers.is_empty() {

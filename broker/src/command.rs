@@ -143,14 +143,26 @@ pub enum Command {
         /// What to store.
         offsets: Vec<CommittedOffset>,
     },
-    /// op 5 (metadata group): the cluster runs `count` data groups (1..=count) over
-    /// these voters; topics created from now on spread their queues over them. Set
-    /// once.
+    /// op 5 (metadata group): the cluster runs data groups 1..=N with these replicas
+    /// (preferred leader first); topics created from now on spread their queues over
+    /// them. Set once.
     SetDataGroups {
-        /// Number of data groups.
-        count: u32,
-        /// Node ids of their first voters.
-        voters: Vec<u64>,
+        /// Each group's first replicas (node ids), group 1 first.
+        groups: Vec<Vec<u64>>,
+    },
+    /// op 7 (metadata group): data group `group` is to live on these replicas
+    /// (preferred leader first); its leader moves its membership there.
+    AssignReplicas {
+        /// The data group.
+        group: u32,
+        /// Its replicas (node ids).
+        replicas: Vec<u64>,
+    },
+    /// op 8 (metadata group): no data-group replica is placed on `node` any more;
+    /// those it holds move away.
+    Decommission {
+        /// The node.
+        node: u64,
     },
     /// op 6 (data group): the metadata group holds topic `id`; this group takes its
     /// batches from now on. Replaces an older topic of the same name; does nothing
@@ -202,6 +214,22 @@ fn get_u64(buf: &mut &[u8]) -> Result<u64, CommandError> {
     Ok(buf.get_u64_le())
 }
 
+fn put_ids(buf: &mut BytesMut, ids: &[u64]) {
+    buf.put_u32_le(ids.len() as u32);
+    for id in ids {
+        buf.put_u64_le(*id);
+    }
+}
+
+fn get_ids(buf: &mut &[u8]) -> Result<Vec<u64>, CommandError> {
+    let n = get_u32(buf)? as usize;
+    let mut ids = Vec::with_capacity(n.min(buf.remaining() / 8));
+    for _ in 0..n {
+        ids.push(get_u64(buf)?);
+    }
+    Ok(ids)
+}
+
 impl Command {
     /// Encodes the command as an entry body.
     pub fn encode(&self) -> Bytes {
@@ -234,13 +262,21 @@ impl Command {
                     buf.put_u64_le(o.offset);
                 }
             }
-            Command::SetDataGroups { count, voters } => {
+            Command::SetDataGroups { groups } => {
                 buf.put_u8(5);
-                buf.put_u32_le(*count);
-                buf.put_u32_le(voters.len() as u32);
-                for v in voters {
-                    buf.put_u64_le(*v);
+                buf.put_u32_le(groups.len() as u32);
+                for replicas in groups {
+                    put_ids(&mut buf, replicas);
                 }
+            }
+            Command::AssignReplicas { group, replicas } => {
+                buf.put_u8(7);
+                buf.put_u32_le(*group);
+                put_ids(&mut buf, replicas);
+            }
+            Command::Decommission { node } => {
+                buf.put_u8(8);
+                buf.put_u64_le(*node);
             }
             Command::MirrorTopic {
                 id,
@@ -306,14 +342,20 @@ impl Command {
                 Command::CommitOffsets { group, offsets }
             }
             5 => {
-                let count = get_u32(&mut buf)?;
                 let n = get_u32(&mut buf)? as usize;
-                let mut voters = Vec::with_capacity(n.min(buf.remaining() / 8));
+                let mut groups = Vec::with_capacity(n.min(buf.remaining() / 4));
                 for _ in 0..n {
-                    voters.push(get_u64(&mut buf)?);
+                    groups.push(get_ids(&mut buf)?);
                 }
-                Command::SetDataGroups { count, voters }
+                Command::SetDataGroups { groups }
             }
+            7 => Command::AssignReplicas {
+                group: get_u32(&mut buf)?,
+                replicas: get_ids(&mut buf)?,
+            },
+            8 => Command::Decommission {
+                node: get_u64(&mut buf)?,
+            },
             6 => Command::MirrorTopic {
                 id: get_u32(&mut buf)?,
                 name: get_str(&mut buf)?,
@@ -354,9 +396,13 @@ mod tests {
             },
             Command::InitProducer,
             Command::SetDataGroups {
-                count: 4,
-                voters: vec![1, 2, 3],
+                groups: vec![vec![1, 2, 3], vec![2, 3, 1]],
             },
+            Command::AssignReplicas {
+                group: 2,
+                replicas: vec![4, 3, 1],
+            },
+            Command::Decommission { node: 2 },
             Command::MirrorTopic {
                 id: 7,
                 name: "orders".into(),

@@ -112,6 +112,9 @@ pub struct BrokerConfig {
     /// queue in the metadata group, one Raft group in all). Written into the
     /// metadata log by the first leader that has it set; fixed from then on.
     pub data_groups: u32,
+    /// Replicas of each data group a new cluster creates (default 3; at most the
+    /// number of nodes).
+    pub replication_factor: u32,
 }
 
 impl Default for BrokerConfig {
@@ -144,6 +147,7 @@ impl Default for BrokerConfig {
             join: Vec::new(),
             max_learner_lag: 1000,
             data_groups: 0,
+            replication_factor: 3,
         }
     }
 }
@@ -240,6 +244,8 @@ pub struct FileConfig {
     pub max_learner_lag: Option<u64>,
     /// See [`BrokerConfig::data_groups`].
     pub data_groups: Option<u32>,
+    /// See [`BrokerConfig::replication_factor`].
+    pub replication_factor: Option<u32>,
 }
 
 /// Parses `HOST:PORT`; names are resolved with the system resolver (for `localhost`).
@@ -354,7 +360,8 @@ impl BrokerConfig {
             max_disk_use_ratio,
             linearizable_reads,
             max_learner_lag,
-            data_groups
+            data_groups,
+            replication_factor
         );
         Ok(())
     }

@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use crate::cluster::NodeIdentity;
 use crate::command::TopicRetention;
 use crate::node::NodeInput;
+pub use crate::state_machine::DataGroup;
 
 /// A Raft group's number within the cluster.
 pub type GroupId = u32;
@@ -60,19 +61,19 @@ pub struct Placement {
     /// Every topic id below this was assigned once (a data group holding a topic of
     /// a lower id that is not in `topics` holds a deleted topic).
     pub next_topic_id: u32,
-    /// Data groups 1..=data_groups exist.
-    pub data_groups: u32,
-    /// Their voters.
-    pub voters: Vec<u64>,
+    /// The data groups and where each is to live.
+    pub groups: BTreeMap<GroupId, DataGroup>,
+    /// The members' client addresses (where a data group's leader reaches a new
+    /// replica).
+    pub addresses: BTreeMap<crate::raft::NodeId, std::net::SocketAddr>,
 }
 
-/// A request from the metadata group's node to start the data groups it applied.
+/// A request from the metadata group's node to start the data groups placed on
+/// this node (those already running are kept).
 #[derive(Debug, Clone)]
 pub struct StartGroups {
-    /// Groups 1..=count.
-    pub count: u32,
-    /// Their first voters.
-    pub voters: Vec<u64>,
+    /// The groups, with their replicas.
+    pub groups: Vec<(GroupId, DataGroup)>,
     /// This data directory's identity as the metadata group knows it (the cluster
     /// id is set by then).
     pub identity: NodeIdentity,
@@ -221,8 +222,7 @@ mod tests {
         directory.publish_placement(Placement {
             topics,
             next_topic_id: 3,
-            data_groups: 3,
-            voters: vec![1],
+            ..Placement::default()
         });
         assert_eq!(directory.route(&produce("t", 0)), 2);
         assert_eq!(directory.route(&produce("t", 2)), 1);

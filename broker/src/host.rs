@@ -136,14 +136,23 @@ impl GroupOpener {
                     None => break,
                 },
             };
-            for group in 1..=request.count {
-                if !running.insert(group) {
+            let me = self.config.node_id.0;
+            for (group, placed) in request.groups {
+                // A replica this node still has on disk runs too, placed here or
+                // not: it may still count in its group until its leader removes it.
+                let dir = data_group_dir(&self.config.data_dir, group);
+                if running.contains(&group) || !(placed.replicas.contains(&me) || dir.exists()) {
                     continue;
                 }
-                // Every replica must start from the same voters: all of them, each
-                // with an address.
-                let addresses: Option<BTreeMap<NodeId, SocketAddr>> = request
-                    .voters
+                // A first replica starts from the group's first configuration (every
+                // first replica the same); a later one joins: it starts knowing no
+                // members and waits for the group's leader to add it.
+                let first: &[u64] = if placed.initial.contains(&me) {
+                    &placed.initial
+                } else {
+                    &[]
+                };
+                let addresses: Option<BTreeMap<NodeId, SocketAddr>> = first
                     .iter()
                     .map(|&v| {
                         let id = NodeId(v);
@@ -154,21 +163,27 @@ impl GroupOpener {
                 let Some(addresses) = addresses else {
                     tracing::error!(
                         group,
-                        voters = ?request.voters,
-                        "cannot start data group: a voter's address is unknown"
+                        replicas = ?first,
+                        "cannot start data group: a replica's address is unknown"
                     );
                     continue;
                 };
                 let bootstrap = crate::cluster::bootstrap_entry(&addresses);
-                let dir = data_group_dir(&self.config.data_dir, group);
                 match self.open(group, &dir, request.identity.clone(), bootstrap) {
                     Ok(node) => {
-                        tracing::info!(group, dir = %dir.display(), "data group started");
+                        tracing::info!(
+                            group,
+                            joining = first.is_empty(),
+                            dir = %dir.display(),
+                            "data group replica started"
+                        );
+                        running.insert(group);
                         tasks.push(self.spawn(group, node));
                     }
                     Err(e) => {
                         // Requests for it are answered "not running here"; its peers
-                        // go on without this replica.
+                        // go on without this replica (it is tried again on the next
+                        // placement change).
                         tracing::error!(
                             group,
                             error = %raftmq_proto::error::one_line(&e),

@@ -28,6 +28,7 @@ pub mod log_adapter;
 pub mod logging;
 pub mod metrics;
 pub mod node;
+pub mod placement;
 pub mod raft;
 pub mod raft_wire;
 pub mod response;

@@ -54,6 +54,9 @@ struct Args {
     /// for everything). Fixed once the cluster has written it.
     #[arg(long)]
     data_groups: Option<u32>,
+    /// Replicas of each data group (default 3, at most the number of nodes).
+    #[arg(long)]
+    replication_factor: Option<u32>,
     /// fsync (default: acknowledge after a quorum synced) or async.
     #[arg(long)]
     durability: Option<Durability>,
@@ -193,6 +196,9 @@ fn build_config(args: &Args) -> anyhow::Result<BrokerConfig> {
     }
     if let Some(n) = args.data_groups {
         config.data_groups = n;
+    }
+    if let Some(n) = args.replication_factor {
+        config.replication_factor = n;
     }
     if args.local_reads {
         config.linearizable_reads = false;

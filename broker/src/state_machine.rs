@@ -27,7 +27,8 @@
 //! | session count, then per session by key | 4 | `producer_id` (8), `topic_id` (4), `queue` (4), `epoch` (2), `next_sequence` (4), recent count (4), per recent batch `base_sequence` (4), `count` (4), `base_offset` (8), oldest first |
 //! | group count, then per group by name | 4 | `name` (string), offset count (4), per offset by key `topic` (string), `queue` (4), `offset` (8) |
 //! | membership (version 2) | 8 + 4 + n | index of the last membership entry applied (0: none), its body's length and the body |
-//! | data groups (version 3) | 4 + 4 + 8n | the number of data groups, the count of their voters and the voters' ids |
+//! | data groups (version 3) | 4 + per group | the number of data groups, then per group by id: `id` (4), replica count (4) and ids (8 each), first-replica count (4) and ids (8 each) |
+//! | decommissioned (version 3) | 4 + 8n | the count of decommissioned nodes and their ids |
 //! | placement (version 3) | per topic by id: 4 + 4n | the count of queue groups, then the group of each queue (0 entries: all in group 0) |
 //!
 //! Versions 1 (no membership field) and 2 (no data groups) are still read: a version
@@ -161,6 +162,16 @@ struct SequenceState {
     recent: VecDeque<(u32, u32, u64)>,
 }
 
+/// A data group as the metadata group records it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DataGroup {
+    /// Where it is to live (node ids), preferred leader first.
+    pub replicas: Vec<u64>,
+    /// The replicas it started with: those start from this configuration, later
+    /// ones join its leader.
+    pub initial: Vec<u64>,
+}
+
 /// What applying one entry produced, for the request that proposed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApplyOutcome {
@@ -210,10 +221,10 @@ pub struct StateMachine {
     /// The last membership entry applied: (index, body). Kept in snapshots, so a
     /// node that starts from one knows the group's members at that point.
     membership: Option<(LogIndex, Bytes)>,
-    /// Metadata group: the data groups (1..=data_groups) new topics spread over, and
-    /// the voters each of them started with.
-    data_groups: u32,
-    data_group_voters: Vec<u64>,
+    /// Metadata group: the data groups new topics spread over, by id (1..=N).
+    data_groups: BTreeMap<u32, DataGroup>,
+    /// Metadata group: nodes no replica is placed on any more.
+    decommissioned: std::collections::BTreeSet<u64>,
     applied: LogIndex,
 }
 
@@ -247,14 +258,14 @@ impl StateMachine {
         }
     }
 
-    /// The number of data groups (0: every queue lives in the metadata group).
-    pub fn data_groups(&self) -> u32 {
-        self.data_groups
+    /// The data groups by id (none: every queue lives in the metadata group).
+    pub fn data_groups(&self) -> &BTreeMap<u32, DataGroup> {
+        &self.data_groups
     }
 
-    /// The voters the data groups started with.
-    pub fn data_group_voters(&self) -> &[u64] {
-        &self.data_group_voters
+    /// Nodes no replica is placed on any more.
+    pub fn decommissioned(&self) -> &std::collections::BTreeSet<u64> {
+        &self.decommissioned
     }
 
     /// The next topic id to be assigned: every topic id below it was created once.
@@ -327,7 +338,7 @@ impl StateMachine {
                 self.topic_ids.insert(name.clone(), id);
                 // Queues go round the data groups, each topic starting one further
                 // on, so that topics of few queues still spread.
-                let groups = match self.data_groups {
+                let groups = match self.data_groups.len() as u32 {
                     0 => Vec::new(),
                     n => (0..queues).map(|q| 1 + (id + q) % n).collect(),
                 };
@@ -374,18 +385,45 @@ impl StateMachine {
                 );
                 ApplyOutcome::TopicMirrored
             }
-            Command::SetDataGroups { count, voters } => {
-                if self.data_groups != 0 || count == 0 || voters.is_empty() {
+            Command::SetDataGroups { groups } => {
+                if !self.data_groups.is_empty() || groups.is_empty() {
                     return ApplyOutcome::Rejected(
                         ErrorCode::InvalidRequest,
                         format!(
                             "the cluster has {} data groups; changing that is not supported",
-                            self.data_groups
+                            self.data_groups.len()
                         ),
                     );
                 }
-                self.data_groups = count;
-                self.data_group_voters = voters;
+                if let Some(why) = groups.iter().find_map(|r| replicas_invalid(r)) {
+                    return ApplyOutcome::Rejected(ErrorCode::InvalidRequest, why);
+                }
+                for (i, replicas) in groups.into_iter().enumerate() {
+                    let group = DataGroup {
+                        initial: replicas.clone(),
+                        replicas,
+                    };
+                    self.data_groups.insert(i as u32 + 1, group);
+                }
+                ApplyOutcome::DataGroupsSet
+            }
+            Command::AssignReplicas { group, replicas } => {
+                if let Some(why) = replicas_invalid(&replicas) {
+                    return ApplyOutcome::Rejected(ErrorCode::InvalidRequest, why);
+                }
+                match self.data_groups.get_mut(&group) {
+                    Some(g) => {
+                        g.replicas = replicas;
+                        ApplyOutcome::DataGroupsSet
+                    }
+                    None => ApplyOutcome::Rejected(
+                        ErrorCode::InvalidRequest,
+                        format!("there is no data group {group}"),
+                    ),
+                }
+            }
+            Command::Decommission { node } => {
+                self.decommissioned.insert(node);
                 ApplyOutcome::DataGroupsSet
             }
             Command::DeleteTopic { name } => match self.topic_ids.remove(&name) {
@@ -518,6 +556,13 @@ impl StateMachine {
     }
 }
 
+/// Why a replica list cannot be a data group's: empty or naming a node twice.
+fn replicas_invalid(replicas: &[u64]) -> Option<String> {
+    let distinct: std::collections::BTreeSet<_> = replicas.iter().collect();
+    (replicas.is_empty() || distinct.len() != replicas.len() || distinct.contains(&0))
+        .then(|| format!("invalid replicas {replicas:?}: one or more distinct node ids"))
+}
+
 /// Snapshots and retention.
 impl StateMachine {
     /// Encodes the replicated state for a snapshot at [`applied`](StateMachine::applied)
@@ -576,10 +621,19 @@ impl StateMachine {
         buf.put_u32_le(body.len() as u32);
         buf.put_slice(&body);
 
-        buf.put_u32_le(self.data_groups);
-        put_count(&mut buf, self.data_group_voters.len());
-        for v in &self.data_group_voters {
-            buf.put_u64_le(*v);
+        put_count(&mut buf, self.data_groups.len());
+        for (id, group) in &self.data_groups {
+            buf.put_u32_le(*id);
+            for ids in [&group.replicas, &group.initial] {
+                put_count(&mut buf, ids.len());
+                for n in ids {
+                    buf.put_u64_le(*n);
+                }
+            }
+        }
+        put_count(&mut buf, self.decommissioned.len());
+        for n in &self.decommissioned {
+            buf.put_u64_le(*n);
         }
         for topic in self.topics.values() {
             put_count(&mut buf, topic.groups.len());
@@ -744,14 +798,32 @@ impl StateMachine {
                 membership = Some((index, body));
             }
         }
-        let mut data_groups = 0;
-        let mut data_group_voters = Vec::new();
+        let mut data_groups = BTreeMap::new();
+        let mut decommissioned = std::collections::BTreeSet::new();
         if version >= 3 {
-            data_groups = r.u32("data groups")?;
-            let voters = r.count("data group voters", 8)?;
-            for _ in 0..voters {
-                data_group_voters.push(r.u64("data group voter")?);
+            let count = r.count("data groups", 12)?;
+            for _ in 0..count {
+                let id = r.u32("data group id")?;
+                let mut lists = [Vec::new(), Vec::new()];
+                for list in &mut lists {
+                    let n = r.count("data group replicas", 8)?;
+                    for _ in 0..n {
+                        list.push(r.u64("data group replica")?);
+                    }
+                }
+                let [replicas, initial] = lists;
+                if id != data_groups.len() as u32 + 1 {
+                    return Err(PayloadError::Inconsistent(format!(
+                        "data group {id} out of order"
+                    )));
+                }
+                data_groups.insert(id, DataGroup { replicas, initial });
             }
+            let count = r.count("decommissioned nodes", 8)?;
+            for _ in 0..count {
+                decommissioned.insert(r.u64("decommissioned node")?);
+            }
+            let group_count = data_groups.len() as u32;
             for topic in topics.values_mut() {
                 let n = r.count("queue groups", 4)?;
                 if n != 0 && n != topic.queues.len() {
@@ -763,9 +835,9 @@ impl StateMachine {
                 }
                 for _ in 0..n {
                     let g = r.u32("queue group")?;
-                    if g == 0 || g > data_groups {
+                    if g == 0 || g > group_count {
                         return Err(PayloadError::Inconsistent(format!(
-                            "queue group {g} is outside 1..={data_groups}"
+                            "queue group {g} is outside 1..={group_count}"
                         )));
                     }
                     topic.groups.push(g);
@@ -778,7 +850,7 @@ impl StateMachine {
         Ok(StateMachine {
             membership,
             data_groups,
-            data_group_voters,
+            decommissioned,
             topic_ids,
             topics,
             next_topic_id,
@@ -1297,11 +1369,10 @@ mod tests {
     fn topics_spread_over_the_data_groups_and_keep_their_placement_in_snapshots() {
         let mut sm = StateMachine::new();
         let set = Command::SetDataGroups {
-            count: 3,
-            voters: vec![1, 2, 3],
+            groups: vec![vec![1, 2, 3], vec![2, 3, 1], vec![3, 1, 2]],
         };
         apply_all(&mut sm, [create("before", 2), cmd(set.clone())]);
-        assert_eq!(sm.data_groups(), 3);
+        assert_eq!(sm.data_groups().len(), 3);
         // A second setting is refused: the number of groups is fixed.
         assert!(matches!(
             apply(&mut sm, cmd(set)),
@@ -1326,8 +1397,36 @@ mod tests {
         let payload = sm.encode_snapshot();
         let restored = StateMachine::from_snapshot(&payload).unwrap();
         assert_eq!(restored.encode_snapshot(), payload);
-        assert_eq!(restored.data_groups(), 3);
-        assert_eq!(restored.data_group_voters(), &[1, 2, 3]);
+        apply_all(
+            &mut sm,
+            [
+                cmd(Command::AssignReplicas {
+                    group: 2,
+                    replicas: vec![4, 3, 1],
+                }),
+                cmd(Command::Decommission { node: 2 }),
+            ],
+        );
+        assert!(matches!(
+            apply(
+                &mut sm,
+                cmd(Command::AssignReplicas {
+                    group: 2,
+                    replicas: vec![4, 4],
+                })
+            ),
+            ApplyOutcome::Rejected(ErrorCode::InvalidRequest, _)
+        ));
+        let payload = sm.encode_snapshot();
+        let restored = StateMachine::from_snapshot(&payload).unwrap();
+        assert_eq!(restored.encode_snapshot(), payload);
+        assert_eq!(restored.data_groups().len(), 3);
+        let two = &restored.data_groups()[&2];
+        assert_eq!(
+            (two.replicas.clone(), two.initial.clone()),
+            (vec![4, 3, 1], vec![2, 3, 1])
+        );
+        assert!(restored.decommissioned().contains(&2));
         assert_eq!(restored.topic("after").unwrap().groups, vec![3, 1, 2, 3]);
         assert!(restored.topic("before").unwrap().groups.is_empty());
     }

@@ -267,6 +267,26 @@ impl Admin {
         }
     }
 
+    /// Moves data-group replicas: off `decommission` when given (no replica is
+    /// placed on it from then on), then up to `max_moves` from the most to the least
+    /// loaded nodes. Returns the groups whose replicas change, with their new
+    /// replicas (preferred leader first); each group's leader then moves its
+    /// membership (`cluster_status` shows the progress).
+    pub async fn move_replicas(
+        &self,
+        decommission: Option<u64>,
+        max_moves: u32,
+    ) -> Result<Vec<pb::GroupReplicas>, ClientError> {
+        let body = request::Body::MoveReplicas(pb::MoveReplicasRequest {
+            decommission: decommission.unwrap_or(0),
+            max_moves,
+        });
+        match self.client.request(Target::Leader, body).await? {
+            response::Body::MoveReplicas(r) => Ok(r.moved),
+            other => Err(unexpected("move_replicas", &other)),
+        }
+    }
+
     /// Removes voter or learner `node`, live or dead (a leader removed hands its
     /// leadership over first). Returns the index of the membership entry.
     pub async fn remove_node(&self, node: u64) -> Result<u64, ClientError> {

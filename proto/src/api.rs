@@ -35,6 +35,8 @@ pub enum ApiKey {
     RemoveNode = 20,
     /// A new node asks to join as a learner.
     JoinCluster = 21,
+    /// See `MoveReplicasRequest`.
+    MoveReplicas = 22,
     /// Join a consumer group.
     JoinGroup = 30,
     /// Consumer-group heartbeat.
@@ -57,7 +59,7 @@ pub enum ApiKey {
 
 impl ApiKey {
     /// Every API key, in number order.
-    pub const ALL: [ApiKey; 21] = [
+    pub const ALL: [ApiKey; 22] = [
         ApiKey::CreateTopic,
         ApiKey::DeleteTopic,
         ApiKey::Metadata,
@@ -70,6 +72,7 @@ impl ApiKey {
         ApiKey::AddNode,
         ApiKey::RemoveNode,
         ApiKey::JoinCluster,
+        ApiKey::MoveReplicas,
         ApiKey::JoinGroup,
         ApiKey::Heartbeat,
         ApiKey::LeaveGroup,
@@ -106,6 +109,7 @@ impl ApiKey {
             ApiKey::AddNode => "add_node",
             ApiKey::RemoveNode => "remove_node",
             ApiKey::JoinCluster => "join_cluster",
+            ApiKey::MoveReplicas => "move_replicas",
             ApiKey::JoinGroup => "join_group",
             ApiKey::Heartbeat => "heartbeat",
             ApiKey::LeaveGroup => "leave_group",
@@ -142,6 +146,7 @@ impl request::Body {
             B::AddNode(_) => ApiKey::AddNode,
             B::RemoveNode(_) => ApiKey::RemoveNode,
             B::JoinCluster(_) => ApiKey::JoinCluster,
+            B::MoveReplicas(_) => ApiKey::MoveReplicas,
             B::JoinGroup(_) => ApiKey::JoinGroup,
             B::Heartbeat(_) => ApiKey::Heartbeat,
             B::LeaveGroup(_) => ApiKey::LeaveGroup,
@@ -172,6 +177,7 @@ impl response::Body {
             B::AddNode(_) => ApiKey::AddNode,
             B::RemoveNode(_) => ApiKey::RemoveNode,
             B::JoinCluster(_) => ApiKey::JoinCluster,
+            B::MoveReplicas(_) => ApiKey::MoveReplicas,
             B::JoinGroup(_) => ApiKey::JoinGroup,
             B::Heartbeat(_) => ApiKey::Heartbeat,
             B::LeaveGroup(_) => ApiKey::LeaveGroup,

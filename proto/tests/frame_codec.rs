@@ -71,6 +71,10 @@ fn every_request() -> Vec<Req> {
             address: "127.0.0.1:7074".into(),
             incarnation: 77,
         }),
+        Req::MoveReplicas(pb::MoveReplicasRequest {
+            decommission: 3,
+            max_moves: 16,
+        }),
         Req::JoinGroup(pb::JoinGroupRequest {
             group: "g".into(),
             member_id: "m".into(),
@@ -144,6 +148,8 @@ fn group_info(id: u32) -> pb::GroupInfo {
         last_index: 11,
         preferred_leader_id: 2,
         voters: vec![1, 2, 3],
+        learners: vec![4],
+        replicas: vec![2, 1, 4],
     }
 }
 
@@ -228,6 +234,12 @@ fn every_response() -> Vec<Resp> {
         Resp::JoinCluster(pb::JoinClusterResponse {
             cluster_id: 42,
             membership_index: 10,
+        }),
+        Resp::MoveReplicas(pb::MoveReplicasResponse {
+            moved: vec![pb::GroupReplicas {
+                group_id: 2,
+                replicas: vec![4, 1, 2],
+            }],
         }),
         Resp::TransferLeader(pb::TransferLeaderResponse {}),
         Resp::InitProducer(pb::InitProducerResponse {

@@ -76,6 +76,7 @@ pub enum Api {
     AddNode,
     RemoveNode,
     JoinCluster,
+    MoveReplicas,
     /// A request without a known body.
     Unknown,
 }
@@ -108,6 +109,7 @@ impl Api {
             B::AddNode(_) => Api::AddNode,
             B::RemoveNode(_) => Api::RemoveNode,
             B::JoinCluster(_) => Api::JoinCluster,
+            B::MoveReplicas(_) => Api::MoveReplicas,
             B::Raft(_) => Api::Unknown,
         }
     }
@@ -135,6 +137,7 @@ impl Api {
             Api::AddNode => "add_node",
             Api::RemoveNode => "remove_node",
             Api::JoinCluster => "join_cluster",
+            Api::MoveReplicas => "move_replicas",
             Api::Unknown => "unknown",
         }
     }

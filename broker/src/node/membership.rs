@@ -302,9 +302,6 @@ impl Node {
 
     /// `JoinCluster`: adds a new node as a learner.
     pub(super) fn join_cluster(&mut self, req: pb::JoinClusterRequest, reply: Responder) {
-        if let Some(why) = self.membership_changes_refused() {
-            return self.refuse_change(reply, ErrorCode::InvalidMembershipChange, why);
-        }
         let id = NodeId(req.node_id);
         // Numeric only: a name would need a blocking lookup on the node task.
         let address: std::net::SocketAddr = match req.address.parse() {
@@ -368,9 +365,6 @@ impl Node {
 
     /// `AddNode`: promotes a learner that has caught up.
     pub(super) fn add_node(&mut self, req: pb::AddNodeRequest, reply: Responder) {
-        if let Some(why) = self.membership_changes_refused() {
-            return self.refuse_change(reply, ErrorCode::InvalidMembershipChange, why);
-        }
         let id = NodeId(req.node_id);
         let view = &self.members.view;
         if view.membership.is_voter(id) {
@@ -424,7 +418,7 @@ impl Node {
     /// `RemoveNode`: removes a voter or learner; the leader hands over first if it
     /// is the one removed.
     pub(super) fn remove_node(&mut self, req: pb::RemoveNodeRequest, reply: Responder) {
-        if let Some(why) = self.membership_changes_refused() {
+        if let Some(why) = self.removal_refused(req.node_id) {
             return self.refuse_change(reply, ErrorCode::InvalidMembershipChange, why);
         }
         let id = NodeId(req.node_id);

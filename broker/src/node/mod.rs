@@ -43,7 +43,6 @@ mod reads;
 mod requests;
 mod snapshots;
 
-pub use raft_groups::preferred_leader;
 pub use requests::UNKNOWN_OFFSET;
 pub use snapshots::{recover, RecoverError};
 
@@ -86,6 +85,8 @@ enum PendingKind {
     CommitOffsets,
     OffsetReset(Vec<pb::QueueOffset>),
     Membership(membership::MembershipOp),
+    /// The groups whose replicas a `MoveReplicas` request changed.
+    MoveReplicas(Vec<pb::GroupReplicas>),
 }
 
 struct Pending {
@@ -362,6 +363,8 @@ impl Node {
         if let Some(entry) = &ready.membership {
             // Before the messages: links to new members must exist to carry them.
             self.membership_changed(entry);
+            // Members' addresses are part of the placement the data groups use.
+            self.placement_changed();
         }
         for msg in ready.messages {
             self.send(msg);
@@ -715,6 +718,9 @@ impl Node {
             }
             (PendingKind::Membership(op), ApplyOutcome::MembershipChanged) => {
                 reply.ok(self.membership_answer(op, index.0))
+            }
+            (PendingKind::MoveReplicas(moved), ApplyOutcome::DataGroupsSet) => {
+                reply.ok(R::MoveReplicas(pb::MoveReplicasResponse { moved }))
             }
             (_, other) => {
                 tracing::error!(?other, index = index.0, "unexpected apply outcome");

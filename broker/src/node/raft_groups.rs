@@ -7,22 +7,27 @@
 //!   configuration), and asks the process to start the data groups it applied;
 //! - a data group's leader mirrors the metadata group's topics into its own log (a
 //!   data group takes batches only for topics it holds: every replica applies the
-//!   same entries, whatever its local metadata replica has seen so far), and hands
-//!   its leadership to the group's preferred leader when that node is caught up, so
-//!   leaders spread over the nodes and come back after a failure.
+//!   same entries, whatever its local metadata replica has seen so far), moves its
+//!   membership to the replicas the metadata group placed it on (one change at a
+//!   time: add a learner, promote it once caught up, remove the replica that left),
+//!   and hands its leadership to the group's preferred leader when that node is
+//!   caught up, so leaders spread over the nodes and come back after a failure.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use raftmq_proto::pb;
+use raftmq_proto::pb::{self, ErrorCode};
 use raftmq_store::{EntryKind, LogIndex};
 
-use super::{role_name, Node};
+use super::{role_name, Node, PendingKind};
+use crate::cluster::{ClusterView, MemberInfo};
 use crate::command::Command;
 use crate::directory::METADATA_GROUP;
 use crate::directory::{GroupDirectory, GroupId, Placement, StartGroups, TopicPlacement};
-use crate::raft::{NodeId, Role};
+use crate::placement::{self, Assignment};
+use crate::raft::{Membership, NodeId, ProgressState, Role};
+use crate::response::Responder;
 
 /// How often a data group's leader checks whether its preferred leader should lead.
 const LEADER_BALANCE_INTERVAL: Duration = Duration::from_secs(2);
@@ -37,12 +42,12 @@ pub(super) struct RaftGroups {
     placement_dirty: bool,
     /// The status last published.
     published: Option<pb::GroupInfo>,
-    /// Data groups this metadata group already asked the process to start.
-    started: u32,
     /// When the metadata leader last proposed the data groups.
     proposed_at: Option<Instant>,
     /// The last mirror command proposed (none in flight once it is applied).
     mirror_index: LogIndex,
+    /// The membership change last logged (to say each step once).
+    logged_change: Option<String>,
     balanced_at: Option<Instant>,
     /// A differing `data_groups` setting was reported.
     mismatch_reported: bool,
@@ -55,24 +60,13 @@ impl RaftGroups {
             directory,
             placement_dirty: true,
             published: None,
-            started: 0,
             proposed_at: None,
             mirror_index: LogIndex::ZERO,
+            logged_change: None,
             balanced_at: None,
             mismatch_reported: false,
         }
     }
-}
-
-/// The preferred leader of data group `group` over `voters`: the groups take turns,
-/// so N groups over N nodes have one leader each.
-pub fn preferred_leader(group: GroupId, voters: &[u64]) -> Option<u64> {
-    if group == METADATA_GROUP || voters.is_empty() {
-        return None;
-    }
-    let mut sorted = voters.to_vec();
-    sorted.sort_unstable();
-    Some(sorted[(group as usize - 1) % sorted.len()])
 }
 
 impl Node {
@@ -93,9 +87,9 @@ impl Node {
         if self.group_id() == METADATA_GROUP {
             self.publish_placement();
             self.propose_data_groups(now);
-            self.start_data_groups();
         } else {
             self.mirror_topics();
+            self.reconcile_membership();
             self.balance_leadership(now);
         }
     }
@@ -105,14 +99,24 @@ impl Node {
         self.raft_groups.placement_dirty = true;
     }
 
+    /// Where the metadata group places this data group (preferred leader first).
+    fn placed_replicas(&self) -> Option<Vec<u64>> {
+        let placement = self.raft_groups.directory.placement();
+        placement
+            .groups
+            .get(&self.group_id())
+            .map(|g| g.replicas.clone())
+    }
+
     fn publish_status(&mut self) {
-        let voters: Vec<u64> = self
-            .raft
-            .membership()
-            .voters
-            .iter()
-            .map(|id| id.0)
-            .collect();
+        let ids = |v: &[NodeId]| v.iter().map(|id| id.0).collect::<Vec<u64>>();
+        let membership = self.raft.membership();
+        let (voters, learners) = (ids(&membership.voters), ids(&membership.learners));
+        let replicas = if self.group_id() == METADATA_GROUP {
+            Vec::new()
+        } else {
+            self.placed_replicas().unwrap_or_default()
+        };
         let info = pb::GroupInfo {
             group_id: self.group_id(),
             leader_id: self.raft.leader().map_or(0, |l| l.0),
@@ -121,8 +125,10 @@ impl Node {
             commit_index: self.raft.commit_index().0,
             applied_index: self.state.applied().0,
             last_index: self.raft.log().last_index().0,
-            preferred_leader_id: preferred_leader(self.group_id(), &voters).unwrap_or(0),
+            preferred_leader_id: replicas.first().copied().unwrap_or(0),
             voters,
+            learners,
+            replicas,
         };
         if self.raft_groups.published.as_ref() != Some(&info) {
             self.raft_groups.directory.publish_status(info.clone());
@@ -130,6 +136,8 @@ impl Node {
         }
     }
 
+    /// Metadata group: publishes what it applied, and asks the process to start
+    /// the data-group replicas placed here.
     fn publish_placement(&mut self) {
         if !self.raft_groups.placement_dirty {
             return;
@@ -150,19 +158,28 @@ impl Node {
                 )
             })
             .collect();
+        let groups = self.state.data_groups().clone();
+        let addresses = self.member_addresses();
         self.raft_groups.directory.publish_placement(Placement {
             topics,
             next_topic_id: self.state.next_topic_id(),
-            data_groups: self.state.data_groups(),
-            voters: self.state.data_group_voters().to_vec(),
+            groups: groups.clone(),
+            addresses: addresses.clone(),
         });
+        if !groups.is_empty() && self.identity.cluster_id != 0 {
+            self.raft_groups.directory.request_start(StartGroups {
+                groups: groups.into_iter().collect(),
+                identity: self.identity.clone(),
+                addresses,
+            });
+        }
     }
 
-    /// Metadata leader: writes `data_groups` into the log once the cluster has its
-    /// id (so that the data groups are born into a known cluster).
+    /// Metadata leader: writes the data groups into the log once the cluster has
+    /// its id (so that they are born into a known cluster), placed over the voters.
     fn propose_data_groups(&mut self, now: Instant) {
         let wanted = self.config.data_groups;
-        let have = self.state.data_groups();
+        let have = self.state.data_groups().len() as u32;
         if have != 0 {
             if wanted != 0 && wanted != have && !self.raft_groups.mismatch_reported {
                 self.raft_groups.mismatch_reported = true;
@@ -190,10 +207,12 @@ impl Node {
             return;
         }
         self.raft_groups.proposed_at = Some(now);
-        let voters = self.raft.membership().voters.iter().map(|v| v.0).collect();
+        let voters: Vec<u64> = self.raft.membership().voters.iter().map(|v| v.0).collect();
+        let ids: Vec<GroupId> = (1..=wanted).collect();
+        let rf = self.config.replication_factor.max(1) as usize;
+        let assignment = placement::initial(&ids, &voters, rf);
         let command = Command::SetDataGroups {
-            count: wanted,
-            voters,
+            groups: assignment.into_values().collect(),
         };
         match self.raft.propose(EntryKind::Command, command.encode()) {
             Ok((index, _)) => {
@@ -207,25 +226,6 @@ impl Node {
         }
     }
 
-    /// Metadata group: asks the process to start the data groups it applied.
-    fn start_data_groups(&mut self) {
-        let count = self.state.data_groups();
-        if count <= self.raft_groups.started || self.identity.cluster_id == 0 {
-            return;
-        }
-        self.raft_groups.started = count;
-        let voters = self.state.data_group_voters().to_vec();
-        if !voters.contains(&self.config.node_id.0) {
-            return;
-        }
-        self.raft_groups.directory.request_start(StartGroups {
-            count,
-            voters,
-            identity: self.identity.clone(),
-            addresses: self.member_addresses(),
-        });
-    }
-
     /// The address of every member this node knows.
     fn member_addresses(&self) -> BTreeMap<NodeId, std::net::SocketAddr> {
         self.members
@@ -236,6 +236,67 @@ impl Node {
             .collect()
     }
 
+    /// `MoveReplicas` (metadata leader): places no replica on the decommissioned
+    /// node any more and moves its replicas away, then evens out the rest.
+    pub(super) fn move_replicas(&mut self, req: pb::MoveReplicasRequest, reply: Responder) {
+        if self.state.data_groups().is_empty() {
+            return reply.error(pb::Error::new(
+                ErrorCode::InvalidRequest,
+                "this cluster has no data groups to move (started without --data-groups)",
+            ));
+        }
+        let leaving = req.decommission;
+        let nodes: Vec<u64> = self
+            .raft
+            .membership()
+            .voters
+            .iter()
+            .map(|v| v.0)
+            .filter(|n| *n != leaving && !self.state.decommissioned().contains(n))
+            .collect();
+        let current: Assignment = self
+            .state
+            .data_groups()
+            .iter()
+            .map(|(g, d)| (*g, d.replicas.clone()))
+            .collect();
+        let mut commands = Vec::new();
+        let mut changes = Assignment::new();
+        if leaving != 0 {
+            commands.push(Command::Decommission { node: leaving });
+            changes = placement::evacuate(&current, leaving, &nodes);
+        }
+        let mut after = current.clone();
+        after.extend(changes.clone());
+        changes.extend(placement::rebalance(&after, &nodes, req.max_moves as usize));
+        let moved: Vec<pb::GroupReplicas> = changes
+            .iter()
+            .map(|(g, r)| pb::GroupReplicas {
+                group_id: *g,
+                replicas: r.clone(),
+            })
+            .collect();
+        for (group, replicas) in changes {
+            commands.push(Command::AssignReplicas { group, replicas });
+        }
+        let Some(last) = commands.pop() else {
+            return reply.ok(pb::response::Body::MoveReplicas(
+                pb::MoveReplicasResponse::default(),
+            ));
+        };
+        tracing::info!(
+            decommission = leaving,
+            groups = moved.len(),
+            "moving data-group replicas"
+        );
+        for command in commands {
+            if let Err(e) = self.raft.propose(EntryKind::Command, command.encode()) {
+                return reply.error(pb::Error::new(ErrorCode::Busy, e.to_string()));
+            }
+        }
+        self.propose_command(last, PendingKind::MoveReplicas(moved), reply);
+    }
+
     /// Data-group leader: proposes the topics the metadata group placed here and
     /// not yet in this group's log, and deletes the ones it deleted.
     fn mirror_topics(&mut self) {
@@ -243,7 +304,7 @@ impl Node {
             return;
         }
         let placement = self.raft_groups.directory.placement();
-        if placement.data_groups == 0 {
+        if placement.groups.is_empty() {
             return;
         }
         let group = self.group_id();
@@ -279,8 +340,128 @@ impl Node {
         }
     }
 
-    /// Data-group leader: hands over to the preferred leader once it is caught up
-    /// and heard from.
+    /// Data-group leader: one step of moving the membership to the placed
+    /// replicas. New replicas join as learners; a learner is promoted once it holds
+    /// the entry that lists it and is within `max_learner_lag`; replicas that left
+    /// are removed once every placed replica votes (the replication factor never
+    /// drops during a move); a leader that is itself removed hands over first.
+    fn reconcile_membership(&mut self) {
+        if !self.leader_ready() || self.raft.membership_change_pending().is_some() {
+            return;
+        }
+        let Some(placed) = self.placed_replicas() else {
+            return;
+        };
+        let membership = self.raft.membership().clone();
+        let placed_ids: Vec<NodeId> = placed.iter().map(|&n| NodeId(n)).collect();
+        let settled = membership.learners.is_empty()
+            && membership.voters.len() == placed_ids.len()
+            && placed_ids.iter().all(|n| membership.is_voter(*n));
+        if settled || placed_ids.is_empty() {
+            return;
+        }
+        let view = &self.members.view;
+        let mut next = membership.clone();
+        let mut members = view.recorded.clone();
+        let step;
+        if let Some(&new) = placed_ids.iter().find(|n| !membership.contains(**n)) {
+            let placement = self.raft_groups.directory.placement();
+            let Some(&address) = placement.addresses.get(&new) else {
+                return;
+            };
+            next.learners.push(new);
+            next.learners.sort_unstable();
+            members.insert(
+                new,
+                MemberInfo {
+                    address,
+                    incarnation: 0,
+                },
+            );
+            step = format!("adding node {} as a learner", new.0);
+        } else if let Some(&learner) = membership
+            .learners
+            .iter()
+            .find(|l| placed_ids.contains(l) && self.caught_up(**l, view.index))
+        {
+            next.learners.retain(|l| *l != learner);
+            next.voters.push(learner);
+            next.voters.sort_unstable();
+            step = format!("promoting node {} to voter", learner.0);
+        } else if let Some(&gone) = membership.learners.iter().find(|l| !placed_ids.contains(l)) {
+            next.learners.retain(|l| *l != gone);
+            members.remove(&gone);
+            step = format!("removing learner {}", gone.0);
+        } else if placed_ids.iter().all(|n| membership.is_voter(*n)) {
+            let Some(&gone) = membership.voters.iter().find(|v| !placed_ids.contains(v)) else {
+                return;
+            };
+            if gone == self.config.node_id {
+                // Hand over to the placed voter most caught up; the new leader
+                // removes this node.
+                let status = self.raft.status();
+                let target = status
+                    .progress
+                    .iter()
+                    .filter(|p| p.voter && p.recent_active && placed_ids.contains(&p.id))
+                    .max_by_key(|p| p.match_index)
+                    .map(|p| p.id);
+                if let Some(target) = target {
+                    if self.raft.transfer_leadership(target).is_ok() {
+                        tracing::info!(to = target.0, "leaving this data group: handing over");
+                    }
+                }
+                return;
+            }
+            next.voters.retain(|v| *v != gone);
+            members.remove(&gone);
+            step = format!("removing voter {}", gone.0);
+        } else {
+            // A placed learner is still catching up.
+            return;
+        }
+        self.propose_group_membership(next, members, step);
+    }
+
+    /// Whether `learner` replicates, holds the membership entry at `index` and is
+    /// within `max_learner_lag` of this leader.
+    fn caught_up(&self, learner: NodeId, index: u64) -> bool {
+        let status = self.raft.status();
+        let last = status.last_index.0;
+        status.progress.iter().any(|p| {
+            p.id == learner
+                && p.recent_active
+                && p.state == ProgressState::Replicate
+                && p.match_index.0 >= index
+                && last.saturating_sub(p.match_index.0) <= self.config.max_learner_lag
+        })
+    }
+
+    fn propose_group_membership(
+        &mut self,
+        membership: Membership,
+        members: BTreeMap<NodeId, MemberInfo>,
+        step: String,
+    ) {
+        let context =
+            ClusterView::encode_context(self.members.view.cluster_id, &membership, &members);
+        match self.raft.propose_membership(&membership, &context) {
+            Ok((index, _)) => {
+                tracing::info!(index = index.0, "{step}");
+                self.raft_groups.logged_change = None;
+            }
+            Err(e) => {
+                let line = format!("{step}: {e}");
+                if self.raft_groups.logged_change.as_ref() != Some(&line) {
+                    tracing::info!("deferred: {line}");
+                    self.raft_groups.logged_change = Some(line);
+                }
+            }
+        }
+    }
+
+    /// Data-group leader: hands over to the preferred leader once it is a caught-up
+    /// voter that was heard from.
     fn balance_leadership(&mut self, now: Instant) {
         if self.raft.role() != Role::Leader {
             self.raft_groups.balanced_at = None;
@@ -295,8 +476,7 @@ impl Node {
             return;
         }
         self.raft_groups.balanced_at = Some(now);
-        let voters: Vec<u64> = self.raft.membership().voters.iter().map(|v| v.0).collect();
-        let Some(preferred) = preferred_leader(self.group_id(), &voters) else {
+        let Some(preferred) = self.placed_replicas().and_then(|r| r.first().copied()) else {
             return;
         };
         if preferred == self.config.node_id.0 || self.raft.membership_change_pending().is_some() {
@@ -323,31 +503,21 @@ impl Node {
         infos
     }
 
-    /// Membership changes move data-group replicas, which this version cannot do
-    /// yet: refused while data groups exist.
-    pub(super) fn membership_changes_refused(&self) -> Option<String> {
-        (self.state.data_groups() > 0).then(|| {
+    /// A node the data groups are still placed on cannot leave the cluster.
+    pub(super) fn removal_refused(&self, node: u64) -> Option<String> {
+        let holding: Vec<u32> = self
+            .state
+            .data_groups()
+            .iter()
+            .filter(|(_, g)| g.replicas.contains(&node))
+            .map(|(id, _)| *id)
+            .collect();
+        (!holding.is_empty()).then(|| {
             format!(
-                "this cluster has {} data groups, and changing its members (which moves \
-                 data-group replicas) is not supported yet",
-                self.state.data_groups()
+                "node {node} still holds replicas of data groups {holding:?}: run `raftmq \
+                 cluster decommission {node}`, wait until `raftmq cluster status` shows no \
+                 group moving, then remove it"
             )
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn preferred_leaders_take_turns_over_the_sorted_voters() {
-        let voters = [3, 1, 2];
-        let leaders: Vec<_> = (1..=6)
-            .map(|g| preferred_leader(g, &voters).unwrap())
-            .collect();
-        assert_eq!(leaders, vec![1, 2, 3, 1, 2, 3]);
-        assert_eq!(preferred_leader(METADATA_GROUP, &voters), None);
-        assert_eq!(preferred_leader(1, &[]), None);
     }
 }

@@ -49,7 +49,7 @@ impl Node {
                         "a topic has 1 to 4096 queues",
                     ));
                 }
-                if self.config.data_groups > 0 && self.state.data_groups() == 0 {
+                if self.config.data_groups > 0 && self.state.data_groups().is_empty() {
                     // A topic created now would keep all its queues in this group.
                     return reply.error(self.not_ready(
                         "the cluster is creating its data groups (its first leader writes \
@@ -101,7 +101,7 @@ impl Node {
                     Err(e) => reply.error(pb::Error::new(ErrorCode::InvalidRequest, e.to_string())),
                 }
             }
-            B::JoinCluster(_) | B::AddNode(_) | B::RemoveNode(_)
+            B::JoinCluster(_) | B::AddNode(_) | B::RemoveNode(_) | B::MoveReplicas(_)
                 if self.raft.role() != Role::Leader =>
             {
                 reply.error(self.not_leader())
@@ -109,6 +109,7 @@ impl Node {
             B::JoinCluster(req) => self.join_cluster(req, reply),
             B::AddNode(req) => self.add_node(req, reply),
             B::RemoveNode(req) => self.remove_node(req, reply),
+            B::MoveReplicas(req) => self.move_replicas(req, reply),
             B::OffsetCommit(req) => self.offset_commit(req, reply),
             B::OffsetFetch(req) => {
                 let stored = self.state.group_offsets(&req.group);

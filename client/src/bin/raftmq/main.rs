@@ -284,10 +284,23 @@ enum ClusterCommand {
         /// The node id.
         node: u64,
     },
-    /// Remove a voter or learner from the cluster, whether it is running or not.
+    /// Remove a voter or learner from the cluster, whether it is running or not
+    /// (decommission it first when it holds data-group replicas).
     RemoveNode {
         /// The node id.
         node: u64,
+    },
+    /// Move every data-group replica off a node (running or dead) and place none
+    /// there any more; then remove it with `remove-node`.
+    Decommission {
+        /// The node id.
+        node: u64,
+    },
+    /// Even out data-group replicas over the nodes (after adding one).
+    Rebalance {
+        /// Replicas moved at most.
+        #[arg(long, default_value_t = 64)]
+        max_moves: u32,
     },
 }
 
@@ -907,6 +920,14 @@ async fn group(client: &Client, command: GroupCommand) -> Result<()> {
     Ok(())
 }
 
+fn print_moves(moved: &[raftmq_client::pb::GroupReplicas]) -> Result<()> {
+    for m in moved {
+        let replicas: Vec<String> = m.replicas.iter().map(u64::to_string).collect();
+        out!("group {} -> replicas {}", m.group_id, replicas.join(","));
+    }
+    Ok(())
+}
+
 async fn cluster(client: &Client, command: ClusterCommand) -> Result<()> {
     let admin = Admin::new(client);
     match command {
@@ -944,16 +965,30 @@ async fn cluster(client: &Client, command: ClusterCommand) -> Result<()> {
                 let mut groups = groups;
                 groups.sort_by_key(|(group, node, _)| (*group, *node));
                 out!();
-                out!("data group\tnode\trole\tterm\tleader\tpreferred\tlast_index\tcommit_index");
+                out!(
+                    "data group\tnode\trole\tterm\tleader\tpreferred\tlast_index\tcommit_index\tmembers\tplaced"
+                );
                 for (group, node, g) in groups {
+                    let ids =
+                        |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+                    let mut members = ids(&g.voters);
+                    if !g.learners.is_empty() {
+                        members = format!("{members}+learners:{}", ids(&g.learners));
+                    }
+                    let mut placed = g.replicas.clone();
+                    placed.sort_unstable();
+                    let moving =
+                        g.replicas.is_empty() || !g.learners.is_empty() || placed != g.voters;
                     out!(
-                        "{group}\t{node}\t{}\t{}\t{}\t{}\t{}\t{}",
+                        "{group}\t{node}\t{}\t{}\t{}\t{}\t{}\t{}\t{members}\t{}{}",
                         g.role,
                         g.term,
                         g.leader_id,
                         g.preferred_leader_id,
                         g.last_index,
-                        g.commit_index
+                        g.commit_index,
+                        ids(&g.replicas),
+                        if moving { " (moving)" } else { "" }
                     );
                 }
             }
@@ -1008,6 +1043,19 @@ async fn cluster(client: &Client, command: ClusterCommand) -> Result<()> {
         ClusterCommand::RemoveNode { node } => {
             let index = admin.remove_node(node).await?;
             out!("node {node} removed (membership entry {index})");
+        }
+        ClusterCommand::Decommission { node } => {
+            let moved = admin.move_replicas(Some(node), 0).await?;
+            out!(
+                "node {node} decommissioned: {} moving",
+                plural(moved.len() as u64, "data group")
+            );
+            print_moves(&moved)?;
+        }
+        ClusterCommand::Rebalance { max_moves } => {
+            let moved = admin.move_replicas(None, max_moves).await?;
+            out!("{} moving", plural(moved.len() as u64, "data group"));
+            print_moves(&moved)?;
         }
         ClusterCommand::TransferLeader { node } => {
             admin.transfer_leader(node).await?;

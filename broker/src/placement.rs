@@ -1,0 +1,313 @@
+//! Where data-group replicas live: pure functions from the current assignment and
+//! the nodes to the next one, with no I/O and no clock, so that they are tested on
+//! clusters far larger than any test machine holds (see the tests: 100 nodes and
+//! 10,000 groups).
+//!
+//! An assignment gives each data group its replicas; the first replica is the
+//! group's **preferred leader**, which its leader hands leadership to (leadership
+//! balancing). Every function keeps replicas of one group on distinct nodes, moves a
+//! replica only when that lowers the spread, and keeps the preferred leaders spread
+//! as evenly as the replicas allow.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::directory::GroupId;
+
+/// Each data group's replicas (node ids), preferred leader first.
+pub type Assignment = BTreeMap<GroupId, Vec<u64>>;
+
+/// Replicas per node (nodes without any count 0).
+fn loads(assignment: &Assignment, nodes: &[u64]) -> BTreeMap<u64, usize> {
+    let mut loads: BTreeMap<u64, usize> = nodes.iter().map(|&n| (n, 0)).collect();
+    for replicas in assignment.values() {
+        for r in replicas {
+            if let Some(load) = loads.get_mut(r) {
+                *load += 1;
+            }
+        }
+    }
+    loads
+}
+
+/// The replicas of `groups` new data groups over `nodes`, `rf` each (at most one
+/// per node), each on the least-loaded nodes, preferred leaders spread.
+pub fn initial(groups: &[GroupId], nodes: &[u64], rf: usize) -> Assignment {
+    let rf = rf.min(nodes.len());
+    let mut load: BTreeMap<u64, usize> = nodes.iter().map(|&n| (n, 0)).collect();
+    let mut assignment = Assignment::new();
+    for (i, &group) in groups.iter().enumerate() {
+        // Least loaded first; ties go round the nodes so that groups start on
+        // different nodes.
+        let n = nodes.len().max(1);
+        let mut candidates: Vec<(usize, usize, u64)> = nodes
+            .iter()
+            .enumerate()
+            .map(|(at, &node)| (load[&node], (at + n - i % n) % n, node))
+            .collect();
+        candidates.sort_unstable();
+        let replicas: Vec<u64> = candidates.into_iter().take(rf).map(|c| c.2).collect();
+        for r in &replicas {
+            *load.get_mut(r).expect("a node") += 1;
+        }
+        assignment.insert(group, replicas);
+    }
+    spread_preferred(&mut assignment);
+    assignment
+}
+
+/// Reorders each group's replicas so that every node is the preferred leader of
+/// about as many groups as any other (only the order changes, never the replicas).
+pub fn spread_preferred(assignment: &mut Assignment) {
+    let mut led: BTreeMap<u64, usize> = BTreeMap::new();
+    for replicas in assignment.values_mut() {
+        let Some(pick) = replicas
+            .iter()
+            .enumerate()
+            .min_by_key(|(i, n)| (led.get(*n).copied().unwrap_or(0), *i))
+            .map(|(i, _)| i)
+        else {
+            continue;
+        };
+        replicas.swap(0, pick);
+        *led.entry(replicas[0]).or_default() += 1;
+    }
+}
+
+/// The groups whose replicas change to move every replica off `leaving` (a node
+/// being decommissioned) onto the least-loaded of `nodes` that do not hold the
+/// group yet, each replaced in place (a preferred leader's replacement is preferred
+/// in its stead). A group that has no node to move to keeps the replica (and its
+/// replication factor) until one exists.
+pub fn evacuate(assignment: &Assignment, leaving: u64, nodes: &[u64]) -> Assignment {
+    let eligible: Vec<u64> = nodes.iter().copied().filter(|&n| n != leaving).collect();
+    let mut load = loads(assignment, &eligible);
+    let mut changed = Assignment::new();
+    for (&group, replicas) in assignment {
+        let Some(at) = replicas.iter().position(|&r| r == leaving) else {
+            continue;
+        };
+        let target = load
+            .iter()
+            .filter(|(n, _)| !replicas.contains(n))
+            .min_by_key(|(n, l)| (**l, **n))
+            .map(|(n, _)| *n);
+        if let Some(target) = target {
+            let mut next = replicas.clone();
+            next[at] = target;
+            *load.get_mut(&target).expect("eligible") += 1;
+            changed.insert(group, next);
+        }
+    }
+    changed
+}
+
+/// Up to `max_moves` single-replica moves, each from a most-loaded node to a
+/// least-loaded one that does not hold that group, while the two differ by more
+/// than one replica: the groups whose replicas change, with their new replicas.
+/// Replicas on nodes not in `nodes` are left alone (see [`evacuate`]).
+pub fn rebalance(assignment: &Assignment, nodes: &[u64], max_moves: usize) -> Assignment {
+    let mut current = assignment.clone();
+    let mut load = loads(&current, nodes);
+    // Groups per node, to find one the target does not hold.
+    let mut held: BTreeMap<u64, BTreeSet<GroupId>> =
+        nodes.iter().map(|&n| (n, BTreeSet::new())).collect();
+    for (&group, replicas) in &current {
+        for r in replicas {
+            if let Some(set) = held.get_mut(r) {
+                set.insert(group);
+            }
+        }
+    }
+    // Ordered by (load, node): the ends are the most and least loaded.
+    let mut by_load: BTreeSet<(usize, u64)> = load.iter().map(|(&n, &l)| (l, n)).collect();
+    let mut changed = BTreeSet::new();
+    for _ in 0..max_moves {
+        let (Some(&(low, to)), Some(&(high, _))) = (by_load.first(), by_load.last()) else {
+            break;
+        };
+        if high <= low + 1 {
+            break;
+        }
+        // The most-loaded node with a group the least-loaded one lacks (the most
+        // loaded of all nearly always has one).
+        let mut pick = None;
+        for &(l, from) in by_load.iter().rev() {
+            if l <= low + 1 {
+                break;
+            }
+            let to_held = &held[&to];
+            if let Some(&group) = held[&from].iter().find(|g| !to_held.contains(g)) {
+                pick = Some((from, group));
+                break;
+            }
+        }
+        let Some((from, group)) = pick else {
+            break;
+        };
+        let replicas = current.get_mut(&group).expect("held groups exist");
+        let at = replicas.iter().position(|&r| r == from).expect("held");
+        replicas[at] = to;
+        held.get_mut(&from).expect("node").remove(&group);
+        held.get_mut(&to).expect("node").insert(group);
+        for (node, delta) in [(from, -1isize), (to, 1)] {
+            let l = load[&node];
+            by_load.remove(&(l, node));
+            let l = l.checked_add_signed(delta).expect("load stays positive");
+            load.insert(node, l);
+            by_load.insert((l, node));
+        }
+        changed.insert(group);
+    }
+    let mut next: Assignment = changed
+        .into_iter()
+        .map(|g| (g, current[&g].clone()))
+        .collect();
+    // Preferred leaders over the whole new assignment, then keep the changed ones
+    // and those whose order changed.
+    let mut whole = assignment.clone();
+    whole.extend(next.clone());
+    spread_preferred(&mut whole);
+    for (g, replicas) in whole {
+        if assignment.get(&g) != Some(&replicas) {
+            next.insert(g, replicas);
+        }
+    }
+    next
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    fn nodes(n: u64) -> Vec<u64> {
+        (1..=n).collect()
+    }
+
+    fn groups(n: u32) -> Vec<GroupId> {
+        (1..=n).collect()
+    }
+
+    fn check_distinct(assignment: &Assignment) {
+        for (g, replicas) in assignment {
+            let set: BTreeSet<_> = replicas.iter().collect();
+            assert_eq!(
+                set.len(),
+                replicas.len(),
+                "group {g} repeats a node: {replicas:?}"
+            );
+        }
+    }
+
+    fn spread(assignment: &Assignment, nodes: &[u64]) -> (usize, usize) {
+        let l = loads(assignment, nodes);
+        (*l.values().min().unwrap(), *l.values().max().unwrap())
+    }
+
+    fn preferred_spread(assignment: &Assignment) -> (usize, usize) {
+        let mut led: BTreeMap<u64, usize> = BTreeMap::new();
+        for r in assignment.values() {
+            *led.entry(r[0]).or_default() += 1;
+        }
+        (*led.values().min().unwrap(), *led.values().max().unwrap())
+    }
+
+    fn moved_replicas(before: &Assignment, changes: &Assignment) -> usize {
+        changes
+            .iter()
+            .map(|(g, after)| after.iter().filter(|n| !before[g].contains(n)).count())
+            .sum()
+    }
+
+    #[test]
+    fn new_groups_spread_replicas_and_leaders_evenly() {
+        let a = initial(&groups(5), &nodes(5), 3);
+        check_distinct(&a);
+        assert!(a.values().all(|r| r.len() == 3));
+        assert_eq!(spread(&a, &nodes(5)), (3, 3));
+        assert_eq!(preferred_spread(&a), (1, 1));
+        // Fewer nodes than the replication factor: one replica per node.
+        let small = initial(&groups(2), &nodes(2), 3);
+        assert!(small.values().all(|r| r.len() == 2));
+        // Three groups over three nodes: one leader each.
+        let three = initial(&groups(3), &nodes(3), 3);
+        assert_eq!(preferred_spread(&three), (1, 1));
+    }
+
+    #[test]
+    fn evacuating_a_node_moves_each_of_its_replicas_once() {
+        let a = initial(&groups(10), &nodes(5), 3);
+        let changes = evacuate(&a, 5, &nodes(5));
+        let on_five = a.values().filter(|r| r.contains(&5)).count();
+        assert_eq!(changes.len(), on_five);
+        let mut after = a.clone();
+        after.extend(changes.clone());
+        check_distinct(&after);
+        assert!(after.values().all(|r| !r.contains(&5) && r.len() == 3));
+        assert_eq!(moved_replicas(&a, &changes), on_five);
+        let (min, max) = spread(&after, &nodes(4));
+        assert!(max - min <= 2, "{min}..{max}");
+        // A rebalance after it evens the rest out.
+        after.extend(rebalance(&after, &nodes(4), 100));
+        check_distinct(&after);
+        let (min, max) = spread(&after, &nodes(4));
+        assert!(max - min <= 1, "{min}..{max}");
+        // Nowhere to go (3 nodes, factor 3): nothing changes.
+        let full = initial(&groups(3), &nodes(3), 3);
+        assert!(evacuate(&full, 3, &nodes(3)).is_empty());
+    }
+
+    #[test]
+    fn a_new_node_receives_its_share_and_nothing_else_moves() {
+        let a = initial(&groups(6), &nodes(3), 3);
+        let mut with_four = nodes(3);
+        with_four.push(4);
+        let changes = rebalance(&a, &with_four, 100);
+        let mut after = a.clone();
+        after.extend(changes.clone());
+        check_distinct(&after);
+        // 18 replicas over 4 nodes: 4 or 5 each; node 4 gets 4 (the minimum).
+        assert_eq!(spread(&after, &with_four), (4, 5));
+        assert_eq!(moved_replicas(&a, &changes), 4);
+        // Balanced already: no move.
+        assert!(rebalance(&after, &with_four, 100)
+            .iter()
+            .all(|(g, r)| after[g].iter().collect::<BTreeSet<_>>() == r.iter().collect()));
+    }
+
+    /// The scale the design is for, on paper: 100 nodes, 10,000 groups of 3
+    /// replicas, then 10 more nodes. Placement and rebalancing finish within a
+    /// second, leave max/min replicas per node ≤ 1.1 and move at most 1.2 × the
+    /// minimum number of replicas needed.
+    #[test]
+    fn a_hundred_nodes_and_ten_thousand_groups_balance_within_bounds() {
+        let started = Instant::now();
+        let a = initial(&groups(10_000), &nodes(100), 3);
+        check_distinct(&a);
+        let (min, max) = spread(&a, &nodes(100));
+        assert!(max as f64 / min as f64 <= 1.1, "{min}..{max}");
+        let all = nodes(110);
+        let changes = rebalance(&a, &all, usize::MAX);
+        let elapsed = started.elapsed();
+        let mut after = a.clone();
+        after.extend(changes.clone());
+        check_distinct(&after);
+        let (min, max) = spread(&after, &all);
+        assert!(max as f64 / min as f64 <= 1.1, "{min}..{max}");
+        // Each new node must reach the floor of the average: fewer moves cannot do.
+        let needed = 10 * (30_000 / 110);
+        let moved = moved_replicas(&a, &changes);
+        assert!(
+            moved as f64 <= 1.2 * needed as f64,
+            "moved {moved}, at least {needed} needed"
+        );
+        let (lmin, lmax) = preferred_spread(&after);
+        assert!(lmax - lmin <= 2, "preferred leaders {lmin}..{lmax}");
+        assert!(elapsed.as_secs_f64() < 1.0, "took {elapsed:?}");
+        eprintln!(
+            "100 → 110 nodes, 10,000 groups: {moved} replicas moved ({needed} needed), \
+             replicas per node {min}..{max}, preferred leaders per node {lmin}..{lmax}, {elapsed:?}"
+        );
+    }
+}

@@ -115,6 +115,9 @@ pub struct BrokerConfig {
     /// Replicas of each data group a new cluster creates (default 3; at most the
     /// number of nodes).
     pub replication_factor: u32,
+    /// A node the metadata leader has not heard from for this long has its
+    /// data-group replicas re-created on other nodes (0: never; default 5 min).
+    pub dead_node_timeout_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -148,6 +151,7 @@ impl Default for BrokerConfig {
             max_learner_lag: 1000,
             data_groups: 0,
             replication_factor: 3,
+            dead_node_timeout_ms: 300_000,
         }
     }
 }
@@ -246,6 +250,8 @@ pub struct FileConfig {
     pub data_groups: Option<u32>,
     /// See [`BrokerConfig::replication_factor`].
     pub replication_factor: Option<u32>,
+    /// See [`BrokerConfig::dead_node_timeout_ms`].
+    pub dead_node_timeout_ms: Option<u64>,
 }
 
 /// Parses `HOST:PORT`; names are resolved with the system resolver (for `localhost`).
@@ -361,7 +367,8 @@ impl BrokerConfig {
             linearizable_reads,
             max_learner_lag,
             data_groups,
-            replication_factor
+            replication_factor,
+            dead_node_timeout_ms
         );
         Ok(())
     }

@@ -87,6 +87,9 @@ pub struct GroupDirectory {
     inboxes: RwLock<BTreeMap<GroupId, mpsc::Sender<NodeInput>>>,
     status: RwLock<BTreeMap<GroupId, pb::GroupInfo>>,
     placement: RwLock<Arc<Placement>>,
+    /// (topic id, queue) → (first offset stored, next offset) of the queues of the
+    /// data groups running here, for consumer-group lag on the metadata group.
+    queue_bounds: RwLock<BTreeMap<(u32, u32), (u64, u64)>>,
     start: mpsc::UnboundedSender<StartGroups>,
     /// Set by [`GroupDirectory::close`]: no inbox is registered after it.
     closed: std::sync::atomic::AtomicBool,
@@ -100,6 +103,7 @@ impl GroupDirectory {
             inboxes: RwLock::default(),
             status: RwLock::default(),
             placement: RwLock::default(),
+            queue_bounds: RwLock::default(),
             start,
             closed: std::sync::atomic::AtomicBool::new(false),
         };
@@ -167,6 +171,17 @@ impl GroupDirectory {
     /// The status of every group running here, by id.
     pub fn statuses(&self) -> Vec<pb::GroupInfo> {
         read(&self.status).values().cloned().collect()
+    }
+
+    /// A data group's queues' offset ranges.
+    pub fn publish_queue_bounds(&self, bounds: impl IntoIterator<Item = ((u32, u32), (u64, u64))>) {
+        write(&self.queue_bounds).extend(bounds);
+    }
+
+    /// The offset range of a data-group queue, when a replica of its group runs
+    /// here (as of its last publication, about a second old at most).
+    pub fn queue_bounds(&self, topic_id: u32, queue: u32) -> Option<(u64, u64)> {
+        read(&self.queue_bounds).get(&(topic_id, queue)).copied()
     }
 
     /// Asks the process to start data groups (idempotent: running ones are kept).

@@ -57,6 +57,10 @@ struct Args {
     /// Replicas of each data group (default 3, at most the number of nodes).
     #[arg(long)]
     replication_factor: Option<u32>,
+    /// Re-create the data-group replicas of a node not heard from for this long
+    /// (ms, default 300000; 0: never).
+    #[arg(long)]
+    dead_node_timeout_ms: Option<u64>,
     /// fsync (default: acknowledge after a quorum synced) or async.
     #[arg(long)]
     durability: Option<Durability>,
@@ -199,6 +203,9 @@ fn build_config(args: &Args) -> anyhow::Result<BrokerConfig> {
     }
     if let Some(n) = args.replication_factor {
         config.replication_factor = n;
+    }
+    if let Some(ms) = args.dead_node_timeout_ms {
+        config.dead_node_timeout_ms = ms;
     }
     if args.local_reads {
         config.linearizable_reads = false;

@@ -211,6 +211,10 @@ async fn queues_spread_over_data_groups_and_survive_a_node_loss() {
     while consumed < total && Instant::now() < deadline {
         consumed += group.poll().await.expect("group poll").len();
     }
+    assert!(
+        consumed >= total,
+        "the group consumed {consumed} of {total} acknowledged messages"
+    );
     group.commit().await.expect("commit");
     let offsets = match client
         .request(
@@ -431,4 +435,68 @@ async fn replicas_move_off_a_dead_node_and_onto_a_new_one() {
         }
     }
     assert!(total > 100, "only {total} acknowledged");
+}
+
+/// A node that stays down longer than `dead_node_timeout_ms` has its replicas
+/// re-created on the other nodes without anyone asking; the data stays readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_down_too_long_has_its_replicas_recreated_elsewhere() {
+    let mut cluster = Cluster::start_with(
+        4,
+        &[
+            "--data-groups",
+            "4",
+            "--replication-factor",
+            "3",
+            "--dead-node-timeout-ms",
+            "2000",
+        ],
+    );
+    let client = Client::connect(&cluster.addrs()).await.expect("connect");
+    Admin::new(&client)
+        .create_topic("kept", 4)
+        .await
+        .expect("create topic");
+    wait_settled(&client, 4, &[], Duration::from_secs(30)).await;
+    let producer = Producer::builder(&client).build().await.expect("producer");
+    for q in 0..4 {
+        for i in 0..50 {
+            let m = Message::new("kept", format!("v{i}")).with_queue(q);
+            producer.send_and_wait(m).await.expect("produce");
+        }
+    }
+    cluster.kill(4);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let views = group_views(&client).await;
+        let moved_off = views.len() == 4
+            && views.iter().all(|g| {
+                let mut placed = g.replicas.clone();
+                placed.sort_unstable();
+                !g.replicas.contains(&4) && placed == g.voters && g.learners.is_empty()
+            });
+        if moved_off {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas of node 4 were not re-created: {views:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let mut consumer = Consumer::new(&client);
+    consumer
+        .assign("kept", &[0, 1, 2, 3])
+        .await
+        .expect("assign");
+    for q in 0..4 {
+        consumer.seek(q, SeekTo::Earliest).await.expect("seek");
+    }
+    let mut read = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while read < 200 {
+        assert!(Instant::now() < deadline, "read {read} of 200");
+        read += consumer.poll().await.expect("poll").len();
+    }
+    assert_eq!(read, 200);
 }

@@ -257,6 +257,7 @@ mod tests {
         assert_eq!(ApiKey::Produce.as_u32(), 13);
         assert_eq!(ApiKey::Raft.as_u32(), 100);
         assert_eq!(ApiKey::AddNode.as_u32(), 19);
-        assert_eq!(ApiKey::from_u32(22), None);
+        assert_eq!(ApiKey::from_u32(22), Some(ApiKey::MoveReplicas));
+        assert_eq!(ApiKey::from_u32(23), None);
     }
 }

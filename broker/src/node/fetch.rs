@@ -14,7 +14,9 @@ use crate::response::Responder;
 impl Node {
     /// Answers a fetch now, or parks it until data commits or its wait ends.
     pub(super) fn fetch(&mut self, req: pb::FetchRequest, reply: Responder) {
-        if !req.group.is_empty() {
+        // The coordinator runs on the metadata group's leader: a data group cannot
+        // check the member, and a fetch changes nothing (commits are fenced there).
+        if !req.group.is_empty() && self.group_id() == crate::directory::METADATA_GROUP {
             if self.raft.role() != Role::Leader {
                 return reply.error(self.not_leader());
             }

@@ -179,16 +179,25 @@ impl Node {
         }
         m.publish_groups(group_lag_text(
             &self.state,
+            &|topic, queue| self.queue_bounds(topic, queue),
             &node_label(self),
             GROUP_LAG_SERIES_MAX,
         ));
     }
 }
 
+/// A queue's (first offset stored, next offset) by topic name and queue.
+type QueueBounds<'a> = dyn Fn(&str, u32) -> Option<(u64, u64)> + 'a;
+
 /// The `raftmq_group_lag_messages` family, at most `series_max` series, and
 /// `raftmq_group_lag_series_omitted` counting the rest. Only queues a group has
 /// committed an offset for, and whose topic still exists.
-fn group_lag_text(state: &StateMachine, node: &str, series_max: usize) -> String {
+fn group_lag_text(
+    state: &StateMachine,
+    bounds: &QueueBounds<'_>,
+    node: &str,
+    series_max: usize,
+) -> String {
     let name = "raftmq_group_lag_messages";
     let mut w = FamilyWriter::gauge(
         name,
@@ -201,11 +210,7 @@ fn group_lag_text(state: &StateMachine, node: &str, series_max: usize) -> String
             continue;
         };
         for ((topic, queue), committed) in offsets {
-            let Some((start, end)) = state
-                .topic(topic)
-                .and_then(|t| t.queues.get(*queue as usize))
-                .map(|q| (q.start_offset, q.next_offset))
-            else {
+            let Some((start, end)) = bounds(topic, *queue) else {
                 continue; // the topic was deleted after the commit
             };
             if series == series_max {
@@ -250,6 +255,16 @@ mod tests {
     use raftmq_store::{Entry, EntryKind, LogIndex};
 
     use super::*;
+
+    /// Queue bounds from the state itself (no data groups).
+    fn own(state: &StateMachine) -> impl Fn(&str, u32) -> Option<(u64, u64)> + '_ {
+        |topic, queue| {
+            state
+                .topic(topic)
+                .and_then(|t| t.queues.get(queue as usize))
+                .map(|q| (q.start_offset, q.next_offset))
+        }
+    }
     use crate::command::{self, Command, CommittedOffset};
 
     struct Applier {
@@ -315,7 +330,7 @@ mod tests {
             });
         }
 
-        let text = group_lag_text(&a.state, "1", 10);
+        let text = group_lag_text(&a.state, &own(&a.state), "1", 10);
         let lags = lines_of(&text, "raftmq_group_lag_messages");
         assert_eq!(lags.len(), 4, "{text}");
         assert!(
@@ -335,7 +350,7 @@ mod tests {
             "{text}"
         );
 
-        let bounded = group_lag_text(&a.state, "1", 3);
+        let bounded = group_lag_text(&a.state, &own(&a.state), "1", 3);
         assert_eq!(lines_of(&bounded, "raftmq_group_lag_messages").len(), 3);
         assert!(
             bounded.contains("raftmq_group_lag_series_omitted{node=\"1\"} 1\n"),
@@ -344,7 +359,7 @@ mod tests {
 
         // A deleted topic's offsets leave no series behind.
         a.command(Command::DeleteTopic { name: "t".into() });
-        let text = group_lag_text(&a.state, "1", 10);
+        let text = group_lag_text(&a.state, &own(&a.state), "1", 10);
         assert!(
             lines_of(&text, "raftmq_group_lag_messages").is_empty(),
             "{text}"

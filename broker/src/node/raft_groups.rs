@@ -31,6 +31,8 @@ use crate::response::Responder;
 
 /// How often a data group's leader checks whether its preferred leader should lead.
 const LEADER_BALANCE_INTERVAL: Duration = Duration::from_secs(2);
+/// How often a data group publishes its queues' offset ranges.
+const QUEUE_BOUNDS_INTERVAL: Duration = Duration::from_secs(1);
 /// Mirror commands proposed per pass (the rest follow once these are applied).
 const MIRROR_BATCH: usize = 64;
 
@@ -49,6 +51,9 @@ pub(super) struct RaftGroups {
     /// The membership change last logged (to say each step once).
     logged_change: Option<String>,
     balanced_at: Option<Instant>,
+    bounds_at: Option<Instant>,
+    /// Metadata leader: since when each member has not been heard from.
+    silent_since: BTreeMap<NodeId, Instant>,
     /// A differing `data_groups` setting was reported.
     mismatch_reported: bool,
 }
@@ -64,6 +69,8 @@ impl RaftGroups {
             mirror_index: LogIndex::ZERO,
             logged_change: None,
             balanced_at: None,
+            bounds_at: None,
+            silent_since: BTreeMap::new(),
             mismatch_reported: false,
         }
     }
@@ -87,11 +94,33 @@ impl Node {
         if self.group_id() == METADATA_GROUP {
             self.publish_placement();
             self.propose_data_groups(now);
+            self.replace_dead_nodes(now);
         } else {
             self.mirror_topics();
             self.reconcile_membership();
             self.balance_leadership(now);
+            self.publish_queue_bounds(now);
         }
+    }
+
+    /// Data group, about every second: its queues' offset ranges, for consumer
+    /// group lag answered by the metadata group on this node.
+    fn publish_queue_bounds(&mut self, now: Instant) {
+        if self
+            .raft_groups
+            .bounds_at
+            .is_some_and(|t| now.duration_since(t) < QUEUE_BOUNDS_INTERVAL)
+        {
+            return;
+        }
+        self.raft_groups.bounds_at = Some(now);
+        let bounds = self.state.topics().flat_map(|t| {
+            t.queues
+                .iter()
+                .enumerate()
+                .map(move |(q, s)| ((t.id, q as u32), (s.start_offset, s.next_offset)))
+        });
+        self.raft_groups.directory.publish_queue_bounds(bounds);
     }
 
     /// An applied entry changed topics or data groups (metadata group).
@@ -223,6 +252,78 @@ impl Node {
                 )
             }
             Err(e) => tracing::debug!(error = %e, "data groups deferred"),
+        }
+    }
+
+    /// Metadata leader: re-creates elsewhere the data-group replicas of a member
+    /// silent for `dead_node_timeout_ms` (the node is not decommissioned: a later
+    /// rebalance places replicas on it again once it is back).
+    fn replace_dead_nodes(&mut self, now: Instant) {
+        let timeout = self.config.dead_node_timeout_ms;
+        if timeout == 0 || self.state.data_groups().is_empty() {
+            return;
+        }
+        if !self.leader_ready() {
+            self.raft_groups.silent_since.clear();
+            return;
+        }
+        let status = self.raft.status();
+        for p in &status.progress {
+            if p.recent_active {
+                self.raft_groups.silent_since.remove(&p.id);
+            } else {
+                self.raft_groups.silent_since.entry(p.id).or_insert(now);
+            }
+        }
+        let dead: Vec<u64> = self
+            .raft_groups
+            .silent_since
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= Duration::from_millis(timeout))
+            .map(|(id, _)| id.0)
+            .collect();
+        for node in dead {
+            let holds = self
+                .state
+                .data_groups()
+                .values()
+                .any(|g| g.replicas.contains(&node));
+            if !holds {
+                continue;
+            }
+            let nodes: Vec<u64> = status
+                .progress
+                .iter()
+                .filter(|p| p.voter && p.recent_active)
+                .map(|p| p.id.0)
+                .chain(std::iter::once(self.config.node_id.0))
+                .filter(|n| !self.state.decommissioned().contains(n))
+                .collect();
+            let current: Assignment = self
+                .state
+                .data_groups()
+                .iter()
+                .map(|(g, d)| (*g, d.replicas.clone()))
+                .collect();
+            let changes = placement::evacuate(&current, node, &nodes);
+            if changes.is_empty() {
+                continue;
+            }
+            tracing::warn!(
+                node,
+                silent_ms = timeout,
+                groups = changes.len(),
+                "node not heard from: re-creating its data-group replicas on other nodes"
+            );
+            for (group, replicas) in changes {
+                let command = Command::AssignReplicas { group, replicas };
+                if let Err(e) = self.raft.propose(EntryKind::Command, command.encode()) {
+                    tracing::debug!(error = %e, "replica re-creation deferred");
+                    return;
+                }
+            }
+            // Once per silence: it starts again if the node comes back and goes.
+            self.raft_groups.silent_since.remove(&NodeId(node));
         }
     }
 

@@ -437,11 +437,7 @@ impl Node {
         let queues = queues
             .into_iter()
             .map(|((topic, queue), committed)| {
-                let (log_start, log_end) = self
-                    .state
-                    .topic(&topic)
-                    .and_then(|t| t.queues.get(queue as usize))
-                    .map_or((0, 0), |q| (q.start_offset, q.next_offset));
+                let (log_start, log_end) = self.queue_bounds(&topic, queue).unwrap_or((0, 0));
                 // Messages retention deleted are not lag: they cannot be consumed.
                 let from = committed.unwrap_or(log_start).max(log_start);
                 pb::GroupQueueLag {
@@ -542,6 +538,18 @@ impl Node {
             incarnation: self.identity.incarnation,
             groups: self.data_group_infos(),
         }
+    }
+
+    /// A queue's (first offset stored, next offset), wherever it lives: from this
+    /// group's state, or for a data-group queue from the replica of its group
+    /// running here (unknown when none does).
+    pub(super) fn queue_bounds(&self, topic: &str, queue: u32) -> Option<(u64, u64)> {
+        let t = self.state.topic(topic)?;
+        let q = t.queues.get(queue as usize)?;
+        if self.group_id() != METADATA_GROUP || t.group_of(queue) == METADATA_GROUP {
+            return Some((q.start_offset, q.next_offset));
+        }
+        self.raft_groups.directory.queue_bounds(t.id, queue)
     }
 
     pub(super) fn queue(&self, topic: &str, queue: u32) -> Result<&QueueState, pb::Error> {

@@ -31,6 +31,25 @@ async fn given_partitions_on_three_nodes_no_acknowledged_message_is_lost() {
     .await;
 }
 
+/// The same faults with the queues spread over three data groups (each its own
+/// Raft group and leader, their peer links through the same proxies): every node's
+/// copy of every queue is drained and checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_partitions_with_data_groups_no_acknowledged_message_is_lost() {
+    let _serial = jepsen::serial().await;
+    run_and_check(Scenario {
+        name: "network-3-data-groups",
+        cluster: ClusterOptions {
+            extra_args: vec!["--data-groups".into(), "3".into()],
+            ..ClusterOptions::default()
+        },
+        workload: WorkloadConfig::default(),
+        profile: Profile::Network,
+        duration: jepsen::fault_duration(Duration::from_secs(20)),
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_bridges_and_rings_on_five_nodes_replicas_stay_identical() {
     let _serial = jepsen::serial().await;

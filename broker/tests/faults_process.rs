@@ -32,6 +32,24 @@ async fn given_leader_kills_and_pauses_no_acknowledged_message_is_lost() {
     .await;
 }
 
+/// Kills and pauses with the queues spread over three data groups: the leader
+/// killed is the metadata group's, and every node leads a data group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_kills_and_pauses_with_data_groups_no_acknowledged_message_is_lost() {
+    let _serial = jepsen::serial().await;
+    run_and_check(Scenario {
+        name: "process-3-data-groups",
+        cluster: ClusterOptions {
+            extra_args: vec!["--data-groups".into(), "3".into()],
+            ..ClusterOptions::default()
+        },
+        workload: WorkloadConfig::default(),
+        profile: Profile::Process,
+        duration: jepsen::fault_duration(Duration::from_secs(20)),
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_mixed_process_and_network_faults_on_five_nodes_the_history_checks_out() {
     let _serial = jepsen::serial().await;

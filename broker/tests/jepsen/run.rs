@@ -55,12 +55,26 @@ pub async fn run(scenario: Scenario, seed: u64) -> Outcome {
     let name = scenario.name;
     let started = Instant::now();
     let mut rng = Rng::new(seed);
-    let steps = nemesis::schedule(
+    let mut steps = nemesis::schedule(
         scenario.profile,
         scenario.cluster.nodes,
         scenario.duration,
         &mut rng.fork(1),
     );
+    if scenario
+        .cluster
+        .extra_args
+        .iter()
+        .any(|a| a == "--data-groups")
+    {
+        // A node still placed in a data group cannot be removed (it must be
+        // decommissioned first, which this nemesis does not do): kill it instead.
+        for step in &mut steps {
+            if let nemesis::Fault::Replace(target) = step.fault {
+                step.fault = nemesis::Fault::Kill(target);
+            }
+        }
+    }
     nemesis::print(name, &steps);
 
     let mut cluster = Cluster::start(scenario.cluster.clone()).await;

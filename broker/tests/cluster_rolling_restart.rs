@@ -41,16 +41,23 @@ struct Seen {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn given_a_rolling_restart_with_sigterm_should_show_no_error_and_lose_nothing() {
-    rolling_restart(Stop::Term).await;
+    rolling_restart(Stop::Term, &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn given_a_rolling_restart_with_sigkill_should_show_no_error_and_lose_nothing() {
-    rolling_restart(Stop::Kill).await;
+    rolling_restart(Stop::Kill, &[]).await;
 }
 
-async fn rolling_restart(how: Stop) {
-    let mut cluster = Cluster::start(3);
+/// The same with the queues in three data groups, each led by another node: every
+/// restart moves the leadership of a data group and of the metadata group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn given_data_groups_a_rolling_restart_with_sigkill_should_show_no_error_and_lose_nothing() {
+    rolling_restart(Stop::Kill, &["--data-groups", "3"]).await;
+}
+
+async fn rolling_restart(how: Stop, extra_args: &[&str]) {
+    let mut cluster = Cluster::start_with(3, extra_args);
     let addrs = cluster.addrs();
     let client = Client::connect(&addrs).await.expect("connect");
     Admin::new(&client)

@@ -61,6 +61,9 @@ struct Args {
     /// (ms, default 300000; 0: never).
     #[arg(long)]
     dead_node_timeout_ms: Option<u64>,
+    /// An idle data group ticks this many times slower (default 10; 1: never).
+    #[arg(long)]
+    idle_tick_factor: Option<u32>,
     /// fsync (default: acknowledge after a quorum synced) or async.
     #[arg(long)]
     durability: Option<Durability>,
@@ -206,6 +209,9 @@ fn build_config(args: &Args) -> anyhow::Result<BrokerConfig> {
     }
     if let Some(ms) = args.dead_node_timeout_ms {
         config.dead_node_timeout_ms = ms;
+    }
+    if let Some(n) = args.idle_tick_factor {
+        config.idle_tick_factor = n;
     }
     if args.local_reads {
         config.linearizable_reads = false;

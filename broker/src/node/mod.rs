@@ -54,6 +54,11 @@ const APPLY_CHUNK_BYTES: usize = 8 << 20;
 const READY_ROUNDS_MAX: usize = 16;
 /// Inputs handled before the node processes a `Ready`.
 const INPUTS_PER_ROUND: usize = 512;
+/// A data group that wrote and applied nothing this long (its leader: twice this
+/// long) ticks slower.
+const IDLE_AFTER: Duration = Duration::from_secs(1);
+/// How often the node checks the file system's use against `max_disk_use_ratio`.
+const DISK_USE_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 /// Batches a single fetch response may hold.
 const FETCH_MAX_BATCHES: usize = 4096;
 
@@ -132,8 +137,13 @@ pub struct Node {
     raft: RawNode<RaftStore>,
     state: StateMachine,
     snapshots: snapshots::Snapshots,
-    /// Appends would take the disk above `max_disk_use_ratio` (checked every tick).
+    /// Appends would take the disk above `max_disk_use_ratio` (checked every
+    /// [`DISK_USE_CHECK_INTERVAL`]).
     disk_use_limited: Option<String>,
+    disk_checked_at: Option<Instant>,
+    /// The last write, command or applied entry: a data group idle for a while
+    /// ticks slower (see [`Node::tick_period`]).
+    last_activity: Instant,
     transport: PeerTransport,
     pending: BTreeMap<LogIndex, Pending>,
     fetch_waiters: BTreeMap<(u32, u32), Vec<FetchWaiter>>,
@@ -190,6 +200,8 @@ impl Node {
             state,
             snapshots: snapshots::Snapshots::new(snapshot_dir, on_disk),
             disk_use_limited: None,
+            disk_checked_at: None,
+            last_activity: Instant::now(),
             transport,
             pending: BTreeMap::new(),
             fetch_waiters: BTreeMap::new(),
@@ -218,6 +230,31 @@ impl Node {
         node
     }
 
+    /// The time to the next tick. A data group that has written and applied
+    /// nothing for a while (a follower after 1 s, its leader after 2 s, so the
+    /// leader slows down last) ticks `idle_tick_factor` times slower: its heartbeats
+    /// and election timeouts stretch alike, so an idle group costs that much less,
+    /// and fails over that much slower. Raft's safety does not depend on timing;
+    /// a write makes the leader fast at once, and its followers as they apply it.
+    /// The metadata group always ticks at full speed.
+    fn tick_period(&self, now: Instant) -> Duration {
+        let tick = Duration::from_millis(self.config.tick_ms);
+        let factor = self.config.idle_tick_factor.max(1);
+        if factor == 1 || self.group_id() == crate::directory::METADATA_GROUP {
+            return tick;
+        }
+        let quiet = if self.raft.role() == Role::Leader {
+            IDLE_AFTER * 2
+        } else {
+            IDLE_AFTER
+        };
+        if now.duration_since(self.last_activity) >= quiet {
+            tick * factor
+        } else {
+            tick
+        }
+    }
+
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
@@ -232,8 +269,9 @@ impl Node {
     /// Runs until `inbox` closes (every connection and the listener are gone), then
     /// makes everything written durable and returns.
     pub async fn run(mut self, mut inbox: mpsc::Receiver<NodeInput>) {
-        let mut ticker = tokio::time::interval(Duration::from_millis(self.config.tick_ms));
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let tick = Duration::from_millis(self.config.tick_ms);
+        let ticker = tokio::time::sleep(tick);
+        tokio::pin!(ticker);
         let mut async_sync =
             tokio::time::interval(Duration::from_millis(self.config.async_sync_interval_ms));
         async_sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -254,15 +292,18 @@ impl Node {
                     let done = done.expect("the node holds a sender");
                     self.persist_done(done);
                 }
-                _ = ticker.tick() => {
+                _ = &mut ticker => {
                     self.raft.tick();
                     let now = Instant::now();
+                    ticker
+                        .as_mut()
+                        .reset(tokio::time::Instant::from_std(now + self.tick_period(now)));
                     self.membership_upkeep(now);
                     self.raft_groups_upkeep(now);
                     self.expire(now);
                     self.expire_waiting(now);
                     self.observe(now);
-                    self.check_disk_use();
+                    self.check_disk_use(now);
                     self.maybe_run_retention(now);
                     let counts = self.queue_counts();
                     for (group, member) in self.groups.expire(self.now_ms(), &counts) {
@@ -304,7 +345,12 @@ impl Node {
                     PeerMessage::Refused { .. } => unreachable!("handled above"),
                 }
             }
-            NodeInput::Client { body, reply } => self.handle_client(body, reply),
+            NodeInput::Client { body, reply } => {
+                if !matches!(body, pb::request::Body::Fetch(_)) {
+                    self.last_activity = Instant::now();
+                }
+                self.handle_client(body, reply)
+            }
         }
     }
 
@@ -359,6 +405,8 @@ impl Node {
                 self.fail_pending_on_step_down();
             }
             self.leadership_changed();
+            // Metadata answers name the new leader at once.
+            self.publish_status();
         }
         if let Some(entry) = &ready.membership {
             // Before the messages: links to new members must exist to carry them.
@@ -388,6 +436,7 @@ impl Node {
             self.start_persist_job();
         }
         if let Some((from, to)) = ready.to_apply {
+            self.last_activity = Instant::now();
             self.apply(from, to);
         }
         self.read_states(ready.read_states);
@@ -644,7 +693,16 @@ impl Node {
 
     /// Refreshes whether appends would take the disk above the configured limit;
     /// produce requests are refused meanwhile (retention may free space).
-    fn check_disk_use(&mut self) {
+    fn check_disk_use(&mut self, now: Instant) {
+        // A file-system call: a few times a second is enough (the store checks
+        // again before it creates a segment), and a node may run many groups.
+        if self
+            .disk_checked_at
+            .is_some_and(|t| now.duration_since(t) < DISK_USE_CHECK_INTERVAL)
+        {
+            return;
+        }
+        self.disk_checked_at = Some(now);
         let limited = match self.raft.log().check_disk_use_limit() {
             Ok(()) => None,
             Err(e) if e.is_disk_use_limit() => Some(e.to_string()),

@@ -31,6 +31,9 @@ use crate::response::Responder;
 
 /// How often a data group's leader checks whether its preferred leader should lead.
 const LEADER_BALANCE_INTERVAL: Duration = Duration::from_secs(2);
+/// How often a group publishes its status and a data group's leader checks its
+/// topics and membership against the placement.
+const GROUP_UPKEEP_INTERVAL: Duration = Duration::from_millis(50);
 /// How often a data group publishes its queues' offset ranges.
 const QUEUE_BOUNDS_INTERVAL: Duration = Duration::from_secs(1);
 /// Mirror commands proposed per pass (the rest follow once these are applied).
@@ -52,6 +55,7 @@ pub(super) struct RaftGroups {
     logged_change: Option<String>,
     balanced_at: Option<Instant>,
     bounds_at: Option<Instant>,
+    upkeep_at: Option<Instant>,
     /// Metadata leader: since when each member has not been heard from.
     silent_since: BTreeMap<NodeId, Instant>,
     /// A differing `data_groups` setting was reported.
@@ -70,6 +74,7 @@ impl RaftGroups {
             logged_change: None,
             balanced_at: None,
             bounds_at: None,
+            upkeep_at: None,
             silent_since: BTreeMap::new(),
             mismatch_reported: false,
         }
@@ -90,6 +95,16 @@ impl Node {
 
     /// Every tick.
     pub(super) fn raft_groups_upkeep(&mut self, now: Instant) {
+        // Every few ticks: a node may run many groups, and none of this is urgent
+        // (a role change is published at once, see `leadership_changed`).
+        if self
+            .raft_groups
+            .upkeep_at
+            .is_some_and(|t| now.duration_since(t) < GROUP_UPKEEP_INTERVAL)
+        {
+            return;
+        }
+        self.raft_groups.upkeep_at = Some(now);
         self.publish_status();
         if self.group_id() == METADATA_GROUP {
             self.publish_placement();
@@ -137,7 +152,7 @@ impl Node {
             .map(|g| g.replicas.clone())
     }
 
-    fn publish_status(&mut self) {
+    pub(super) fn publish_status(&mut self) {
         let ids = |v: &[NodeId]| v.iter().map(|id| id.0).collect::<Vec<u64>>();
         let membership = self.raft.membership();
         let (voters, learners) = (ids(&membership.voters), ids(&membership.learners));

@@ -500,3 +500,65 @@ async fn a_node_down_too_long_has_its_replicas_recreated_elsewhere() {
     }
     assert_eq!(read, 200);
 }
+
+/// The upgrade path: a cluster of one group (a data directory of an earlier
+/// version) restarted with `--data-groups 3` keeps its topics and their data in the
+/// metadata group, takes writes to them, and spreads topics created afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_group_cluster_restarted_with_data_groups_keeps_its_data() {
+    let mut cluster = Cluster::start(3);
+    let client = Client::connect(&cluster.addrs()).await.expect("connect");
+    let admin = Admin::new(&client);
+    admin.create_topic("old", 2).await.expect("create");
+    let producer = Producer::builder(&client).build().await.expect("producer");
+    for i in 0..20 {
+        let m = Message::new("old", format!("before-{i}")).with_queue(i % 2);
+        producer.send_and_wait(m).await.expect("produce");
+    }
+    producer.close().await;
+    drop(client);
+    for id in 1..=3 {
+        assert!(cluster.terminate(id), "node {id} stops cleanly");
+    }
+    cluster.set_extra_args(&["--data-groups", "3"]);
+    for id in 1..=3 {
+        cluster.restart(id);
+    }
+    let client = Client::connect(&cluster.addrs()).await.expect("connect");
+    let admin = Admin::new(&client);
+    // Topic creation waits for the data groups, then spreads.
+    admin.create_topic("new", 6).await.expect("create");
+    let m = metadata(&client).await;
+    assert_eq!(m.groups.len(), 3, "{:?}", m.groups);
+    let old = m.topics.iter().find(|t| t.name == "old").expect("old");
+    assert!(
+        old.queue_groups.is_empty(),
+        "old topics stay in group 0: {old:?}"
+    );
+    let new = m.topics.iter().find(|t| t.name == "new").expect("new");
+    assert_eq!(new.queue_groups.len(), 6, "{new:?}");
+    let producer = Producer::builder(&client).build().await.expect("producer");
+    for i in 0..20 {
+        let m = Message::new("old", format!("after-{i}")).with_queue(i % 2);
+        producer.send_and_wait(m).await.expect("produce to old");
+        let m = Message::new("new", format!("new-{i}")).with_queue(i % 6);
+        producer.send_and_wait(m).await.expect("produce to new");
+    }
+    let mut consumer = Consumer::new(&client);
+    consumer.assign("old", &[0, 1]).await.expect("assign");
+    for q in 0..2 {
+        consumer.seek(q, SeekTo::Earliest).await.expect("seek");
+    }
+    let mut values = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while values.len() < 40 {
+        assert!(Instant::now() < deadline, "read {} of 40", values.len());
+        for m in consumer.poll().await.expect("poll") {
+            values.push(String::from_utf8(m.value.to_vec()).expect("utf-8"));
+        }
+    }
+    for i in 0..20 {
+        assert!(values.contains(&format!("before-{i}")), "before-{i} lost");
+        assert!(values.contains(&format!("after-{i}")), "after-{i} lost");
+    }
+}

@@ -78,6 +78,11 @@ impl Cluster {
         cluster
     }
 
+    /// The extra flags of every broker started from now on (restarts included).
+    pub fn set_extra_args(&mut self, extra_args: &[&str]) {
+        self.extra_args = extra_args.iter().map(|s| s.to_string()).collect();
+    }
+
     /// Client bootstrap addresses.
     pub fn addrs(&self) -> Vec<String> {
         self.nodes.iter().map(|n| n.addr.to_string()).collect()

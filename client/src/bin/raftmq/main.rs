@@ -977,8 +977,11 @@ async fn cluster(client: &Client, command: ClusterCommand) -> Result<()> {
                     }
                     let mut placed = g.replicas.clone();
                     placed.sort_unstable();
-                    let moving =
-                        g.replicas.is_empty() || !g.learners.is_empty() || placed != g.voters;
+                    // A replica on a node the group left (decommissioned) keeps
+                    // its last view: it is not moving, it is gone.
+                    let left = !g.replicas.is_empty() && !g.replicas.contains(&node);
+                    let moving = !left
+                        && (g.replicas.is_empty() || !g.learners.is_empty() || placed != g.voters);
                     out!(
                         "{group}\t{node}\t{}\t{}\t{}\t{}\t{}\t{}\t{members}\t{}{}",
                         g.role,
@@ -988,7 +991,13 @@ async fn cluster(client: &Client, command: ClusterCommand) -> Result<()> {
                         g.last_index,
                         g.commit_index,
                         ids(&g.replicas),
-                        if moving { " (moving)" } else { "" }
+                        if left {
+                            " (left: replica not placed here)"
+                        } else if moving {
+                            " (moving)"
+                        } else {
+                            ""
+                        }
                     );
                 }
             }

@@ -327,6 +327,50 @@ async fn given_metrics_off_the_broker_has_no_metrics_address() {
     broker.stop().await;
 }
 
+/// A single node with two data groups: it leads both, and says so per group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_data_groups_each_has_its_own_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = BrokerConfig {
+        data_dir: dir.path().to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        segment_bytes: 1 << 20,
+        max_batch_bytes: 1 << 16,
+        max_frame_bytes: 1 << 18,
+        election_timeout_ticks: 5,
+        heartbeat_interval_ticks: 1,
+        data_groups: 2,
+        ..BrokerConfig::default()
+    };
+    config.peers = BTreeMap::from([(NodeId(1), config.listen)]);
+    let broker = Broker::start(config).await.expect("broker starts");
+    let metrics = broker.metrics_addr.expect("metrics on");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = http_get(metrics, "/metrics").await;
+        let s = samples(&body);
+        let led = |g: &str| {
+            s.iter()
+                .find(|(k, _)| {
+                    k.starts_with("raftmq_data_group_leader{")
+                        && k.contains(&format!("group=\"{g}\""))
+                })
+                .map(|(_, v)| *v)
+        };
+        if led("1") == Some(1.0) && led("2") == Some(1.0) {
+            assert_eq!(value(&s, "raftmq_data_group_moving", &["group=\"1\""]), 0.0);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no per-group series:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    broker.stop().await;
+}
+
 fn free_port() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     listener.local_addr().expect("local addr")

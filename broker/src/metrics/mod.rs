@@ -283,6 +283,7 @@ struct Exporter {
 struct DynamicText {
     followers: String,
     groups: String,
+    data_groups: String,
 }
 
 impl std::fmt::Debug for BrokerMetrics {
@@ -577,6 +578,13 @@ impl BrokerMetrics {
         }
     }
 
+    /// Replaces the text of the per-data-group families.
+    pub fn publish_data_groups(&self, text: String) {
+        if let Some(exporter) = &self.exporter {
+            lock(&exporter.dynamic).data_groups = text;
+        }
+    }
+
     /// The Prometheus text exposition of every series; empty when metrics are off.
     pub fn render(&self) -> String {
         let Some(exporter) = &self.exporter else {
@@ -586,6 +594,7 @@ impl BrokerMetrics {
         let dynamic = lock(&exporter.dynamic);
         text.push_str(&dynamic.followers);
         text.push_str(&dynamic.groups);
+        text.push_str(&dynamic.data_groups);
         text
     }
 

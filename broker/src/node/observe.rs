@@ -145,6 +145,10 @@ impl Node {
             None
         };
         m.set_readiness(not_ready.as_deref());
+        if self.group_id() == crate::directory::METADATA_GROUP {
+            let text = data_groups_text(&self.data_group_infos(), &node_label(self));
+            self.metrics.handles.publish_data_groups(text);
+        }
 
         if status.role == Role::Leader {
             let last = log.last_index();
@@ -244,6 +248,56 @@ fn group_lag_text(
 }
 
 /// The `node` label every series carries.
+/// The per-data-group families: one series per data-group replica this node runs.
+fn data_groups_text(groups: &[raftmq_proto::pb::GroupInfo], node: &str) -> String {
+    if groups.is_empty() {
+        return String::new();
+    }
+    type Value = fn(&raftmq_proto::pb::GroupInfo) -> u64;
+    let families: [(&str, &str, Value); 5] = [
+        (
+            "raftmq_data_group_leader",
+            "1 when this node leads the data group.",
+            |g| u64::from(g.role == "leader"),
+        ),
+        (
+            "raftmq_data_group_term",
+            "The data group's Raft term on this node.",
+            |g| g.term,
+        ),
+        (
+            "raftmq_data_group_commit_index",
+            "The data group's commit index on this node.",
+            |g| g.commit_index,
+        ),
+        (
+            "raftmq_data_group_last_index",
+            "The last index of this node's replica of the data group.",
+            |g| g.last_index,
+        ),
+        (
+            "raftmq_data_group_moving",
+            "1 while the data group's members (as this replica sees them) differ from \
+             its placement.",
+            |g| {
+                let mut placed = g.replicas.clone();
+                placed.sort_unstable();
+                u64::from(!g.learners.is_empty() || placed != g.voters)
+            },
+        ),
+    ];
+    let mut text = String::new();
+    for (name, help, value) in families {
+        let mut w = FamilyWriter::gauge(name, help);
+        for g in groups {
+            let group = g.group_id.to_string();
+            w.sample(name, &[("node", node), ("group", &group)], value(g));
+        }
+        text.push_str(&w.finish());
+    }
+    text
+}
+
 fn node_label(node: &Node) -> String {
     node.config.node_id.0.to_string()
 }

@@ -91,6 +91,8 @@ pub struct GroupDirectory {
     /// data groups running here, for consumer-group lag on the metadata group.
     queue_bounds: RwLock<BTreeMap<(u32, u32), (u64, u64)>>,
     start: mpsc::UnboundedSender<StartGroups>,
+    /// Turns over the replicas a request for a group not running here is sent to.
+    redirects: std::sync::atomic::AtomicUsize,
     /// Set by [`GroupDirectory::close`]: no inbox is registered after it.
     closed: std::sync::atomic::AtomicBool,
 }
@@ -104,6 +106,7 @@ impl GroupDirectory {
             status: RwLock::default(),
             placement: RwLock::default(),
             queue_bounds: RwLock::default(),
+            redirects: std::sync::atomic::AtomicUsize::new(0),
             start,
             closed: std::sync::atomic::AtomicBool::new(false),
         };
@@ -151,6 +154,29 @@ impl GroupDirectory {
             .topics
             .get(topic)
             .map_or(METADATA_GROUP, |t| t.group_of(queue))
+    }
+
+    /// For a request of a group not running here: the client address of one of
+    /// its placed replicas other than `me` (a different one each time, so that a
+    /// dead replica does not hold a client forever), which runs the group and names
+    /// its leader.
+    pub fn replica_elsewhere(&self, group: GroupId, me: u64) -> Option<std::net::SocketAddr> {
+        let placement = self.placement();
+        let replicas: Vec<std::net::SocketAddr> = placement
+            .groups
+            .get(&group)?
+            .replicas
+            .iter()
+            .filter(|&&r| r != me)
+            .filter_map(|r| placement.addresses.get(&crate::raft::NodeId(*r)).copied())
+            .collect();
+        if replicas.is_empty() {
+            return None;
+        }
+        let turn = self
+            .redirects
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(replicas[turn % replicas.len()])
     }
 
     /// What the metadata group last published.

@@ -374,6 +374,11 @@ async fn serve_connection(
         let Some(inbox) = directory.inbox(group) else {
             if shutdown.is_cancelled() {
                 reply.error(pb::Error::shutting_down());
+            } else if let Some(replica) = directory.replica_elsewhere(group, config.node_id.0) {
+                // Not placed here: a replica of the group names its leader.
+                let mut error = pb::Error::not_leader(Some(&replica.to_string()));
+                error.message = format!("group {group} does not run on this node; ask {replica}");
+                reply.error(error);
             } else {
                 reply.error(pb::Error::not_ready(
                     format!("group {group} is not running on this node yet; retry"),

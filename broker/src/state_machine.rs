@@ -334,25 +334,13 @@ impl StateMachine {
                     );
                 }
                 let id = self.next_topic_id;
-                self.next_topic_id += 1;
-                self.topic_ids.insert(name.clone(), id);
                 // Queues go round the data groups, each topic starting one further
                 // on, so that topics of few queues still spread.
                 let groups = match self.data_groups.len() as u32 {
                     0 => Vec::new(),
                     n => (0..queues).map(|q| 1 + (id + q) % n).collect(),
                 };
-                let queues = (0..queues).map(|_| QueueState::default()).collect();
-                self.topics.insert(
-                    id,
-                    Topic {
-                        id,
-                        name,
-                        queues,
-                        retention,
-                        groups,
-                    },
-                );
+                self.insert_topic(id, name, queues, retention, groups);
                 ApplyOutcome::TopicCreated
             }
             Command::MirrorTopic {
@@ -370,19 +358,7 @@ impl StateMachine {
                     self.topics.remove(&old);
                     self.sequences.retain(|(_, topic, _), _| *topic != old);
                 }
-                self.next_topic_id = self.next_topic_id.max(id.saturating_add(1));
-                self.topic_ids.insert(name.clone(), id);
-                let queues = (0..queues).map(|_| QueueState::default()).collect();
-                self.topics.insert(
-                    id,
-                    Topic {
-                        id,
-                        name,
-                        queues,
-                        retention,
-                        groups: Vec::new(),
-                    },
-                );
+                self.insert_topic(id, name, queues, retention, Vec::new());
                 ApplyOutcome::TopicMirrored
             }
             Command::SetDataGroups { groups } => {
@@ -444,6 +420,29 @@ impl StateMachine {
             }
             Command::CommitOffsets { group, offsets } => self.commit_offsets(group, offsets),
         }
+    }
+
+    /// Adds topic `id` with empty queues (ids are never reused: the next one is
+    /// above it).
+    fn insert_topic(
+        &mut self,
+        id: u32,
+        name: String,
+        queues: u32,
+        retention: TopicRetention,
+        groups: Vec<u32>,
+    ) {
+        self.next_topic_id = self.next_topic_id.max(id.saturating_add(1));
+        self.topic_ids.insert(name.clone(), id);
+        let queues = (0..queues).map(|_| QueueState::default()).collect();
+        let topic = Topic {
+            id,
+            name,
+            queues,
+            retention,
+            groups,
+        };
+        self.topics.insert(id, topic);
     }
 
     fn commit_offsets(&mut self, group: String, offsets: Vec<CommittedOffset>) -> ApplyOutcome {

@@ -78,6 +78,13 @@ pub enum Target {
     Address(String),
 }
 
+/// Where a retried request goes: a fixed target, or the leader of a queue's group
+/// (looked up again before each attempt).
+enum Route<'a> {
+    Fixed(Target),
+    Queue(&'a str, u32),
+}
+
 /// What the client knows about the cluster.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterMetadata {
@@ -94,6 +101,8 @@ pub struct ClusterMetadata {
     pub queue_groups: BTreeMap<String, Vec<u32>>,
     /// Data group to its leader's node id, as the answering broker saw it.
     pub group_leaders: BTreeMap<u32, u64>,
+    /// Data group to its placed replicas (preferred leader first).
+    pub group_replicas: BTreeMap<u32, Vec<u64>>,
 }
 
 impl ClusterMetadata {
@@ -129,6 +138,8 @@ struct Inner {
     metadata_generation: AtomicU64,
     /// The cluster id of the first metadata answer that carried one (0: none yet).
     cluster_id: AtomicU64,
+    /// Turns over the replicas asked for a group whose leader is unknown.
+    turn: AtomicU64,
 }
 
 /// A handle to a raftmq cluster. Cheap to clone; clones share connections and
@@ -179,6 +190,7 @@ impl Client {
                 }),
                 metadata_generation: AtomicU64::new(0),
                 cluster_id: AtomicU64::new(0),
+                turn: AtomicU64::new(0),
             }),
         };
         let mut retry = RetryState::start();
@@ -267,28 +279,7 @@ impl Client {
         queue: u32,
         body: request::Body,
     ) -> Result<response::Body, ClientError> {
-        let mut retry = RetryState::start();
-        loop {
-            let target = self.queue_target(topic, queue).await;
-            let err = match self.request_once(&target, body.clone()).await {
-                Ok(b) => return Ok(b),
-                Err(e) => e,
-            };
-            if !err.is_retriable() {
-                return Err(err);
-            }
-            let redirected = names_leader(&err) && self.has_leader(&target);
-            let Some(delay) = retry.next_delay(&self.inner.config, redirected) else {
-                return Err(ClientError::RetriesExhausted {
-                    attempts: retry.failures(),
-                    last: Box::new(err),
-                });
-            };
-            tracing::debug!(attempt = retry.failures(), error = %err, ?delay, "retrying request");
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
-        }
+        self.send_retrying(Route::Queue(topic, queue), body).await
     }
 
     /// Whether the leader `target` stands for is known (a redirect was taken).
@@ -396,6 +387,11 @@ impl Client {
                 .iter()
                 .filter(|t| !t.queue_groups.is_empty())
                 .map(|t| (t.name.clone(), t.queue_groups.clone()))
+                .collect(),
+            group_replicas: m
+                .groups
+                .iter()
+                .map(|g| (g.group_id, g.replicas.clone()))
                 .collect(),
             group_leaders: m
                 .groups
@@ -541,8 +537,22 @@ impl Client {
         target: Target,
         body: request::Body,
     ) -> Result<response::Body, ClientError> {
+        self.send_retrying(Route::Fixed(target), body).await
+    }
+
+    /// The retry loop of [`request`](Self::request) and
+    /// [`request_queue`](Self::request_queue).
+    async fn send_retrying(
+        &self,
+        route: Route<'_>,
+        body: request::Body,
+    ) -> Result<response::Body, ClientError> {
         let mut retry = RetryState::start();
         loop {
+            let target = match &route {
+                Route::Fixed(target) => target.clone(),
+                Route::Queue(topic, queue) => self.queue_target(topic, *queue).await,
+            };
             let err = match self.request_once(&target, body.clone()).await {
                 Ok(b) => return Ok(b),
                 Err(e) => e,
@@ -593,10 +603,23 @@ impl Client {
                 self.refresh_metadata().await?;
                 match self.group_leader_address(group) {
                     Some(a) => Ok(a),
-                    // A data group's leader unknown to the answering broker: any
-                    // node of the cluster answers NOT_LEADER naming it, or NOT_READY.
+                    // A data group's leader unknown to the answering broker: one of
+                    // its replicas (a different one each time) names it.
                     None if group != 0 => self
-                        .cache(|c| c.metadata.nodes.values().next().cloned())
+                        .cache(|c| {
+                            let m = &c.metadata;
+                            let replicas: Vec<&String> = m
+                                .group_replicas
+                                .get(&group)
+                                .into_iter()
+                                .flatten()
+                                .filter_map(|id| m.nodes.get(id))
+                                .collect();
+                            let any: Vec<&String> = m.nodes.values().collect();
+                            let pool = if replicas.is_empty() { any } else { replicas };
+                            let turn = self.inner.turn.fetch_add(1, Ordering::Relaxed) as usize;
+                            pool.get(turn % pool.len().max(1)).map(|a| (*a).clone())
+                        })
                         .ok_or_else(|| ClientError::NoBroker("no broker known".into())),
                     None => Err(ClientError::NoBroker("no leader known".into())),
                 }

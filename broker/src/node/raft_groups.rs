@@ -619,6 +619,26 @@ impl Node {
         infos
     }
 
+    /// Every data group for a metadata answer: those running here with their
+    /// status, the others with their placed replicas only (leader unknown here: a
+    /// client asks one of the replicas, which names the leader).
+    pub(super) fn data_groups_for_metadata(&self) -> Vec<pb::GroupInfo> {
+        let mut infos: BTreeMap<GroupId, pb::GroupInfo> = self
+            .data_group_infos()
+            .into_iter()
+            .map(|g| (g.group_id, g))
+            .collect();
+        for (&id, group) in self.state.data_groups() {
+            infos.entry(id).or_insert_with(|| pb::GroupInfo {
+                group_id: id,
+                preferred_leader_id: group.replicas.first().copied().unwrap_or(0),
+                replicas: group.replicas.clone(),
+                ..pb::GroupInfo::default()
+            });
+        }
+        infos.into_values().collect()
+    }
+
     /// A node the data groups are still placed on cannot leave the cluster.
     pub(super) fn removal_refused(&self, node: u64) -> Option<String> {
         let holding: Vec<u32> = self

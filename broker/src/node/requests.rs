@@ -486,7 +486,7 @@ impl Node {
             leader_id: self.raft.leader().map_or(0, |l| l.0),
             topics,
             cluster_id: self.identity.cluster_id,
-            groups: self.data_group_infos(),
+            groups: self.data_groups_for_metadata(),
         }
     }
 

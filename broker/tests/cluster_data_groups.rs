@@ -339,65 +339,172 @@ async fn wait_settled(
     }
 }
 
-/// Replica moves with real processes: 4 nodes, 4 data groups of 3 replicas, an
-/// idempotent producer running throughout. Node 4 dies for good and is
-/// decommissioned (its replicas move to the others) and removed; a new node 5
-/// joins, is promoted and receives its share through a rebalance. No acknowledged
-/// message is lost or stored twice, and every group ends on its placed replicas,
-/// led by its preferred one.
+/// The batches (base offset, bytes) of `queue` as node `addr`'s own replica holds
+/// them, from offset 0 up to `end` (bounded).
+async fn replica_batches(
+    addr: std::net::SocketAddr,
+    topic: &str,
+    queue: u32,
+    end: u64,
+) -> Vec<(u64, bytes::Bytes)> {
+    let mut conn = common::raw::Conn::connect_addr(addr)
+        .await
+        .expect("connect to a replica");
+    let mut out = Vec::new();
+    let mut offset = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while offset < end {
+        assert!(
+            Instant::now() < deadline,
+            "{addr}: {topic}/{queue} stops at {offset} of {end}"
+        );
+        let response = conn
+            .call(Req::Fetch(pb::FetchRequest {
+                topic: topic.into(),
+                queue,
+                offset,
+                max_bytes: 1 << 20,
+                ..pb::FetchRequest::default()
+            }))
+            .await;
+        let Some(Resp::Fetch(fetch)) = response.body else {
+            // Catching up (not ready): ask again.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        for b in fetch.batches {
+            let header = raftmq_proto::batch::BatchHeader::parse(&b.batch).expect("a batch");
+            offset = b.base_offset + u64::from(header.record_count);
+            out.push((b.base_offset, b.batch));
+        }
+    }
+    out
+}
+
+/// Replica moves with real processes, as an operator does them: 5 nodes, 5 data
+/// groups of 3 replicas, a topic of 16 queues, an idempotent producer and a
+/// consumer group running throughout. Node 5 dies for good and is decommissioned
+/// (its replicas move to the others) and removed; a new node 6 joins, is promoted
+/// and receives its share through a rebalance. No acknowledged message is lost or
+/// stored twice; every group ends on its placed replicas, led by its preferred one,
+/// no node leading more than ⌈groups/nodes⌉ + 1; every replica of every queue holds
+/// the same batches.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_move_off_a_dead_node_and_onto_a_new_one() {
     const MOVED_TOPIC: &str = "moved";
-    const MOVED_QUEUES: u32 = 8;
-    let mut cluster = Cluster::start_with(4, &["--data-groups", "4", "--replication-factor", "3"]);
+    const MOVED_QUEUES: u32 = 16;
+    const MOVED_GROUPS: u32 = 5;
+    let mut cluster = Cluster::start_with(5, &["--data-groups", "5", "--replication-factor", "3"]);
     let client = Client::connect(&cluster.addrs()).await.expect("connect");
     let admin = Admin::new(&client);
     admin
         .create_topic(MOVED_TOPIC, MOVED_QUEUES)
         .await
         .expect("create topic");
-    let views = wait_settled(&client, 4, &[], Duration::from_secs(30)).await;
+    let views = wait_settled(&client, MOVED_GROUPS, &[], Duration::from_secs(30)).await;
     for g in &views {
         assert_eq!(g.replicas.len(), 3, "{g:?}");
     }
 
     let writer = Writer::start(&client, MOVED_TOPIC, MOVED_QUEUES).await;
+    // A consumer group reads and commits throughout.
+    let reading = Arc::new(AtomicBool::new(true));
+    let reader = {
+        let (client, reading) = (client.clone(), reading.clone());
+        tokio::spawn(async move {
+            let mut member =
+                GroupConsumer::join(&client, "movers", MOVED_TOPIC, GroupConfig::default())
+                    .await
+                    .expect("join");
+            let mut consumed = 0usize;
+            while reading.load(Ordering::Relaxed) {
+                consumed += member.poll().await.expect("group poll").len();
+                member.commit().await.expect("commit");
+            }
+            member.leave().await.expect("leave");
+            consumed
+        })
+    };
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    // Node 4 dies for good: decommission it, wait for its replicas to move, remove it.
-    cluster.kill(4);
-    let moved = admin.move_replicas(Some(4), 0).await.expect("decommission");
-    assert_eq!(moved.len(), 3, "node 4 held 3 replicas: {moved:?}");
-    let views = wait_settled(&client, 4, &moved, Duration::from_secs(60)).await;
-    assert!(views.iter().all(|g| !g.replicas.contains(&4)), "{views:?}");
-    admin.remove_node(4).await.expect("remove node 4");
+    // Node 5 dies for good: decommission it, wait for its replicas to move, remove it.
+    cluster.kill(5);
+    let moved = admin.move_replicas(Some(5), 0).await.expect("decommission");
+    assert_eq!(moved.len(), 3, "node 5 held 3 replicas: {moved:?}");
+    let views = wait_settled(&client, MOVED_GROUPS, &moved, Duration::from_secs(60)).await;
+    assert!(views.iter().all(|g| !g.replicas.contains(&5)), "{views:?}");
+    admin.remove_node(5).await.expect("remove node 5");
 
     // A new node joins, is promoted, and receives its share.
-    let five = cluster.add_joining_node();
-    assert_eq!(five, 5);
+    let six = cluster.add_joining_node();
+    assert_eq!(six, 6);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        match admin.add_node(5).await {
+        match admin.add_node(6).await {
             Ok(_) => break,
             Err(e) => {
-                assert!(Instant::now() < deadline, "node 5 never promoted: {e}");
+                assert!(Instant::now() < deadline, "node 6 never promoted: {e}");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
     }
     let moved = admin.move_replicas(None, 64).await.expect("rebalance");
-    assert!(!moved.is_empty(), "nothing moved onto node 5");
-    let views = wait_settled(&client, 4, &moved, Duration::from_secs(60)).await;
-    let on_five = views.iter().filter(|g| g.replicas.contains(&5)).count();
-    assert_eq!(on_five, 3, "12 replicas over 4 nodes: {views:?}");
+    assert!(!moved.is_empty(), "nothing moved onto node 6");
+    let views = wait_settled(&client, MOVED_GROUPS, &moved, Duration::from_secs(60)).await;
+    let on_six = views.iter().filter(|g| g.replicas.contains(&6)).count();
+    assert_eq!(on_six, 3, "15 replicas over 5 nodes: {views:?}");
+    let mut led: BTreeMap<u64, u32> = BTreeMap::new();
+    for g in &views {
+        *led.entry(g.leader_id).or_default() += 1;
+    }
+    let most = led.values().max().copied().unwrap_or(0);
+    assert!(most <= MOVED_GROUPS.div_ceil(5) + 1, "leaders {led:?}");
 
     let (_, acked) = writer.stop().await;
+    reading.store(false, Ordering::Relaxed);
+    let consumed = reader.await.expect("reader");
+    assert!(consumed > 0, "the consumer group read nothing");
 
     // Every acknowledged message exactly once, in order, per queue, read from
     // the leaders after the moves.
     let stored = read_all(&client, MOVED_TOPIC, MOVED_QUEUES).await;
     let total = check_exactly_once(&acked, &stored);
     assert!(total > 100, "only {total} acknowledged");
+
+    // Every replica of every queue holds the same batches up to the queue's end.
+    let m = metadata(&client).await;
+    let topic = m
+        .topics
+        .iter()
+        .find(|t| t.name == MOVED_TOPIC)
+        .expect("topic");
+    let address = |id: u64| {
+        cluster
+            .nodes
+            .iter()
+            .find(|n| n.id == id)
+            .map(|n| n.addr)
+            .expect("a node")
+    };
+    for q in 0..MOVED_QUEUES {
+        let group = topic.queue_groups[q as usize];
+        let view = views.iter().find(|g| g.group_id == group).expect("group");
+        let end = stored.get(&q).map_or(0, Vec::len) as u64;
+        let mut copies = Vec::new();
+        for &node in &view.voters {
+            copies.push((
+                node,
+                replica_batches(address(node), MOVED_TOPIC, q, end).await,
+            ));
+        }
+        for (node, copy) in &copies[1..] {
+            assert!(
+                *copy == copies[0].1,
+                "queue {q}: node {node}'s replica differs from node {}'s",
+                copies[0].0
+            );
+        }
+    }
 }
 
 /// A node that stays down longer than `dead_node_timeout_ms` has its replicas

@@ -25,9 +25,20 @@ pub struct TopicDescription {
     pub queues: Vec<(u64, u64)>,
     /// The topic's own retention (zeros: none; the broker's applies too).
     pub retention: TopicRetention,
-    /// Per queue, in order: the Raft group holding it (0: the metadata group) and
-    /// that group's leader as the answering broker knows it (0: unknown).
-    pub placement: Vec<(u32, u64)>,
+    /// Per queue, in order: where it lives.
+    pub placement: Vec<QueuePlacement>,
+}
+
+/// Where a queue lives.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueuePlacement {
+    /// The Raft group holding it (0: the metadata group).
+    pub group: u32,
+    /// That group's leader as the answering broker knows it (0: unknown).
+    pub leader: u64,
+    /// The group's placed replicas, preferred leader first (empty for group 0,
+    /// which every node holds).
+    pub replicas: Vec<u64>,
 }
 
 /// One node's answer to a status request.
@@ -133,18 +144,18 @@ impl Admin {
                         ms: t.retention_ms,
                         bytes: t.retention_bytes,
                     };
-                    let leader_of = |group: u32| match group {
-                        0 => m.leader_id,
-                        g => m
-                            .groups
-                            .iter()
-                            .find(|i| i.group_id == g)
-                            .map_or(0, |i| i.leader_id),
-                    };
                     let placement = (0..t.queues)
                         .map(|q| {
                             let group = t.queue_groups.get(q as usize).copied().unwrap_or(0);
-                            (group, leader_of(group))
+                            let info = m.groups.iter().find(|i| i.group_id == group);
+                            QueuePlacement {
+                                group,
+                                leader: match group {
+                                    0 => m.leader_id,
+                                    _ => info.map_or(0, |i| i.leader_id),
+                                },
+                                replicas: info.map(|i| i.replicas.clone()).unwrap_or_default(),
+                            }
                         })
                         .collect();
                     (t.queues, retention, placement)

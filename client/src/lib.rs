@@ -40,7 +40,7 @@ mod partitioner;
 mod producer;
 mod retry;
 
-pub use admin::{Admin, NodeStatus, TopicDescription, TopicRetention};
+pub use admin::{Admin, NodeStatus, QueuePlacement, TopicDescription, TopicRetention};
 pub use client::{Client, ClientConfig, ClusterMetadata, Target};
 pub use consumer::{ConsumedMessage, Consumer, ConsumerConfig, OffsetReset, SeekTo};
 pub use error::ClientError;

@@ -496,16 +496,26 @@ async fn topic(client: &Client, command: TopicCommand, quiet: bool) -> Result<()
                 limit(d.retention.ms, "ms"),
                 limit(d.retention.bytes, "bytes")
             );
-            out!("queue\tlog_start\tlog_end\tmessages\tgroup\tleader");
+            out!("queue\tlog_start\tlog_end\tmessages\tgroup\tleader\treplicas");
             for (q, (start, end)) in d.queues.iter().enumerate() {
-                let (group, leader) = d.placement.get(q).copied().unwrap_or_default();
-                let leader = match leader {
+                let p = d.placement.get(q).cloned().unwrap_or_default();
+                let leader = match p.leader {
                     0 => "unknown".to_string(),
                     id => id.to_string(),
                 };
+                let replicas = match p.replicas.is_empty() {
+                    true => "all".to_string(),
+                    false => p
+                        .replicas
+                        .iter()
+                        .map(u64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                };
                 out!(
-                    "{q}\t{start}\t{end}\t{}\t{group}\t{leader}",
-                    end.saturating_sub(*start)
+                    "{q}\t{start}\t{end}\t{}\t{}\t{leader}\t{replicas}",
+                    end.saturating_sub(*start),
+                    p.group
                 );
             }
         }

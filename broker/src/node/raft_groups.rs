@@ -309,7 +309,7 @@ impl Node {
             let nodes: Vec<u64> = status
                 .progress
                 .iter()
-                .filter(|p| p.voter && p.recent_active)
+                .filter(|p| p.recent_active)
                 .map(|p| p.id.0)
                 .chain(std::iter::once(self.config.node_id.0))
                 .filter(|n| !self.state.decommissioned().contains(n))
@@ -362,11 +362,13 @@ impl Node {
             ));
         }
         let leaving = req.decommission;
+        // Every member of the metadata group, voter or learner: a cluster larger
+        // than its metadata quorum (3 or 5 voters) keeps the other nodes as learners
+        // of it, and they hold data-group replicas all the same.
         let nodes: Vec<u64> = self
             .raft
             .membership()
-            .voters
-            .iter()
+            .members()
             .map(|v| v.0)
             .filter(|n| *n != leaving && !self.state.decommissioned().contains(n))
             .collect();

@@ -160,12 +160,15 @@ impl GroupDirectory {
     /// its placed replicas other than `me` (a different one each time, so that a
     /// dead replica does not hold a client forever), which runs the group and names
     /// its leader.
+    /// `None` when this node is itself placed in the group (its replica is
+    /// starting) or the placement is not known yet.
     pub fn replica_elsewhere(&self, group: GroupId, me: u64) -> Option<std::net::SocketAddr> {
         let placement = self.placement();
-        let replicas: Vec<std::net::SocketAddr> = placement
-            .groups
-            .get(&group)?
-            .replicas
+        let placed = &placement.groups.get(&group)?.replicas;
+        if placed.contains(&me) {
+            return None;
+        }
+        let replicas: Vec<std::net::SocketAddr> = placed
             .iter()
             .filter(|&&r| r != me)
             .filter_map(|r| placement.addresses.get(&crate::raft::NodeId(*r)).copied())

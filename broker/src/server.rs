@@ -380,8 +380,11 @@ async fn serve_connection(
                 error.message = format!("group {group} does not run on this node; ask {replica}");
                 reply.error(error);
             } else {
+                // Placed here and starting (after a restart, once the metadata
+                // group has applied its placement), or the placement is not known
+                // yet: retriable.
                 reply.error(pb::Error::not_ready(
-                    format!("group {group} is not running on this node yet; retry"),
+                    format!("group {group} is not running on this node yet (starting); retry"),
                     None,
                 ));
             }

@@ -279,16 +279,22 @@ impl GroupConsumer {
     /// (their new owner starts from the group's last committed offset, so messages
     /// may be delivered again: at least once, as with every rebalance).
     pub async fn commit(&mut self) -> Result<(), ClientError> {
-        match self.commit_once().await {
-            Err(e) if needs_rejoin(&e) => {
-                tracing::info!(group = %self.group, error = %e, "rejoining the group to commit");
-                if matches!(e.server_error(), Some(ServerError::UnknownMember { .. })) {
-                    self.member_id.clear();
+        // A few rounds: the group may move on again while this member rejoins (a
+        // coordinator failover makes every member rejoin at once).
+        const ROUNDS: usize = 3;
+        let mut round = 0;
+        loop {
+            match self.commit_once().await {
+                Err(e) if needs_rejoin(&e) && round < ROUNDS => {
+                    tracing::info!(group = %self.group, error = %e, "rejoining the group to commit");
+                    if matches!(e.server_error(), Some(ServerError::UnknownMember { .. })) {
+                        self.member_id.clear();
+                    }
+                    self.rejoin().await?;
+                    round += 1;
                 }
-                self.rejoin().await?;
-                self.commit_once().await
+                other => return other,
             }
-            other => other,
         }
     }
 

@@ -696,13 +696,9 @@ impl Node {
     fn check_disk_use(&mut self, now: Instant) {
         // A file-system call: a few times a second is enough (the store checks
         // again before it creates a segment), and a node may run many groups.
-        if self
-            .disk_checked_at
-            .is_some_and(|t| now.duration_since(t) < DISK_USE_CHECK_INTERVAL)
-        {
+        if !due(&mut self.disk_checked_at, now, DISK_USE_CHECK_INTERVAL) {
             return;
         }
-        self.disk_checked_at = Some(now);
         let limited = match self.raft.log().check_disk_use_limit() {
             Ok(()) => None,
             Err(e) if e.is_disk_use_limit() => Some(e.to_string()),
@@ -818,6 +814,16 @@ impl Node {
 }
 
 /// The role as `cluster status` shows it.
+/// Whether periodic work last done at `at` is due again at `now` (every `every`);
+/// if so, records `now` as its last run.
+fn due(at: &mut Option<Instant>, now: Instant, every: Duration) -> bool {
+    if at.is_some_and(|t| now.duration_since(t) < every) {
+        return false;
+    }
+    *at = Some(now);
+    true
+}
+
 pub fn role_name(role: Role) -> &'static str {
     match role {
         Role::Leader => "leader",

@@ -97,14 +97,9 @@ impl Node {
     pub(super) fn raft_groups_upkeep(&mut self, now: Instant) {
         // Every few ticks: a node may run many groups, and none of this is urgent
         // (a role change is published at once, see `leadership_changed`).
-        if self
-            .raft_groups
-            .upkeep_at
-            .is_some_and(|t| now.duration_since(t) < GROUP_UPKEEP_INTERVAL)
-        {
+        if !super::due(&mut self.raft_groups.upkeep_at, now, GROUP_UPKEEP_INTERVAL) {
             return;
         }
-        self.raft_groups.upkeep_at = Some(now);
         self.publish_status();
         if self.group_id() == METADATA_GROUP {
             self.publish_placement();
@@ -121,14 +116,9 @@ impl Node {
     /// Data group, about every second: its queues' offset ranges, for consumer
     /// group lag answered by the metadata group on this node.
     fn publish_queue_bounds(&mut self, now: Instant) {
-        if self
-            .raft_groups
-            .bounds_at
-            .is_some_and(|t| now.duration_since(t) < QUEUE_BOUNDS_INTERVAL)
-        {
+        if !super::due(&mut self.raft_groups.bounds_at, now, QUEUE_BOUNDS_INTERVAL) {
             return;
         }
-        self.raft_groups.bounds_at = Some(now);
         let bounds = self.state.topics().flat_map(|t| {
             t.queues
                 .iter()

@@ -78,6 +78,10 @@ pub struct BrokerConfig {
     pub max_fetch_wait_ms: u64,
     /// Address of the Prometheus `/metrics` endpoint (default: none, metrics off).
     pub metrics_listen: Option<SocketAddr>,
+    /// Address of the Kafka-protocol listener (default: none, off). Every node of a
+    /// cluster must use the same offset between its Kafka port and its own port:
+    /// the Kafka addresses of the other nodes are derived from theirs with it.
+    pub kafka_listen: Option<SocketAddr>,
     /// Retention by age: sealed segments whose last write is older than this are
     /// deleted (default 7 days; 0 keeps segments forever).
     pub retention_ms: u64,
@@ -145,6 +149,7 @@ impl Default for BrokerConfig {
             request_timeout_ms: 10_000,
             max_fetch_wait_ms: 30_000,
             metrics_listen: None,
+            kafka_listen: None,
             retention_ms: 7 * 24 * 3600 * 1000,
             retention_bytes: 0,
             retention_check_interval_ms: 10_000,
@@ -235,6 +240,8 @@ pub struct FileConfig {
     pub request_timeout_ms: Option<u64>,
     /// See [`BrokerConfig::metrics_listen`].
     pub metrics_listen: Option<String>,
+    /// See [`BrokerConfig::kafka_listen`].
+    pub kafka_listen: Option<String>,
     /// See [`BrokerConfig::retention_ms`].
     pub retention_ms: Option<u64>,
     /// See [`BrokerConfig::retention_bytes`].
@@ -353,6 +360,9 @@ impl BrokerConfig {
         if let Some(metrics) = file.metrics_listen {
             self.metrics_listen = Some(parse_addr(&metrics)?);
         }
+        if let Some(kafka) = file.kafka_listen {
+            self.kafka_listen = Some(parse_addr(&kafka)?);
+        }
         macro_rules! set {
             ($($field:ident),*) => { $( if let Some(v) = file.$field { self.$field = v; } )* };
         }
@@ -419,6 +429,13 @@ impl BrokerConfig {
         if let Some(metrics) = self.metrics_listen {
             if metrics == self.listen && metrics.port() != 0 {
                 return Err(ConfigError::MetricsOnBrokerPort(metrics));
+            }
+        }
+        if let Some(kafka) = self.kafka_listen {
+            if kafka.port() != 0 && (kafka == self.listen || Some(kafka) == self.metrics_listen) {
+                return Err(ConfigError::OutOfRange(format!(
+                    "kafka_listen {kafka} is another listener's address; give it a port of its own"
+                )));
             }
         }
         if !(self.max_disk_use_ratio > 0.0 && self.max_disk_use_ratio <= 1.0) {

@@ -29,6 +29,8 @@ pub struct DevOptions {
     pub base_port: u16,
     /// Metrics port of node 1.
     pub metrics_base_port: u16,
+    /// Kafka port of node 1.
+    pub kafka_base_port: u16,
     /// Parent of the nodes' data dirs.
     pub data_dir: PathBuf,
     /// Durability of every node.
@@ -66,6 +68,7 @@ pub fn run(opts: DevOptions) -> anyhow::Result<()> {
         nodes,
         base_port,
         metrics_base_port,
+        kafka_base_port,
         ref data_dir,
         durability,
         clean,
@@ -74,8 +77,10 @@ pub fn run(opts: DevOptions) -> anyhow::Result<()> {
     } = opts;
     anyhow::ensure!((1..=9).contains(&nodes), "--nodes must be between 1 and 9");
     anyhow::ensure!(
-        u64::from(base_port) + nodes <= 65_536 && u64::from(metrics_base_port) + nodes <= 65_536,
-        "--base-port and --metrics-base-port leave no room for {nodes} nodes"
+        u64::from(base_port) + nodes <= 65_536
+            && u64::from(metrics_base_port) + nodes <= 65_536
+            && u64::from(kafka_base_port) + nodes <= 65_536,
+        "--base-port, --metrics-base-port and --kafka-base-port leave no room for {nodes} nodes"
     );
     prepare_data_dir(data_dir, clean)?;
     let exe = std::env::current_exe().context("cannot find this executable")?;
@@ -98,6 +103,7 @@ pub fn run(opts: DevOptions) -> anyhow::Result<()> {
         let id = i as u64 + 1;
         let dir = data_dir.join(format!("node{id}"));
         let metrics = format!("127.0.0.1:{}", u64::from(metrics_base_port) + i as u64);
+        let kafka = format!("127.0.0.1:{}", u64::from(kafka_base_port) + i as u64);
         let args: Vec<String> = vec![
             "--node-id".into(),
             id.to_string(),
@@ -109,6 +115,8 @@ pub fn run(opts: DevOptions) -> anyhow::Result<()> {
             durability.into(),
             "--metrics-listen".into(),
             metrics.clone(),
+            "--kafka-listen".into(),
+            kafka.clone(),
             "--segment-bytes".into(),
             segment_bytes.to_string(),
             "--data-groups".into(),
@@ -124,7 +132,7 @@ pub fn run(opts: DevOptions) -> anyhow::Result<()> {
             }
         };
         lines.push(format!(
-            "node {id}: {addr}  pid {}  metrics http://{metrics}/metrics  data {}",
+            "node {id}: {addr}  kafka {kafka}  pid {}  metrics http://{metrics}/metrics  data {}",
             child.id(),
             dir.display()
         ));

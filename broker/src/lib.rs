@@ -7,7 +7,8 @@
 //! - [`directory`]: the groups of this process (metadata group, data groups) and
 //!   where each request goes;
 //! - [`consumer_group`]: the consumer-group coordinator (members, assignments);
-//! - [`server`]: the listener and connections; [`transport`]: links to peers;
+//! - [`service`]: the protocol-neutral operations every adapter calls;
+//! - [`server`]: the native listener and connections; [`kafka`]: the Kafka listener; [`transport`]: links to peers;
 //! - [`state_machine`] and [`command`]: what committed entries mean;
 //! - [`data_dir_lock`]: one broker per data directory;
 //! - [`hard_state`]: term, vote and the acknowledged mark on disk;
@@ -24,6 +25,7 @@ pub mod directory;
 pub mod hard_state;
 pub mod host;
 pub mod join;
+pub mod kafka;
 pub mod log_adapter;
 pub mod logging;
 pub mod metrics;
@@ -33,6 +35,7 @@ pub mod raft;
 pub mod raft_wire;
 pub mod response;
 pub mod server;
+pub mod service;
 pub mod snapshot;
 pub mod state_machine;
 pub mod transport;

@@ -96,6 +96,10 @@ struct Args {
     /// Serve Prometheus metrics at http://HOST:PORT/metrics (default: off).
     #[arg(long, value_name = "HOST:PORT")]
     metrics_listen: Option<String>,
+    /// Serve the Kafka protocol at HOST:PORT (default: off). Every node must use
+    /// the same offset between this port and its --listen port.
+    #[arg(long, value_name = "HOST:PORT")]
+    kafka_listen: Option<String>,
     /// Log line format: text (coloured only on a terminal, unless NO_COLOR is set)
     /// or json (one object per line).
     #[arg(long, value_enum, default_value = "text")]
@@ -126,6 +130,9 @@ enum Sub {
         /// Metrics port of node 1; node N serves http://127.0.0.1:(this + N - 1)/metrics.
         #[arg(long, default_value_t = 9464)]
         metrics_base_port: u16,
+        /// Kafka port of node 1; node N serves the Kafka protocol on this + N - 1.
+        #[arg(long, default_value_t = 9092)]
+        kafka_base_port: u16,
         /// Delete the data dir first (else an earlier run's data is reused).
         #[arg(long)]
         clean: bool,
@@ -219,6 +226,9 @@ fn build_config(args: &Args) -> anyhow::Result<BrokerConfig> {
     if let Some(metrics) = &args.metrics_listen {
         config.metrics_listen = Some(parse_addr(metrics)?);
     }
+    if let Some(kafka) = &args.kafka_listen {
+        config.kafka_listen = Some(parse_addr(kafka)?);
+    }
     config.validate()?;
     Ok(config)
 }
@@ -251,6 +261,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         data_dir,
         durability,
         metrics_base_port,
+        kafka_base_port,
         clean,
         segment_bytes,
         data_groups,
@@ -261,6 +272,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             nodes: *nodes,
             base_port: *base_port,
             metrics_base_port: *metrics_base_port,
+            kafka_base_port: *kafka_base_port,
             data_dir: data_dir.clone(),
             durability: *durability,
             clean: *clean,
@@ -292,6 +304,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         );
         if let Some(addr) = broker.metrics_addr {
             println!("metrics: http://{addr}/metrics");
+        }
+        if let Some(addr) = broker.kafka_addr {
+            println!("kafka protocol: {addr}");
         }
         let token = broker.shutdown_token();
         tokio::spawn(async move {

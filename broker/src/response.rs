@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use raftmq_proto::pb;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
 use crate::metrics::{Api, BrokerMetrics};
 
@@ -19,10 +19,18 @@ pub type Outgoing = (pb::Response, Option<OwnedSemaphorePermit>);
 #[derive(Debug)]
 pub struct Responder {
     correlation_id: u64,
-    tx: mpsc::UnboundedSender<Outgoing>,
+    sink: Sink,
     permit: Option<OwnedSemaphorePermit>,
     /// Set when metrics are on: recorded once, when the answer is sent.
     observed: Option<Observed>,
+}
+
+/// Where the answer goes: a native connection's writer, or the task of a protocol
+/// adapter (the Kafka listener) waiting for this one answer.
+#[derive(Debug)]
+enum Sink {
+    Connection(mpsc::UnboundedSender<Outgoing>),
+    Caller(oneshot::Sender<pb::Response>),
 }
 
 /// What the metrics need to know about a request when it is answered.
@@ -46,8 +54,19 @@ impl Responder {
     ) -> Responder {
         Responder {
             correlation_id,
-            tx,
+            sink: Sink::Connection(tx),
             permit,
+            observed: None,
+        }
+    }
+
+    /// A responder whose answer is handed to the caller through `tx` (a protocol
+    /// adapter translating the answer into its own wire format).
+    pub fn to_caller(tx: oneshot::Sender<pb::Response>) -> Responder {
+        Responder {
+            correlation_id: 0,
+            sink: Sink::Caller(tx),
+            permit: None,
             observed: None,
         }
     }
@@ -99,7 +118,14 @@ impl Responder {
             body,
         };
         // The connection may be gone; its client will retry elsewhere.
-        let _ = self.tx.send((response, self.permit));
+        match self.sink {
+            Sink::Connection(tx) => {
+                let _ = tx.send((response, self.permit));
+            }
+            Sink::Caller(tx) => {
+                let _ = tx.send(response);
+            }
+        }
     }
 
     /// Answers with a success body.

@@ -30,6 +30,7 @@ use crate::metrics::{self, Api, BrokerMetrics};
 use crate::node::NodeInput;
 use crate::raft_wire;
 use crate::response::{Outgoing, Responder};
+use crate::service::Service;
 
 /// Responses written before one flush.
 const WRITE_BATCH: usize = 256;
@@ -88,6 +89,8 @@ pub struct Broker {
     pub local_addr: SocketAddr,
     /// The bound address of the `/metrics` endpoint, when metrics are on.
     pub metrics_addr: Option<SocketAddr>,
+    /// The bound address of the Kafka listener, when it is on.
+    pub kafka_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     node: JoinHandle<()>,
     listener: JoinHandle<()>,
@@ -120,6 +123,14 @@ impl Broker {
         if config.peers.len() == 1 {
             config.peers.insert(config.node_id, local_addr);
         }
+        let kafka_listener = match config.kafka_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|error| StartError::Bind { addr, error })?,
+            ),
+            None => None,
+        };
         let metrics_listener = match config.metrics_listen {
             Some(addr) => {
                 let listener = metrics::http::bind(addr)
@@ -192,16 +203,38 @@ impl Broker {
                 shutdown.clone(),
             ));
         }
+        let service = Service::new(directory, config, shutdown.clone());
+        let mut kafka_addr = None;
+        if let Some(kafka_listener) = kafka_listener {
+            let bound = kafka_listener
+                .local_addr()
+                .map_err(|error| StartError::Bind {
+                    addr: local_addr,
+                    error,
+                })?;
+            tracing::info!(addr = %bound, "serving the Kafka protocol");
+            kafka_addr = Some(bound);
+            let context = Arc::new(crate::kafka::KafkaContext::new(
+                service.clone(),
+                local_addr,
+                bound,
+            ));
+            tokio::spawn(crate::kafka::serve(
+                kafka_listener,
+                context,
+                shutdown.clone(),
+            ));
+        }
         let listener = tokio::spawn(accept_loop(
             listener,
-            directory,
-            config,
+            service,
             broker_metrics,
             shutdown.clone(),
         ));
         Ok(Broker {
             local_addr,
             metrics_addr,
+            kafka_addr,
             shutdown,
             node,
             listener,
@@ -229,8 +262,7 @@ impl Broker {
 
 async fn accept_loop(
     listener: TcpListener,
-    directory: Arc<GroupDirectory>,
-    config: Arc<BrokerConfig>,
+    service: Service,
     metrics: Arc<BrokerMetrics>,
     shutdown: CancellationToken,
 ) {
@@ -246,8 +278,7 @@ async fn accept_loop(
                 connections.spawn(serve_connection(
                     stream,
                     peer,
-                    directory.clone(),
-                    config.clone(),
+                    service.clone(),
                     metrics.clone(),
                     shutdown.clone(),
                 ));
@@ -264,18 +295,19 @@ async fn accept_loop(
     // Close every group's inbox: each node task answers what it still holds (those
     // answers end the connections' writers) and stops; requests read from now on
     // are answered "shutting down".
-    directory.close();
+    service.directory().close();
     while connections.join_next().await.is_some() {}
 }
 
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    directory: Arc<GroupDirectory>,
-    config: Arc<BrokerConfig>,
+    service: Service,
     metrics: Arc<BrokerMetrics>,
     shutdown: CancellationToken,
 ) {
+    let config = service.config();
+    let directory = service.directory();
     metrics.connection_opened();
     let (read, write) = stream.into_split();
     let codec = raftmq_proto::frame::codec(config.max_frame_bytes);
@@ -366,34 +398,11 @@ async fn serve_connection(
             ));
             continue;
         }
-        if let Err(e) = precheck(&body, &config) {
+        if let Err(e) = precheck(&body, config) {
             reply.error(e);
             continue;
         }
-        let group = directory.route(&body);
-        let Some(inbox) = directory.inbox(group) else {
-            if shutdown.is_cancelled() {
-                reply.error(pb::Error::shutting_down());
-            } else if let Some(replica) = directory.replica_elsewhere(group, config.node_id.0) {
-                // Not placed here: a replica of the group names its leader.
-                let mut error = pb::Error::not_leader(Some(&replica.to_string()));
-                error.message = format!("group {group} does not run on this node; ask {replica}");
-                reply.error(error);
-            } else {
-                // Placed here and starting (after a restart, once the metadata
-                // group has applied its placement), or the placement is not known
-                // yet: retriable.
-                reply.error(pb::Error::not_ready(
-                    format!("group {group} is not running on this node yet (starting); retry"),
-                    None,
-                ));
-            }
-            continue;
-        };
-        if let Err(e) = inbox.send(NodeInput::Client { body, reply }).await {
-            if let NodeInput::Client { reply, .. } = e.0 {
-                reply.error(pb::Error::shutting_down());
-            }
+        if !service.submit(body, reply).await {
             break;
         }
     }
@@ -450,7 +459,8 @@ async fn write_responses(
     >,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
 ) {
-    while let Some((response, permit)) = rx.recv().await {
+    while let Some((mut response, permit)) = rx.recv().await {
+        crate::kafka::fetch_for_native(&mut response);
         let mut result = framed
             .feed(bytes::Bytes::from(response.encode_to_vec()))
             .await;
@@ -458,7 +468,8 @@ async fn write_responses(
         let mut fed = 1;
         while result.is_ok() && fed < WRITE_BATCH {
             match rx.try_recv() {
-                Ok((response, permit)) => {
+                Ok((mut response, permit)) => {
+                    crate::kafka::fetch_for_native(&mut response);
                     result = framed
                         .feed(bytes::Bytes::from(response.encode_to_vec()))
                         .await;

@@ -41,7 +41,6 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use raftmq_proto::batch::BatchHeader;
 use raftmq_proto::pb::ErrorCode;
 use raftmq_store::{Entry, EntryKind, LogIndex};
 
@@ -483,7 +482,7 @@ impl StateMachine {
             Ok(entry) => entry,
             Err(e) => return ApplyOutcome::Rejected(ErrorCode::CorruptBatch, e.to_string()),
         };
-        let header = match BatchHeader::parse(&entry.batch) {
+        let header = match raftmq_proto::batch::parse_stored(&entry.batch) {
             Ok(header) => header,
             Err(e) => return ApplyOutcome::Rejected(ErrorCode::CorruptBatch, e.to_string()),
         };

@@ -296,6 +296,36 @@ impl BatchHeader {
     }
 }
 
+/// Which format a stored batch is in, read from its version byte (offset 16 in
+/// both): raftmq's own ([`MAGIC`]) or Kafka's RecordBatch v2
+/// ([`crate::kafka_batch::MAGIC`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchFormat {
+    /// raftmq's format (this module).
+    Native,
+    /// Kafka's RecordBatch v2 ([`crate::kafka_batch`]).
+    Kafka,
+}
+
+/// The format of a stored batch, `None` when too short to say or of neither format.
+pub fn format_of(buf: &[u8]) -> Option<BatchFormat> {
+    match *buf.get(field::MAGIC)? {
+        MAGIC => Some(BatchFormat::Native),
+        crate::kafka_batch::MAGIC => Some(BatchFormat::Kafka),
+        _ => None,
+    }
+}
+
+/// Reads the header of a stored batch of either format (as validated when it was
+/// produced, by [`validate`] or [`crate::kafka_batch::validate`]): what the broker's
+/// state machine uses to assign offsets and check producer sequences.
+pub fn parse_stored(buf: &[u8]) -> Result<BatchHeader, BatchError> {
+    match format_of(buf) {
+        Some(BatchFormat::Kafka) => crate::kafka_batch::parse_header(buf),
+        _ => BatchHeader::parse(buf),
+    }
+}
+
 /// Rewrites the producer fields of an encoded batch and its CRC, leaving the records
 /// untouched: how a producer renumbers a batch it has not had stored (for example
 /// after an earlier batch was refused for good and left a sequence gap).

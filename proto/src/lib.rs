@@ -6,6 +6,7 @@
 //!   [`pb::Response::ok`], [`pb::Response::error`]).
 //! - [`frame`]: length-prefixed frames, encode/decode, name validation.
 //! - [`batch`]: the record-batch byte format, builder, validation and decoding.
+//! - [`kafka_batch`]: Kafka's RecordBatch v2, validated and stored as sent.
 //! - [`error`]: wire error constructors, the typed [`ServerError`], [`ProtoError`].
 //!
 //! The layouts are described byte by byte in `docs/protocol.md` and in each module.
@@ -21,6 +22,7 @@ mod api;
 pub mod batch;
 pub mod error;
 pub mod frame;
+pub mod kafka_batch;
 mod varint;
 
 pub use api::{ApiKey, API_VERSION};

@@ -518,7 +518,7 @@ impl BrokerMetrics {
                     let (mut messages, mut bytes) = (0u64, 0u64);
                     for b in &r.batches {
                         bytes += b.batch.len() as u64;
-                        if let Ok(h) = raftmq_proto::batch::BatchHeader::parse(&b.batch) {
+                        if let Ok(h) = raftmq_proto::batch::parse_stored(&b.batch) {
                             messages += u64::from(h.record_count);
                         }
                     }

@@ -305,8 +305,7 @@ impl Node {
         }
         let body = command::encode_messages(topic.id, req.queue, &req.batch);
         let pending = if req.acks == pb::Acks::Leader as i32 {
-            let count =
-                raftmq_proto::batch::BatchHeader::parse(&req.batch).map_or(0, |h| h.record_count);
+            let count = raftmq_proto::batch::parse_stored(&req.batch).map_or(0, |h| h.record_count);
             PendingKind::ProduceLeaderAck { count }
         } else {
             PendingKind::Produce

@@ -1,0 +1,428 @@
+//! Produce, Fetch, ListOffsets and InitProducerId on the Kafka port. A Kafka record
+//! batch is validated here and stored as sent; fetches serve stored Kafka batches
+//! as they are (their base offset written in) and convert raftmq batches.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures::stream::{FuturesUnordered, StreamExt};
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{
+    FetchRequest, FetchResponse, InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest,
+    ListOffsetsResponse, ProduceRequest, ProduceResponse, ProducerId,
+};
+use kafka_protocol::protocol::StrBytes;
+use raftmq_proto::{kafka_batch, pb};
+
+use super::convert;
+use super::errors::{code, kafka_code};
+use super::KafkaContext;
+
+/// The answer for one partition of a produce.
+struct Produced {
+    error_code: i16,
+    base_offset: i64,
+    message: Option<String>,
+}
+
+impl Produced {
+    fn error(error_code: i16, message: impl Into<String>) -> Produced {
+        Produced {
+            error_code,
+            base_offset: -1,
+            message: Some(message.into()),
+        }
+    }
+}
+
+async fn produce_one(
+    context: &KafkaContext,
+    topic: String,
+    partition: i32,
+    records: Option<bytes::Bytes>,
+    acks: pb::Acks,
+) -> Produced {
+    let Some(batch) = records.filter(|r| !r.is_empty()) else {
+        return Produced::error(code::INVALID_RECORD, "no record batch");
+    };
+    let Ok(queue) = u32::try_from(partition) else {
+        return Produced::error(code::UNKNOWN_TOPIC_OR_PARTITION, "negative partition");
+    };
+    if let Err(e) = raftmq_proto::frame::validate_name(&topic) {
+        return Produced::error(code::INVALID_TOPIC_EXCEPTION, e.to_string());
+    }
+    let max = context.service.config().max_batch_bytes;
+    if batch.len() > max {
+        return Produced::error(
+            code::MESSAGE_TOO_LARGE,
+            format!("batch of {} bytes exceeds the limit of {max}", batch.len()),
+        );
+    }
+    if raftmq_proto::batch::format_of(&batch) != Some(raftmq_proto::batch::BatchFormat::Kafka) {
+        return Produced::error(
+            code::UNSUPPORTED_FOR_MESSAGE_FORMAT,
+            "only record batches of magic 2 are accepted",
+        );
+    }
+    if let Some(why) = kafka_batch::unsupported_feature(&batch) {
+        return Produced::error(code::UNSUPPORTED_FOR_MESSAGE_FORMAT, why);
+    }
+    if let Err(e) = kafka_batch::validate(&batch) {
+        return Produced::error(code::CORRUPT_MESSAGE, e.to_string());
+    }
+    let body = pb::request::Body::Produce(pb::ProduceRequest {
+        topic,
+        queue,
+        acks: acks as i32,
+        batch,
+    });
+    match context.service.call(body).await {
+        Ok(pb::response::Body::Produce(p)) => Produced {
+            error_code: code::NONE,
+            // Leader acks: the offset is not known yet.
+            base_offset: if p.base_offset == u64::MAX {
+                -1
+            } else {
+                p.base_offset as i64
+            },
+            message: None,
+        },
+        Ok(_) => Produced::error(code::INVALID_REQUEST, "unexpected answer"),
+        Err(f) => match (f.code(), f.body) {
+            // Already stored: a success for the client, at the first copy's offset.
+            (pb::ErrorCode::DuplicateSequence, Some(pb::response::Body::Produce(p))) => Produced {
+                error_code: code::NONE,
+                base_offset: p.base_offset as i64,
+                message: None,
+            },
+            (code_, _) => Produced::error(kafka_code(code_), f.error.message),
+        },
+    }
+}
+
+/// Runs every partition of the request at once. `None` for acks=0 (no answer).
+pub(super) async fn produce(
+    context: &KafkaContext,
+    request: ProduceRequest,
+    version: i16,
+) -> Option<ProduceResponse> {
+    if request.transactional_id.is_some() {
+        let mut response = ProduceResponse::default();
+        for topic in request.topic_data {
+            let mut t = TopicProduceResponse::default();
+            t.name = topic.name;
+            for p in topic.partition_data {
+                let mut r = PartitionProduceResponse::default();
+                r.index = p.index;
+                r.error_code = code::UNSUPPORTED_FOR_MESSAGE_FORMAT;
+                t.partition_responses.push(r);
+            }
+            response.responses.push(t);
+        }
+        return Some(response);
+    }
+    let acks = match request.acks {
+        -1 => pb::Acks::Quorum,
+        _ => pb::Acks::Leader,
+    };
+    let mut work = Vec::new();
+    for topic in &request.topic_data {
+        for p in &topic.partition_data {
+            let name = topic.name.0.as_str().to_owned();
+            work.push(produce_one(context, name, p.index, p.records.clone(), acks));
+        }
+    }
+    let mut results = futures::future::join_all(work).await.into_iter();
+    if request.acks == 0 {
+        return None;
+    }
+    let mut response = ProduceResponse::default();
+    for topic in request.topic_data {
+        let mut t = TopicProduceResponse::default();
+        t.name = topic.name;
+        for p in topic.partition_data {
+            let produced = results.next().expect("one result per partition");
+            let mut r = PartitionProduceResponse::default();
+            r.index = p.index;
+            r.error_code = produced.error_code;
+            r.base_offset = produced.base_offset;
+            r.log_append_time_ms = -1;
+            r.log_start_offset = -1;
+            if version >= 8 {
+                r.error_message = produced.message.map(StrBytes::from_string);
+            }
+            t.partition_responses.push(r);
+        }
+        response.responses.push(t);
+    }
+    Some(response)
+}
+
+/// One partition's fetch, as the broker answered it.
+struct Fetched {
+    topic: usize,
+    partition: i32,
+    result: Result<pb::FetchResponse, pb::Error>,
+}
+
+impl Fetched {
+    fn bytes(&self) -> usize {
+        match &self.result {
+            Ok(f) => f.batches.iter().map(|b| b.batch.len()).sum(),
+            Err(_) => 0,
+        }
+    }
+}
+
+async fn fetch_one(
+    context: &KafkaContext,
+    topic_index: usize,
+    topic: String,
+    partition: i32,
+    offset: i64,
+    max_bytes: i32,
+    max_wait_ms: u32,
+) -> Fetched {
+    let result = match (u32::try_from(partition), u64::try_from(offset)) {
+        (Ok(queue), Ok(offset)) => {
+            let body = pb::request::Body::Fetch(pb::FetchRequest {
+                topic,
+                queue,
+                offset,
+                max_bytes: max_bytes.max(1) as u32,
+                max_wait_ms,
+                min_bytes: 1,
+                ..pb::FetchRequest::default()
+            });
+            match context.service.call(body).await {
+                Ok(pb::response::Body::Fetch(f)) => Ok(f),
+                Ok(_) => Err(pb::Error::new(
+                    pb::ErrorCode::InvalidRequest,
+                    "unexpected answer",
+                )),
+                Err(f) => Err(f.error),
+            }
+        }
+        (Err(_), _) => Err(pb::Error::new(
+            pb::ErrorCode::InvalidQueue,
+            "negative partition",
+        )),
+        (_, Err(_)) => Err(pb::Error::new(
+            pb::ErrorCode::OffsetOutOfRange,
+            "negative offset",
+        )),
+    };
+    Fetched {
+        topic: topic_index,
+        partition,
+        result,
+    }
+}
+
+/// Reads every partition at once without waiting; if that finds less than
+/// `min_bytes`, long-polls them all and answers as soon as one has data (or the
+/// wait ends), re-reading the others without waiting.
+pub(super) async fn fetch(context: &KafkaContext, request: FetchRequest) -> FetchResponse {
+    let max_wait =
+        (request.max_wait_ms.max(0) as u64).min(context.service.config().max_fetch_wait_ms) as u32;
+    let wanted: Vec<(usize, String, i32, i64, i32)> = request
+        .topics
+        .iter()
+        .enumerate()
+        .flat_map(|(i, t)| {
+            t.partitions.iter().map(move |p| {
+                (
+                    i,
+                    t.topic.0.as_str().to_owned(),
+                    p.partition,
+                    p.fetch_offset,
+                    p.partition_max_bytes,
+                )
+            })
+        })
+        .collect();
+    let read_all = |wait: u32| {
+        wanted
+            .iter()
+            .map(|(i, t, p, o, m)| fetch_one(context, *i, t.clone(), *p, *o, *m, wait))
+            .collect::<FuturesUnordered<_>>()
+    };
+    let mut fetched: Vec<Fetched> = read_all(0).collect().await;
+    let total: usize = fetched.iter().map(Fetched::bytes).sum();
+    if total < request.min_bytes.max(1) as usize && max_wait > 0 && !wanted.is_empty() {
+        let mut polls = read_all(max_wait);
+        let deadline = tokio::time::sleep(Duration::from_millis(u64::from(max_wait) + 100));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => break,
+                next = polls.next() => match next {
+                    None => break,
+                    Some(f) if f.bytes() > 0 => {
+                        drop(polls);
+                        fetched = read_all(0).collect().await;
+                        break;
+                    }
+                    Some(_) => {}
+                },
+            }
+        }
+    }
+    fetched.sort_by_key(|f| (f.topic, f.partition));
+    let mut response = FetchResponse::default();
+    let mut budget = request.max_bytes.max(1) as usize;
+    let mut first = true;
+    for (i, topic) in request.topics.iter().enumerate() {
+        let mut t = FetchableTopicResponse::default();
+        t.topic = topic.topic.clone();
+        for f in fetched.iter().filter(|f| f.topic == i) {
+            let mut p = PartitionData::default();
+            p.partition_index = f.partition;
+            p.aborted_transactions = Some(Vec::new());
+            p.preferred_read_replica = kafka_protocol::messages::BrokerId(-1);
+            match &f.result {
+                Ok(data) => {
+                    p.high_watermark = data.high_watermark as i64;
+                    p.last_stable_offset = data.high_watermark as i64;
+                    p.log_start_offset = data.log_start as i64;
+                    let size = f.bytes();
+                    if size > 0 && (first || size <= budget) {
+                        first = false;
+                        budget = budget.saturating_sub(size);
+                        let mut out = BytesMut::with_capacity(size + 64);
+                        let mut failed = None;
+                        for b in &data.batches {
+                            if let Err(e) =
+                                convert::append_as_kafka(&b.batch, b.base_offset, &mut out)
+                            {
+                                failed = Some(e);
+                                break;
+                            }
+                        }
+                        match failed {
+                            None => p.records = Some(out.freeze()),
+                            Some(e) => {
+                                tracing::error!(topic = %topic.topic.0.as_str(), partition = f.partition, error = %e, "stored batch cannot be served to a Kafka consumer");
+                                p.error_code = code::CORRUPT_MESSAGE;
+                            }
+                        }
+                    } else {
+                        p.records = Some(bytes::Bytes::new());
+                    }
+                }
+                Err(e) => {
+                    p.error_code = kafka_code(
+                        pb::ErrorCode::try_from(e.code).unwrap_or(pb::ErrorCode::NotReady),
+                    );
+                    p.high_watermark = -1;
+                    p.last_stable_offset = -1;
+                    p.log_start_offset = -1;
+                    p.records = Some(bytes::Bytes::new());
+                }
+            }
+            t.partitions.push(p);
+        }
+        response.responses.push(t);
+    }
+    response
+}
+
+pub(super) async fn list_offsets(
+    context: &KafkaContext,
+    request: ListOffsetsRequest,
+) -> ListOffsetsResponse {
+    let mut work = Vec::new();
+    for topic in &request.topics {
+        for p in &topic.partitions {
+            let name = topic.name.0.as_str().to_owned();
+            let (partition, timestamp) = (p.partition_index, p.timestamp);
+            work.push(async move {
+                let (spec, timestamp_ms) = match timestamp {
+                    -2 | -4 => (pb::OffsetSpec::Earliest, 0),
+                    -1 => (pb::OffsetSpec::Latest, 0),
+                    t if t >= 0 => (pb::OffsetSpec::Timestamp, t),
+                    _ => return Err(code::INVALID_REQUEST),
+                };
+                let queue =
+                    u32::try_from(partition).map_err(|_| code::UNKNOWN_TOPIC_OR_PARTITION)?;
+                let body = pb::request::Body::ListOffsets(pb::ListOffsetsRequest {
+                    topic: name,
+                    queue,
+                    spec: spec as i32,
+                    timestamp_ms,
+                });
+                match context.service.call(body).await {
+                    Ok(pb::response::Body::ListOffsets(l)) => Ok(l.offset as i64),
+                    Ok(_) => Err(code::INVALID_REQUEST),
+                    Err(f) => Err(kafka_code(f.code())),
+                }
+            });
+        }
+    }
+    let mut results = futures::future::join_all(work).await.into_iter();
+    let mut response = ListOffsetsResponse::default();
+    for topic in request.topics {
+        let mut t = ListOffsetsTopicResponse::default();
+        t.name = topic.name;
+        for p in topic.partitions {
+            let mut r = ListOffsetsPartitionResponse::default();
+            r.partition_index = p.partition_index;
+            r.timestamp = -1;
+            r.leader_epoch = -1;
+            match results.next().expect("one result per partition") {
+                Ok(offset) => r.offset = offset,
+                Err(error_code) => {
+                    r.error_code = error_code;
+                    r.offset = -1;
+                }
+            }
+            t.partitions.push(r);
+        }
+        response.topics.push(t);
+    }
+    response
+}
+
+/// A producer id for an idempotent producer: a raftmq producer session.
+/// Transactions are not supported.
+pub(super) async fn init_producer_id(
+    context: &KafkaContext,
+    request: InitProducerIdRequest,
+) -> InitProducerIdResponse {
+    let mut response = InitProducerIdResponse::default();
+    response.producer_id = ProducerId(-1);
+    response.producer_epoch = -1;
+    if request.transactional_id.is_some() {
+        response.error_code = code::INVALID_REQUEST;
+        return response;
+    }
+    let body = pb::request::Body::InitProducer(pb::InitProducerRequest {});
+    match context.service.call(body).await {
+        Ok(pb::response::Body::InitProducer(p)) => {
+            match (
+                i64::try_from(p.producer_id),
+                i16::try_from(p.producer_epoch),
+            ) {
+                (Ok(id), Ok(epoch)) => {
+                    response.producer_id = ProducerId(id);
+                    response.producer_epoch = epoch;
+                }
+                _ => response.error_code = code::INVALID_REQUEST,
+            }
+        }
+        Ok(_) => response.error_code = code::INVALID_REQUEST,
+        Err(f) => {
+            response.error_code = match f.code() {
+                pb::ErrorCode::NotLeader
+                | pb::ErrorCode::NotReady
+                | pb::ErrorCode::ShuttingDown => code::NOT_COORDINATOR,
+                other => kafka_code(other),
+            }
+        }
+    }
+    response
+}

@@ -1,0 +1,369 @@
+//! The Kafka listener: a second front door onto the same broker, for Kafka clients
+//! and tools. Kafka topic = raftmq topic, partition = queue, offsets = queue
+//! offsets, consumer groups = raftmq consumer groups, idempotent producers =
+//! raftmq producer sessions. Every request becomes the same broker operations the
+//! native port runs ([`crate::service`]); this module only translates wire types
+//! and error codes (`docs/protocol.md`, "Kafka protocol").
+//!
+//! A connection reads requests in order, runs them concurrently and writes the
+//! answers in request order (as Kafka clients require). An unknown API, a version
+//! not advertised in `ApiVersions` or an undecodable request closes only that
+//! connection, as a Kafka broker does.
+
+mod convert;
+mod data;
+mod errors;
+mod groups;
+mod topics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures::{SinkExt, StreamExt};
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsResponse, RequestHeader, RequestKind, ResponseHeader, ResponseKind,
+};
+use kafka_protocol::protocol::{Decodable, Encodable};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
+
+use crate::service::Service;
+
+pub use convert::fetch_for_native;
+
+/// Requests one connection may have in flight (their answers queue in order).
+const MAX_INFLIGHT_PER_CONNECTION: usize = 64;
+
+/// The APIs served and their version ranges, as advertised by `ApiVersions`. Kept
+/// below the versions that address topics by id (Fetch 13+, Produce 13) since
+/// raftmq names topics.
+pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 9),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 7),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 7),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 7),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 4),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::ListGroups, 0, 4),
+    (ApiKey::ApiVersions, 0, 4),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 5),
+    (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::DescribeConfigs, 1, 4),
+];
+
+fn supported(key: ApiKey, version: i16) -> bool {
+    SUPPORTED
+        .iter()
+        .any(|&(k, min, max)| k == key && (min..=max).contains(&version))
+}
+
+/// What every Kafka request handler shares.
+#[derive(Debug)]
+pub struct KafkaContext {
+    service: Service,
+    /// This node's Kafka port minus its native port: every node of the cluster
+    /// listens for Kafka at the same offset from its native address (`docs/operations.md`).
+    port_offset: i32,
+    /// What each group member was last given in SyncGroup.
+    assignments: groups::GivenAssignments,
+}
+
+impl KafkaContext {
+    /// A context over `service`, with this node's Kafka address `kafka` and native
+    /// address `native`.
+    pub fn new(service: Service, native: SocketAddr, kafka: SocketAddr) -> KafkaContext {
+        KafkaContext {
+            service,
+            port_offset: i32::from(kafka.port()) - i32::from(native.port()),
+            assignments: groups::GivenAssignments::default(),
+        }
+    }
+
+    /// The Kafka address (host, port) of the node whose native address is `native`.
+    fn kafka_address(&self, native: &str) -> Option<(String, i32)> {
+        let addr: SocketAddr = native.parse().ok()?;
+        Some((
+            addr.ip().to_string(),
+            i32::from(addr.port()) + self.port_offset,
+        ))
+    }
+}
+
+/// Accepts Kafka connections until `shutdown`.
+pub async fn serve(listener: TcpListener, context: Arc<KafkaContext>, shutdown: CancellationToken) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                connections.spawn(serve_connection(
+                    stream,
+                    peer,
+                    context.clone(),
+                    shutdown.clone(),
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "kafka accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}
+
+/// An answer on its way: `None` for a request that gets none (produce with acks=0);
+/// a dropped sender closes the connection.
+type Pending = oneshot::Receiver<Option<Bytes>>;
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    context: Arc<KafkaContext>,
+    shutdown: CancellationToken,
+) {
+    let (read, write) = stream.into_split();
+    let codec = LengthDelimitedCodec::builder()
+        .length_field_length(4)
+        .max_frame_length(context.service.config().max_frame_bytes)
+        .new_codec();
+    let mut reader = FramedRead::new(read, codec.clone());
+    let (tx, rx) = mpsc::channel::<Pending>(MAX_INFLIGHT_PER_CONNECTION);
+    let closed = CancellationToken::new();
+    let writer = tokio::spawn(write_answers(
+        FramedWrite::new(write, codec),
+        rx,
+        closed.clone(),
+    ));
+    loop {
+        let frame = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = closed.cancelled() => break,
+            f = reader.next() => f,
+        };
+        let frame = match frame {
+            None => break,
+            Some(Ok(frame)) => frame.freeze(),
+            Some(Err(e)) => {
+                tracing::info!(%peer, error = %e, "closing kafka connection: bad frame");
+                break;
+            }
+        };
+        let (answer, pending) = oneshot::channel();
+        if tx.send(pending).await.is_err() {
+            break;
+        }
+        match decode(frame) {
+            Ok((header, request)) => {
+                let context = context.clone();
+                tokio::spawn(async move {
+                    let key = ApiKey::try_from(header.request_api_key).ok();
+                    let response = handle(&context, &header, request).await;
+                    match response.map(|r| r.map(|r| encode(key, &header, r))) {
+                        Ok(Some(Ok(bytes))) => {
+                            let _ = answer.send(Some(bytes));
+                        }
+                        Ok(None) => {
+                            let _ = answer.send(None);
+                        }
+                        Ok(Some(Err(e))) => {
+                            tracing::warn!(%peer, error = %e, "closing kafka connection: answer does not encode");
+                        }
+                        Err(why) => {
+                            tracing::info!(%peer, api = header.request_api_key, version = header.request_api_version, "closing kafka connection: {why}");
+                        }
+                    }
+                });
+            }
+            Err(Undecodable::UnsupportedApiVersions(header)) => {
+                // Kafka's rule: an ApiVersions request of a newer version than the
+                // broker knows gets UNSUPPORTED_VERSION with the supported list, as v0.
+                let mut response = api_versions();
+                response.error_code = errors::code::UNSUPPORTED_VERSION;
+                let mut header = header;
+                header.request_api_version = 0;
+                let _ = answer.send(
+                    encode(
+                        Some(ApiKey::ApiVersions),
+                        &header,
+                        ResponseKind::ApiVersions(response),
+                    )
+                    .ok(),
+                );
+            }
+            Err(Undecodable::Other(why)) => {
+                tracing::info!(%peer, "closing kafka connection: {why}");
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+enum Undecodable {
+    UnsupportedApiVersions(RequestHeader),
+    Other(String),
+}
+
+fn decode(mut frame: Bytes) -> Result<(RequestHeader, RequestKind), Undecodable> {
+    if frame.len() < 4 {
+        return Err(Undecodable::Other("request shorter than its header".into()));
+    }
+    let key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let Ok(api) = ApiKey::try_from(key) else {
+        return Err(Undecodable::Other(format!("unknown API key {key}")));
+    };
+    if api == ApiKey::ApiVersions && version > 4 {
+        let header = RequestHeader::decode(&mut frame, 1)
+            .map_err(|e| Undecodable::Other(format!("undecodable ApiVersions header: {e}")))?;
+        return Err(Undecodable::UnsupportedApiVersions(header));
+    }
+    if !supported(api, version) {
+        return Err(Undecodable::Other(format!(
+            "{api:?} v{version} is not supported (see ApiVersions)"
+        )));
+    }
+    let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
+        .map_err(|e| Undecodable::Other(format!("undecodable {api:?} header: {e}")))?;
+    let request = RequestKind::decode(api, &mut frame, version)
+        .map_err(|e| Undecodable::Other(format!("undecodable {api:?} v{version}: {e}")))?;
+    Ok((header, request))
+}
+
+fn encode(
+    key: Option<ApiKey>,
+    header: &RequestHeader,
+    response: ResponseKind,
+) -> anyhow::Result<Bytes> {
+    let key = key.ok_or_else(|| anyhow::anyhow!("unknown API key"))?;
+    let version = header.request_api_version;
+    let mut buf = BytesMut::with_capacity(64);
+    let mut response_header = ResponseHeader::default();
+    response_header.correlation_id = header.correlation_id;
+    response_header.encode(&mut buf, key.response_header_version(version))?;
+    response.encode(&mut buf, version)?;
+    Ok(buf.freeze())
+}
+
+async fn write_answers(
+    mut framed: FramedWrite<tokio::net::tcp::OwnedWriteHalf, LengthDelimitedCodec>,
+    mut rx: mpsc::Receiver<Pending>,
+    closed: CancellationToken,
+) {
+    while let Some(pending) = rx.recv().await {
+        let mut next = Some(pending);
+        let mut result = Ok(());
+        // Write every answer that is ready, then flush once.
+        while let Some(pending) = next.take() {
+            match pending.await {
+                Ok(Some(bytes)) => result = framed.feed(bytes).await,
+                Ok(None) => {}
+                Err(_) => result = Err(std::io::Error::other("request refused")),
+            }
+            if result.is_err() {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        if result.is_ok() {
+            result = SinkExt::<Bytes>::flush(&mut framed).await;
+        }
+        if result.is_err() {
+            break;
+        }
+    }
+    closed.cancel();
+}
+
+/// Why a request closes its connection instead of being answered.
+type Refusal = String;
+
+async fn handle(
+    context: &KafkaContext,
+    header: &RequestHeader,
+    request: RequestKind,
+) -> Result<Option<ResponseKind>, Refusal> {
+    let version = header.request_api_version;
+    Ok(Some(match request {
+        RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions()),
+        RequestKind::Metadata(r) => {
+            ResponseKind::Metadata(topics::metadata(context, r, version).await)
+        }
+        RequestKind::CreateTopics(r) => {
+            ResponseKind::CreateTopics(topics::create_topics(context, r, version).await)
+        }
+        RequestKind::DeleteTopics(r) => {
+            ResponseKind::DeleteTopics(topics::delete_topics(context, r).await)
+        }
+        RequestKind::DescribeConfigs(r) => {
+            ResponseKind::DescribeConfigs(topics::describe_configs(context, r).await)
+        }
+        RequestKind::Produce(r) => match data::produce(context, r, version).await {
+            Some(response) => ResponseKind::Produce(response),
+            None => return Ok(None),
+        },
+        RequestKind::Fetch(r) => ResponseKind::Fetch(data::fetch(context, r).await),
+        RequestKind::ListOffsets(r) => {
+            ResponseKind::ListOffsets(data::list_offsets(context, r).await)
+        }
+        RequestKind::InitProducerId(r) => {
+            ResponseKind::InitProducerId(data::init_producer_id(context, r).await)
+        }
+        RequestKind::FindCoordinator(r) => {
+            ResponseKind::FindCoordinator(groups::find_coordinator(context, r, version).await)
+        }
+        RequestKind::JoinGroup(r) => ResponseKind::JoinGroup(groups::join_group(context, r).await),
+        RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(groups::sync_group(context, r).await),
+        RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(groups::heartbeat(context, r).await),
+        RequestKind::LeaveGroup(r) => {
+            ResponseKind::LeaveGroup(groups::leave_group(context, r, version).await)
+        }
+        RequestKind::OffsetCommit(r) => {
+            ResponseKind::OffsetCommit(groups::offset_commit(context, r).await)
+        }
+        RequestKind::OffsetFetch(r) => {
+            ResponseKind::OffsetFetch(groups::offset_fetch(context, r).await)
+        }
+        RequestKind::ListGroups(r) => {
+            ResponseKind::ListGroups(groups::list_groups(context, r).await)
+        }
+        RequestKind::DescribeGroups(r) => {
+            ResponseKind::DescribeGroups(groups::describe_groups(context, r).await)
+        }
+        _ => return Err(format!("API key {} is not served", header.request_api_key)),
+    }))
+}
+
+fn api_versions() -> ApiVersionsResponse {
+    let mut response = ApiVersionsResponse::default();
+    response.api_keys = SUPPORTED
+        .iter()
+        .map(|&(key, min, max)| {
+            let mut v = ApiVersion::default();
+            v.api_key = key as i16;
+            v.min_version = min;
+            v.max_version = max;
+            v
+        })
+        .collect();
+    response
+}

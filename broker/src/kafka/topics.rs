@@ -1,0 +1,373 @@
+//! Metadata and topic administration on the Kafka port: Metadata, CreateTopics,
+//! DeleteTopics, DescribeConfigs.
+
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{
+    BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    DescribeConfigsRequest, DescribeConfigsResponse, MetadataRequest, MetadataResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use raftmq_proto::pb;
+
+use super::errors::{code, controller_code, kafka_code};
+use super::KafkaContext;
+
+/// Kafka's resource type number for a topic in DescribeConfigs.
+const RESOURCE_TOPIC: i8 = 2;
+
+pub(super) fn name(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_owned()))
+}
+
+/// The cluster as the metadata group describes it, with each queue's leader.
+pub(super) async fn cluster_metadata(
+    context: &KafkaContext,
+    topics: Vec<String>,
+) -> Result<pb::MetadataResponse, pb::Error> {
+    let body = pb::request::Body::Metadata(pb::MetadataRequest { topics });
+    match context.service.call(body).await {
+        Ok(pb::response::Body::Metadata(m)) => Ok(m),
+        Ok(_) => Err(pb::Error::new(
+            pb::ErrorCode::InvalidRequest,
+            "unexpected answer",
+        )),
+        Err(f) => Err(f.error),
+    }
+}
+
+/// A queue's leader and replicas: its data group's, or the metadata group's when
+/// the topic has no data groups.
+pub(super) fn queue_leader(
+    m: &pb::MetadataResponse,
+    topic: &pb::TopicInfo,
+    queue: u32,
+) -> (u64, Vec<u64>) {
+    match topic.queue_groups.get(queue as usize) {
+        Some(&group) if group != 0 => match m.groups.iter().find(|g| g.group_id == group) {
+            Some(g) => {
+                let leader = if g.leader_id != 0 {
+                    g.leader_id
+                } else {
+                    // Not running here: its preferred leader, where leadership is
+                    // balanced to (a wrong guess is answered NOT_LEADER and the
+                    // client asks again).
+                    g.preferred_leader_id
+                };
+                let replicas = if g.voters.is_empty() {
+                    g.replicas.clone()
+                } else {
+                    g.voters.clone()
+                };
+                (leader, replicas)
+            }
+            None => (0, Vec::new()),
+        },
+        _ => (m.leader_id, m.nodes.iter().map(|n| n.node_id).collect()),
+    }
+}
+
+pub(super) fn broker_id(node: u64) -> BrokerId {
+    BrokerId(i32::try_from(node).unwrap_or(-1))
+}
+
+pub(super) async fn metadata(
+    context: &KafkaContext,
+    request: MetadataRequest,
+    version: i16,
+) -> MetadataResponse {
+    let mut response = MetadataResponse::default();
+    // v0: an empty list means every topic; v1+: null means every topic, empty none.
+    let wanted: Option<Vec<String>> = match request.topics {
+        None => None,
+        Some(t) if t.is_empty() && version == 0 => None,
+        Some(t) => Some(
+            t.into_iter()
+                .filter_map(|t| t.name.map(|n| n.0.as_str().to_owned()))
+                .collect(),
+        ),
+    };
+    if matches!(&wanted, Some(w) if w.is_empty()) {
+        // Only the brokers are wanted: still ask, for the node list.
+    }
+    let m = match cluster_metadata(context, wanted.clone().unwrap_or_default()).await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::debug!(error = %e.message, "kafka metadata: cluster metadata unavailable");
+            // No brokers and no topics: the client retries (it treats a topic
+            // missing from the answer as unknown only once brokers are known).
+            response.controller_id = BrokerId(-1);
+            if let Some(w) = wanted {
+                response.topics = w
+                    .into_iter()
+                    .map(|t| {
+                        let mut topic = MetadataResponseTopic::default();
+                        topic.name = Some(name(&t));
+                        topic.error_code = code::LEADER_NOT_AVAILABLE;
+                        topic
+                    })
+                    .collect();
+            }
+            return response;
+        }
+    };
+    response.brokers = m
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            let (host, port) = context.kafka_address(&n.address)?;
+            let mut broker = MetadataResponseBroker::default();
+            broker.node_id = broker_id(n.node_id);
+            broker.host = StrBytes::from_string(host);
+            broker.port = port;
+            Some(broker)
+        })
+        .collect();
+    if version >= 2 {
+        response.cluster_id = Some(StrBytes::from_string(format!("{:016x}", m.cluster_id)));
+    }
+    response.controller_id = if m.leader_id == 0 {
+        BrokerId(-1)
+    } else {
+        broker_id(m.leader_id)
+    };
+    let mut topics: Vec<MetadataResponseTopic> = m
+        .topics
+        .iter()
+        .map(|t| {
+            let mut topic = MetadataResponseTopic::default();
+            topic.name = Some(name(&t.name));
+            topic.partitions = (0..t.queues)
+                .map(|q| {
+                    let (leader, replicas) = queue_leader(&m, t, q);
+                    let mut p = MetadataResponsePartition::default();
+                    p.partition_index = q as i32;
+                    if leader == 0 {
+                        p.error_code = code::LEADER_NOT_AVAILABLE;
+                        p.leader_id = BrokerId(-1);
+                    } else {
+                        p.leader_id = broker_id(leader);
+                    }
+                    p.leader_epoch = -1;
+                    p.replica_nodes = replicas.iter().map(|&r| broker_id(r)).collect();
+                    p.isr_nodes = p.replica_nodes.clone();
+                    p
+                })
+                .collect();
+            topic
+        })
+        .collect();
+    if let Some(wanted) = wanted {
+        for t in wanted {
+            if !m.topics.iter().any(|known| known.name == t) {
+                let mut topic = MetadataResponseTopic::default();
+                topic.name = Some(name(&t));
+                topic.error_code = code::UNKNOWN_TOPIC_OR_PARTITION;
+                topics.push(topic);
+            }
+        }
+    }
+    response.topics = topics;
+    response
+}
+
+/// Topic configs a Kafka client may set at creation: retention only (the rest of
+/// Kafka's per-topic settings have no raftmq meaning yet and are refused).
+fn topic_settings(
+    configs: &[kafka_protocol::messages::create_topics_request::CreatableTopicConfig],
+) -> Result<(u64, u64), String> {
+    let mut retention_ms = 0;
+    let mut retention_bytes = 0;
+    for c in configs {
+        let value = c.value.as_ref().map(|v| v.as_str()).unwrap_or("");
+        let number = || -> Result<u64, String> {
+            let n: i64 = value
+                .parse()
+                .map_err(|_| format!("{} must be a number, not {value:?}", c.name.as_str()))?;
+            Ok(if n < 0 { 0 } else { n as u64 })
+        };
+        match c.name.as_str() {
+            "retention.ms" => retention_ms = number()?,
+            "retention.bytes" => retention_bytes = number()?,
+            "cleanup.policy" if value == "delete" => {}
+            other => {
+                return Err(format!(
+                    "topic config {other} is not supported (raftmq topics take retention.ms and retention.bytes)"
+                ))
+            }
+        }
+    }
+    Ok((retention_ms, retention_bytes))
+}
+
+pub(super) async fn create_topics(
+    context: &KafkaContext,
+    request: CreateTopicsRequest,
+    version: i16,
+) -> CreateTopicsResponse {
+    let mut response = CreateTopicsResponse::default();
+    for topic in request.topics {
+        let mut result = CreatableTopicResult::default();
+        result.name = topic.name.clone();
+        let topic_name = topic.name.0.as_str().to_owned();
+        let outcome: Result<u32, (i16, String)> = async {
+            raftmq_proto::frame::validate_name(&topic_name)
+                .map_err(|e| (code::INVALID_TOPIC_EXCEPTION, e.to_string()))?;
+            if !topic.assignments.is_empty() {
+                return Err((
+                    code::INVALID_REQUEST,
+                    "manual replica assignments are not supported: raftmq places replicas".into(),
+                ));
+            }
+            let queues = match topic.num_partitions {
+                -1 => 1,
+                n if n >= 1 => n as u32,
+                n => return Err((code::INVALID_PARTITIONS, format!("{n} partitions"))),
+            };
+            let (retention_ms, retention_bytes) =
+                topic_settings(&topic.configs).map_err(|e| (code::INVALID_CONFIG, e))?;
+            if request.validate_only {
+                return Ok(queues);
+            }
+            let body = pb::request::Body::CreateTopic(pb::CreateTopicRequest {
+                name: topic_name.clone(),
+                queues,
+                retention_ms,
+                retention_bytes,
+            });
+            context
+                .service
+                .call(body)
+                .await
+                .map(|_| queues)
+                .map_err(|f| (controller_code(f.code()), f.error.message))
+        }
+        .await;
+        match outcome {
+            Ok(queues) => {
+                if version >= 5 {
+                    result.num_partitions = queues as i32;
+                    result.replication_factor =
+                        i16::try_from(context.service.config().replication_factor).unwrap_or(-1);
+                    result.configs = Some(Vec::new());
+                }
+            }
+            Err((error_code, message)) => {
+                result.error_code = error_code;
+                result.error_message = Some(StrBytes::from_string(message));
+                if version >= 5 {
+                    result.num_partitions = -1;
+                    result.replication_factor = -1;
+                }
+            }
+        }
+        response.topics.push(result);
+    }
+    response
+}
+
+pub(super) async fn delete_topics(
+    context: &KafkaContext,
+    request: DeleteTopicsRequest,
+) -> DeleteTopicsResponse {
+    let mut response = DeleteTopicsResponse::default();
+    for topic in request.topic_names {
+        let mut result = DeletableTopicResult::default();
+        let body = pb::request::Body::DeleteTopic(pb::DeleteTopicRequest {
+            name: topic.0.as_str().to_owned(),
+        });
+        if let Err(f) = context.service.call(body).await {
+            result.error_code = controller_code(f.code());
+            result.error_message = Some(StrBytes::from_string(f.error.message));
+        }
+        result.name = Some(topic);
+        response.responses.push(result);
+    }
+    response
+}
+
+/// A topic's settings as Kafka config entries: the retention raftmq applies.
+pub(super) async fn describe_configs(
+    context: &KafkaContext,
+    request: DescribeConfigsRequest,
+) -> DescribeConfigsResponse {
+    let mut response = DescribeConfigsResponse::default();
+    let names: Vec<String> = request
+        .resources
+        .iter()
+        .filter(|r| r.resource_type == RESOURCE_TOPIC)
+        .map(|r| r.resource_name.as_str().to_owned())
+        .collect();
+    let m = cluster_metadata(context, names).await;
+    for resource in request.resources {
+        let mut result = DescribeConfigsResult::default();
+        result.resource_type = resource.resource_type;
+        result.resource_name = resource.resource_name.clone();
+        if resource.resource_type != RESOURCE_TOPIC {
+            // Broker and other resources: no configs are described.
+            response.results.push(result);
+            continue;
+        }
+        let topic = match &m {
+            Ok(m) => m
+                .topics
+                .iter()
+                .find(|t| t.name == resource.resource_name.as_str()),
+            Err(e) => {
+                result.error_code =
+                    kafka_code(pb::ErrorCode::try_from(e.code).unwrap_or(pb::ErrorCode::NotReady));
+                result.error_message = Some(StrBytes::from_string(e.message.clone()));
+                response.results.push(result);
+                continue;
+            }
+        };
+        let Some(topic) = topic else {
+            result.error_code = code::UNKNOWN_TOPIC_OR_PARTITION;
+            response.results.push(result);
+            continue;
+        };
+        let retention_ms = if topic.retention_ms == 0 {
+            context.service.config().retention_ms
+        } else {
+            topic.retention_ms
+        };
+        let retention_bytes = if topic.retention_bytes == 0 {
+            context.service.config().retention_bytes
+        } else {
+            topic.retention_bytes
+        };
+        let entry = |name: &'static str, value: String, from_topic: bool| {
+            let mut c = DescribeConfigsResourceResult::default();
+            c.name = StrBytes::from_static_str(name);
+            c.value = Some(StrBytes::from_string(value));
+            c.read_only = true;
+            // 1 = topic config, 5 = default (Kafka's config source numbers).
+            c.config_source = if from_topic { 1 } else { 5 };
+            c
+        };
+        let ms = |n: u64| {
+            if n == 0 {
+                "-1".to_string()
+            } else {
+                n.to_string()
+            }
+        };
+        result.configs = vec![
+            entry("retention.ms", ms(retention_ms), topic.retention_ms != 0),
+            entry(
+                "retention.bytes",
+                ms(retention_bytes),
+                topic.retention_bytes != 0,
+            ),
+            entry("cleanup.policy", "delete".into(), false),
+        ];
+        response.results.push(result);
+    }
+    response
+}

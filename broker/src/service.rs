@@ -1,0 +1,127 @@
+//! The protocol-neutral front of the broker: every client request, whichever port
+//! and protocol it came in on, becomes one broker operation (a
+//! [`pb::request::Body`]) handed to the Raft group that owns it, and its answer is
+//! one [`pb::Response`] whose errors are the broker's one error type
+//! ([`pb::Error`] with its [`ErrorCode`]). Protocol adapters (the native frame
+//! server in [`crate::server`], the Kafka listener in [`crate::kafka`]) only
+//! translate wire types and error codes around these calls.
+
+use std::sync::Arc;
+
+use raftmq_proto::pb;
+use raftmq_proto::pb::ErrorCode;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::BrokerConfig;
+use crate::directory::GroupDirectory;
+use crate::node::NodeInput;
+use crate::response::Responder;
+
+/// Hands operations to the node tasks of the groups that own them.
+#[derive(Debug, Clone)]
+pub struct Service {
+    directory: Arc<GroupDirectory>,
+    config: Arc<BrokerConfig>,
+    shutdown: CancellationToken,
+}
+
+impl Service {
+    /// A service over the groups of `directory`.
+    pub fn new(
+        directory: Arc<GroupDirectory>,
+        config: Arc<BrokerConfig>,
+        shutdown: CancellationToken,
+    ) -> Service {
+        Service {
+            directory,
+            config,
+            shutdown,
+        }
+    }
+
+    /// The broker's settings.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    /// The directory of groups (placement, statuses) this service routes with.
+    pub fn directory(&self) -> &GroupDirectory {
+        &self.directory
+    }
+
+    /// Routes `body` to the group that owns it (the metadata group, or a queue's
+    /// data group) and hands it over; `reply` is always answered. A group that does
+    /// not run here is answered with a redirect (`NOT_LEADER` naming a replica) or,
+    /// while it starts, `NOT_READY`. Returns false once the broker is shutting down
+    /// (the caller should stop reading requests).
+    pub async fn submit(&self, body: pb::request::Body, reply: Responder) -> bool {
+        let group = self.directory.route(&body);
+        let Some(inbox) = self.directory.inbox(group) else {
+            if self.shutdown.is_cancelled() {
+                reply.error(pb::Error::shutting_down());
+            } else if let Some(replica) = self
+                .directory
+                .replica_elsewhere(group, self.config.node_id.0)
+            {
+                // Not placed here: a replica of the group names its leader.
+                let mut error = pb::Error::not_leader(Some(&replica.to_string()));
+                error.message = format!("group {group} does not run on this node; ask {replica}");
+                reply.error(error);
+            } else {
+                // Placed here and starting (after a restart, once the metadata
+                // group has applied its placement), or the placement is not known
+                // yet: retriable.
+                reply.error(pb::Error::not_ready(
+                    format!("group {group} is not running on this node yet (starting); retry"),
+                    None,
+                ));
+            }
+            return true;
+        };
+        if let Err(e) = inbox.send(NodeInput::Client { body, reply }).await {
+            if let NodeInput::Client { reply, .. } = e.0 {
+                reply.error(pb::Error::shutting_down());
+            }
+            return false;
+        }
+        true
+    }
+
+    /// Runs one operation and waits for its answer: `Ok` with the success body, or
+    /// the broker's error (with the body some errors carry, e.g. a duplicate
+    /// produce's offset).
+    pub async fn call(&self, body: pb::request::Body) -> Result<pb::response::Body, Failure> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(body, Responder::to_caller(tx)).await;
+        let response = rx.await.unwrap_or_else(|_| pb::Response {
+            correlation_id: 0,
+            error: Some(pb::Error::shutting_down()),
+            body: None,
+        });
+        match (response.error, response.body) {
+            (None, Some(body)) => Ok(body),
+            (Some(error), body) => Err(Failure { error, body }),
+            (None, None) => Err(Failure {
+                error: pb::Error::new(ErrorCode::InvalidRequest, "empty answer"),
+                body: None,
+            }),
+        }
+    }
+}
+
+/// A refused operation: the broker's error and, for some codes, a body.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// What went wrong.
+    pub error: pb::Error,
+    /// Present with some errors (a duplicate produce says where the batch is).
+    pub body: Option<pb::response::Body>,
+}
+
+impl Failure {
+    /// The error's code.
+    pub fn code(&self) -> ErrorCode {
+        ErrorCode::try_from(self.error.code).unwrap_or(ErrorCode::InvalidRequest)
+    }
+}

@@ -110,6 +110,73 @@ impl Service {
     }
 }
 
+impl Service {
+    /// Like [`Service::call`], for operations of the metadata group that a protocol
+    /// without redirects cannot send to the leader itself (a Kafka client asking
+    /// any broker for a producer id or a new topic): a follower's `NOT_LEADER`
+    /// naming the leader is forwarded once to the leader's client port.
+    pub async fn call_at_leader(
+        &self,
+        body: pb::request::Body,
+    ) -> Result<pb::response::Body, Failure> {
+        let first = self.call(body.clone()).await;
+        let leader = match &first {
+            Err(f)
+                if matches!(f.code(), ErrorCode::NotLeader | ErrorCode::NotReady)
+                    && !f.error.leader_address.is_empty() =>
+            {
+                f.error.leader_address.clone()
+            }
+            _ => return first,
+        };
+        if leader == self.config.listen.to_string() {
+            return first;
+        }
+        match forward(&leader, body, self.config.max_frame_bytes).await {
+            Ok(response) => match (response.error, response.body) {
+                (None, Some(body)) => Ok(body),
+                (Some(error), body) => Err(Failure { error, body }),
+                (None, None) => first,
+            },
+            Err(e) => {
+                tracing::debug!(%leader, error = %e, "forwarding to the leader failed");
+                first
+            }
+        }
+    }
+}
+
+/// How long a forwarded request may take, connection included.
+const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Sends one request to another broker's client port and waits for its answer.
+async fn forward(
+    address: &str,
+    body: pb::request::Body,
+    max_frame_bytes: usize,
+) -> std::io::Result<pb::Response> {
+    use futures::{SinkExt, StreamExt};
+    use prost::Message;
+    let exchange = async {
+        let stream = tokio::net::TcpStream::connect(address).await?;
+        let _ = stream.set_nodelay(true);
+        let mut framed =
+            tokio_util::codec::Framed::new(stream, raftmq_proto::frame::codec(max_frame_bytes));
+        let request = pb::Request::new(1, body);
+        framed
+            .send(raftmq_proto::frame::encode_request(&request))
+            .await?;
+        let frame = framed
+            .next()
+            .await
+            .ok_or_else(|| std::io::Error::other("connection closed before the answer"))??;
+        pb::Response::decode(frame.freeze()).map_err(std::io::Error::other)
+    };
+    tokio::time::timeout(FORWARD_TIMEOUT, exchange)
+        .await
+        .map_err(|_| std::io::Error::other("timed out"))?
+}
+
 /// A refused operation: the broker's error and, for some codes, a body.
 #[derive(Debug, Clone)]
 pub struct Failure {

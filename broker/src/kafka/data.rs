@@ -401,7 +401,7 @@ pub(super) async fn init_producer_id(
         return response;
     }
     let body = pb::request::Body::InitProducer(pb::InitProducerRequest {});
-    match context.service.call(body).await {
+    match context.service.call_at_leader(body).await {
         Ok(pb::response::Body::InitProducer(p)) => {
             match (
                 i64::try_from(p.producer_id),

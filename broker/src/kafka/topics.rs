@@ -243,7 +243,7 @@ pub(super) async fn create_topics(
             });
             context
                 .service
-                .call(body)
+                .call_at_leader(body)
                 .await
                 .map(|_| queues)
                 .map_err(|f| (controller_code(f.code()), f.error.message))
@@ -282,7 +282,7 @@ pub(super) async fn delete_topics(
         let body = pb::request::Body::DeleteTopic(pb::DeleteTopicRequest {
             name: topic.0.as_str().to_owned(),
         });
-        if let Err(f) = context.service.call(body).await {
+        if let Err(f) = context.service.call_at_leader(body).await {
             result.error_code = controller_code(f.code());
             result.error_message = Some(StrBytes::from_string(f.error.message));
         }

@@ -28,12 +28,26 @@ pub struct Cluster {
     pub nodes: Vec<BrokerProcess>,
     peers: String,
     extra_args: Vec<String>,
+    /// Every node also serves the Kafka protocol on its port + 1.
+    kafka: bool,
     _dir: tempfile::TempDir,
 }
 
 fn free_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     listener.local_addr().expect("local addr")
+}
+
+/// A free port whose successor is free too (the Kafka port of a node is its port
+/// + 1: every node uses the same offset).
+fn free_port_pair() -> SocketAddr {
+    for _ in 0..100 {
+        let first = free_port();
+        if first.port() < u16::MAX && TcpListener::bind(("127.0.0.1", first.port() + 1)).is_ok() {
+            return first;
+        }
+    }
+    panic!("no two consecutive free ports found on loopback");
 }
 
 impl Cluster {
@@ -44,8 +58,19 @@ impl Cluster {
 
     /// Same, with extra command-line flags for every broker.
     pub fn start_with(n: usize, extra_args: &[&str]) -> Cluster {
+        Self::start_inner(n, extra_args, false)
+    }
+
+    /// Same, every node also serving the Kafka protocol (see [`Cluster::kafka_addrs`]).
+    pub fn start_with_kafka(n: usize, extra_args: &[&str]) -> Cluster {
+        Self::start_inner(n, extra_args, true)
+    }
+
+    fn start_inner(n: usize, extra_args: &[&str], kafka: bool) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        let addrs: Vec<SocketAddr> = (0..n).map(|_| free_port()).collect();
+        let addrs: Vec<SocketAddr> = (0..n)
+            .map(|_| if kafka { free_port_pair() } else { free_port() })
+            .collect();
         let peers = addrs
             .iter()
             .enumerate()
@@ -67,6 +92,7 @@ impl Cluster {
             nodes,
             peers,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            kafka,
             _dir: dir,
         };
         for id in 1..=n as u64 {
@@ -88,6 +114,16 @@ impl Cluster {
         self.nodes.iter().map(|n| n.addr.to_string()).collect()
     }
 
+    /// Kafka bootstrap addresses (each node's port + 1), comma-separated.
+    pub fn kafka_addrs(&self) -> String {
+        assert!(self.kafka, "started without the Kafka listener");
+        self.nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.addr.port() + 1))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     fn node(&mut self, id: u64) -> &mut BrokerProcess {
         &mut self.nodes[(id - 1) as usize]
     }
@@ -101,6 +137,12 @@ impl Cluster {
             Vec::new()
         } else {
             vec!["--segment-bytes".into(), (64u64 << 20).to_string()]
+        };
+        let kafka_flag: Vec<String> = if self.kafka {
+            let port = self.node(id).addr.port() + 1;
+            vec!["--kafka-listen".into(), format!("127.0.0.1:{port}")]
+        } else {
+            Vec::new()
         };
         let node = self.node(id);
         assert!(node.child.is_none(), "node {id} is already running");
@@ -123,6 +165,7 @@ impl Cluster {
             .arg(membership_flag)
             .arg(&membership_value)
             .args(segment_flag)
+            .args(kafka_flag)
             .args(&extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

@@ -1,0 +1,432 @@
+//! Real Kafka clients nobody on this project wrote, against a 3-node raftmq cluster
+//! (three data groups) on loopback: kcat (librdkafka, C), confluent-kafka
+//! (librdkafka through Python) and kafka-python (an independent pure-Python
+//! implementation). `.ci/run` installs them; a test fails with what to install
+//! when one is missing.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Cluster;
+use raftmq_client::{Admin, Client, Consumer, SeekTo, Target};
+use raftmq_proto::pb::{self, request::Body as Req, response::Body as Resp};
+
+const SCRIPTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka");
+
+fn require(program: &str, probe: &[&str], install: &str) {
+    let ok = Command::new(program)
+        .args(probe)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "{program} is needed by this test: {install} (.ci/run does)"
+    );
+}
+
+fn require_kcat() {
+    require("kcat", &["-V"], "apt-get install kcat");
+}
+
+fn require_python_module(module: &str, package: &str) {
+    require(
+        "python3",
+        &["-c", &format!("import {module}")],
+        &format!("python3 -m pip install {package}"),
+    );
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+async fn create_topic(client: &Client, name: &str, queues: u32) {
+    let admin = Admin::new(client);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match admin.create_topic(name, queues).await {
+            Ok(()) => return,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "create {name}: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// The offsets `group` committed, as raftmq's own API reports them.
+async fn committed(client: &Client, group: &str) -> BTreeMap<(String, u32), u64> {
+    let body = Req::OffsetFetch(pb::OffsetFetchRequest {
+        group: group.into(),
+        queues: Vec::new(),
+    });
+    match client
+        .request(Target::Leader, body)
+        .await
+        .expect("offset fetch")
+    {
+        Resp::OffsetFetch(f) => f
+            .offsets
+            .into_iter()
+            .map(|o| ((o.topic, o.queue), o.offset))
+            .collect(),
+        other => panic!("unexpected answer {}", other.api_key()),
+    }
+}
+
+/// Runs a command to completion within `limit`, returning its stdout; panics with
+/// its output when it fails or overruns.
+fn run(mut command: Command, stdin: Option<Vec<u8>>, limit: Duration) -> String {
+    command
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("start the client");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin");
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&input);
+        });
+    }
+    let pid = child.id();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let out = child.wait_with_output();
+        let _ = done_tx.send(());
+        out
+    });
+    if done_rx.recv_timeout(limit).is_err() {
+        // SAFETY: signalling our own child process.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGKILL);
+        }
+    }
+    let out = waiter.join().expect("waiter").expect("client output");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{command:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        stdout.chars().take(2000).collect::<String>(),
+        String::from_utf8_lossy(&out.stderr)
+            .chars()
+            .take(4000)
+            .collect::<String>()
+    );
+    stdout
+}
+
+/// Every message of every queue of `topic` (queue → values in offset order).
+async fn read_all(client: &Client, topic: &str, queues: u32) -> BTreeMap<u32, Vec<String>> {
+    let mut consumer = Consumer::new(client);
+    let all: Vec<u32> = (0..queues).collect();
+    consumer.assign(topic, &all).await.expect("assign");
+    let mut ends = BTreeMap::new();
+    for q in 0..queues {
+        ends.insert(q, consumer.seek(q, SeekTo::Latest).await.expect("end"));
+        consumer.seek(q, SeekTo::Earliest).await.expect("seek");
+    }
+    let mut out: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if ends
+            .iter()
+            .all(|(q, end)| out.get(q).map_or(0, Vec::len) as u64 >= *end)
+        {
+            return out;
+        }
+        assert!(Instant::now() < deadline, "reading back did not finish");
+        for m in consumer.poll().await.expect("poll") {
+            let list = out.entry(m.queue).or_default();
+            assert_eq!(
+                list.len() as u64,
+                m.offset,
+                "queue {} skipped an offset",
+                m.queue
+            );
+            list.push(String::from_utf8(m.value.to_vec()).expect("utf-8"));
+        }
+    }
+}
+
+#[test]
+fn kcat_lists_produces_and_consumes_with_keys_and_as_a_group() {
+    require_kcat();
+    let cluster = Cluster::start_with_kafka(3, &["--data-groups", "3"]);
+    let rt = runtime();
+    let client = rt
+        .block_on(Client::connect(&cluster.addrs()))
+        .expect("connect");
+    rt.block_on(create_topic(&client, "lines", 4));
+    let brokers = cluster.kafka_addrs();
+
+    let mut list = Command::new("kcat");
+    list.args(["-b", &brokers, "-L", "-m", "20"]);
+    let listing = run(list, None, Duration::from_secs(30));
+    assert!(listing.contains(" 3 brokers:"), "{listing}");
+    assert!(
+        listing.contains("topic \"lines\" with 4 partitions:"),
+        "{listing}"
+    );
+
+    const N: usize = 100_000;
+    let input: String = (0..N).map(|i| format!("key{}:{i}\n", i % 100)).collect();
+    let mut produce = Command::new("kcat");
+    produce.args(["-b", &brokers, "-P", "-t", "lines", "-K:", "-X", "acks=all"]);
+    run(produce, Some(input.into_bytes()), Duration::from_secs(120));
+
+    let mut consume = Command::new("kcat");
+    consume.args([
+        "-b",
+        &brokers,
+        "-C",
+        "-t",
+        "lines",
+        "-e",
+        "-o",
+        "beginning",
+        "-q",
+        "-f",
+        "%k %s %p %o\n",
+    ]);
+    let lines = run(consume, None, Duration::from_secs(120));
+    let mut values = Vec::with_capacity(N);
+    let mut key_partition: BTreeMap<String, u32> = BTreeMap::new();
+    let mut per_partition: BTreeMap<u32, Vec<(u64, usize)>> = BTreeMap::new();
+    for line in lines.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        assert_eq!(f.len(), 4, "unexpected line {line:?}");
+        let value: usize = f[1].parse().expect("a number");
+        let partition: u32 = f[2].parse().expect("partition");
+        let offset: u64 = f[3].parse().expect("offset");
+        assert_eq!(f[0], format!("key{}", value % 100), "key of {value}");
+        let p = *key_partition.entry(f[0].to_owned()).or_insert(partition);
+        assert_eq!(p, partition, "key {} in two partitions", f[0]);
+        per_partition
+            .entry(partition)
+            .or_default()
+            .push((offset, value));
+        values.push(value);
+    }
+    values.sort_unstable();
+    assert_eq!(
+        values,
+        (0..N).collect::<Vec<_>>(),
+        "every line exactly once"
+    );
+    for (p, read) in &per_partition {
+        for (i, w) in read.windows(2).enumerate() {
+            assert_eq!(
+                w[1].0,
+                w[0].0 + 1,
+                "partition {p}: offsets not consecutive at {i}"
+            );
+            assert!(w[1].1 > w[0].1, "partition {p}: out of order at {i}");
+        }
+    }
+
+    // A consumer group: everything read, and the offsets it commits are raftmq's.
+    let mut group = Command::new("kcat");
+    group.args([
+        "-b",
+        &brokers,
+        "-G",
+        "kcat-group",
+        "lines",
+        "-X",
+        "auto.offset.reset=earliest",
+        "-e",
+        "-q",
+        "-f",
+        "%s\n",
+    ]);
+    let read = run(group, None, Duration::from_secs(120));
+    assert_eq!(read.lines().count(), N, "the group read every line once");
+    let offsets = rt.block_on(committed(&client, "kcat-group"));
+    let total: u64 = offsets.values().sum();
+    assert_eq!(total, N as u64, "committed offsets {offsets:?}");
+}
+
+#[test]
+fn kafka_python_round_trip_shares_offsets_with_native_clients() {
+    require_python_module("kafka", "kafka-python");
+    let cluster = Cluster::start_with_kafka(3, &["--data-groups", "3"]);
+    let rt = runtime();
+    let client = rt
+        .block_on(Client::connect(&cluster.addrs()))
+        .expect("connect");
+    let mut script = Command::new("python3");
+    script.args([
+        &format!("{SCRIPTS}/kafka_python_roundtrip.py"),
+        &cluster.kafka_addrs(),
+        "py-topic",
+        "py-group",
+    ]);
+    let out = run(script, None, Duration::from_secs(180));
+    assert!(out.starts_with("ok"), "{out}");
+    // The Kafka consumer's commits, as raftmq's own API sees them.
+    let offsets = rt.block_on(committed(&client, "py-group"));
+    let total: u64 = offsets
+        .iter()
+        .filter(|((t, _), _)| t == "py-topic")
+        .map(|(_, o)| o)
+        .sum();
+    assert_eq!(total, 1000, "{offsets:?}");
+    // The topic it deleted is gone for native clients too.
+    let body = Req::Metadata(pb::MetadataRequest::default());
+    let Resp::Metadata(m) = rt
+        .block_on(client.request(Target::Leader, body))
+        .expect("metadata")
+    else {
+        panic!("not metadata")
+    };
+    let names: Vec<&str> = m.topics.iter().map(|t| t.name.as_str()).collect();
+    assert!(names.contains(&"py-topic"), "{names:?}");
+    assert!(!names.contains(&"py-topic-doomed"), "{names:?}");
+}
+
+#[test]
+fn confluent_idempotent_producer_loses_and_repeats_nothing_across_a_leader_kill() {
+    require_python_module("confluent_kafka", "confluent-kafka");
+    const QUEUES: u32 = 6;
+    let count: usize = std::env::var("RAFTMQ_KAFKA_IDEMPOTENT_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let mut cluster = Cluster::start_with_kafka(3, &["--data-groups", "3"]);
+    let rt = runtime();
+    let client = rt
+        .block_on(Client::connect(&cluster.addrs()))
+        .expect("connect");
+    rt.block_on(create_topic(&client, "idem", QUEUES));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let acked_path = dir.path().join("acked.txt");
+    let mut producer = Command::new("python3");
+    producer
+        .args([
+            &format!("{SCRIPTS}/idempotent_producer.py"),
+            &cluster.kafka_addrs(),
+            "idem",
+            &count.to_string(),
+            &QUEUES.to_string(),
+            acked_path.to_str().expect("utf-8 path"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = producer.spawn().expect("start the producer");
+    // Once a fifth is stored, kill the node leading the metadata group and one data
+    // group while the producer is still writing, and bring it back.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rt.block_on(stored_count(&client, "idem", QUEUES)) < count as u64 / 5 {
+        assert!(Instant::now() < deadline, "the producer did not get going");
+        assert!(
+            child.try_wait().expect("poll").is_none(),
+            "the producer exited early"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let Resp::Metadata(m) = rt
+        .block_on(client.request(
+            Target::Leader,
+            Req::Metadata(pb::MetadataRequest::default()),
+        ))
+        .expect("metadata")
+    else {
+        panic!("not metadata")
+    };
+    let victim = if m.leader_id == 0 { 1 } else { m.leader_id };
+    cluster.kill(victim);
+    assert!(
+        child.try_wait().expect("poll").is_none(),
+        "the producer finished before the kill: nothing was tested"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.restart(victim);
+    let out = wait_output(child, Duration::from_secs(240));
+    assert!(out.0, "producer failed: {}", out.1);
+
+    let acked = std::fs::read_to_string(&acked_path).expect("acked file");
+    let stored = rt.block_on(read_all(&client, "idem", QUEUES));
+    let mut n = 0;
+    for line in acked.lines().filter(|l| !l.is_empty()) {
+        let f: Vec<&str> = line.split(' ').collect();
+        let (q, offset, value): (u32, usize, &str) =
+            (f[0].parse().expect("q"), f[1].parse().expect("o"), f[2]);
+        assert_eq!(
+            stored
+                .get(&q)
+                .and_then(|v| v.get(offset))
+                .map(String::as_str),
+            Some(value),
+            "acknowledged message {value} is not at queue {q} offset {offset}"
+        );
+        n += 1;
+    }
+    assert!(n > count / 2, "only {n} of {count} acknowledged: {}", out.1);
+    for (q, values) in &stored {
+        let numbers: Vec<usize> = values.iter().map(|v| v.parse().expect("number")).collect();
+        for w in numbers.windows(2) {
+            assert!(
+                w[1] > w[0],
+                "queue {q}: {} stored after {} (a duplicate or reordering)",
+                w[1],
+                w[0]
+            );
+        }
+        for v in &numbers {
+            assert_eq!(*v as u32 % QUEUES, *q, "value {v} in the wrong queue");
+        }
+    }
+}
+
+/// Messages stored in `topic` (the sum of its queues' ends).
+async fn stored_count(client: &Client, topic: &str, queues: u32) -> u64 {
+    let mut consumer = Consumer::new(client);
+    let all: Vec<u32> = (0..queues).collect();
+    consumer.assign(topic, &all).await.expect("assign");
+    let mut total = 0;
+    for q in 0..queues {
+        total += consumer.seek(q, SeekTo::Latest).await.expect("end");
+    }
+    total
+}
+
+/// Waits for a child, killing it after `limit`; (success, stdout + stderr).
+fn wait_output(child: std::process::Child, limit: Duration) -> (bool, String) {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let out = child.wait_with_output();
+        let _ = tx.send(());
+        out
+    });
+    if rx.recv_timeout(limit).is_err() {
+        // SAFETY: signalling our own child process.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGKILL);
+        }
+    }
+    let out = waiter.join().expect("waiter").expect("output");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}

@@ -102,30 +102,12 @@ fn run(mut command: Command, stdin: Option<Vec<u8>>, limit: Duration) -> String 
             let _ = pipe.write_all(&input);
         });
     }
-    let pid = child.id();
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    let waiter = std::thread::spawn(move || {
-        let out = child.wait_with_output();
-        let _ = done_tx.send(());
-        out
-    });
-    if done_rx.recv_timeout(limit).is_err() {
-        // SAFETY: signalling our own child process.
-        unsafe {
-            libc::kill(pid as libc::pid_t, libc::SIGKILL);
-        }
-    }
-    let out = waiter.join().expect("waiter").expect("client output");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (ok, stdout, stderr) = wait_output(child, limit);
     assert!(
-        out.status.success(),
-        "{command:?} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
+        ok,
+        "{command:?} failed:\nstdout: {}\nstderr: {}",
         stdout.chars().take(2000).collect::<String>(),
-        String::from_utf8_lossy(&out.stderr)
-            .chars()
-            .take(4000)
-            .collect::<String>()
+        stderr.chars().take(4000).collect::<String>()
     );
     stdout
 }
@@ -356,7 +338,8 @@ fn confluent_idempotent_producer_loses_and_repeats_nothing_across_a_leader_kill(
     );
     std::thread::sleep(Duration::from_secs(3));
     cluster.restart(victim);
-    let out = wait_output(child, Duration::from_secs(240));
+    let (ok, stdout, stderr) = wait_output(child, Duration::from_secs(240));
+    let out = (ok, format!("{stdout}{stderr}"));
     assert!(out.0, "producer failed: {}", out.1);
 
     let acked = std::fs::read_to_string(&acked_path).expect("acked file");
@@ -405,8 +388,8 @@ async fn stored_count(client: &Client, topic: &str, queues: u32) -> u64 {
     total
 }
 
-/// Waits for a child, killing it after `limit`; (success, stdout + stderr).
-fn wait_output(child: std::process::Child, limit: Duration) -> (bool, String) {
+/// Waits for a child, killing it after `limit`; (success, stdout, stderr).
+fn wait_output(child: std::process::Child, limit: Duration) -> (bool, String, String) {
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     let waiter = std::thread::spawn(move || {
@@ -423,10 +406,7 @@ fn wait_output(child: std::process::Child, limit: Duration) -> (bool, String) {
     let out = waiter.join().expect("waiter").expect("output");
     (
         out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }

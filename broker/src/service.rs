@@ -92,9 +92,27 @@ impl Service {
     /// the broker's error (with the body some errors carry, e.g. a duplicate
     /// produce's offset).
     pub async fn call(&self, body: pb::request::Body) -> Result<pb::response::Body, Failure> {
+        self.begin(body).await.answer().await
+    }
+
+    /// Hands one operation to its group and returns at once with the answer to
+    /// come: operations begun one after another reach their group in that order
+    /// (the produce order a connection must keep).
+    pub async fn begin(&self, body: pb::request::Body) -> Answer {
         let (tx, rx) = oneshot::channel();
         self.submit(body, Responder::to_caller(tx)).await;
-        let response = rx.await.unwrap_or_else(|_| pb::Response {
+        Answer(rx)
+    }
+}
+
+/// The answer of an operation handed over by [`Service::begin`].
+#[derive(Debug)]
+pub struct Answer(oneshot::Receiver<pb::Response>);
+
+impl Answer {
+    /// Waits for it.
+    pub async fn answer(self) -> Result<pb::response::Body, Failure> {
+        let response = self.0.await.unwrap_or_else(|_| pb::Response {
             correlation_id: 0,
             error: Some(pb::Error::shutting_down()),
             body: None,

@@ -21,6 +21,7 @@ use raftmq_proto::{kafka_batch, pb};
 use super::convert;
 use super::errors::{code, kafka_code};
 use super::KafkaContext;
+use crate::service::Answer;
 
 /// The answer for one partition of a produce.
 struct Produced {
@@ -39,40 +40,49 @@ impl Produced {
     }
 }
 
-async fn produce_one(
+/// Checks one partition's batch and hands it to its queue's group; the answer is
+/// awaited later ([`finish_one`]), so a connection's batches reach each queue in
+/// the order they came.
+async fn begin_one(
     context: &KafkaContext,
     topic: String,
     partition: i32,
     records: Option<bytes::Bytes>,
     acks: pb::Acks,
-) -> Produced {
+) -> Result<Answer, Produced> {
     let Some(batch) = records.filter(|r| !r.is_empty()) else {
-        return Produced::error(code::INVALID_RECORD, "no record batch");
+        return Err(Produced::error(code::INVALID_RECORD, "no record batch"));
     };
     let Ok(queue) = u32::try_from(partition) else {
-        return Produced::error(code::UNKNOWN_TOPIC_OR_PARTITION, "negative partition");
+        return Err(Produced::error(
+            code::UNKNOWN_TOPIC_OR_PARTITION,
+            "negative partition",
+        ));
     };
     if let Err(e) = raftmq_proto::frame::validate_name(&topic) {
-        return Produced::error(code::INVALID_TOPIC_EXCEPTION, e.to_string());
+        return Err(Produced::error(
+            code::INVALID_TOPIC_EXCEPTION,
+            e.to_string(),
+        ));
     }
     let max = context.service.config().max_batch_bytes;
     if batch.len() > max {
-        return Produced::error(
+        return Err(Produced::error(
             code::MESSAGE_TOO_LARGE,
             format!("batch of {} bytes exceeds the limit of {max}", batch.len()),
-        );
+        ));
     }
     if raftmq_proto::batch::format_of(&batch) != Some(raftmq_proto::batch::BatchFormat::Kafka) {
-        return Produced::error(
+        return Err(Produced::error(
             code::UNSUPPORTED_FOR_MESSAGE_FORMAT,
             "only record batches of magic 2 are accepted",
-        );
+        ));
     }
     if let Some(why) = kafka_batch::unsupported_feature(&batch) {
-        return Produced::error(code::UNSUPPORTED_FOR_MESSAGE_FORMAT, why);
+        return Err(Produced::error(code::UNSUPPORTED_FOR_MESSAGE_FORMAT, why));
     }
     if let Err(e) = kafka_batch::validate(&batch) {
-        return Produced::error(code::CORRUPT_MESSAGE, e.to_string());
+        return Err(Produced::error(code::CORRUPT_MESSAGE, e.to_string()));
     }
     let body = pb::request::Body::Produce(pb::ProduceRequest {
         topic,
@@ -80,7 +90,15 @@ async fn produce_one(
         acks: acks as i32,
         batch,
     });
-    match context.service.call(body).await {
+    Ok(context.service.begin(body).await)
+}
+
+async fn finish_one(begun: Result<Answer, Produced>) -> Produced {
+    let answer = match begun {
+        Ok(answer) => answer.answer().await,
+        Err(refused) => return refused,
+    };
+    match answer {
         Ok(pb::response::Body::Produce(p)) => Produced {
             error_code: code::NONE,
             // Leader acks: the offset is not known yet.
@@ -104,11 +122,53 @@ async fn produce_one(
     }
 }
 
-/// Runs every partition of the request at once. `None` for acks=0 (no answer).
-pub(super) async fn produce(
+/// A produce whose batches were handed to their groups; [`ProduceInFlight::finish`]
+/// waits for the answers.
+pub(super) struct ProduceInFlight {
+    request: ProduceRequest,
+    version: i16,
+    begun: Vec<Result<Answer, Produced>>,
+}
+
+/// Checks and hands over every partition's batch, in the request's order. Called
+/// by the connection's reader before it reads the next request.
+pub(super) async fn produce_begin(
     context: &KafkaContext,
     request: ProduceRequest,
     version: i16,
+) -> ProduceInFlight {
+    let acks = match request.acks {
+        -1 => pb::Acks::Quorum,
+        _ => pb::Acks::Leader,
+    };
+    let mut begun = Vec::new();
+    if request.transactional_id.is_none() {
+        for topic in &request.topic_data {
+            for p in &topic.partition_data {
+                let name = topic.name.0.as_str().to_owned();
+                begun.push(begin_one(context, name, p.index, p.records.clone(), acks).await);
+            }
+        }
+    }
+    ProduceInFlight {
+        request,
+        version,
+        begun,
+    }
+}
+
+impl ProduceInFlight {
+    /// The answer (`None` for acks=0).
+    pub(super) async fn finish(self) -> Option<ProduceResponse> {
+        produce(self.request, self.version, self.begun).await
+    }
+}
+
+/// Waits for every partition's answer. `None` for acks=0 (no answer).
+async fn produce(
+    request: ProduceRequest,
+    version: i16,
+    begun: Vec<Result<Answer, Produced>>,
 ) -> Option<ProduceResponse> {
     if request.transactional_id.is_some() {
         let mut response = ProduceResponse::default();
@@ -125,18 +185,9 @@ pub(super) async fn produce(
         }
         return Some(response);
     }
-    let acks = match request.acks {
-        -1 => pb::Acks::Quorum,
-        _ => pb::Acks::Leader,
-    };
-    let mut work = Vec::new();
-    for topic in &request.topic_data {
-        for p in &topic.partition_data {
-            let name = topic.name.0.as_str().to_owned();
-            work.push(produce_one(context, name, p.index, p.records.clone(), acks));
-        }
-    }
-    let mut results = futures::future::join_all(work).await.into_iter();
+    let mut results = futures::future::join_all(begun.into_iter().map(finish_one))
+        .await
+        .into_iter();
     if request.acks == 0 {
         return None;
     }

@@ -172,10 +172,23 @@ async fn serve_connection(
         }
         match decode(frame) {
             Ok((header, request)) => {
+                // A produce's batches are handed to their queues here, in the order
+                // the requests came; only the answers are awaited concurrently.
+                let request = match request {
+                    RequestKind::Produce(r) => Begun::Produce(
+                        data::produce_begin(&context, r, header.request_api_version).await,
+                    ),
+                    other => Begun::Other(other),
+                };
                 let context = context.clone();
                 tokio::spawn(async move {
                     let key = ApiKey::try_from(header.request_api_key).ok();
-                    let response = handle(&context, &header, request).await;
+                    let response = match request {
+                        Begun::Produce(inflight) => {
+                            Ok(inflight.finish().await.map(ResponseKind::Produce))
+                        }
+                        Begun::Other(request) => handle(&context, &header, request).await,
+                    };
                     match response.map(|r| r.map(|r| encode(key, &header, r))) {
                         Ok(Some(Ok(bytes))) => {
                             let _ = answer.send(Some(bytes));
@@ -216,6 +229,12 @@ async fn serve_connection(
     }
     drop(tx);
     let _ = writer.await;
+}
+
+/// A request as the reader hands it to its task.
+enum Begun {
+    Produce(data::ProduceInFlight),
+    Other(RequestKind),
 }
 
 enum Undecodable {
@@ -317,10 +336,6 @@ async fn handle(
         RequestKind::DescribeConfigs(r) => {
             ResponseKind::DescribeConfigs(topics::describe_configs(context, r).await)
         }
-        RequestKind::Produce(r) => match data::produce(context, r, version).await {
-            Some(response) => ResponseKind::Produce(response),
-            None => return Ok(None),
-        },
         RequestKind::Fetch(r) => ResponseKind::Fetch(data::fetch(context, r).await),
         RequestKind::ListOffsets(r) => {
             ResponseKind::ListOffsets(data::list_offsets(context, r).await)

@@ -16,6 +16,7 @@
 //! - [`config`]: every option with its default;
 //! - [`metrics`]: the Prometheus series and their `/metrics` endpoint.
 
+pub mod alloc_guard;
 pub mod cluster;
 pub mod command;
 pub mod config;

@@ -18,6 +18,12 @@ use raftmq_broker::Broker;
 
 mod dev_cluster;
 
+/// Huge reservations from decoders of untrusted input cost address space, not an
+/// abort (see `alloc_guard`).
+#[global_allocator]
+static ALLOCATOR: raftmq_broker::alloc_guard::GuardedAlloc =
+    raftmq_broker::alloc_guard::GuardedAlloc;
+
 /// A Raft-replicated message-queue broker.
 #[derive(Debug, Parser)]
 #[command(name = "raftmq-broker", version, about)]

@@ -216,6 +216,7 @@ impl Broker {
             kafka_addr = Some(bound);
             let context = Arc::new(crate::kafka::KafkaContext::new(
                 service.clone(),
+                broker_metrics.clone(),
                 local_addr,
                 bound,
             ));

@@ -417,3 +417,143 @@ fn wait_output(child: std::process::Child, limit: Duration) -> (bool, String, St
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Produces `values` with raftmq's own producer, value `v` to queue `v mod queues`.
+async fn produce_numbers(
+    client: &Client,
+    topic: &str,
+    queues: u32,
+    values: std::ops::Range<usize>,
+) {
+    let producer = raftmq_client::Producer::builder(client)
+        .build()
+        .await
+        .expect("producer");
+    let mut deliveries = Vec::new();
+    for v in values {
+        let message =
+            raftmq_client::Message::new(topic, v.to_string()).with_queue(v as u32 % queues);
+        deliveries.push(producer.send(message).await.expect("send"));
+    }
+    for d in deliveries {
+        d.await.expect("acknowledged");
+    }
+}
+
+/// Values consumed so far by the members writing to `files`.
+fn consumed(files: &[std::path::PathBuf]) -> std::collections::BTreeSet<usize> {
+    files
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|text| {
+            text.lines()
+                .filter_map(|l| l.split(' ').nth(2)?.parse().ok())
+                .collect::<Vec<usize>>()
+        })
+        .collect()
+}
+
+#[test]
+fn confluent_consumer_group_survives_a_member_kill_and_a_join_and_keeps_offsets_across_a_restart() {
+    require_python_module("confluent_kafka", "confluent-kafka");
+    const QUEUES: u32 = 8;
+    const PER_PHASE: usize = 8_000;
+    let mut cluster = Cluster::start_with_kafka(3, &["--data-groups", "3"]);
+    let rt = runtime();
+    let client = rt
+        .block_on(Client::connect(&cluster.addrs()))
+        .expect("connect");
+    rt.block_on(create_topic(&client, "grp", QUEUES));
+    rt.block_on(produce_numbers(&client, "grp", QUEUES, 0..PER_PHASE));
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stop = dir.path().join("stop");
+    let brokers = cluster.kafka_addrs();
+    let start_member = |i: usize| {
+        let out = dir.path().join(format!("member{i}.txt"));
+        let child = Command::new("python3")
+            .args([
+                &format!("{SCRIPTS}/group_member.py"),
+                &brokers,
+                "grp",
+                "kafka-group",
+                out.to_str().expect("utf-8"),
+                stop.to_str().expect("utf-8"),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start a member");
+        (child, out)
+    };
+    let mut members: Vec<(std::process::Child, std::path::PathBuf)> =
+        (1..=3).map(start_member).collect();
+    let files = |members: &[(std::process::Child, std::path::PathBuf)]| {
+        members.iter().map(|(_, f)| f.clone()).collect::<Vec<_>>()
+    };
+    let mut all_files = files(&members);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while consumed(&all_files).len() < PER_PHASE / 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the group did not start consuming"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A member dies without leaving; another joins; more messages arrive.
+    let (mut killed, _) = members.remove(0);
+    let _ = killed.kill();
+    let _ = killed.wait();
+    members.push(start_member(4));
+    all_files = files(&members);
+    all_files.push(dir.path().join("member1.txt"));
+    rt.block_on(produce_numbers(
+        &client,
+        "grp",
+        QUEUES,
+        PER_PHASE..2 * PER_PHASE,
+    ));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let seen = consumed(&all_files);
+        if seen.len() == 2 * PER_PHASE {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the group consumed {} of {} messages",
+            seen.len(),
+            2 * PER_PHASE
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::fs::write(&stop, b"").expect("stop file");
+    for (child, out) in members {
+        let (ok, _, stderr) = wait_output(child, Duration::from_secs(60));
+        assert!(ok, "member writing {} failed: {stderr}", out.display());
+    }
+    let expected: BTreeMap<(String, u32), u64> = (0..QUEUES)
+        .map(|q| {
+            (
+                ("grp".to_string(), q),
+                (2 * PER_PHASE / QUEUES as usize) as u64,
+            )
+        })
+        .collect();
+    assert_eq!(rt.block_on(committed(&client, "kafka-group")), expected);
+
+    // The commits survive a restart of the metadata group's leader.
+    let Resp::Metadata(m) = rt
+        .block_on(client.request(
+            Target::Leader,
+            Req::Metadata(pb::MetadataRequest::default()),
+        ))
+        .expect("metadata")
+    else {
+        panic!("not metadata")
+    };
+    let leader = if m.leader_id == 0 { 1 } else { m.leader_id };
+    cluster.kill(leader);
+    cluster.restart(leader);
+    assert_eq!(rt.block_on(committed(&client, "kafka-group")), expected);
+}

@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::BrokerMetrics;
 use crate::service::Service;
 
 pub use convert::fetch_for_native;
@@ -41,37 +42,47 @@ const MAX_INFLIGHT_PER_CONNECTION: usize = 64;
 /// The APIs served and their version ranges, as advertised by `ApiVersions`. Kept
 /// below the versions that address topics by id (Fetch 13+, Produce 13) since
 /// raftmq names topics.
-pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
-    (ApiKey::Produce, 3, 9),
-    (ApiKey::Fetch, 4, 12),
-    (ApiKey::ListOffsets, 1, 7),
-    (ApiKey::Metadata, 0, 12),
-    (ApiKey::OffsetCommit, 2, 8),
-    (ApiKey::OffsetFetch, 1, 7),
-    (ApiKey::FindCoordinator, 0, 4),
-    (ApiKey::JoinGroup, 0, 7),
-    (ApiKey::Heartbeat, 0, 4),
-    (ApiKey::LeaveGroup, 0, 4),
-    (ApiKey::SyncGroup, 0, 5),
-    (ApiKey::DescribeGroups, 0, 5),
-    (ApiKey::ListGroups, 0, 4),
-    (ApiKey::ApiVersions, 0, 4),
-    (ApiKey::CreateTopics, 2, 7),
-    (ApiKey::DeleteTopics, 1, 5),
-    (ApiKey::InitProducerId, 0, 4),
-    (ApiKey::DescribeConfigs, 1, 4),
+/// Its name in metrics follows each range.
+pub const SUPPORTED: &[(ApiKey, i16, i16, &str)] = &[
+    (ApiKey::Produce, 3, 9, "produce"),
+    (ApiKey::Fetch, 4, 12, "fetch"),
+    (ApiKey::ListOffsets, 1, 7, "list_offsets"),
+    (ApiKey::Metadata, 0, 12, "metadata"),
+    (ApiKey::OffsetCommit, 2, 8, "offset_commit"),
+    (ApiKey::OffsetFetch, 1, 7, "offset_fetch"),
+    (ApiKey::FindCoordinator, 0, 4, "find_coordinator"),
+    (ApiKey::JoinGroup, 0, 7, "join_group"),
+    (ApiKey::Heartbeat, 0, 4, "heartbeat"),
+    (ApiKey::LeaveGroup, 0, 4, "leave_group"),
+    (ApiKey::SyncGroup, 0, 5, "sync_group"),
+    (ApiKey::DescribeGroups, 0, 5, "describe_groups"),
+    (ApiKey::ListGroups, 0, 4, "list_groups"),
+    (ApiKey::ApiVersions, 0, 4, "api_versions"),
+    (ApiKey::CreateTopics, 2, 7, "create_topics"),
+    (ApiKey::DeleteTopics, 1, 5, "delete_topics"),
+    (ApiKey::InitProducerId, 0, 4, "init_producer_id"),
+    (ApiKey::DescribeConfigs, 1, 4, "describe_configs"),
 ];
 
 fn supported(key: ApiKey, version: i16) -> bool {
     SUPPORTED
         .iter()
-        .any(|&(k, min, max)| k == key && (min..=max).contains(&version))
+        .any(|&(k, min, max, _)| k == key && (min..=max).contains(&version))
+}
+
+/// The metrics name of a served API.
+fn api_name(key: i16) -> &'static str {
+    SUPPORTED
+        .iter()
+        .find(|(k, ..)| *k as i16 == key)
+        .map_or("unknown", |(.., name)| name)
 }
 
 /// What every Kafka request handler shares.
 #[derive(Debug)]
 pub struct KafkaContext {
     service: Service,
+    metrics: Arc<BrokerMetrics>,
     /// This node's Kafka port minus its native port: every node of the cluster
     /// listens for Kafka at the same offset from its native address (`docs/operations.md`).
     port_offset: i32,
@@ -82,9 +93,15 @@ pub struct KafkaContext {
 impl KafkaContext {
     /// A context over `service`, with this node's Kafka address `kafka` and native
     /// address `native`.
-    pub fn new(service: Service, native: SocketAddr, kafka: SocketAddr) -> KafkaContext {
+    pub fn new(
+        service: Service,
+        metrics: Arc<BrokerMetrics>,
+        native: SocketAddr,
+        kafka: SocketAddr,
+    ) -> KafkaContext {
         KafkaContext {
             service,
+            metrics,
             port_offset: i32::from(kafka.port()) - i32::from(native.port()),
             assignments: groups::GivenAssignments::default(),
         }
@@ -139,6 +156,7 @@ async fn serve_connection(
     context: Arc<KafkaContext>,
     shutdown: CancellationToken,
 ) {
+    context.metrics.connection_opened();
     let (read, write) = stream.into_split();
     let codec = LengthDelimitedCodec::builder()
         .length_field_length(4)
@@ -172,6 +190,7 @@ async fn serve_connection(
         }
         match decode(frame) {
             Ok((header, request)) => {
+                let started = std::time::Instant::now();
                 // A produce's batches are handed to their queues here, in the order
                 // the requests came; only the answers are awaited concurrently.
                 let request = match request {
@@ -189,6 +208,11 @@ async fn serve_connection(
                         }
                         Begun::Other(request) => handle(&context, &header, request).await,
                     };
+                    context.metrics.on_kafka_response(
+                        header.request_api_key,
+                        api_name(header.request_api_key),
+                        started,
+                    );
                     match response.map(|r| r.map(|r| encode(key, &header, r))) {
                         Ok(Some(Ok(bytes))) => {
                             let _ = answer.send(Some(bytes));
@@ -229,6 +253,7 @@ async fn serve_connection(
     }
     drop(tx);
     let _ = writer.await;
+    context.metrics.connection_closed();
 }
 
 /// A request as the reader hands it to its task.
@@ -372,7 +397,7 @@ fn api_versions() -> ApiVersionsResponse {
     let mut response = ApiVersionsResponse::default();
     response.api_keys = SUPPORTED
         .iter()
-        .map(|&(key, min, max)| {
+        .map(|&(key, min, max, _)| {
             let mut v = ApiVersion::default();
             v.api_key = key as i16;
             v.min_version = min;

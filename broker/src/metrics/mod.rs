@@ -145,6 +145,8 @@ impl Api {
 
 /// Error codes the `code` label may take: the protocol's, plus one for values
 /// outside it.
+/// Kafka API keys below this get a latency series (every key the listener serves).
+const KAFKA_API_SLOTS: usize = 64;
 const ERROR_CODE_SLOTS: usize = 32;
 
 /// The Raft and log gauges the node task sets.
@@ -262,6 +264,8 @@ pub struct BrokerMetrics {
     connections: Gauge,
     latency: [OnceLock<Histogram>; Api::COUNT],
     errors: [OnceLock<Counter>; ERROR_CODE_SLOTS],
+    /// Kafka-protocol requests' latency, by Kafka API key.
+    kafka_latency: [OnceLock<Histogram>; KAFKA_API_SLOTS],
     /// Gauges the node task refreshes.
     pub node: NodeGauges,
     /// Raft events and sync timings.
@@ -309,6 +313,7 @@ impl BrokerMetrics {
             connections: Gauge::noop(),
             latency: std::array::from_fn(|_| OnceLock::new()),
             errors: std::array::from_fn(|_| OnceLock::new()),
+            kafka_latency: std::array::from_fn(|_| OnceLock::new()),
             node: NodeGauges {
                 role: std::array::from_fn(|_| Gauge::noop()),
                 term: Gauge::noop(),
@@ -365,6 +370,7 @@ impl BrokerMetrics {
                 connections: gauge!("raftmq_connections_open"),
                 latency: std::array::from_fn(|_| OnceLock::new()),
                 errors: std::array::from_fn(|_| OnceLock::new()),
+                kafka_latency: std::array::from_fn(|_| OnceLock::new()),
                 node: NodeGauges {
                     role: ROLES.map(|r| gauge!("raftmq_raft_role", "role" => role_label(r))),
                     term: gauge!("raftmq_raft_term"),
@@ -464,6 +470,31 @@ impl BrokerMetrics {
     /// Records one answered request: its latency, its error code if any, and what a
     /// produce stored or a fetch returned (in `topic`'s series too, when given).
     /// Called once per request by the responder.
+    /// A Kafka-protocol request was answered: its latency under
+    /// `raftmq_request_duration_seconds{protocol="kafka", api}` (`api` in snake
+    /// case, e.g. `join_group`).
+    pub fn on_kafka_response(&self, api_key: i16, api: &'static str, started: Instant) {
+        let Some(exporter) = &self.exporter else {
+            return;
+        };
+        let Some(slot) = usize::try_from(api_key)
+            .ok()
+            .and_then(|k| self.kafka_latency.get(k))
+        else {
+            return;
+        };
+        slot.get_or_init(|| {
+            metrics::with_local_recorder(&exporter.recorder, || {
+                metrics::histogram!(
+                    "raftmq_request_duration_seconds",
+                    "protocol" => "kafka",
+                    "api" => api
+                )
+            })
+        })
+        .record(started.elapsed());
+    }
+
     pub fn on_response(
         &self,
         api: Api,
@@ -478,10 +509,13 @@ impl BrokerMetrics {
         };
         self.latency[api as usize]
             .get_or_init(|| {
-                metrics::with_local_recorder(
-                    &exporter.recorder,
-                    || metrics::histogram!("raftmq_request_duration_seconds", "api" => api.name()),
-                )
+                metrics::with_local_recorder(&exporter.recorder, || {
+                    metrics::histogram!(
+                        "raftmq_request_duration_seconds",
+                        "protocol" => "native",
+                        "api" => api.name()
+                    )
+                })
             })
             .record(started.elapsed());
         if let Some(error) = error {
@@ -743,7 +777,7 @@ fn describe_all() {
     describe_histogram!(
         "raftmq_request_duration_seconds",
         Unit::Seconds,
-        "Time from reading a request to queueing its answer, by API (fetch includes its long poll)."
+        "Time from reading a request to queueing its answer, by protocol (native, kafka) and API (fetch includes its long poll)."
     );
     describe_counter!(
         "raftmq_errors_total",
@@ -880,7 +914,9 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("raftmq_request_duration_seconds_count{node=\"7\",api=\"produce\"} 1"),
+            text.contains(
+                "raftmq_request_duration_seconds_count{node=\"7\",protocol=\"native\",api=\"produce\"} 1"
+            ),
             "{text}"
         );
     }

@@ -1,0 +1,261 @@
+//! Bad input on the Kafka port, against a real broker process: a request that
+//! declares a 2-billion-element array, undecodable and random requests, versions
+//! not offered, corrupt record batches. Each closes its own connection or gets a
+//! Kafka error; the broker keeps running and keeps serving.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use common::Cluster;
+use indexmap::IndexMap;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, ProduceRequest, ProduceResponse,
+    RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use raftmq_client::{Admin, Client};
+
+fn connect(cluster: &Cluster) -> TcpStream {
+    let addr = cluster.kafka_addrs();
+    let first = addr.split(',').next().expect("an address");
+    let s = TcpStream::connect(first).expect("connect to the Kafka port");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s
+}
+
+fn send_frame(s: &mut TcpStream, body: &[u8]) {
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(body);
+    let _ = s.write_all(&frame);
+}
+
+/// The next answer's body, `None` when the broker closed the connection.
+fn read_frame(s: &mut TcpStream) -> Option<Bytes> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).ok()?;
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).ok()?;
+    Some(Bytes::from(body))
+}
+
+fn request(key: ApiKey, version: i16, body: &impl Encodable) -> Vec<u8> {
+    let mut header = RequestHeader::default();
+    header.request_api_key = key as i16;
+    header.request_api_version = version;
+    header.correlation_id = 7;
+    header.client_id = Some(StrBytes::from_static_str("test"));
+    let mut buf = BytesMut::new();
+    header
+        .encode(&mut buf, key.request_header_version(version))
+        .expect("header");
+    body.encode(&mut buf, version).expect("body");
+    buf.to_vec()
+}
+
+fn answer<T: Decodable>(key: ApiKey, version: i16, mut body: Bytes) -> T {
+    let header =
+        ResponseHeader::decode(&mut body, key.response_header_version(version)).expect("header");
+    assert_eq!(header.correlation_id, 7);
+    T::decode(&mut body, version).expect("answer decodes")
+}
+
+fn kafka_batch(values: &[&str]) -> Bytes {
+    let records: Vec<Record> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: i as i32 - 1,
+            timestamp: 1_700_000_000_000,
+            key: None,
+            value: Some(Bytes::from(v.to_string())),
+            headers: IndexMap::new(),
+        })
+        .collect();
+    let mut out = BytesMut::new();
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::None,
+    };
+    RecordBatchEncoder::encode(&mut out, records.iter(), &options).expect("encode");
+    out.freeze()
+}
+
+fn produce(topic: &str, batch: Bytes) -> ProduceRequest {
+    let mut p = PartitionProduceData::default();
+    p.index = 0;
+    p.records = Some(batch);
+    let mut t = TopicProduceData::default();
+    t.name = TopicName(StrBytes::from_string(topic.into()));
+    t.partition_data = vec![p];
+    let mut r = ProduceRequest::default();
+    r.acks = -1;
+    r.timeout_ms = 5000;
+    r.topic_data = vec![t];
+    r
+}
+
+fn produce_error(cluster: &Cluster, topic: &str, batch: Bytes) -> i16 {
+    let mut s = connect(cluster);
+    send_frame(&mut s, &request(ApiKey::Produce, 7, &produce(topic, batch)));
+    let body = read_frame(&mut s).expect("a produce answer");
+    let r: ProduceResponse = answer(ApiKey::Produce, 7, body);
+    r.responses[0].partition_responses[0].error_code
+}
+
+/// A small deterministic generator for the random requests.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[test]
+fn bad_kafka_requests_close_only_their_connection_and_lose_nothing() {
+    let mut cluster = Cluster::start_with_kafka(1, &[]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let client = rt
+        .block_on(Client::connect(&cluster.addrs()))
+        .expect("connect");
+    rt.block_on(Admin::new(&client).create_topic("t", 1))
+        .expect("create");
+
+    // A Metadata request declaring 2^31 - 1 topics in 4 bytes.
+    let mut s = connect(&cluster);
+    let mut body = BytesMut::new();
+    body.put_i16(ApiKey::Metadata as i16);
+    body.put_i16(4);
+    body.put_i32(7);
+    body.put_i16(-1);
+    body.put_i32(i32::MAX);
+    send_frame(&mut s, &body);
+    assert!(
+        read_frame(&mut s).is_none(),
+        "answered an impossible request"
+    );
+
+    // Valid requests still work; a newer ApiVersions gets the list, as v0.
+    let mut s = connect(&cluster);
+    send_frame(
+        &mut s,
+        &request(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default()),
+    );
+    let r: ApiVersionsResponse =
+        answer(ApiKey::ApiVersions, 3, read_frame(&mut s).expect("answer"));
+    assert_eq!(r.error_code, 0);
+    assert!(r
+        .api_keys
+        .iter()
+        .any(|k| k.api_key == ApiKey::Produce as i16));
+    let mut newer = request(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+    newer[3] = 9;
+    send_frame(&mut s, &newer);
+    let r: ApiVersionsResponse =
+        answer(ApiKey::ApiVersions, 0, read_frame(&mut s).expect("answer"));
+    assert_eq!(r.error_code, 35, "UNSUPPORTED_VERSION");
+
+    // A version not offered, an API not served: the connection closes.
+    for (key, version) in [
+        (ApiKey::Fetch, 13),
+        (ApiKey::SaslHandshake, 1),
+        (ApiKey::EndTxn, 0),
+    ] {
+        let mut s = connect(&cluster);
+        let mut body = BytesMut::new();
+        body.put_i16(key as i16);
+        body.put_i16(version);
+        body.put_i32(7);
+        body.put_i16(-1);
+        send_frame(&mut s, &body);
+        assert!(read_frame(&mut s).is_none(), "{key:?} v{version} answered");
+    }
+
+    // Random bodies behind valid headers of every API, and random headers.
+    let mut rng = XorShift(0x5eed_0123_4567_89ab);
+    for i in 0..400 {
+        let mut s = connect(&cluster);
+        let mut body = BytesMut::new();
+        let (key, version) = if i % 4 == 3 {
+            (rng.next() as i16, rng.next() as i16)
+        } else {
+            let keys = [
+                0i16, 1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 19, 20, 22, 32,
+            ];
+            let key = keys[(rng.next() % keys.len() as u64) as usize];
+            (key, (rng.next() % 13) as i16)
+        };
+        body.put_i16(key);
+        body.put_i16(version);
+        body.put_i32(7);
+        let len = (rng.next() % 64) as usize;
+        for _ in 0..len {
+            body.put_u8(rng.next() as u8);
+        }
+        send_frame(&mut s, &body);
+        let _ = read_frame(&mut s);
+    }
+
+    // Corrupt batches are refused with Kafka's codes; nothing is stored.
+    let good = kafka_batch(&["a", "b", "c"]);
+    let mut flipped = good.to_vec();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    assert_eq!(
+        produce_error(&cluster, "t", Bytes::from(flipped)),
+        2,
+        "CORRUPT_MESSAGE"
+    );
+    let mut two = good.to_vec();
+    two.extend_from_slice(&good);
+    assert_eq!(
+        produce_error(&cluster, "t", Bytes::from(two)),
+        2,
+        "two batches in one"
+    );
+    assert_eq!(
+        produce_error(&cluster, "nope", good.clone()),
+        3,
+        "UNKNOWN_TOPIC_OR_PARTITION"
+    );
+    assert_eq!(
+        produce_error(&cluster, "t", good),
+        0,
+        "a good batch is stored"
+    );
+
+    // The broker is alive, serves natively, and holds exactly the good batch.
+    assert_eq!(cluster.running(), vec![1]);
+    let mut consumer = raftmq_client::Consumer::new(&client);
+    rt.block_on(consumer.assign("t", &[0])).expect("assign");
+    let end = rt
+        .block_on(consumer.seek(0, raftmq_client::SeekTo::Latest))
+        .expect("end");
+    assert_eq!(end, 3);
+    rt.block_on(consumer.seek(0, raftmq_client::SeekTo::Earliest))
+        .expect("seek");
+    let read = rt.block_on(consumer.poll()).expect("poll");
+    let values: Vec<&[u8]> = read.iter().map(|m| &m.value[..]).collect();
+    assert_eq!(values, vec![&b"a"[..], b"b", b"c"]);
+    cluster.kill(1);
+}

@@ -268,6 +268,34 @@ fn kafka_python_round_trip_shares_offsets_with_native_clients() {
         .map(|(_, o)| o)
         .sum();
     assert_eq!(total, 1000, "{offsets:?}");
+    // A raftmq group consumer in the same group starts where the Kafka consumer
+    // committed: it reads only what is produced after.
+    rt.block_on(async {
+        let mut group = raftmq_client::GroupConsumer::join(
+            &client,
+            "py-group",
+            "py-topic",
+            raftmq_client::GroupConfig::default(),
+        )
+        .await
+        .expect("join");
+        produce_numbers(&client, "py-topic", 3, 5000..5030).await;
+        let mut read = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while read.len() < 30 && Instant::now() < deadline {
+            for m in group.poll().await.expect("poll") {
+                read.push(String::from_utf8(m.value.to_vec()).expect("utf-8"));
+            }
+        }
+        read.sort();
+        let expected: Vec<String> = (5000..5030).map(|v| v.to_string()).collect();
+        assert_eq!(
+            read, expected,
+            "the native member read the Kafka commits' remainder"
+        );
+        group.commit().await.expect("commit");
+        group.leave().await.expect("leave");
+    });
     // The topic it deleted is gone for native clients too.
     let body = Req::Metadata(pb::MetadataRequest::default());
     let Resp::Metadata(m) = rt

@@ -29,11 +29,39 @@ fn broker_binary() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// A free loopback port; with `pair`, one whose successor is free too (the node's
+/// Kafka port: every node uses the same offset).
+fn free_port(pair: bool) -> anyhow::Result<String> {
+    for _ in 0..100 {
+        let l = TcpListener::bind("127.0.0.1:0")?;
+        let addr = l.local_addr()?;
+        if !pair
+            || (addr.port() < u16::MAX && TcpListener::bind(("127.0.0.1", addr.port() + 1)).is_ok())
+        {
+            return Ok(addr.to_string());
+        }
+    }
+    bail!("no two consecutive free ports on loopback")
+}
+
+fn kafka_addr(addr: &str) -> Option<String> {
+    let addr: std::net::SocketAddr = addr.parse().ok()?;
+    Some(format!("{}:{}", addr.ip(), addr.port() + 1))
+}
+
+fn kafka_flag(addr: &str, kafka: bool) -> Vec<String> {
+    match kafka_addr(addr) {
+        Some(k) if kafka => vec!["--kafka-listen".into(), k],
+        _ => Vec::new(),
+    }
+}
+
 impl LocalCluster {
     /// Starts `n` brokers and waits until each listens.
     pub fn start(
         n: u64,
         async_durability: bool,
+        kafka: bool,
         extra_args: &[String],
     ) -> anyhow::Result<LocalCluster> {
         let binary = broker_binary()?;
@@ -42,11 +70,8 @@ impl LocalCluster {
             .tempdir_in(".")
             .context("temp dir in the current directory")?;
         let addrs: Vec<String> = (0..n)
-            .map(|_| {
-                let l = TcpListener::bind("127.0.0.1:0")?;
-                Ok(l.local_addr()?.to_string())
-            })
-            .collect::<std::io::Result<_>>()?;
+            .map(|_| free_port(kafka))
+            .collect::<anyhow::Result<_>>()?;
         let peers = addrs
             .iter()
             .enumerate()
@@ -65,6 +90,7 @@ impl LocalCluster {
                 ])
                 .arg("--data-dir")
                 .arg(dir.path().join(format!("node{}", i + 1)))
+                .args(kafka_flag(addr, kafka))
                 .args(extra_args)
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
@@ -93,6 +119,11 @@ impl LocalCluster {
     /// Client addresses.
     pub fn addrs(&self) -> Vec<String> {
         self.addrs.clone()
+    }
+
+    /// Kafka addresses (each node's port + 1), when started with the Kafka port.
+    pub fn kafka_addrs(&self) -> Vec<String> {
+        self.addrs.iter().filter_map(|a| kafka_addr(a)).collect()
     }
 
     /// Process ids, for CPU accounting.

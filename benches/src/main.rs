@@ -17,6 +17,7 @@
 
 mod cluster;
 mod cpu;
+mod kafka;
 mod report;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +42,16 @@ enum Mode {
     /// readers): `ListOffsets` (latest) and `Metadata` in turn, to the node
     /// `--read-from` names; `--count` requests in all.
     Reads,
+}
+
+/// Which front door of the brokers the clients use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Protocol {
+    /// raftmq's own protocol and client.
+    Native,
+    /// The Kafka port, with librdkafka (`--mode produce` only).
+    Kafka,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -71,6 +82,14 @@ struct Args {
     /// What to measure.
     #[arg(long, value_enum, default_value = "produce")]
     mode: Mode,
+    /// The protocol the clients speak: native, or kafka (a librdkafka producer
+    /// through the brokers' Kafka port; `--mode produce` only).
+    #[arg(long, value_enum, default_value = "native")]
+    protocol: Protocol,
+    /// Kafka addresses of the brokers of `--brokers` (HOST:PORT,...), for
+    /// `--protocol kafka` (a `--local-cluster` opens them itself).
+    #[arg(long)]
+    kafka_brokers: Option<String>,
     /// Brokers of a running cluster (HOST:PORT,...).
     #[arg(long, conflicts_with = "local_cluster")]
     brokers: Option<String>,
@@ -150,6 +169,9 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    if args.protocol == Protocol::Kafka && args.mode != Mode::Produce {
+        bail!("--protocol kafka measures --mode produce only");
+    }
     let mut cluster = None;
     let (bootstrap, server_pids) = match (&args.brokers, args.local_cluster) {
         (Some(b), _) => (
@@ -160,14 +182,21 @@ fn main() -> anyhow::Result<()> {
             let c = cluster::LocalCluster::start(
                 n,
                 args.durability == DurabilityArg::Async,
+                args.protocol == Protocol::Kafka,
                 &args.broker_arg,
             )?;
             let out = (c.addrs(), c.pids());
+            if args.protocol == Protocol::Kafka {
+                args.kafka_brokers = Some(c.kafka_addrs().join(","));
+            }
             cluster = Some(c);
             out
         }
         (None, None) => (vec!["127.0.0.1:7070".to_string()], args.server_pids.clone()),
     };
+    if args.protocol == Protocol::Kafka && args.kafka_brokers.is_none() {
+        bail!("--protocol kafka with --brokers needs --kafka-brokers");
+    }
     let result = runtime.block_on(run(args.clone(), bootstrap, server_pids));
     drop(cluster);
     let report = result?;
@@ -239,7 +268,7 @@ async fn run(args: Args, bootstrap: Vec<String>, server_pids: Vec<u32>) -> anyho
             ..args.clone()
         };
         ensure_topic(&client, &warmup.topic, 1).await?;
-        produce_phase(&warmup, &bootstrap, epoch, None).await?;
+        produce_any(&warmup, &bootstrap, 1, epoch, None).await?;
     }
     let cpu_before = cpu::sample(&server_pids);
     let started = Instant::now();
@@ -247,7 +276,7 @@ async fn run(args: Args, bootstrap: Vec<String>, server_pids: Vec<u32>) -> anyho
     let ticker = report::progress_ticker(progress.clone(), args.count, args.json);
     let (messages, latency) = match args.mode {
         Mode::Produce | Mode::Sync => {
-            produce_phase(&args, &bootstrap, epoch, Some(progress.clone())).await?
+            produce_any(&args, &bootstrap, queues, epoch, Some(progress.clone())).await?
         }
         Mode::Reads => reads_phase(&args, &client, &progress).await?,
         Mode::Consume => {
@@ -281,6 +310,7 @@ async fn run(args: Args, bootstrap: Vec<String>, server_pids: Vec<u32>) -> anyho
     let cpu_after = cpu::sample(&server_pids);
     let config = RunConfig {
         mode: format!("{:?}", args.mode).to_lowercase(),
+        protocol: format!("{:?}", args.protocol).to_lowercase(),
         nodes: args.local_cluster.unwrap_or(bootstrap.len() as u64),
         durability: format!("{:?}", args.durability).to_lowercase(),
         acks: format!("{:?}", args.acks).to_lowercase(),
@@ -302,6 +332,27 @@ async fn run(args: Args, bootstrap: Vec<String>, server_pids: Vec<u32>) -> anyho
         &cpu_after,
         &server_pids,
     ))
+}
+
+/// Runs the producers over the protocol `args` names.
+async fn produce_any(
+    args: &Args,
+    bootstrap: &[String],
+    queues: u32,
+    epoch: Instant,
+    progress: Option<Arc<AtomicU64>>,
+) -> anyhow::Result<(u64, Option<Histogram<u64>>)> {
+    match args.protocol {
+        Protocol::Native => produce_phase(args, bootstrap, epoch, progress).await,
+        Protocol::Kafka => {
+            let args = args.clone();
+            let kafka = args.kafka_brokers.clone().context("Kafka addresses")?;
+            tokio::task::spawn_blocking(move || {
+                kafka::produce_phase(&args, &kafka, queues, progress)
+            })
+            .await?
+        }
+    }
 }
 
 /// Runs the producers; returns messages acknowledged and the latency histogram (µs).

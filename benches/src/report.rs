@@ -14,6 +14,8 @@ use crate::cpu::{self, CpuSample};
 #[derive(Debug, Clone, Serialize)]
 pub struct RunConfig {
     pub mode: String,
+    /// native or kafka.
+    pub protocol: String,
     pub nodes: u64,
     pub durability: String,
     pub acks: String,

@@ -18,7 +18,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
-use crate::{new_histogram, AcksArg, Args};
+use crate::{new_histogram, AcksArg, Args, CompressionArg};
 
 /// Counts and times deliveries.
 struct Deliveries {
@@ -127,9 +127,17 @@ fn produce_loop(
             args.max_in_flight.max(1).to_string(),
         )
         .set("enable.idempotence", "false")
+        .set(
+            "compression.type",
+            match args.compression {
+                CompressionArg::None => "none",
+                CompressionArg::Lz4 => "lz4",
+                CompressionArg::Zstd => "zstd",
+            },
+        )
         .create_with_context(context)
         .context("a librdkafka producer")?;
-    let value = vec![0x61u8; args.message_size];
+    let mut values = crate::Values::new(args.message_size, args.payload);
     let window = args.window.max(1) as u64;
     let mut sent = 0u64;
     while sent < count && deadline.is_none_or(|d| Instant::now() < d) {
@@ -140,6 +148,7 @@ fn produce_loop(
         let partition = (sent % u64::from(queues.max(1))) as i32;
         producer.context().in_flight.fetch_add(1, Ordering::Relaxed);
         let sent_ns = producer.context().epoch.elapsed().as_nanos() as usize;
+        let value = values.next(sent_ns as u64);
         let record = BaseRecord::with_opaque_to(&args.topic, sent_ns)
             .payload(&value[..])
             .partition(partition);

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
-use raftmq_client::{Acks, Admin, Client, Consumer, Message, Partitioner, Producer};
+use raftmq_client::{Acks, Admin, Client, Compression, Consumer, Message, Partitioner, Producer};
 
 use crate::report::{Report, RunConfig};
 
@@ -52,6 +52,25 @@ enum Protocol {
     Native,
     /// The Kafka port, with librdkafka (`--mode produce` only).
     Kafka,
+}
+
+/// How each batch is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum CompressionArg {
+    None,
+    Lz4,
+    Zstd,
+}
+
+/// What message values hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum PayloadArg {
+    /// The same byte repeated (compresses to almost nothing: not for compression figures).
+    Fill,
+    /// Generated JSON log lines, 512 distinct ones cycled.
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -116,6 +135,13 @@ struct Args {
     /// Bytes per message value.
     #[arg(long, default_value_t = 100)]
     message_size: usize,
+    /// What message values hold.
+    #[arg(long, value_enum, default_value = "fill")]
+    payload: PayloadArg,
+    /// Batch compression of the producers (native protocol: raftmq's LZ4 or
+    /// Zstandard batches; kafka: librdkafka's `compression.type`).
+    #[arg(long, value_enum, default_value = "none")]
+    compression: CompressionArg,
     /// Messages in all (split over producers).
     #[arg(long, default_value_t = 1_000_000)]
     count: u64,
@@ -318,6 +344,8 @@ async fn run(args: Args, bootstrap: Vec<String>, server_pids: Vec<u32>) -> anyho
         producers: args.producers,
         consumers: args.consumers,
         message_size: args.message_size,
+        payload: format!("{:?}", args.payload).to_lowercase(),
+        compression: format!("{:?}", args.compression).to_lowercase(),
         batch_bytes: args.batch_bytes,
         linger_ms: args.linger_ms,
         window: args.window,
@@ -378,6 +406,11 @@ async fn produce_phase(
                 AcksArg::Leader => Acks::Leader,
             })
             .partitioner(Partitioner::RoundRobin)
+            .compression(match args.compression {
+                CompressionArg::None => Compression::None,
+                CompressionArg::Lz4 => Compression::Lz4,
+                CompressionArg::Zstd => Compression::Zstd,
+            })
             .build()
             .await
             .context("producer")?;
@@ -570,34 +603,103 @@ impl Recorder {
     }
 }
 
-/// Message values: the payload with the send stamp in its first 8 bytes, written
+/// Message values: a payload with the send stamp in its first 8 bytes, written
 /// back to back into shared chunks and handed out as `Bytes` slices (no allocation
-/// per message).
+/// per message). With `--payload json` the payloads cycle through a pool of
+/// generated JSON log lines (what compression is measured on, not random bytes).
 struct Values {
-    payload: Vec<u8>,
+    payloads: Vec<Vec<u8>>,
+    next_payload: usize,
     chunk: bytes::BytesMut,
 }
 
 impl Values {
     /// Values per chunk.
     const PER_CHUNK: usize = 1024;
+    /// Distinct JSON lines in the pool.
+    const JSON_POOL: usize = 512;
 
-    fn new(message_size: usize) -> Self {
+    fn new(message_size: usize, payload: PayloadArg) -> Self {
+        let size = message_size.max(8);
+        let payloads = match payload {
+            PayloadArg::Fill => vec![vec![b'x'; size]],
+            PayloadArg::Json => (0..Self::JSON_POOL as u64)
+                .map(|i| json_log_line(i, size))
+                .collect(),
+        };
         Values {
-            payload: vec![b'x'; message_size.max(8)],
+            payloads,
+            next_payload: 0,
             chunk: bytes::BytesMut::new(),
         }
     }
 
     fn next(&mut self, stamp: u64) -> bytes::Bytes {
-        let size = self.payload.len();
+        let payload = &self.payloads[self.next_payload];
+        self.next_payload = (self.next_payload + 1) % self.payloads.len();
+        let size = payload.len();
         if self.chunk.capacity() < size {
             self.chunk = bytes::BytesMut::with_capacity(size * Self::PER_CHUNK);
         }
         self.chunk.extend_from_slice(&stamp.to_le_bytes());
-        self.chunk.extend_from_slice(&self.payload[8..]);
+        self.chunk.extend_from_slice(&payload[8..]);
         self.chunk.split().freeze()
     }
+}
+
+/// A JSON log line of exactly `size` bytes (at least its fixed fields), varied by
+/// `seed` the way a service's logs vary: timestamps, ids, levels, amounts.
+fn json_log_line(seed: u64, size: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    const LEVELS: [&str; 4] = ["INFO", "INFO", "WARN", "DEBUG"];
+    const SERVICES: [&str; 5] = ["checkout", "payments", "search", "inventory", "auth"];
+    const EVENTS: [&str; 5] = [
+        "order paid",
+        "cart updated",
+        "payment authorised",
+        "stock reserved",
+        "session refreshed",
+    ];
+    let mut line = format!(
+        "{{\"ts\":\"2026-12-06T{:02}:{:02}:{:02}.{:03}Z\",\"level\":\"{}\",\"service\":\"{}\",\"host\":\"web-{:02}\",\"trace_id\":\"{:016x}{:016x}\",\"user_id\":{},\"order_id\":{},\"amount_cents\":{},\"currency\":\"EUR\",\"event\":\"{}\",\"latency_ms\":{},\"http\":{{\"method\":\"POST\",\"path\":\"/api/v1/orders/{}\",\"status\":{}}}",
+        next() % 24,
+        next() % 60,
+        next() % 60,
+        next() % 1000,
+        LEVELS[(next() % 4) as usize],
+        SERVICES[(next() % 5) as usize],
+        next() % 32,
+        next(),
+        next(),
+        next() % 1_000_000,
+        next() % 10_000_000,
+        next() % 100_000,
+        EVENTS[(next() % 5) as usize],
+        next() % 2_000,
+        next() % 10_000_000,
+        [200, 200, 201, 404, 500][(next() % 5) as usize],
+    );
+    // Fill to size with more fields of the same kind, then close the object.
+    let mut i = 0;
+    while line.len() + 2 < size {
+        line.push_str(&format!(
+            ",\"item_{i}\":{{\"sku\":\"SKU-{:06}\",\"qty\":{}}}",
+            next() % 1_000_000,
+            next() % 5 + 1
+        ));
+        i += 1;
+    }
+    line.truncate(size.saturating_sub(1));
+    line.push('}');
+    let mut bytes = line.into_bytes();
+    bytes.resize(size, b' ');
+    bytes
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -614,7 +716,7 @@ async fn produce_loop(
     let mut recorder = Recorder::new();
     let mut in_flight: std::collections::VecDeque<(Instant, raftmq_client::DeliveryFuture)> =
         std::collections::VecDeque::with_capacity(args.window.min(1 << 20));
-    let mut values = Values::new(args.message_size);
+    let mut values = Values::new(args.message_size, args.payload);
     // Open loop schedules every message: read the clock each time.
     let mut clock = Clock::new(if rate.is_some() { 1 } else { 16 });
     let started = Instant::now();

@@ -23,6 +23,10 @@ pub struct RunConfig {
     pub producers: u32,
     pub consumers: u32,
     pub message_size: usize,
+    /// fill or json.
+    pub payload: String,
+    /// none, lz4 or zstd.
+    pub compression: String,
     pub batch_bytes: usize,
     pub linger_ms: f64,
     pub window: usize,

@@ -115,6 +115,55 @@ async fn messages_round_trip_through_producer_and_consumer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_batches_are_stored_compressed_and_read_back_exactly() {
+    use raftmq_client::pb::{request::Body as Req, response::Body as Resp};
+    use raftmq_client::{Compression, Target};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = single_node(dir.path()).await;
+    let client = Client::connect(&[broker.local_addr.to_string()])
+        .await
+        .unwrap();
+    for (topic, compression) in [("lz4", Compression::Lz4), ("zstd", Compression::Zstd)] {
+        create_topic(&client, topic, 2).await;
+        let producer = Producer::builder(&client)
+            .compression(compression)
+            .partitioner(Partitioner::RoundRobin)
+            .build()
+            .await
+            .unwrap();
+        let mut acks = Vec::new();
+        for i in 0..5_000u32 {
+            let value = format!(r#"{{"level":"INFO","service":"checkout","order":{i}}}"#);
+            acks.push(producer.send(Message::new(topic, value)).await.unwrap());
+        }
+        for ack in acks {
+            ack.await.unwrap();
+        }
+        producer.close().await;
+        let read = drain(&client, topic, 2, 5_000).await;
+        let values: BTreeSet<String> = read.into_iter().map(|(_, _, v)| v).collect();
+        assert_eq!(values.len(), 5_000, "{topic}: every message once");
+        assert!(values.contains(r#"{"level":"INFO","service":"checkout","order":4999}"#));
+        // The broker stored (and serves) the producer's compressed bytes.
+        let body = Req::Fetch(raftmq_client::pb::FetchRequest {
+            topic: topic.into(),
+            queue: 0,
+            offset: 0,
+            max_bytes: 1 << 20,
+            ..Default::default()
+        });
+        let Resp::Fetch(f) = client.request(Target::Leader, body).await.unwrap() else {
+            panic!("not a fetch answer");
+        };
+        assert!(!f.batches.is_empty());
+        for b in &f.batches {
+            assert_eq!(b.batch[17], compression as u8, "{topic}: stored compressed");
+        }
+    }
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producer_retries_across_a_leader_kill_without_loss_or_duplicates() {
     let mut cluster = common::Cluster::start(3);
     let client = Client::connect(&cluster.addrs()).await.unwrap();

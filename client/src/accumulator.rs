@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use raftmq_proto::batch::{BatchBuilder, HEADER_BYTES};
+use raftmq_proto::batch::{BatchBuilder, Compression, HEADER_BYTES};
 
 /// A record as the accumulator takes it.
 pub(crate) struct RecordRef<'a> {
@@ -79,6 +79,8 @@ pub(crate) struct Accumulator<A> {
     producer: Option<(u64, u16)>,
     /// Sequence of the next record sealed.
     next_sequence: u32,
+    /// How sealed batches are compressed.
+    compression: Compression,
 }
 
 impl<A: Default> Accumulator<A> {
@@ -95,7 +97,14 @@ impl<A: Default> Accumulator<A> {
             opened_at: None,
             producer,
             next_sequence: 0,
+            compression: Compression::None,
         }
+    }
+
+    /// Compresses every batch it seals with `compression`.
+    pub(crate) fn with_compression(mut self, compression: Compression) -> Self {
+        self.compression = compression;
+        self
     }
 
     /// Adds a record of `record_bytes` (its [`RecordRef::encoded_bytes`]) and
@@ -170,7 +179,7 @@ impl<A: Default> Accumulator<A> {
             }
             None => 0,
         };
-        let bytes = self.builder.finish();
+        let bytes = self.builder.finish_with(self.compression);
         self.opened_at = None;
         let ack = self.ack.take();
         assert!(

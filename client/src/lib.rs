@@ -49,4 +49,5 @@ pub use partitioner::{key_queue, murmur2, Partitioner};
 pub use producer::{
     Acks, DeliveryFuture, Message, Producer, ProducerBuilder, ProducerConfig, RecordMetadata,
 };
+pub use raftmq_proto::batch::Compression;
 pub use raftmq_proto::{pb, ServerError};

@@ -19,6 +19,7 @@
 //! outcome stays unknown after every retry (timeouts) is not renumbered around:
 //! it may have been stored.
 
+use raftmq_proto::batch::Compression;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::{pin, Pin};
@@ -166,6 +167,9 @@ pub struct ProducerConfig {
     pub partitioner: Partitioner,
     /// Attempts after the first for one batch. Default: the client's `max_retries`.
     pub max_retries: Option<u32>,
+    /// How each batch's records are compressed (stored and replicated compressed,
+    /// decompressed by consumers). Default none.
+    pub compression: Compression,
 }
 
 impl Default for ProducerConfig {
@@ -181,6 +185,7 @@ impl Default for ProducerConfig {
             idempotent: true,
             partitioner: Partitioner::KeyHash,
             max_retries: None,
+            compression: Compression::None,
         }
     }
 }
@@ -238,6 +243,11 @@ impl ProducerBuilder {
     /// Sets [`ProducerConfig::partitioner`].
     pub fn partitioner(mut self, partitioner: Partitioner) -> Self {
         self.config.partitioner = partitioner;
+        self
+    }
+    /// Sets [`ProducerConfig::compression`].
+    pub fn compression(mut self, compression: Compression) -> Self {
+        self.config.compression = compression;
         self
     }
     /// Sets [`ProducerConfig::max_retries`].
@@ -809,7 +819,8 @@ impl Producer {
         let window = config.max_in_flight_per_queue.max(1);
         let shared = Arc::new(QueueShared {
             state: Mutex::new(QueueState {
-                acc: Accumulator::new(config.max_batch_bytes, config.linger, self.inner.identity),
+                acc: Accumulator::new(config.max_batch_bytes, config.linger, self.inner.identity)
+                    .with_compression(config.compression),
                 pending: VecDeque::new(),
                 pending_records: 0,
                 pending_batches_max: window,

@@ -12,7 +12,7 @@
 //! | 8      | 4    | `length`          | u32  | total bytes of the batch, header included |
 //! | 12     | 4    | `crc`             | u32  | CRC-32 (IEEE, as `crc32fast`) of bytes `[16, length)` |
 //! | 16     | 1    | `magic`           | u8   | format version, = 1 |
-//! | 17     | 1    | `attributes`      | u8   | bits 0-2: compression (0 = none; others are refused for now); bits 3-7: reserved, 0 |
+//! | 17     | 1    | `attributes`      | u8   | bits 0-2: compression (0 none, 3 LZ4, 4 Zstandard; Kafka's numbers); bits 3-7: reserved, 0 |
 //! | 18     | 2    | reserved          | u16  | 0 |
 //! | 20     | 4    | `record_count`    | u32  | ≥ 1 |
 //! | 24     | 8    | `first_timestamp` | i64  | ms since the Unix epoch: the first record's timestamp |
@@ -42,6 +42,15 @@
 //! The record with index *i* in a batch stored at base offset *b* has offset *b + i*;
 //! with an idempotent producer its sequence number is `base_sequence + i`.
 //!
+//! # Compression
+//!
+//! With a codec in `attributes`, everything after the header is
+//! `uncompressed_length` (u32, the records' size) followed by the records
+//! compressed as one block (LZ4 block format, or one Zstandard frame). The header
+//! stays readable (counts, timestamps, producer fields) and the CRC covers the
+//! compressed bytes, so a broker validates, stores, replicates and serves a
+//! compressed batch without decompressing it; [`decode_records`] decompresses.
+//!
 //! # Checks
 //!
 //! [`validate`] is what a broker runs before it stores a batch: exact length, CRC,
@@ -68,6 +77,49 @@ pub const CRC_START: usize = 16;
 pub const COMPRESSION_MASK: u8 = 0b0000_0111;
 /// `producer_id` of a batch from a producer that is not idempotent.
 pub const NO_PRODUCER_ID: u64 = 0;
+/// Largest records section a compressed batch may declare (a consumer allocates
+/// this much at most to decompress one batch).
+pub const MAX_UNCOMPRESSED_BYTES: u32 = 64 << 20;
+
+/// How a batch's records are compressed (the codec numbers are Kafka's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// Stored as written.
+    #[default]
+    None = 0,
+    /// LZ4 block format: fast, for throughput.
+    Lz4 = 3,
+    /// Zstandard (level 3): smaller, for bandwidth and disk.
+    Zstd = 4,
+}
+
+impl Compression {
+    fn from_code(code: u8) -> Option<Compression> {
+        match code {
+            0 => Some(Compression::None),
+            3 => Some(Compression::Lz4),
+            4 => Some(Compression::Zstd),
+            _ => None,
+        }
+    }
+
+    fn compress(self, records: &[u8]) -> Option<Vec<u8>> {
+        match self {
+            Compression::None => None,
+            Compression::Lz4 => Some(lz4_flex::block::compress(records)),
+            Compression::Zstd => zstd::bulk::compress(records, 3).ok(),
+        }
+    }
+
+    fn decompress(self, compressed: &[u8], size: usize) -> Option<Vec<u8>> {
+        match self {
+            Compression::None => Some(compressed.to_vec()),
+            Compression::Lz4 => lz4_flex::block::decompress(compressed, size).ok(),
+            Compression::Zstd => zstd::bulk::decompress(compressed, size).ok(),
+        }
+        .filter(|out| out.len() == size)
+    }
+}
 
 mod field {
     pub const BASE_OFFSET: usize = 0;
@@ -192,6 +244,10 @@ pub enum BatchError {
     /// `first_timestamp` is not the first record's timestamp.
     #[error("batch first_timestamp does not match its first record")]
     FirstTimestampMismatch,
+    /// A compressed batch's records section is missing, too large, or does not
+    /// decompress to its declared size.
+    #[error("compressed records are corrupt: {0}")]
+    CorruptCompression(&'static str),
 }
 
 #[inline]
@@ -360,9 +416,9 @@ pub fn validate(batch: &[u8]) -> Result<BatchHeader, BatchError> {
             actual: batch.len(),
         });
     }
-    if header.compression() != 0 {
+    let Some(compression) = Compression::from_code(header.compression()) else {
         return Err(BatchError::UnsupportedCompression(header.compression()));
-    }
+    };
     if header.attributes & !COMPRESSION_MASK != 0
         || u16_at(batch, field::RESERVED_1) != 0
         || u16_at(batch, field::RESERVED_2) != 0
@@ -378,6 +434,12 @@ pub fn validate(batch: &[u8]) -> Result<BatchHeader, BatchError> {
     }
     if header.record_count == 0 {
         return Err(BatchError::Empty);
+    }
+    if compression != Compression::None {
+        // Checked by size only: the broker does not decompress (consumers do, and
+        // a batch that does not decompress is reported to them).
+        uncompressed_size(batch)?;
+        return Ok(header);
     }
     let mut cursor = RecordCursor::new(batch, &header);
     let mut max_timestamp = i64::MIN;
@@ -395,6 +457,44 @@ pub fn validate(batch: &[u8]) -> Result<BatchHeader, BatchError> {
         });
     }
     Ok(header)
+}
+
+/// The declared size of a compressed batch's records section.
+fn uncompressed_size(batch: &[u8]) -> Result<u32, BatchError> {
+    if batch.len() < HEADER_BYTES + 4 {
+        return Err(BatchError::CorruptCompression("no records section"));
+    }
+    let size = u32_at(batch, HEADER_BYTES);
+    if size == 0 || size > MAX_UNCOMPRESSED_BYTES {
+        return Err(BatchError::CorruptCompression(
+            "declared size out of bounds",
+        ));
+    }
+    Ok(size)
+}
+
+/// A compressed batch as the uncompressed batch it was built from (header with the
+/// codec cleared and the length adjusted; the CRC is not recomputed: it is the
+/// compressed batch's). An uncompressed batch is returned as is, without a copy.
+pub fn decompress(batch: &Bytes) -> Result<Bytes, BatchError> {
+    let header = BatchHeader::parse(batch)?;
+    let compression = Compression::from_code(header.compression())
+        .ok_or(BatchError::UnsupportedCompression(header.compression()))?;
+    if compression == Compression::None {
+        return Ok(batch.clone());
+    }
+    let end = (header.length as usize).min(batch.len());
+    let size = uncompressed_size(&batch[..end])? as usize;
+    let records = compression
+        .decompress(&batch[HEADER_BYTES + 4..end], size)
+        .ok_or(BatchError::CorruptCompression("does not decompress"))?;
+    let mut out = BytesMut::with_capacity(HEADER_BYTES + size);
+    out.extend_from_slice(&batch[..HEADER_BYTES]);
+    out.extend_from_slice(&records);
+    out[field::ATTRIBUTES] &= !COMPRESSION_MASK;
+    let length = out.len() as u32;
+    out[field::LENGTH..field::CRC].copy_from_slice(&length.to_le_bytes());
+    Ok(out.freeze())
 }
 
 /// Positions of one record's fields inside its batch.
@@ -564,9 +664,15 @@ pub struct Records<'a> {
 }
 
 /// Iterates the records of `batch` without copying them. The header is checked when
-/// the iteration starts (an invalid header is the first and only item).
+/// the iteration starts (an invalid header is the first and only item). A
+/// compressed batch is refused here: [`decode_records`] decompresses.
 pub fn records(batch: &[u8]) -> Records<'_> {
     match BatchHeader::parse(batch) {
+        Ok(header) if header.compression() != 0 => Records {
+            buf: batch,
+            cursor: None,
+            pending_error: Some(BatchError::UnsupportedCompression(header.compression())),
+        },
         Ok(header) => Records {
             buf: batch,
             cursor: Some(RecordCursor::new(batch, &header)),
@@ -644,6 +750,17 @@ pub struct MessageIter {
 /// (`pb::FetchedBatch.base_offset`). Does not check the CRC (see [`validate`]); a
 /// structural error is yielded once and ends the iteration.
 pub fn decode_records(batch: &Bytes, base_offset: u64) -> MessageIter {
+    let batch = &match decompress(batch) {
+        Ok(plain) => plain,
+        Err(e) => {
+            return MessageIter {
+                batch: batch.clone(),
+                base_offset,
+                cursor: None,
+                pending_error: Some(e),
+            }
+        }
+    };
     match BatchHeader::parse(batch) {
         Ok(header) => MessageIter {
             cursor: Some(RecordCursor::new(batch, &header)),
@@ -866,6 +983,25 @@ impl BatchBuilder {
     ///
     /// If no record was pushed: an empty batch is not valid.
     pub fn finish(&mut self) -> Bytes {
+        self.finish_with(Compression::None)
+    }
+
+    /// Like [`finish`](BatchBuilder::finish), compressing the records with
+    /// `compression` (kept uncompressed when that would not make the batch smaller).
+    pub fn finish_with(&mut self, compression: Compression) -> Bytes {
+        if let Some(compressed) = compression.compress(&self.buf[HEADER_BYTES..]) {
+            if compressed.len() + 4 < self.buf.len() - HEADER_BYTES {
+                let size = (self.buf.len() - HEADER_BYTES) as u32;
+                self.buf.truncate(HEADER_BYTES);
+                self.buf.put_u32_le(size);
+                self.buf.extend_from_slice(&compressed);
+                return self.seal(compression as u8);
+            }
+        }
+        self.seal(0)
+    }
+
+    fn seal(&mut self, attributes: u8) -> Bytes {
         assert!(
             self.record_count > 0,
             "a record batch needs at least one record"
@@ -875,7 +1011,7 @@ impl BatchBuilder {
         header[field::BASE_OFFSET..field::LENGTH].copy_from_slice(&0u64.to_le_bytes());
         header[field::LENGTH..field::CRC].copy_from_slice(&length.to_le_bytes());
         header[field::MAGIC] = MAGIC;
-        header[field::ATTRIBUTES] = 0;
+        header[field::ATTRIBUTES] = attributes;
         header[field::RESERVED_1..field::RECORD_COUNT].copy_from_slice(&0u16.to_le_bytes());
         header[field::RECORD_COUNT..field::FIRST_TIMESTAMP]
             .copy_from_slice(&self.record_count.to_le_bytes());

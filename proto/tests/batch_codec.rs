@@ -383,3 +383,124 @@ fn set_producer_renumbers_a_batch_and_keeps_it_valid() {
         Err(BatchError::TooShort { len: 40 })
     );
 }
+
+fn build_compressed(records: &[TestRecord], compression: batch::Compression) -> Bytes {
+    let mut builder = BatchBuilder::with_capacity(1024);
+    for r in records {
+        let headers: Vec<(&str, &[u8])> = r
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
+        builder.push(r.key.as_deref(), &r.value, &headers, r.timestamp_ms);
+    }
+    builder.finish_with(compression)
+}
+
+/// Records that compress: repeated JSON-ish values.
+fn compressible(n: usize) -> Vec<TestRecord> {
+    (0..n)
+        .map(|i| TestRecord {
+            key: Some(format!("user-{}", i % 7).into_bytes()),
+            value: format!(
+                r#"{{"level":"INFO","service":"checkout","order":{i},"status":"paid"}}"#
+            )
+            .into_bytes(),
+            headers: vec![("trace".into(), b"abc".to_vec())],
+            timestamp_ms: 1_700_000_000_000 + i as i64,
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn compressed_batches_round_trip_and_validate_without_decompressing(
+        recs in proptest::collection::vec(test_record(), 1..20),
+        zstd in any::<bool>(),
+    ) {
+        let compression = if zstd { batch::Compression::Zstd } else { batch::Compression::Lz4 };
+        let batch = build_compressed(&recs, compression);
+        let plain = build(&recs, None);
+        let header = validate(&batch).expect("valid");
+        prop_assert_eq!(header.record_count as usize, recs.len());
+        prop_assert_eq!(header.max_timestamp, recs.iter().map(|r| r.timestamp_ms).max().unwrap());
+        let a: Vec<_> = decode_records(&batch, 5).collect::<Result<_, _>>().expect("decodes");
+        let b: Vec<_> = decode_records(&plain, 5).collect::<Result<_, _>>().expect("decodes");
+        prop_assert_eq!(a, b);
+    }
+}
+
+#[test]
+fn compression_shrinks_repetitive_batches_and_corruption_is_reported_not_panicked() {
+    for compression in [batch::Compression::Lz4, batch::Compression::Zstd] {
+        let recs = compressible(500);
+        let batch = build_compressed(&recs, compression);
+        let plain = build(&recs, None);
+        assert!(
+            batch.len() * 3 < plain.len(),
+            "{compression:?}: {} of {} bytes",
+            batch.len(),
+            plain.len()
+        );
+        assert_eq!(
+            batch[17], compression as u8,
+            "the codec is in the attributes"
+        );
+        assert_eq!(
+            decode_records(&batch, 0).count(),
+            500,
+            "every record decodes"
+        );
+        // A flipped bit anywhere after the magic fails the CRC.
+        let mut bad = batch.to_vec();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(validate(&bad).is_err());
+        // A corrupt payload with a matching CRC (a buggy producer) is valid to the
+        // broker but reported to the consumer as an error, never a panic.
+        let mut forged = batch.to_vec();
+        for b in &mut forged[HEADER_BYTES + 4..] {
+            *b = 0xff;
+        }
+        let crc = crc32fast::hash(&forged[16..]);
+        forged[12..16].copy_from_slice(&crc.to_le_bytes());
+        let forged = Bytes::from(forged);
+        validate(&forged).expect("the broker does not decompress");
+        let results: Vec<_> = decode_records(&forged, 0).collect();
+        assert!(
+            matches!(results.as_slice(), [Err(BatchError::CorruptCompression(_))]),
+            "{results:?}"
+        );
+        // A declared size beyond the limit is refused by the broker.
+        let mut huge = batch.to_vec();
+        huge[HEADER_BYTES..HEADER_BYTES + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let crc = crc32fast::hash(&huge[16..]);
+        huge[12..16].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            validate(&huge),
+            Err(BatchError::CorruptCompression(_))
+        ));
+        // The producer's own record iterator refuses compressed batches.
+        assert!(records(&batch).next().expect("an item").is_err());
+    }
+    // Incompressible data stays uncompressed.
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut noise_byte = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x >> 32) as u8
+    };
+    let noise: Vec<TestRecord> = (0..4)
+        .map(|_| TestRecord {
+            key: None,
+            value: (0..200).map(|_| noise_byte()).collect(),
+            headers: vec![],
+            timestamp_ms: 0,
+        })
+        .collect();
+    let batch = build_compressed(&noise, batch::Compression::Lz4);
+    assert_eq!(batch[17], 0, "no gain, no compression");
+}

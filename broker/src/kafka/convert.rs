@@ -207,6 +207,26 @@ mod tests {
     }
 
     #[test]
+    fn compressed_native_batches_are_served_to_kafka_readers() {
+        let mut builder = BatchBuilder::with_capacity(4096);
+        for i in 0..200 {
+            let value = format!("{{\"order\":{i},\"status\":\"paid\"}}");
+            builder.push(None, value.as_bytes(), &[], 1_700_000_000_000);
+        }
+        let stored = builder.finish_with(batch::Compression::Lz4);
+        assert_eq!(stored[17], batch::Compression::Lz4 as u8);
+        let mut out = BytesMut::new();
+        append_as_kafka(&stored, 1000, &mut out).expect("converts");
+        let set = RecordBatchDecoder::decode(&mut out.freeze()).expect("decodes");
+        assert_eq!(set.records.len(), 200);
+        assert_eq!(set.records[199].offset, 1199);
+        assert_eq!(
+            set.records[7].value.as_deref(),
+            Some(&br#"{"order":7,"status":"paid"}"#[..])
+        );
+    }
+
+    #[test]
     fn corrupt_kafka_batches_are_refused() {
         let stored = kafka_batch(&["a", "b"], Compression::None);
         for i in 16..stored.len() {

@@ -61,6 +61,12 @@ pub(crate) struct SealedBatch<A> {
     pub(crate) outcome_unknown: bool,
 }
 
+/// How much larger than `max_batch_bytes` the records of a compressed batch may be.
+pub(crate) const COMPRESSED_FILL: usize = 4;
+/// The records of a compressed batch never exceed this (well under the broker's
+/// 8 MiB batch limit even when they do not compress).
+pub(crate) const COMPRESSED_FILL_MAX_BYTES: usize = 4 << 20;
+
 /// Accumulates the records of one (topic, queue).
 ///
 /// `A` is the acknowledgement handle of a batch: one is made (`A::default()`) when
@@ -101,9 +107,19 @@ impl<A: Default> Accumulator<A> {
         }
     }
 
-    /// Compresses every batch it seals with `compression`.
+    /// Compresses every batch it seals with `compression`. A compressed batch's
+    /// records may then fill [`COMPRESSED_FILL`] times `max_batch_bytes` (at most
+    /// [`COMPRESSED_FILL_MAX_BYTES`], and never less than `max_batch_bytes`): the
+    /// batch on the wire is expected that much smaller, and bigger batches are
+    /// what compression needs to pay (fewer requests and fsyncs per message). A
+    /// batch that does not compress is sent as is, at most that size.
     pub(crate) fn with_compression(mut self, compression: Compression) -> Self {
         self.compression = compression;
+        if compression != Compression::None {
+            self.max_batch_bytes = (self.max_batch_bytes * COMPRESSED_FILL)
+                .min(COMPRESSED_FILL_MAX_BYTES)
+                .max(self.max_batch_bytes);
+        }
         self
     }
 
@@ -299,6 +315,38 @@ mod tests {
             }
         }
         assert_eq!(next, 30);
+    }
+
+    #[test]
+    fn compressed_batches_fill_four_times_the_limit_and_shrink_below_it() {
+        let mut acc: Accumulator<()> = Accumulator::new(1024, Duration::from_secs(60), None)
+            .with_compression(Compression::Lz4);
+        let now = Instant::now();
+        let value = [7u8; 100];
+        let mut sealed = Vec::new();
+        for _ in 0..60 {
+            let (b, _) = acc.push(&rec(&value), rec(&value).encoded_bytes(), || now);
+            sealed.extend(b);
+        }
+        let first = sealed.first().expect("a batch was sealed");
+        assert!(
+            first.record_count > 30,
+            "records of {} B: {}",
+            4 * 1024,
+            first.record_count
+        );
+        assert!(
+            first.bytes.len() < 1024,
+            "compressed to {} B",
+            first.bytes.len()
+        );
+        assert_eq!(first.bytes[17], Compression::Lz4 as u8);
+        let header = batch::validate(&first.bytes).expect("valid");
+        assert_eq!(header.record_count, first.record_count);
+        assert_eq!(
+            batch::decode_records(&first.bytes, 0).count(),
+            first.record_count as usize
+        );
     }
 
     #[test]

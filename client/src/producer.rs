@@ -168,7 +168,8 @@ pub struct ProducerConfig {
     /// Attempts after the first for one batch. Default: the client's `max_retries`.
     pub max_retries: Option<u32>,
     /// How each batch's records are compressed (stored and replicated compressed,
-    /// decompressed by consumers). Default none.
+    /// decompressed by consumers). With compression a batch's records may fill 4
+    /// times `max_batch_bytes` (at most 4 MiB). Default none.
     pub compression: Compression,
 }
 

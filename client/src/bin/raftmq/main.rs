@@ -35,8 +35,8 @@ macro_rules! out {
 }
 use clap::{Parser, Subcommand, ValueEnum};
 use raftmq_client::{
-    Acks, Admin, Client, ClientConfig, ConsumedMessage, Consumer, ConsumerConfig, GroupConfig,
-    GroupConsumer, Message, OffsetReset, Producer, SeekTo, ServerError,
+    Acks, Admin, Client, ClientConfig, Compression, ConsumedMessage, Consumer, ConsumerConfig,
+    GroupConfig, GroupConsumer, Message, OffsetReset, Producer, SeekTo, ServerError,
 };
 
 #[derive(Parser)]
@@ -92,6 +92,10 @@ enum Command {
         /// Acknowledgement level.
         #[arg(long, value_enum, default_value_t = AcksArg::Quorum)]
         acks: AcksArg,
+        /// Compress each batch (stored and replicated compressed; consumers
+        /// decompress).
+        #[arg(long, value_enum, default_value_t = CompressionArg::None)]
+        compression: CompressionArg,
         /// The byte that ends each message in the input (default a newline; `\0`
         /// for NUL-separated input). Input is bytes: any value, UTF-8 or not.
         #[arg(long, short = 'D', default_value = "\\n", value_parser = parse_delimiter)]
@@ -327,6 +331,13 @@ enum AcksArg {
     Quorum,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum CompressionArg {
+    None,
+    Lz4,
+    Zstd,
+}
+
 /// Errors end the process with one line on stderr and status 1 (no backtrace, even
 /// with `RUST_BACKTRACE` set: those are for panics).
 fn main() -> std::process::ExitCode {
@@ -401,6 +412,7 @@ async fn run() -> Result<()> {
             headers,
             queue,
             acks,
+            compression,
             delimiter,
         } => {
             let shape = Shape {
@@ -409,7 +421,12 @@ async fn run() -> Result<()> {
                 headers: parse_headers(&headers)?,
                 queue,
             };
-            produce(&client, &topic, shape, acks, delimiter, quiet).await
+            let compression = match compression {
+                CompressionArg::None => Compression::None,
+                CompressionArg::Lz4 => Compression::Lz4,
+                CompressionArg::Zstd => Compression::Zstd,
+            };
+            produce(&client, &topic, shape, acks, compression, delimiter, quiet).await
         }
         Command::Consume {
             topic,
@@ -599,6 +616,7 @@ async fn produce(
     topic: &str,
     shape: Shape,
     acks: AcksArg,
+    compression: Compression,
     delimiter: u8,
     quiet: bool,
 ) -> Result<()> {
@@ -606,7 +624,11 @@ async fn produce(
         AcksArg::Leader => Acks::Leader,
         AcksArg::Quorum => Acks::Quorum,
     };
-    let producer = Producer::builder(client).acks(acks).build().await?;
+    let producer = Producer::builder(client)
+        .acks(acks)
+        .compression(compression)
+        .build()
+        .await?;
     // Read stdin on a blocking thread, as bytes (any value, UTF-8 or not), one
     // message per delimiter; hand them over a bounded channel.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1024);

@@ -81,12 +81,75 @@ pub fn append_as_kafka(
     }
 }
 
+/// Most bytes a compressed Kafka batch may decompress to for a native reader (what
+/// raftmq's own compressed batches may declare): a small batch that inflates past
+/// it (a decompression bomb) is refused instead of exhausting memory.
+const MAX_DECOMPRESSED_BYTES: usize = raftmq_proto::batch::MAX_UNCOMPRESSED_BYTES as usize;
+
+/// The xerial framing Kafka's Java clients put around snappy blocks.
+const XERIAL_SNAPPY_HEADER: &[u8; 16] = b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01";
+
+fn read_bounded(reader: impl std::io::Read) -> anyhow::Result<Bytes> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    reader
+        .take(MAX_DECOMPRESSED_BYTES as u64 + 1)
+        .read_to_end(&mut out)?;
+    anyhow::ensure!(
+        out.len() <= MAX_DECOMPRESSED_BYTES,
+        "records decompress to more than {MAX_DECOMPRESSED_BYTES} bytes"
+    );
+    Ok(out.into())
+}
+
+fn snappy_bounded(input: &[u8]) -> anyhow::Result<Bytes> {
+    use snap::raw::{decompress_len, Decoder};
+    let block = |block: &[u8], out: &mut Vec<u8>| -> anyhow::Result<()> {
+        let n = decompress_len(block)?;
+        anyhow::ensure!(
+            out.len() + n <= MAX_DECOMPRESSED_BYTES,
+            "records decompress to more than {MAX_DECOMPRESSED_BYTES} bytes"
+        );
+        let start = out.len();
+        out.resize(start + n, 0);
+        Decoder::new().decompress(block, &mut out[start..])?;
+        Ok(())
+    };
+    let mut out = Vec::new();
+    let Some(mut rest) = input.strip_prefix(&XERIAL_SNAPPY_HEADER[..]) else {
+        block(input, &mut out)?;
+        return Ok(out.into());
+    };
+    while !rest.is_empty() {
+        anyhow::ensure!(rest.len() >= 4, "truncated snappy block length");
+        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        rest = &rest[4..];
+        anyhow::ensure!(len <= rest.len(), "truncated snappy block");
+        block(&rest[..len], &mut out)?;
+        rest = &rest[len..];
+    }
+    Ok(out.into())
+}
+
+/// Decompresses a Kafka batch's records with a bound on the output.
+fn bounded_decompress(data: &mut Bytes, compression: Compression) -> anyhow::Result<Bytes> {
+    let input = data.split_to(data.len());
+    match compression {
+        Compression::None => Ok(input),
+        Compression::Gzip => read_bounded(flate2::read::GzDecoder::new(&input[..])),
+        Compression::Lz4 => read_bounded(lz4_flex::frame::FrameDecoder::new(&input[..])),
+        Compression::Zstd => read_bounded(zstd::stream::read::Decoder::new(&input[..])?),
+        Compression::Snappy => snappy_bounded(&input),
+    }
+}
+
 /// A stored Kafka batch as a raftmq batch (decompressed), for a native consumer. A
 /// null value becomes an empty one; a null header value an empty one.
 pub fn kafka_to_native(stored: &Bytes) -> Result<Bytes, ConvertError> {
     let mut buf = stored.clone();
     let set =
-        RecordBatchDecoder::decode(&mut buf).map_err(|e| ConvertError::Kafka(e.to_string()))?;
+        RecordBatchDecoder::decode_with_custom_compression(&mut buf, Some(bounded_decompress))
+            .map_err(|e| ConvertError::Kafka(e.to_string()))?;
     let mut builder = BatchBuilder::with_capacity(stored.len() + 64);
     for record in &set.records {
         let headers: Vec<(&str, &[u8])> = record
@@ -224,6 +287,52 @@ mod tests {
             set.records[7].value.as_deref(),
             Some(&br#"{"order":7,"status":"paid"}"#[..])
         );
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_refused_for_native_readers() {
+        for compression in [
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let big = Bytes::from(vec![0u8; MAX_DECOMPRESSED_BYTES + 1024]);
+            let record = Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: 0,
+                sequence: -1,
+                timestamp: 0,
+                key: None,
+                value: Some(big),
+                headers: IndexMap::new(),
+            };
+            let mut out = BytesMut::new();
+            let options = RecordEncodeOptions {
+                version: 2,
+                compression,
+            };
+            RecordBatchEncoder::encode(&mut out, std::iter::once(&record), &options)
+                .expect("encode");
+            let stored = out.freeze();
+            assert!(
+                stored.len() < 8 << 20,
+                "{compression:?}: {} bytes",
+                stored.len()
+            );
+            kafka_batch::validate(&stored).expect("valid to the broker");
+            let refused = kafka_to_native(&stored).expect_err("a bomb");
+            assert!(
+                refused.to_string().contains("decompress"),
+                "{compression:?}: {refused}"
+            );
+        }
     }
 
     #[test]

@@ -164,6 +164,13 @@ pub enum Command {
         /// The node.
         node: u64,
     },
+    /// op 9 (metadata group): `node` serves the Kafka protocol at `kafka_address`.
+    SetListeners {
+        /// The node.
+        node: u64,
+        /// HOST:PORT.
+        kafka_address: String,
+    },
     /// op 6 (data group): the metadata group holds topic `id`; this group takes its
     /// batches from now on. Replaces an older topic of the same name; does nothing
     /// if the topic is already there.
@@ -278,6 +285,14 @@ impl Command {
                 buf.put_u8(8);
                 buf.put_u64_le(*node);
             }
+            Command::SetListeners {
+                node,
+                kafka_address,
+            } => {
+                buf.put_u8(9);
+                buf.put_u64_le(*node);
+                put_str(&mut buf, kafka_address);
+            }
             Command::MirrorTopic {
                 id,
                 name,
@@ -356,6 +371,10 @@ impl Command {
             8 => Command::Decommission {
                 node: get_u64(&mut buf)?,
             },
+            9 => Command::SetListeners {
+                node: get_u64(&mut buf)?,
+                kafka_address: get_str(&mut buf)?,
+            },
             6 => Command::MirrorTopic {
                 id: get_u32(&mut buf)?,
                 name: get_str(&mut buf)?,
@@ -403,6 +422,10 @@ mod tests {
                 replicas: vec![4, 3, 1],
             },
             Command::Decommission { node: 2 },
+            Command::SetListeners {
+                node: 3,
+                kafka_address: "10.0.0.3:9092".into(),
+            },
             Command::MirrorTopic {
                 id: 7,
                 name: "orders".into(),

@@ -78,10 +78,13 @@ pub struct BrokerConfig {
     pub max_fetch_wait_ms: u64,
     /// Address of the Prometheus `/metrics` endpoint (default: none, metrics off).
     pub metrics_listen: Option<SocketAddr>,
-    /// Address of the Kafka-protocol listener (default: none, off). Every node of a
-    /// cluster must use the same offset between its Kafka port and its own port:
-    /// the Kafka addresses of the other nodes are derived from theirs with it.
+    /// Address of the Kafka-protocol listener (default: none, off). The node
+    /// advertises it to the cluster (see `kafka_advertise`).
     pub kafka_listen: Option<SocketAddr>,
+    /// The Kafka address other nodes and clients are told for this node (default:
+    /// the Kafka listener's port on this node's own address). Needed behind NAT or
+    /// when `kafka_listen` is a wildcard address and `listen` is too.
+    pub kafka_advertise: Option<String>,
     /// Retention by age: sealed segments whose last write is older than this are
     /// deleted (default 7 days; 0 keeps segments forever).
     pub retention_ms: u64,
@@ -150,6 +153,7 @@ impl Default for BrokerConfig {
             max_fetch_wait_ms: 30_000,
             metrics_listen: None,
             kafka_listen: None,
+            kafka_advertise: None,
             retention_ms: 7 * 24 * 3600 * 1000,
             retention_bytes: 0,
             retention_check_interval_ms: 10_000,
@@ -242,6 +246,8 @@ pub struct FileConfig {
     pub metrics_listen: Option<String>,
     /// See [`BrokerConfig::kafka_listen`].
     pub kafka_listen: Option<String>,
+    /// See [`BrokerConfig::kafka_advertise`].
+    pub kafka_advertise: Option<String>,
     /// See [`BrokerConfig::retention_ms`].
     pub retention_ms: Option<u64>,
     /// See [`BrokerConfig::retention_bytes`].
@@ -363,6 +369,9 @@ impl BrokerConfig {
         if let Some(kafka) = file.kafka_listen {
             self.kafka_listen = Some(parse_addr(&kafka)?);
         }
+        if let Some(advertise) = file.kafka_advertise {
+            self.kafka_advertise = Some(advertise);
+        }
         macro_rules! set {
             ($($field:ident),*) => { $( if let Some(v) = file.$field { self.$field = v; } )* };
         }
@@ -429,6 +438,17 @@ impl BrokerConfig {
         if let Some(metrics) = self.metrics_listen {
             if metrics == self.listen && metrics.port() != 0 {
                 return Err(ConfigError::MetricsOnBrokerPort(metrics));
+            }
+        }
+        if let Some(advertise) = &self.kafka_advertise {
+            let port = advertise.rsplit_once(':').and_then(|(h, p)| {
+                (!h.is_empty()).then_some(())?;
+                p.parse::<u16>().ok()
+            });
+            if port.is_none() || self.kafka_listen.is_none() {
+                return Err(ConfigError::OutOfRange(format!(
+                    "kafka_advertise {advertise:?} must be HOST:PORT and needs kafka_listen"
+                )));
             }
         }
         if let Some(kafka) = self.kafka_listen {

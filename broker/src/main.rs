@@ -102,10 +102,13 @@ struct Args {
     /// Serve Prometheus metrics at http://HOST:PORT/metrics (default: off).
     #[arg(long, value_name = "HOST:PORT")]
     metrics_listen: Option<String>,
-    /// Serve the Kafka protocol at HOST:PORT (default: off). Every node must use
-    /// the same offset between this port and its --listen port.
+    /// Serve the Kafka protocol at HOST:PORT (default: off).
     #[arg(long, value_name = "HOST:PORT")]
     kafka_listen: Option<String>,
+    /// The Kafka address clients are told for this node (default: the Kafka port
+    /// on this node's --listen host).
+    #[arg(long, value_name = "HOST:PORT")]
+    kafka_advertise: Option<String>,
     /// Log line format: text (coloured only on a terminal, unless NO_COLOR is set)
     /// or json (one object per line).
     #[arg(long, value_enum, default_value = "text")]
@@ -234,6 +237,9 @@ fn build_config(args: &Args) -> anyhow::Result<BrokerConfig> {
     }
     if let Some(kafka) = &args.kafka_listen {
         config.kafka_listen = Some(parse_addr(kafka)?);
+    }
+    if let Some(advertise) = &args.kafka_advertise {
+        config.kafka_advertise = Some(advertise.clone());
     }
     config.validate()?;
     Ok(config)

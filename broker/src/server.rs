@@ -225,6 +225,19 @@ impl Broker {
                 context,
                 shutdown.clone(),
             ));
+            match crate::kafka::advertised_address(service.config(), local_addr, bound) {
+                Some(address) => {
+                    tokio::spawn(crate::kafka::advertise(
+                        service.clone(),
+                        address,
+                        shutdown.clone(),
+                    ));
+                }
+                None => tracing::warn!(
+                    "the Kafka listener and the broker both listen on a wildcard address: \
+                     other nodes will derive this node's Kafka address; set --kafka-advertise"
+                ),
+            }
         }
         let listener = tokio::spawn(accept_loop(
             listener,

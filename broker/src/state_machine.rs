@@ -30,10 +30,11 @@
 //! | data groups (version 3) | 4 + per group | the number of data groups, then per group by id: `id` (4), replica count (4) and ids (8 each), first-replica count (4) and ids (8 each) |
 //! | decommissioned (version 3) | 4 + 8n | the count of decommissioned nodes and their ids |
 //! | placement (version 3) | per topic by id: 4 + 4n | the count of queue groups, then the group of each queue (0 entries: all in group 0) |
+//! | listeners (version 4) | 4 + per node | the count of nodes that advertised a Kafka address, then per node by id: `id` (8), address (string) |
 //!
-//! Versions 1 (no membership field) and 2 (no data groups) are still read: a version
-//! 1 membership is the bootstrap configuration; without data groups every queue is
-//! in group 0.
+//! Versions 1 (no membership field), 2 (no data groups) and 3 (no listeners) are
+//! still read: a version 1 membership is the bootstrap configuration; without data
+//! groups every queue is in group 0; without listeners no node has advertised one.
 //!
 //! The name → id map of topics is not stored: it is exactly the topics' names, and
 //! rebuilding it cannot let the two disagree.
@@ -48,7 +49,7 @@ use crate::command::{decode_messages, Command, CommittedOffset, TopicRetention};
 use crate::snapshot::PayloadError;
 
 /// Version byte of the snapshot payload layout (module docs).
-const SNAPSHOT_VERSION: u8 = 3;
+const SNAPSHOT_VERSION: u8 = 4;
 
 /// Batches remembered per (producer, queue) to answer retries with their offset.
 const RECENT_BATCHES_PER_PRODUCER_QUEUE: usize = 8;
@@ -202,6 +203,8 @@ pub enum ApplyOutcome {
     MembershipChanged,
     /// The data groups were set (metadata group).
     DataGroupsSet,
+    /// A node's advertised listeners were recorded.
+    ListenersSet,
     /// A topic of the metadata group is now held by this data group.
     TopicMirrored,
     /// The entry was refused; the log keeps it but no queue does.
@@ -224,6 +227,8 @@ pub struct StateMachine {
     data_groups: BTreeMap<u32, DataGroup>,
     /// Metadata group: nodes no replica is placed on any more.
     decommissioned: std::collections::BTreeSet<u64>,
+    /// Metadata group: each node's advertised Kafka address.
+    kafka_listeners: BTreeMap<u64, String>,
     applied: LogIndex,
 }
 
@@ -265,6 +270,11 @@ impl StateMachine {
     /// Nodes no replica is placed on any more.
     pub fn decommissioned(&self) -> &std::collections::BTreeSet<u64> {
         &self.decommissioned
+    }
+
+    /// The Kafka address each node advertised (nodes without one are absent).
+    pub fn kafka_listeners(&self) -> &BTreeMap<u64, String> {
+        &self.kafka_listeners
     }
 
     /// The next topic id to be assigned: every topic id below it was created once.
@@ -400,6 +410,17 @@ impl StateMachine {
             Command::Decommission { node } => {
                 self.decommissioned.insert(node);
                 ApplyOutcome::DataGroupsSet
+            }
+            Command::SetListeners {
+                node,
+                kafka_address,
+            } => {
+                if kafka_address.is_empty() {
+                    self.kafka_listeners.remove(&node);
+                } else {
+                    self.kafka_listeners.insert(node, kafka_address);
+                }
+                ApplyOutcome::ListenersSet
             }
             Command::DeleteTopic { name } => match self.topic_ids.remove(&name) {
                 Some(id) => {
@@ -639,6 +660,11 @@ impl StateMachine {
                 buf.put_u32_le(*g);
             }
         }
+        put_count(&mut buf, self.kafka_listeners.len());
+        for (node, address) in &self.kafka_listeners {
+            buf.put_u64_le(*node);
+            put_string(&mut buf, address);
+        }
         buf.freeze()
     }
 
@@ -842,6 +868,25 @@ impl StateMachine {
                 }
             }
         }
+        let mut kafka_listeners = BTreeMap::new();
+        if version >= 4 {
+            let count = r.count("listeners", 12)?;
+            for _ in 0..count {
+                let node = r.u64("listener node")?;
+                let address = r.string("listener address")?;
+                if address.is_empty()
+                    || kafka_listeners
+                        .keys()
+                        .next_back()
+                        .is_some_and(|&last| last >= node)
+                {
+                    return Err(PayloadError::Inconsistent(format!(
+                        "listener of node {node} out of order or empty"
+                    )));
+                }
+                kafka_listeners.insert(node, address);
+            }
+        }
         if !r.0.is_empty() {
             return Err(PayloadError::TrailingBytes(r.0.len()));
         }
@@ -849,6 +894,7 @@ impl StateMachine {
             membership,
             data_groups,
             decommissioned,
+            kafka_listeners,
             topic_ids,
             topics,
             next_topic_id,
@@ -1101,6 +1147,14 @@ mod tests {
             cmd(Command::DeleteTopic {
                 name: "gone".into(),
             }),
+            cmd(Command::SetListeners {
+                node: 2,
+                kafka_address: "10.0.0.2:9092".into(),
+            }),
+            cmd(Command::SetListeners {
+                node: 1,
+                kafka_address: "10.0.0.1:9092".into(),
+            }),
         ]);
         entries
     }
@@ -1169,6 +1223,10 @@ mod tests {
         assert_eq!(restored.encode_snapshot(), payload);
         assert_eq!(restored.applied(), sm.applied());
         assert_eq!(history_state().encode_snapshot(), payload, "deterministic");
+        assert_eq!(
+            restored.kafka_listeners().get(&2).map(String::as_str),
+            Some("10.0.0.2:9092")
+        );
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub enum ApiKey {
     JoinCluster = 21,
     /// See `MoveReplicasRequest`.
     MoveReplicas = 22,
+    /// See `AdvertiseListenersRequest`.
+    AdvertiseListeners = 23,
     /// Join a consumer group.
     JoinGroup = 30,
     /// Consumer-group heartbeat.
@@ -59,7 +61,7 @@ pub enum ApiKey {
 
 impl ApiKey {
     /// Every API key, in number order.
-    pub const ALL: [ApiKey; 22] = [
+    pub const ALL: [ApiKey; 23] = [
         ApiKey::CreateTopic,
         ApiKey::DeleteTopic,
         ApiKey::Metadata,
@@ -73,6 +75,7 @@ impl ApiKey {
         ApiKey::RemoveNode,
         ApiKey::JoinCluster,
         ApiKey::MoveReplicas,
+        ApiKey::AdvertiseListeners,
         ApiKey::JoinGroup,
         ApiKey::Heartbeat,
         ApiKey::LeaveGroup,
@@ -110,6 +113,7 @@ impl ApiKey {
             ApiKey::RemoveNode => "remove_node",
             ApiKey::JoinCluster => "join_cluster",
             ApiKey::MoveReplicas => "move_replicas",
+            ApiKey::AdvertiseListeners => "advertise_listeners",
             ApiKey::JoinGroup => "join_group",
             ApiKey::Heartbeat => "heartbeat",
             ApiKey::LeaveGroup => "leave_group",
@@ -147,6 +151,7 @@ impl request::Body {
             B::RemoveNode(_) => ApiKey::RemoveNode,
             B::JoinCluster(_) => ApiKey::JoinCluster,
             B::MoveReplicas(_) => ApiKey::MoveReplicas,
+            B::AdvertiseListeners(_) => ApiKey::AdvertiseListeners,
             B::JoinGroup(_) => ApiKey::JoinGroup,
             B::Heartbeat(_) => ApiKey::Heartbeat,
             B::LeaveGroup(_) => ApiKey::LeaveGroup,
@@ -178,6 +183,7 @@ impl response::Body {
             B::RemoveNode(_) => ApiKey::RemoveNode,
             B::JoinCluster(_) => ApiKey::JoinCluster,
             B::MoveReplicas(_) => ApiKey::MoveReplicas,
+            B::AdvertiseListeners(_) => ApiKey::AdvertiseListeners,
             B::JoinGroup(_) => ApiKey::JoinGroup,
             B::Heartbeat(_) => ApiKey::Heartbeat,
             B::LeaveGroup(_) => ApiKey::LeaveGroup,

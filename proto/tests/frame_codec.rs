@@ -75,6 +75,10 @@ fn every_request() -> Vec<Req> {
             decommission: 3,
             max_moves: 16,
         }),
+        Req::AdvertiseListeners(pb::AdvertiseListenersRequest {
+            node_id: 2,
+            kafka_address: "10.0.0.2:9092".into(),
+        }),
         Req::JoinGroup(pb::JoinGroupRequest {
             group: "g".into(),
             member_id: "m".into(),
@@ -158,6 +162,7 @@ fn every_response() -> Vec<Resp> {
     let node = |id: u64| pb::NodeInfo {
         node_id: id,
         address: format!("127.0.0.1:70{id:02}"),
+        kafka_address: format!("127.0.0.1:90{id:02}"),
     };
     vec![
         Resp::CreateTopic(pb::CreateTopicResponse {}),
@@ -241,6 +246,7 @@ fn every_response() -> Vec<Resp> {
                 replicas: vec![4, 1, 2],
             }],
         }),
+        Resp::AdvertiseListeners(pb::AdvertiseListenersResponse {}),
         Resp::TransferLeader(pb::TransferLeaderResponse {}),
         Resp::InitProducer(pb::InitProducerResponse {
             producer_id: 12,

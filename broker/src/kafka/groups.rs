@@ -154,7 +154,7 @@ pub(super) async fn find_coordinator(
                 code::COORDINATOR_NOT_AVAILABLE,
                 "no leader known".to_owned(),
             ))?;
-        let (host, port) = context.kafka_address(&leader.address).ok_or((
+        let (host, port) = context.kafka_address(leader).ok_or((
             code::COORDINATOR_NOT_AVAILABLE,
             "leader address unusable".to_owned(),
         ))?;

@@ -83,8 +83,8 @@ fn api_name(key: i16) -> &'static str {
 pub struct KafkaContext {
     service: Service,
     metrics: Arc<BrokerMetrics>,
-    /// This node's Kafka port minus its native port: every node of the cluster
-    /// listens for Kafka at the same offset from its native address (`docs/operations.md`).
+    /// This node's Kafka port minus its native port: how a node that has not
+    /// advertised its Kafka address yet is named (as if it used the same offset).
     port_offset: i32,
     /// What each group member was last given in SyncGroup.
     assignments: groups::GivenAssignments,
@@ -107,13 +107,69 @@ impl KafkaContext {
         }
     }
 
-    /// The Kafka address (host, port) of the node whose native address is `native`.
-    fn kafka_address(&self, native: &str) -> Option<(String, i32)> {
-        let addr: SocketAddr = native.parse().ok()?;
+    /// The Kafka address (host, port) of `node`: the one it advertised, else its
+    /// native address with this node's port offset (a node that has not
+    /// advertised yet, or an older version).
+    fn kafka_address(&self, node: &raftmq_proto::pb::NodeInfo) -> Option<(String, i32)> {
+        if let Some((host, port)) = node.kafka_address.rsplit_once(':') {
+            if let Ok(port) = port.parse::<u16>() {
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                return Some((host.to_owned(), i32::from(port)));
+            }
+        }
+        let addr: SocketAddr = node.address.parse().ok()?;
         Some((
             addr.ip().to_string(),
             i32::from(addr.port()) + self.port_offset,
         ))
+    }
+}
+
+/// The Kafka address this node advertises: `kafka_advertise`, else the Kafka port
+/// on the first specific address of the Kafka listener or the native listener.
+/// `None` when both are wildcards.
+pub fn advertised_address(
+    config: &crate::config::BrokerConfig,
+    native: SocketAddr,
+    kafka: SocketAddr,
+) -> Option<String> {
+    if let Some(advertise) = &config.kafka_advertise {
+        return Some(advertise.clone());
+    }
+    let ip = [kafka.ip(), native.ip()]
+        .into_iter()
+        .find(|ip| !ip.is_unspecified())?;
+    Some(SocketAddr::new(ip, kafka.port()).to_string())
+}
+
+/// Records this node's Kafka address in the metadata group (through its leader),
+/// retrying until it is recorded or the broker stops.
+pub async fn advertise(service: Service, address: String, shutdown: CancellationToken) {
+    use raftmq_proto::pb;
+    let body = pb::request::Body::AdvertiseListeners(pb::AdvertiseListenersRequest {
+        node_id: service.config().node_id.0,
+        kafka_address: address.clone(),
+    });
+    let mut delay = std::time::Duration::from_millis(100);
+    loop {
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = service.call_at_leader(body.clone()) => r,
+        };
+        match outcome {
+            Ok(_) => {
+                tracing::info!(%address, "Kafka address advertised");
+                return;
+            }
+            Err(f) => {
+                tracing::debug!(error = %f.error.message, "advertising the Kafka address; retrying")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(std::time::Duration::from_secs(5));
     }
 }
 

@@ -121,7 +121,7 @@ pub(super) async fn metadata(
         .nodes
         .iter()
         .filter_map(|n| {
-            let (host, port) = context.kafka_address(&n.address)?;
+            let (host, port) = context.kafka_address(n)?;
             let mut broker = MetadataResponseBroker::default();
             broker.node_id = broker_id(n.node_id);
             broker.host = StrBytes::from_string(host);

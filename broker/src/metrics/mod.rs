@@ -77,6 +77,7 @@ pub enum Api {
     RemoveNode,
     JoinCluster,
     MoveReplicas,
+    AdvertiseListeners,
     /// A request without a known body.
     Unknown,
 }
@@ -110,6 +111,7 @@ impl Api {
             B::RemoveNode(_) => Api::RemoveNode,
             B::JoinCluster(_) => Api::JoinCluster,
             B::MoveReplicas(_) => Api::MoveReplicas,
+            B::AdvertiseListeners(_) => Api::AdvertiseListeners,
             B::Raft(_) => Api::Unknown,
         }
     }
@@ -138,6 +140,7 @@ impl Api {
             Api::RemoveNode => "remove_node",
             Api::JoinCluster => "join_cluster",
             Api::MoveReplicas => "move_replicas",
+            Api::AdvertiseListeners => "advertise_listeners",
             Api::Unknown => "unknown",
         }
     }

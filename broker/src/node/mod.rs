@@ -92,6 +92,8 @@ enum PendingKind {
     Membership(membership::MembershipOp),
     /// The groups whose replicas a `MoveReplicas` request changed.
     MoveReplicas(Vec<pb::GroupReplicas>),
+    /// A node's advertised listeners.
+    Listeners,
 }
 
 struct Pending {
@@ -775,6 +777,9 @@ impl Node {
             }
             (PendingKind::MoveReplicas(moved), ApplyOutcome::DataGroupsSet) => {
                 reply.ok(R::MoveReplicas(pb::MoveReplicasResponse { moved }))
+            }
+            (PendingKind::Listeners, ApplyOutcome::ListenersSet) => {
+                reply.ok(R::AdvertiseListeners(pb::AdvertiseListenersResponse {}))
             }
             (_, other) => {
                 tracing::error!(?other, index = index.0, "unexpected apply outcome");

@@ -101,7 +101,11 @@ impl Node {
                     Err(e) => reply.error(pb::Error::new(ErrorCode::InvalidRequest, e.to_string())),
                 }
             }
-            B::JoinCluster(_) | B::AddNode(_) | B::RemoveNode(_) | B::MoveReplicas(_)
+            B::JoinCluster(_)
+            | B::AddNode(_)
+            | B::RemoveNode(_)
+            | B::MoveReplicas(_)
+            | B::AdvertiseListeners(_)
                 if self.raft.role() != Role::Leader =>
             {
                 reply.error(self.not_leader())
@@ -110,6 +114,19 @@ impl Node {
             B::AddNode(req) => self.add_node(req, reply),
             B::RemoveNode(req) => self.remove_node(req, reply),
             B::MoveReplicas(req) => self.move_replicas(req, reply),
+            B::AdvertiseListeners(req) => {
+                let known = self.state.kafka_listeners().get(&req.node_id);
+                if known == Some(&req.kafka_address) {
+                    return reply.ok(pb::response::Body::AdvertiseListeners(
+                        pb::AdvertiseListenersResponse {},
+                    ));
+                }
+                let command = Command::SetListeners {
+                    node: req.node_id,
+                    kafka_address: req.kafka_address,
+                };
+                self.propose_command(command, PendingKind::Listeners, reply)
+            }
             B::OffsetCommit(req) => self.offset_commit(req, reply),
             B::OffsetFetch(req) => {
                 let stored = self.state.group_offsets(&req.group);
@@ -498,6 +515,12 @@ impl Node {
             .map(|(id, m)| pb::NodeInfo {
                 node_id: id.0,
                 address: m.address.to_string(),
+                kafka_address: self
+                    .state
+                    .kafka_listeners()
+                    .get(&id.0)
+                    .cloned()
+                    .unwrap_or_default(),
             })
             .collect()
     }

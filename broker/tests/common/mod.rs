@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod kafka_wire;
 pub mod raw;
 
 use raftmq_proto::pb::{self, request::Body as Req, response::Body as Resp, ErrorCode};
@@ -28,8 +29,10 @@ pub struct Cluster {
     pub nodes: Vec<BrokerProcess>,
     peers: String,
     extra_args: Vec<String>,
-    /// Every node also serves the Kafka protocol on its port + 1.
+    /// Every node also serves the Kafka protocol on its port + 1 (or the port set
+    /// with [`Cluster::set_kafka_port`]).
     kafka: bool,
+    kafka_ports: std::collections::BTreeMap<u64, u16>,
     _dir: tempfile::TempDir,
 }
 
@@ -93,6 +96,7 @@ impl Cluster {
             peers,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             kafka,
+            kafka_ports: std::collections::BTreeMap::new(),
             _dir: dir,
         };
         for id in 1..=n as u64 {
@@ -114,14 +118,30 @@ impl Cluster {
         self.nodes.iter().map(|n| n.addr.to_string()).collect()
     }
 
-    /// Kafka bootstrap addresses (each node's port + 1), comma-separated.
+    /// Kafka bootstrap addresses, comma-separated.
     pub fn kafka_addrs(&self) -> String {
         assert!(self.kafka, "started without the Kafka listener");
         self.nodes
             .iter()
-            .map(|n| format!("127.0.0.1:{}", n.addr.port() + 1))
+            .map(|n| format!("127.0.0.1:{}", self.kafka_port(n.id)))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// Node `id`'s Kafka port: its port + 1 unless set otherwise.
+    pub fn kafka_port(&self, id: u64) -> u16 {
+        self.kafka_ports
+            .get(&id)
+            .copied()
+            .unwrap_or(self.nodes[(id - 1) as usize].addr.port() + 1)
+    }
+
+    /// Node `id` serves Kafka on `port` from its next start; returns a free port
+    /// when given 0.
+    pub fn set_kafka_port(&mut self, id: u64, port: u16) -> u16 {
+        let port = if port == 0 { free_port().port() } else { port };
+        self.kafka_ports.insert(id, port);
+        port
     }
 
     fn node(&mut self, id: u64) -> &mut BrokerProcess {
@@ -139,7 +159,7 @@ impl Cluster {
             vec!["--segment-bytes".into(), (64u64 << 20).to_string()]
         };
         let kafka_flag: Vec<String> = if self.kafka {
-            let port = self.node(id).addr.port() + 1;
+            let port = self.kafka_port(id);
             vec!["--kafka-listen".into(), format!("127.0.0.1:{port}")]
         } else {
             Vec::new()

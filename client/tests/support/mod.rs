@@ -287,6 +287,7 @@ fn metadata(state: &State) -> pb::MetadataResponse {
             .map(|(i, a)| pb::NodeInfo {
                 node_id: i as u64 + 1,
                 address: a.clone(),
+                ..pb::NodeInfo::default()
             })
             .collect(),
         leader_id: state.leader.map_or(0, |l| l as u64 + 1),

@@ -1,7 +1,7 @@
 //! Real Kafka clients nobody on this project wrote, against a 3-node raftmq cluster
 //! (three data groups) on loopback: kcat (librdkafka, C), confluent-kafka
 //! (librdkafka through Python) and kafka-python (an independent pure-Python
-//! implementation). `.ci/run` installs them; a test fails with what to install
+//! implementation). `.ci/test` installs them; a test fails with what to install
 //! when one is missing.
 
 mod common;
@@ -26,7 +26,7 @@ fn require(program: &str, probe: &[&str], install: &str) {
         .is_ok_and(|s| s.success());
     assert!(
         ok,
-        "{program} is needed by this test: {install} (.ci/run does)"
+        "{program} is needed by this test: {install} (.ci/test does)"
     );
 }
 

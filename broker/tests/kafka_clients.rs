@@ -17,8 +17,18 @@ use raftmq_proto::pb::{self, request::Body as Req, response::Body as Resp};
 
 const SCRIPTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka");
 
+/// A command for a client program nobody here built: with the system's libraries,
+/// not the ones cargo puts on `LD_LIBRARY_PATH` for tests (the benchmark's own
+/// librdkafka build, without zlib, would otherwise shadow kcat's and the Python
+/// client's).
+fn client_command(program: &str) -> Command {
+    let mut command = Command::new(program);
+    command.env_remove("LD_LIBRARY_PATH");
+    command
+}
+
 fn require(program: &str, probe: &[&str], install: &str) {
-    let ok = Command::new(program)
+    let ok = client_command(program)
         .args(probe)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -156,7 +166,7 @@ fn kcat_lists_produces_and_consumes_with_keys_and_as_a_group() {
     rt.block_on(create_topic(&client, "lines", 4));
     let brokers = cluster.kafka_addrs();
 
-    let mut list = Command::new("kcat");
+    let mut list = client_command("kcat");
     list.args(["-b", &brokers, "-L", "-m", "20"]);
     let listing = run(list, None, Duration::from_secs(30));
     assert!(listing.contains(" 3 brokers:"), "{listing}");
@@ -167,11 +177,11 @@ fn kcat_lists_produces_and_consumes_with_keys_and_as_a_group() {
 
     const N: usize = 100_000;
     let input: String = (0..N).map(|i| format!("key{}:{i}\n", i % 100)).collect();
-    let mut produce = Command::new("kcat");
+    let mut produce = client_command("kcat");
     produce.args(["-b", &brokers, "-P", "-t", "lines", "-K:", "-X", "acks=all"]);
     run(produce, Some(input.into_bytes()), Duration::from_secs(120));
 
-    let mut consume = Command::new("kcat");
+    let mut consume = client_command("kcat");
     consume.args([
         "-b",
         &brokers,
@@ -227,13 +237,13 @@ fn kcat_lists_produces_and_consumes_with_keys_and_as_a_group() {
         let topic = format!("z-{codec}");
         rt.block_on(create_topic(&client, &topic, 1));
         let input: String = (0..1000).map(|i| format!("{codec}-{i}\n")).collect();
-        let mut produce = Command::new("kcat");
+        let mut produce = client_command("kcat");
         produce.args(["-b", &brokers, "-P", "-t", &topic, "-z", codec]);
         run(produce, Some(input.into_bytes()), Duration::from_secs(60));
         let native = rt.block_on(read_all(&client, &topic, 1));
         let expected: Vec<String> = (0..1000).map(|i| format!("{codec}-{i}")).collect();
         assert_eq!(native.get(&0), Some(&expected), "{codec}: native reader");
-        let mut consume = Command::new("kcat");
+        let mut consume = client_command("kcat");
         consume.args([
             "-b",
             &brokers,
@@ -250,7 +260,7 @@ fn kcat_lists_produces_and_consumes_with_keys_and_as_a_group() {
     }
 
     // A consumer group: everything read, and the offsets it commits are raftmq's.
-    let mut group = Command::new("kcat");
+    let mut group = client_command("kcat");
     group.args([
         "-b",
         &brokers,
@@ -279,7 +289,7 @@ fn kafka_python_round_trip_shares_offsets_with_native_clients() {
     let client = rt
         .block_on(Client::connect(&cluster.addrs()))
         .expect("connect");
-    let mut script = Command::new("python3");
+    let mut script = client_command("python3");
     script.args([
         &format!("{SCRIPTS}/kafka_python_roundtrip.py"),
         &cluster.kafka_addrs(),
@@ -353,7 +363,7 @@ fn confluent_idempotent_producer_loses_and_repeats_nothing_across_a_leader_kill(
     rt.block_on(create_topic(&client, "idem", QUEUES));
     let dir = tempfile::tempdir().expect("temp dir");
     let acked_path = dir.path().join("acked.txt");
-    let mut producer = Command::new("python3");
+    let mut producer = client_command("python3");
     producer
         .args([
             &format!("{SCRIPTS}/idempotent_producer.py"),
@@ -527,7 +537,7 @@ fn confluent_consumer_group_survives_a_member_kill_and_a_join_and_keeps_offsets_
     let brokers = cluster.kafka_addrs();
     let start_member = |i: usize| {
         let out = dir.path().join(format!("member{i}.txt"));
-        let child = Command::new("python3")
+        let child = client_command("python3")
             .args([
                 &format!("{SCRIPTS}/group_member.py"),
                 &brokers,

@@ -264,6 +264,7 @@ mod tests {
         assert_eq!(ApiKey::Raft.as_u32(), 100);
         assert_eq!(ApiKey::AddNode.as_u32(), 19);
         assert_eq!(ApiKey::from_u32(22), Some(ApiKey::MoveReplicas));
-        assert_eq!(ApiKey::from_u32(23), None);
+        assert_eq!(ApiKey::from_u32(23), Some(ApiKey::AdvertiseListeners));
+        assert_eq!(ApiKey::from_u32(24), None);
     }
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::Cluster;
+use common::{read_all, Cluster};
 use raftmq_client::{Admin, Client, Consumer, GroupConfig, GroupConsumer, Message, Producer};
 use raftmq_client::{SeekTo, Target};
 use raftmq_proto::pb::{self, request::Body as Req, response::Body as Resp};
@@ -56,41 +56,6 @@ async fn wait_balanced(client: &Client, within: Duration) -> pb::MetadataRespons
                 .collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Every message of every queue of `topic`, as (queue → values in offset order),
-/// up to each queue's end when reading starts.
-async fn read_all(client: &Client, topic: &str, queues: u32) -> BTreeMap<u32, Vec<String>> {
-    let mut consumer = Consumer::new(client);
-    let all: Vec<u32> = (0..queues).collect();
-    consumer.assign(topic, &all).await.expect("assign");
-    let mut ends = BTreeMap::new();
-    for q in 0..queues {
-        ends.insert(q, consumer.seek(q, SeekTo::Latest).await.expect("end"));
-        consumer.seek(q, SeekTo::Earliest).await.expect("seek");
-    }
-    let mut out: BTreeMap<u32, Vec<String>> = BTreeMap::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let done = ends
-            .iter()
-            .all(|(q, end)| out.get(q).map_or(0, Vec::len) as u64 >= *end);
-        if done {
-            return out;
-        }
-        assert!(Instant::now() < deadline, "reading back did not finish");
-        for m in consumer.poll().await.expect("poll") {
-            let value = String::from_utf8(m.value.to_vec()).expect("utf-8");
-            let list = out.entry(m.queue).or_default();
-            assert_eq!(
-                list.len() as u64,
-                m.offset,
-                "queue {} skipped or repeated an offset",
-                m.queue
-            );
-            list.push(value);
-        }
     }
 }
 

@@ -37,6 +37,14 @@ fn test_record() -> impl Strategy<Value = TestRecord> {
 }
 
 fn build(records: &[TestRecord], producer: Option<(u64, u16, u32)>) -> Bytes {
+    build_with(records, producer, batch::Compression::None)
+}
+
+fn build_with(
+    records: &[TestRecord],
+    producer: Option<(u64, u16, u32)>,
+    compression: batch::Compression,
+) -> Bytes {
     let mut builder = BatchBuilder::with_capacity(1024);
     if let Some((id, epoch, seq)) = producer {
         builder.set_producer(id, epoch, seq);
@@ -49,7 +57,7 @@ fn build(records: &[TestRecord], producer: Option<(u64, u16, u32)>) -> Bytes {
             .collect();
         builder.push(r.key.as_deref(), &r.value, &headers, r.timestamp_ms);
     }
-    builder.finish()
+    builder.finish_with(compression)
 }
 
 fn small_batch() -> Bytes {
@@ -385,16 +393,7 @@ fn set_producer_renumbers_a_batch_and_keeps_it_valid() {
 }
 
 fn build_compressed(records: &[TestRecord], compression: batch::Compression) -> Bytes {
-    let mut builder = BatchBuilder::with_capacity(1024);
-    for r in records {
-        let headers: Vec<(&str, &[u8])> = r
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_slice()))
-            .collect();
-        builder.push(r.key.as_deref(), &r.value, &headers, r.timestamp_ms);
-    }
-    builder.finish_with(compression)
+    build_with(records, None, compression)
 }
 
 /// Records that compress: repeated JSON-ish values.

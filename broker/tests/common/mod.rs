@@ -390,3 +390,49 @@ pub async fn init_producer(cluster: &Cluster) -> u64 {
         _ => panic!("{response:?}"),
     }
 }
+
+/// Every message of every queue of `topic` (queue → values in offset order).
+pub async fn read_all(
+    client: &raftmq_client::Client,
+    topic: &str,
+    queues: u32,
+) -> std::collections::BTreeMap<u32, Vec<String>> {
+    let mut consumer = raftmq_client::Consumer::new(client);
+    let all: Vec<u32> = (0..queues).collect();
+    consumer.assign(topic, &all).await.expect("assign");
+    let mut ends = std::collections::BTreeMap::new();
+    for q in 0..queues {
+        ends.insert(
+            q,
+            consumer
+                .seek(q, raftmq_client::SeekTo::Latest)
+                .await
+                .expect("end"),
+        );
+        consumer
+            .seek(q, raftmq_client::SeekTo::Earliest)
+            .await
+            .expect("seek");
+    }
+    let mut out: std::collections::BTreeMap<u32, Vec<String>> = std::collections::BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if ends
+            .iter()
+            .all(|(q, end)| out.get(q).map_or(0, Vec::len) as u64 >= *end)
+        {
+            return out;
+        }
+        assert!(Instant::now() < deadline, "reading back did not finish");
+        for m in consumer.poll().await.expect("poll") {
+            let list = out.entry(m.queue).or_default();
+            assert_eq!(
+                list.len() as u64,
+                m.offset,
+                "queue {} skipped an offset",
+                m.queue
+            );
+            list.push(String::from_utf8(m.value.to_vec()).expect("utf-8"));
+        }
+    }
+}

@@ -171,6 +171,18 @@ pub enum Command {
         /// HOST:PORT.
         kafka_address: String,
     },
+    /// op 10 (metadata group): creates user `name` or replaces its credentials.
+    UpsertUser {
+        /// The user.
+        name: String,
+        /// One SCRAM credential per mechanism (never a password).
+        credentials: Vec<raftmq_proto::scram::ScramCredential>,
+    },
+    /// op 11 (metadata group): deletes user `name`.
+    DeleteUser {
+        /// The user.
+        name: String,
+    },
     /// op 6 (data group): the metadata group holds topic `id`; this group takes its
     /// batches from now on. Replaces an older topic of the same name; does nothing
     /// if the topic is already there.
@@ -293,6 +305,15 @@ impl Command {
                 buf.put_u64_le(*node);
                 put_str(&mut buf, kafka_address);
             }
+            Command::UpsertUser { name, credentials } => {
+                buf.put_u8(10);
+                put_str(&mut buf, name);
+                crate::security::users::encode_credentials(&mut buf, credentials);
+            }
+            Command::DeleteUser { name } => {
+                buf.put_u8(11);
+                put_str(&mut buf, name);
+            }
             Command::MirrorTopic {
                 id,
                 name,
@@ -384,6 +405,14 @@ impl Command {
                     bytes: get_u64(&mut buf)?,
                 },
             },
+            10 => Command::UpsertUser {
+                name: get_str(&mut buf)?,
+                credentials: crate::security::users::decode_credentials(&mut buf)
+                    .ok_or(CommandError::Truncated)?,
+            },
+            11 => Command::DeleteUser {
+                name: get_str(&mut buf)?,
+            },
             op => return Err(CommandError::UnknownOp(op)),
         };
         Ok(command)
@@ -425,6 +454,13 @@ mod tests {
             Command::SetListeners {
                 node: 3,
                 kafka_address: "10.0.0.3:9092".into(),
+            },
+            Command::UpsertUser {
+                name: "alice".into(),
+                credentials: crate::security::users::derive_all("pw", 0).unwrap(),
+            },
+            Command::DeleteUser {
+                name: "alice".into(),
             },
             Command::MirrorTopic {
                 id: 7,

@@ -129,6 +129,58 @@ pub struct BrokerConfig {
     /// heartbeats and election timeout stretch alike: an idle group costs that much
     /// less and fails over that much slower). 1 turns this off; default 10.
     pub idle_tick_factor: u32,
+    /// TLS on the client port, the Kafka port and the links between nodes (default:
+    /// none, plaintext). See docs/security.md.
+    pub tls: Option<crate::security::TlsFiles>,
+    /// Allows listening on a non-loopback address without TLS and logins (default
+    /// false): such a broker is open to anyone who can reach it, so it must be
+    /// asked for.
+    pub insecure: bool,
+    /// Every client must log in: SCRAM-SHA-256/512 (PLAIN too over TLS) or a
+    /// client certificate (default false).
+    pub require_login: bool,
+    /// Users who may do anything, managing users and the cluster included
+    /// (default none).
+    pub superusers: Vec<String>,
+    /// A user the cluster creates while it has none: the first admin. From the
+    /// environment variable `RAFTMQ_BOOTSTRAP_USER=NAME:PASSWORD` only, so the
+    /// password is in no file and no process listing.
+    pub bootstrap_user: Option<BootstrapUser>,
+}
+
+/// The first admin's name and password (the password is never printed).
+#[derive(Clone, PartialEq, Eq)]
+pub struct BootstrapUser {
+    /// User name.
+    pub name: String,
+    /// Password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for BootstrapUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BootstrapUser")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::str::FromStr for BootstrapUser {
+    type Err = ConfigError;
+    /// `NAME:PASSWORD`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once(':') {
+            Some((name, password)) if !name.is_empty() && !password.is_empty() => {
+                Ok(BootstrapUser {
+                    name: name.to_owned(),
+                    password: password.to_owned(),
+                })
+            }
+            _ => Err(ConfigError::OutOfRange(
+                "RAFTMQ_BOOTSTRAP_USER must be NAME:PASSWORD".into(),
+            )),
+        }
+    }
 }
 
 impl Default for BrokerConfig {
@@ -166,6 +218,11 @@ impl Default for BrokerConfig {
             replication_factor: 3,
             dead_node_timeout_ms: 300_000,
             idle_tick_factor: 10,
+            tls: None,
+            insecure: false,
+            require_login: false,
+            superusers: Vec::new(),
+            bootstrap_user: None,
         }
     }
 }
@@ -207,6 +264,24 @@ pub enum ConfigError {
     /// A numeric option is out of its range.
     #[error("{0}")]
     OutOfRange(String),
+    /// Some TLS files are given but not all that TLS needs.
+    #[error("TLS needs tls_cert, tls_key and tls_cluster_ca together (missing: {0})")]
+    IncompleteTls(String),
+    /// A non-loopback listener without TLS and logins, and `insecure` not set.
+    #[error(
+        "{what} {addr} is not a loopback address and {missing} off: anyone who can \
+         reach it could read, write and delete everything. Configure TLS (--tls-cert, \
+         --tls-key, --tls-cluster-ca) and logins (--require-login), or pass --insecure \
+         to accept that"
+    )]
+    Insecure {
+        /// Which listener.
+        what: &'static str,
+        /// Its address.
+        addr: SocketAddr,
+        /// "TLS is", "logins are" or "TLS and logins are".
+        missing: &'static str,
+    },
     /// The metrics endpoint would share the broker's own port.
     #[error("metrics_listen {0} is the broker's listen address; give metrics a port of its own")]
     MetricsOnBrokerPort(SocketAddr),
@@ -272,6 +347,68 @@ pub struct FileConfig {
     pub dead_node_timeout_ms: Option<u64>,
     /// See [`BrokerConfig::idle_tick_factor`].
     pub idle_tick_factor: Option<u32>,
+    /// The node's certificate chain (PEM): see [`BrokerConfig::tls`].
+    pub tls_cert: Option<PathBuf>,
+    /// The node's private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// The cluster CA (PEM): node certificates chain to it.
+    pub tls_cluster_ca: Option<PathBuf>,
+    /// The client CA (PEM), when clients may log in with certificates.
+    pub tls_client_ca: Option<PathBuf>,
+    /// See [`BrokerConfig::insecure`].
+    pub insecure: Option<bool>,
+    /// See [`BrokerConfig::require_login`].
+    pub require_login: Option<bool>,
+    /// See [`BrokerConfig::superusers`].
+    pub superusers: Option<Vec<String>>,
+}
+
+/// TLS file settings from any source, merged before they become [`TlsFiles`]
+/// (`crate::security::TlsFiles`).
+#[derive(Debug, Default, Clone)]
+pub struct TlsPaths {
+    /// See [`FileConfig::tls_cert`].
+    pub cert: Option<PathBuf>,
+    /// See [`FileConfig::tls_key`].
+    pub key: Option<PathBuf>,
+    /// See [`FileConfig::tls_cluster_ca`].
+    pub cluster_ca: Option<PathBuf>,
+    /// See [`FileConfig::tls_client_ca`].
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsPaths {
+    /// Each path given in `other` replaces this one's.
+    pub fn merge(&mut self, other: TlsPaths) {
+        self.cert = other.cert.or(self.cert.take());
+        self.key = other.key.or(self.key.take());
+        self.cluster_ca = other.cluster_ca.or(self.cluster_ca.take());
+        self.client_ca = other.client_ca.or(self.client_ca.take());
+    }
+
+    /// No TLS when nothing is given; the files when the three required ones are.
+    pub fn into_files(self) -> Result<Option<crate::security::TlsFiles>, ConfigError> {
+        match (self.cert, self.key, self.cluster_ca) {
+            (None, None, None) if self.client_ca.is_none() => Ok(None),
+            (Some(cert), Some(key), Some(cluster_ca)) => Ok(Some(crate::security::TlsFiles {
+                cert,
+                key,
+                cluster_ca,
+                client_ca: self.client_ca,
+            })),
+            (cert, key, ca) => {
+                let missing: Vec<&str> = [
+                    (cert.is_none(), "tls_cert"),
+                    (key.is_none(), "tls_key"),
+                    (ca.is_none(), "tls_cluster_ca"),
+                ]
+                .into_iter()
+                .filter_map(|(absent, name)| absent.then_some(name))
+                .collect();
+                Err(ConfigError::IncompleteTls(missing.join(", ")))
+            }
+        }
+    }
 }
 
 /// Parses `HOST:PORT`; names are resolved with the system resolver (for `localhost`).
@@ -372,6 +509,14 @@ impl BrokerConfig {
         if let Some(advertise) = file.kafka_advertise {
             self.kafka_advertise = Some(advertise);
         }
+        let mut tls = self.tls_paths();
+        tls.merge(TlsPaths {
+            cert: file.tls_cert,
+            key: file.tls_key,
+            cluster_ca: file.tls_cluster_ca,
+            client_ca: file.tls_client_ca,
+        });
+        self.tls = tls.into_files()?;
         macro_rules! set {
             ($($field:ident),*) => { $( if let Some(v) = file.$field { self.$field = v; } )* };
         }
@@ -395,8 +540,51 @@ impl BrokerConfig {
             data_groups,
             replication_factor,
             dead_node_timeout_ms,
-            idle_tick_factor
+            idle_tick_factor,
+            insecure,
+            require_login,
+            superusers
         );
+        Ok(())
+    }
+
+    /// The TLS paths in effect, to merge more sources into.
+    pub fn tls_paths(&self) -> TlsPaths {
+        match &self.tls {
+            Some(files) => TlsPaths {
+                cert: Some(files.cert.clone()),
+                key: Some(files.key.clone()),
+                cluster_ca: Some(files.cluster_ca.clone()),
+                client_ca: files.client_ca.clone(),
+            },
+            None => TlsPaths::default(),
+        }
+    }
+
+    /// Refuses a listener reachable from other hosts without TLS unless `insecure`.
+    fn check_exposure(&self) -> Result<(), ConfigError> {
+        let missing = match (self.tls.is_some(), self.require_login) {
+            _ if self.insecure => return Ok(()),
+            (true, true) => return Ok(()),
+            (false, true) => "TLS is",
+            (true, false) => "logins are",
+            (false, false) => "TLS and logins are",
+        };
+        let listeners = [
+            ("listen", Some(self.listen)),
+            ("kafka_listen", self.kafka_listen),
+        ];
+        for (what, addr) in listeners {
+            if let Some(addr) = addr {
+                if !addr.ip().is_loopback() {
+                    return Err(ConfigError::Insecure {
+                        what,
+                        addr,
+                        missing,
+                    });
+                }
+            }
+        }
         Ok(())
     }
 
@@ -411,6 +599,7 @@ impl BrokerConfig {
         if !self.peers.contains_key(&self.node_id) {
             return Err(ConfigError::SelfNotInPeers(self.node_id.0));
         }
+        self.check_exposure()?;
         if self.segment_bytes < 64 * 1024 {
             return Err(ConfigError::OutOfRange(
                 "segment_bytes must be at least 65536".into(),
@@ -550,5 +739,56 @@ mod tests {
             parse_peers(&["x=127.0.0.1:1"]),
             Err(ConfigError::BadPeer("x=127.0.0.1:1".into()))
         );
+    }
+
+    #[test]
+    fn a_listener_beyond_loopback_needs_tls_or_insecure() {
+        let mut config = BrokerConfig {
+            listen: "0.0.0.0:7070".parse().unwrap(),
+            ..BrokerConfig::default()
+        };
+        config.peers.clear();
+        let err = config.clone().validate().unwrap_err();
+        assert!(matches!(err, ConfigError::Insecure { what: "listen", .. }));
+        assert!(err.to_string().contains("--insecure"), "{err}");
+        let mut insecure = BrokerConfig {
+            insecure: true,
+            ..config.clone()
+        };
+        assert_eq!(insecure.validate(), Ok(()));
+        let mut kafka = BrokerConfig {
+            kafka_listen: Some("10.1.2.3:9092".parse().unwrap()),
+            ..BrokerConfig::default()
+        };
+        assert!(matches!(
+            kafka.validate(),
+            Err(ConfigError::Insecure {
+                what: "kafka_listen",
+                ..
+            })
+        ));
+        config.tls = Some(crate::security::TlsFiles {
+            cert: "node.pem".into(),
+            key: "node.key".into(),
+            cluster_ca: "ca.pem".into(),
+            client_ca: None,
+        });
+        let err = config.clone().validate().unwrap_err();
+        assert!(err.to_string().contains("logins are off"), "{err}");
+        config.require_login = true;
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn tls_files_come_as_a_set() {
+        let partial = TlsPaths {
+            cert: Some("node.pem".into()),
+            ..TlsPaths::default()
+        };
+        assert_eq!(
+            partial.into_files(),
+            Err(ConfigError::IncompleteTls("tls_key, tls_cluster_ca".into()))
+        );
+        assert_eq!(TlsPaths::default().into_files(), Ok(None));
     }
 }

@@ -35,6 +35,7 @@ pub(crate) struct GroupOpener {
     pub(crate) local_addr: SocketAddr,
     pub(crate) directory: Arc<GroupDirectory>,
     pub(crate) shutdown: CancellationToken,
+    pub(crate) security: Arc<crate::security::Security>,
 }
 
 /// The directory of data group `group` under the data directory.
@@ -92,6 +93,7 @@ impl GroupOpener {
                 address: Some(self.local_addr),
             },
             config.max_frame_bytes,
+            self.security.clone(),
             self.shutdown.clone(),
         )
         .for_group(group);

@@ -13,7 +13,6 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use prost::Message as _;
 use raftmq_proto::pb::{self, ErrorCode};
-use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
@@ -35,7 +34,12 @@ pub struct JoinRequest {
 }
 
 /// Asks `seeds` until the cluster has added this node (or refused it for good).
-pub async fn run(seeds: Vec<SocketAddr>, me: JoinRequest, shutdown: CancellationToken) {
+pub async fn run(
+    seeds: Vec<SocketAddr>,
+    me: JoinRequest,
+    security: std::sync::Arc<crate::security::Security>,
+    shutdown: CancellationToken,
+) {
     let mut pause = PAUSE_MIN;
     let mut said_waiting = false;
     loop {
@@ -49,7 +53,7 @@ pub async fn run(seeds: Vec<SocketAddr>, me: JoinRequest, shutdown: Cancellation
             }
             let outcome = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = tokio::time::timeout(ATTEMPT_TIMEOUT, ask(target, &me)) => r,
+                r = tokio::time::timeout(ATTEMPT_TIMEOUT, ask(&security, target, &me)) => r,
             };
             match outcome {
                 Ok(Ok(done)) => {
@@ -66,6 +70,10 @@ pub async fn run(seeds: Vec<SocketAddr>, me: JoinRequest, shutdown: Cancellation
                     if let Ok(leader) = e.leader_address.parse() {
                         queue.push_front(leader);
                     }
+                }
+                // Certificates can be fixed and reloaded without a restart: keep asking.
+                Ok(Err(e)) if e.code == ErrorCode::ClusterAuthorizationFailed as i32 => {
+                    tracing::warn!(via = %target, error = %e.message, "cannot join yet");
                 }
                 Ok(Err(e)) if !retriable(&e) => {
                     tracing::error!(
@@ -106,9 +114,22 @@ fn retriable(e: &pb::Error) -> bool {
 
 /// One JoinCluster request; `Err` carries the broker's error (or a made-up
 /// NOT_READY for a connection failure, which is retried).
-async fn ask(target: SocketAddr, me: &JoinRequest) -> Result<pb::JoinClusterResponse, pb::Error> {
-    let io = |e: std::io::Error| pb::Error::new(ErrorCode::NotReady, e.to_string());
-    let stream = TcpStream::connect(target).await.map_err(io)?;
+async fn ask(
+    security: &crate::security::Security,
+    target: SocketAddr,
+    me: &JoinRequest,
+) -> Result<pb::JoinClusterResponse, pb::Error> {
+    let io = |e: std::io::Error| match crate::security::tls_failure(&e) {
+        Some(tls) => pb::Error::new(
+            ErrorCode::ClusterAuthorizationFailed,
+            format!(
+                "TLS with {target} failed: {tls} (a node needs a certificate signed by the \
+                 cluster CA, for its own address)"
+            ),
+        ),
+        None => pb::Error::new(ErrorCode::NotReady, e.to_string()),
+    };
+    let stream = security.connect_addr(target).await.map_err(io)?;
     let mut framed = Framed::new(stream, raftmq_proto::frame::codec(16 << 20));
     let request = pb::Request {
         correlation_id: 1,

@@ -13,6 +13,7 @@
 //! - [`data_dir_lock`]: one broker per data directory;
 //! - [`hard_state`]: term, vote and the acknowledged mark on disk;
 //! - [`snapshot`]: state-machine snapshots, as files and as the bytes sent to peers;
+//! - [`security`]: TLS on ports and links, who counts as a node;
 //! - [`config`]: every option with its default;
 //! - [`metrics`]: the Prometheus series and their `/metrics` endpoint.
 
@@ -35,6 +36,7 @@ pub mod placement;
 pub mod raft;
 pub mod raft_wire;
 pub mod response;
+pub mod security;
 pub mod server;
 pub mod service;
 pub mod snapshot;

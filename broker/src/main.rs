@@ -109,6 +109,32 @@ struct Args {
     /// on this node's --listen host).
     #[arg(long, value_name = "HOST:PORT")]
     kafka_advertise: Option<String>,
+    /// The node's certificate chain (PEM, leaf first; signed by the cluster CA).
+    /// With --tls-key and --tls-cluster-ca: TLS on every port and link.
+    #[arg(long, value_name = "FILE", env = "RAFTMQ_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The node's private key (PEM).
+    #[arg(long, value_name = "FILE", env = "RAFTMQ_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// The cluster CA (PEM): only connections with a certificate it signed may
+    /// replicate, vote or join; clients check node certificates against it.
+    #[arg(long, value_name = "FILE", env = "RAFTMQ_TLS_CLUSTER_CA")]
+    tls_cluster_ca: Option<PathBuf>,
+    /// The CA of client certificates (PEM, must differ from the cluster CA): a
+    /// client presenting one is logged in as the certificate's common name.
+    #[arg(long, value_name = "FILE", env = "RAFTMQ_TLS_CLIENT_CA")]
+    tls_client_ca: Option<PathBuf>,
+    /// Allow a non-loopback listener without TLS and logins (anyone who can reach
+    /// it can do anything).
+    #[arg(long)]
+    insecure: bool,
+    /// Every client must log in (SCRAM-SHA-256/512, PLAIN over TLS, or a client
+    /// certificate). The first admin comes from RAFTMQ_BOOTSTRAP_USER=NAME:PASSWORD.
+    #[arg(long)]
+    require_login: bool,
+    /// Users who may do anything (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "USER[,...]")]
+    superusers: Option<Vec<String>>,
     /// Log line format: text (coloured only on a terminal, unless NO_COLOR is set)
     /// or json (one object per line).
     #[arg(long, value_enum, default_value = "text")]
@@ -241,6 +267,26 @@ fn build_config(args: &Args) -> anyhow::Result<BrokerConfig> {
     if let Some(advertise) = &args.kafka_advertise {
         config.kafka_advertise = Some(advertise.clone());
     }
+    let mut tls = config.tls_paths();
+    tls.merge(raftmq_broker::config::TlsPaths {
+        cert: args.tls_cert.clone(),
+        key: args.tls_key.clone(),
+        cluster_ca: args.tls_cluster_ca.clone(),
+        client_ca: args.tls_client_ca.clone(),
+    });
+    config.tls = tls.into_files()?;
+    if args.insecure {
+        config.insecure = true;
+    }
+    if args.require_login {
+        config.require_login = true;
+    }
+    if let Some(superusers) = &args.superusers {
+        config.superusers = superusers.clone();
+    }
+    if let Ok(bootstrap) = std::env::var("RAFTMQ_BOOTSTRAP_USER") {
+        config.bootstrap_user = Some(bootstrap.parse()?);
+    }
     config.validate()?;
     Ok(config)
 }
@@ -321,6 +367,24 @@ fn run(args: Args) -> anyhow::Result<()> {
             println!("kafka protocol: {addr}");
         }
         let token = broker.shutdown_token();
+        let security = broker.security();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hangup.recv().await.is_some() {
+                if let Some(tls) = security.tls() {
+                    match tls.reload() {
+                        Ok(()) => tracing::info!("SIGHUP: TLS certificates reloaded"),
+                        Err(e) => tracing::error!(
+                            error = %e,
+                            "SIGHUP: TLS certificates not reloaded; the previous ones stay in use"
+                        ),
+                    }
+                }
+            }
+        });
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("signal received, shutting down");

@@ -16,7 +16,8 @@ use std::sync::Arc;
 use futures::{SinkExt, StreamExt};
 use prost::Message as _;
 use raftmq_proto::pb::{self, ErrorCode};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -30,6 +31,7 @@ use crate::metrics::{self, Api, BrokerMetrics};
 use crate::node::NodeInput;
 use crate::raft_wire;
 use crate::response::{Outgoing, Responder};
+use crate::security::{CertificateIdentity, Security, Stream};
 use crate::service::Service;
 
 /// Responses written before one flush.
@@ -72,6 +74,12 @@ pub enum StartError {
         /// The I/O error.
         error: std::io::Error,
     },
+    /// `RAFTMQ_BOOTSTRAP_USER` names an invalid user or password.
+    #[error("bootstrap user: {0}")]
+    BootstrapUser(#[from] crate::security::users::UserError),
+    /// The TLS files are unusable.
+    #[error("TLS: {0}")]
+    Tls(#[from] raftmq_proto::tls::TlsError),
     /// The metrics address could not be bound.
     #[error("cannot serve metrics on {addr}: {error}")]
     MetricsBind {
@@ -94,12 +102,30 @@ pub struct Broker {
     shutdown: CancellationToken,
     node: JoinHandle<()>,
     listener: JoinHandle<()>,
+    security: Arc<Security>,
 }
 
 impl Broker {
     /// Opens the data dir, recovers the log, binds the port and starts serving.
     pub async fn start(config: BrokerConfig) -> Result<Broker, StartError> {
         let mut config = config;
+        let mut security = match &config.tls {
+            Some(files) => Security::with_tls(files.clone())?,
+            None => Security::plaintext(),
+        };
+        if config.require_login {
+            security = security.requiring_login(config.superusers.iter().cloned());
+        }
+        let security = Arc::new(security);
+        // Derived once here (PBKDF2 takes milliseconds): the node only proposes it.
+        let bootstrap_user = match &config.bootstrap_user {
+            Some(user) => {
+                crate::security::users::validate_name(&user.name)?;
+                let credentials = crate::security::users::derive_all(&user.password, 0)?;
+                Some((user.name.clone(), credentials))
+            }
+            None => None,
+        };
         // The port first: a broker that cannot listen leaves no empty data dir behind.
         let listener =
             TcpListener::bind(config.listen)
@@ -154,6 +180,19 @@ impl Broker {
         } else {
             crate::cluster::bootstrap_entry(&std::collections::BTreeMap::new())
         };
+        if security.tls().is_none() {
+            let exposed = [Some(config.listen), config.kafka_listen]
+                .into_iter()
+                .flatten()
+                .find(|a| !a.ip().is_loopback());
+            if let Some(addr) = exposed {
+                tracing::warn!(
+                    %addr,
+                    "listening beyond loopback without TLS (--insecure): anyone who can \
+                     reach this port can read, write and delete everything and join the cluster"
+                );
+            }
+        }
         let config = Arc::new(config);
         let shutdown = CancellationToken::new();
         let (directory, start_requests) = GroupDirectory::new();
@@ -162,6 +201,7 @@ impl Broker {
             local_addr,
             directory: directory.clone(),
             shutdown: shutdown.clone(),
+            security: security.clone(),
         };
         let join = config.join.clone();
         let metadata = groups
@@ -171,7 +211,8 @@ impl Broker {
                 identity.clone(),
                 bootstrap,
             )?
-            .with_metrics(broker_metrics.clone());
+            .with_metrics(broker_metrics.clone())
+            .with_users(security.users().clone(), bootstrap_user);
         tracing::info!(
             incarnation = %format!("{:016x}", identity.incarnation),
             cluster_id = %format!("{:016x}", identity.cluster_id),
@@ -200,10 +241,11 @@ impl Broker {
                     address: local_addr,
                     incarnation: identity.incarnation,
                 },
+                security.clone(),
                 shutdown.clone(),
             ));
         }
-        let service = Service::new(directory, config, shutdown.clone());
+        let service = Service::new(directory, config, security.clone(), shutdown.clone());
         let mut kafka_addr = None;
         if let Some(kafka_listener) = kafka_listener {
             let bound = kafka_listener
@@ -252,7 +294,13 @@ impl Broker {
             shutdown,
             node,
             listener,
+            security,
         })
+    }
+
+    /// The broker's transport security (to reload its certificates).
+    pub fn security(&self) -> Arc<Security> {
+        self.security.clone()
     }
 
     /// Stops accepting, closes connections, lets the node sync and stop.
@@ -288,8 +336,7 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                connections.spawn(serve_connection(
+                connections.spawn(accept_connection(
                     stream,
                     peer,
                     service.clone(),
@@ -313,118 +360,300 @@ async fn accept_loop(
     while connections.join_next().await.is_some() {}
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+/// The TLS handshake (in the connection's own task, so a slow one holds up no
+/// other), then the connection.
+async fn accept_connection(
+    tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     service: Service,
     metrics: Arc<BrokerMetrics>,
     shutdown: CancellationToken,
 ) {
-    let config = service.config();
-    let directory = service.directory();
-    metrics.connection_opened();
-    let (read, write) = stream.into_split();
-    let codec = raftmq_proto::frame::codec(config.max_frame_bytes);
-    let mut reader = FramedRead::new(read, codec.clone());
-    let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
-    let writer = tokio::spawn(write_responses(FramedWrite::new(write, codec), rx));
-    let permits = Arc::new(Semaphore::new(config.max_inflight_per_connection));
-    loop {
-        let frame = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            f = reader.next() => f,
-        };
-        let frame = match frame {
-            None => break,
-            Some(Ok(frame)) => frame.freeze(),
-            Some(Err(e)) => {
-                tracing::info!(%peer, error = %e, "closing connection: bad frame");
-                break;
-            }
-        };
-        let request = match pb::Request::decode(frame) {
-            Ok(request) => request,
-            Err(e) => {
-                tracing::info!(%peer, error = %e, "closing connection: undecodable request");
-                break;
-            }
-        };
-        let started = std::time::Instant::now();
-        let Some(body) = request.body else {
-            let reply = Responder::new(request.correlation_id, tx.clone(), None).observed(
-                &metrics,
-                Api::Unknown,
-                started,
-                0,
-            );
-            reply.error(pb::Error::new(
-                ErrorCode::InvalidRequest,
-                "unknown or missing API key",
-            ));
-            continue;
-        };
-        if let pb::request::Body::Raft(msg) = body {
-            let group = msg.group_id;
-            match raft_wire::from_pb(msg) {
-                Ok(msg) => {
-                    // A group not started here yet (its creation not applied by
-                    // this node's metadata group): Raft retries.
-                    let Some(inbox) = directory.inbox(group) else {
-                        tracing::trace!(%peer, group, "message for a group not running here");
-                        continue;
-                    };
-                    if inbox.send(NodeInput::Peer(msg)).await.is_err() {
+    let accepted = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        a = service.security().accept(tcp) => a,
+    };
+    let (stream, identity) = match accepted {
+        Ok(accepted) => accepted,
+        Err(e) => {
+            tracing::info!(%peer, error = %e, "closing connection: TLS handshake failed");
+            return;
+        }
+    };
+    let connection = Connection {
+        peer,
+        identity,
+        service,
+        metrics,
+        shutdown,
+    };
+    match stream {
+        // The owned halves of a TCP stream need no lock between reader and writer.
+        Stream::Plain(tcp) => {
+            let (read, write) = tcp.into_split();
+            connection.serve(read, write).await
+        }
+        other => {
+            let (read, write) = tokio::io::split(other);
+            connection.serve(read, write).await
+        }
+    }
+}
+
+/// One accepted connection and who it is.
+struct Connection {
+    peer: SocketAddr,
+    identity: CertificateIdentity,
+    service: Service,
+    metrics: Arc<BrokerMetrics>,
+    shutdown: CancellationToken,
+}
+
+impl Connection {
+    async fn serve<R, W>(self, read: R, write: W)
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection {
+            peer,
+            identity,
+            service,
+            metrics,
+            shutdown,
+        } = self;
+        let config = service.config();
+        let directory = service.directory();
+        let security = service.security();
+        let may_act_as_node = security.is_node(&identity);
+        let mut session = security.session(&identity);
+        metrics.connection_opened();
+        let codec = raftmq_proto::frame::codec(config.max_frame_bytes);
+        let mut reader = FramedRead::new(read, codec.clone());
+        let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
+        let writer = tokio::spawn(write_responses(FramedWrite::new(write, codec), rx));
+        let permits = Arc::new(Semaphore::new(config.max_inflight_per_connection));
+        loop {
+            let frame = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                f = reader.next() => f,
+            };
+            let frame = match frame {
+                None => break,
+                Some(Ok(frame)) => frame.freeze(),
+                Some(Err(e)) => {
+                    tracing::info!(%peer, error = %e, "closing connection: bad frame");
+                    break;
+                }
+            };
+            let request = match pb::Request::decode(frame) {
+                Ok(request) => request,
+                Err(e) => {
+                    tracing::info!(%peer, error = %e, "closing connection: undecodable request");
+                    break;
+                }
+            };
+            let started = std::time::Instant::now();
+            let Some(body) = request.body else {
+                let reply = Responder::new(request.correlation_id, tx.clone(), None).observed(
+                    &metrics,
+                    Api::Unknown,
+                    started,
+                    0,
+                );
+                reply.error(pb::Error::new(
+                    ErrorCode::InvalidRequest,
+                    "unknown or missing API key",
+                ));
+                continue;
+            };
+            if let pb::request::Body::Raft(msg) = body {
+                if !may_act_as_node {
+                    tracing::warn!(
+                        %peer, ?identity,
+                        "closing connection: a Raft message without a cluster certificate"
+                    );
+                    break;
+                }
+                let group = msg.group_id;
+                match raft_wire::from_pb(msg) {
+                    Ok(msg) => {
+                        // A group not started here yet (its creation not applied by
+                        // this node's metadata group): Raft retries.
+                        let Some(inbox) = directory.inbox(group) else {
+                            tracing::trace!(%peer, group, "message for a group not running here");
+                            continue;
+                        };
+                        if inbox.send(NodeInput::Peer(msg)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "closing connection: bad raft message");
                         break;
                     }
                 }
+                continue;
+            }
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
+            let request_bytes = match &body {
+                pb::request::Body::Produce(req) => req.batch.len() as u64,
+                _ => 0,
+            };
+            let reply = Responder::new(request.correlation_id, tx.clone(), Some(permit)).observed(
+                &metrics,
+                Api::of(&body),
+                started,
+                request_bytes,
+            );
+            let reply = match &body {
+                pb::request::Body::Produce(req) => reply.for_topic(&req.topic),
+                pb::request::Body::Fetch(req) => reply.for_topic(&req.topic),
+                _ => reply,
+            };
+            if request.api_version > 1 {
+                reply.error(pb::Error::new(
+                    ErrorCode::UnsupportedVersion,
+                    format!(
+                        "api version {} is not supported (max 1)",
+                        request.api_version
+                    ),
+                ));
+                continue;
+            }
+            if let Err(e) = precheck(&body, config) {
+                reply.error(e);
+                continue;
+            }
+            let body = match body {
+                pb::request::Body::SaslHandshake(_) | pb::request::Body::SaslAuthenticate(_) => {
+                    match login_step(&mut session, security, body) {
+                        Ok(answer) => reply.ok(answer),
+                        Err(e) => {
+                            tracing::info!(%peer, error = %e, "closing connection: login failed");
+                            // A failed login costs the client time: guessing is slow.
+                            tokio::time::sleep(FAILED_LOGIN_DELAY).await;
+                            reply.error(e.to_pb());
+                            break;
+                        }
+                    }
+                    continue;
+                }
+                body => body,
+            };
+            let principal = match session.admit(security.users()) {
+                Ok(principal) => principal.clone(),
                 Err(e) => {
-                    tracing::warn!(%peer, error = %e, "closing connection: bad raft message");
+                    tracing::info!(%peer, error = %e.message, "closing connection: not logged in");
+                    reply.error(e);
                     break;
                 }
+            };
+            if let Err(e) = security.authorize(&principal, &body) {
+                reply.error(e);
+                continue;
             }
-            continue;
+            let body = match body {
+                pb::request::Body::UpsertUser(req) if !req.password.is_empty() => {
+                    match credentials_for(req).await {
+                        Ok(req) => pb::request::Body::UpsertUser(req),
+                        Err(e) => {
+                            reply.error(e);
+                            continue;
+                        }
+                    }
+                }
+                body => body,
+            };
+            if is_node_only(&body) && !may_act_as_node {
+                reply.error(pb::Error::new(
+                    ErrorCode::ClusterAuthorizationFailed,
+                    format!(
+                        "{} is for cluster nodes: connect with a certificate signed by the \
+                     cluster CA",
+                        body.api_key()
+                    ),
+                ));
+                continue;
+            }
+            if !service.submit(body, reply).await {
+                break;
+            }
         }
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            break;
-        };
-        let request_bytes = match &body {
-            pb::request::Body::Produce(req) => req.batch.len() as u64,
-            _ => 0,
-        };
-        let reply = Responder::new(request.correlation_id, tx.clone(), Some(permit)).observed(
-            &metrics,
-            Api::of(&body),
-            started,
-            request_bytes,
-        );
-        let reply = match &body {
-            pb::request::Body::Produce(req) => reply.for_topic(&req.topic),
-            pb::request::Body::Fetch(req) => reply.for_topic(&req.topic),
-            _ => reply,
-        };
-        if request.api_version > 1 {
-            reply.error(pb::Error::new(
-                ErrorCode::UnsupportedVersion,
-                format!(
-                    "api version {} is not supported (max 1)",
-                    request.api_version
-                ),
-            ));
-            continue;
-        }
-        if let Err(e) = precheck(&body, config) {
-            reply.error(e);
-            continue;
-        }
-        if !service.submit(body, reply).await {
-            break;
-        }
+        // The writer ends once every answer is written: the node tasks hold the
+        // responders of what they still work on.
+        drop(tx);
+        let _ = writer.await;
+        metrics.connection_closed();
     }
-    // The writer ends once every answer is written: the node tasks hold the
-    // responders of what they still work on.
-    drop(tx);
-    let _ = writer.await;
-    metrics.connection_closed();
+}
+
+/// How long a failed login waits before its answer (and the connection's close).
+pub(crate) const FAILED_LOGIN_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// One SASL request on the native protocol.
+fn login_step(
+    session: &mut crate::security::Session,
+    security: &Security,
+    body: pb::request::Body,
+) -> Result<pb::response::Body, crate::security::SaslError> {
+    use crate::security::SaslStep;
+    match body {
+        pb::request::Body::SaslHandshake(req) => {
+            let mechanisms = session.mechanisms();
+            session.handshake(&req.mechanism)?;
+            Ok(pb::response::Body::SaslHandshake(
+                pb::SaslHandshakeResponse { mechanisms },
+            ))
+        }
+        pb::request::Body::SaslAuthenticate(req) => {
+            let (bytes, complete) = match session.authenticate(security.users(), &req.auth_bytes)? {
+                SaslStep::Continue(bytes) => (bytes, false),
+                SaslStep::Done(bytes) => (bytes, true),
+            };
+            let principal = match (complete, session.principal()) {
+                (true, Some(p)) => p.to_string(),
+                _ => String::new(),
+            };
+            Ok(pb::response::Body::SaslAuthenticate(
+                pb::SaslAuthenticateResponse {
+                    auth_bytes: bytes.into(),
+                    complete,
+                    principal,
+                },
+            ))
+        }
+        _ => Err(crate::security::SaslError::IllegalState(
+            "not a SASL request",
+        )),
+    }
+}
+
+/// Turns the password of an `UpsertUser` into SCRAM credentials (off the async
+/// workers: PBKDF2 takes milliseconds); the password goes no further.
+async fn credentials_for(
+    mut req: pb::UpsertUserRequest,
+) -> Result<pb::UpsertUserRequest, pb::Error> {
+    let password = std::mem::take(&mut req.password);
+    let iterations = req.iterations;
+    let derived = tokio::task::spawn_blocking(move || {
+        crate::security::users::derive_all(&password, iterations)
+    })
+    .await
+    .map_err(|e| pb::Error::new(ErrorCode::InvalidRequest, e.to_string()))?
+    .map_err(|e| pb::Error::new(ErrorCode::InvalidRequest, e.to_string()))?;
+    req.credentials = crate::security::users::credentials_to_pb(&derived);
+    Ok(req)
+}
+
+/// Requests only another node sends (joining, advertising its listeners).
+fn is_node_only(body: &pb::request::Body) -> bool {
+    matches!(
+        body,
+        pb::request::Body::JoinCluster(_) | pb::request::Body::AdvertiseListeners(_)
+    )
 }
 
 /// Checks that need no state: names, sizes, the batch's CRC and structure.
@@ -466,11 +695,8 @@ fn precheck(body: &pb::request::Body, config: &BrokerConfig) -> Result<(), pb::E
     Ok(())
 }
 
-async fn write_responses(
-    mut framed: FramedWrite<
-        tokio::net::tcp::OwnedWriteHalf,
-        tokio_util::codec::LengthDelimitedCodec,
-    >,
+async fn write_responses<W: AsyncWrite + Unpin>(
+    mut framed: FramedWrite<W, tokio_util::codec::LengthDelimitedCodec>,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
 ) {
     while let Some((mut response, permit)) = rx.recv().await {

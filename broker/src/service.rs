@@ -23,6 +23,7 @@ use crate::response::Responder;
 pub struct Service {
     directory: Arc<GroupDirectory>,
     config: Arc<BrokerConfig>,
+    security: Arc<crate::security::Security>,
     shutdown: CancellationToken,
 }
 
@@ -31,13 +32,20 @@ impl Service {
     pub fn new(
         directory: Arc<GroupDirectory>,
         config: Arc<BrokerConfig>,
+        security: Arc<crate::security::Security>,
         shutdown: CancellationToken,
     ) -> Service {
         Service {
             directory,
             config,
+            security,
             shutdown,
         }
+    }
+
+    /// The broker's transport security.
+    pub fn security(&self) -> &crate::security::Security {
+        &self.security
     }
 
     /// The broker's settings.
@@ -150,7 +158,7 @@ impl Service {
         if leader == self.config.listen.to_string() {
             return first;
         }
-        match forward(&leader, body, self.config.max_frame_bytes).await {
+        match forward(&self.security, &leader, body, self.config.max_frame_bytes).await {
             Ok(response) => match (response.error, response.body) {
                 (None, Some(body)) => Ok(body),
                 (Some(error), body) => Err(Failure { error, body }),
@@ -169,6 +177,7 @@ const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Sends one request to another broker's client port and waits for its answer.
 async fn forward(
+    security: &crate::security::Security,
     address: &str,
     body: pb::request::Body,
     max_frame_bytes: usize,
@@ -176,8 +185,7 @@ async fn forward(
     use futures::{SinkExt, StreamExt};
     use prost::Message;
     let exchange = async {
-        let stream = tokio::net::TcpStream::connect(address).await?;
-        let _ = stream.set_nodelay(true);
+        let stream = security.connect(address).await?;
         let mut framed =
             tokio_util::codec::Framed::new(stream, raftmq_proto::frame::codec(max_frame_bytes));
         let request = pb::Request::new(1, body);

@@ -49,7 +49,7 @@ use crate::command::{decode_messages, Command, CommittedOffset, TopicRetention};
 use crate::snapshot::PayloadError;
 
 /// Version byte of the snapshot payload layout (module docs).
-const SNAPSHOT_VERSION: u8 = 4;
+const SNAPSHOT_VERSION: u8 = 5;
 
 /// Batches remembered per (producer, queue) to answer retries with their offset.
 const RECENT_BATCHES_PER_PRODUCER_QUEUE: usize = 8;
@@ -205,6 +205,10 @@ pub enum ApplyOutcome {
     DataGroupsSet,
     /// A node's advertised listeners were recorded.
     ListenersSet,
+    /// A user was created (true) or its credentials replaced (false).
+    UserUpserted(bool),
+    /// A user was deleted.
+    UserDeleted,
     /// A topic of the metadata group is now held by this data group.
     TopicMirrored,
     /// The entry was refused; the log keeps it but no queue does.
@@ -229,6 +233,11 @@ pub struct StateMachine {
     decommissioned: std::collections::BTreeSet<u64>,
     /// Metadata group: each node's advertised Kafka address.
     kafka_listeners: BTreeMap<u64, String>,
+    /// Metadata group: users and their SCRAM credentials.
+    users: crate::security::users::UserTable,
+    /// Bumped whenever `users` changes (not persisted: a restored state starts a
+    /// new count, and its node publishes it anew).
+    users_changes: u64,
     applied: LogIndex,
 }
 
@@ -275,6 +284,16 @@ impl StateMachine {
     /// The Kafka address each node advertised (nodes without one are absent).
     pub fn kafka_listeners(&self) -> &BTreeMap<u64, String> {
         &self.kafka_listeners
+    }
+
+    /// Users and their credentials.
+    pub fn users(&self) -> &crate::security::users::UserTable {
+        &self.users
+    }
+
+    /// How many times the user table changed since this state was built.
+    pub fn users_changes(&self) -> u64 {
+        self.users_changes
     }
 
     /// The next topic id to be assigned: every topic id below it was created once.
@@ -410,6 +429,21 @@ impl StateMachine {
             Command::Decommission { node } => {
                 self.decommissioned.insert(node);
                 ApplyOutcome::DataGroupsSet
+            }
+            Command::UpsertUser { name, credentials } => {
+                self.users_changes += 1;
+                let created = self.users.insert(name, credentials).is_none();
+                ApplyOutcome::UserUpserted(created)
+            }
+            Command::DeleteUser { name } => {
+                if self.users.remove(&name).is_none() {
+                    return ApplyOutcome::Rejected(
+                        ErrorCode::InvalidRequest,
+                        format!("there is no user {name:?}"),
+                    );
+                }
+                self.users_changes += 1;
+                ApplyOutcome::UserDeleted
             }
             Command::SetListeners {
                 node,
@@ -665,6 +699,11 @@ impl StateMachine {
             buf.put_u64_le(*node);
             put_string(&mut buf, address);
         }
+        put_count(&mut buf, self.users.len());
+        for (name, credentials) in &self.users {
+            put_string(&mut buf, name);
+            crate::security::users::encode_credentials(&mut buf, credentials);
+        }
         buf.freeze()
     }
 
@@ -887,6 +926,27 @@ impl StateMachine {
                 kafka_listeners.insert(node, address);
             }
         }
+        let mut users = crate::security::users::UserTable::new();
+        if version >= 5 {
+            let count = r.count("users", 3)?;
+            for _ in 0..count {
+                let name = r.string("user name")?;
+                let credentials =
+                    crate::security::users::decode_credentials(&mut r.0).ok_or_else(|| {
+                        PayloadError::Inconsistent(format!("credentials of user {name:?}"))
+                    })?;
+                if users
+                    .keys()
+                    .next_back()
+                    .is_some_and(|last: &String| *last >= name)
+                {
+                    return Err(PayloadError::Inconsistent(format!(
+                        "user {name:?} out of order"
+                    )));
+                }
+                users.insert(name, credentials);
+            }
+        }
         if !r.0.is_empty() {
             return Err(PayloadError::TrailingBytes(r.0.len()));
         }
@@ -895,6 +955,8 @@ impl StateMachine {
             data_groups,
             decommissioned,
             kafka_listeners,
+            users,
+            users_changes: 0,
             topic_ids,
             topics,
             next_topic_id,
@@ -1155,8 +1217,31 @@ mod tests {
                 node: 1,
                 kafka_address: "10.0.0.1:9092".into(),
             }),
+            cmd(Command::UpsertUser {
+                name: "bob".into(),
+                credentials: fixed_credentials("b"),
+            }),
+            cmd(Command::UpsertUser {
+                name: "alice".into(),
+                credentials: fixed_credentials("a"),
+            }),
+            cmd(Command::UpsertUser {
+                name: "carol".into(),
+                credentials: fixed_credentials("c"),
+            }),
+            cmd(Command::DeleteUser {
+                name: "carol".into(),
+            }),
         ]);
         entries
+    }
+
+    /// Credentials with a fixed salt, so a history encodes the same every time.
+    fn fixed_credentials(password: &str) -> Vec<raftmq_proto::scram::ScramCredential> {
+        raftmq_proto::scram::Mechanism::ALL
+            .into_iter()
+            .map(|m| raftmq_proto::scram::ScramCredential::derive(m, password, b"salt", 4096))
+            .collect()
     }
 
     /// Entries applied after the snapshot: retries, new batches, fencing, topics and
@@ -1223,6 +1308,15 @@ mod tests {
         assert_eq!(restored.encode_snapshot(), payload);
         assert_eq!(restored.applied(), sm.applied());
         assert_eq!(history_state().encode_snapshot(), payload, "deterministic");
+        assert_eq!(
+            restored
+                .users()
+                .keys()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+            ["alice", "bob"],
+            "users survive a snapshot"
+        );
         assert_eq!(
             restored.kafka_listeners().get(&2).map(String::as_str),
             Some("10.0.0.2:9092")

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use futures::SinkExt;
 use raftmq_proto::pb;
-use tokio::net::TcpStream;
+use std::sync::Arc;
+
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedWrite;
 use tokio_util::sync::CancellationToken;
@@ -48,6 +49,7 @@ pub struct PeerTransport {
     links: BTreeMap<NodeId, Link>,
     identity: PeerIdentity,
     max_frame_bytes: usize,
+    security: Arc<crate::security::Security>,
     shutdown: CancellationToken,
     /// The Raft group every message is stamped with (each group has its own links).
     group: crate::directory::GroupId,
@@ -60,6 +62,7 @@ impl PeerTransport {
         peers: &BTreeMap<NodeId, SocketAddr>,
         identity: PeerIdentity,
         max_frame_bytes: usize,
+        security: Arc<crate::security::Security>,
         shutdown: CancellationToken,
     ) -> PeerTransport {
         let mut transport = PeerTransport {
@@ -67,6 +70,7 @@ impl PeerTransport {
             links: BTreeMap::new(),
             identity,
             max_frame_bytes,
+            security,
             shutdown,
             group: crate::directory::METADATA_GROUP,
         };
@@ -97,7 +101,14 @@ impl PeerTransport {
         }
         let (tx, rx) = mpsc::channel(PEER_QUEUE_MESSAGES);
         let stop = self.shutdown.child_token();
-        tokio::spawn(peer_link(id, addr, rx, self.max_frame_bytes, stop.clone()));
+        tokio::spawn(peer_link(
+            id,
+            addr,
+            rx,
+            self.max_frame_bytes,
+            self.security.clone(),
+            stop.clone(),
+        ));
         self.links.insert(id, Link { addr, tx, stop });
     }
 
@@ -149,6 +160,7 @@ async fn peer_link(
     addr: SocketAddr,
     mut rx: mpsc::Receiver<pb::RaftMessage>,
     max_frame_bytes: usize,
+    security: Arc<crate::security::Security>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = BACKOFF_MIN;
@@ -160,7 +172,7 @@ async fn peer_link(
     loop {
         let stream = tokio::select! {
             _ = shutdown.cancelled() => return,
-            s = TcpStream::connect(addr) => s,
+            s = security.connect_addr(addr) => s,
         };
         let stream = match stream {
             Ok(stream) => stream,
@@ -185,7 +197,6 @@ async fn peer_link(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
         if !connected_once {
             tracing::info!(peer = id.0, %addr, "connected to peer");
         } else if let Some(since) = down_since.take() {

@@ -322,4 +322,54 @@ impl Admin {
             other => Err(unexpected("transfer_leader", &other)),
         }
     }
+
+    /// Creates user `name` or changes its password. The SCRAM credentials of both
+    /// mechanisms are derived here: the password itself never leaves this process.
+    /// Returns whether the user is new.
+    pub async fn upsert_user(&self, name: &str, password: &str) -> Result<bool, ClientError> {
+        use raftmq_proto::scram::{Mechanism, ScramCredential, MIN_ITERATIONS};
+        if password.is_empty() {
+            return Err(ClientError::InvalidArgument("an empty password".into()));
+        }
+        let mut credentials = Vec::new();
+        for mechanism in Mechanism::ALL {
+            let c = ScramCredential::generate(mechanism, password, MIN_ITERATIONS)
+                .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+            credentials.push(pb::StoredCredential {
+                mechanism: mechanism.name().into(),
+                salt: c.salt.into(),
+                iterations: c.iterations,
+                stored_key: c.stored_key.into(),
+                server_key: c.server_key.into(),
+            });
+        }
+        let body = request::Body::UpsertUser(pb::UpsertUserRequest {
+            name: name.into(),
+            credentials,
+            ..Default::default()
+        });
+        match self.client.request(Target::Leader, body).await? {
+            response::Body::UpsertUser(r) => Ok(r.created),
+            other => Err(unexpected("upsert_user", &other)),
+        }
+    }
+
+    /// Deletes user `name`: every node refuses its logins, and its connections,
+    /// from then on.
+    pub async fn delete_user(&self, name: &str) -> Result<(), ClientError> {
+        let body = request::Body::DeleteUser(pb::DeleteUserRequest { name: name.into() });
+        match self.client.request(Target::Leader, body).await? {
+            response::Body::DeleteUser(_) => Ok(()),
+            other => Err(unexpected("delete_user", &other)),
+        }
+    }
+
+    /// Every user, with the mechanisms it can log in with.
+    pub async fn list_users(&self) -> Result<Vec<pb::UserDescription>, ClientError> {
+        let body = request::Body::ListUsers(pb::ListUsersRequest {});
+        match self.client.request(Target::Leader, body).await? {
+            response::Body::ListUsers(r) => Ok(r.users),
+            other => Err(unexpected("list_users", &other)),
+        }
+    }
 }

@@ -37,6 +37,50 @@ pub struct ClientConfig {
     pub retry_backoff_max: Duration,
     /// Largest frame accepted from a broker or sent to one. Default 16 MiB.
     pub max_frame_bytes: usize,
+    /// Connect over TLS (default: plaintext).
+    pub tls: Option<ClientTls>,
+    /// Log in with a user name and password (default: no login).
+    pub credentials: Option<Credentials>,
+}
+
+/// A user name and password, and the SCRAM mechanism to log in with.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// User name.
+    pub user: String,
+    /// Password (never sent: SCRAM proves it).
+    pub password: String,
+    /// SCRAM-SHA-512 unless chosen otherwise.
+    pub mechanism: raftmq_proto::scram::Mechanism,
+}
+
+impl Credentials {
+    /// SCRAM-SHA-512 credentials.
+    pub fn new(user: impl Into<String>, password: impl Into<String>) -> Credentials {
+        Credentials {
+            user: user.into(),
+            password: password.into(),
+            mechanism: raftmq_proto::scram::Mechanism::ScramSha512,
+        }
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("mechanism", &self.mechanism)
+            .finish_non_exhaustive()
+    }
+}
+
+/// TLS settings of a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    /// The CA that signed the brokers' certificates (the cluster CA), PEM.
+    pub ca: std::path::PathBuf,
+    /// A client certificate chain (PEM) to log in with, and its key.
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl Default for ClientConfig {
@@ -49,6 +93,8 @@ impl Default for ClientConfig {
             retry_backoff: Duration::from_millis(50),
             retry_backoff_max: Duration::from_secs(1),
             max_frame_bytes: frame::DEFAULT_MAX_FRAME_BYTES,
+            tls: None,
+            credentials: None,
         }
     }
 }
@@ -128,6 +174,8 @@ struct Cache {
 
 struct Inner {
     config: ClientConfig,
+    /// Built once from `config.tls`.
+    tls: Option<Arc<raftmq_proto::tls::rustls::ClientConfig>>,
     bootstrap: Vec<String>,
     /// One slot per broker address; each slot's lock is held while connecting, so a
     /// slow connect to one broker never delays requests to another.
@@ -178,8 +226,21 @@ impl Client {
                 "no bootstrap broker given".into(),
             ));
         }
+        let tls = match &config.tls {
+            Some(tls) => Some(
+                raftmq_proto::tls::client_config(
+                    &tls.ca,
+                    tls.identity
+                        .as_ref()
+                        .map(|(c, k)| (c.as_path(), k.as_path())),
+                )
+                .map_err(|e| ClientError::Tls(e.to_string()))?,
+            ),
+            None => None,
+        };
         let client = Client {
             inner: Arc::new(Inner {
+                tls,
                 config,
                 bootstrap,
                 connections: Mutex::new(HashMap::new()),
@@ -314,6 +375,9 @@ impl Client {
         let mut last = ClientError::NoBroker("no broker to ask".into());
         let mut leaderless = None;
         let mut wrong_cluster = None;
+        // A broker that refused this client (TLS, login) says more than one that was
+        // down: that error is the one to report.
+        let mut refused = None;
         for address in candidates {
             let body = request::Body::Metadata(pb::MetadataRequest::default());
             let answer = self.call_address(&address, body).await;
@@ -335,6 +399,10 @@ impl Client {
                 Ok(other) => {
                     last = unexpected("metadata", &other);
                 }
+                Err(e) if !e.is_retriable() => {
+                    tracing::debug!(%address, error = %e, "refused by a broker");
+                    refused = Some(e);
+                }
                 Err(e) => {
                     tracing::debug!(%address, error = %e, "metadata request failed");
                     last = e;
@@ -344,7 +412,7 @@ impl Client {
         if let Some(m) = leaderless {
             return Ok(self.apply_metadata(m));
         }
-        if let Some(e) = wrong_cluster {
+        if let Some(e) = wrong_cluster.or(refused) {
             return Err(e);
         }
         Err(ClientError::NoBroker(format!(
@@ -457,8 +525,16 @@ impl Client {
         }
         *slot = None;
         let config = &self.inner.config;
-        let conn =
-            Connection::connect(address, config.connect_timeout, config.max_frame_bytes).await?;
+        let conn = Connection::connect(
+            address,
+            config.connect_timeout,
+            config.max_frame_bytes,
+            self.inner.tls.as_ref(),
+        )
+        .await?;
+        if let Some(credentials) = &config.credentials {
+            conn.login(credentials, config.request_timeout).await?;
+        }
         tracing::debug!(address = conn.address(), "connected");
         *slot = Some(conn.clone());
         Ok(conn)

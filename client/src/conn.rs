@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
+use raftmq_proto::tls::{rustls, tokio_rustls};
 use raftmq_proto::{frame, pb};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -66,17 +68,38 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    /// Connects to `address` (host:port) with TCP_NODELAY and starts its tasks.
+    /// Connects to `address` (host:port) with TCP_NODELAY, over TLS when `tls` is
+    /// given, and starts its tasks.
     pub(crate) async fn connect(
         address: &str,
         connect_timeout: Duration,
         max_frame_bytes: usize,
+        tls: Option<&Arc<rustls::ClientConfig>>,
     ) -> Result<Connection, ClientError> {
         let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(address))
             .await
             .map_err(|_| ClientError::Timeout(connect_timeout))??;
         stream.set_nodelay(true)?;
-        let (read_half, write_half) = stream.into_split();
+        let Some(tls) = tls else {
+            let (read_half, write_half) = stream.into_split();
+            return Ok(Self::start(address, read_half, write_half, max_frame_bytes));
+        };
+        let name =
+            raftmq_proto::tls::server_name(address).map_err(|e| ClientError::Tls(e.to_string()))?;
+        let connector = tokio_rustls::TlsConnector::from(Arc::clone(tls));
+        let stream = tokio::time::timeout(connect_timeout, connector.connect(name, stream))
+            .await
+            .map_err(|_| ClientError::Timeout(connect_timeout))?
+            .map_err(|e| tls_failure(address, e))?;
+        let (read_half, write_half) = tokio::io::split(stream);
+        Ok(Self::start(address, read_half, write_half, max_frame_bytes))
+    }
+
+    fn start<R, W>(address: &str, read_half: R, write_half: W, max_frame_bytes: usize) -> Connection
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let shared = Arc::new(Shared {
             address: address.to_owned(),
             pending: Mutex::new(HashMap::new()),
@@ -140,7 +163,7 @@ impl Connection {
             read_shared.close();
         });
 
-        Ok(Connection { shared, writer })
+        Connection { shared, writer }
     }
 
     /// Whether the connection has failed (a new one is needed).
@@ -151,6 +174,61 @@ impl Connection {
     /// The broker's address.
     pub(crate) fn address(&self) -> &str {
         &self.shared.address
+    }
+
+    /// Logs in with SCRAM before the connection is used; a refusal is a
+    /// `Server(AuthenticationFailed)` error (not retried), as is a broker that
+    /// cannot prove it knows the credential.
+    pub(crate) async fn login(
+        &self,
+        credentials: &crate::Credentials,
+        timeout: Duration,
+    ) -> Result<(), ClientError> {
+        use raftmq_proto::scram::ScramClient;
+        let refused = |message: String| {
+            ClientError::Server(raftmq_proto::ServerError::AuthenticationFailed { message })
+        };
+        let answer = |response: pb::Response| match (response.error, response.body) {
+            (Some(e), _) => Err(ClientError::Server(e.into())),
+            (None, Some(body)) => Ok(body),
+            (None, None) => Err(ClientError::Protocol("an empty SASL answer".into())),
+        };
+        let handshake = pb::request::Body::SaslHandshake(pb::SaslHandshakeRequest {
+            mechanism: credentials.mechanism.name().into(),
+        });
+        answer(self.call(handshake, timeout).await?)?;
+        let mut scram = ScramClient::new(
+            credentials.mechanism,
+            &credentials.user,
+            &credentials.password,
+        )
+        .map_err(|e| refused(e.to_string()))?;
+        let mut message = scram.client_first();
+        let mut first_done = false;
+        loop {
+            let request = pb::request::Body::SaslAuthenticate(pb::SaslAuthenticateRequest {
+                auth_bytes: message.into(),
+            });
+            let pb::response::Body::SaslAuthenticate(step) =
+                answer(self.call(request, timeout).await?)?
+            else {
+                return Err(ClientError::Protocol("not a SASL answer".into()));
+            };
+            if step.complete {
+                return scram
+                    .verify_server_final(&step.auth_bytes)
+                    .map_err(|e| refused(e.to_string()));
+            }
+            if first_done {
+                return Err(ClientError::Protocol(
+                    "a SCRAM exchange of more than two steps".into(),
+                ));
+            }
+            message = scram
+                .client_final(&step.auth_bytes)
+                .map_err(|e| refused(e.to_string()))?;
+            first_done = true;
+        }
     }
 
     /// Sends `body` and waits up to `timeout` for the answer (the raw response, with
@@ -193,5 +271,17 @@ impl Connection {
         tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| ClientError::Timeout(timeout))?
+    }
+}
+
+/// A failed TLS handshake: a certificate problem is not retriable and says so; a
+/// connection reset during the handshake is an ordinary I/O error (retried).
+fn tls_failure(address: &str, e: std::io::Error) -> ClientError {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(tls) => ClientError::Tls(format!("TLS handshake with {address} failed: {tls}")),
+        None => ClientError::from(e),
     }
 }

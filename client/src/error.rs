@@ -64,6 +64,11 @@ pub enum ClientError {
     /// addresses).
     #[error("wrong cluster: {0}")]
     WrongCluster(String),
+    /// TLS could not be set up: an unreadable certificate or key file, or a
+    /// handshake the broker or this client refused (an untrusted certificate, a
+    /// certificate for another host, an expired one).
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 // By hand, not `#[from]`: the message already holds the inner error, which must

@@ -41,7 +41,7 @@ mod producer;
 mod retry;
 
 pub use admin::{Admin, NodeStatus, QueuePlacement, TopicDescription, TopicRetention};
-pub use client::{Client, ClientConfig, ClusterMetadata, Target};
+pub use client::{Client, ClientConfig, ClientTls, ClusterMetadata, Credentials, Target};
 pub use consumer::{ConsumedMessage, Consumer, ConsumerConfig, OffsetReset, SeekTo};
 pub use error::ClientError;
 pub use group::{GroupConfig, GroupConsumer, Rebalance};
@@ -50,4 +50,5 @@ pub use producer::{
     Acks, DeliveryFuture, Message, Producer, ProducerBuilder, ProducerConfig, RecordMetadata,
 };
 pub use raftmq_proto::batch::Compression;
+pub use raftmq_proto::scram::Mechanism as ScramMechanism;
 pub use raftmq_proto::{pb, ServerError};

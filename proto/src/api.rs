@@ -55,13 +55,23 @@ pub enum ApiKey {
     DescribeGroup = 36,
     /// Reset a group's offsets.
     OffsetReset = 37,
+    /// Choose a SASL mechanism.
+    SaslHandshake = 40,
+    /// One SASL message.
+    SaslAuthenticate = 41,
+    /// Create a user or change its password.
+    UpsertUser = 42,
+    /// Delete a user.
+    DeleteUser = 43,
+    /// List users.
+    ListUsers = 44,
     /// Broker-to-broker Raft message (one-way).
     Raft = 100,
 }
 
 impl ApiKey {
     /// Every API key, in number order.
-    pub const ALL: [ApiKey; 23] = [
+    pub const ALL: [ApiKey; 28] = [
         ApiKey::CreateTopic,
         ApiKey::DeleteTopic,
         ApiKey::Metadata,
@@ -84,6 +94,11 @@ impl ApiKey {
         ApiKey::ListGroups,
         ApiKey::DescribeGroup,
         ApiKey::OffsetReset,
+        ApiKey::SaslHandshake,
+        ApiKey::SaslAuthenticate,
+        ApiKey::UpsertUser,
+        ApiKey::DeleteUser,
+        ApiKey::ListUsers,
         ApiKey::Raft,
     ];
 
@@ -122,6 +137,11 @@ impl ApiKey {
             ApiKey::ListGroups => "list_groups",
             ApiKey::DescribeGroup => "describe_group",
             ApiKey::OffsetReset => "offset_reset",
+            ApiKey::SaslHandshake => "sasl_handshake",
+            ApiKey::SaslAuthenticate => "sasl_authenticate",
+            ApiKey::UpsertUser => "upsert_user",
+            ApiKey::DeleteUser => "delete_user",
+            ApiKey::ListUsers => "list_users",
             ApiKey::Raft => "raft",
         }
     }
@@ -160,6 +180,11 @@ impl request::Body {
             B::ListGroups(_) => ApiKey::ListGroups,
             B::DescribeGroup(_) => ApiKey::DescribeGroup,
             B::OffsetReset(_) => ApiKey::OffsetReset,
+            B::SaslHandshake(_) => ApiKey::SaslHandshake,
+            B::SaslAuthenticate(_) => ApiKey::SaslAuthenticate,
+            B::UpsertUser(_) => ApiKey::UpsertUser,
+            B::DeleteUser(_) => ApiKey::DeleteUser,
+            B::ListUsers(_) => ApiKey::ListUsers,
             B::Raft(_) => ApiKey::Raft,
         }
     }
@@ -192,6 +217,11 @@ impl response::Body {
             B::ListGroups(_) => ApiKey::ListGroups,
             B::DescribeGroup(_) => ApiKey::DescribeGroup,
             B::OffsetReset(_) => ApiKey::OffsetReset,
+            B::SaslHandshake(_) => ApiKey::SaslHandshake,
+            B::SaslAuthenticate(_) => ApiKey::SaslAuthenticate,
+            B::UpsertUser(_) => ApiKey::UpsertUser,
+            B::DeleteUser(_) => ApiKey::DeleteUser,
+            B::ListUsers(_) => ApiKey::ListUsers,
         }
     }
 }

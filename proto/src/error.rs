@@ -353,6 +353,30 @@ pub enum ServerError {
         /// The broker's message.
         message: String,
     },
+    /// The connection is not logged in, or the login failed.
+    #[error("{}", tidy("authentication failed", .message))]
+    AuthenticationFailed {
+        /// The broker's message.
+        message: String,
+    },
+    /// The principal may not do this to this topic.
+    #[error("{}", tidy("not authorized", .message))]
+    TopicAuthorizationFailed {
+        /// The broker's message.
+        message: String,
+    },
+    /// The principal may not do this to this consumer group.
+    #[error("{}", tidy("not authorized", .message))]
+    GroupAuthorizationFailed {
+        /// The broker's message.
+        message: String,
+    },
+    /// The principal may not do this to the cluster.
+    #[error("{}", tidy("not authorized", .message))]
+    ClusterAuthorizationFailed {
+        /// The broker's message.
+        message: String,
+    },
     /// A code this client does not know (a newer broker), or `NONE` with an error.
     #[error("error code {code}: {message}")]
     Unknown {
@@ -418,6 +442,10 @@ impl ServerError {
             ServerError::MembershipChangeInProgress { .. } => ErrorCode::MembershipChangeInProgress,
             ServerError::InvalidMembershipChange { .. } => ErrorCode::InvalidMembershipChange,
             ServerError::WrongCluster { .. } => ErrorCode::WrongCluster,
+            ServerError::AuthenticationFailed { .. } => ErrorCode::AuthenticationFailed,
+            ServerError::TopicAuthorizationFailed { .. } => ErrorCode::TopicAuthorizationFailed,
+            ServerError::GroupAuthorizationFailed { .. } => ErrorCode::GroupAuthorizationFailed,
+            ServerError::ClusterAuthorizationFailed { .. } => ErrorCode::ClusterAuthorizationFailed,
             ServerError::Unknown { .. } => ErrorCode::None,
         }
     }
@@ -465,6 +493,16 @@ impl From<pb::Error> for ServerError {
                 ServerError::InvalidMembershipChange { message }
             }
             Ok(ErrorCode::WrongCluster) => ServerError::WrongCluster { message },
+            Ok(ErrorCode::AuthenticationFailed) => ServerError::AuthenticationFailed { message },
+            Ok(ErrorCode::TopicAuthorizationFailed) => {
+                ServerError::TopicAuthorizationFailed { message }
+            }
+            Ok(ErrorCode::GroupAuthorizationFailed) => {
+                ServerError::GroupAuthorizationFailed { message }
+            }
+            Ok(ErrorCode::ClusterAuthorizationFailed) => {
+                ServerError::ClusterAuthorizationFailed { message }
+            }
             Ok(ErrorCode::None) | Err(_) => ServerError::Unknown {
                 code: e.code,
                 message,

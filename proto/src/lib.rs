@@ -7,6 +7,8 @@
 //! - [`frame`]: length-prefixed frames, encode/decode, name validation.
 //! - [`batch`]: the record-batch byte format, builder, validation and decoding.
 //! - [`kafka_batch`]: Kafka's RecordBatch v2, validated and stored as sent.
+//! - [`scram`]: SCRAM-SHA-256/512 authentication, client and server side.
+//! - [`tls`]: PEM loading and rustls configurations shared by clients and brokers.
 //! - [`error`]: wire error constructors, the typed [`ServerError`], [`ProtoError`].
 //!
 //! The layouts are described byte by byte in `docs/protocol.md` and in each module.
@@ -23,6 +25,8 @@ pub mod batch;
 pub mod error;
 pub mod frame;
 pub mod kafka_batch;
+pub mod scram;
+pub mod tls;
 mod varint;
 
 pub use api::{ApiKey, API_VERSION};

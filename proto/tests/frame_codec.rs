@@ -116,6 +116,28 @@ fn every_request() -> Vec<Req> {
             to_offset: true,
             offset: 99,
         }),
+        Req::SaslHandshake(pb::SaslHandshakeRequest {
+            mechanism: "SCRAM-SHA-512".into(),
+        }),
+        Req::SaslAuthenticate(pb::SaslAuthenticateRequest {
+            auth_bytes: Bytes::from_static(b"n,,n=alice,r=abc"),
+        }),
+        Req::UpsertUser(pb::UpsertUserRequest {
+            name: "alice".into(),
+            password: String::new(),
+            iterations: 4096,
+            credentials: vec![pb::StoredCredential {
+                mechanism: "SCRAM-SHA-256".into(),
+                salt: Bytes::from_static(b"salt"),
+                iterations: 4096,
+                stored_key: Bytes::from_static(&[1; 32]),
+                server_key: Bytes::from_static(&[2; 32]),
+            }],
+        }),
+        Req::DeleteUser(pb::DeleteUserRequest {
+            name: "alice".into(),
+        }),
+        Req::ListUsers(pb::ListUsersRequest {}),
         Req::Raft(pb::RaftMessage {
             from: 1,
             to: 2,
@@ -289,6 +311,22 @@ fn every_response() -> Vec<Resp> {
         }),
         Resp::OffsetReset(pb::OffsetResetResponse {
             offsets: vec![qo("orders", 0, 0)],
+        }),
+        Resp::SaslHandshake(pb::SaslHandshakeResponse {
+            mechanisms: vec!["SCRAM-SHA-256".into(), "SCRAM-SHA-512".into()],
+        }),
+        Resp::SaslAuthenticate(pb::SaslAuthenticateResponse {
+            auth_bytes: Bytes::from_static(b"v=abc"),
+            complete: true,
+            principal: "User:alice".into(),
+        }),
+        Resp::UpsertUser(pb::UpsertUserResponse { created: true }),
+        Resp::DeleteUser(pb::DeleteUserResponse {}),
+        Resp::ListUsers(pb::ListUsersResponse {
+            users: vec![pb::UserDescription {
+                name: "alice".into(),
+                mechanisms: vec!["SCRAM-SHA-512".into()],
+            }],
         }),
     ]
 }

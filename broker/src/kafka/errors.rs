@@ -39,6 +39,12 @@ pub mod code {
     pub const NON_EMPTY_GROUP: i16 = 68;
     pub const GROUP_ID_NOT_FOUND: i16 = 69;
     pub const INVALID_RECORD: i16 = 87;
+    pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
+    pub const GROUP_AUTHORIZATION_FAILED: i16 = 30;
+    pub const CLUSTER_AUTHORIZATION_FAILED: i16 = 31;
+    pub const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
+    pub const ILLEGAL_SASL_STATE: i16 = 34;
+    pub const SASL_AUTHENTICATION_FAILED: i16 = 58;
 }
 
 /// The Kafka code for a broker error on a partition-level operation (produce,
@@ -70,6 +76,10 @@ pub fn kafka_code(error: ErrorCode) -> i16 {
         E::UnsupportedVersion => code::UNSUPPORTED_VERSION,
         E::MembershipChangeInProgress => code::REQUEST_TIMED_OUT,
         E::InvalidRequest | E::InvalidMembershipChange | E::WrongCluster => code::INVALID_REQUEST,
+        E::AuthenticationFailed => code::SASL_AUTHENTICATION_FAILED,
+        E::TopicAuthorizationFailed => code::TOPIC_AUTHORIZATION_FAILED,
+        E::GroupAuthorizationFailed => code::GROUP_AUTHORIZATION_FAILED,
+        E::ClusterAuthorizationFailed => code::CLUSTER_AUTHORIZATION_FAILED,
     }
 }
 

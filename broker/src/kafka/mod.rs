@@ -62,6 +62,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16, &str)] = &[
     (ApiKey::DeleteTopics, 1, 5, "delete_topics"),
     (ApiKey::InitProducerId, 0, 4, "init_producer_id"),
     (ApiKey::DescribeConfigs, 1, 4, "describe_configs"),
+    // v0 handshakes send raw SASL bytes outside Kafka frames: v1 only.
+    (ApiKey::SaslHandshake, 1, 1, "sasl_handshake"),
+    (ApiKey::SaslAuthenticate, 0, 2, "sasl_authenticate"),
 ];
 
 fn supported(key: ApiKey, version: i16) -> bool {
@@ -183,8 +186,7 @@ pub async fn serve(listener: TcpListener, context: Arc<KafkaContext>, shutdown: 
         };
         match accepted {
             Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                connections.spawn(serve_connection(
+                connections.spawn(accept_connection(
                     stream,
                     peer,
                     context.clone(),
@@ -206,14 +208,50 @@ pub async fn serve(listener: TcpListener, context: Arc<KafkaContext>, shutdown: 
 /// a dropped sender closes the connection.
 type Pending = oneshot::Receiver<Option<Bytes>>;
 
-async fn serve_connection(
-    stream: TcpStream,
+/// The TLS handshake (in the connection's own task), then the connection.
+async fn accept_connection(
+    tcp: TcpStream,
     peer: SocketAddr,
     context: Arc<KafkaContext>,
     shutdown: CancellationToken,
 ) {
+    let accepted = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        a = context.service.security().accept(tcp) => a,
+    };
+    let (stream, identity) = match accepted {
+        Ok(accepted) => accepted,
+        Err(e) => {
+            tracing::info!(%peer, error = %e, "closing kafka connection: TLS handshake failed");
+            return;
+        }
+    };
+    match stream {
+        crate::security::Stream::Plain(tcp) => {
+            let (read, write) = tcp.into_split();
+            serve_connection(read, write, peer, identity, context, shutdown).await
+        }
+        other => {
+            let (read, write) = tokio::io::split(other);
+            serve_connection(read, write, peer, identity, context, shutdown).await
+        }
+    }
+}
+
+async fn serve_connection<R, W>(
+    read: R,
+    write: W,
+    peer: SocketAddr,
+    identity: crate::security::CertificateIdentity,
+    context: Arc<KafkaContext>,
+    shutdown: CancellationToken,
+) where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     context.metrics.connection_opened();
-    let (read, write) = stream.into_split();
+    let security = context.service.security();
+    let mut session = security.session(&identity);
     let codec = LengthDelimitedCodec::builder()
         .length_field_length(4)
         .max_frame_length(context.service.config().max_frame_bytes)
@@ -245,7 +283,64 @@ async fn serve_connection(
             break;
         }
         match decode(frame) {
+            Ok((header, RequestKind::SaslHandshake(r))) => {
+                let key = Some(ApiKey::SaslHandshake);
+                let mechanisms = session.mechanisms();
+                let outcome = session.handshake(&r.mechanism);
+                let mut response = kafka_protocol::messages::SaslHandshakeResponse::default();
+                response.mechanisms = mechanisms.into_iter().map(|m| m.into()).collect();
+                response.error_code = match &outcome {
+                    Ok(()) => errors::code::NONE,
+                    Err(crate::security::SaslError::UnsupportedMechanism(..)) => {
+                        errors::code::UNSUPPORTED_SASL_MECHANISM
+                    }
+                    Err(_) => errors::code::ILLEGAL_SASL_STATE,
+                };
+                let bytes = encode(key, &header, ResponseKind::SaslHandshake(response)).ok();
+                let _ = answer.send(bytes);
+                if let Err(e) = outcome {
+                    tracing::info!(%peer, error = %e, "closing kafka connection: SASL handshake refused");
+                    break;
+                }
+            }
+            Ok((header, RequestKind::SaslAuthenticate(r))) => {
+                let key = Some(ApiKey::SaslAuthenticate);
+                let mut response = kafka_protocol::messages::SaslAuthenticateResponse::default();
+                let outcome = session.authenticate(security.users(), &r.auth_bytes);
+                match &outcome {
+                    Ok(
+                        crate::security::SaslStep::Continue(bytes)
+                        | crate::security::SaslStep::Done(bytes),
+                    ) => {
+                        response.auth_bytes = Bytes::from(bytes.clone());
+                    }
+                    Err(e) => {
+                        tracing::info!(%peer, error = %e, "closing kafka connection: login failed");
+                        tokio::time::sleep(crate::server::FAILED_LOGIN_DELAY).await;
+                        response.error_code = match e {
+                            crate::security::SaslError::IllegalState(_) => {
+                                errors::code::ILLEGAL_SASL_STATE
+                            }
+                            _ => errors::code::SASL_AUTHENTICATION_FAILED,
+                        };
+                        response.error_message = Some(e.to_string().into());
+                    }
+                }
+                let bytes = encode(key, &header, ResponseKind::SaslAuthenticate(response)).ok();
+                let _ = answer.send(bytes);
+                if outcome.is_err() {
+                    break;
+                }
+            }
             Ok((header, request)) => {
+                // ApiVersions comes before a login; anything else needs one (and a
+                // user deleted since is refused).
+                if !matches!(request, RequestKind::ApiVersions(_)) {
+                    if let Err(e) = session.admit(security.users()) {
+                        tracing::info!(%peer, error = %e.message, "closing kafka connection: not logged in");
+                        break;
+                    }
+                }
                 let started = std::time::Instant::now();
                 // A produce's batches are handed to their queues here, in the order
                 // the requests came; only the answers are awaited concurrently.
@@ -364,8 +459,8 @@ fn encode(
     Ok(buf.freeze())
 }
 
-async fn write_answers(
-    mut framed: FramedWrite<tokio::net::tcp::OwnedWriteHalf, LengthDelimitedCodec>,
+async fn write_answers<W: tokio::io::AsyncWrite + Unpin>(
+    mut framed: FramedWrite<W, LengthDelimitedCodec>,
     mut rx: mpsc::Receiver<Pending>,
     closed: CancellationToken,
 ) {

@@ -78,6 +78,11 @@ pub enum Api {
     JoinCluster,
     MoveReplicas,
     AdvertiseListeners,
+    SaslHandshake,
+    SaslAuthenticate,
+    UpsertUser,
+    DeleteUser,
+    ListUsers,
     /// A request without a known body.
     Unknown,
 }
@@ -112,6 +117,11 @@ impl Api {
             B::JoinCluster(_) => Api::JoinCluster,
             B::MoveReplicas(_) => Api::MoveReplicas,
             B::AdvertiseListeners(_) => Api::AdvertiseListeners,
+            B::SaslHandshake(_) => Api::SaslHandshake,
+            B::SaslAuthenticate(_) => Api::SaslAuthenticate,
+            B::UpsertUser(_) => Api::UpsertUser,
+            B::DeleteUser(_) => Api::DeleteUser,
+            B::ListUsers(_) => Api::ListUsers,
             B::Raft(_) => Api::Unknown,
         }
     }
@@ -141,6 +151,11 @@ impl Api {
             Api::JoinCluster => "join_cluster",
             Api::MoveReplicas => "move_replicas",
             Api::AdvertiseListeners => "advertise_listeners",
+            Api::SaslHandshake => "sasl_handshake",
+            Api::SaslAuthenticate => "sasl_authenticate",
+            Api::UpsertUser => "upsert_user",
+            Api::DeleteUser => "delete_user",
+            Api::ListUsers => "list_users",
             Api::Unknown => "unknown",
         }
     }

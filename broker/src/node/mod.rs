@@ -42,6 +42,7 @@ mod raft_groups;
 mod reads;
 mod requests;
 mod snapshots;
+mod users;
 
 pub use requests::UNKNOWN_OFFSET;
 pub use snapshots::{recover, RecoverError};
@@ -94,6 +95,8 @@ enum PendingKind {
     MoveReplicas(Vec<pb::GroupReplicas>),
     /// A node's advertised listeners.
     Listeners,
+    /// A user created, changed or deleted.
+    User,
 }
 
 struct Pending {
@@ -173,6 +176,8 @@ pub struct Node {
     members: membership::MembershipState,
     /// Which Raft group this task drives, and its part in the process's groups.
     raft_groups: raft_groups::RaftGroups,
+    /// Users (metadata group).
+    users: users::UserState,
 }
 
 impl Node {
@@ -202,6 +207,7 @@ impl Node {
             state,
             snapshots: snapshots::Snapshots::new(snapshot_dir, on_disk),
             disk_use_limited: None,
+            users: users::UserState::default(),
             disk_checked_at: None,
             last_activity: Instant::now(),
             transport,
@@ -682,6 +688,7 @@ impl Node {
         for (topic_id, queue) in touched {
             self.wake_fetchers(topic_id, queue);
         }
+        self.publish_users();
     }
 
     /// The log was reset to an installed snapshot: nothing waiting can be answered
@@ -780,6 +787,12 @@ impl Node {
             }
             (PendingKind::Listeners, ApplyOutcome::ListenersSet) => {
                 reply.ok(R::AdvertiseListeners(pb::AdvertiseListenersResponse {}))
+            }
+            (PendingKind::User, ApplyOutcome::UserUpserted(created)) => {
+                reply.ok(R::UpsertUser(pb::UpsertUserResponse { created }))
+            }
+            (PendingKind::User, ApplyOutcome::UserDeleted) => {
+                reply.ok(R::DeleteUser(pb::DeleteUserResponse {}))
             }
             (_, other) => {
                 tracing::error!(?other, index = index.0, "unexpected apply outcome");

@@ -102,6 +102,8 @@ impl Node {
         }
         self.publish_status();
         if self.group_id() == METADATA_GROUP {
+            self.publish_users();
+            self.create_bootstrap_user(now);
             self.publish_placement();
             self.propose_data_groups(now);
             self.replace_dead_nodes(now);

@@ -127,6 +127,16 @@ impl Node {
                 };
                 self.propose_command(command, PendingKind::Listeners, reply)
             }
+            B::SaslHandshake(_) | B::SaslAuthenticate(_) => reply.error(pb::Error::new(
+                ErrorCode::InvalidRequest,
+                "a login belongs to a connection, not to a Raft group",
+            )),
+            B::UpsertUser(_) | B::DeleteUser(_) if self.raft.role() != Role::Leader => {
+                reply.error(self.not_leader())
+            }
+            B::UpsertUser(req) => self.upsert_user(req, reply),
+            B::DeleteUser(req) => self.delete_user(req, reply),
+            B::ListUsers(_) => reply.ok(pb::response::Body::ListUsers(self.list_users())),
             B::OffsetCommit(req) => self.offset_commit(req, reply),
             B::OffsetFetch(req) => {
                 let stored = self.state.group_offsets(&req.group);

@@ -590,6 +590,7 @@ impl Node {
             },
         };
         self.state = state;
+        self.users_replaced();
         self.placement_changed();
         self.fail_pending_after_reset();
         let dir = &self.snapshots.dir;

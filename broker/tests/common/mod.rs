@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod kafka_wire;
+pub mod pki;
 pub mod raw;
 
 use raftmq_proto::pb::{self, request::Body as Req, response::Body as Resp, ErrorCode};
@@ -294,6 +295,15 @@ impl Cluster {
                 return false;
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGHUP`) to running node `id`.
+    pub fn signal(&mut self, id: u64, signal: i32) {
+        let child = self.node(id).child.as_ref().expect("node is running");
+        // SAFETY: sending a signal to a child process we own; no memory is involved.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, signal);
         }
     }
 

@@ -61,6 +61,28 @@ struct Cli {
     /// restarting, connection refused), in milliseconds.
     #[arg(long, default_value_t = 30_000, global = true)]
     retry_timeout_ms: u64,
+    /// Connect over TLS, trusting brokers whose certificates this CA (the cluster
+    /// CA, PEM) signed.
+    #[arg(long, value_name = "FILE", env = "RAFTMQ_TLS_CA", global = true)]
+    tls_ca: Option<std::path::PathBuf>,
+    /// A client certificate (PEM) to log in with; needs --tls-key and --tls-ca.
+    #[arg(long, value_name = "FILE", env = "RAFTMQ_TLS_CERT", global = true, requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "RAFTMQ_TLS_KEY",
+        global = true,
+        requires = "tls_cert"
+    )]
+    tls_key: Option<std::path::PathBuf>,
+    /// Log in as this user (SCRAM); the password comes from RAFTMQ_PASSWORD.
+    #[arg(long, env = "RAFTMQ_USER", global = true)]
+    user: Option<String>,
+    /// The SCRAM mechanism to log in with.
+    #[arg(long, value_enum, default_value = "scram-sha-512", global = true)]
+    sasl_mechanism: SaslMechanismArg,
     #[command(subcommand)]
     command: Command,
 }
@@ -157,6 +179,35 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Create, change, delete or list users (superusers only on a broker that
+    /// requires logins).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user. The password comes from RAFTMQ_NEW_PASSWORD or, when unset,
+    /// the first line of standard input; it never leaves this process (only its
+    /// SCRAM keys are sent).
+    Create {
+        /// The user name.
+        name: String,
+    },
+    /// Change a user's password (read like `create`'s).
+    Passwd {
+        /// The user name.
+        name: String,
+    },
+    /// Delete a user: every node refuses it from then on.
+    Delete {
+        /// The user name.
+        name: String,
+    },
+    /// List users and their mechanisms.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -397,6 +448,23 @@ async fn run() -> Result<()> {
     let config = ClientConfig {
         request_timeout: Duration::from_millis(cli.timeout_ms),
         retry_timeout: Duration::from_millis(cli.retry_timeout_ms),
+        tls: cli.tls_ca.clone().map(|ca| raftmq_client::ClientTls {
+            ca,
+            identity: cli.tls_cert.clone().zip(cli.tls_key.clone()),
+        }),
+        credentials: match &cli.user {
+            Some(user) => Some(raftmq_client::Credentials {
+                user: user.clone(),
+                password: std::env::var("RAFTMQ_PASSWORD").map_err(|_| {
+                    anyhow::anyhow!("--user {user} needs its password in RAFTMQ_PASSWORD")
+                })?,
+                mechanism: match cli.sasl_mechanism {
+                    SaslMechanismArg::ScramSha256 => raftmq_client::ScramMechanism::ScramSha256,
+                    SaslMechanismArg::ScramSha512 => raftmq_client::ScramMechanism::ScramSha512,
+                },
+            }),
+            None => None,
+        },
         ..ClientConfig::default()
     };
     let client = Client::connect_with(&cli.brokers, config)
@@ -458,7 +526,60 @@ async fn run() -> Result<()> {
         }
         Command::Group { command } => group(&client, command).await,
         Command::Cluster { command } => cluster(&client, command).await,
+        Command::User { command } => user(&client, command, quiet).await,
     }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SaslMechanismArg {
+    ScramSha256,
+    ScramSha512,
+}
+
+/// A new password: RAFTMQ_NEW_PASSWORD, else the first line of standard input.
+fn new_password() -> Result<String> {
+    if let Ok(password) = std::env::var("RAFTMQ_NEW_PASSWORD") {
+        return Ok(password);
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the password from standard input")?;
+    let password = line.trim_end_matches(['\r', '\n']).to_owned();
+    anyhow::ensure!(
+        !password.is_empty(),
+        "no password: set RAFTMQ_NEW_PASSWORD or write it on standard input"
+    );
+    Ok(password)
+}
+
+async fn user(client: &Client, command: UserCommand, quiet: bool) -> Result<()> {
+    let admin = Admin::new(client);
+    match command {
+        UserCommand::Create { name } | UserCommand::Passwd { name } => {
+            let created = admin.upsert_user(&name, &new_password()?).await?;
+            if !quiet {
+                if created {
+                    eprintln!("created user {name:?}");
+                } else {
+                    eprintln!("changed the password of user {name:?}");
+                }
+            }
+        }
+        UserCommand::Delete { name } => {
+            admin.delete_user(&name).await?;
+            if !quiet {
+                eprintln!("deleted user {name:?}");
+            }
+        }
+        UserCommand::List => {
+            out!("user\tmechanisms");
+            for user in admin.list_users().await? {
+                out!("{}\t{}", user.name, user.mechanisms.join(","));
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn topic(client: &Client, command: TopicCommand, quiet: bool) -> Result<()> {

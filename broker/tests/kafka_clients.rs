@@ -7,50 +7,15 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::external::{
+    client_command, require_kcat, require_python_module, run, wait_output, SCRIPTS,
+};
 use common::{read_all, Cluster};
 use raftmq_client::{Admin, Client, Consumer, SeekTo, Target};
 use raftmq_proto::pb::{self, request::Body as Req, response::Body as Resp};
-
-const SCRIPTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka");
-
-/// A command for a client program nobody here built: with the system's libraries,
-/// not the ones cargo puts on `LD_LIBRARY_PATH` for tests (the benchmark's own
-/// librdkafka build, without zlib, would otherwise shadow kcat's and the Python
-/// client's).
-fn client_command(program: &str) -> Command {
-    let mut command = Command::new(program);
-    command.env_remove("LD_LIBRARY_PATH");
-    command
-}
-
-fn require(program: &str, probe: &[&str], install: &str) {
-    let ok = client_command(program)
-        .args(probe)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "{program} is needed by this test: {install} (.ci/test does)"
-    );
-}
-
-fn require_kcat() {
-    require("kcat", &["-V"], "apt-get install kcat");
-}
-
-fn require_python_module(module: &str, package: &str) {
-    require(
-        "python3",
-        &["-c", &format!("import {module}")],
-        &format!("python3 -m pip install {package}"),
-    );
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -96,32 +61,6 @@ async fn committed(client: &Client, group: &str) -> BTreeMap<(String, u32), u64>
 
 /// Runs a command to completion within `limit`, returning its stdout; panics with
 /// its output when it fails or overruns.
-fn run(mut command: Command, stdin: Option<Vec<u8>>, limit: Duration) -> String {
-    command
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn().expect("start the client");
-    if let Some(input) = stdin {
-        let mut pipe = child.stdin.take().expect("stdin");
-        std::thread::spawn(move || {
-            let _ = pipe.write_all(&input);
-        });
-    }
-    let (ok, stdout, stderr) = wait_output(child, limit);
-    assert!(
-        ok,
-        "{command:?} failed:\nstdout: {}\nstderr: {}",
-        stdout.chars().take(2000).collect::<String>(),
-        stderr.chars().take(4000).collect::<String>()
-    );
-    stdout
-}
-
 #[test]
 fn kcat_lists_produces_and_consumes_with_keys_and_as_a_group() {
     require_kcat();
@@ -427,29 +366,6 @@ async fn stored_count(consumer: &mut Consumer, queues: u32) -> u64 {
         total += consumer.seek(q, SeekTo::Latest).await.expect("end");
     }
     total
-}
-
-/// Waits for a child, killing it after `limit`; (success, stdout, stderr).
-fn wait_output(child: std::process::Child, limit: Duration) -> (bool, String, String) {
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let waiter = std::thread::spawn(move || {
-        let out = child.wait_with_output();
-        let _ = tx.send(());
-        out
-    });
-    if rx.recv_timeout(limit).is_err() {
-        // SAFETY: signalling our own child process.
-        unsafe {
-            libc::kill(pid as libc::pid_t, libc::SIGKILL);
-        }
-    }
-    let out = waiter.join().expect("waiter").expect("output");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// Produces `values` with raftmq's own producer, value `v` to queue `v mod queues`.

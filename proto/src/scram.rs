@@ -354,6 +354,7 @@ pub struct ScramServer {
     credential: ScramCredential,
     /// False when the user is unknown: the proof is then refused whatever it is.
     known: bool,
+    client_nonce: String,
     nonce: String,
     auth_prefix: String,
 }
@@ -416,6 +417,7 @@ impl ScramServer {
                 user,
                 credential,
                 known,
+                client_nonce: client_nonce.to_owned(),
                 nonce,
                 auth_prefix,
             },
@@ -441,7 +443,14 @@ impl ScramServer {
         if binding != "biws" && binding != "eSws" {
             return Err(ScramError::ChannelBinding);
         }
-        if attribute(parts.next(), 'r')? != self.nonce {
+        // librdkafka before 2.6.1 sends the client nonce once more in front of the
+        // combined one (its issue 4895; Kafka accepts it too). The server's part is
+        // there either way, which is what keeps a proof from being replayed.
+        let echoed = attribute(parts.next(), 'r')?;
+        let doubled = echoed
+            .strip_prefix(self.client_nonce.as_str())
+            .is_some_and(|rest| rest == self.nonce);
+        if echoed != self.nonce && !doubled {
             return Err(ScramError::NonceMismatch);
         }
         let proof = B64
@@ -596,6 +605,44 @@ mod tests {
             exchange(Mechanism::ScramSha256, &stored, "alice,=admin", "s3cret"),
             Err(ScramError::InvalidProof)
         );
+    }
+
+    /// librdkafka before 2.6.1 repeats its nonce in front of the combined one and
+    /// signs that; accepted. Any other nonce is not.
+    #[test]
+    fn the_old_librdkafka_nonce_is_accepted_and_others_are_not() {
+        let m = Mechanism::ScramSha256;
+        let stored = ScramCredential::derive(m, "pencil", b"salt-salt", 4096);
+        let sign = |echoed: &str| {
+            let (server, first) = ScramServer::start_with_nonce(
+                m,
+                b"n,,n=user,r=abc",
+                |_| Some(stored.clone()),
+                "XYZ",
+            )
+            .unwrap();
+            assert_eq!(&first[..10], b"r=abcXYZ,s");
+            // The proof as a client computes it over the message it sends.
+            let salted = m.salted_password(b"pencil", b"salt-salt", 4096);
+            let client_key = m.mac(&salted, b"Client Key");
+            let stored_key = digest::digest(m.digest(), &client_key);
+            let without_proof = format!("c=biws,r={echoed}");
+            let auth = format!(
+                "n=user,r=abc,{},{without_proof}",
+                String::from_utf8(first).unwrap()
+            );
+            let signature = m.mac(stored_key.as_ref(), auth.as_bytes());
+            let proof: Vec<u8> = client_key
+                .iter()
+                .zip(&signature)
+                .map(|(k, s)| k ^ s)
+                .collect();
+            server.finish(format!("{without_proof},p={}", B64.encode(proof)).as_bytes())
+        };
+        assert!(sign("abcXYZ").is_ok());
+        assert!(sign("abcabcXYZ").is_ok());
+        assert_eq!(sign("abcXY"), Err(ScramError::NonceMismatch));
+        assert_eq!(sign("xxxabcXYZ"), Err(ScramError::NonceMismatch));
     }
 
     #[test]

@@ -62,8 +62,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16, &str)] = &[
     (ApiKey::DeleteTopics, 1, 5, "delete_topics"),
     (ApiKey::InitProducerId, 0, 4, "init_producer_id"),
     (ApiKey::DescribeConfigs, 1, 4, "describe_configs"),
-    // v0 handshakes send raw SASL bytes outside Kafka frames: v1 only.
-    (ApiKey::SaslHandshake, 1, 1, "sasl_handshake"),
+    // After a v0 handshake the SASL messages come as bare frames, without a Kafka
+    // request header (librdkafka requires v0 to be offered).
+    (ApiKey::SaslHandshake, 0, 1, "sasl_handshake"),
     (ApiKey::SaslAuthenticate, 0, 2, "sasl_authenticate"),
 ];
 
@@ -252,6 +253,7 @@ async fn serve_connection<R, W>(
     context.metrics.connection_opened();
     let security = context.service.security();
     let mut session = security.session(&identity);
+    let mut bare_sasl_frames = false;
     let codec = LengthDelimitedCodec::builder()
         .length_field_length(4)
         .max_frame_length(context.service.config().max_frame_bytes)
@@ -282,6 +284,24 @@ async fn serve_connection<R, W>(
         if tx.send(pending).await.is_err() {
             break;
         }
+        if bare_sasl_frames {
+            // A v0 handshake: this frame is a bare SASL message, and so is the answer.
+            match session.authenticate(security.users(), &frame) {
+                Ok(crate::security::SaslStep::Continue(bytes)) => {
+                    let _ = answer.send(Some(Bytes::from(bytes)));
+                }
+                Ok(crate::security::SaslStep::Done(bytes)) => {
+                    bare_sasl_frames = false;
+                    let _ = answer.send(Some(Bytes::from(bytes)));
+                }
+                Err(e) => {
+                    tracing::info!(%peer, error = %e, "closing kafka connection: login failed");
+                    tokio::time::sleep(crate::server::FAILED_LOGIN_DELAY).await;
+                    break;
+                }
+            }
+            continue;
+        }
         match decode(frame) {
             Ok((header, RequestKind::SaslHandshake(r))) => {
                 let key = Some(ApiKey::SaslHandshake);
@@ -298,6 +318,7 @@ async fn serve_connection<R, W>(
                 };
                 let bytes = encode(key, &header, ResponseKind::SaslHandshake(response)).ok();
                 let _ = answer.send(bytes);
+                bare_sasl_frames = outcome.is_ok() && header.request_api_version == 0;
                 if let Err(e) = outcome {
                     tracing::info!(%peer, error = %e, "closing kafka connection: SASL handshake refused");
                     break;

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod external;
 pub mod kafka_wire;
 pub mod pki;
 pub mod raw;
@@ -34,6 +35,8 @@ pub struct Cluster {
     /// with [`Cluster::set_kafka_port`]).
     kafka: bool,
     kafka_ports: std::collections::BTreeMap<u64, u16>,
+    /// Environment variables of every broker started from now on.
+    env: Vec<(String, String)>,
     _dir: tempfile::TempDir,
 }
 
@@ -70,7 +73,27 @@ impl Cluster {
         Self::start_inner(n, extra_args, true)
     }
 
+    /// Same, with environment variables for every broker (and the Kafka
+    /// listener when `kafka`).
+    pub fn start_with_env(
+        n: usize,
+        extra_args: &[&str],
+        kafka: bool,
+        env: &[(&str, &str)],
+    ) -> Cluster {
+        Self::start_inner_env(n, extra_args, kafka, env)
+    }
+
     fn start_inner(n: usize, extra_args: &[&str], kafka: bool) -> Cluster {
+        Self::start_inner_env(n, extra_args, kafka, &[])
+    }
+
+    fn start_inner_env(
+        n: usize,
+        extra_args: &[&str],
+        kafka: bool,
+        env: &[(&str, &str)],
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let addrs: Vec<SocketAddr> = (0..n)
             .map(|_| if kafka { free_port_pair() } else { free_port() })
@@ -98,6 +121,10 @@ impl Cluster {
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             kafka,
             kafka_ports: std::collections::BTreeMap::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             _dir: dir,
         };
         for id in 1..=n as u64 {
@@ -112,6 +139,11 @@ impl Cluster {
     /// The extra flags of every broker started from now on (restarts included).
     pub fn set_extra_args(&mut self, extra_args: &[&str]) {
         self.extra_args = extra_args.iter().map(|s| s.to_string()).collect();
+    }
+
+    /// The directory every node's data and log live under.
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
     }
 
     /// Client bootstrap addresses.
@@ -153,6 +185,7 @@ impl Cluster {
     pub fn spawn(&mut self, id: u64) {
         let peers = self.peers.clone();
         let extra = self.extra_args.clone();
+        let env = self.env.clone();
         // 64 MiB segments unless the test picks its own.
         let segment_flag: Vec<String> = if extra.iter().any(|a| a == "--segment-bytes") {
             Vec::new()
@@ -188,6 +221,7 @@ impl Cluster {
             .args(segment_flag)
             .args(kafka_flag)
             .args(&extra)
+            .envs(env)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

@@ -13,7 +13,43 @@ use anyhow::{bail, Context};
 pub struct LocalCluster {
     children: Vec<Child>,
     addrs: Vec<String>,
+    tls_ca: Option<PathBuf>,
     _dir: tempfile::TempDir,
+}
+
+/// A cluster CA and one node certificate (for 127.0.0.1) signed by it, written
+/// into `dir`; returns the broker flags and the CA file.
+fn make_certificates(dir: &std::path::Path) -> anyhow::Result<(Vec<String>, PathBuf)> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "raftmq-bench cluster CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+    let mut node = CertificateParams::new(vec!["127.0.0.1".to_string()])?;
+    node.distinguished_name
+        .push(DnType::CommonName, "raftmq-bench node");
+    let key = KeyPair::generate()?;
+    let cert = node.signed_by(&key, &ca)?;
+    let files = [
+        ("cluster-ca.pem", ca.pem()),
+        ("node.pem", cert.pem()),
+        ("node.key", key.serialize_pem()),
+    ];
+    for (name, pem) in &files {
+        std::fs::write(dir.join(name), pem)?;
+    }
+    let path = |name: &str| dir.join(name).display().to_string();
+    let flags = vec![
+        "--tls-cert".into(),
+        path("node.pem"),
+        "--tls-key".into(),
+        path("node.key"),
+        "--tls-cluster-ca".into(),
+        path("cluster-ca.pem"),
+    ];
+    Ok((flags, dir.join("cluster-ca.pem")))
 }
 
 fn broker_binary() -> anyhow::Result<PathBuf> {
@@ -62,6 +98,7 @@ impl LocalCluster {
         n: u64,
         async_durability: bool,
         kafka: bool,
+        tls: bool,
         extra_args: &[String],
     ) -> anyhow::Result<LocalCluster> {
         let binary = broker_binary()?;
@@ -78,6 +115,12 @@ impl LocalCluster {
             .map(|(i, a)| format!("{}={a}", i + 1))
             .collect::<Vec<_>>()
             .join(",");
+        let (tls_flags, tls_ca) = if tls {
+            let (flags, ca) = make_certificates(dir.path())?;
+            (flags, Some(ca))
+        } else {
+            (Vec::new(), None)
+        };
         let mut children = Vec::new();
         for (i, addr) in addrs.iter().enumerate() {
             let log = std::fs::File::create(dir.path().join(format!("node{}.log", i + 1)))?;
@@ -91,6 +134,7 @@ impl LocalCluster {
                 .arg("--data-dir")
                 .arg(dir.path().join(format!("node{}", i + 1)))
                 .args(kafka_flag(addr, kafka))
+                .args(&tls_flags)
                 .args(extra_args)
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
@@ -102,6 +146,7 @@ impl LocalCluster {
         let cluster = LocalCluster {
             children,
             addrs,
+            tls_ca,
             _dir: dir,
         };
         for addr in &cluster.addrs {
@@ -114,6 +159,11 @@ impl LocalCluster {
             }
         }
         Ok(cluster)
+    }
+
+    /// The cluster CA, when started with TLS.
+    pub fn tls_ca(&self) -> Option<PathBuf> {
+        self.tls_ca.clone()
     }
 
     /// Client addresses.

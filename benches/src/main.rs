@@ -116,6 +116,13 @@ struct Args {
     /// directory, and stop them at the end.
     #[arg(long)]
     local_cluster: Option<u64>,
+    /// TLS everywhere: a `--local-cluster` gets certificates made for the run (TLS
+    /// on its ports and between its nodes); with `--brokers`, give `--tls-ca`.
+    #[arg(long)]
+    tls: bool,
+    /// The cluster CA of `--brokers` that run TLS (PEM).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
     /// Durability of a `--local-cluster`.
     #[arg(long, value_enum, default_value = "fsync")]
     durability: DurabilityArg,
@@ -209,8 +216,12 @@ fn main() -> anyhow::Result<()> {
                 n,
                 args.durability == DurabilityArg::Async,
                 args.protocol == Protocol::Kafka,
+                args.tls,
                 &args.broker_arg,
             )?;
+            if args.tls {
+                args.tls_ca = c.tls_ca();
+            }
             let out = (c.addrs(), c.pids());
             if args.protocol == Protocol::Kafka {
                 args.kafka_brokers = Some(c.kafka_addrs().join(","));
@@ -234,10 +245,17 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect(bootstrap: &[String]) -> anyhow::Result<Client> {
+async fn connect(bootstrap: &[String], tls_ca: Option<&std::path::Path>) -> anyhow::Result<Client> {
     let deadline = Instant::now() + Duration::from_secs(30);
+    let config = raftmq_client::ClientConfig {
+        tls: tls_ca.map(|ca| raftmq_client::ClientTls {
+            ca: ca.to_owned(),
+            identity: None,
+        }),
+        ..raftmq_client::ClientConfig::default()
+    };
     loop {
-        match Client::connect(bootstrap).await {
+        match Client::connect_with(bootstrap, config.clone()).await {
             Ok(c) => return Ok(c),
             Err(e) if Instant::now() < deadline => {
                 tracing_like_note(&format!("waiting for the cluster: {e}"));
@@ -271,7 +289,7 @@ async fn ensure_topic(client: &Client, topic: &str, queues: u32) -> anyhow::Resu
 }
 
 async fn run(args: Args, bootstrap: Vec<String>, server_pids: Vec<u32>) -> anyhow::Result<Report> {
-    let client = connect(&bootstrap).await?;
+    let client = connect(&bootstrap, args.tls_ca.as_deref()).await?;
     ensure_topic(&client, &args.topic, args.queues).await?;
     let queues = client.topic_queues(&args.topic).await?;
     let epoch = Instant::now();
@@ -396,7 +414,7 @@ async fn produce_phase(
         .map(|d| Instant::now() + Duration::from_secs_f64(d));
     let mut tasks = Vec::new();
     for p in 0..args.producers.max(1) {
-        let client = connect(bootstrap).await?;
+        let client = connect(bootstrap, args.tls_ca.as_deref()).await?;
         let producer = Producer::builder(&client)
             .linger(Duration::from_secs_f64(args.linger_ms / 1000.0))
             .max_batch_bytes(args.batch_bytes)
@@ -805,7 +823,7 @@ async fn consume_phase(
     let read = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for c in 0..consumers {
-        let client = connect(bootstrap).await?;
+        let client = connect(bootstrap, args.tls_ca.as_deref()).await?;
         let mine: Vec<u32> = (0..queues).filter(|q| q % consumers == c).collect();
         let topic = args.topic.clone();
         let read = read.clone();

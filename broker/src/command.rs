@@ -183,6 +183,16 @@ pub enum Command {
         /// The user.
         name: String,
     },
+    /// op 12 (metadata group): adds ACLs.
+    CreateAcls {
+        /// The bindings.
+        bindings: Vec<crate::security::acl::AclBinding>,
+    },
+    /// op 13 (metadata group): removes ACLs (those that exist).
+    DeleteAcls {
+        /// The bindings.
+        bindings: Vec<crate::security::acl::AclBinding>,
+    },
     /// op 6 (data group): the metadata group holds topic `id`; this group takes its
     /// batches from now on. Replaces an older topic of the same name; does nothing
     /// if the topic is already there.
@@ -314,6 +324,14 @@ impl Command {
                 buf.put_u8(11);
                 put_str(&mut buf, name);
             }
+            Command::CreateAcls { bindings } => {
+                buf.put_u8(12);
+                crate::security::acl::encode_bindings(&mut buf, bindings.iter());
+            }
+            Command::DeleteAcls { bindings } => {
+                buf.put_u8(13);
+                crate::security::acl::encode_bindings(&mut buf, bindings.iter());
+            }
             Command::MirrorTopic {
                 id,
                 name,
@@ -413,6 +431,14 @@ impl Command {
             11 => Command::DeleteUser {
                 name: get_str(&mut buf)?,
             },
+            12 => Command::CreateAcls {
+                bindings: crate::security::acl::decode_bindings(&mut buf)
+                    .ok_or(CommandError::Truncated)?,
+            },
+            13 => Command::DeleteAcls {
+                bindings: crate::security::acl::decode_bindings(&mut buf)
+                    .ok_or(CommandError::Truncated)?,
+            },
             op => return Err(CommandError::UnknownOp(op)),
         };
         Ok(command)
@@ -462,6 +488,17 @@ mod tests {
             Command::DeleteUser {
                 name: "alice".into(),
             },
+            Command::CreateAcls {
+                bindings: vec![crate::security::acl::AclBinding {
+                    principal: "User:alice".into(),
+                    resource: crate::security::acl::ResourceType::Topic,
+                    name: "orders".into(),
+                    prefixed: true,
+                    operation: crate::security::acl::Operation::Produce,
+                    deny: false,
+                }],
+            },
+            Command::DeleteAcls { bindings: vec![] },
             Command::MirrorTopic {
                 id: 7,
                 name: "orders".into(),

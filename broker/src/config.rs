@@ -721,6 +721,10 @@ mod tests {
             defaults.election_timeout_ticks
         );
         assert_eq!(config.metrics_listen, defaults.metrics_listen);
+        assert_eq!(config.require_login, defaults.require_login);
+        assert_eq!(config.superusers, defaults.superusers);
+        assert_eq!(config.insecure, defaults.insecure);
+        assert!(config.tls.is_none());
     }
 
     #[test]

@@ -114,7 +114,9 @@ impl Broker {
             None => Security::plaintext(),
         };
         if config.require_login {
-            security = security.requiring_login(config.superusers.iter().cloned());
+            // The bootstrap admin is a superuser: it exists to set up the others.
+            let bootstrap = config.bootstrap_user.as_ref().map(|u| u.name.clone());
+            security = security.requiring_login(config.superusers.iter().cloned().chain(bootstrap));
         }
         let security = Arc::new(security);
         // Derived once here (PBKDF2 takes milliseconds): the node only proposes it.
@@ -212,7 +214,11 @@ impl Broker {
                 bootstrap,
             )?
             .with_metrics(broker_metrics.clone())
-            .with_users(security.users().clone(), bootstrap_user);
+            .with_users(
+                security.users().clone(),
+                security.acls().clone(),
+                bootstrap_user,
+            );
         tracing::info!(
             incarnation = %format!("{:016x}", identity.incarnation),
             cluster_id = %format!("{:016x}", identity.cluster_id),
@@ -280,6 +286,13 @@ impl Broker {
                      other nodes will derive this node's Kafka address; set --kafka-advertise"
                 ),
             }
+        }
+        if security.tls().is_some() {
+            tokio::spawn(watch_certificate_expiry(
+                security.clone(),
+                broker_metrics.clone(),
+                shutdown.clone(),
+            ));
         }
         let listener = tokio::spawn(accept_loop(
             listener,
@@ -360,6 +373,22 @@ async fn accept_loop(
     while connections.join_next().await.is_some() {}
 }
 
+/// Keeps the certificate-expiry gauge current (certificates reload on SIGHUP).
+async fn watch_certificate_expiry(
+    security: Arc<Security>,
+    metrics: Arc<BrokerMetrics>,
+    shutdown: CancellationToken,
+) {
+    let Some(tls) = security.tls() else { return };
+    loop {
+        metrics.tls_expiry.set(tls.not_after() as f64);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
+        }
+    }
+}
+
 /// The TLS handshake (in the connection's own task, so a slow one holds up no
 /// other), then the connection.
 async fn accept_connection(
@@ -427,6 +456,7 @@ impl Connection {
         let security = service.security();
         let may_act_as_node = security.is_node(&identity);
         let mut session = security.session(&identity);
+        let mut acting = service.for_principal(crate::security::Principal::Anonymous);
         metrics.connection_opened();
         let codec = raftmq_proto::frame::codec(config.max_frame_bytes);
         let mut reader = FramedRead::new(read, codec.clone());
@@ -551,9 +581,9 @@ impl Connection {
                     break;
                 }
             };
-            if let Err(e) = security.authorize(&principal, &body) {
-                reply.error(e);
-                continue;
+            if acting.principal() != &principal {
+                // Logged in (once): from now on everything runs as that principal.
+                acting = service.for_principal(principal);
             }
             let body = match body {
                 pb::request::Body::UpsertUser(req) if !req.password.is_empty() => {
@@ -578,7 +608,7 @@ impl Connection {
                 ));
                 continue;
             }
-            if !service.submit(body, reply).await {
+            if !acting.submit(body, reply).await {
                 break;
             }
         }

@@ -24,6 +24,9 @@ pub struct Service {
     directory: Arc<GroupDirectory>,
     config: Arc<BrokerConfig>,
     security: Arc<crate::security::Security>,
+    /// Who the operations are for: this node itself unless bound to a
+    /// connection's principal ([`Service::for_principal`]).
+    principal: Arc<crate::security::Principal>,
     shutdown: CancellationToken,
 }
 
@@ -35,12 +38,31 @@ impl Service {
         security: Arc<crate::security::Security>,
         shutdown: CancellationToken,
     ) -> Service {
+        let principal = Arc::new(crate::security::Principal::Node(format!(
+            "node {}",
+            config.node_id.0
+        )));
         Service {
             directory,
             config,
             security,
+            principal,
             shutdown,
         }
+    }
+
+    /// The same service, acting for `principal`: every operation is checked against
+    /// what it may do, and listings show only what it may see.
+    pub fn for_principal(&self, principal: crate::security::Principal) -> Service {
+        Service {
+            principal: Arc::new(principal),
+            ..self.clone()
+        }
+    }
+
+    /// Who the operations are for.
+    pub fn principal(&self) -> &crate::security::Principal {
+        &self.principal
     }
 
     /// The broker's transport security.
@@ -64,6 +86,58 @@ impl Service {
     /// while it starts, `NOT_READY`. Returns false once the broker is shutting down
     /// (the caller should stop reading requests).
     pub async fn submit(&self, body: pb::request::Body, reply: Responder) -> bool {
+        if let Err(e) = self.security.authorize(&self.principal, &body) {
+            reply.error(e);
+            return true;
+        }
+        if self.security.checks_acls(&self.principal)
+            && matches!(
+                body,
+                pb::request::Body::Metadata(_) | pb::request::Body::ListGroups(_)
+            )
+        {
+            // Answered once filtered to what the principal may see.
+            let (tx, rx) = oneshot::channel();
+            let accepted = self.route(body, Responder::to_caller(tx)).await;
+            let service = self.clone();
+            tokio::spawn(async move {
+                match rx.await {
+                    Ok(mut response) => match (&mut response.body, response.error) {
+                        (_, Some(error)) => reply.error(error),
+                        (Some(body), None) => {
+                            service.filter_listing(body);
+                            reply.ok(response.body.take().expect("a body"));
+                        }
+                        (None, None) => reply.error(pb::Error::shutting_down()),
+                    },
+                    Err(_) => reply.error(pb::Error::shutting_down()),
+                }
+            });
+            return accepted;
+        }
+        self.route(body, reply).await
+    }
+
+    /// Removes from a metadata answer the topics, and from a group listing the
+    /// groups, the principal may not describe.
+    fn filter_listing(&self, body: &mut pb::response::Body) {
+        use crate::security::acl::{Operation, ResourceType};
+        let may = |resource, name: &str| {
+            self.security
+                .may(&self.principal, resource, name, Operation::Describe)
+        };
+        match body {
+            pb::response::Body::Metadata(m) => {
+                m.topics.retain(|t| may(ResourceType::Topic, &t.name));
+            }
+            pb::response::Body::ListGroups(g) => {
+                g.groups.retain(|name| may(ResourceType::Group, name));
+            }
+            _ => {}
+        }
+    }
+
+    async fn route(&self, body: pb::request::Body, reply: Responder) -> bool {
         let group = self.directory.route(&body);
         let Some(inbox) = self.directory.inbox(group) else {
             if self.shutdown.is_cancelled() {

@@ -49,7 +49,7 @@ use crate::command::{decode_messages, Command, CommittedOffset, TopicRetention};
 use crate::snapshot::PayloadError;
 
 /// Version byte of the snapshot payload layout (module docs).
-const SNAPSHOT_VERSION: u8 = 5;
+const SNAPSHOT_VERSION: u8 = 6;
 
 /// Batches remembered per (producer, queue) to answer retries with their offset.
 const RECENT_BATCHES_PER_PRODUCER_QUEUE: usize = 8;
@@ -209,6 +209,10 @@ pub enum ApplyOutcome {
     UserUpserted(bool),
     /// A user was deleted.
     UserDeleted,
+    /// ACLs were added.
+    AclsCreated,
+    /// This many of the given ACLs existed and were removed.
+    AclsDeleted(u32),
     /// A topic of the metadata group is now held by this data group.
     TopicMirrored,
     /// The entry was refused; the log keeps it but no queue does.
@@ -235,8 +239,10 @@ pub struct StateMachine {
     kafka_listeners: BTreeMap<u64, String>,
     /// Metadata group: users and their SCRAM credentials.
     users: crate::security::users::UserTable,
-    /// Bumped whenever `users` changes (not persisted: a restored state starts a
-    /// new count, and its node publishes it anew).
+    /// Metadata group: access control lists.
+    acls: crate::security::acl::AclTable,
+    /// Bumped whenever `users` or `acls` change (not persisted: a restored state
+    /// starts a new count, and its node publishes it anew).
     users_changes: u64,
     applied: LogIndex,
 }
@@ -291,7 +297,12 @@ impl StateMachine {
         &self.users
     }
 
-    /// How many times the user table changed since this state was built.
+    /// The access control lists.
+    pub fn acls(&self) -> &crate::security::acl::AclTable {
+        &self.acls
+    }
+
+    /// How many times the users or ACLs changed since this state was built.
     pub fn users_changes(&self) -> u64 {
         self.users_changes
     }
@@ -444,6 +455,16 @@ impl StateMachine {
                 }
                 self.users_changes += 1;
                 ApplyOutcome::UserDeleted
+            }
+            Command::CreateAcls { bindings } => {
+                self.users_changes += 1;
+                self.acls.extend(bindings);
+                ApplyOutcome::AclsCreated
+            }
+            Command::DeleteAcls { bindings } => {
+                self.users_changes += 1;
+                let deleted = bindings.iter().filter(|b| self.acls.remove(b)).count();
+                ApplyOutcome::AclsDeleted(deleted as u32)
             }
             Command::SetListeners {
                 node,
@@ -704,6 +725,7 @@ impl StateMachine {
             put_string(&mut buf, name);
             crate::security::users::encode_credentials(&mut buf, credentials);
         }
+        crate::security::acl::encode_bindings(&mut buf, self.acls.iter());
         buf.freeze()
     }
 
@@ -947,6 +969,19 @@ impl StateMachine {
                 users.insert(name, credentials);
             }
         }
+        let mut acls = crate::security::acl::AclTable::new();
+        if version >= 6 {
+            let bindings = crate::security::acl::decode_bindings(&mut r.0)
+                .ok_or_else(|| PayloadError::Inconsistent("ACLs".into()))?;
+            for b in bindings {
+                if acls.last().is_some_and(|last| *last >= b) {
+                    return Err(PayloadError::Inconsistent(format!(
+                        "ACL {b:?} out of order"
+                    )));
+                }
+                acls.insert(b);
+            }
+        }
         if !r.0.is_empty() {
             return Err(PayloadError::TrailingBytes(r.0.len()));
         }
@@ -956,6 +991,7 @@ impl StateMachine {
             decommissioned,
             kafka_listeners,
             users,
+            acls,
             users_changes: 0,
             topic_ids,
             topics,
@@ -1232,6 +1268,26 @@ mod tests {
             cmd(Command::DeleteUser {
                 name: "carol".into(),
             }),
+            cmd(Command::CreateAcls {
+                bindings: vec![
+                    crate::security::acl::AclBinding {
+                        principal: "User:bob".into(),
+                        resource: crate::security::acl::ResourceType::Topic,
+                        name: "a".into(),
+                        prefixed: false,
+                        operation: crate::security::acl::Operation::Consume,
+                        deny: false,
+                    },
+                    crate::security::acl::AclBinding {
+                        principal: "User:*".into(),
+                        resource: crate::security::acl::ResourceType::Group,
+                        name: "g".into(),
+                        prefixed: true,
+                        operation: crate::security::acl::Operation::All,
+                        deny: true,
+                    },
+                ],
+            }),
         ]);
         entries
     }
@@ -1317,6 +1373,7 @@ mod tests {
             ["alice", "bob"],
             "users survive a snapshot"
         );
+        assert_eq!(restored.acls().len(), 2, "ACLs survive a snapshot");
         assert_eq!(
             restored.kafka_listeners().get(&2).map(String::as_str),
             Some("10.0.0.2:9092")

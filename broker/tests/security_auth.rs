@@ -8,15 +8,36 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::external::{client_command, require_kcat, require_python_module, wait_output, SCRIPTS};
+use common::login::raw_login;
 use common::pki::Pki;
 use common::raw::{batch, code, Conn};
 use common::Cluster;
 use raftmq_client::{Admin, Client, ClientConfig, ClientError, ClientTls, Credentials};
-use raftmq_proto::pb::{self, request::Body as Req, response::Body as Resp, ErrorCode};
-use raftmq_proto::scram::{Mechanism, ScramClient};
+use raftmq_proto::pb::{self, request::Body as Req, ErrorCode};
 use raftmq_proto::ServerError;
 
 const ADMIN: (&str, &str) = ("admin", "admin-secret");
+const ALLOW_TOPIC: pb::AclResourceType = pb::AclResourceType::Topic;
+const ALLOW_GROUP: pb::AclResourceType = pb::AclResourceType::Group;
+const PRODUCE: pb::AclOperation = pb::AclOperation::Produce;
+const CONSUME: pb::AclOperation = pb::AclOperation::Consume;
+
+/// An ACL allowing `user` `op` on the resource named `name`.
+fn allow(
+    user: &str,
+    resource: pb::AclResourceType,
+    name: &str,
+    op: pb::AclOperation,
+) -> pb::AclBinding {
+    pb::AclBinding {
+        principal: format!("User:{user}"),
+        resource_type: resource as i32,
+        resource_name: name.into(),
+        pattern_type: pb::AclPatternType::Literal as i32,
+        operation: op as i32,
+        deny: false,
+    }
+}
 
 fn secured_cluster(n: usize, extra: &[&str], kafka: bool) -> Cluster {
     let bootstrap = format!("{}:{}", ADMIN.0, ADMIN.1);
@@ -55,36 +76,32 @@ fn authentication_failed(e: &ClientError) -> bool {
     )
 }
 
-/// A SCRAM-SHA-256 login on a raw connection: the broker's answer to the proof.
-async fn raw_login(conn: &mut Conn, user: &str, password: &str) -> pb::Response {
-    let mut scram = ScramClient::new(Mechanism::ScramSha256, user, password).unwrap();
-    let handshake = conn
-        .call(Req::SaslHandshake(pb::SaslHandshakeRequest {
-            mechanism: "SCRAM-SHA-256".into(),
-        }))
-        .await;
-    assert_eq!(code(&handshake), ErrorCode::None);
-    let first = conn
-        .call(Req::SaslAuthenticate(pb::SaslAuthenticateRequest {
-            auth_bytes: scram.client_first().into(),
-        }))
-        .await;
-    let Some(Resp::SaslAuthenticate(first)) = first.body else {
-        panic!("no server-first message: {first:?}");
-    };
-    let proof = scram.client_final(&first.auth_bytes).unwrap();
-    let last = conn
-        .call(Req::SaslAuthenticate(pb::SaslAuthenticateRequest {
-            auth_bytes: proof.into(),
-        }))
-        .await;
-    if let Some(Resp::SaslAuthenticate(done)) = &last.body {
-        assert!(done.complete);
-        scram
-            .verify_server_final(&done.auth_bytes)
-            .expect("the broker proves it holds the credential");
+/// Waits until every node has applied what the metadata leader has committed (so
+/// users and ACLs just written are in force on every node).
+async fn wait_applied_everywhere(admin: &Client) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let statuses = Admin::new(admin).cluster_status().await.unwrap();
+        let committed = statuses
+            .iter()
+            .filter_map(|n| n.status.as_ref().ok())
+            .find(|s| s.role == "leader")
+            .map(|s| s.commit_index);
+        let applied: Vec<u64> = statuses
+            .iter()
+            .filter_map(|n| n.status.as_ref().ok().map(|s| s.applied_index))
+            .collect();
+        if let Some(committed) = committed {
+            if applied.len() == statuses.len() && applied.iter().all(|&a| a >= committed) {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nodes did not catch up: {statuses:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    last
 }
 
 /// Messages stored in `topic` (the sum of its queues' end offsets).
@@ -161,7 +178,12 @@ async fn logins_are_required_and_refused_logins_write_nothing() {
     // Nothing was written by any of them.
     assert_eq!(stored(&admin, "t", 1).await, 0);
 
-    // Alice logs in and may produce, but managing users is for superusers.
+    // Alice logs in and, given an ACL, may produce; managing users stays for
+    // superusers.
+    Admin::new(&admin)
+        .create_acls(vec![allow("alice", ALLOW_TOPIC, "t", PRODUCE)])
+        .await
+        .unwrap();
     let mut conn = Conn::connect_addr(addr).await.unwrap();
     let answer = raw_login(&mut conn, "alice", "alice-pw").await;
     assert_eq!(code(&answer), ErrorCode::None, "{answer:?}");
@@ -182,7 +204,11 @@ async fn logins_are_required_and_refused_logins_write_nothing() {
         .upsert_user("alice", "new")
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("superusers only"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("not authorized to alter the cluster"),
+        "{err}"
+    );
     let users = Admin::new(&admin).list_users().await.unwrap();
     let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
     assert_eq!(names, ["admin", "alice"]);
@@ -314,6 +340,14 @@ fn kcat_and_confluent_kafka_log_in_with_scram_over_tls_and_bad_credentials_are_r
             .upsert_user("alice", "alice-pw")
             .await
             .unwrap();
+        let mut acls = Vec::new();
+        for topic in ["lines", "py"] {
+            acls.push(allow("alice", ALLOW_TOPIC, topic, PRODUCE));
+            acls.push(allow("alice", ALLOW_TOPIC, topic, CONSUME));
+        }
+        acls.push(allow("alice", ALLOW_GROUP, "sasl-readers", CONSUME));
+        Admin::new(&admin).create_acls(acls).await.unwrap();
+        wait_applied_everywhere(&admin).await;
     });
     let brokers = cluster.kafka_addrs();
     let ca = pki.cluster_ca_file.display().to_string();

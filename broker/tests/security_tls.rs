@@ -313,3 +313,32 @@ async fn certificates_reload_on_sighup_under_load_without_losing_acknowledged_me
 fn load_ran_across(sent: u32) -> bool {
     sent >= 2_000
 }
+
+#[test]
+fn a_client_ca_that_is_the_cluster_ca_under_another_name_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let node = pki.node("raftmq-node");
+    let copy = dir.path().join("copy-of-cluster-ca.pem");
+    std::fs::copy(&pki.cluster_ca_file, &copy).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_raftmq-broker"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--listen", "127.0.0.1:0"])
+        .arg("--tls-cert")
+        .arg(&node.cert)
+        .arg("--tls-key")
+        .arg(&node.key)
+        .arg("--tls-cluster-ca")
+        .arg(&pki.cluster_ca_file)
+        .arg("--tls-client-ca")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("client CA must differ from the cluster CA"),
+        "{stderr}"
+    );
+}

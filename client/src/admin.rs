@@ -372,4 +372,31 @@ impl Admin {
             other => Err(unexpected("list_users", &other)),
         }
     }
+
+    /// Adds ACLs (enforced when the brokers require logins).
+    pub async fn create_acls(&self, bindings: Vec<pb::AclBinding>) -> Result<(), ClientError> {
+        let body = request::Body::CreateAcls(pb::CreateAclsRequest { bindings });
+        match self.client.request(Target::Leader, body).await? {
+            response::Body::CreateAcls(_) => Ok(()),
+            other => Err(unexpected("create_acls", &other)),
+        }
+    }
+
+    /// Removes these exact ACLs; returns how many existed.
+    pub async fn delete_acls(&self, bindings: Vec<pb::AclBinding>) -> Result<u32, ClientError> {
+        let body = request::Body::DeleteAcls(pb::DeleteAclsRequest { bindings });
+        match self.client.request(Target::Leader, body).await? {
+            response::Body::DeleteAcls(r) => Ok(r.deleted),
+            other => Err(unexpected("delete_acls", &other)),
+        }
+    }
+
+    /// Every ACL.
+    pub async fn list_acls(&self) -> Result<Vec<pb::AclBinding>, ClientError> {
+        let body = request::Body::ListAcls(pb::ListAclsRequest {});
+        match self.client.request(Target::Leader, body).await? {
+            response::Body::ListAcls(r) => Ok(r.bindings),
+            other => Err(unexpected("list_acls", &other)),
+        }
+    }
 }

@@ -65,13 +65,19 @@ pub enum ApiKey {
     DeleteUser = 43,
     /// List users.
     ListUsers = 44,
+    /// Add ACLs.
+    CreateAcls = 45,
+    /// Remove ACLs.
+    DeleteAcls = 46,
+    /// List ACLs.
+    ListAcls = 47,
     /// Broker-to-broker Raft message (one-way).
     Raft = 100,
 }
 
 impl ApiKey {
     /// Every API key, in number order.
-    pub const ALL: [ApiKey; 28] = [
+    pub const ALL: [ApiKey; 31] = [
         ApiKey::CreateTopic,
         ApiKey::DeleteTopic,
         ApiKey::Metadata,
@@ -99,6 +105,9 @@ impl ApiKey {
         ApiKey::UpsertUser,
         ApiKey::DeleteUser,
         ApiKey::ListUsers,
+        ApiKey::CreateAcls,
+        ApiKey::DeleteAcls,
+        ApiKey::ListAcls,
         ApiKey::Raft,
     ];
 
@@ -142,6 +151,9 @@ impl ApiKey {
             ApiKey::UpsertUser => "upsert_user",
             ApiKey::DeleteUser => "delete_user",
             ApiKey::ListUsers => "list_users",
+            ApiKey::CreateAcls => "create_acls",
+            ApiKey::DeleteAcls => "delete_acls",
+            ApiKey::ListAcls => "list_acls",
             ApiKey::Raft => "raft",
         }
     }
@@ -185,6 +197,9 @@ impl request::Body {
             B::UpsertUser(_) => ApiKey::UpsertUser,
             B::DeleteUser(_) => ApiKey::DeleteUser,
             B::ListUsers(_) => ApiKey::ListUsers,
+            B::CreateAcls(_) => ApiKey::CreateAcls,
+            B::DeleteAcls(_) => ApiKey::DeleteAcls,
+            B::ListAcls(_) => ApiKey::ListAcls,
             B::Raft(_) => ApiKey::Raft,
         }
     }
@@ -222,6 +237,9 @@ impl response::Body {
             B::UpsertUser(_) => ApiKey::UpsertUser,
             B::DeleteUser(_) => ApiKey::DeleteUser,
             B::ListUsers(_) => ApiKey::ListUsers,
+            B::CreateAcls(_) => ApiKey::CreateAcls,
+            B::DeleteAcls(_) => ApiKey::DeleteAcls,
+            B::ListAcls(_) => ApiKey::ListAcls,
         }
     }
 }

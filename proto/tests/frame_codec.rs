@@ -138,6 +138,13 @@ fn every_request() -> Vec<Req> {
             name: "alice".into(),
         }),
         Req::ListUsers(pb::ListUsersRequest {}),
+        Req::CreateAcls(pb::CreateAclsRequest {
+            bindings: vec![acl()],
+        }),
+        Req::DeleteAcls(pb::DeleteAclsRequest {
+            bindings: vec![acl()],
+        }),
+        Req::ListAcls(pb::ListAclsRequest {}),
         Req::Raft(pb::RaftMessage {
             from: 1,
             to: 2,
@@ -322,6 +329,11 @@ fn every_response() -> Vec<Resp> {
         }),
         Resp::UpsertUser(pb::UpsertUserResponse { created: true }),
         Resp::DeleteUser(pb::DeleteUserResponse {}),
+        Resp::CreateAcls(pb::CreateAclsResponse {}),
+        Resp::DeleteAcls(pb::DeleteAclsResponse { deleted: 1 }),
+        Resp::ListAcls(pb::ListAclsResponse {
+            bindings: vec![acl()],
+        }),
         Resp::ListUsers(pb::ListUsersResponse {
             users: vec![pb::UserDescription {
                 name: "alice".into(),
@@ -329,6 +341,17 @@ fn every_response() -> Vec<Resp> {
             }],
         }),
     ]
+}
+
+fn acl() -> pb::AclBinding {
+    pb::AclBinding {
+        principal: "User:alice".into(),
+        resource_type: pb::AclResourceType::Topic as i32,
+        resource_name: "orders-".into(),
+        pattern_type: pb::AclPatternType::Prefixed as i32,
+        operation: pb::AclOperation::Produce as i32,
+        deny: false,
+    }
 }
 
 #[test]

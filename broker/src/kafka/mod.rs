@@ -90,8 +90,9 @@ pub struct KafkaContext {
     /// This node's Kafka port minus its native port: how a node that has not
     /// advertised its Kafka address yet is named (as if it used the same offset).
     port_offset: i32,
-    /// What each group member was last given in SyncGroup.
-    assignments: groups::GivenAssignments,
+    /// What each group member was last given in SyncGroup (shared by every
+    /// connection).
+    assignments: Arc<groups::GivenAssignments>,
 }
 
 impl KafkaContext {
@@ -107,7 +108,17 @@ impl KafkaContext {
             service,
             metrics,
             port_offset: i32::from(kafka.port()) - i32::from(native.port()),
-            assignments: groups::GivenAssignments::default(),
+            assignments: Arc::new(groups::GivenAssignments::default()),
+        }
+    }
+
+    /// The same context, its operations acting for `principal`.
+    fn for_principal(&self, principal: crate::security::Principal) -> KafkaContext {
+        KafkaContext {
+            service: self.service.for_principal(principal),
+            metrics: self.metrics.clone(),
+            port_offset: self.port_offset,
+            assignments: self.assignments.clone(),
         }
     }
 
@@ -254,6 +265,7 @@ async fn serve_connection<R, W>(
     let security = context.service.security();
     let mut session = security.session(&identity);
     let mut bare_sasl_frames = false;
+    let mut acting = Arc::new(context.for_principal(crate::security::Principal::Anonymous));
     let codec = LengthDelimitedCodec::builder()
         .length_field_length(4)
         .max_frame_length(context.service.config().max_frame_bytes)
@@ -357,17 +369,26 @@ async fn serve_connection<R, W>(
                 // ApiVersions comes before a login; anything else needs one (and a
                 // user deleted since is refused).
                 if !matches!(request, RequestKind::ApiVersions(_)) {
-                    if let Err(e) = session.admit(security.users()) {
-                        tracing::info!(%peer, error = %e.message, "closing kafka connection: not logged in");
-                        break;
+                    match session.admit(security.users()) {
+                        Ok(principal) if acting.service.principal() != principal => {
+                            // Logged in (once): from now on everything runs as that
+                            // principal.
+                            acting = Arc::new(context.for_principal(principal.clone()));
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::info!(%peer, error = %e.message, "closing kafka connection: not logged in");
+                            break;
+                        }
                     }
                 }
+                let context = &acting;
                 let started = std::time::Instant::now();
                 // A produce's batches are handed to their queues here, in the order
                 // the requests came; only the answers are awaited concurrently.
                 let request = match request {
                     RequestKind::Produce(r) => Begun::Produce(
-                        data::produce_begin(&context, r, header.request_api_version).await,
+                        data::produce_begin(context, r, header.request_api_version).await,
                     ),
                     other => Begun::Other(other),
                 };

@@ -93,10 +93,38 @@ pub(super) async fn metadata(
                 .collect(),
         ),
     };
-    if matches!(&wanted, Some(w) if w.is_empty()) {
-        // Only the brokers are wanted: still ask, for the node list.
-    }
-    let m = match cluster_metadata(context, wanted.clone().unwrap_or_default()).await {
+    // Topics the principal may not see are answered TOPIC_AUTHORIZATION_FAILED
+    // (Kafka's rule), and not asked for.
+    let service = &context.service;
+    let (wanted, denied): (Option<Vec<String>>, Vec<String>) = match wanted {
+        Some(w) => {
+            let (allowed, denied) = w.into_iter().partition(|t| {
+                service.security().may(
+                    service.principal(),
+                    crate::security::acl::ResourceType::Topic,
+                    t,
+                    crate::security::acl::Operation::Describe,
+                )
+            });
+            (Some(allowed), denied)
+        }
+        None => (None, Vec::new()),
+    };
+    let denied_topics = || {
+        denied.iter().map(|t| {
+            let mut topic = MetadataResponseTopic::default();
+            topic.name = Some(name(t));
+            topic.error_code = code::TOPIC_AUTHORIZATION_FAILED;
+            topic
+        })
+    };
+    // An empty list asks for every topic (those the principal may see): the
+    // answer keeps only the ones wanted.
+    let asked = match &wanted {
+        Some(w) if denied.is_empty() => w.clone(),
+        _ => Vec::new(),
+    };
+    let m = match cluster_metadata(context, asked).await {
         Ok(m) => m,
         Err(e) => {
             tracing::debug!(error = %e.message, "kafka metadata: cluster metadata unavailable");
@@ -140,6 +168,7 @@ pub(super) async fn metadata(
     let mut topics: Vec<MetadataResponseTopic> = m
         .topics
         .iter()
+        .filter(|t| wanted.as_ref().is_none_or(|w| w.contains(&t.name)))
         .map(|t| {
             let mut topic = MetadataResponseTopic::default();
             topic.name = Some(name(&t.name));
@@ -173,6 +202,7 @@ pub(super) async fn metadata(
             }
         }
     }
+    topics.extend(denied_topics());
     response.topics = topics;
     response
 }

@@ -83,6 +83,9 @@ pub enum Api {
     UpsertUser,
     DeleteUser,
     ListUsers,
+    CreateAcls,
+    DeleteAcls,
+    ListAcls,
     /// A request without a known body.
     Unknown,
 }
@@ -122,6 +125,9 @@ impl Api {
             B::UpsertUser(_) => Api::UpsertUser,
             B::DeleteUser(_) => Api::DeleteUser,
             B::ListUsers(_) => Api::ListUsers,
+            B::CreateAcls(_) => Api::CreateAcls,
+            B::DeleteAcls(_) => Api::DeleteAcls,
+            B::ListAcls(_) => Api::ListAcls,
             B::Raft(_) => Api::Unknown,
         }
     }
@@ -156,6 +162,9 @@ impl Api {
             Api::UpsertUser => "upsert_user",
             Api::DeleteUser => "delete_user",
             Api::ListUsers => "list_users",
+            Api::CreateAcls => "create_acls",
+            Api::DeleteAcls => "delete_acls",
+            Api::ListAcls => "list_acls",
             Api::Unknown => "unknown",
         }
     }
@@ -280,6 +289,9 @@ pub struct BrokerMetrics {
     fetch_messages: Counter,
     fetch_bytes: Counter,
     connections: Gauge,
+    /// `raftmq_tls_certificate_expiry_timestamp_seconds`: when this node's
+    /// certificate expires (absent without TLS).
+    pub tls_expiry: Gauge,
     latency: [OnceLock<Histogram>; Api::COUNT],
     errors: [OnceLock<Counter>; ERROR_CODE_SLOTS],
     /// Kafka-protocol requests' latency, by Kafka API key.
@@ -329,6 +341,7 @@ impl BrokerMetrics {
             fetch_messages: Counter::noop(),
             fetch_bytes: Counter::noop(),
             connections: Gauge::noop(),
+            tls_expiry: Gauge::noop(),
             latency: std::array::from_fn(|_| OnceLock::new()),
             errors: std::array::from_fn(|_| OnceLock::new()),
             kafka_latency: std::array::from_fn(|_| OnceLock::new()),
@@ -386,6 +399,7 @@ impl BrokerMetrics {
                 fetch_messages: counter!("raftmq_fetch_messages_total"),
                 fetch_bytes: counter!("raftmq_fetch_bytes_total"),
                 connections: gauge!("raftmq_connections_open"),
+                tls_expiry: gauge!("raftmq_tls_certificate_expiry_timestamp_seconds"),
                 latency: std::array::from_fn(|_| OnceLock::new()),
                 errors: std::array::from_fn(|_| OnceLock::new()),
                 kafka_latency: std::array::from_fn(|_| OnceLock::new()),
@@ -800,6 +814,10 @@ fn describe_all() {
     describe_counter!(
         "raftmq_errors_total",
         "Error answers by protocol error code."
+    );
+    describe_gauge!(
+        "raftmq_tls_certificate_expiry_timestamp_seconds",
+        "When this node's TLS certificate expires (Unix seconds; follows SIGHUP reloads)."
     );
     describe_gauge!(
         "raftmq_connections_open",

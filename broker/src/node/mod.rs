@@ -97,6 +97,8 @@ enum PendingKind {
     Listeners,
     /// A user created, changed or deleted.
     User,
+    /// ACLs added or removed.
+    Acls,
 }
 
 struct Pending {
@@ -793,6 +795,12 @@ impl Node {
             }
             (PendingKind::User, ApplyOutcome::UserDeleted) => {
                 reply.ok(R::DeleteUser(pb::DeleteUserResponse {}))
+            }
+            (PendingKind::Acls, ApplyOutcome::AclsCreated) => {
+                reply.ok(R::CreateAcls(pb::CreateAclsResponse {}))
+            }
+            (PendingKind::Acls, ApplyOutcome::AclsDeleted(deleted)) => {
+                reply.ok(R::DeleteAcls(pb::DeleteAclsResponse { deleted }))
             }
             (_, other) => {
                 tracing::error!(?other, index = index.0, "unexpected apply outcome");

@@ -131,9 +131,14 @@ impl Node {
                 ErrorCode::InvalidRequest,
                 "a login belongs to a connection, not to a Raft group",
             )),
-            B::UpsertUser(_) | B::DeleteUser(_) if self.raft.role() != Role::Leader => {
+            B::UpsertUser(_) | B::DeleteUser(_) | B::CreateAcls(_) | B::DeleteAcls(_)
+                if self.raft.role() != Role::Leader =>
+            {
                 reply.error(self.not_leader())
             }
+            B::CreateAcls(req) => self.create_acls(req, reply),
+            B::DeleteAcls(req) => self.delete_acls(req, reply),
+            B::ListAcls(_) => reply.ok(pb::response::Body::ListAcls(self.list_acls())),
             B::UpsertUser(req) => self.upsert_user(req, reply),
             B::DeleteUser(req) => self.delete_user(req, reply),
             B::ListUsers(_) => reply.ok(pb::response::Body::ListUsers(self.list_users())),

@@ -1,5 +1,5 @@
-//! Users in the metadata group: the requests that change them, the bootstrap
-//! admin, and publishing the table to the connections of this node.
+//! Users and ACLs in the metadata group: the requests that change them, the
+//! bootstrap admin, and publishing both tables to the connections of this node.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +22,8 @@ const BOOTSTRAP_RETRY: Duration = Duration::from_secs(5);
 pub(super) struct UserState {
     /// Where connections of this node look users up.
     directory: Option<Arc<UserDirectory>>,
+    /// Where connections of this node look ACLs up.
+    acls: Option<Arc<crate::security::acl::AclDirectory>>,
     /// The state machine's change count last published (`None`: publish).
     published: Option<u64>,
     /// The first admin, created by the leader while no user exists.
@@ -35,10 +37,12 @@ impl Node {
     pub fn with_users(
         mut self,
         directory: Arc<UserDirectory>,
+        acls: Arc<crate::security::acl::AclDirectory>,
         bootstrap: Option<(String, Vec<ScramCredential>)>,
     ) -> Node {
         self.users = UserState {
             directory: Some(directory),
+            acls: Some(acls),
             published: None,
             bootstrap,
             bootstrap_proposed_at: None,
@@ -63,6 +67,9 @@ impl Node {
             return;
         }
         directory.replace(self.state.users().clone());
+        if let Some(acls) = &self.users.acls {
+            acls.replace(self.state.acls().clone());
+        }
         self.users.published = Some(changes);
     }
 
@@ -128,6 +135,31 @@ impl Node {
         self.propose_command(command, PendingKind::User, reply);
     }
 
+    /// `CreateAcls`: checked, then replicated.
+    pub(super) fn create_acls(&mut self, req: pb::CreateAclsRequest, reply: Responder) {
+        let bindings = match acl_bindings(&req.bindings) {
+            Ok(b) => b,
+            Err(e) => return reply.error(e),
+        };
+        self.propose_command(Command::CreateAcls { bindings }, PendingKind::Acls, reply);
+    }
+
+    /// `DeleteAcls`: removes the exact bindings given.
+    pub(super) fn delete_acls(&mut self, req: pb::DeleteAclsRequest, reply: Responder) {
+        let bindings = match acl_bindings(&req.bindings) {
+            Ok(b) => b,
+            Err(e) => return reply.error(e),
+        };
+        self.propose_command(Command::DeleteAcls { bindings }, PendingKind::Acls, reply);
+    }
+
+    /// `ListAcls`.
+    pub(super) fn list_acls(&self) -> pb::ListAclsResponse {
+        pb::ListAclsResponse {
+            bindings: self.state.acls().iter().map(|b| b.to_pb()).collect(),
+        }
+    }
+
     /// `ListUsers`: names and mechanisms, never credentials.
     pub(super) fn list_users(&self) -> pb::ListUsersResponse {
         pb::ListUsersResponse {
@@ -145,4 +177,20 @@ impl Node {
                 .collect(),
         }
     }
+}
+
+fn acl_bindings(
+    bindings: &[pb::AclBinding],
+) -> Result<Vec<crate::security::acl::AclBinding>, pb::Error> {
+    if bindings.is_empty() || bindings.len() > 1000 {
+        return Err(pb::Error::new(
+            ErrorCode::InvalidRequest,
+            "1 to 1000 ACLs per request",
+        ));
+    }
+    bindings
+        .iter()
+        .map(crate::security::acl::AclBinding::from_pb)
+        .collect::<Result<_, _>>()
+        .map_err(|e| pb::Error::new(ErrorCode::InvalidRequest, e.to_string()))
 }

@@ -5,6 +5,7 @@
 //! links, the join loop and request forwarding, so every connection a node accepts
 //! or opens goes through the same checks. See docs/security.md.
 
+pub mod acl;
 pub mod session;
 pub mod stream;
 pub mod tls;
@@ -22,7 +23,7 @@ pub use users::UserDirectory;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use raftmq_proto::pb::{self, ErrorCode};
+use raftmq_proto::pb;
 
 /// The TLS error inside an I/O error, when TLS is what failed (a certificate
 /// refused by either side, an alert received), as text.
@@ -39,9 +40,9 @@ pub struct Security {
     users: Arc<UserDirectory>,
     /// Every client must log in (SCRAM, PLAIN over TLS, or a client certificate).
     require_login: bool,
-    /// Users allowed everything (and the only ones who may manage users and the
-    /// cluster while ACLs are not set).
+    /// Users allowed everything, ACLs or not.
     superusers: BTreeSet<String>,
+    acls: Arc<acl::AclDirectory>,
 }
 
 impl Security {
@@ -89,35 +90,107 @@ impl Security {
         }
     }
 
-    /// Whether `principal` may send `body`. While logins are not required
-    /// everyone may do everything; with logins, managing users and the cluster's
-    /// members is for superusers.
+    /// This node's copy of the ACLs.
+    pub fn acls(&self) -> &Arc<acl::AclDirectory> {
+        &self.acls
+    }
+
+    /// Whether ACLs decide what `principal` may do (logins are required and it
+    /// is not a superuser or a node).
+    pub fn checks_acls(&self, principal: &Principal) -> bool {
+        self.require_login && !self.is_superuser(principal)
+    }
+
+    /// Whether `principal` may do `op` to a resource (true when ACLs do not apply).
+    pub fn may(
+        &self,
+        principal: &Principal,
+        resource: acl::ResourceType,
+        name: &str,
+        op: acl::Operation,
+    ) -> bool {
+        if !self.checks_acls(principal) {
+            return true;
+        }
+        acl::allows(
+            &self.acls.table(),
+            &principal.acl_name(),
+            resource,
+            name,
+            op,
+        )
+    }
+
+    /// Whether `principal` may send `body`: what each request needs, checked
+    /// against the ACLs when they apply. Metadata and group listings pass here
+    /// and are filtered to what the principal may see (`Service`).
     pub fn authorize(
         &self,
         principal: &Principal,
         body: &pb::request::Body,
     ) -> Result<(), pb::Error> {
+        use acl::{Operation as Op, ResourceType as R};
         use pb::request::Body as B;
-        if self.is_superuser(principal) {
+        if !self.checks_acls(principal) {
             return Ok(());
         }
-        let cluster_operation = matches!(
-            body,
-            B::UpsertUser(_)
-                | B::DeleteUser(_)
-                | B::ListUsers(_)
-                | B::AddNode(_)
-                | B::RemoveNode(_)
-                | B::MoveReplicas(_)
-                | B::TransferLeader(_)
-        );
-        if cluster_operation {
-            return Err(pb::Error::new(
-                ErrorCode::ClusterAuthorizationFailed,
-                format!("{principal} may not {} (superusers only)", body.api_key()),
-            ));
+        let table = self.acls.table();
+        let name = principal.acl_name();
+        let check = |resource: R, target: &str, op: Op| -> Result<(), pb::Error> {
+            if acl::allows(&table, &name, resource, target, op) {
+                Ok(())
+            } else {
+                Err(acl::refusal(&name, resource, target, op))
+            }
+        };
+        let cluster = |op: Op| check(R::Cluster, acl::CLUSTER_NAME, op);
+        match body {
+            B::Produce(r) => check(R::Topic, &r.topic, Op::Produce),
+            B::Fetch(r) => check(R::Topic, &r.topic, Op::Consume),
+            B::ListOffsets(r) => check(R::Topic, &r.topic, Op::Describe),
+            B::CreateTopic(r) => {
+                check(R::Topic, &r.name, Op::Create).or_else(|e| cluster(Op::Create).map_err(|_| e))
+            }
+            B::DeleteTopic(r) => check(R::Topic, &r.name, Op::Delete),
+            B::Metadata(r) => r
+                .topics
+                .iter()
+                .try_for_each(|t| check(R::Topic, t, Op::Describe)),
+            B::JoinGroup(r) => {
+                check(R::Group, &r.group, Op::Consume)?;
+                r.topics
+                    .iter()
+                    .try_for_each(|t| check(R::Topic, t, Op::Consume))
+            }
+            B::Heartbeat(r) => check(R::Group, &r.group, Op::Consume),
+            B::LeaveGroup(r) => check(R::Group, &r.group, Op::Consume),
+            B::OffsetCommit(r) => {
+                check(R::Group, &r.group, Op::Consume)?;
+                r.offsets
+                    .iter()
+                    .try_for_each(|o| check(R::Topic, &o.topic, Op::Consume))
+            }
+            B::OffsetFetch(r) => check(R::Group, &r.group, Op::Describe),
+            B::OffsetReset(r) => {
+                check(R::Group, &r.group, Op::Consume)?;
+                check(R::Topic, &r.topic, Op::Consume)
+            }
+            B::DescribeGroup(r) => check(R::Group, &r.group, Op::Describe),
+            B::ListGroups(_) | B::InitProducer(_) => Ok(()),
+            B::SaslHandshake(_) | B::SaslAuthenticate(_) => Ok(()),
+            B::ClusterStatus(_) | B::ListUsers(_) | B::ListAcls(_) => cluster(Op::Describe),
+            B::TransferLeader(_)
+            | B::AddNode(_)
+            | B::RemoveNode(_)
+            | B::MoveReplicas(_)
+            | B::UpsertUser(_)
+            | B::DeleteUser(_)
+            | B::CreateAcls(_)
+            | B::DeleteAcls(_)
+            | B::JoinCluster(_)
+            | B::AdvertiseListeners(_)
+            | B::Raft(_) => cluster(Op::Alter),
         }
-        Ok(())
     }
 
     /// The TLS state, when TLS is on.

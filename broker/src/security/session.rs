@@ -24,6 +24,17 @@ pub enum Principal {
     User(String),
 }
 
+impl Principal {
+    /// The name ACLs give it: `User:NAME` (`User:ANONYMOUS`, `Node:NAME`).
+    pub fn acl_name(&self) -> String {
+        match self {
+            Principal::Anonymous => "User:ANONYMOUS".into(),
+            Principal::Node(name) => format!("Node:{name}"),
+            Principal::User(name) => format!("User:{name}"),
+        }
+    }
+}
+
 impl std::fmt::Display for Principal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

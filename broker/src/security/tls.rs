@@ -157,14 +157,18 @@ fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
     let cluster_roots = Arc::new(shared::load_roots(&files.cluster_ca)?);
     let mut all_roots = (*cluster_roots).clone();
     if let Some(client_ca) = &files.client_ca {
-        if client_ca == &files.cluster_ca {
+        // Compared by content, not by path: a copy of the cluster CA under another
+        // name would make every client certificate a node's.
+        let cluster_certs = shared::load_certs(&files.cluster_ca)?;
+        let client_certs = shared::load_certs(client_ca)?;
+        if client_certs.iter().any(|c| cluster_certs.contains(c)) {
             return Err(TlsError::Verifier(
                 "the client CA must differ from the cluster CA (a client certificate \
                  would otherwise count as a node's)"
                     .into(),
             ));
         }
-        for cert in shared::load_certs(client_ca)? {
+        for cert in client_certs {
             all_roots.add(cert).map_err(|e| TlsError::File {
                 what: "client CA file",
                 path: client_ca.clone(),

@@ -5,6 +5,7 @@
 
 pub mod external;
 pub mod kafka_wire;
+pub mod login;
 pub mod pki;
 pub mod raw;
 

@@ -66,13 +66,13 @@ struct Cli {
     #[arg(long, value_name = "FILE", env = "RAFTMQ_TLS_CA", global = true)]
     tls_ca: Option<std::path::PathBuf>,
     /// A client certificate (PEM) to log in with; needs --tls-key and --tls-ca.
-    #[arg(long, value_name = "FILE", env = "RAFTMQ_TLS_CERT", global = true, requires_all = ["tls_key", "tls_ca"])]
+    #[arg(long, value_name = "FILE", env = "RAFTMQ_CLIENT_TLS_CERT", global = true, requires_all = ["tls_key", "tls_ca"])]
     tls_cert: Option<std::path::PathBuf>,
     /// The client certificate's key (PEM).
     #[arg(
         long,
         value_name = "FILE",
-        env = "RAFTMQ_TLS_KEY",
+        env = "RAFTMQ_CLIENT_TLS_KEY",
         global = true,
         requires = "tls_cert"
     )]
@@ -185,6 +185,91 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Add, remove or list access control lists (enforced when the brokers
+    /// require logins; superusers only).
+    Acl {
+        #[command(subcommand)]
+        command: AclCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AclCommand {
+    /// Allow (or with --deny, deny) an operation.
+    Add(AclArgs),
+    /// Remove an ACL (the same arguments it was added with).
+    Remove(AclArgs),
+    /// List every ACL.
+    List,
+}
+
+#[derive(clap::Args)]
+struct AclArgs {
+    /// Who: User:NAME, or User:* for every logged-in user.
+    #[arg(long)]
+    principal: String,
+    /// A topic (or with --prefixed, every topic whose name starts with it; `*`:
+    /// every topic).
+    #[arg(long, group = "resource")]
+    topic: Option<String>,
+    /// A consumer group (same rules as --topic).
+    #[arg(long, group = "resource")]
+    group: Option<String>,
+    /// The cluster: users, ACLs, members, leadership.
+    #[arg(long, group = "resource")]
+    cluster: bool,
+    /// The name is a prefix.
+    #[arg(long)]
+    prefixed: bool,
+    /// What may (or may not) be done.
+    #[arg(long, value_enum)]
+    operation: AclOperationArg,
+    /// Deny instead of allow (deny wins over any allow).
+    #[arg(long)]
+    deny: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum AclOperationArg {
+    All,
+    Produce,
+    Consume,
+    Describe,
+    Create,
+    Delete,
+    Alter,
+}
+
+impl AclArgs {
+    fn binding(&self) -> Result<raftmq_client::pb::AclBinding> {
+        use raftmq_client::pb::{AclOperation as O, AclPatternType, AclResourceType as R};
+        let (resource, name) = match (&self.topic, &self.group, self.cluster) {
+            (Some(t), None, false) => (R::Topic, t.clone()),
+            (None, Some(g), false) => (R::Group, g.clone()),
+            (None, None, true) => (R::Cluster, String::new()),
+            _ => anyhow::bail!("give one of --topic, --group or --cluster"),
+        };
+        Ok(raftmq_client::pb::AclBinding {
+            principal: self.principal.clone(),
+            resource_type: resource as i32,
+            resource_name: name,
+            pattern_type: if self.prefixed {
+                AclPatternType::Prefixed
+            } else {
+                AclPatternType::Literal
+            } as i32,
+            operation: match self.operation {
+                AclOperationArg::All => O::All,
+                AclOperationArg::Produce => O::Produce,
+                AclOperationArg::Consume => O::Consume,
+                AclOperationArg::Describe => O::Describe,
+                AclOperationArg::Create => O::Create,
+                AclOperationArg::Delete => O::Delete,
+                AclOperationArg::Alter => O::Alter,
+            } as i32,
+            deny: self.deny,
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -527,12 +612,15 @@ async fn run() -> Result<()> {
         Command::Group { command } => group(&client, command).await,
         Command::Cluster { command } => cluster(&client, command).await,
         Command::User { command } => user(&client, command, quiet).await,
+        Command::Acl { command } => acl(&client, command, quiet).await,
     }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum SaslMechanismArg {
+    #[value(name = "scram-sha-256")]
     ScramSha256,
+    #[value(name = "scram-sha-512")]
     ScramSha512,
 }
 
@@ -553,10 +641,69 @@ fn new_password() -> Result<String> {
     Ok(password)
 }
 
-async fn user(client: &Client, command: UserCommand, quiet: bool) -> Result<()> {
+async fn acl(client: &Client, command: AclCommand, quiet: bool) -> Result<()> {
+    use raftmq_client::pb::{AclOperation, AclPatternType, AclResourceType};
     let admin = Admin::new(client);
     match command {
+        AclCommand::Add(args) => {
+            admin.create_acls(vec![args.binding()?]).await?;
+            if !quiet {
+                eprintln!("added");
+            }
+        }
+        AclCommand::Remove(args) => {
+            let deleted = admin.delete_acls(vec![args.binding()?]).await?;
+            if !quiet {
+                eprintln!("removed {deleted}");
+            }
+        }
+        AclCommand::List => {
+            let bindings = admin.list_acls().await?;
+            out!("principal\tresource\tname\tpattern\toperation\tpermission");
+            for b in bindings {
+                let resource =
+                    AclResourceType::try_from(b.resource_type).map_or("unknown", |r| match r {
+                        AclResourceType::Topic => "topic",
+                        AclResourceType::Group => "group",
+                        AclResourceType::Cluster => "cluster",
+                        AclResourceType::Unknown => "unknown",
+                    });
+                let pattern = match AclPatternType::try_from(b.pattern_type) {
+                    Ok(AclPatternType::Prefixed) => "prefixed",
+                    _ => "literal",
+                };
+                let operation =
+                    AclOperation::try_from(b.operation).map_or("unknown".to_owned(), |o| {
+                        o.as_str_name()
+                            .trim_start_matches("ACL_OPERATION_")
+                            .to_ascii_lowercase()
+                    });
+                out!(
+                    "{}\t{resource}\t{}\t{pattern}\t{operation}\t{}",
+                    b.principal,
+                    b.resource_name,
+                    if b.deny { "deny" } else { "allow" }
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn user(client: &Client, command: UserCommand, quiet: bool) -> Result<()> {
+    let admin = Admin::new(client);
+    let creating = matches!(command, UserCommand::Create { .. });
+    match command {
         UserCommand::Create { name } | UserCommand::Passwd { name } => {
+            let exists = admin.list_users().await?.iter().any(|u| u.name == name);
+            if creating && exists {
+                anyhow::bail!(
+                    "user {name:?} exists; `raftmq user passwd {name}` changes its password"
+                );
+            }
+            if !creating && !exists {
+                anyhow::bail!("there is no user {name:?}; `raftmq user create {name}` creates it");
+            }
             let created = admin.upsert_user(&name, &new_password()?).await?;
             if !quiet {
                 if created {
@@ -573,8 +720,9 @@ async fn user(client: &Client, command: UserCommand, quiet: bool) -> Result<()> 
             }
         }
         UserCommand::List => {
+            let users = admin.list_users().await?;
             out!("user\tmechanisms");
-            for user in admin.list_users().await? {
+            for user in users {
                 out!("{}\t{}", user.name, user.mechanisms.join(","));
             }
         }

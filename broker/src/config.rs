@@ -146,6 +146,18 @@ pub struct BrokerConfig {
     /// environment variable `RAFTMQ_BOOTSTRAP_USER=NAME:PASSWORD` only, so the
     /// password is in no file and no process listing.
     pub bootstrap_user: Option<BootstrapUser>,
+    /// Bytes per second each principal may produce before its connections are
+    /// throttled (default 0: unlimited).
+    pub produce_quota_bytes: u64,
+    /// Bytes per second of fetched data each principal may receive before its
+    /// answers are held back (default 0: unlimited; native port).
+    pub fetch_quota_bytes: u64,
+    /// Connections open at once on the client and Kafka ports, in all (default
+    /// 10 000) and from one client address (default 1 000); beyond, new ones are
+    /// closed at once.
+    pub max_connections: u32,
+    /// See [`BrokerConfig::max_connections`].
+    pub max_connections_per_ip: u32,
 }
 
 /// The first admin's name and password (the password is never printed).
@@ -223,6 +235,10 @@ impl Default for BrokerConfig {
             require_login: false,
             superusers: Vec::new(),
             bootstrap_user: None,
+            produce_quota_bytes: 0,
+            fetch_quota_bytes: 0,
+            max_connections: 10_000,
+            max_connections_per_ip: 1_000,
         }
     }
 }
@@ -361,6 +377,14 @@ pub struct FileConfig {
     pub require_login: Option<bool>,
     /// See [`BrokerConfig::superusers`].
     pub superusers: Option<Vec<String>>,
+    /// See [`BrokerConfig::produce_quota_bytes`].
+    pub produce_quota_bytes: Option<u64>,
+    /// See [`BrokerConfig::fetch_quota_bytes`].
+    pub fetch_quota_bytes: Option<u64>,
+    /// See [`BrokerConfig::max_connections`].
+    pub max_connections: Option<u32>,
+    /// See [`BrokerConfig::max_connections_per_ip`].
+    pub max_connections_per_ip: Option<u32>,
 }
 
 /// TLS file settings from any source, merged before they become [`TlsFiles`]
@@ -543,7 +567,11 @@ impl BrokerConfig {
             idle_tick_factor,
             insecure,
             require_login,
-            superusers
+            superusers,
+            produce_quota_bytes,
+            fetch_quota_bytes,
+            max_connections,
+            max_connections_per_ip
         );
         Ok(())
     }

@@ -132,6 +132,18 @@ struct Args {
     /// certificate). The first admin comes from RAFTMQ_BOOTSTRAP_USER=NAME:PASSWORD.
     #[arg(long)]
     require_login: bool,
+    /// Bytes per second each user may produce before being throttled (0: no limit).
+    #[arg(long, value_name = "BYTES")]
+    produce_quota_bytes: Option<u64>,
+    /// Bytes per second of fetched data each user may receive (0: no limit).
+    #[arg(long, value_name = "BYTES")]
+    fetch_quota_bytes: Option<u64>,
+    /// Connections open at once (default 10000).
+    #[arg(long)]
+    max_connections: Option<u32>,
+    /// Connections open at once from one client address (default 1000).
+    #[arg(long)]
+    max_connections_per_ip: Option<u32>,
     /// Users who may do anything (comma-separated).
     #[arg(long, value_delimiter = ',', value_name = "USER[,...]")]
     superusers: Option<Vec<String>>,
@@ -283,6 +295,18 @@ fn build_config(args: &Args) -> anyhow::Result<BrokerConfig> {
     }
     if let Some(superusers) = &args.superusers {
         config.superusers = superusers.clone();
+    }
+    if let Some(n) = args.produce_quota_bytes {
+        config.produce_quota_bytes = n;
+    }
+    if let Some(n) = args.fetch_quota_bytes {
+        config.fetch_quota_bytes = n;
+    }
+    if let Some(n) = args.max_connections {
+        config.max_connections = n;
+    }
+    if let Some(n) = args.max_connections_per_ip {
+        config.max_connections_per_ip = n;
     }
     if let Ok(bootstrap) = std::env::var("RAFTMQ_BOOTSTRAP_USER") {
         config.bootstrap_user = Some(bootstrap.parse()?);

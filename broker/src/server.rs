@@ -118,7 +118,16 @@ impl Broker {
             let bootstrap = config.bootstrap_user.as_ref().map(|u| u.name.clone());
             security = security.requiring_login(config.superusers.iter().cloned().chain(bootstrap));
         }
-        let security = Arc::new(security);
+        let security = Arc::new(security.with_limits(
+            crate::security::quota::Quotas::new(
+                config.produce_quota_bytes,
+                config.fetch_quota_bytes,
+            ),
+            crate::security::quota::ConnectionLimits::new(
+                config.max_connections,
+                config.max_connections_per_ip,
+            ),
+        ));
         // Derived once here (PBKDF2 takes milliseconds): the node only proposes it.
         let bootstrap_user = match &config.bootstrap_user {
             Some(user) => {
@@ -398,6 +407,13 @@ async fn accept_connection(
     metrics: Arc<BrokerMetrics>,
     shutdown: CancellationToken,
 ) {
+    let _slot = match service.security().admit_connection(peer.ip()) {
+        Ok(slot) => slot,
+        Err(why) => {
+            tracing::debug!(%peer, reason = %why, "connection refused");
+            return;
+        }
+    };
     let accepted = tokio::select! {
         _ = shutdown.cancelled() => return,
         a = service.security().accept(tcp) => a,
@@ -461,7 +477,17 @@ impl Connection {
         let codec = raftmq_proto::frame::codec(config.max_frame_bytes);
         let mut reader = FramedRead::new(read, codec.clone());
         let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
-        let writer = tokio::spawn(write_responses(FramedWrite::new(write, codec), rx));
+        // Who the answers are for, for the fetch quota (set once logged in).
+        let reader_principal =
+            Arc::new(std::sync::Mutex::new(crate::security::Principal::Anonymous));
+        let writer = tokio::spawn(write_responses(
+            FramedWrite::new(write, codec),
+            rx,
+            FetchQuota {
+                security: service.security_arc(),
+                principal: reader_principal.clone(),
+            },
+        ));
         let permits = Arc::new(Semaphore::new(config.max_inflight_per_connection));
         loop {
             let frame = tokio::select! {
@@ -583,6 +609,7 @@ impl Connection {
             };
             if acting.principal() != &principal {
                 // Logged in (once): from now on everything runs as that principal.
+                *reader_principal.lock().unwrap_or_else(|e| e.into_inner()) = principal.clone();
                 acting = service.for_principal(principal);
             }
             let body = match body {
@@ -610,6 +637,19 @@ impl Connection {
             }
             if !acting.submit(body, reply).await {
                 break;
+            }
+            if request_bytes > 0 {
+                // Over its produce quota: the connection is muted (nothing more is
+                // read from it) until the principal is back within its rate.
+                let pause = security
+                    .quotas()
+                    .charge_produce(acting.principal(), request_bytes);
+                if !pause.is_zero() {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                }
             }
         }
         // The writer ends once every answer is written: the node tasks hold the
@@ -725,24 +765,52 @@ fn precheck(body: &pb::request::Body, config: &BrokerConfig) -> Result<(), pb::E
     Ok(())
 }
 
+/// What the writer needs to hold back fetched data over the principal's quota.
+struct FetchQuota {
+    security: Arc<Security>,
+    principal: Arc<std::sync::Mutex<crate::security::Principal>>,
+}
+
+impl FetchQuota {
+    /// Encodes an answer; a fetch's bytes are charged to the principal, and the
+    /// pause it owes is added to `pause`.
+    fn encode(&self, response: &pb::Response, pause: &mut std::time::Duration) -> bytes::Bytes {
+        let bytes = bytes::Bytes::from(response.encode_to_vec());
+        if matches!(response.body, Some(pb::response::Body::Fetch(_))) {
+            let principal = self
+                .principal
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            *pause += self
+                .security
+                .quotas()
+                .charge_fetch(&principal, bytes.len() as u64);
+        }
+        bytes
+    }
+}
+
 async fn write_responses<W: AsyncWrite + Unpin>(
     mut framed: FramedWrite<W, tokio_util::codec::LengthDelimitedCodec>,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    quota: FetchQuota,
 ) {
+    let mut pause = std::time::Duration::ZERO;
     while let Some((mut response, permit)) = rx.recv().await {
+        if !pause.is_zero() {
+            // Over the fetch quota: hold the next answers back.
+            tokio::time::sleep(std::mem::take(&mut pause)).await;
+        }
         crate::kafka::fetch_for_native(&mut response);
-        let mut result = framed
-            .feed(bytes::Bytes::from(response.encode_to_vec()))
-            .await;
+        let mut result = framed.feed(quota.encode(&response, &mut pause)).await;
         drop(permit);
         let mut fed = 1;
-        while result.is_ok() && fed < WRITE_BATCH {
+        while result.is_ok() && fed < WRITE_BATCH && pause.is_zero() {
             match rx.try_recv() {
                 Ok((mut response, permit)) => {
                     crate::kafka::fetch_for_native(&mut response);
-                    result = framed
-                        .feed(bytes::Bytes::from(response.encode_to_vec()))
-                        .await;
+                    result = framed.feed(quota.encode(&response, &mut pause)).await;
                     drop(permit);
                     fed += 1;
                 }

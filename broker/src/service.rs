@@ -70,6 +70,11 @@ impl Service {
         &self.security
     }
 
+    /// The same, shared.
+    pub fn security_arc(&self) -> Arc<crate::security::Security> {
+        self.security.clone()
+    }
+
     /// The broker's settings.
     pub fn config(&self) -> &BrokerConfig {
         &self.config

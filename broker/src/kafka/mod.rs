@@ -227,6 +227,13 @@ async fn accept_connection(
     context: Arc<KafkaContext>,
     shutdown: CancellationToken,
 ) {
+    let _slot = match context.service.security().admit_connection(peer.ip()) {
+        Ok(slot) => slot,
+        Err(why) => {
+            tracing::debug!(%peer, reason = %why, "kafka connection refused");
+            return;
+        }
+    };
     let accepted = tokio::select! {
         _ = shutdown.cancelled() => return,
         a = context.service.security().accept(tcp) => a,
@@ -386,19 +393,34 @@ async fn serve_connection<R, W>(
                 let started = std::time::Instant::now();
                 // A produce's batches are handed to their queues here, in the order
                 // the requests came; only the answers are awaited concurrently.
+                let mut throttle = std::time::Duration::ZERO;
                 let request = match request {
-                    RequestKind::Produce(r) => Begun::Produce(
-                        data::produce_begin(context, r, header.request_api_version).await,
-                    ),
+                    RequestKind::Produce(r) => {
+                        let bytes: u64 = r
+                            .topic_data
+                            .iter()
+                            .flat_map(|t| &t.partition_data)
+                            .map(|p| p.records.as_ref().map_or(0, |b| b.len() as u64))
+                            .sum();
+                        throttle = security
+                            .quotas()
+                            .charge_produce(context.service.principal(), bytes);
+                        Begun::Produce(
+                            data::produce_begin(context, r, header.request_api_version).await,
+                        )
+                    }
                     other => Begun::Other(other),
                 };
                 let context = context.clone();
                 tokio::spawn(async move {
                     let key = ApiKey::try_from(header.request_api_key).ok();
                     let response = match request {
-                        Begun::Produce(inflight) => {
-                            Ok(inflight.finish().await.map(ResponseKind::Produce))
-                        }
+                        Begun::Produce(inflight) => Ok(inflight.finish().await.map(|mut r| {
+                            // Kafka's quota signal: how long this client is muted.
+                            r.throttle_time_ms =
+                                i32::try_from(throttle.as_millis()).unwrap_or(i32::MAX);
+                            ResponseKind::Produce(r)
+                        })),
                         Begun::Other(request) => handle(&context, &header, request).await,
                     };
                     context.metrics.on_kafka_response(
@@ -421,6 +443,14 @@ async fn serve_connection<R, W>(
                         }
                     }
                 });
+                if !throttle.is_zero() {
+                    // Over its produce quota: nothing more is read from this client
+                    // until it is back within its rate.
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(throttle) => {}
+                    }
+                }
             }
             Err(Undecodable::UnsupportedApiVersions(header)) => {
                 // Kafka's rule: an ApiVersions request of a newer version than the

@@ -6,6 +6,7 @@
 //! or opens goes through the same checks. See docs/security.md.
 
 pub mod acl;
+pub mod quota;
 pub mod session;
 pub mod stream;
 pub mod tls;
@@ -43,6 +44,8 @@ pub struct Security {
     /// Users allowed everything, ACLs or not.
     superusers: BTreeSet<String>,
     acls: Arc<acl::AclDirectory>,
+    quotas: quota::Quotas,
+    connections: Option<Arc<quota::ConnectionLimits>>,
 }
 
 impl Security {
@@ -64,6 +67,33 @@ impl Security {
         self.require_login = true;
         self.superusers = superusers.into_iter().collect();
         self
+    }
+
+    /// Byte-rate quotas per principal and connection limits.
+    pub fn with_limits(
+        mut self,
+        quotas: quota::Quotas,
+        connections: Arc<quota::ConnectionLimits>,
+    ) -> Security {
+        self.quotas = quotas;
+        self.connections = Some(connections);
+        self
+    }
+
+    /// The byte-rate quotas.
+    pub fn quotas(&self) -> &quota::Quotas {
+        &self.quotas
+    }
+
+    /// A place for a new connection from `address` (always, without limits).
+    pub fn admit_connection(
+        &self,
+        address: std::net::IpAddr,
+    ) -> Result<Option<quota::ConnectionSlot>, String> {
+        match &self.connections {
+            Some(limits) => limits.admit(address).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Whether clients must log in.

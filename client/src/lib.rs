@@ -39,6 +39,7 @@ mod group;
 mod partitioner;
 mod producer;
 mod retry;
+mod settings;
 
 pub use admin::{Admin, NodeStatus, QueuePlacement, TopicDescription, TopicRetention};
 pub use client::{Client, ClientConfig, ClientTls, ClusterMetadata, Credentials, Target};
@@ -52,3 +53,4 @@ pub use producer::{
 pub use raftmq_proto::batch::Compression;
 pub use raftmq_proto::scram::Mechanism as ScramMechanism;
 pub use raftmq_proto::{pb, ServerError};
+pub use settings::ClientSettings;

@@ -348,4 +348,36 @@ mod tests {
         let mut node = Session::new(&CertificateIdentity::Node("n1".into()), true, true);
         assert_eq!(node.admit(&users).unwrap(), &Principal::Node("n1".into()));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Any sequence of handshakes and messages a client can send: an answer or
+        /// an error, never a panic, and never a login without the password.
+        #[test]
+        fn arbitrary_login_attempts_never_panic_nor_log_in(
+            steps in proptest::collection::vec(
+                (proptest::bool::ANY, proptest::collection::vec(proptest::num::u8::ANY, 0..120)),
+                0..6,
+            ),
+            mechanism in proptest::sample::select(vec![
+                "SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN", "plain", "GSSAPI", "",
+            ]),
+            tls in proptest::bool::ANY,
+        ) {
+            let users = directory();
+            let mut session = Session::new(&CertificateIdentity::None, true, tls);
+            for (handshake, bytes) in steps {
+                let outcome = if handshake {
+                    session.handshake(mechanism).map(|()| None)
+                } else {
+                    session.authenticate(&users, &bytes).map(Some)
+                };
+                if outcome.is_err() {
+                    break;
+                }
+            }
+            proptest::prop_assert!(session.admit(&users).is_err(), "logged in without the password");
+        }
+    }
 }

@@ -77,6 +77,10 @@ struct Cli {
         requires = "tls_cert"
     )]
     tls_key: Option<std::path::PathBuf>,
+    /// A client configuration file (TOML: brokers, tls_ca, tls_cert, tls_key, user,
+    /// password_file, sasl_mechanism); flags and environment variables win over it.
+    #[arg(long, value_name = "FILE", env = "RAFTMQ_CLIENT_CONFIG", global = true)]
+    client_config: Option<std::path::PathBuf>,
     /// Log in as this user (SCRAM); the password comes from RAFTMQ_PASSWORD.
     #[arg(long, env = "RAFTMQ_USER", global = true)]
     user: Option<String>,
@@ -529,7 +533,17 @@ async fn run() -> Result<()> {
                 && std::io::stderr().is_terminal()
         })
         .init();
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let mut cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches)?;
+    let settings = match &cli.client_config {
+        Some(path) => Some(raftmq_client::ClientSettings::load(path)?),
+        None => None,
+    };
+    if matches.value_source("brokers") == Some(clap::parser::ValueSource::DefaultValue) {
+        if let Some(brokers) = settings.as_ref().and_then(|s| s.brokers.clone()) {
+            cli.brokers = brokers;
+        }
+    }
     let config = ClientConfig {
         request_timeout: Duration::from_millis(cli.timeout_ms),
         retry_timeout: Duration::from_millis(cli.retry_timeout_ms),
@@ -551,6 +565,28 @@ async fn run() -> Result<()> {
             None => None,
         },
         ..ClientConfig::default()
+    };
+    // The file fills in what flags and the environment left unset.
+    let config = match &settings {
+        Some(settings) => {
+            let mut settings = settings.clone();
+            if config.credentials.is_some() {
+                settings.user = None;
+            }
+            if config.tls.is_some() {
+                settings.tls_ca = None;
+            }
+            let from_file = settings.apply(
+                ClientConfig::default(),
+                std::env::var("RAFTMQ_PASSWORD").ok(),
+            )?;
+            ClientConfig {
+                tls: config.tls.or(from_file.tls),
+                credentials: config.credentials.or(from_file.credentials),
+                ..config
+            }
+        }
+        None => config,
     };
     let client = Client::connect_with(&cli.brokers, config)
         .await

@@ -150,7 +150,7 @@ pub struct BrokerConfig {
     /// throttled (default 0: unlimited).
     pub produce_quota_bytes: u64,
     /// Bytes per second of fetched data each principal may receive before its
-    /// answers are held back (default 0: unlimited; native port).
+    /// answers are held back (default 0: unlimited).
     pub fetch_quota_bytes: u64,
     /// Connections open at once on the client and Kafka ports, in all (default
     /// 10 000) and from one client address (default 1 000); beyond, new ones are

@@ -275,6 +275,8 @@ async fn forward(
             .next()
             .await
             .ok_or_else(|| std::io::Error::other("connection closed before the answer"))??;
+        // Closed properly (TLS close_notify), not dropped mid-stream.
+        let _ = tokio::io::AsyncWriteExt::shutdown(framed.get_mut()).await;
         pb::Response::decode(frame.freeze()).map_err(std::io::Error::other)
     };
     tokio::time::timeout(FORWARD_TIMEOUT, exchange)

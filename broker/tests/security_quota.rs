@@ -180,3 +180,93 @@ async fn connections_beyond_the_per_address_limit_are_closed_and_the_others_go_o
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Reads queue 0 of "q" from the start to `end` on a raw connection; returns the
+/// bytes of record data received.
+async fn read_to_end(conn: &mut Conn, end: u64) -> usize {
+    let mut offset = 0;
+    let mut bytes = 0;
+    while offset < end {
+        let answer = conn
+            .call(Req::Fetch(pb::FetchRequest {
+                topic: "q".into(),
+                queue: 0,
+                offset,
+                max_bytes: 256 << 10,
+                ..Default::default()
+            }))
+            .await;
+        let Some(pb::response::Body::Fetch(f)) = answer.body else {
+            panic!("{answer:?}");
+        };
+        for b in &f.batches {
+            bytes += b.batch.len();
+            offset = offset.max(
+                b.base_offset + u64::from(u32::from_le_bytes(b.batch[20..24].try_into().unwrap())),
+            );
+        }
+    }
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_over_its_fetch_quota_is_slowed_to_it_on_both_ports() {
+    const FETCH_QUOTA: u64 = 1_000_000;
+    let cluster = Cluster::start_with_env(
+        1,
+        &["--fetch-quota-bytes", &FETCH_QUOTA.to_string()],
+        true,
+        &[],
+    );
+    let addr = cluster.nodes[0].addr;
+    let mut conn = Conn::connect_addr(addr).await.unwrap();
+    let created = conn
+        .call_when_leader(Req::CreateTopic(pb::CreateTopicRequest {
+            name: "q".into(),
+            queues: 1,
+            ..Default::default()
+        }))
+        .await;
+    assert_eq!(code(&created), ErrorCode::None);
+    // 5 MB stored. Unthrottled they are read in well under a second; at 1 MB/s,
+    // with one second of burst and the last answer's debt never waited for, it
+    // takes at least 5 − 1 − (one answer) seconds.
+    for _ in 0..100 {
+        assert_eq!(
+            code(&conn.call(produce(0, FLOOD_BATCH)).await),
+            ErrorCode::None
+        );
+    }
+    let started = Instant::now();
+    let read = read_to_end(&mut Conn::connect_addr(addr).await.unwrap(), 100).await;
+    let native = started.elapsed();
+    assert!(read >= 100 * FLOOD_BATCH);
+    assert!(
+        native >= Duration::from_millis(3_200),
+        "5 MB read in {native:?} against a 1 MB/s fetch quota"
+    );
+
+    // kcat through the Kafka port: the same quota holds its answers back.
+    common::external::require_kcat();
+    let started = Instant::now();
+    let mut kcat = common::external::client_command("kcat");
+    kcat.args([
+        "-b",
+        &format!("127.0.0.1:{}", cluster.kafka_port(1)),
+        "-C",
+        "-t",
+        "q",
+        "-e",
+        "-o",
+        "beginning",
+        "-q",
+    ]);
+    let out = common::external::run(kcat, None, Duration::from_secs(60));
+    let kafka = started.elapsed();
+    assert_eq!(out.lines().count(), 100);
+    assert!(
+        kafka >= Duration::from_millis(2_500),
+        "5 MB read by kcat in {kafka:?} against a 1 MB/s fetch quota"
+    );
+    eprintln!("5 MB read at a 1 MB/s fetch quota: native {native:?}, kcat {kafka:?}");
+}

@@ -430,6 +430,20 @@ async fn serve_connection<R, W>(
                     );
                     match response.map(|r| r.map(|r| encode(key, &header, r))) {
                         Ok(Some(Ok(bytes))) => {
+                            if key == Some(ApiKey::Fetch) {
+                                // Over the fetch quota: this answer, and with it
+                                // every later one of the connection (they are written
+                                // in order), waits until the principal is back
+                                // within its rate.
+                                let pause = context
+                                    .service
+                                    .security()
+                                    .quotas()
+                                    .charge_fetch(context.service.principal(), bytes.len() as u64);
+                                if !pause.is_zero() {
+                                    tokio::time::sleep(pause).await;
+                                }
+                            }
                             let _ = answer.send(Some(bytes));
                         }
                         Ok(None) => {

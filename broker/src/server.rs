@@ -599,18 +599,18 @@ impl Connection {
                 }
                 body => body,
             };
-            let principal = match session.admit(security.users()) {
-                Ok(principal) => principal.clone(),
+            match session.admit(security.users()) {
+                Ok(principal) if acting.principal() != principal => {
+                    // Logged in (once): from now on everything runs as that principal.
+                    *reader_principal.lock().unwrap_or_else(|e| e.into_inner()) = principal.clone();
+                    acting = service.for_principal(principal.clone());
+                }
+                Ok(_) => {}
                 Err(e) => {
                     tracing::info!(%peer, error = %e.message, "closing connection: not logged in");
                     reply.error(e);
                     break;
                 }
-            };
-            if acting.principal() != &principal {
-                // Logged in (once): from now on everything runs as that principal.
-                *reader_principal.lock().unwrap_or_else(|e| e.into_inner()) = principal.clone();
-                acting = service.for_principal(principal);
             }
             let body = match body {
                 pb::request::Body::UpsertUser(req) if !req.password.is_empty() => {

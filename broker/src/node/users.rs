@@ -62,6 +62,12 @@ impl Node {
         let Some(directory) = &self.users.directory else {
             return;
         };
+        // Current once a leader is known and everything it committed is applied.
+        let caught_up =
+            self.raft.leader().is_some() && self.state.applied() >= self.raft.commit_index();
+        if caught_up != directory.is_current() {
+            directory.set_current(caught_up);
+        }
         let changes = self.state.users_changes();
         if self.users.published == Some(changes) {
             return;

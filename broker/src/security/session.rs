@@ -66,12 +66,19 @@ pub enum SaslError {
     /// Wrong user name or password, or a malformed message.
     #[error("authentication failed: {0}")]
     Failed(String),
+    /// The user is unknown here, but this node has not caught up with the
+    /// cluster's users yet (just started): try again shortly.
+    #[error("this node is still catching up on the cluster's users; retry")]
+    NotReady,
 }
 
 impl SaslError {
     /// The native protocol's error.
     pub fn to_pb(&self) -> pb::Error {
-        pb::Error::new(ErrorCode::AuthenticationFailed, self.to_string())
+        match self {
+            SaslError::NotReady => pb::Error::not_ready(self.to_string(), None),
+            _ => pb::Error::new(ErrorCode::AuthenticationFailed, self.to_string()),
+        }
     }
 }
 
@@ -173,9 +180,16 @@ impl Session {
                 "SaslAuthenticate before SaslHandshake",
             )),
             Exchange::Chosen(SaslMechanism::Scram(m)) => {
-                let (server, first) =
-                    ScramServer::start(m, message, |user| users.credential(user, m))
-                        .map_err(scram_failure)?;
+                let mut unknown_while_catching_up = false;
+                let (server, first) = ScramServer::start(m, message, |user| {
+                    let found = users.credential(user, m);
+                    unknown_while_catching_up = found.is_none() && !users.is_current();
+                    found
+                })
+                .map_err(scram_failure)?;
+                if unknown_while_catching_up {
+                    return Err(SaslError::NotReady);
+                }
                 self.exchange = Exchange::ScramFirstDone(server);
                 Ok(SaslStep::Continue(first))
             }
@@ -236,6 +250,14 @@ fn scram_failure(e: ScramError) -> SaslError {
 /// PLAIN: `authzid NUL authcid NUL password`, checked against the user's SCRAM
 /// credential (the same derivation, compared without early exit).
 fn check_plain(users: &UserDirectory, message: &[u8]) -> Result<String, SaslError> {
+    let checked = check_plain_credentials(users, message);
+    match checked {
+        Err(SaslError::Failed(_)) if !users.is_current() => Err(SaslError::NotReady),
+        other => other,
+    }
+}
+
+fn check_plain_credentials(users: &UserDirectory, message: &[u8]) -> Result<String, SaslError> {
     let malformed = || SaslError::Failed("malformed PLAIN message".into());
     let text = std::str::from_utf8(message).map_err(|_| malformed())?;
     let mut parts = text.split('\0');
@@ -281,6 +303,7 @@ mod tests {
 
     fn directory() -> UserDirectory {
         let users = UserDirectory::default();
+        users.set_current(true);
         let mut table = super::super::users::UserTable::new();
         table.insert(
             "alice".into(),
@@ -316,6 +339,26 @@ mod tests {
         users.replace(Default::default());
         let refused = session.admit(&users).unwrap_err();
         assert!(refused.message.contains("no longer exists"));
+    }
+
+    #[test]
+    fn an_unknown_user_on_a_node_still_catching_up_is_told_to_retry() {
+        let users = UserDirectory::default();
+        let mut session = Session::new(&CertificateIdentity::None, true, false);
+        session.handshake("SCRAM-SHA-256").unwrap();
+        let client = ScramClient::new(Mechanism::ScramSha256, "alice", "pw").unwrap();
+        let refused = session
+            .authenticate(&users, &client.client_first())
+            .unwrap_err();
+        assert_eq!(refused, SaslError::NotReady);
+        assert_eq!(refused.to_pb().code, ErrorCode::NotReady as i32);
+        users.set_current(true);
+        let mut session = Session::new(&CertificateIdentity::None, true, false);
+        session.handshake("SCRAM-SHA-256").unwrap();
+        assert!(
+            session.authenticate(&users, &client.client_first()).is_ok(),
+            "caught up: a decoy challenge, refused only at the proof"
+        );
     }
 
     #[test]

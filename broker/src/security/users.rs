@@ -209,6 +209,9 @@ pub struct UserDirectory {
     /// Bumped on every replacement: a connection re-checks its user only when it
     /// changed.
     version: AtomicU64,
+    /// Whether the table is the cluster's as of the last commit this node heard of
+    /// from a leader (false on a node that just started and may still be replaying).
+    current: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for UserDirectory {
@@ -225,6 +228,17 @@ impl UserDirectory {
     pub fn replace(&self, table: UserTable) {
         *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
         self.version.fetch_add(1, Ordering::Release);
+    }
+
+    /// Says whether the table is up to date with the cluster.
+    pub fn set_current(&self, current: bool) {
+        self.current.store(current, Ordering::Release);
+    }
+
+    /// Whether the table is up to date with the cluster: an unknown user is then
+    /// really unknown.
+    pub fn is_current(&self) -> bool {
+        self.current.load(Ordering::Acquire)
     }
 
     /// The table's version (changes whenever it is replaced).

@@ -19,6 +19,10 @@ pub async fn raw_login(conn: &mut Conn, user: &str, password: &str) -> pb::Respo
             auth_bytes: scram.client_first().into(),
         }))
         .await;
+    if first.error.is_some() {
+        // Refused before the proof (a node still catching up answers NOT_READY).
+        return first;
+    }
     let Some(Resp::SaslAuthenticate(first)) = first.body else {
         panic!("no server-first message: {first:?}");
     };

@@ -134,6 +134,7 @@ async fn ask(
     let request = pb::Request {
         correlation_id: 1,
         api_version: 1,
+        on_behalf_of: String::new(),
         body: Some(pb::request::Body::JoinCluster(pb::JoinClusterRequest {
             node_id: me.node_id.0,
             address: me.address.to_string(),

@@ -489,9 +489,19 @@ impl Connection {
             },
         ));
         let permits = Arc::new(Semaphore::new(config.max_inflight_per_connection));
+        // A connection that must log in has LOGIN_TIMEOUT to do it (or to show
+        // itself a node by what it sends).
+        let mut awaiting_login = session.principal().is_none();
+        let login_timer = tokio::time::sleep(crate::security::login_guard::LOGIN_TIMEOUT);
+        tokio::pin!(login_timer);
         loop {
             let frame = tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = &mut login_timer, if awaiting_login => {
+                    tracing::info!(%peer, "closing connection: no login within {:?}",
+                        crate::security::login_guard::LOGIN_TIMEOUT);
+                    break;
+                }
                 f = reader.next() => f,
             };
             let frame = match frame {
@@ -531,6 +541,7 @@ impl Connection {
                     );
                     break;
                 }
+                awaiting_login = false;
                 let group = msg.group_id;
                 match raft_wire::from_pb(msg) {
                     Ok(msg) => {
@@ -585,12 +596,24 @@ impl Connection {
             }
             let body = match body {
                 pb::request::Body::SaslHandshake(_) | pb::request::Body::SaslAuthenticate(_) => {
+                    if matches!(body, pb::request::Body::SaslHandshake(_)) {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = security.login_guard().take_turn(peer.ip()) => {}
+                        }
+                    }
                     match login_step(&mut session, security, body) {
-                        Ok(answer) => reply.ok(answer),
+                        Ok(answer) => {
+                            awaiting_login = session.principal().is_none();
+                            reply.ok(answer)
+                        }
                         Err(e) => {
                             tracing::info!(%peer, error = %e, "closing connection: login failed");
-                            // A failed login costs the client time: guessing is slow.
-                            tokio::time::sleep(FAILED_LOGIN_DELAY).await;
+                            if !matches!(e, crate::security::SaslError::NotReady) {
+                                metrics.login_failures.increment(1);
+                                // A failed login costs the client time: guessing is slow.
+                                security.login_guard().penalize(peer.ip()).await;
+                            }
                             reply.error(e.to_pb());
                             break;
                         }
@@ -599,6 +622,41 @@ impl Connection {
                 }
                 body => body,
             };
+            if is_node_only(&body) || !request.on_behalf_of.is_empty() {
+                // From another node: its own request, or a client's it forwards to
+                // the leader, authorized here as that client's user.
+                if !may_act_as_node {
+                    reply.error(pb::Error::new(
+                        ErrorCode::ClusterAuthorizationFailed,
+                        format!(
+                            "{} is for cluster nodes: connect with a certificate signed \
+                             by the cluster CA",
+                            if request.on_behalf_of.is_empty() {
+                                body.api_key().to_string()
+                            } else {
+                                "a forwarded request".to_string()
+                            }
+                        ),
+                    ));
+                    continue;
+                }
+                awaiting_login = false;
+                let principal = if !request.on_behalf_of.is_empty() {
+                    crate::security::Principal::User(request.on_behalf_of)
+                } else {
+                    match &identity {
+                        crate::security::CertificateIdentity::Node(name) => {
+                            crate::security::Principal::Node(name.clone())
+                        }
+                        // No TLS: a node cannot be told from a client (documented).
+                        _ => crate::security::Principal::Node(peer.to_string()),
+                    }
+                };
+                if !service.for_principal(principal).submit(body, reply).await {
+                    break;
+                }
+                continue;
+            }
             match session.admit(security.users()) {
                 Ok(principal) if acting.principal() != principal => {
                     // Logged in (once): from now on everything runs as that principal.
@@ -624,17 +682,6 @@ impl Connection {
                 }
                 body => body,
             };
-            if is_node_only(&body) && !may_act_as_node {
-                reply.error(pb::Error::new(
-                    ErrorCode::ClusterAuthorizationFailed,
-                    format!(
-                        "{} is for cluster nodes: connect with a certificate signed by the \
-                     cluster CA",
-                        body.api_key()
-                    ),
-                ));
-                continue;
-            }
             if !acting.submit(body, reply).await {
                 break;
             }
@@ -659,9 +706,6 @@ impl Connection {
         metrics.connection_closed();
     }
 }
-
-/// How long a failed login waits before its answer (and the connection's close).
-pub(crate) const FAILED_LOGIN_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// One SASL request on the native protocol.
 fn login_step(

@@ -237,7 +237,18 @@ impl Service {
         if leader == self.config.listen.to_string() {
             return first;
         }
-        match forward(&self.security, &leader, body, self.config.max_frame_bytes).await {
+        let on_behalf_of = match self.principal.as_ref() {
+            crate::security::Principal::User(name) => name.as_str(),
+            _ => "",
+        };
+        let forwarded = forward(
+            &self.security,
+            &leader,
+            body,
+            on_behalf_of,
+            self.config.max_frame_bytes,
+        );
+        match forwarded.await {
             Ok(response) => match (response.error, response.body) {
                 (None, Some(body)) => Ok(body),
                 (Some(error), body) => Err(Failure { error, body }),
@@ -259,6 +270,7 @@ async fn forward(
     security: &crate::security::Security,
     address: &str,
     body: pb::request::Body,
+    on_behalf_of: &str,
     max_frame_bytes: usize,
 ) -> std::io::Result<pb::Response> {
     use futures::{SinkExt, StreamExt};
@@ -267,7 +279,8 @@ async fn forward(
         let stream = security.connect(address).await?;
         let mut framed =
             tokio_util::codec::Framed::new(stream, raftmq_proto::frame::codec(max_frame_bytes));
-        let request = pb::Request::new(1, body);
+        let mut request = pb::Request::new(1, body);
+        request.on_behalf_of = on_behalf_of.to_owned();
         framed
             .send(raftmq_proto::frame::encode_request(&request))
             .await?;

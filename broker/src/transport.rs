@@ -240,6 +240,7 @@ fn encode(msg: pb::RaftMessage) -> bytes::Bytes {
     let request = pb::Request {
         correlation_id: 0,
         api_version: 1,
+        on_behalf_of: String::new(),
         body: Some(pb::request::Body::Raft(msg)),
     };
     bytes::Bytes::from(request.encode_to_vec())

@@ -422,3 +422,142 @@ fn kcat_and_confluent_kafka_log_in_with_scram_over_tls_and_bad_credentials_are_r
     // The refused clients wrote nothing.
     assert_eq!(rt.block_on(stored(&admin, "py", 2)), 2000);
 }
+
+/// Without TLS a node cannot prove it is one, so logins required on the client
+/// port must not lock the nodes out of each other: each follower's Kafka address
+/// still reaches the metadata leader (forwarded), and a request a node forwards
+/// for a user is authorized at the leader as that user.
+#[test]
+fn without_tls_nodes_still_forward_and_forwarded_requests_are_authorized_as_their_user() {
+    let cluster = secured_cluster(3, &[], true);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let admin = rt.block_on(admin_client(&cluster));
+    rt.block_on(async {
+        Admin::new(&admin)
+            .upsert_user("bob", "bob-pw")
+            .await
+            .unwrap();
+        wait_applied_everywhere(&admin).await;
+        let create = |name: &str| {
+            Req::CreateTopic(pb::CreateTopicRequest {
+                name: name.into(),
+                queues: 1,
+                ..Default::default()
+            })
+        };
+        // Bob may create nothing: refused wherever it lands, nothing created.
+        for addr in cluster.addrs() {
+            let mut conn = Conn::connect_addr(addr.parse().unwrap()).await.unwrap();
+            let id = conn.try_send_for(create("for-bob"), "bob").await.unwrap();
+            let response = conn.recv().await;
+            assert_eq!(response.correlation_id, id);
+            assert_eq!(
+                code(&response),
+                ErrorCode::TopicAuthorizationFailed,
+                "{response:?}"
+            );
+        }
+        // The admin may: the leader creates it.
+        let mut created = 0;
+        for addr in cluster.addrs() {
+            let mut conn = Conn::connect_addr(addr.parse().unwrap()).await.unwrap();
+            conn.try_send_for(create("for-admin"), ADMIN.0)
+                .await
+                .unwrap();
+            let response = conn.recv().await;
+            match code(&response) {
+                ErrorCode::None => created += 1,
+                // A follower that has already applied the creation.
+                ErrorCode::NotLeader | ErrorCode::NotReady | ErrorCode::TopicExists => {}
+                other => panic!("{other:?}: {response:?}"),
+            }
+        }
+        assert_eq!(created, 1);
+        let topics = Admin::new(&admin).list_topics().await.unwrap();
+        let names: Vec<&str> = topics.iter().map(|t| t.name.as_str()).collect();
+        assert!(names.contains(&"for-admin"), "{names:?}");
+        assert!(!names.contains(&"for-bob"), "{names:?}");
+    });
+
+    // Every node's Kafka address reached the metadata leader.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for id in 1..=3 {
+        loop {
+            let log = std::fs::read_to_string(cluster.log_path(id)).unwrap_or_default();
+            if log.contains("Kafka address advertised") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} never advertised its Kafka address:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A connection that never logs in is closed after the login timeout, and an
+/// address that keeps failing has its parallel login attempts taken one after
+/// the other (so more connections do not buy more guesses), while the right
+/// password still gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed_and_repeated_failures_slow_an_address_down() {
+    let cluster = secured_cluster(1, &[], false);
+    let admin = admin_client(&cluster).await;
+    let addr: std::net::SocketAddr = cluster.addrs()[0].parse().unwrap();
+
+    let silent = tokio::spawn(async move {
+        let mut conn = Conn::connect_addr(addr).await.unwrap();
+        let opened = Instant::now();
+        let outcome = conn.try_recv(Duration::from_secs(30)).await;
+        (outcome.map(|_| ()), opened.elapsed())
+    });
+
+    // Six wrong passwords, one after the other.
+    for _ in 0..6 {
+        let mut conn = Conn::connect_addr(addr).await.unwrap();
+        let answer = raw_login(&mut conn, "admin", "wrong").await;
+        assert_eq!(code(&answer), ErrorCode::AuthenticationFailed);
+    }
+    // Four more at once: they take turns.
+    let started = Instant::now();
+    let attempts: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut conn = Conn::connect_addr(addr).await.unwrap();
+                let answer = raw_login(&mut conn, "admin", "wrong").await;
+                assert_eq!(code(&answer), ErrorCode::AuthenticationFailed);
+                started.elapsed()
+            })
+        })
+        .collect();
+    let mut took = Vec::new();
+    for attempt in attempts {
+        took.push(attempt.await.unwrap());
+    }
+    let slowest = took.iter().max().unwrap();
+    assert!(
+        *slowest >= Duration::from_millis(1_500),
+        "parallel failing logins were not spaced out: {took:?}"
+    );
+    // The right password still logs in (after its turn).
+    let mut conn = Conn::connect_addr(addr).await.unwrap();
+    assert_eq!(
+        code(&raw_login(&mut conn, ADMIN.0, ADMIN.1).await),
+        ErrorCode::None
+    );
+    drop(admin);
+
+    let (outcome, after) = silent.await.unwrap();
+    let error = outcome.expect_err("a silent connection gets no answer");
+    assert_ne!(
+        error.kind(),
+        std::io::ErrorKind::TimedOut,
+        "a connection that never logged in is still open after {after:?}"
+    );
+    assert!(after >= Duration::from_secs(9), "closed after {after:?}");
+}

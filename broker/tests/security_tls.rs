@@ -179,6 +179,19 @@ async fn a_node_without_a_cluster_certificate_cannot_join_replicate_or_vote() {
     let error = answer.error.expect("refused");
     assert_eq!(error.code, ErrorCode::ClusterAuthorizationFailed as i32);
     assert!(error.message.contains("cluster CA"), "{}", error.message);
+    // Nor may it pass a request off as forwarded for another user.
+    let mut forwarded = pb::Request::new(
+        2,
+        Req::DeleteTopic(pb::DeleteTopicRequest { name: "t".into() }),
+    );
+    forwarded.on_behalf_of = "admin".into();
+    conn.send(raftmq_proto::frame::encode_request(&forwarded))
+        .await
+        .unwrap();
+    let answer = conn.next().await.expect("an answer").unwrap();
+    let answer = pb::Response::decode(answer.freeze()).unwrap();
+    let error = answer.error.expect("refused");
+    assert_eq!(error.code, ErrorCode::ClusterAuthorizationFailed as i32);
     let vote = pb::Request::new(
         0,
         Req::Raft(pb::RaftMessage {

@@ -188,6 +188,7 @@ async fn every_request_error_has_its_code() {
     let request = pb::Request {
         correlation_id: 99,
         api_version: 7,
+        on_behalf_of: String::new(),
         body: Some(Req::Metadata(pb::MetadataRequest::default())),
     };
     conn.framed

@@ -250,6 +250,7 @@ impl pb::Request {
         pb::Request {
             correlation_id,
             api_version: API_VERSION,
+            on_behalf_of: String::new(),
             body: Some(body),
         }
     }

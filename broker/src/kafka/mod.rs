@@ -285,10 +285,19 @@ async fn serve_connection<R, W>(
         rx,
         closed.clone(),
     ));
+    // A connection that must log in has LOGIN_TIMEOUT to do it.
+    let mut awaiting_login = session.principal().is_none();
+    let login_timer = tokio::time::sleep(crate::security::login_guard::LOGIN_TIMEOUT);
+    tokio::pin!(login_timer);
     loop {
         let frame = tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = closed.cancelled() => break,
+            _ = &mut login_timer, if awaiting_login => {
+                tracing::info!(%peer, "closing kafka connection: no login within {:?}",
+                    crate::security::login_guard::LOGIN_TIMEOUT);
+                break;
+            }
             f = reader.next() => f,
         };
         let frame = match frame {
@@ -311,11 +320,15 @@ async fn serve_connection<R, W>(
                 }
                 Ok(crate::security::SaslStep::Done(bytes)) => {
                     bare_sasl_frames = false;
+                    awaiting_login = session.principal().is_none();
                     let _ = answer.send(Some(Bytes::from(bytes)));
                 }
                 Err(e) => {
                     tracing::info!(%peer, error = %e, "closing kafka connection: login failed");
-                    tokio::time::sleep(crate::server::FAILED_LOGIN_DELAY).await;
+                    if !matches!(e, crate::security::SaslError::NotReady) {
+                        context.metrics.login_failures.increment(1);
+                        security.login_guard().penalize(peer.ip()).await;
+                    }
                     break;
                 }
             }
@@ -323,6 +336,10 @@ async fn serve_connection<R, W>(
         }
         match decode(frame) {
             Ok((header, RequestKind::SaslHandshake(r))) => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = security.login_guard().take_turn(peer.ip()) => {}
+                }
                 let key = Some(ApiKey::SaslHandshake);
                 let mechanisms = session.mechanisms();
                 let outcome = session.handshake(&r.mechanism);
@@ -356,7 +373,10 @@ async fn serve_connection<R, W>(
                     }
                     Err(e) => {
                         tracing::info!(%peer, error = %e, "closing kafka connection: login failed");
-                        tokio::time::sleep(crate::server::FAILED_LOGIN_DELAY).await;
+                        if !matches!(e, crate::security::SaslError::NotReady) {
+                            context.metrics.login_failures.increment(1);
+                            security.login_guard().penalize(peer.ip()).await;
+                        }
                         response.error_code = match e {
                             crate::security::SaslError::IllegalState(_) => {
                                 errors::code::ILLEGAL_SASL_STATE
@@ -371,6 +391,7 @@ async fn serve_connection<R, W>(
                 if outcome.is_err() {
                     break;
                 }
+                awaiting_login = session.principal().is_none();
             }
             Ok((header, request)) => {
                 // ApiVersions comes before a login; anything else needs one (and a

@@ -292,6 +292,8 @@ pub struct BrokerMetrics {
     /// `raftmq_tls_certificate_expiry_timestamp_seconds`: when this node's
     /// certificate expires (absent without TLS).
     pub tls_expiry: Gauge,
+    /// `raftmq_login_failures_total`: refused logins, both ports.
+    pub login_failures: Counter,
     latency: [OnceLock<Histogram>; Api::COUNT],
     errors: [OnceLock<Counter>; ERROR_CODE_SLOTS],
     /// Kafka-protocol requests' latency, by Kafka API key.
@@ -342,6 +344,7 @@ impl BrokerMetrics {
             fetch_bytes: Counter::noop(),
             connections: Gauge::noop(),
             tls_expiry: Gauge::noop(),
+            login_failures: Counter::noop(),
             latency: std::array::from_fn(|_| OnceLock::new()),
             errors: std::array::from_fn(|_| OnceLock::new()),
             kafka_latency: std::array::from_fn(|_| OnceLock::new()),
@@ -400,6 +403,7 @@ impl BrokerMetrics {
                 fetch_bytes: counter!("raftmq_fetch_bytes_total"),
                 connections: gauge!("raftmq_connections_open"),
                 tls_expiry: gauge!("raftmq_tls_certificate_expiry_timestamp_seconds"),
+                login_failures: counter!("raftmq_login_failures_total"),
                 latency: std::array::from_fn(|_| OnceLock::new()),
                 errors: std::array::from_fn(|_| OnceLock::new()),
                 kafka_latency: std::array::from_fn(|_| OnceLock::new()),
@@ -818,6 +822,10 @@ fn describe_all() {
     describe_gauge!(
         "raftmq_tls_certificate_expiry_timestamp_seconds",
         "When this node's TLS certificate expires (Unix seconds; follows SIGHUP reloads)."
+    );
+    describe_counter!(
+        "raftmq_login_failures_total",
+        "Refused logins (wrong password, unknown user, broken exchange) on the client and Kafka ports; an address that keeps failing has its attempts spaced out."
     );
     describe_gauge!(
         "raftmq_connections_open",

@@ -6,6 +6,7 @@
 //! or opens goes through the same checks. See docs/security.md.
 
 pub mod acl;
+pub mod login_guard;
 pub mod quota;
 pub mod session;
 pub mod stream;
@@ -46,6 +47,7 @@ pub struct Security {
     acls: Arc<acl::AclDirectory>,
     quotas: quota::Quotas,
     connections: Option<Arc<quota::ConnectionLimits>>,
+    login_guard: login_guard::LoginGuard,
 }
 
 impl Security {
@@ -78,6 +80,11 @@ impl Security {
         self.quotas = quotas;
         self.connections = Some(connections);
         self
+    }
+
+    /// Failed logins per client address.
+    pub fn login_guard(&self) -> &login_guard::LoginGuard {
+        &self.login_guard
     }
 
     /// The byte-rate quotas.

@@ -41,11 +41,18 @@ impl Conn {
     }
 
     pub async fn try_send(&mut self, body: Req) -> std::io::Result<u64> {
+        self.try_send_for(body, "").await
+    }
+
+    /// Sends `body` as a node forwarding it for user `on_behalf_of` would.
+    #[allow(dead_code)]
+    pub async fn try_send_for(&mut self, body: Req, on_behalf_of: &str) -> std::io::Result<u64> {
         let id = self.next_id;
         self.next_id += 1;
         let request = pb::Request {
             correlation_id: id,
             api_version: 1,
+            on_behalf_of: on_behalf_of.into(),
             body: Some(body),
         };
         self.framed

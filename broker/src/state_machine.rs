@@ -575,7 +575,6 @@ impl StateMachine {
         if header.producer_id != 0 {
             let key = (header.producer_id, entry.topic_id, entry.queue);
             let session = self.sequences.entry(key).or_default();
-            let fresh = session.recent.is_empty() && session.next_sequence == 0;
             if header.producer_epoch < session.epoch {
                 return ApplyOutcome::Rejected(
                     ErrorCode::FencedProducer,
@@ -591,7 +590,13 @@ impl StateMachine {
                     epoch: header.producer_epoch,
                     ..SequenceState::default()
                 };
-            } else if !fresh && header.base_sequence != session.next_sequence {
+            }
+            // A producer new to this queue (or in a new epoch) starts at 0, like any
+            // other batch it must be the next sequence: a batch that arrives ahead
+            // of one refused or lost before it was stored must not be stored
+            // first, or the earlier batch's retry would then look like a duplicate
+            // and be acknowledged without ever being stored.
+            if header.base_sequence != session.next_sequence {
                 if header.base_sequence < session.next_sequence {
                     let base_offset = session
                         .recent
@@ -1398,6 +1403,48 @@ mod tests {
             1
         );
         assert_eq!(restored.groups().count(), 3);
+    }
+
+    /// A producer's batch that overtakes an earlier one (refused before it was
+    /// proposed, say, by a leader not ready yet) is refused too: stored first, it
+    /// would make the earlier batch's retry look like a duplicate, acknowledged but
+    /// never stored.
+    #[test]
+    fn a_batch_ahead_of_its_producers_next_sequence_is_refused_even_as_the_first() {
+        let mut sm = StateMachine::new();
+        apply(&mut sm, create("a", 1));
+        apply(&mut sm, cmd(Command::InitProducer));
+        let overtaking = produce(1, 0, 2, 1_000, Some((1, 0, 3)));
+        assert!(matches!(
+            apply(&mut sm, overtaking.clone()),
+            ApplyOutcome::Rejected(ErrorCode::OutOfOrderSequence, _)
+        ));
+        assert_eq!(
+            apply(&mut sm, produce(1, 0, 3, 1_000, Some((1, 0, 0)))),
+            ApplyOutcome::Produced {
+                base_offset: 0,
+                count: 3
+            }
+        );
+        assert_eq!(
+            apply(&mut sm, overtaking),
+            ApplyOutcome::Produced {
+                base_offset: 3,
+                count: 2
+            }
+        );
+        // A new epoch starts again at 0, and only there.
+        assert!(matches!(
+            apply(&mut sm, produce(1, 0, 1, 1_000, Some((1, 1, 5)))),
+            ApplyOutcome::Rejected(ErrorCode::OutOfOrderSequence, _)
+        ));
+        assert_eq!(
+            apply(&mut sm, produce(1, 0, 1, 1_000, Some((1, 1, 0)))),
+            ApplyOutcome::Produced {
+                base_offset: 5,
+                count: 1
+            }
+        );
     }
 
     #[test]

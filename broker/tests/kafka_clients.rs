@@ -388,7 +388,17 @@ fn idempotent_producer_across(disruption: Disruption) {
             // longer knew: it must be stored all the same.
             assert!(
                 queue.iter().any(|v| v == value),
-                "acknowledged message {value} is not in queue {q}"
+                "acknowledged message {value} (as a duplicate of unknown offset) is not in \
+                 queue {q}: the queue holds {} messages, first {:?}; in other queues: {:?}; \
+                 producer: {}",
+                queue.len(),
+                &queue[..queue.len().min(5)],
+                stored
+                    .iter()
+                    .filter(|(_, vs)| vs.iter().any(|v| v == value))
+                    .map(|(q, _)| q)
+                    .collect::<Vec<_>>(),
+                out.1
             );
         }
         n += 1;

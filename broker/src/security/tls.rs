@@ -188,10 +188,11 @@ fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
             .map_err(|e| TlsError::Verifier(e.to_string()))
     };
     let node_verifier = verifier(cluster_roots.clone(), false)?;
-    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+    let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier(Arc::new(all_roots), true)?)
         .with_single_cert(chain.clone(), key.clone_key())?;
+    raftmq_proto::tls::prefer_own_order(&mut server);
     let client = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(cluster_roots)

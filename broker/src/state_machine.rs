@@ -596,8 +596,11 @@ impl StateMachine {
             // of one refused or lost before it was stored must not be stored
             // first, or the earlier batch's retry would then look like a duplicate
             // and be acknowledged without ever being stored.
+            let modulus = sequence_modulus(&entry.batch);
             if header.base_sequence != session.next_sequence {
-                if header.base_sequence < session.next_sequence {
+                if !session.recent.is_empty()
+                    && sequence_before(header.base_sequence, session.next_sequence, modulus)
+                {
                     let base_offset = session
                         .recent
                         .iter()
@@ -613,7 +616,8 @@ impl StateMachine {
                     ),
                 );
             }
-            session.next_sequence = header.base_sequence.wrapping_add(count);
+            session.next_sequence =
+                ((u64::from(header.base_sequence) + u64::from(count)) % modulus) as u32;
             session
                 .recent
                 .push_back((header.base_sequence, count, queue.next_offset));
@@ -633,6 +637,22 @@ impl StateMachine {
         queue.retained_bytes += entry.batch.len() as u64;
         ApplyOutcome::Produced { base_offset, count }
     }
+}
+
+/// How many sequence numbers a batch's producer counts through before wrapping to
+/// 0: Kafka's are non-negative `i32`s (after 2^31 - 1 comes 0), raftmq's `u32`s.
+fn sequence_modulus(batch: &[u8]) -> u64 {
+    match raftmq_proto::batch::format_of(batch) {
+        Some(raftmq_proto::batch::BatchFormat::Kafka) => 1 << 31,
+        _ => 1 << 32,
+    }
+}
+
+/// Whether `sequence` comes before `next` in a sequence space that wraps at
+/// `modulus` (less than half of it behind): a batch already stored, retried.
+fn sequence_before(sequence: u32, next: u32, modulus: u64) -> bool {
+    let behind = (u64::from(next) + modulus - u64::from(sequence) % modulus) % modulus;
+    behind != 0 && behind <= modulus / 2
 }
 
 /// Why a replica list cannot be a data group's: empty or naming a node twice.
@@ -1445,6 +1465,82 @@ mod tests {
                 count: 1
             }
         );
+    }
+
+    /// A Kafka-format batch header (the records are not read by the state machine).
+    fn kafka_produce(records: u32, producer: u64, base_sequence: i32) -> (EntryKind, Bytes) {
+        let mut b = vec![0u8; raftmq_proto::kafka_batch::HEADER_BYTES];
+        let batch_length = (b.len() - 12) as i32;
+        b[8..12].copy_from_slice(&batch_length.to_be_bytes());
+        b[16] = raftmq_proto::kafka_batch::MAGIC;
+        b[23..27].copy_from_slice(&(records as i32 - 1).to_be_bytes());
+        b[43..51].copy_from_slice(&(producer as i64).to_be_bytes());
+        b[53..57].copy_from_slice(&base_sequence.to_be_bytes());
+        b[57..61].copy_from_slice(&(records as i32).to_be_bytes());
+        let body = encode_messages(1, 0, &Bytes::from(b));
+        (EntryKind::Messages, body)
+    }
+
+    /// Sequences wrap: a Kafka producer's after 2^31 - 1 (to 0), a native one's
+    /// after 2^32 - 1. The batch after the wrap is the next one, not a duplicate;
+    /// a retry from just before the wrap is still recognised as a duplicate.
+    #[test]
+    fn producer_sequences_wrap_around_as_each_protocol_counts() {
+        let mut sm = StateMachine::new();
+        apply(&mut sm, create("a", 1));
+        apply(&mut sm, cmd(Command::InitProducer));
+        let produced = |o: &ApplyOutcome| matches!(o, ApplyOutcome::Produced { .. });
+        // Kafka: 0.., then a batch ending at i32::MAX, then 0 again.
+        assert!(produced(&apply(&mut sm, kafka_produce(5, 1, 0))));
+        let sm_near = &mut sm;
+        let session = sm_near.sequences.get_mut(&(1, 1, 0)).unwrap();
+        session.next_sequence = i32::MAX as u32 - 9;
+        let before_wrap = kafka_produce(10, 1, i32::MAX - 9);
+        assert!(produced(&apply(sm_near, before_wrap.clone())));
+        assert_eq!(sm_near.sequences[&(1, 1, 0)].next_sequence, 0);
+        assert!(produced(&apply(sm_near, kafka_produce(3, 1, 0))));
+        assert!(matches!(
+            apply(sm_near, before_wrap),
+            ApplyOutcome::Duplicate { .. }
+        ));
+        assert!(matches!(
+            apply(sm_near, kafka_produce(1, 1, 7)),
+            ApplyOutcome::Rejected(ErrorCode::OutOfOrderSequence, _)
+        ));
+        // Native: wraps at u32::MAX.
+        let mut native = StateMachine::new();
+        apply(&mut native, create("a", 1));
+        apply(&mut native, cmd(Command::InitProducer));
+        assert!(produced(&apply(
+            &mut native,
+            produce(1, 0, 2, 1_000, Some((1, 0, 0)))
+        )));
+        native.sequences.get_mut(&(1, 1, 0)).unwrap().next_sequence = u32::MAX - 1;
+        let before_wrap = produce(1, 0, 4, 1_000, Some((1, 0, u32::MAX - 1)));
+        assert!(produced(&apply(&mut native, before_wrap.clone())));
+        assert_eq!(native.sequences[&(1, 1, 0)].next_sequence, 2);
+        assert!(produced(&apply(
+            &mut native,
+            produce(1, 0, 1, 1_000, Some((1, 0, 2)))
+        )));
+        assert!(matches!(
+            apply(&mut native, before_wrap),
+            ApplyOutcome::Duplicate { .. }
+        ));
+    }
+
+    #[test]
+    fn sequence_order_is_wrap_aware() {
+        let kafka = 1u64 << 31;
+        assert!(sequence_before(5, 6, kafka));
+        assert!(!sequence_before(6, 6, kafka));
+        assert!(!sequence_before(7, 6, kafka));
+        assert!(sequence_before(i32::MAX as u32, 0, kafka));
+        assert!(sequence_before(i32::MAX as u32 - 3, 2, kafka));
+        assert!(!sequence_before(2, i32::MAX as u32 - 3, kafka));
+        let native = 1u64 << 32;
+        assert!(sequence_before(u32::MAX, 0, native));
+        assert!(!sequence_before(1, 0, native));
     }
 
     #[test]

@@ -313,7 +313,13 @@ impl Node {
                     self.expire(now);
                     self.expire_waiting(now);
                     self.observe(now);
-                    self.check_disk_use(now);
+                    if self.raft.role() == Role::Leader
+                        && now.duration_since(self.last_activity) < IDLE_AFTER
+                    {
+                        // Only produce requests read it (they check too): idle
+                        // groups and followers spare the file-system call.
+                        self.check_disk_use(now);
+                    }
                     self.maybe_run_retention(now);
                     let counts = self.queue_counts();
                     for (group, member) in self.groups.expire(self.now_ms(), &counts) {
@@ -704,7 +710,7 @@ impl Node {
 
     /// Refreshes whether appends would take the disk above the configured limit;
     /// produce requests are refused meanwhile (retention may free space).
-    fn check_disk_use(&mut self, now: Instant) {
+    pub(super) fn check_disk_use(&mut self, now: Instant) {
         // A file-system call: a few times a second is enough (the store checks
         // again before it creates a segment), and a node may run many groups.
         if !due(&mut self.disk_checked_at, now, DISK_USE_CHECK_INTERVAL) {

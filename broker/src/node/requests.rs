@@ -326,6 +326,9 @@ impl Node {
         if self.raft.role() != Role::Leader {
             return reply.error(self.not_leader());
         }
+        // Rate-limited (a file-system call at most every DISK_USE_CHECK_INTERVAL):
+        // an idle group does not check on its ticks, so its first produce does.
+        self.check_disk_use(std::time::Instant::now());
         let topic = match self.topic_holding(&req.topic, req.queue) {
             Ok(topic) => topic,
             Err(e) => return reply.error(e),

@@ -186,6 +186,17 @@ pub enum PeerMessage {
     },
 }
 
+impl PeerMessage {
+    /// The node that sent it.
+    pub fn from(&self) -> NodeId {
+        match self {
+            PeerMessage::Raft(m) => m.from,
+            PeerMessage::SnapshotChunk(c) => c.from,
+            PeerMessage::Refused { from, .. } => *from,
+        }
+    }
+}
+
 /// Encodes a refusal notice (see [`PeerMessage::Refused`]).
 pub fn refusal_to_pb(
     from: NodeId,

@@ -489,6 +489,9 @@ impl Connection {
             },
         ));
         let permits = Arc::new(Semaphore::new(config.max_inflight_per_connection));
+        // (group, sending node) of the Raft messages this connection carried: told
+        // when it closes, so that idle followers notice a dead leader at once.
+        let mut peer_links: Vec<(crate::directory::GroupId, crate::raft::NodeId)> = Vec::new();
         // A connection that must log in has LOGIN_TIMEOUT to do it (or to show
         // itself a node by what it sends).
         let mut awaiting_login = session.principal().is_none();
@@ -545,6 +548,10 @@ impl Connection {
                 let group = msg.group_id;
                 match raft_wire::from_pb(msg) {
                     Ok(msg) => {
+                        let link = (group, msg.0.from());
+                        if !peer_links.contains(&link) && peer_links.len() < MAX_LINKS_NOTED {
+                            peer_links.push(link);
+                        }
                         // A group not started here yet (its creation not applied by
                         // this node's metadata group): Raft retries.
                         let Some(inbox) = directory.inbox(group) else {
@@ -699,6 +706,12 @@ impl Connection {
                 }
             }
         }
+        for (group, from) in peer_links {
+            if let Some(inbox) = directory.inbox(group) {
+                // Never waits: a full inbox is a busy group, not an idle one.
+                let _ = inbox.try_send(NodeInput::PeerLinkClosed(from));
+            }
+        }
         // The writer ends once every answer is written: the node tasks hold the
         // responders of what they still work on.
         drop(tx);
@@ -706,6 +719,10 @@ impl Connection {
         metrics.connection_closed();
     }
 }
+
+/// Links noted per connection (a peer's connection carries one group's messages,
+/// or a few).
+const MAX_LINKS_NOTED: usize = 64;
 
 /// One SASL request on the native protocol.
 fn login_step(

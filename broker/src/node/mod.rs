@@ -75,6 +75,10 @@ pub enum NodeInput {
     /// A message from a peer (a Raft message or a piece of a snapshot), with who
     /// sent it.
     Peer((PeerMessage, PeerIdentity)),
+    /// The connection on which `NodeId` sent this group's messages closed (its
+    /// process stopped, or the link broke): if it is the leader, the group
+    /// stops idling, so that a dead leader is replaced at full speed.
+    PeerLinkClosed(crate::raft::NodeId),
 }
 
 /// What a proposal waits for.
@@ -359,6 +363,15 @@ impl Node {
                     }
                     PeerMessage::SnapshotChunk(chunk) => self.receive_snapshot_chunk(chunk),
                     PeerMessage::Refused { .. } => unreachable!("handled above"),
+                }
+            }
+            NodeInput::PeerLinkClosed(peer) => {
+                if self.raft.leader() == Some(peer) && self.raft.role() != Role::Leader {
+                    tracing::debug!(
+                        leader = peer.0,
+                        "link from the leader closed: ticking at full speed"
+                    );
+                    self.last_activity = Instant::now();
                 }
             }
             NodeInput::Client { body, reply } => {

@@ -101,6 +101,11 @@ impl Service {
                 pb::request::Body::Metadata(_) | pb::request::Body::ListGroups(_)
             )
         {
+            if !self.security.acls_current() {
+                // What the principal may see is not known yet here.
+                reply.error(crate::security::catching_up());
+                return true;
+            }
             // Answered once filtered to what the principal may see.
             let (tx, rx) = oneshot::channel();
             let accepted = self.route(body, Responder::to_caller(tx)).await;

@@ -18,12 +18,13 @@ use std::time::{Duration, Instant};
 use common::Cluster;
 use raftmq_client::pb::{self, request, response};
 use raftmq_client::{
-    Admin, Client, Consumer, GroupConfig, GroupConsumer, Message, Partitioner, Producer, SeekTo,
-    Target,
+    Admin, Client, ClientConfig, ClientTls, Consumer, Credentials, GroupConfig, GroupConsumer,
+    Message, Partitioner, Producer, SeekTo, Target,
 };
 
 const TOPIC: &str = "roll";
 const QUEUES: u32 = 3;
+const GROUP: &str = "roll-group";
 
 #[derive(Clone, Copy, Debug)]
 enum Stop {
@@ -56,14 +57,107 @@ async fn given_data_groups_a_rolling_restart_with_sigkill_should_show_no_error_a
     rolling_restart(Stop::Kill, &["--data-groups", "3"]).await;
 }
 
+/// The same on a secured cluster: TLS on every link, logins required, and the
+/// application a user allowed its topic and group by ACLs (not a superuser). A
+/// node that has just restarted does not know the users and ACLs yet: it must
+/// answer "retry" (never "refused") until it has caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn given_tls_and_logins_a_rolling_restart_should_show_no_error_and_lose_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pki = common::pki::Pki::new(dir.path());
+    let node = pki.node("raftmq-node");
+    let mut args = pki.broker_args(&node);
+    args.extend(
+        [
+            "--require-login",
+            "--superusers",
+            "admin",
+            "--data-groups",
+            "3",
+        ]
+        .map(String::from),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let cluster = Cluster::start_with_env(
+        3,
+        &args,
+        false,
+        &[("RAFTMQ_BOOTSTRAP_USER", "admin:admin-pw")],
+    );
+    let tls = Some(ClientTls {
+        ca: pki.cluster_ca_file.clone(),
+        identity: None,
+    });
+    let admin_config = ClientConfig {
+        tls: tls.clone(),
+        credentials: Some(Credentials::new("admin", "admin-pw")),
+        ..ClientConfig::default()
+    };
+    // The bootstrap admin exists once the first metadata leader has created it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let admin = loop {
+        match Client::connect_with(&cluster.addrs(), admin_config.clone()).await {
+            Ok(client) => break client,
+            Err(e) => assert!(Instant::now() < deadline, "the admin cannot log in: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let admin = Admin::new(&admin);
+    admin
+        .create_topic(TOPIC, QUEUES)
+        .await
+        .expect("create topic");
+    admin.upsert_user("app", "app-pw").await.expect("user");
+    let allow = |resource: pb::AclResourceType, name: &str, op: pb::AclOperation| pb::AclBinding {
+        principal: "User:app".into(),
+        resource_type: resource as i32,
+        resource_name: name.into(),
+        pattern_type: pb::AclPatternType::Literal as i32,
+        operation: op as i32,
+        deny: false,
+    };
+    admin
+        .create_acls(vec![
+            allow(pb::AclResourceType::Topic, TOPIC, pb::AclOperation::Produce),
+            allow(pb::AclResourceType::Topic, TOPIC, pb::AclOperation::Consume),
+            allow(pb::AclResourceType::Group, GROUP, pb::AclOperation::Consume),
+        ])
+        .await
+        .expect("acls");
+    let app = ClientConfig {
+        tls,
+        credentials: Some(Credentials::new("app", "app-pw")),
+        ..ClientConfig::default()
+    };
+    // Known on every node before the restarts begin (each node answers a login).
+    for addr in cluster.addrs() {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Client::connect_with(&[addr.as_str()], app.clone())
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "app cannot log in at {addr}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    run_rolling_restart(Stop::Term, cluster, app).await;
+}
+
 async fn rolling_restart(how: Stop, extra_args: &[&str]) {
-    let mut cluster = Cluster::start_with(3, extra_args);
-    let addrs = cluster.addrs();
-    let client = Client::connect(&addrs).await.expect("connect");
+    let cluster = Cluster::start_with(3, extra_args);
+    let client = Client::connect(&cluster.addrs()).await.expect("connect");
     Admin::new(&client)
         .create_topic(TOPIC, QUEUES)
         .await
         .expect("create topic");
+    run_rolling_restart(how, cluster, ClientConfig::default()).await;
+}
+
+/// Restarts every node of `cluster` (whose topic exists) in turn under load from
+/// clients made with `config`, and checks what the module says.
+async fn run_rolling_restart(how: Stop, mut cluster: Cluster, config: ClientConfig) {
+    let addrs = cluster.addrs();
+    let client = Client::connect_with(&addrs, config).await.expect("connect");
     let stop = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(Mutex::new(Seen::default()));
 
@@ -222,7 +316,7 @@ async fn run_member(client: Client, stop: Arc<AtomicBool>, seen: Arc<Mutex<Seen>
         session_timeout: Duration::from_millis(3000),
         ..GroupConfig::default()
     };
-    let mut member = match GroupConsumer::join(&client, "roll-group", TOPIC, config).await {
+    let mut member = match GroupConsumer::join(&client, GROUP, TOPIC, config).await {
         Ok(m) => m,
         Err(e) => {
             seen.lock().unwrap().errors.push(format!("join: {e}"));

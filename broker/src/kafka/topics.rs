@@ -26,6 +26,25 @@ pub(super) fn name(s: &str) -> TopicName {
     TopicName(StrBytes::from_string(s.to_owned()))
 }
 
+/// A metadata answer while the cluster's metadata is unavailable here: no brokers
+/// and no topics, so the client retries (it treats a topic missing from the answer
+/// as unknown only once brokers are known).
+fn unavailable(mut response: MetadataResponse, wanted: Option<Vec<String>>) -> MetadataResponse {
+    response.controller_id = BrokerId(-1);
+    if let Some(w) = wanted {
+        response.topics = w
+            .into_iter()
+            .map(|t| {
+                let mut topic = MetadataResponseTopic::default();
+                topic.name = Some(name(&t));
+                topic.error_code = code::LEADER_NOT_AVAILABLE;
+                topic
+            })
+            .collect();
+    }
+    response
+}
+
 /// The cluster as the metadata group describes it, with each queue's leader.
 pub(super) async fn cluster_metadata(
     context: &KafkaContext,
@@ -96,6 +115,11 @@ pub(super) async fn metadata(
     // Topics the principal may not see are answered TOPIC_AUTHORIZATION_FAILED
     // (Kafka's rule), and not asked for.
     let service = &context.service;
+    if service.security().checks_acls(service.principal()) && !service.security().acls_current() {
+        // A node catching up with the cluster's ACLs cannot tell what the principal
+        // may see: it answers as when metadata is unavailable (the client retries).
+        return unavailable(response, wanted);
+    }
     let (wanted, denied): (Option<Vec<String>>, Vec<String>) = match wanted {
         Some(w) => {
             let (allowed, denied) = w.into_iter().partition(|t| {
@@ -128,21 +152,7 @@ pub(super) async fn metadata(
         Ok(m) => m,
         Err(e) => {
             tracing::debug!(error = %e.message, "kafka metadata: cluster metadata unavailable");
-            // No brokers and no topics: the client retries (it treats a topic
-            // missing from the answer as unknown only once brokers are known).
-            response.controller_id = BrokerId(-1);
-            if let Some(w) = wanted {
-                response.topics = w
-                    .into_iter()
-                    .map(|t| {
-                        let mut topic = MetadataResponseTopic::default();
-                        topic.name = Some(name(&t));
-                        topic.error_code = code::LEADER_NOT_AVAILABLE;
-                        topic
-                    })
-                    .collect();
-            }
-            return response;
+            return unavailable(response, wanted);
         }
     };
     response.brokers = m

@@ -62,11 +62,13 @@ impl Node {
         let Some(directory) = &self.users.directory else {
             return;
         };
-        // Current once a leader is known and everything it committed is applied.
+        // Current once a leader is known and everything it committed is applied,
+        // and from then on (a change applied a moment later than elsewhere is
+        // ordinary propagation, not a node that has just started).
         let caught_up =
             self.raft.leader().is_some() && self.state.applied() >= self.raft.commit_index();
-        if caught_up != directory.is_current() {
-            directory.set_current(caught_up);
+        if caught_up && !directory.is_current() {
+            directory.set_current(true);
         }
         let changes = self.state.users_changes();
         if self.users.published == Some(changes) {

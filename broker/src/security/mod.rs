@@ -35,6 +35,14 @@ pub fn tls_failure(e: &std::io::Error) -> Option<String> {
         .map(ToString::to_string)
 }
 
+/// The answer to a request that ACLs would refuse on a node still catching up.
+pub fn catching_up() -> pb::Error {
+    pb::Error::new(
+        pb::ErrorCode::NotReady,
+        "this node is catching up with the cluster's users and ACLs; retry",
+    )
+}
+
 /// A broker's transport security, logins and who may do what.
 #[derive(Debug, Default)]
 pub struct Security {
@@ -132,6 +140,14 @@ impl Security {
         &self.acls
     }
 
+    /// Whether this node's users and ACLs are those of the cluster: false while it
+    /// has just started (no leader heard, or committed entries not yet applied).
+    /// A refusal then may be only a change not applied yet, so it is answered
+    /// `NOT_READY` (retry) rather than as an authorization failure.
+    pub fn acls_current(&self) -> bool {
+        self.users.is_current()
+    }
+
     /// Whether ACLs decide what `principal` may do (logins are required and it
     /// is not a superuser or a node).
     pub fn checks_acls(&self, principal: &Principal) -> bool {
@@ -176,6 +192,8 @@ impl Security {
         let check = |resource: R, target: &str, op: Op| -> Result<(), pb::Error> {
             if acl::allows(&table, &name, resource, target, op) {
                 Ok(())
+            } else if !self.acls_current() {
+                Err(catching_up())
             } else {
                 Err(acl::refusal(&name, resource, target, op))
             }

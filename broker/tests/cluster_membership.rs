@@ -55,8 +55,10 @@ async fn membership(client: &Client) -> (Vec<u64>, Vec<u64>) {
     (pick(true), pick(false))
 }
 
-/// Every message of the topic's only queue, read from node `addr` itself.
-async fn read_from(addr: std::net::SocketAddr) -> Vec<String> {
+/// Every message of the topic's only queue, read from node `addr` itself, until
+/// it serves at least `want` (a follower's high watermark trails the leader's by a
+/// heartbeat) or 30 s pass.
+async fn read_from(addr: std::net::SocketAddr, want: usize) -> Vec<String> {
     let mut conn = Conn::connect_addr(addr).await.expect("connect");
     let mut out = Vec::new();
     let mut offset = 0;
@@ -89,7 +91,10 @@ async fn read_from(addr: std::net::SocketAddr) -> Vec<String> {
             }
         }
         if offset >= fetch.high_watermark {
-            return out;
+            if out.len() >= want || Instant::now() + Duration::from_millis(100) >= deadline {
+                return out;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
@@ -227,7 +232,7 @@ async fn grow_replace_and_shrink_under_load_loses_nothing() {
     // Every acknowledged message, once, in order, on every remaining node.
     for id in [1, 3, n6] {
         let addr = cluster.nodes[(id - 1) as usize].addr;
-        let stored = read_from(addr).await;
+        let stored = read_from(addr, acked.len()).await;
         assert_eq!(
             stored.len(),
             acked.len(),

@@ -140,6 +140,22 @@ async fn raw_tls(
     tokio_util::codec::Framed::new(tls, raftmq_proto::frame::codec(16 << 20))
 }
 
+/// Sends `request` on `conn` and returns the error it is refused with.
+async fn refusal(
+    conn: &mut tokio_util::codec::Framed<
+        tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+        tokio_util::codec::LengthDelimitedCodec,
+    >,
+    request: &pb::Request,
+) -> pb::Error {
+    conn.send(raftmq_proto::frame::encode_request(request))
+        .await
+        .unwrap();
+    let answer = conn.next().await.expect("an answer").unwrap();
+    let answer = pb::Response::decode(answer.freeze()).unwrap();
+    answer.error.expect("refused")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_without_a_cluster_certificate_cannot_join_replicate_or_vote() {
     let dir = tempfile::tempdir().unwrap();
@@ -171,12 +187,7 @@ async fn a_node_without_a_cluster_certificate_cannot_join_replicate_or_vote() {
             incarnation: 7,
         }),
     );
-    conn.send(raftmq_proto::frame::encode_request(&join))
-        .await
-        .unwrap();
-    let answer = conn.next().await.expect("an answer").unwrap();
-    let answer = pb::Response::decode(answer.freeze()).unwrap();
-    let error = answer.error.expect("refused");
+    let error = refusal(&mut conn, &join).await;
     assert_eq!(error.code, ErrorCode::ClusterAuthorizationFailed as i32);
     assert!(error.message.contains("cluster CA"), "{}", error.message);
     // Nor may it pass a request off as forwarded for another user.
@@ -185,12 +196,7 @@ async fn a_node_without_a_cluster_certificate_cannot_join_replicate_or_vote() {
         Req::DeleteTopic(pb::DeleteTopicRequest { name: "t".into() }),
     );
     forwarded.on_behalf_of = "admin".into();
-    conn.send(raftmq_proto::frame::encode_request(&forwarded))
-        .await
-        .unwrap();
-    let answer = conn.next().await.expect("an answer").unwrap();
-    let answer = pb::Response::decode(answer.freeze()).unwrap();
-    let error = answer.error.expect("refused");
+    let error = refusal(&mut conn, &forwarded).await;
     assert_eq!(error.code, ErrorCode::ClusterAuthorizationFailed as i32);
     let vote = pb::Request::new(
         0,

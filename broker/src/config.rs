@@ -129,6 +129,10 @@ pub struct BrokerConfig {
     /// heartbeats and election timeout stretch alike: an idle group costs that much
     /// less and fails over that much slower). 1 turns this off; default 10.
     pub idle_tick_factor: u32,
+    /// A data group with nothing to do for an election timeout quiesces: no
+    /// heartbeats, no election timers, until a write, a read or the node-level
+    /// failure detector wakes it (see docs/architecture.md). Default true.
+    pub quiesce_idle_groups: bool,
     /// TLS on the client port, the Kafka port and the links between nodes (default:
     /// none, plaintext). See docs/security.md.
     pub tls: Option<crate::security::TlsFiles>,
@@ -230,6 +234,7 @@ impl Default for BrokerConfig {
             replication_factor: 3,
             dead_node_timeout_ms: 300_000,
             idle_tick_factor: 10,
+            quiesce_idle_groups: true,
             tls: None,
             insecure: false,
             require_login: false,
@@ -363,6 +368,8 @@ pub struct FileConfig {
     pub dead_node_timeout_ms: Option<u64>,
     /// See [`BrokerConfig::idle_tick_factor`].
     pub idle_tick_factor: Option<u32>,
+    /// See [`BrokerConfig::quiesce_idle_groups`].
+    pub quiesce_idle_groups: Option<bool>,
     /// The node's certificate chain (PEM): see [`BrokerConfig::tls`].
     pub tls_cert: Option<PathBuf>,
     /// The node's private key (PEM).
@@ -565,6 +572,7 @@ impl BrokerConfig {
             replication_factor,
             dead_node_timeout_ms,
             idle_tick_factor,
+            quiesce_idle_groups,
             insecure,
             require_login,
             superusers,

@@ -95,6 +95,8 @@ pub struct GroupDirectory {
     redirects: std::sync::atomic::AtomicUsize,
     /// Set by [`GroupDirectory::close`]: no inbox is registered after it.
     closed: std::sync::atomic::AtomicBool,
+    /// When each peer node was last heard from (see `crate::liveness`).
+    liveness: crate::liveness::Liveness,
 }
 
 impl GroupDirectory {
@@ -109,6 +111,7 @@ impl GroupDirectory {
             redirects: std::sync::atomic::AtomicUsize::new(0),
             start,
             closed: std::sync::atomic::AtomicBool::new(false),
+            liveness: crate::liveness::Liveness::default(),
         };
         (Arc::new(directory), rx)
     }
@@ -187,9 +190,25 @@ impl GroupDirectory {
         read(&self.placement).clone()
     }
 
-    /// The metadata group applied a change of topics or data groups.
+    /// The metadata group applied a change of topics or data groups; every group
+    /// is told (a quiesced data group would otherwise see it only at its next
+    /// slow tick).
     pub fn publish_placement(&self, placement: Placement) {
         *write(&self.placement) = Arc::new(placement);
+        self.tell_all(|| NodeInput::PlacementChanged);
+    }
+
+    /// The process's peer liveness record.
+    pub fn liveness(&self) -> &crate::liveness::Liveness {
+        &self.liveness
+    }
+
+    /// Sends `make()` to every group running here, without waiting (a full inbox
+    /// is a busy group: it is awake anyway).
+    pub fn tell_all(&self, make: impl Fn() -> NodeInput) {
+        for inbox in read(&self.inboxes).values() {
+            let _ = inbox.try_send(make());
+        }
     }
 
     /// A group's status changed (role, leader, indexes).

@@ -80,6 +80,11 @@ impl GroupOpener {
         raft_config.election_timeout_ticks = config.election_timeout_ticks;
         raft_config.heartbeat_interval_ticks = config.heartbeat_interval_ticks;
         raft_config.max_pending_proposals = config.max_pending_proposals;
+        if config.quiesce_idle_groups && group != crate::directory::METADATA_GROUP {
+            // The metadata group never quiesces: its node task runs the node-level
+            // failure detector that wakes the others (see `crate::liveness`).
+            raft_config.quiesce_after_ticks = config.election_timeout_ticks;
+        }
         raft_config.seed = config.node_id.0 ^ seed_from_time() ^ u64::from(group) << 48;
         let raft = RawNode::try_new(raft_config, log, hard_state)
             .map_err(|e| StartError::Raft(e.to_string()))?;

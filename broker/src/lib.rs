@@ -28,6 +28,7 @@ pub mod hard_state;
 pub mod host;
 pub mod join;
 pub mod kafka;
+pub mod liveness;
 pub mod log_adapter;
 pub mod logging;
 pub mod metrics;

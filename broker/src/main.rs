@@ -70,6 +70,10 @@ struct Args {
     /// An idle data group ticks this many times slower (default 10; 1: never).
     #[arg(long)]
     idle_tick_factor: Option<u32>,
+    /// Keep idle data groups heartbeating instead of quiescing them (for
+    /// measuring what quiescence saves).
+    #[arg(long)]
+    no_quiesce: bool,
     /// fsync (default: acknowledge after a quorum synced) or async.
     #[arg(long)]
     durability: Option<Durability>,
@@ -266,6 +270,9 @@ fn build_config(args: &Args) -> anyhow::Result<BrokerConfig> {
     }
     if let Some(n) = args.idle_tick_factor {
         config.idle_tick_factor = n;
+    }
+    if args.no_quiesce {
+        config.quiesce_idle_groups = false;
     }
     if args.local_reads {
         config.linearizable_reads = false;

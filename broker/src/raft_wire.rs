@@ -84,6 +84,7 @@ pub fn to_pb(msg: Message, identity: PeerIdentity) -> pb::RaftMessage {
             commit_index: commit_index.0,
             heartbeat: false,
             read_round: 0,
+            quiesce: false,
         }),
         MessageBody::AppendResponse {
             success,
@@ -100,19 +101,26 @@ pub fn to_pb(msg: Message, identity: PeerIdentity) -> pb::RaftMessage {
             last_log_index: last_log_index.0,
             heartbeat: false,
             read_round: 0,
+            quiesced: false,
         }),
         MessageBody::Heartbeat {
             commit_index,
             read_round,
+            quiesce,
         } => Body::Append(pb::AppendRequest {
             commit_index: commit_index.0,
             heartbeat: true,
             read_round,
+            quiesce,
             ..pb::AppendRequest::default()
         }),
-        MessageBody::HeartbeatResponse { read_round } => Body::AppendResponse(pb::AppendResponse {
+        MessageBody::HeartbeatResponse {
+            read_round,
+            quiesced,
+        } => Body::AppendResponse(pb::AppendResponse {
             heartbeat: true,
             read_round,
+            quiesced,
             ..pb::AppendResponse::default()
         }),
         MessageBody::ReadIndex { id } => Body::ReadIndex(pb::ReadIndexRequest { id }),
@@ -184,6 +192,11 @@ pub enum PeerMessage {
         /// Why.
         reason: String,
     },
+    /// Node-level liveness (see `crate::liveness`): the sender is up.
+    Ping {
+        /// The sender.
+        from: NodeId,
+    },
 }
 
 impl PeerMessage {
@@ -192,7 +205,7 @@ impl PeerMessage {
         match self {
             PeerMessage::Raft(m) => m.from,
             PeerMessage::SnapshotChunk(c) => c.from,
-            PeerMessage::Refused { from, .. } => *from,
+            PeerMessage::Refused { from, .. } | PeerMessage::Ping { from } => *from,
         }
     }
 }
@@ -213,6 +226,20 @@ pub fn refusal_to_pb(
         from_address: identity.address.map(|a| a.to_string()).unwrap_or_default(),
         group_id: 0,
         body: Some(pb::raft_message::Body::Refused(pb::PeerRefused { reason })),
+    }
+}
+
+/// Encodes a liveness ping (see [`PeerMessage::Ping`]).
+pub fn ping_to_pb(from: NodeId, to: NodeId, identity: PeerIdentity) -> pb::RaftMessage {
+    pb::RaftMessage {
+        from: from.0,
+        to: to.0,
+        term: 0,
+        cluster_id: identity.cluster_id,
+        from_incarnation: identity.incarnation,
+        from_address: identity.address.map(|a| a.to_string()).unwrap_or_default(),
+        group_id: 0,
+        body: Some(pb::raft_message::Body::Ping(pb::NodePing {})),
     }
 }
 
@@ -245,6 +272,14 @@ pub fn from_pb(msg: pb::RaftMessage) -> Result<(PeerMessage, PeerIdentity), Wire
         address: msg.from_address.parse().ok(),
     };
     let body = match msg.body.ok_or(WireError::MissingBody)? {
+        Body::Ping(_) => {
+            return Ok((
+                PeerMessage::Ping {
+                    from: NodeId(msg.from),
+                },
+                identity,
+            ))
+        }
         Body::Refused(r) => {
             return Ok((
                 PeerMessage::Refused {
@@ -282,6 +317,7 @@ pub fn from_pb(msg: pb::RaftMessage) -> Result<(PeerMessage, PeerIdentity), Wire
         Body::Append(a) if a.heartbeat => MessageBody::Heartbeat {
             commit_index: LogIndex(a.commit_index),
             read_round: a.read_round,
+            quiesce: a.quiesce,
         },
         Body::Append(a) => MessageBody::Append {
             prev_log_index: LogIndex(a.prev_log_index),
@@ -295,6 +331,7 @@ pub fn from_pb(msg: pb::RaftMessage) -> Result<(PeerMessage, PeerIdentity), Wire
         },
         Body::AppendResponse(r) if r.heartbeat => MessageBody::HeartbeatResponse {
             read_round: r.read_round,
+            quiesced: r.quiesced,
         },
         Body::ReadIndex(r) => MessageBody::ReadIndex { id: r.id },
         Body::ReadIndexResponse(r) => MessageBody::ReadIndexResponse {

@@ -492,6 +492,8 @@ impl Connection {
         // (group, sending node) of the Raft messages this connection carried: told
         // when it closes, so that idle followers notice a dead leader at once.
         let mut peer_links: Vec<(crate::directory::GroupId, crate::raft::NodeId)> = Vec::new();
+        // When this connection last told the failure detector it heard its peer.
+        let mut liveness_noted: Option<std::time::Instant> = None;
         // A connection that must log in has LOGIN_TIMEOUT to do it (or to show
         // itself a node by what it sends).
         let mut awaiting_login = session.principal().is_none();
@@ -548,6 +550,19 @@ impl Connection {
                 let group = msg.group_id;
                 match raft_wire::from_pb(msg) {
                     Ok(msg) => {
+                        if liveness_noted.is_none_or(|t| {
+                            started.saturating_duration_since(t) >= LIVENESS_NOTE_INTERVAL
+                        }) {
+                            liveness_noted = Some(started);
+                            let from = msg.0.from();
+                            if directory.liveness().heard(from, started) {
+                                tracing::debug!(peer = from.0, "node heard from again");
+                                directory.tell_all(|| NodeInput::PeerReachable(from));
+                            }
+                        }
+                        if matches!(msg.0, raft_wire::PeerMessage::Ping { .. }) {
+                            continue;
+                        }
                         let link = (group, msg.0.from());
                         if !peer_links.contains(&link) && peer_links.len() < MAX_LINKS_NOTED {
                             peer_links.push(link);
@@ -711,6 +726,7 @@ impl Connection {
                 // Never waits: a full inbox is a busy group, not an idle one.
                 let _ = inbox.try_send(NodeInput::PeerLinkClosed(from));
             }
+            directory.liveness().lost(from);
         }
         // The writer ends once every answer is written: the node tasks hold the
         // responders of what they still work on.
@@ -719,6 +735,9 @@ impl Connection {
         metrics.connection_closed();
     }
 }
+
+/// A busy peer connection tells the failure detector at most this often.
+const LIVENESS_NOTE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Links noted per connection (a peer's connection carries one group's messages,
 /// or a few).

@@ -136,6 +136,13 @@ impl PeerTransport {
         self.send_pb(to, raft_wire::snapshot_chunk_to_pb(chunk, self.identity));
     }
 
+    /// Pings every linked peer (node-level liveness, see `crate::liveness`).
+    pub fn ping_all(&self) {
+        for &to in self.links.keys() {
+            self.send_pb(to, raft_wire::ping_to_pb(self.self_id, to, self.identity));
+        }
+    }
+
     /// Tells `to` (at `addr` when it is not linked) why its messages are ignored.
     pub fn send_refusal(&mut self, to: NodeId, addr: Option<SocketAddr>, reason: String) {
         if let Some(addr) = addr {

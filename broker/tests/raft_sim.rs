@@ -129,6 +129,11 @@ fn sim_catches_concurrent_membership_changes() {
 }
 
 #[test]
+fn sim_catches_quiesce_with_lagging_follower() {
+    expect_caught(FaultVariant::QuiesceWithLaggingFollower, DEFAULT_SEEDS);
+}
+
+#[test]
 fn sim_catches_read_before_term_commit() {
     expect_caught(FaultVariant::ReadBeforeTermCommit, DEFAULT_SEEDS);
 }
@@ -152,6 +157,7 @@ fn sim_variant_detection_rates() {
         FaultVariant::ReadBeforeTermCommit,
         FaultVariant::UncheckedMembershipChanges,
         FaultVariant::ConcurrentMembershipChanges,
+        FaultVariant::QuiesceWithLaggingFollower,
     ] {
         let opts = Options {
             fault: Some(fault),

@@ -165,6 +165,7 @@ fn every_request() -> Vec<Req> {
                 commit_index: 10,
                 heartbeat: false,
                 read_round: 3,
+                quiesce: false,
             })),
         }),
     ]
@@ -183,6 +184,7 @@ fn group_info(id: u32) -> pb::GroupInfo {
         voters: vec![1, 2, 3],
         learners: vec![4],
         replicas: vec![2, 1, 4],
+        quiesced: true,
     }
 }
 

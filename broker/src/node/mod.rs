@@ -58,6 +58,9 @@ const INPUTS_PER_ROUND: usize = 512;
 /// A data group that wrote and applied nothing this long (its leader: twice this
 /// long) ticks slower.
 const IDLE_AFTER: Duration = Duration::from_secs(1);
+/// How often a resting (quiesced, idle) group's task still wakes for its upkeep:
+/// status, placement checks, leader balance, retention, metrics.
+const RESTING_TICK: Duration = Duration::from_secs(5);
 /// How often the node checks the file system's use against `max_disk_use_ratio`.
 const DISK_USE_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 /// Batches a single fetch response may hold.
@@ -79,6 +82,16 @@ pub enum NodeInput {
     /// process stopped, or the link broke): if it is the leader, the group
     /// stops idling, so that a dead leader is replaced at full speed.
     PeerLinkClosed(crate::raft::NodeId),
+    /// The process's failure detector has not heard from this node for a while
+    /// (see `crate::liveness`): a quiesced group it leads wakes and elects another.
+    PeerUnreachable(crate::raft::NodeId),
+    /// The failure detector hears from this node again after reporting it (or
+    /// after a connection from it closed): a quiesced group it belongs to wakes to
+    /// bring it up to date.
+    PeerReachable(crate::raft::NodeId),
+    /// The metadata group published a new placement (topics, data groups): the
+    /// group checks it now rather than at its next (maybe slow) tick.
+    PlacementChanged,
 }
 
 /// What a proposal waits for.
@@ -155,6 +168,8 @@ pub struct Node {
     /// The last write, command or applied entry: a data group idle for a while
     /// ticks slower (see [`Node::tick_period`]).
     last_activity: Instant,
+    /// Tick at once (something a slow-ticking group must see now happened).
+    tick_soon: bool,
     transport: PeerTransport,
     pending: BTreeMap<LogIndex, Pending>,
     fetch_waiters: BTreeMap<(u32, u32), Vec<FetchWaiter>>,
@@ -216,6 +231,7 @@ impl Node {
             users: users::UserState::default(),
             disk_checked_at: None,
             last_activity: Instant::now(),
+            tick_soon: false,
             transport,
             pending: BTreeMap::new(),
             fetch_waiters: BTreeMap::new(),
@@ -251,8 +267,20 @@ impl Node {
     /// and fails over that much slower. Raft's safety does not depend on timing;
     /// a write makes the leader fast at once, and its followers as they apply it.
     /// The metadata group always ticks at full speed.
+    ///
+    /// A quiesced group (see `raft/quiesce.rs`) with no request waiting rests:
+    /// its Raft core needs no ticks at all, so the task wakes only for its upkeep
+    /// every [`RESTING_TICK`], or for the next long-poll fetch's deadline. Any input
+    /// that wakes the core re-arms the short period (see [`Node::run`]).
     fn tick_period(&self, now: Instant) -> Duration {
         let tick = Duration::from_millis(self.config.tick_ms);
+        if self.resting() {
+            let mut period = RESTING_TICK;
+            if let Some(&(deadline, _, _)) = self.fetch_deadlines.front() {
+                period = period.min(deadline.saturating_duration_since(now).max(tick));
+            }
+            return period;
+        }
         let factor = self.config.idle_tick_factor.max(1);
         if factor == 1 || self.group_id() == crate::directory::METADATA_GROUP {
             return tick;
@@ -267,6 +295,11 @@ impl Node {
         } else {
             tick
         }
+    }
+
+    /// Quiesced, with no proposal or read waiting.
+    fn resting(&self) -> bool {
+        self.raft.is_quiesced() && self.pending.is_empty() && self.waiting.len() == 0
     }
 
     fn now_ms(&self) -> u64 {
@@ -286,6 +319,8 @@ impl Node {
         let tick = Duration::from_millis(self.config.tick_ms);
         let ticker = tokio::time::sleep(tick);
         tokio::pin!(ticker);
+        // The ticker is armed for a resting period (see `tick_period`), until then.
+        let mut resting_until: Option<Instant> = None;
         let mut async_sync =
             tokio::time::interval(Duration::from_millis(self.config.async_sync_interval_ms));
         async_sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -309,9 +344,10 @@ impl Node {
                 _ = &mut ticker => {
                     self.raft.tick();
                     let now = Instant::now();
-                    ticker
-                        .as_mut()
-                        .reset(tokio::time::Instant::from_std(now + self.tick_period(now)));
+                    let next = now + self.tick_period(now);
+                    ticker.as_mut().reset(tokio::time::Instant::from_std(next));
+                    resting_until = (next > now + tick * self.config.idle_tick_factor.max(1))
+                        .then_some(next);
                     self.membership_upkeep(now);
                     self.raft_groups_upkeep(now);
                     self.expire(now);
@@ -335,6 +371,18 @@ impl Node {
                 }
             }
             self.process_ready();
+            if std::mem::take(&mut self.tick_soon) {
+                ticker.as_mut().reset(tokio::time::Instant::now());
+                resting_until = None;
+            } else if let Some(until) = resting_until {
+                // Woken (a message, a request, a new long poll): tick sooner.
+                let now = Instant::now();
+                let next = now + self.tick_period(now);
+                if next < until {
+                    ticker.as_mut().reset(tokio::time::Instant::from_std(next));
+                    resting_until = self.resting().then_some(next);
+                }
+            }
         }
         self.shutdown().await;
     }
@@ -349,6 +397,8 @@ impl Node {
                     PeerMessage::Refused { from, reason } => {
                         return self.refused_by(*from, reason);
                     }
+                    // Noted by the connection (node-level liveness); nothing for a group.
+                    PeerMessage::Ping { .. } => return,
                 };
                 if !self.admit_peer(from, identity, kind) {
                     return;
@@ -362,7 +412,9 @@ impl Node {
                         }
                     }
                     PeerMessage::SnapshotChunk(chunk) => self.receive_snapshot_chunk(chunk),
-                    PeerMessage::Refused { .. } => unreachable!("handled above"),
+                    PeerMessage::Refused { .. } | PeerMessage::Ping { .. } => {
+                        unreachable!("handled above")
+                    }
                 }
             }
             NodeInput::PeerLinkClosed(peer) => {
@@ -373,7 +425,17 @@ impl Node {
                     );
                     self.last_activity = Instant::now();
                 }
+                self.raft.peer_unreachable(peer);
             }
+            NodeInput::PeerUnreachable(peer) => {
+                if self.raft.leader() == Some(peer) && self.raft.role() != Role::Leader {
+                    tracing::debug!(leader = peer.0, "the leader's node is silent");
+                    self.last_activity = Instant::now();
+                }
+                self.raft.peer_unreachable(peer);
+            }
+            NodeInput::PeerReachable(peer) => self.raft.peer_reachable(peer),
+            NodeInput::PlacementChanged => self.placement_published(),
             NodeInput::Client { body, reply } => {
                 if !matches!(body, pb::request::Body::Fetch(_)) {
                     self.last_activity = Instant::now();

@@ -102,6 +102,7 @@ impl Node {
         }
         self.publish_status();
         if self.group_id() == METADATA_GROUP {
+            self.detect_silent_peers(now);
             self.publish_users();
             self.create_bootstrap_user(now);
             self.publish_placement();
@@ -113,6 +114,39 @@ impl Node {
             self.balance_leadership(now);
             self.publish_queue_bounds(now);
         }
+    }
+
+    /// Metadata group, every upkeep: pings every other node and tells every group
+    /// of this process about the nodes that fell silent (see `crate::liveness`).
+    /// The metadata group never quiesces, so this runs whatever the others do.
+    fn detect_silent_peers(&mut self, now: Instant) {
+        self.transport.ping_all();
+        let me = self.config.node_id;
+        let silence = crate::liveness::Liveness::silence(
+            Duration::from_millis(self.config.tick_ms),
+            self.config.election_timeout_ticks,
+        );
+        let members: Vec<NodeId> = self
+            .raft
+            .membership()
+            .members()
+            .filter(|&id| id != me)
+            .collect();
+        let directory = &self.raft_groups.directory;
+        for peer in directory.liveness().newly_silent(members, now, silence) {
+            tracing::info!(
+                peer = peer.0,
+                ?silence,
+                "node silent: waking the groups it leads"
+            );
+            directory.tell_all(|| super::NodeInput::PeerUnreachable(peer));
+        }
+    }
+
+    /// The metadata group published a new placement: upkeep at once.
+    pub(super) fn placement_published(&mut self) {
+        self.raft_groups.upkeep_at = None;
+        self.tick_soon = true;
     }
 
     /// Data group, about every second: its queues' offset ranges, for consumer
@@ -165,6 +199,7 @@ impl Node {
             voters,
             learners,
             replicas,
+            quiesced: self.raft.is_quiesced(),
         };
         if self.raft_groups.published.as_ref() != Some(&info) {
             self.raft_groups.directory.publish_status(info.clone());

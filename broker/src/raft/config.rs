@@ -35,6 +35,9 @@ pub enum FaultVariant {
     /// Single-server changes, but a new one may be proposed while another is
     /// uncommitted (and before the leader committed an entry of its term).
     ConcurrentMembershipChanges,
+    /// The leader quiesces the group while a follower still lacks entries (and
+    /// asks that follower to quiesce too): it never catches up while idle.
+    QuiesceWithLaggingFollower,
 }
 
 /// Configuration of one [`super::RawNode`]. Build it with [`Config::new`] and adjust
@@ -78,6 +81,12 @@ pub struct Config {
     /// timeout, and followers that heard from a leader recently ignore vote requests.
     /// Default true.
     pub check_quorum: bool,
+    /// A leader whose group has done nothing for this many ticks (no proposal, no
+    /// read, every follower holding the whole log) asks its followers to quiesce:
+    /// they stop their election timers and it stops its heartbeats, until the next
+    /// message or the driver's failure detector (`RawNode::peer_unreachable`)
+    /// wakes them. Must be paired with such a detector. 0 (default): never.
+    pub quiesce_after_ticks: u32,
     /// Seed of the election-timeout PRNG (mixed with `id`). Default 0.
     pub seed: u64,
     /// Test only: run a deliberately broken variant. Default `None`.
@@ -102,6 +111,7 @@ impl Config {
             max_pending_reads: 65536,
             pre_vote: true,
             check_quorum: true,
+            quiesce_after_ticks: 0,
             seed: 0,
             fault: None,
         }

@@ -23,6 +23,7 @@ impl<L: RaftLog> RawNode<L> {
 
     /// Leaders: heartbeats, check-quorum, transfer timeout.
     pub(super) fn tick_leader(&mut self) {
+        self.idle_ticks = self.idle_ticks.saturating_add(1);
         self.election_elapsed += 1;
         self.heartbeat_elapsed += 1;
         if self.transferee.is_some() {
@@ -106,6 +107,7 @@ impl<L: RaftLog> RawNode<L> {
         self.set_term(term);
         self.role = Role::Follower;
         self.leader = leader;
+        self.reset_quiescence();
         self.votes.clear();
         self.progress.clear();
         self.transferee = None;
@@ -115,6 +117,7 @@ impl<L: RaftLog> RawNode<L> {
 
     fn become_pre_candidate(&mut self) {
         assert!(self.role != Role::Leader);
+        self.reset_quiescence();
         self.role = Role::PreCandidate;
         self.leader = None;
         self.votes.clear();
@@ -143,6 +146,7 @@ impl<L: RaftLog> RawNode<L> {
 
     pub(super) fn become_candidate(&mut self, transfer: bool) {
         assert!(self.role != Role::Leader);
+        self.reset_quiescence();
         self.set_term(Term(self.term.0 + 1));
         self.vote = Some(self.config.id);
         self.role = Role::Candidate;
@@ -178,6 +182,7 @@ impl<L: RaftLog> RawNode<L> {
         assert_eq!(self.vote, Some(self.config.id));
         self.role = Role::Leader;
         self.leader = Some(self.config.id);
+        self.reset_quiescence();
         self.votes.clear();
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;

@@ -74,11 +74,16 @@ pub enum MessageBody {
         /// round confirms the leader was still leading when it sent that round, which
         /// releases the reads registered before it (ReadIndex).
         read_round: u64,
+        /// The group is idle: the follower may stop its election timer until the
+        /// next message or its failure detector wakes it (see `quiesce.rs`).
+        quiesce: bool,
     },
     /// The answer to `Heartbeat`.
     HeartbeatResponse {
         /// The round of the heartbeat answered.
         read_round: u64,
+        /// The follower quiesced on that heartbeat.
+        quiesced: bool,
     },
     /// A follower asks the leader for a read index on behalf of one of its reads.
     ReadIndex {

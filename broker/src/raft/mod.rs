@@ -90,6 +90,7 @@ mod log;
 mod membership;
 mod message;
 mod progress;
+mod quiesce;
 mod raw_node;
 mod read_index;
 mod ready;

@@ -43,6 +43,8 @@ pub struct Progress {
     pub pending_snapshot: LogIndex,
     /// The highest heartbeat round of this term the follower answered (ReadIndex).
     pub read_round_acked: u64,
+    /// The follower answered a quiescing heartbeat of the current attempt.
+    pub quiesced: bool,
 }
 
 impl Progress {
@@ -61,6 +63,7 @@ impl Progress {
             stalled_ticks: 0,
             pending_snapshot: LogIndex::ZERO,
             read_round_acked: 0,
+            quiesced: false,
         }
     }
 

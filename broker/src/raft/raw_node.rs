@@ -53,6 +53,14 @@ pub struct RawNode<L: RaftLog> {
     pub(super) randomized_election_timeout: u32,
     pub(super) transfer_elapsed: u32,
 
+    // Quiescence (see `quiesce.rs`).
+    /// Ticks do nothing: the group is idle and every member agreed.
+    pub(super) quiesced: bool,
+    /// Leader: ticks since the group last did anything.
+    pub(super) idle_ticks: u32,
+    /// Leader: the first heartbeat round of the current attempt to quiesce.
+    pub(super) quiesce_round: Option<u64>,
+
     // Candidate state: (voter, granted), one per voter.
     pub(super) votes: Vec<(NodeId, bool)>,
     // Leader state.
@@ -151,6 +159,9 @@ impl<L: RaftLog> RawNode<L> {
             heartbeat_elapsed: 0,
             randomized_election_timeout,
             transfer_elapsed: 0,
+            quiesced: false,
+            idle_ticks: 0,
+            quiesce_round: None,
             votes: Vec::with_capacity(n_voters),
             progress: BTreeMap::new(),
             self_match: LogIndex::ZERO,
@@ -179,6 +190,9 @@ impl<L: RaftLog> RawNode<L> {
 
     /// Advances the logical clock by one tick.
     pub fn tick(&mut self) {
+        if self.quiesced {
+            return;
+        }
         if self.role == Role::Leader {
             self.tick_leader();
         } else {
@@ -198,6 +212,7 @@ impl<L: RaftLog> RawNode<L> {
         // Messages from nodes outside the membership are taken: a joining node
         // hears from a leader before it learns the membership from the log, and a
         // learner may be asked to vote by a candidate whose log already promoted it.
+        self.heard_from(&msg.body);
         let result = self.step_inner(msg);
         self.check_invariants();
         result
@@ -302,12 +317,16 @@ impl<L: RaftLog> RawNode<L> {
             MessageBody::Heartbeat {
                 commit_index,
                 read_round,
+                quiesce,
             } => {
-                self.handle_heartbeat(from, commit_index, read_round);
+                self.handle_heartbeat(from, commit_index, read_round, quiesce);
                 Ok(())
             }
-            MessageBody::HeartbeatResponse { read_round } => {
-                self.handle_heartbeat_response(from, read_round);
+            MessageBody::HeartbeatResponse {
+                read_round,
+                quiesced,
+            } => {
+                self.handle_heartbeat_response(from, read_round, quiesced);
                 Ok(())
             }
             MessageBody::ReadIndex { id } => {
@@ -441,6 +460,7 @@ impl<L: RaftLog> RawNode<L> {
 
     /// Appends `scratch_entries` to the leader's log; a failed write steps down.
     fn append_as_leader(&mut self) -> Result<(), ProposeError> {
+        self.note_activity();
         let entries = std::mem::take(&mut self.scratch_entries);
         let result = self.log.append(&entries);
         if result.is_ok() {
@@ -494,6 +514,7 @@ impl<L: RaftLog> RawNode<L> {
         if !self.membership().is_voter(to) {
             return Err(TransferError::UnknownPeer(to));
         }
+        self.note_activity();
         self.transferee = Some(to);
         self.transfer_elapsed = 0;
         self.maybe_send_timeout_now();
@@ -629,6 +650,7 @@ impl<L: RaftLog> RawNode<L> {
             acked_index: self.acked_index,
             recovering: self.recovering,
             transferee: self.transferee,
+            quiesced: self.quiesced,
             progress,
             membership: self.memberships.current().clone(),
         }

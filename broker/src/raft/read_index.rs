@@ -65,6 +65,7 @@ impl<L: RaftLog> RawNode<L> {
             });
             return Ok(());
         }
+        self.note_activity();
         match self.role {
             Role::Leader => {
                 let me = self.config.id;
@@ -137,6 +138,7 @@ impl<L: RaftLog> RawNode<L> {
                 MessageBody::Heartbeat {
                     commit_index,
                     read_round: round,
+                    quiesce: false,
                 },
             );
         }

@@ -95,6 +95,8 @@ pub struct Status {
     pub recovering: bool,
     /// Target of a leadership transfer in progress.
     pub transferee: Option<NodeId>,
+    /// The group is quiesced: ticks do nothing (see `RawNode::is_quiesced`).
+    pub quiesced: bool,
     /// Leader only: one entry per follower, by id.
     pub progress: Vec<PeerStatus>,
     /// The membership in effect, with the index of its entry.

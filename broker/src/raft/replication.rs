@@ -121,10 +121,15 @@ impl<L: RaftLog> RawNode<L> {
     }
 
     pub(super) fn broadcast_heartbeat(&mut self) {
+        // An idle group's leader asks its followers to quiesce (see `quiesce.rs`).
+        let quiesce = self.may_quiesce();
         // Every heartbeat is a read round: reads registered before it wait for it.
         self.read_round += 1;
         self.read_round_wanted = false;
         let round = self.read_round;
+        if quiesce && self.quiesce_round.is_none() {
+            self.quiesce_round = Some(round);
+        }
         let peers: Vec<NodeId> = self.progress.keys().copied().collect();
         let interval = self.config.heartbeat_interval_ticks;
         let timeout = self.config.election_timeout_ticks;
@@ -147,11 +152,18 @@ impl<L: RaftLog> RawNode<L> {
                 }
             }
             let commit_index = self.commit.min(pr.match_index);
+            // Only a follower holding the whole log is asked to quiesce.
+            let quiesce = quiesce
+                && (pr.match_index == self.self_match
+                    || self
+                        .config
+                        .fault_is(FaultVariant::QuiesceWithLaggingFollower));
             self.send(
                 to,
                 MessageBody::Heartbeat {
                     commit_index,
                     read_round: round,
+                    quiesce,
                 },
             );
         }
@@ -245,7 +257,12 @@ impl<L: RaftLog> RawNode<L> {
         None
     }
 
-    pub(super) fn handle_heartbeat_response(&mut self, from: NodeId, read_round: u64) {
+    pub(super) fn handle_heartbeat_response(
+        &mut self,
+        from: NodeId,
+        read_round: u64,
+        quiesced: bool,
+    ) {
         if self.role != Role::Leader {
             return;
         }
@@ -255,6 +272,9 @@ impl<L: RaftLog> RawNode<L> {
             pr.probe_sent = false;
         }
         self.read_round_acked(from, read_round);
+        if quiesced {
+            self.follower_quiesced(from, read_round);
+        }
     }
 
     /// Commits the highest index a quorum holds durably, if it is of the current term
@@ -295,15 +315,39 @@ impl<L: RaftLog> RawNode<L> {
         from: NodeId,
         commit_index: LogIndex,
         read_round: u64,
+        quiesce: bool,
     ) {
         self.follow(from);
         // The leader sends min(commit, our durable match), so our log matches it up to
         // there (a damaged log may be shorter: cap at our end).
-        let commit = commit_index.min(self.log.last_index());
+        let last = self.log.last_index();
+        let commit = commit_index.min(last);
         if commit > self.commit {
             self.set_commit(commit);
         }
-        self.send(from, MessageBody::HeartbeatResponse { read_round });
+        if commit_index > last {
+            // The leader believes we hold entries we lost (a damaged log): say so,
+            // or an idle leader would never send them again.
+            self.send(
+                from,
+                MessageBody::AppendResponse {
+                    success: false,
+                    match_index: LogIndex::ZERO,
+                    reject_index: commit_index,
+                    conflict: None,
+                    last_log_index: last,
+                },
+            );
+        } else if quiesce && self.config.quiesce_after_ticks > 0 {
+            self.quiesced = true;
+        }
+        self.send(
+            from,
+            MessageBody::HeartbeatResponse {
+                read_round,
+                quiesced: self.quiesced,
+            },
+        );
     }
 
     pub(super) fn handle_append(

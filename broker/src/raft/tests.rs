@@ -196,6 +196,7 @@ fn test_candidate_fallback_on_append_from_leader_of_same_term() {
         body: MessageBody::Heartbeat {
             commit_index: LogIndex::ZERO,
             read_round: 1,
+            quiesce: false,
         },
     };
     c.node(2).step(m).unwrap();
@@ -921,6 +922,7 @@ fn test_to_apply_skips_entries_already_applied() {
         body: MessageBody::Heartbeat {
             commit_index: LogIndex(5),
             read_round: 1,
+            quiesce: false,
         },
     })
     .unwrap();
@@ -1544,4 +1546,165 @@ fn test_restart_finds_the_membership_in_the_log() {
         n.membership_at(LogIndex(1)).unwrap().membership,
         members(&[1, 2, 3], &[])
     );
+}
+
+// ----- Quiescence ------------------------------------------------------------------
+
+fn quiescing_cluster() -> Cluster {
+    let mut c = Cluster::with(3, |c| c.quiesce_after_ticks = 5);
+    c.elect(1);
+    c.tick_all(20);
+    c
+}
+
+fn all_quiesced(c: &mut Cluster) -> bool {
+    (1..=3).all(|id| c.node(id).is_quiesced())
+}
+
+#[test]
+fn test_quiesce_an_idle_group_stops_heartbeats_and_election_timers() {
+    let mut c = quiescing_cluster();
+    assert!(
+        all_quiesced(&mut c),
+        "idle for 20 ticks: every node quiesced"
+    );
+    let term = c.node(1).term();
+    // Far beyond any election timeout: nothing is sent, nobody campaigns.
+    for _ in 0..100 {
+        for id in 1..=3 {
+            c.node(id).tick();
+            assert!(
+                !c.node(id).has_ready(),
+                "n{id} produced output while quiesced"
+            );
+        }
+    }
+    assert_eq!(c.node(1).role(), Role::Leader);
+    assert_eq!(c.node(2).term(), term);
+}
+
+#[test]
+fn test_quiesce_a_proposal_wakes_the_group_and_it_quiesces_again() {
+    let mut c = quiescing_cluster();
+    let (index, _) = c
+        .node(1)
+        .propose(EntryKind::Command, Bytes::from_static(b"x"))
+        .unwrap();
+    assert!(!c.node(1).is_quiesced(), "a proposal wakes the leader");
+    c.settle();
+    for id in 1..=3 {
+        assert!(!c.node(id).is_quiesced(), "n{id}: the append woke it");
+        assert_eq!(c.node(id).log().last_index(), index);
+    }
+    c.tick_all(1);
+    assert_eq!(c.node(2).commit_index(), index);
+    c.tick_all(20);
+    assert!(all_quiesced(&mut c), "idle again: quiesced again");
+}
+
+#[test]
+fn test_quiesce_a_read_wakes_the_leader_and_is_confirmed() {
+    let mut c = quiescing_cluster();
+    c.node(1).read_index(7).unwrap();
+    assert!(!c.node(1).is_quiesced());
+    c.settle();
+    assert!(
+        c.reads
+            .iter()
+            .any(|(id, r)| *id == NodeId(1) && r.id == 7 && r.index.is_some()),
+        "the read was confirmed by a heartbeat round: {:?}",
+        c.reads
+    );
+}
+
+#[test]
+fn test_quiesce_followers_elect_a_new_leader_only_once_the_detector_reports_the_old_one() {
+    let mut c = quiescing_cluster();
+    let term = c.node(1).term();
+    c.isolated.push(NodeId(1));
+    for _ in 0..200 {
+        c.node(2).tick();
+        c.node(3).tick();
+        c.settle();
+    }
+    assert_eq!(
+        c.node(2).term(),
+        term,
+        "quiesced followers wait for the detector"
+    );
+    c.node(2).peer_unreachable(NodeId(1));
+    c.node(3).peer_unreachable(NodeId(1));
+    for _ in 0..100 {
+        c.node(2).tick();
+        c.node(3).tick();
+        c.settle();
+    }
+    let leaders: Vec<u64> = (2..=3)
+        .filter(|&id| c.node(id).role() == Role::Leader)
+        .collect();
+    assert_eq!(leaders.len(), 1, "a new leader among n2, n3");
+    assert!(c.node(2).term() > term);
+}
+
+#[test]
+fn test_quiesce_a_restarted_node_cannot_disrupt_a_quiesced_group() {
+    let mut c = quiescing_cluster();
+    let term = c.node(1).term();
+    // n3 restarts with its log: no leader known, it campaigns (pre-vote).
+    let log = c.node(3).log().clone();
+    let hs = c.node(3).hard_state();
+    c.nodes[2] = RawNode::new(
+        {
+            let mut cfg = config(3, 3);
+            cfg.quiesce_after_ticks = 5;
+            cfg
+        },
+        log,
+        hs,
+    );
+    for _ in 0..60 {
+        c.node(3).tick();
+        c.settle();
+    }
+    c.tick_all(20);
+    assert_eq!(
+        c.node(1).role(),
+        Role::Leader,
+        "the leader woke and kept leading"
+    );
+    assert_eq!(c.node(1).term(), term);
+    assert_eq!(c.node(3).leader(), Some(NodeId(1)), "n3 follows it again");
+    assert!(all_quiesced(&mut c));
+}
+
+#[test]
+fn test_quiesce_not_while_a_member_is_away_and_a_returning_member_wakes_the_leader() {
+    let mut c = Cluster::with(3, |c| c.quiesce_after_ticks = 5);
+    c.elect(1);
+    c.tick_all(2);
+    c.isolated.push(NodeId(3));
+    c.node(1).peer_unreachable(NodeId(3));
+    c.tick_all(40);
+    assert!(
+        !c.node(1).is_quiesced(),
+        "n3 never answered: the leader keeps heartbeating"
+    );
+    c.isolated.clear();
+    c.tick_all(20);
+    assert!(all_quiesced(&mut c), "n3 back: all three quiesce");
+    // A restarted learner-like member that never speaks first: the detector's
+    // word wakes the leader, which heartbeats it.
+    c.node(1).peer_reachable(NodeId(3));
+    assert!(!c.node(1).is_quiesced());
+    c.settle();
+    c.tick_all(20);
+    assert!(all_quiesced(&mut c));
+}
+
+#[test]
+fn test_quiesce_off_by_default() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.tick_all(50);
+    assert!(!c.node(1).is_quiesced() && !c.node(2).is_quiesced());
 }

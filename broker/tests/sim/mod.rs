@@ -174,6 +174,14 @@ struct Knobs {
     reads_per_tick: u64,
     /// Probability per tick that the leader proposes a membership change.
     p_member_change: f64,
+    /// Leaders quiesce idle groups after this many ticks (0: never).
+    quiesce_after: u32,
+    /// Probability per tick that clients go quiet for a while (no proposals, reads
+    /// or membership changes), so that groups quiesce while faults go on.
+    p_quiet: f64,
+    /// Probability per tick that a node's failure detector wrongly reports a live,
+    /// reachable peer.
+    p_false_suspect: f64,
 }
 
 impl Knobs {
@@ -203,6 +211,9 @@ impl Knobs {
             p_compact: rng.pick(&[0.02, 0.1, 0.4]),
             reads_per_tick: rng.pick(&[0, 1, 3]),
             p_member_change: rng.pick(&[0.0, 0.01, 0.04]),
+            quiesce_after: rng.pick(&[0, 2, 5, 15]),
+            p_quiet: rng.pick(&[0.0, 0.02, 0.05]),
+            p_false_suspect: rng.pick(&[0.0, 0.0, 0.002]),
         }
     }
 }
@@ -291,6 +302,14 @@ struct World {
     /// (from, to) links that drop messages.
     blocked: BTreeSet<(u64, u64)>,
     heal_at: u64,
+    /// Clients propose, read and change nothing until then.
+    quiet_until: u64,
+    /// (node, peer) pairs whose failure detector reported the peer and has not
+    /// heard from it since.
+    suspected: BTreeSet<(usize, usize)>,
+    /// (node, crashed peer, when): a crash closes the peer's connections, which
+    /// every node notices (always, soon): reported then, even if it has restarted.
+    crash_reports: Vec<(usize, usize, u64)>,
     now: u64,
     faults_on: bool,
     // Checker state.
@@ -356,6 +375,7 @@ fn config(k: &Knobs, id: u64, seed: u64, fault: Option<FaultVariant>) -> Config 
     c.max_pending_proposals = k.max_pending;
     c.pre_vote = k.pre_vote;
     c.check_quorum = k.check_quorum;
+    c.quiesce_after_ticks = k.quiesce_after;
     c.seed = seed;
     c.fault = fault;
     c
@@ -379,6 +399,9 @@ pub fn run_seed(seed: u64, opts: Options) -> Result<Stats, Failure> {
         net: Vec::new(),
         blocked: BTreeSet::new(),
         heal_at: 0,
+        quiet_until: 0,
+        suspected: BTreeSet::new(),
+        crash_reports: Vec::new(),
         now: 0,
         faults_on: true,
         leaders: BTreeMap::new(),
@@ -489,6 +512,7 @@ impl World {
             if self.faults_on {
                 self.inject_faults()?;
             }
+            self.detect_failures()?;
             for i in 0..n {
                 if self.active(i) {
                     let ticks = if self.faults_on && self.rng.chance(self.k.p_tick_skew) {
@@ -504,12 +528,21 @@ impl World {
                 }
             }
             self.deliver_due()?;
+            if self.faults_on && self.rng.chance(self.k.p_quiet) {
+                self.quiet_until = now + 10 + self.rng.below(150);
+                self.ev("quiet", 0, self.quiet_until, 0, 0, 0);
+            }
             if self.faults_on {
+                let quiet = now < self.quiet_until;
                 for _ in 0..self.k.proposals_per_tick {
-                    self.propose()?;
+                    if !quiet {
+                        self.propose()?;
+                    }
                 }
                 for _ in 0..self.k.reads_per_tick {
-                    self.read()?;
+                    if !quiet {
+                        self.read()?;
+                    }
                 }
                 if spares(&self.k) > 0 {
                     self.record_bootstrap_membership()?;
@@ -666,8 +699,12 @@ impl World {
             MessageBody::Heartbeat {
                 commit_index,
                 read_round,
-            } => [f, t, commit_index.0, *read_round, 0],
-            MessageBody::HeartbeatResponse { read_round } => [f, t, *read_round, 0, 0],
+                quiesce,
+            } => [f, t, commit_index.0, *read_round, *quiesce as u64],
+            MessageBody::HeartbeatResponse {
+                read_round,
+                quiesced,
+            } => [f, t, *read_round, *quiesced as u64, 0],
             MessageBody::ReadIndex { id } => [f, t, *id, 0, 0],
             MessageBody::ReadIndexResponse { id, index } => {
                 [f, t, *id, index.map_or(0, |i| i.0), index.is_some() as u64]
@@ -1322,6 +1359,21 @@ impl World {
 
     fn crash(&mut self, i: usize) -> Check {
         let node = self.slots[i].raft.take().expect("crash a live node");
+        if self.k.quiesce_after > 0 {
+            for peer in (0..self.slots.len()).filter(|&p| p != i) {
+                // A closed connection is noticed after everything sent on it.
+                let (from, to) = (i as u64 + 1, peer as u64 + 1);
+                let last_sent = self
+                    .net
+                    .iter()
+                    .filter(|f| f.msg.from.0 == from && f.msg.to.0 == to)
+                    .map(|f| f.at + 1)
+                    .max()
+                    .unwrap_or(0);
+                let at = (self.now + self.rng.below(5)).max(last_sent);
+                self.crash_reports.push((peer, i, at));
+            }
+        }
         self.slots[i].pending.clear();
         // Reads waiting there are lost with the process (their clients retry).
         for (read_id, _) in std::mem::take(&mut self.slots[i].reads_ready) {
@@ -1414,6 +1466,61 @@ impl World {
             0,
         );
         self.check()
+    }
+
+    /// Each node's failure detector: a peer that is down, paused or cut off from
+    /// it is reported, after a random delay (a chance per tick); with
+    /// `p_false_suspect`, a live and reachable one is too.
+    fn detect_failures(&mut self) -> Check {
+        if self.k.quiesce_after == 0 {
+            return Ok(());
+        }
+        let n = self.slots.len();
+        let now = self.now;
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.crash_reports)
+            .into_iter()
+            .partition(|r| r.2 <= now);
+        self.crash_reports = later;
+        for (i, j, _) in due {
+            if self.live(i) {
+                self.ev("link-closed", i as u64 + 1, j as u64 + 1, 0, 0, 0);
+                self.suspected.insert((i, j));
+                let node = self.slots[i].raft.as_mut().unwrap();
+                node.peer_unreachable(NodeId(j as u64 + 1));
+                self.check()?;
+            }
+        }
+        for i in 0..n {
+            if !self.active(i) {
+                continue;
+            }
+            for j in 0..n {
+                if i == j {
+                    continue;
+                }
+                let cut = !self.active(j)
+                    || (self.faults_on && self.blocked.contains(&(j as u64 + 1, i as u64 + 1)));
+                let report = if cut {
+                    !self.suspected.contains(&(i, j)) && self.rng.chance(0.25)
+                } else {
+                    self.faults_on && self.rng.chance(self.k.p_false_suspect)
+                };
+                if report {
+                    self.ev("suspect", i as u64 + 1, j as u64 + 1, cut as u64, 0, 0);
+                    self.suspected.insert((i, j));
+                    let node = self.slots[i].raft.as_mut().unwrap();
+                    node.peer_unreachable(NodeId(j as u64 + 1));
+                    self.check()?;
+                } else if !cut && self.suspected.contains(&(i, j)) && self.rng.chance(0.25) {
+                    self.ev("heard-again", i as u64 + 1, j as u64 + 1, 0, 0, 0);
+                    self.suspected.remove(&(i, j));
+                    let node = self.slots[i].raft.as_mut().unwrap();
+                    node.peer_reachable(NodeId(j as u64 + 1));
+                    self.check()?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn stop_faults(&mut self) -> Check {

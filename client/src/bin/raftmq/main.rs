@@ -1332,6 +1332,8 @@ async fn cluster(client: &Client, command: ClusterCommand) -> Result<()> {
                             " (left: replica not placed here)"
                         } else if moving {
                             " (moving)"
+                        } else if g.quiesced {
+                            " (quiesced)"
                         } else {
                             ""
                         }

@@ -35,7 +35,8 @@ pub(crate) struct GroupOpener {
     pub(crate) local_addr: SocketAddr,
     pub(crate) directory: Arc<GroupDirectory>,
     pub(crate) shutdown: CancellationToken,
-    pub(crate) security: Arc<crate::security::Security>,
+    /// The links to other nodes, shared by every group.
+    pub(crate) peer_links: Arc<crate::transport::PeerLinks>,
 }
 
 /// The directory of data group `group` under the data directory.
@@ -97,9 +98,7 @@ impl GroupOpener {
                 incarnation: identity.incarnation,
                 address: Some(self.local_addr),
             },
-            config.max_frame_bytes,
-            self.security.clone(),
-            self.shutdown.clone(),
+            self.peer_links.clone(),
         )
         .for_group(group);
         let node = Node::new(

@@ -212,7 +212,11 @@ impl Broker {
             local_addr,
             directory: directory.clone(),
             shutdown: shutdown.clone(),
-            security: security.clone(),
+            peer_links: crate::transport::PeerLinks::new(
+                config.max_frame_bytes,
+                security.clone(),
+                shutdown.clone(),
+            ),
         };
         let join = config.join.clone();
         let metadata = groups
@@ -489,9 +493,10 @@ impl Connection {
             },
         ));
         let permits = Arc::new(Semaphore::new(config.max_inflight_per_connection));
-        // (group, sending node) of the Raft messages this connection carried: told
-        // when it closes, so that idle followers notice a dead leader at once.
-        let mut peer_links: Vec<(crate::directory::GroupId, crate::raft::NodeId)> = Vec::new();
+        // The nodes whose Raft messages this connection carried (one, normally: a
+        // node's groups share its link): every group is told when it closes, so that
+        // idle followers notice a dead leader at once.
+        let mut peer_nodes: Vec<crate::raft::NodeId> = Vec::new();
         // When this connection last told the failure detector it heard its peer.
         let mut liveness_noted: Option<std::time::Instant> = None;
         // A connection that must log in has LOGIN_TIMEOUT to do it (or to show
@@ -563,9 +568,9 @@ impl Connection {
                         if matches!(msg.0, raft_wire::PeerMessage::Ping { .. }) {
                             continue;
                         }
-                        let link = (group, msg.0.from());
-                        if !peer_links.contains(&link) && peer_links.len() < MAX_LINKS_NOTED {
-                            peer_links.push(link);
+                        let from = msg.0.from();
+                        if !peer_nodes.contains(&from) && peer_nodes.len() < MAX_PEERS_NOTED {
+                            peer_nodes.push(from);
                         }
                         // A group not started here yet (its creation not applied by
                         // this node's metadata group): Raft retries.
@@ -721,11 +726,9 @@ impl Connection {
                 }
             }
         }
-        for (group, from) in peer_links {
-            if let Some(inbox) = directory.inbox(group) {
-                // Never waits: a full inbox is a busy group, not an idle one.
-                let _ = inbox.try_send(NodeInput::PeerLinkClosed(from));
-            }
+        for from in peer_nodes {
+            // Never waits: a full inbox is a busy group, not an idle one.
+            directory.tell_all(|| NodeInput::PeerLinkClosed(from));
             directory.liveness().lost(from);
         }
         // The writer ends once every answer is written: the node tasks hold the
@@ -739,9 +742,9 @@ impl Connection {
 /// A busy peer connection tells the failure detector at most this often.
 const LIVENESS_NOTE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
 
-/// Links noted per connection (a peer's connection carries one group's messages,
-/// or a few).
-const MAX_LINKS_NOTED: usize = 64;
+/// Sending nodes noted per connection (a peer's connection carries its own
+/// messages only; the bound keeps a misbehaving one cheap).
+const MAX_PEERS_NOTED: usize = 16;
 
 /// One SASL request on the native protocol.
 fn login_step(

@@ -1,16 +1,21 @@
-//! Outbound links to the other brokers of the Raft group.
+//! Outbound links to the other brokers.
 //!
-//! The set of peers follows the membership in effect ([`PeerTransport::set_peers`]):
-//! a link starts for each new member and stops for each removed one.
+//! One task per peer *node* owns a TCP connection and a bounded queue, shared by
+//! every Raft group of the process ([`PeerLinks`]): a node with 1,000 groups opens
+//! one connection to each other node, not 1,000 (which would also run into the
+//! per-address connection limit), and the messages of all groups to a peer are
+//! written together. Each group's [`PeerTransport`] holds handles to the links of
+//! its members ([`PeerTransport::set_peers`] follows the membership in effect); a
+//! link stops when no group holds it any more.
 //!
-//! One task per peer owns a TCP connection and a bounded queue. Sending never blocks
-//! the Raft task: when a queue is full or the peer is down the message is dropped, which
-//! Raft tolerates (it retries appends and heartbeats). While disconnected the task
-//! reconnects with exponential backoff and discards what was queued, since stale
-//! appends would only be rejected.
+//! Sending never blocks the Raft task: when a queue is full or the peer is down the
+//! message is dropped, which Raft tolerates (it retries appends and heartbeats).
+//! While disconnected the task reconnects with exponential backoff and discards
+//! what was queued, since stale appends would only be rejected.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::{Mutex, Weak};
 use std::time::Duration;
 
 use futures::SinkExt;
@@ -24,8 +29,8 @@ use tokio_util::sync::CancellationToken;
 use crate::raft::{Message, NodeId};
 use crate::raft_wire::{self, PeerIdentity};
 
-/// Messages queued per peer before new ones are dropped.
-const PEER_QUEUE_MESSAGES: usize = 4096;
+/// Messages queued per peer (all groups together) before new ones are dropped.
+const PEER_QUEUE_MESSAGES: usize = 16384;
 /// Messages written to the socket before one flush.
 const PEER_FLUSH_MESSAGES: usize = 256;
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
@@ -33,45 +38,100 @@ const BACKOFF_MAX: Duration = Duration::from_millis(1000);
 /// How often a peer that stays unreachable is reported.
 const UNREACHABLE_LOG_INTERVAL: Duration = Duration::from_secs(30);
 
-/// One peer's sender task.
+/// One peer node's sender task, shared by the groups that hold this handle; the
+/// task stops when the last handle is dropped.
 #[derive(Debug)]
-struct Link {
-    addr: SocketAddr,
+struct SharedLink {
     tx: mpsc::Sender<pb::RaftMessage>,
-    /// Stops the task (the peer left the membership or moved).
     stop: CancellationToken,
 }
 
-/// Handles to the per-peer sender tasks.
+impl Drop for SharedLink {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// The process's links to other nodes, one per (node, address), shared by every
+/// group of the process.
+#[derive(Debug)]
+pub struct PeerLinks {
+    links: Mutex<HashMap<(NodeId, SocketAddr), Weak<SharedLink>>>,
+    max_frame_bytes: usize,
+    security: Arc<crate::security::Security>,
+    shutdown: CancellationToken,
+}
+
+impl PeerLinks {
+    /// No link yet; each starts when a group first needs it.
+    pub fn new(
+        max_frame_bytes: usize,
+        security: Arc<crate::security::Security>,
+        shutdown: CancellationToken,
+    ) -> Arc<PeerLinks> {
+        Arc::new(PeerLinks {
+            links: Mutex::new(HashMap::new()),
+            max_frame_bytes,
+            security,
+            shutdown,
+        })
+    }
+
+    /// The link to `id` at `addr`, started if no group holds it.
+    fn get(&self, id: NodeId, addr: SocketAddr) -> Arc<SharedLink> {
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(link) = links.get(&(id, addr)).and_then(Weak::upgrade) {
+            return link;
+        }
+        links.retain(|_, link| link.strong_count() > 0);
+        let (tx, rx) = mpsc::channel(PEER_QUEUE_MESSAGES);
+        let stop = self.shutdown.child_token();
+        tokio::spawn(peer_link(
+            id,
+            addr,
+            rx,
+            self.max_frame_bytes,
+            self.security.clone(),
+            stop.clone(),
+        ));
+        let link = Arc::new(SharedLink { tx, stop });
+        links.insert((id, addr), Arc::downgrade(&link));
+        link
+    }
+}
+
+/// One group's handle on a peer's link.
+#[derive(Debug)]
+struct Link {
+    addr: SocketAddr,
+    shared: Arc<SharedLink>,
+}
+
+/// One group's handles to the links of its peers.
 #[derive(Debug)]
 pub struct PeerTransport {
     self_id: NodeId,
     links: BTreeMap<NodeId, Link>,
     identity: PeerIdentity,
-    max_frame_bytes: usize,
-    security: Arc<crate::security::Security>,
-    shutdown: CancellationToken,
-    /// The Raft group every message is stamped with (each group has its own links).
+    shared: Arc<PeerLinks>,
+    /// The Raft group every message is stamped with.
     group: crate::directory::GroupId,
 }
 
 impl PeerTransport {
-    /// Starts one sender task per peer other than `self_id`.
+    /// Links to every peer other than `self_id`, through the process's `shared`
+    /// links.
     pub fn start(
         self_id: NodeId,
         peers: &BTreeMap<NodeId, SocketAddr>,
         identity: PeerIdentity,
-        max_frame_bytes: usize,
-        security: Arc<crate::security::Security>,
-        shutdown: CancellationToken,
+        shared: Arc<PeerLinks>,
     ) -> PeerTransport {
         let mut transport = PeerTransport {
             self_id,
             links: BTreeMap::new(),
             identity,
-            max_frame_bytes,
-            security,
-            shutdown,
+            shared,
             group: crate::directory::METADATA_GROUP,
         };
         transport.set_peers(peers);
@@ -81,13 +141,8 @@ impl PeerTransport {
     /// Links to exactly these peers (this node is skipped): new ones start, removed
     /// ones stop, a peer whose address changed is reconnected.
     pub fn set_peers(&mut self, peers: &BTreeMap<NodeId, SocketAddr>) {
-        self.links.retain(|id, link| {
-            let keep = peers.get(id) == Some(&link.addr);
-            if !keep {
-                link.stop.cancel();
-            }
-            keep
-        });
+        self.links
+            .retain(|id, link| peers.get(id) == Some(&link.addr));
         for (&id, &addr) in peers {
             self.ensure_peer(id, addr);
         }
@@ -99,17 +154,8 @@ impl PeerTransport {
         if id == self.self_id || self.links.contains_key(&id) {
             return;
         }
-        let (tx, rx) = mpsc::channel(PEER_QUEUE_MESSAGES);
-        let stop = self.shutdown.child_token();
-        tokio::spawn(peer_link(
-            id,
-            addr,
-            rx,
-            self.max_frame_bytes,
-            self.security.clone(),
-            stop.clone(),
-        ));
-        self.links.insert(id, Link { addr, tx, stop });
+        let shared = self.shared.get(id, addr);
+        self.links.insert(id, Link { addr, shared });
     }
 
     /// Stamps every message with `group` (before the first peer is linked).
@@ -155,7 +201,7 @@ impl PeerTransport {
     fn send_pb(&self, to: NodeId, mut msg: pb::RaftMessage) {
         msg.group_id = self.group;
         if let Some(link) = self.links.get(&to) {
-            if link.tx.try_send(msg).is_err() {
+            if link.shared.tx.try_send(msg).is_err() {
                 tracing::trace!(peer = to.0, "peer queue full, message dropped");
             }
         }

@@ -78,9 +78,9 @@ pub enum NodeInput {
     /// A message from a peer (a Raft message or a piece of a snapshot), with who
     /// sent it.
     Peer((PeerMessage, PeerIdentity)),
-    /// The connection on which `NodeId` sent this group's messages closed (its
-    /// process stopped, or the link broke): if it is the leader, the group
-    /// stops idling, so that a dead leader is replaced at full speed.
+    /// A connection on which `NodeId` sent Raft messages closed (its process
+    /// stopped, or the link broke): if it leads this group, the group stops idling
+    /// (and wakes if quiesced), so that a dead leader is replaced at full speed.
     PeerLinkClosed(crate::raft::NodeId),
     /// The process's failure detector has not heard from this node for a while
     /// (see `crate::liveness`): a quiesced group it leads wakes and elects another.

@@ -50,6 +50,31 @@ async fn given_kills_and_pauses_with_data_groups_no_acknowledged_message_is_lost
     .await;
 }
 
+/// Kills and pauses while the data groups keep going quiet: producers pause up to
+/// 1.5 s between batches and nothing else reads the data groups, so groups
+/// quiesce (after 300 ms idle) and wake again all the time; a frozen or killed
+/// leader of a quiesced group is found by the node-level failure detector.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_kills_and_pauses_of_quiescing_data_groups_no_acknowledged_message_is_lost() {
+    let _serial = jepsen::serial().await;
+    run_and_check(Scenario {
+        name: "process-3-quiescing",
+        cluster: ClusterOptions {
+            extra_args: vec!["--data-groups".into(), "3".into()],
+            ..ClusterOptions::default()
+        },
+        workload: WorkloadConfig {
+            producers: 2,
+            pause_ms_max: 1500,
+            offset_readers: 0,
+            ..WorkloadConfig::default()
+        },
+        profile: Profile::Process,
+        duration: jepsen::fault_duration(Duration::from_secs(20)),
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_mixed_process_and_network_faults_on_five_nodes_the_history_checks_out() {
     let _serial = jepsen::serial().await;

@@ -210,12 +210,12 @@ impl PeerMessage {
     }
 }
 
-/// Encodes a refusal notice (see [`PeerMessage::Refused`]).
-pub fn refusal_to_pb(
+/// A node-level message (not of any Raft term or group) from `from` to `to`.
+fn node_message(
     from: NodeId,
     to: NodeId,
-    reason: String,
     identity: PeerIdentity,
+    body: pb::raft_message::Body,
 ) -> pb::RaftMessage {
     pb::RaftMessage {
         from: from.0,
@@ -225,22 +225,29 @@ pub fn refusal_to_pb(
         from_incarnation: identity.incarnation,
         from_address: identity.address.map(|a| a.to_string()).unwrap_or_default(),
         group_id: 0,
-        body: Some(pb::raft_message::Body::Refused(pb::PeerRefused { reason })),
+        body: Some(body),
     }
+}
+
+/// Encodes a refusal notice (see [`PeerMessage::Refused`]).
+pub fn refusal_to_pb(
+    from: NodeId,
+    to: NodeId,
+    reason: String,
+    identity: PeerIdentity,
+) -> pb::RaftMessage {
+    let body = pb::raft_message::Body::Refused(pb::PeerRefused { reason });
+    node_message(from, to, identity, body)
 }
 
 /// Encodes a liveness ping (see [`PeerMessage::Ping`]).
 pub fn ping_to_pb(from: NodeId, to: NodeId, identity: PeerIdentity) -> pb::RaftMessage {
-    pb::RaftMessage {
-        from: from.0,
-        to: to.0,
-        term: 0,
-        cluster_id: identity.cluster_id,
-        from_incarnation: identity.incarnation,
-        from_address: identity.address.map(|a| a.to_string()).unwrap_or_default(),
-        group_id: 0,
-        body: Some(pb::raft_message::Body::Ping(pb::NodePing {})),
-    }
+    node_message(
+        from,
+        to,
+        identity,
+        pb::raft_message::Body::Ping(pb::NodePing {}),
+    )
 }
 
 /// Encodes a piece of a snapshot transfer.

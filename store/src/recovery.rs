@@ -144,9 +144,15 @@ pub(crate) fn recover(
             let seg = Segment::open(dir.join(segment::file_name(base)), base)?;
             Ok(last_nonzero(seg.bytes(), 0, seg.bytes().len() as u64).is_some())
         };
-        // Only when the log does go on after it: two empty segments are an empty log
-        // either way, and the lower base is kept as before.
-        if holds_data(bases[0])? || !holds_data(bases[1])? {
+        let starts_with_entry = |base: LogIndex| -> Result<bool, StoreError> {
+            let seg = Segment::open(dir.join(segment::file_name(base)), base)?;
+            Ok(entry::check_at(seg.bytes(), 0, config.max_entry_bytes, Some(base)).is_ok())
+        };
+        // Only when the log does go on after it, from a valid first entry: two empty
+        // segments are an empty log either way, and a next segment holding only
+        // garbage (unsynced blocks of a power loss) does not make the log start
+        // later; the lower base is kept.
+        if holds_data(bases[0])? || !starts_with_entry(bases[1])? {
             break;
         }
         // Its index file, if any, is removed with the other orphans below.

@@ -50,6 +50,31 @@ async fn given_partitions_with_data_groups_no_acknowledged_message_is_lost() {
     .await;
 }
 
+/// Partitions while the data groups keep going quiet (producers pause up to 1.5 s
+/// between batches, nothing else reads the data groups): a cut, blackholed or
+/// muted link closes nothing, so the followers of a quiesced group cut off from
+/// its leader depend on the node-level failure detector (silence) to elect another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_partitions_of_quiescing_data_groups_no_acknowledged_message_is_lost() {
+    let _serial = jepsen::serial().await;
+    run_and_check(Scenario {
+        name: "network-3-quiescing",
+        cluster: ClusterOptions {
+            extra_args: vec!["--data-groups".into(), "3".into()],
+            ..ClusterOptions::default()
+        },
+        workload: WorkloadConfig {
+            producers: 2,
+            pause_ms_max: 1500,
+            offset_readers: 0,
+            ..WorkloadConfig::default()
+        },
+        profile: Profile::Network,
+        duration: jepsen::fault_duration(Duration::from_secs(20)),
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_bridges_and_rings_on_five_nodes_replicas_stay_identical() {
     let _serial = jepsen::serial().await;

@@ -297,9 +297,15 @@ impl Node {
         }
     }
 
-    /// Quiesced, with no proposal or read waiting.
+    /// Quiesced, with no proposal or read waiting, and not leading where another
+    /// node should (leader balancing runs on ticks: a group that rested before
+    /// handing its leadership over would hand it over seconds later, in the middle
+    /// of whatever load has come since).
     fn resting(&self) -> bool {
-        self.raft.is_quiesced() && self.pending.is_empty() && self.waiting.len() == 0
+        self.raft.is_quiesced()
+            && self.pending.is_empty()
+            && self.waiting.len() == 0
+            && !self.leading_in_place_of_preferred()
     }
 
     fn now_ms(&self) -> u64 {

@@ -641,6 +641,16 @@ impl Node {
         }
     }
 
+    /// A data group led here while its placement prefers another node.
+    pub(super) fn leading_in_place_of_preferred(&self) -> bool {
+        self.raft.role() == Role::Leader
+            && self.group_id() != METADATA_GROUP
+            && self
+                .placed_replicas()
+                .and_then(|r| r.first().copied())
+                .is_some_and(|preferred| preferred != self.config.node_id.0)
+    }
+
     /// The data groups this node runs, for metadata and status answers.
     pub(super) fn data_group_infos(&self) -> Vec<pb::GroupInfo> {
         let mut infos = self.raft_groups.directory.statuses();

@@ -366,6 +366,30 @@ impl Drop for Cluster {
                 let _ = child.wait();
             }
         }
+        if std::thread::panicking() {
+            // The nodes' logs go with the temporary directory: show what they said
+            // about leadership and connections, which most failures come down to.
+            for id in 1..=self.nodes.len() as u64 {
+                let Ok(log) = std::fs::read_to_string(self.log_path(id)) else {
+                    continue;
+                };
+                let notable: Vec<&str> = log
+                    .lines()
+                    .filter(|l| {
+                        l.contains("WARN")
+                            || l.contains("ERROR")
+                            || l.contains("role changed")
+                            || l.contains("leadership")
+                            || l.contains("closing connection")
+                    })
+                    .collect();
+                let from = notable.len().saturating_sub(60);
+                eprintln!("--- node {id}: last notable log lines ---");
+                for line in &notable[from..] {
+                    eprintln!("{line}");
+                }
+            }
+        }
     }
 }
 

@@ -57,21 +57,10 @@ async fn given_kills_and_pauses_with_data_groups_no_acknowledged_message_is_lost
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_kills_and_pauses_of_quiescing_data_groups_no_acknowledged_message_is_lost() {
     let _serial = jepsen::serial().await;
-    run_and_check(Scenario {
-        name: "process-3-quiescing",
-        cluster: ClusterOptions {
-            extra_args: vec!["--data-groups".into(), "3".into()],
-            ..ClusterOptions::default()
-        },
-        workload: WorkloadConfig {
-            producers: 2,
-            pause_ms_max: 1500,
-            offset_readers: 0,
-            ..WorkloadConfig::default()
-        },
-        profile: Profile::Process,
-        duration: jepsen::fault_duration(Duration::from_secs(20)),
-    })
+    run_and_check(jepsen::quiescing_scenario(
+        "process-3-quiescing",
+        Profile::Process,
+    ))
     .await;
 }
 

@@ -57,3 +57,25 @@ pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     LOCK.lock().await
 }
+
+/// A scenario whose data groups keep quiescing and waking under faults: three data
+/// groups; two producers pausing up to 1.5 s between batches and no offset
+/// readers, so nothing else keeps the groups awake.
+#[allow(dead_code)] // each test binary uses part of this module
+pub fn quiescing_scenario(name: &'static str, profile: nemesis::Profile) -> run::Scenario {
+    run::Scenario {
+        name,
+        cluster: cluster::ClusterOptions {
+            extra_args: vec!["--data-groups".into(), "3".into()],
+            ..cluster::ClusterOptions::default()
+        },
+        workload: workload::WorkloadConfig {
+            producers: 2,
+            pause_ms_max: 1500,
+            offset_readers: 0,
+            ..workload::WorkloadConfig::default()
+        },
+        profile,
+        duration: fault_duration(Duration::from_secs(20)),
+    }
+}

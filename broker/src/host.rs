@@ -176,7 +176,10 @@ impl GroupOpener {
                 };
                 let bootstrap = crate::cluster::bootstrap_entry(&addresses);
                 match self.open(group, &dir, request.identity.clone(), bootstrap) {
-                    Ok(node) => {
+                    Ok(mut node) => {
+                        if !first.is_empty() && placed.replicas.first() == Some(&me) {
+                            node.campaign_soon_if_new();
+                        }
                         tracing::info!(
                             group,
                             joining = first.is_empty(),

@@ -84,11 +84,11 @@ fn kcat_lists_produces_and_consumes_with_keys_and_as_a_group() {
     const N: usize = 100_000;
     let input: String = (0..N).map(|i| format!("key{}:{i}\n", i % 100)).collect();
     let mut produce = client_command("kcat");
-    // Order per partition is checked below: without idempotence Kafka keeps it
-    // across a retried request only with one request in flight. (With quiescing
-    // data groups, about one run in thirty saw a partition's first batch retried
-    // after the second one was stored: a transient refusal right after the
-    // topic's creation whose cause is still to be found.)
+    // Order per partition is checked below. Kafka keeps a partition's order
+    // across a retried request only for an idempotent producer: without it,
+    // librdkafka sends the batch it built while the first was in flight before
+    // it retries the first (seen when a partition's first batch was answered
+    // "not leader" while its data group was still electing).
     produce.args([
         "-b",
         &brokers,
@@ -99,7 +99,7 @@ fn kcat_lists_produces_and_consumes_with_keys_and_as_a_group() {
         "-X",
         "acks=all",
         "-X",
-        "max.in.flight=1",
+        "enable.idempotence=true",
     ]);
     run(produce, Some(input.into_bytes()), Duration::from_secs(120));
 

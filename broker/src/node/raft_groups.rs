@@ -29,6 +29,10 @@ use crate::placement::{self, Assignment};
 use crate::raft::{Membership, NodeId, ProgressState, Role};
 use crate::response::Responder;
 
+/// How soon a new group's preferred leader campaigns: long enough for the other
+/// replicas, started by the same metadata entry, to be running.
+const FIRST_CAMPAIGN_TICKS: u32 = 5;
+
 /// How often a data group's leader checks whether its preferred leader should lead.
 const LEADER_BALANCE_INTERVAL: Duration = Duration::from_secs(2);
 /// How often a group publishes its status and a data group's leader checks its
@@ -91,6 +95,17 @@ impl Node {
     /// The group this node task drives.
     pub(super) fn group_id(&self) -> GroupId {
         self.raft_groups.group
+    }
+
+    /// A replica of a group that has never had a leader (term 0, empty log) on
+    /// the group's preferred leader: campaigns within a few ticks, so a new
+    /// cluster's or a new topic's queues take writes at once rather than after
+    /// one to two election timeouts (clients would be told "not leader" until
+    /// then, and a Kafka producer without idempotence may reorder a retried batch).
+    pub(crate) fn campaign_soon_if_new(&mut self) {
+        if self.raft.term().0 == 0 && self.raft.log().last_index().0 == 0 {
+            self.raft.campaign_within(FIRST_CAMPAIGN_TICKS);
+        }
     }
 
     /// Every tick.

@@ -500,6 +500,22 @@ impl<L: RaftLog> RawNode<L> {
         }
     }
 
+    /// A follower that knows no leader campaigns within `ticks` (at least one)
+    /// instead of after its randomized election timeout; the timer is never
+    /// lengthened, and a node that hears from a leader meanwhile does not
+    /// campaign. For a group just created: its preferred leader calls it so the
+    /// group can take writes within a few ticks instead of one to two election
+    /// timeouts after its creation. Safe at any time: the election it starts
+    /// early is an ordinary one (pre-vote first), and if its peers have not
+    /// started yet it fails and the next one waits a full randomized timeout.
+    pub fn campaign_within(&mut self, ticks: u32) {
+        if self.role != Role::Follower || self.leader.is_some() {
+            return;
+        }
+        let at = self.election_elapsed.saturating_add(ticks.max(1));
+        self.randomized_election_timeout = self.randomized_election_timeout.min(at);
+    }
+
     /// Leader only: hands leadership to `to` once it has caught up; proposals are
     /// refused until the transfer ends (or is abandoned after an election timeout).
     pub fn transfer_leadership(&mut self, to: NodeId) -> Result<(), TransferError> {

@@ -155,6 +155,29 @@ fn test_leader_election_three_nodes() {
 }
 
 #[test]
+fn test_campaign_within_elects_the_chosen_node_within_those_ticks() {
+    let mut c = Cluster::new(3);
+    c.node(2).campaign_within(3);
+    // Every node ticks: node 2 campaigns at its third tick, long before the
+    // others' randomized timeouts (at least one election timeout), and wins.
+    c.tick_all(3);
+    assert_eq!(c.node(2).role(), Role::Leader);
+    for id in [1, 3] {
+        assert_eq!(c.node(id).leader(), Some(NodeId(2)));
+    }
+    // Never on a node that knows a leader; never lengthening a timer.
+    let term = c.node(2).term();
+    c.node(1).campaign_within(1);
+    c.tick_all(1);
+    assert_eq!(c.node(2).role(), Role::Leader);
+    assert_eq!(c.node(1).term(), term);
+    let mut d = Cluster::new(3);
+    let before = d.node(1).randomized_election_timeout;
+    d.node(1).campaign_within(before + 100);
+    assert_eq!(d.node(1).randomized_election_timeout, before);
+}
+
+#[test]
 fn test_leader_election_single_node() {
     let mut c = Cluster::new(1);
     c.elect(1);

@@ -182,6 +182,9 @@ struct Knobs {
     /// Probability per tick that a node's failure detector wrongly reports a live,
     /// reachable peer.
     p_false_suspect: f64,
+    /// A node told at the start to campaign within this many ticks (as a new
+    /// group's preferred leader is), or none.
+    first_campaign: Option<(u64, u32)>,
 }
 
 impl Knobs {
@@ -214,6 +217,7 @@ impl Knobs {
             quiesce_after: rng.pick(&[0, 2, 5, 15]),
             p_quiet: rng.pick(&[0.0, 0.02, 0.05]),
             p_false_suspect: rng.pick(&[0.0, 0.0, 0.002]),
+            first_campaign: None,
         }
     }
 }
@@ -447,6 +451,17 @@ pub fn run_seed(seed: u64, opts: Options) -> Result<Stats, Failure> {
             joined: false,
             wiped_after: LogIndex::ZERO,
         });
+    }
+    // Drawn from a stream of its own so that the rest of a seed's run is drawn
+    // as before this knob existed.
+    let mut first = Rng::new(seed ^ 0x5eed_f125_7ca3_0001);
+    if first.chance(0.5) {
+        let node = 1 + first.below(world.k.nodes);
+        let ticks = 1 + first.below(5) as u32;
+        world.k.first_campaign = Some((node, ticks));
+        if let Some(raft) = world.slots[node as usize - 1].raft.as_mut() {
+            raft.campaign_within(ticks);
+        }
     }
     let result = catch_unwind(AssertUnwindSafe(|| world.run()));
     let outcome = match result {

@@ -86,6 +86,8 @@ pub struct StartGroups {
 pub struct GroupDirectory {
     inboxes: RwLock<BTreeMap<GroupId, mpsc::Sender<NodeInput>>>,
     status: RwLock<BTreeMap<GroupId, pb::GroupInfo>>,
+    /// Replicas forgotten whose files are still being deleted.
+    retiring: RwLock<std::collections::BTreeSet<GroupId>>,
     placement: RwLock<Arc<Placement>>,
     /// (topic id, queue) → (first offset stored, next offset) of the queues of the
     /// data groups running here, for consumer-group lag on the metadata group.
@@ -106,6 +108,7 @@ impl GroupDirectory {
         let directory = GroupDirectory {
             inboxes: RwLock::default(),
             status: RwLock::default(),
+            retiring: RwLock::default(),
             placement: RwLock::default(),
             queue_bounds: RwLock::default(),
             redirects: std::sync::atomic::AtomicUsize::new(0),
@@ -128,6 +131,40 @@ impl GroupDirectory {
     /// Whether `group` runs here.
     pub fn hosts(&self, group: GroupId) -> bool {
         read(&self.inboxes).contains_key(&group)
+    }
+
+    /// A replica that ran here retired (moved to other nodes): requests for its
+    /// group are redirected from now on, and neither its status nor its queues'
+    /// offset ranges are reported any more.
+    pub fn forget(&self, group: GroupId) {
+        write(&self.retiring).insert(group);
+        write(&self.inboxes).remove(&group);
+        write(&self.status).remove(&group);
+        let placement = self.placement();
+        let held: Vec<(u32, u32)> = placement
+            .topics
+            .values()
+            .flat_map(|t| {
+                (0..t.queues)
+                    .filter(move |&q| t.group_of(q) == group)
+                    .map(move |q| (t.id, q))
+            })
+            .collect();
+        let mut bounds = write(&self.queue_bounds);
+        for key in held {
+            bounds.remove(&key);
+        }
+    }
+
+    /// A forgotten replica's files are gone (or stay for good): the group may be
+    /// started here again.
+    pub fn retired(&self, group: GroupId) {
+        write(&self.retiring).remove(&group);
+    }
+
+    /// Whether a replica of `group` is being retired here (its files deleted).
+    pub fn is_retiring(&self, group: GroupId) -> bool {
+        read(&self.retiring).contains(&group)
     }
 
     /// Drops every inbox: each node task stops once the requests already queued

@@ -17,9 +17,9 @@ use tracing::Instrument;
 use crate::cluster::NodeIdentity;
 use crate::config::BrokerConfig;
 use crate::data_dir_lock::DataDirLock;
-use crate::directory::{GroupDirectory, GroupId, StartGroups, METADATA_GROUP};
+use crate::directory::{GroupDirectory, GroupId, StartGroups};
 use crate::hard_state::HardStateFile;
-use crate::node::Node;
+use crate::node::{Node, NodeExit};
 use crate::raft::{self, MembershipEntry, NodeId, RawNode};
 use crate::raft_wire;
 use crate::server::StartError;
@@ -121,7 +121,17 @@ impl GroupOpener {
         let (tx, rx) = mpsc::channel(NODE_INBOX);
         self.directory.register(group, tx);
         let span = tracing::info_span!("group", id = group);
-        tokio::spawn(node.run(rx).instrument(span))
+        let dir = data_group_dir(&self.config.data_dir, group);
+        let directory = self.directory.clone();
+        tokio::spawn(
+            async move {
+                if node.run(rx).await == NodeExit::Retired {
+                    let _ = tokio::task::spawn_blocking(move || delete_retired_replica(&dir)).await;
+                    directory.retired(group);
+                }
+            }
+            .instrument(span),
+        )
     }
 
     /// Starts the data groups the metadata group asks for, until shutdown; then
@@ -133,7 +143,6 @@ impl GroupOpener {
         lock: DataDirLock,
     ) {
         let mut tasks = vec![metadata];
-        let mut running = std::collections::BTreeSet::from([METADATA_GROUP]);
         loop {
             let request = tokio::select! {
                 _ = self.shutdown.cancelled() => break,
@@ -147,17 +156,21 @@ impl GroupOpener {
                 // A replica this node still has on disk runs too, placed here or
                 // not: it may still count in its group until its leader removes it.
                 let dir = data_group_dir(&self.config.data_dir, group);
-                if running.contains(&group) || !(placed.replicas.contains(&me) || dir.exists()) {
+                // Running: started before and not retired since (or retiring now).
+                let running = self.directory.hosts(group) || self.directory.is_retiring(group);
+                if running || !(placed.replicas.contains(&me) || dir.exists()) {
                     continue;
                 }
                 // A first replica starts from the group's first configuration (every
                 // first replica the same); a later one joins: it starts knowing no
-                // members and waits for the group's leader to add it.
-                let first: &[u64] = if placed.initial.contains(&me) {
-                    &placed.initial
-                } else {
-                    &[]
-                };
+                // members and waits for the group's leader to add it. So does a
+                // first replica that retired here and is placed here again.
+                let first: &[u64] =
+                    if placed.initial.contains(&me) && !retired_marker(&dir).exists() {
+                        &placed.initial
+                    } else {
+                        &[]
+                    };
                 let addresses: Option<BTreeMap<NodeId, SocketAddr>> = first
                     .iter()
                     .map(|&v| {
@@ -186,7 +199,6 @@ impl GroupOpener {
                             dir = %dir.display(),
                             "data group replica started"
                         );
-                        running.insert(group);
                         tasks.push(self.spawn(group, node));
                     }
                     Err(e) => {
@@ -206,6 +218,37 @@ impl GroupOpener {
             let _ = task.await;
         }
         drop(lock);
+    }
+}
+
+/// The marker left where a retired replica of a group was: this node never
+/// again starts that group from its first configuration (an empty log that
+/// believes itself a first member could vote as one); it joins if placed here
+/// again.
+fn retired_marker(dir: &Path) -> std::path::PathBuf {
+    dir.with_extension("retired")
+}
+
+/// Deletes a retired replica's files, marker first (see [`retired_marker`]). A
+/// failure is logged and the files stay: the replica is not started again
+/// unless placed here (then as a joining replica, whose leader repairs it).
+fn delete_retired_replica(dir: &Path) {
+    let marker = retired_marker(dir);
+    let written = std::fs::write(&marker, b"retired\n")
+        .and_then(|()| std::fs::File::open(&marker)?.sync_all())
+        .and_then(|()| match dir.parent() {
+            Some(parent) => std::fs::File::open(parent)?.sync_all(),
+            None => Ok(()),
+        });
+    if let Err(e) = written {
+        tracing::error!(path = %marker.display(), error = %e, "cannot mark a retired replica; its files are kept");
+        return;
+    }
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => tracing::info!(dir = %dir.display(), "retired replica's files deleted"),
+        Err(e) => {
+            tracing::error!(dir = %dir.display(), error = %e, "cannot delete a retired replica's files")
+        }
     }
 }
 

@@ -191,6 +191,9 @@ pub enum PeerMessage {
         from: NodeId,
         /// Why.
         reason: String,
+        /// The index of the sender's committed membership that has no place for
+        /// the receiver, when the sender leads the group (0: not known removed).
+        removed_at: u64,
     },
     /// Node-level liveness (see `crate::liveness`): the sender is up.
     Ping {
@@ -234,9 +237,10 @@ pub fn refusal_to_pb(
     from: NodeId,
     to: NodeId,
     reason: String,
+    removed_at: u64,
     identity: PeerIdentity,
 ) -> pb::RaftMessage {
-    let body = pb::raft_message::Body::Refused(pb::PeerRefused { reason });
+    let body = pb::raft_message::Body::Refused(pb::PeerRefused { reason, removed_at });
     node_message(from, to, identity, body)
 }
 
@@ -292,6 +296,7 @@ pub fn from_pb(msg: pb::RaftMessage) -> Result<(PeerMessage, PeerIdentity), Wire
                 PeerMessage::Refused {
                     from: NodeId(msg.from),
                     reason: r.reason,
+                    removed_at: r.removed_at,
                 },
                 identity,
             ))

@@ -579,7 +579,9 @@ impl Connection {
                             continue;
                         };
                         if inbox.send(NodeInput::Peer(msg)).await.is_err() {
-                            break;
+                            // The group stopped here (shutdown, or a retired replica):
+                            // the connection serves the other groups still.
+                            tracing::trace!(%peer, group, "message for a group that stopped");
                         }
                     }
                     Err(e) => {

@@ -190,11 +190,17 @@ impl PeerTransport {
     }
 
     /// Tells `to` (at `addr` when it is not linked) why its messages are ignored.
-    pub fn send_refusal(&mut self, to: NodeId, addr: Option<SocketAddr>, reason: String) {
+    pub fn send_refusal(
+        &mut self,
+        to: NodeId,
+        addr: Option<SocketAddr>,
+        reason: String,
+        removed_at: u64,
+    ) {
         if let Some(addr) = addr {
             self.ensure_peer(to, addr);
         }
-        let msg = raft_wire::refusal_to_pb(self.self_id, to, reason, self.identity);
+        let msg = raft_wire::refusal_to_pb(self.self_id, to, reason, removed_at, self.identity);
         self.send_pb(to, msg);
     }
 

@@ -400,6 +400,7 @@ async fn replicas_move_off_a_dead_node_and_onto_a_new_one() {
     let views = wait_settled(&client, MOVED_GROUPS, &moved, Duration::from_secs(60)).await;
     assert!(views.iter().all(|g| !g.replicas.contains(&5)), "{views:?}");
     admin.remove_node(5).await.expect("remove node 5");
+    let before_rebalance = views;
 
     // A new node joins and, left a learner of the metadata group (an observer, as
     // the nodes beyond a 3- or 5-voter metadata quorum are), receives its share.
@@ -418,6 +419,35 @@ async fn replicas_move_off_a_dead_node_and_onto_a_new_one() {
     let views = wait_settled(&client, MOVED_GROUPS, &moved, Duration::from_secs(60)).await;
     let on_six = views.iter().filter(|g| g.replicas.contains(&6)).count();
     assert_eq!(on_six, 3, "15 replicas over 5 nodes: {views:?}");
+    // The replicas moved off live nodes retire: their files are deleted (and a
+    // marker keeps the node from starting the group from scratch again).
+    let mut retired = Vec::new();
+    for g in &views {
+        let old = before_rebalance
+            .iter()
+            .find(|o| o.group_id == g.group_id)
+            .expect("the group before");
+        for &node in old.replicas.iter().filter(|n| !g.replicas.contains(n)) {
+            retired.push((node, g.group_id));
+        }
+    }
+    assert_eq!(retired.len(), 3, "three replicas moved: {retired:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for &(node, group) in &retired {
+        let dir = cluster
+            .dir()
+            .join(format!("node{node}"))
+            .join("groups")
+            .join(group.to_string());
+        while dir.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "node {node} kept the files of group {group}, moved away"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(dir.with_extension("retired").exists(), "{}", dir.display());
+    }
     let mut led: BTreeMap<u64, u32> = BTreeMap::new();
     for g in &views {
         *led.entry(g.leader_id).or_default() += 1;
@@ -534,6 +564,35 @@ async fn a_node_down_too_long_has_its_replicas_recreated_elsewhere() {
         read += consumer.poll().await.expect("poll").len();
     }
     assert_eq!(read, 200);
+
+    // Node 4 comes back: the replicas it held were re-created elsewhere, so each
+    // one it is no longer placed in retires (its files are deleted).
+    cluster.spawn(4);
+    let groups_dir = cluster.dir().join("node4").join("groups");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let views = group_views(&client).await;
+        let kept: Vec<u32> = (1..=4)
+            .filter(|g| groups_dir.join(g.to_string()).exists())
+            .filter(|g| {
+                !views
+                    .iter()
+                    .any(|v| v.group_id == *g && v.replicas.contains(&4))
+            })
+            .collect();
+        if kept.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 4 kept replicas moved away: groups {kept:?}; {views:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let retired = (1..=4u32)
+        .filter(|g| groups_dir.join(format!("{g}.retired")).exists())
+        .count();
+    assert_eq!(retired, 3, "node 4 held 3 of the 12 replicas");
 }
 
 /// The upgrade path: a cluster of one group (a data directory of an earlier

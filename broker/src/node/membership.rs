@@ -19,6 +19,8 @@ use crate::response::Responder;
 
 /// A refused peer is reported at most this often.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(30);
+/// How often a leader tells a removed replica that asks for votes.
+const REMOVAL_NOTICE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What a peer message is, for admission (see [`Node::admit_peer`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,14 +127,17 @@ impl Node {
             && self.raft.role() == Role::Leader
             && self.members.view.index > 0
         {
-            // Heard (see above), but told: it asks for votes it is not owed.
+            // Heard (see above), but told: it asks for votes it is not owed; and
+            // whether its removal is committed (its replica may then retire).
+            let removed_at = self.removal_committed(from);
             self.notify_refused(
                 from,
                 identity,
                 format!(
-                    "node {} is not a member of this cluster (removed, or not added yet)",
+                    "node {} is not a member of this group (removed, or not added yet)",
                     from.0
                 ),
+                removed_at,
             );
             None
         } else {
@@ -152,25 +157,60 @@ impl Node {
             tracing::debug!(peer = from.0, %reason, "vote refused");
             return false;
         }
-        self.notify_refused(from, identity, reason);
+        self.notify_refused(from, identity, reason, 0);
         false
     }
 
-    /// Logs why `from` is refused, and tells it (both at most every 30 s).
-    fn notify_refused(&mut self, from: NodeId, identity: PeerIdentity, reason: String) {
-        let now = Instant::now();
-        let said = self.members.refused_said.get(&from);
-        if said.is_none_or(|t| now.duration_since(*t) >= REFUSAL_LOG_INTERVAL) {
-            self.members.refused_said.insert(from, now);
-            tracing::warn!(peer = from.0, %reason, "peer not admitted");
-            // Tell it too, so the refused node's own log says why it is stuck.
-            let notice = format!("node {} ignores this node: {reason}", self.config.node_id.0);
-            self.transport.send_refusal(from, identity.address, notice);
+    /// The index of this leader's committed membership when neither it nor the
+    /// membership in effect has a place for `from` (0 otherwise, and when `from`
+    /// was never a member: the group's first configuration has no place for it).
+    fn removal_committed(&self, from: NodeId) -> u64 {
+        if self.raft.membership().contains(from) {
+            return 0;
+        }
+        match self.raft.membership_at(self.raft.commit_index()) {
+            Some(m) if !m.membership.contains(from) => m.index.0,
+            _ => 0,
         }
     }
 
-    /// A peer says it ignores this node's messages (rate-limited by the sender).
-    pub(super) fn refused_by(&mut self, from: NodeId, reason: &str) {
+    /// Logs why `from` is refused, and tells it (both at most every 30 s; a
+    /// removal notice every second, so that a moved replica retires promptly).
+    fn notify_refused(
+        &mut self,
+        from: NodeId,
+        identity: PeerIdentity,
+        reason: String,
+        removed_at: u64,
+    ) {
+        let now = Instant::now();
+        let said = self.members.refused_said.get(&from);
+        let interval = if removed_at > 0 {
+            REMOVAL_NOTICE_INTERVAL
+        } else {
+            REFUSAL_LOG_INTERVAL
+        };
+        if said.is_none_or(|t| now.duration_since(*t) >= interval) {
+            if removed_at > 0 {
+                tracing::info!(peer = from.0, removed_at, "telling a removed replica");
+            } else {
+                tracing::warn!(peer = from.0, %reason, "peer not admitted");
+            }
+            self.members.refused_said.insert(from, now);
+            // Tell it too, so the refused node's own log says why it is stuck.
+            let notice = format!("node {} ignores this node: {reason}", self.config.node_id.0);
+            self.transport
+                .send_refusal(from, identity.address, notice, removed_at);
+        }
+    }
+
+    /// A peer says it ignores this node's messages (rate-limited by the sender);
+    /// a group's leader may say this replica was removed for good.
+    pub(super) fn refused_by(&mut self, from: NodeId, reason: &str, removed_at: u64) {
+        if removed_at > 0 {
+            self.removed_by_leader(from, removed_at);
+            return;
+        }
         tracing::error!(peer = from.0, %reason, "a peer refuses this node");
     }
 

@@ -321,7 +321,7 @@ impl Node {
 
     /// Runs until `inbox` closes (every connection and the listener are gone), then
     /// makes everything written durable and returns.
-    pub async fn run(mut self, mut inbox: mpsc::Receiver<NodeInput>) {
+    pub async fn run(mut self, mut inbox: mpsc::Receiver<NodeInput>) -> NodeExit {
         let tick = Duration::from_millis(self.config.tick_ms);
         let ticker = tokio::time::sleep(tick);
         tokio::pin!(ticker);
@@ -377,6 +377,9 @@ impl Node {
                 }
             }
             self.process_ready();
+            if self.retiring() {
+                break;
+            }
             if std::mem::take(&mut self.tick_soon) {
                 ticker.as_mut().reset(tokio::time::Instant::now());
                 resting_until = None;
@@ -390,7 +393,13 @@ impl Node {
                 }
             }
         }
+        if self.retiring() {
+            self.raft_groups.directory.forget(self.group_id());
+            self.shutdown().await;
+            return NodeExit::Retired;
+        }
         self.shutdown().await;
+        NodeExit::Stopped
     }
 
     fn handle(&mut self, input: NodeInput) {
@@ -400,8 +409,12 @@ impl Node {
                 let (from, kind) = match &msg {
                     PeerMessage::Raft(m) => (m.from, membership::PeerKind::of(&m.body)),
                     PeerMessage::SnapshotChunk(c) => (c.from, membership::PeerKind::Other),
-                    PeerMessage::Refused { from, reason } => {
-                        return self.refused_by(*from, reason);
+                    PeerMessage::Refused {
+                        from,
+                        reason,
+                        removed_at,
+                    } => {
+                        return self.refused_by(*from, reason, *removed_at);
                     }
                     // Noted by the connection (node-level liveness); nothing for a group.
                     PeerMessage::Ping { .. } => return,
@@ -924,6 +937,15 @@ impl Node {
             "node stopped, log synced"
         );
     }
+}
+
+/// Why a node task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeExit {
+    /// The process shuts down (or the directory dropped the group's inbox).
+    Stopped,
+    /// The replica was moved to other nodes: its files are to be deleted.
+    Retired,
 }
 
 /// The role as `cluster status` shows it.

@@ -64,6 +64,8 @@ pub(super) struct RaftGroups {
     silent_since: BTreeMap<NodeId, Instant>,
     /// A differing `data_groups` setting was reported.
     mismatch_reported: bool,
+    /// This replica was moved away: the node task stops and its files go.
+    retiring: bool,
 }
 
 impl RaftGroups {
@@ -80,6 +82,7 @@ impl RaftGroups {
             bounds_at: None,
             upkeep_at: None,
             silent_since: BTreeMap::new(),
+            retiring: false,
             mismatch_reported: false,
         }
     }
@@ -156,6 +159,45 @@ impl Node {
             );
             directory.tell_all(|| super::NodeInput::PeerUnreachable(peer));
         }
+    }
+
+    /// The group's leader says this node's replica was removed for good: its
+    /// committed membership (at index `removed_at`) has no place for it. A data
+    /// group replica that the metadata group no longer places here retires: the
+    /// node task stops and its files are deleted (see `crate::host`), so a move
+    /// off a node frees its disk. Nothing else retires: a replica still placed
+    /// here is being added back, and the metadata group's replicas go with their
+    /// node (`cluster remove-node`). Deleting it cannot lose an acknowledged
+    /// message: the group commits with a quorum of its members, and this replica
+    /// is none of them.
+    pub(super) fn removed_by_leader(&mut self, leader: NodeId, removed_at: u64) {
+        if self.group_id() == METADATA_GROUP
+            || self.raft.role() == Role::Leader
+            || self.raft_groups.retiring
+        {
+            return;
+        }
+        let me = self.config.node_id.0;
+        match self.placed_replicas() {
+            Some(placed) if !placed.contains(&me) => {
+                tracing::info!(
+                    leader = leader.0,
+                    removed_at,
+                    "this replica was moved to other nodes: retiring it (its files are deleted)"
+                );
+                self.raft_groups.retiring = true;
+            }
+            _ => tracing::debug!(
+                leader = leader.0,
+                removed_at,
+                "removed from the group but still placed here: waiting to be added back"
+            ),
+        }
+    }
+
+    /// Whether this replica retires (see [`Node::removed_by_leader`]).
+    pub(super) fn retiring(&self) -> bool {
+        self.raft_groups.retiring
     }
 
     /// The metadata group published a new placement: upkeep at once.

@@ -150,6 +150,14 @@ pub enum Command {
         /// Each group's first replicas (node ids), group 1 first.
         groups: Vec<Vec<u64>>,
     },
+    /// op 14 (metadata group): the cluster adds data groups after its last one
+    /// (N+1, N+2, ...) with these replicas (preferred leader first); topics created
+    /// from then on spread their queues over every group. Topics that exist keep
+    /// their queues where they are.
+    AddDataGroups {
+        /// Each new group's first replicas (node ids), in group-id order.
+        groups: Vec<Vec<u64>>,
+    },
     /// op 7 (metadata group): data group `group` is to live on these replicas
     /// (preferred leader first); its leader moves its membership there.
     AssignReplicas {
@@ -298,6 +306,13 @@ impl Command {
                     put_ids(&mut buf, replicas);
                 }
             }
+            Command::AddDataGroups { groups } => {
+                buf.put_u8(14);
+                buf.put_u32_le(groups.len() as u32);
+                for replicas in groups {
+                    put_ids(&mut buf, replicas);
+                }
+            }
             Command::AssignReplicas { group, replicas } => {
                 buf.put_u8(7);
                 buf.put_u32_le(*group);
@@ -359,7 +374,8 @@ impl Command {
         if version != VERSION {
             return Err(CommandError::UnknownVersion(version));
         }
-        let command = match buf.get_u8() {
+        let op = buf.get_u8();
+        let command = match op {
             1 => {
                 let name = get_str(&mut buf)?;
                 let queues = get_u32(&mut buf)?;
@@ -395,13 +411,17 @@ impl Command {
                 }
                 Command::CommitOffsets { group, offsets }
             }
-            5 => {
+            5 | 14 => {
                 let n = get_u32(&mut buf)? as usize;
                 let mut groups = Vec::with_capacity(n.min(buf.remaining() / 4));
                 for _ in 0..n {
                     groups.push(get_ids(&mut buf)?);
                 }
-                Command::SetDataGroups { groups }
+                if op == 5 {
+                    Command::SetDataGroups { groups }
+                } else {
+                    Command::AddDataGroups { groups }
+                }
             }
             7 => Command::AssignReplicas {
                 group: get_u32(&mut buf)?,
@@ -471,6 +491,9 @@ mod tests {
             Command::InitProducer,
             Command::SetDataGroups {
                 groups: vec![vec![1, 2, 3], vec![2, 3, 1]],
+            },
+            Command::AddDataGroups {
+                groups: vec![vec![3, 1, 2]],
             },
             Command::AssignReplicas {
                 group: 2,

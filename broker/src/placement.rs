@@ -32,9 +32,23 @@ fn loads(assignment: &Assignment, nodes: &[u64]) -> BTreeMap<u64, usize> {
 /// The replicas of `groups` new data groups over `nodes`, `rf` each (at most one
 /// per node), each on the least-loaded nodes, preferred leaders spread.
 pub fn initial(groups: &[GroupId], nodes: &[u64], rf: usize) -> Assignment {
+    add(&Assignment::new(), groups, nodes, rf)
+}
+
+/// The replicas of `groups`, data groups added to those of `current`: `rf` each
+/// (at most one per node) on the least-loaded of `nodes` counting what they hold
+/// already, each led by the replica that leads the fewest groups so far. The
+/// groups of `current` are left as they are.
+pub fn add(current: &Assignment, groups: &[GroupId], nodes: &[u64], rf: usize) -> Assignment {
     let rf = rf.min(nodes.len());
-    let mut load: BTreeMap<u64, usize> = nodes.iter().map(|&n| (n, 0)).collect();
-    let mut assignment = Assignment::new();
+    let mut load = loads(current, nodes);
+    let mut led: BTreeMap<u64, usize> = nodes.iter().map(|&n| (n, 0)).collect();
+    for replicas in current.values() {
+        if let Some(count) = replicas.first().and_then(|p| led.get_mut(p)) {
+            *count += 1;
+        }
+    }
+    let mut added = Assignment::new();
     for (i, &group) in groups.iter().enumerate() {
         // Least loaded first; ties go round the nodes so that groups start on
         // different nodes.
@@ -45,14 +59,22 @@ pub fn initial(groups: &[GroupId], nodes: &[u64], rf: usize) -> Assignment {
             .map(|(at, &node)| (load[&node], (at + n - i % n) % n, node))
             .collect();
         candidates.sort_unstable();
-        let replicas: Vec<u64> = candidates.into_iter().take(rf).map(|c| c.2).collect();
+        let mut replicas: Vec<u64> = candidates.into_iter().take(rf).map(|c| c.2).collect();
+        if let Some(pick) = replicas
+            .iter()
+            .enumerate()
+            .min_by_key(|(at, node)| (led[*node], *at))
+            .map(|(at, _)| at)
+        {
+            replicas.swap(0, pick);
+            *led.get_mut(&replicas[0]).expect("a node") += 1;
+        }
         for r in &replicas {
             *load.get_mut(r).expect("a node") += 1;
         }
-        assignment.insert(group, replicas);
+        added.insert(group, replicas);
     }
-    spread_preferred(&mut assignment);
-    assignment
+    added
 }
 
 /// Reorders each group's replicas so that every node is the preferred leader of
@@ -211,6 +233,27 @@ mod tests {
             *led.entry(r[0]).or_default() += 1;
         }
         (*led.values().min().unwrap(), *led.values().max().unwrap())
+    }
+
+    #[test]
+    fn added_groups_go_to_the_least_loaded_nodes_and_spread_their_leaders() {
+        for (n, had, more) in [(3u64, 3u32, 3u32), (5, 5, 5), (5, 3, 4), (10, 100, 20)] {
+            let nodes = nodes(n);
+            let mut current = initial(&groups(had), &nodes, 3);
+            let before = current.clone();
+            let ids: Vec<GroupId> = (had + 1..=had + more).collect();
+            let added = add(&current, &ids, &nodes, 3);
+            assert_eq!(added.keys().copied().collect::<Vec<_>>(), ids);
+            check_distinct(&added);
+            assert!(added.values().all(|r| r.len() == 3));
+            current.extend(added);
+            // The groups there were are untouched; replicas and leaders spread.
+            assert!(before.iter().all(|(g, r)| current[g] == *r));
+            let (min, max) = spread(&current, &nodes);
+            assert!(max - min <= 1, "{n} nodes: replicas {min}..{max}");
+            let (min, max) = preferred_spread(&current);
+            assert!(max - min <= 1, "{n} nodes: leaders {min}..{max}");
+        }
     }
 
     fn moved_replicas(before: &Assignment, changes: &Assignment) -> usize {

@@ -192,7 +192,7 @@ pub enum PeerMessage {
         /// Why.
         reason: String,
         /// The index of the sender's committed membership that has no place for
-        /// the receiver, when the sender leads the group (0: not known removed).
+        /// the receiver (0: not known removed).
         removed_at: u64,
     },
     /// Node-level liveness (see `crate::liveness`): the sender is up.

@@ -422,6 +422,34 @@ impl StateMachine {
                 }
                 ApplyOutcome::DataGroupsSet
             }
+            Command::AddDataGroups { groups } => {
+                if self.data_groups.is_empty() {
+                    return ApplyOutcome::Rejected(
+                        ErrorCode::InvalidRequest,
+                        "this cluster runs without data groups (started without --data-groups); \
+                         they are set when it starts"
+                            .to_string(),
+                    );
+                }
+                if groups.is_empty() {
+                    return ApplyOutcome::Rejected(
+                        ErrorCode::InvalidRequest,
+                        "no data group to add".to_string(),
+                    );
+                }
+                if let Some(why) = groups.iter().find_map(|r| replicas_invalid(r)) {
+                    return ApplyOutcome::Rejected(ErrorCode::InvalidRequest, why);
+                }
+                let last = self.data_groups.keys().next_back().copied().unwrap_or(0);
+                for (id, replicas) in (last + 1..).zip(groups) {
+                    let group = DataGroup {
+                        initial: replicas.clone(),
+                        replicas,
+                    };
+                    self.data_groups.insert(id, group);
+                }
+                ApplyOutcome::DataGroupsSet
+            }
             Command::AssignReplicas { group, replicas } => {
                 if let Some(why) = replicas_invalid(&replicas) {
                     return ApplyOutcome::Rejected(ErrorCode::InvalidRequest, why);
@@ -1779,6 +1807,38 @@ mod tests {
         assert!(restored.decommissioned().contains(&2));
         assert_eq!(restored.topic("after").unwrap().groups, vec![3, 1, 2, 3]);
         assert!(restored.topic("before").unwrap().groups.is_empty());
+
+        // Groups are added after the last one; topics created from then on spread
+        // over all of them, and those of before keep their queues where they are.
+        let mut sm = restored;
+        let add = |groups: Vec<Vec<u64>>| cmd(Command::AddDataGroups { groups });
+        assert_eq!(
+            apply(&mut sm, add(vec![vec![1, 3, 4], vec![3, 4, 1]])),
+            ApplyOutcome::DataGroupsSet
+        );
+        assert_eq!(sm.data_groups().len(), 5);
+        assert_eq!(sm.data_groups()[&5].initial, vec![3, 4, 1]);
+        assert_eq!(sm.data_groups()[&5].replicas, vec![3, 4, 1]);
+        for bad in [vec![], vec![vec![1, 1]], vec![vec![]]] {
+            assert!(matches!(
+                apply(&mut sm, add(bad)),
+                ApplyOutcome::Rejected(ErrorCode::InvalidRequest, _)
+            ));
+        }
+        apply_all(&mut sm, [create("wide", 5)]);
+        let mut wide = sm.topic("wide").unwrap().groups.clone();
+        wide.sort_unstable();
+        assert_eq!(wide, vec![1, 2, 3, 4, 5]);
+        assert_eq!(sm.topic("after").unwrap().groups, vec![3, 1, 2, 3]);
+        let payload = sm.encode_snapshot();
+        let restored = StateMachine::from_snapshot(&payload).unwrap();
+        assert_eq!(restored.encode_snapshot(), payload);
+        // A cluster without data groups gets none this way.
+        let mut plain = StateMachine::new();
+        assert!(matches!(
+            apply(&mut plain, add(vec![vec![1, 2, 3]])),
+            ApplyOutcome::Rejected(ErrorCode::InvalidRequest, _)
+        ));
     }
 
     #[test]

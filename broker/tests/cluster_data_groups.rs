@@ -656,3 +656,74 @@ async fn a_one_group_cluster_restarted_with_data_groups_keeps_its_data() {
         assert!(values.contains(&format!("after-{i}")), "after-{i} lost");
     }
 }
+
+/// Data groups are added to a running cluster (`cluster add-data-groups`): the
+/// new groups start on the least-loaded nodes, led by spread preferred leaders;
+/// topics created afterwards spread over every group, and a topic of before keeps
+/// its queues where they were and loses nothing while the groups are added.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_groups_added_to_a_running_cluster_take_new_topics() {
+    let cluster = Cluster::start_with(3, &["--data-groups", "3", "--replication-factor", "3"]);
+    let client = Client::connect(&cluster.addrs()).await.expect("connect");
+    let admin = Admin::new(&client);
+    admin.create_topic("before", 6).await.expect("create topic");
+    wait_settled(&client, 3, &[], Duration::from_secs(30)).await;
+    let queue_groups = |m: &pb::MetadataResponse, name: &str| {
+        m.topics
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.queue_groups.clone())
+            .expect("topic")
+    };
+    let before = queue_groups(&metadata(&client).await, "before");
+    let writer = Writer::start(&client, "before", 6).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let added = admin.add_data_groups(3).await.expect("add data groups");
+    let ids: Vec<u32> = added.iter().map(|g| g.group_id).collect();
+    assert_eq!(ids, vec![4, 5, 6]);
+    assert!(added.iter().all(|g| g.replicas.len() == 3), "{added:?}");
+    let views = wait_settled(&client, 6, &added, Duration::from_secs(30)).await;
+    let mut led: BTreeMap<u64, u32> = BTreeMap::new();
+    for g in &views {
+        *led.entry(g.leader_id).or_default() += 1;
+    }
+    assert_eq!(
+        led.values().copied().collect::<Vec<_>>(),
+        vec![2, 2, 2],
+        "{led:?}"
+    );
+    // Shrinking, or adding none, is refused with a reason.
+    let refused = admin.add_data_groups(0).await.expect_err("nothing to add");
+    assert!(refused.to_string().contains("add 1 to"), "{refused}");
+
+    admin.create_topic("after", 6).await.expect("create topic");
+    let m = metadata(&client).await;
+    assert_eq!(
+        queue_groups(&m, "before"),
+        before,
+        "existing queues stay put"
+    );
+    let mut spread = queue_groups(&m, "after");
+    spread.sort_unstable();
+    assert_eq!(spread, vec![1, 2, 3, 4, 5, 6], "one queue per group");
+    let producer = Producer::builder(&client).build().await.expect("producer");
+    for q in 0..6 {
+        for i in 0..20 {
+            let m = Message::new("after", format!("a{q}-{i}")).with_queue(q);
+            producer
+                .send_and_wait(m)
+                .await
+                .expect("produce to a new group");
+        }
+    }
+    let after = read_all(&client, "after", 6).await;
+    for q in 0..6 {
+        let want: Vec<String> = (0..20).map(|i| format!("a{q}-{i}")).collect();
+        assert_eq!(after.get(&q), Some(&want), "queue {q}");
+    }
+    let (_, acked) = writer.stop().await;
+    let stored = read_all(&client, "before", 6).await;
+    let total = check_exactly_once(&acked, &stored);
+    assert!(total > 6, "only {total} acknowledged");
+}

@@ -278,6 +278,18 @@ impl Admin {
         }
     }
 
+    /// Adds `count` data groups after the cluster's last one, on the least-loaded
+    /// nodes. Topics created from then on spread over every group (existing
+    /// topics keep their queues where they are). Returns the new groups with
+    /// their replicas (preferred leader first).
+    pub async fn add_data_groups(&self, count: u32) -> Result<Vec<pb::GroupReplicas>, ClientError> {
+        let body = request::Body::AddDataGroups(pb::AddDataGroupsRequest { count });
+        match self.client.request(Target::Leader, body).await? {
+            response::Body::AddDataGroups(r) => Ok(r.added),
+            other => Err(unexpected("add_data_groups", &other)),
+        }
+    }
+
     /// Moves data-group replicas: off `decommission` when given (no replica is
     /// placed on it from then on), then up to `max_moves` from the most to the least
     /// loaded nodes. Returns the groups whose replicas change, with their new

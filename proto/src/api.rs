@@ -39,6 +39,8 @@ pub enum ApiKey {
     MoveReplicas = 22,
     /// See `AdvertiseListenersRequest`.
     AdvertiseListeners = 23,
+    /// See `AddDataGroupsRequest`.
+    AddDataGroups = 24,
     /// Join a consumer group.
     JoinGroup = 30,
     /// Consumer-group heartbeat.
@@ -77,7 +79,7 @@ pub enum ApiKey {
 
 impl ApiKey {
     /// Every API key, in number order.
-    pub const ALL: [ApiKey; 31] = [
+    pub const ALL: [ApiKey; 32] = [
         ApiKey::CreateTopic,
         ApiKey::DeleteTopic,
         ApiKey::Metadata,
@@ -92,6 +94,7 @@ impl ApiKey {
         ApiKey::JoinCluster,
         ApiKey::MoveReplicas,
         ApiKey::AdvertiseListeners,
+        ApiKey::AddDataGroups,
         ApiKey::JoinGroup,
         ApiKey::Heartbeat,
         ApiKey::LeaveGroup,
@@ -137,6 +140,7 @@ impl ApiKey {
             ApiKey::RemoveNode => "remove_node",
             ApiKey::JoinCluster => "join_cluster",
             ApiKey::MoveReplicas => "move_replicas",
+            ApiKey::AddDataGroups => "add_data_groups",
             ApiKey::AdvertiseListeners => "advertise_listeners",
             ApiKey::JoinGroup => "join_group",
             ApiKey::Heartbeat => "heartbeat",
@@ -183,6 +187,7 @@ impl request::Body {
             B::RemoveNode(_) => ApiKey::RemoveNode,
             B::JoinCluster(_) => ApiKey::JoinCluster,
             B::MoveReplicas(_) => ApiKey::MoveReplicas,
+            B::AddDataGroups(_) => ApiKey::AddDataGroups,
             B::AdvertiseListeners(_) => ApiKey::AdvertiseListeners,
             B::JoinGroup(_) => ApiKey::JoinGroup,
             B::Heartbeat(_) => ApiKey::Heartbeat,
@@ -223,6 +228,7 @@ impl response::Body {
             B::RemoveNode(_) => ApiKey::RemoveNode,
             B::JoinCluster(_) => ApiKey::JoinCluster,
             B::MoveReplicas(_) => ApiKey::MoveReplicas,
+            B::AddDataGroups(_) => ApiKey::AddDataGroups,
             B::AdvertiseListeners(_) => ApiKey::AdvertiseListeners,
             B::JoinGroup(_) => ApiKey::JoinGroup,
             B::Heartbeat(_) => ApiKey::Heartbeat,
@@ -314,6 +320,7 @@ mod tests {
         assert_eq!(ApiKey::AddNode.as_u32(), 19);
         assert_eq!(ApiKey::from_u32(22), Some(ApiKey::MoveReplicas));
         assert_eq!(ApiKey::from_u32(23), Some(ApiKey::AdvertiseListeners));
-        assert_eq!(ApiKey::from_u32(24), None);
+        assert_eq!(ApiKey::from_u32(24), Some(ApiKey::AddDataGroups));
+        assert_eq!(ApiKey::from_u32(25), None);
     }
 }

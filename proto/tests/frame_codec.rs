@@ -79,6 +79,7 @@ fn every_request() -> Vec<Req> {
             node_id: 2,
             kafka_address: "10.0.0.2:9092".into(),
         }),
+        Req::AddDataGroups(pb::AddDataGroupsRequest { count: 3 }),
         Req::JoinGroup(pb::JoinGroupRequest {
             group: "g".into(),
             member_id: "m".into(),
@@ -278,6 +279,12 @@ fn every_response() -> Vec<Resp> {
             }],
         }),
         Resp::AdvertiseListeners(pb::AdvertiseListenersResponse {}),
+        Resp::AddDataGroups(pb::AddDataGroupsResponse {
+            added: vec![pb::GroupReplicas {
+                group_id: 4,
+                replicas: vec![2, 3, 1],
+            }],
+        }),
         Resp::TransferLeader(pb::TransferLeaderResponse {}),
         Resp::InitProducer(pb::InitProducerResponse {
             producer_id: 12,

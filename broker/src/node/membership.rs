@@ -123,22 +123,23 @@ impl Node {
                 }
                 None
             }
-        } else if kind == PeerKind::VoteRequest
-            && self.raft.role() == Role::Leader
-            && self.members.view.index > 0
-        {
-            // Heard (see above), but told: it asks for votes it is not owed; and
-            // whether its removal is committed (its replica may then retire).
+        } else if kind == PeerKind::VoteRequest && self.members.view.index > 0 {
+            // Heard (see above), but told: it asks for votes it is not owed. The
+            // leader says so; any member whose committed membership leaves it out
+            // says its removal is committed (a removed replica may not know the
+            // new leader, a member added in its place), and the replica may retire.
             let removed_at = self.removal_committed(from);
-            self.notify_refused(
-                from,
-                identity,
-                format!(
-                    "node {} is not a member of this group (removed, or not added yet)",
-                    from.0
-                ),
-                removed_at,
-            );
+            if removed_at > 0 || self.raft.role() == Role::Leader {
+                self.notify_refused(
+                    from,
+                    identity,
+                    format!(
+                        "node {} is not a member of this group (removed, or not added yet)",
+                        from.0
+                    ),
+                    removed_at,
+                );
+            }
             None
         } else {
             // This node is not a member yet (it is joining): it hears from the
@@ -161,7 +162,7 @@ impl Node {
         false
     }
 
-    /// The index of this leader's committed membership when neither it nor the
+    /// The index of this node's committed membership when neither it nor the
     /// membership in effect has a place for `from` (0 otherwise, and when `from`
     /// was never a member: the group's first configuration has no place for it).
     fn removal_committed(&self, from: NodeId) -> u64 {
@@ -207,8 +208,8 @@ impl Node {
     /// A peer says it ignores this node's messages (rate-limited by the sender);
     /// a group's leader may say this replica was removed for good.
     pub(super) fn refused_by(&mut self, from: NodeId, reason: &str, removed_at: u64) {
-        if removed_at > 0 {
-            self.removed_by_leader(from, removed_at);
+        if removed_at > 0 && self.group_id() != crate::directory::METADATA_GROUP {
+            self.told_removed(from, removed_at);
             return;
         }
         tracing::error!(peer = from.0, %reason, "a peer refuses this node");

@@ -110,6 +110,8 @@ enum PendingKind {
     Membership(membership::MembershipOp),
     /// The groups whose replicas a `MoveReplicas` request changed.
     MoveReplicas(Vec<pb::GroupReplicas>),
+    /// The groups an `AddDataGroups` request adds.
+    AddDataGroups(Vec<pb::GroupReplicas>),
     /// A node's advertised listeners.
     Listeners,
     /// A user created, changed or deleted.
@@ -886,6 +888,9 @@ impl Node {
             }
             (PendingKind::MoveReplicas(moved), ApplyOutcome::DataGroupsSet) => {
                 reply.ok(R::MoveReplicas(pb::MoveReplicasResponse { moved }))
+            }
+            (PendingKind::AddDataGroups(added), ApplyOutcome::DataGroupsSet) => {
+                reply.ok(R::AddDataGroups(pb::AddDataGroupsResponse { added }))
             }
             (PendingKind::Listeners, ApplyOutcome::ListenersSet) => {
                 reply.ok(R::AdvertiseListeners(pb::AdvertiseListenersResponse {}))

@@ -40,6 +40,8 @@ const LEADER_BALANCE_INTERVAL: Duration = Duration::from_secs(2);
 const GROUP_UPKEEP_INTERVAL: Duration = Duration::from_millis(50);
 /// How often a data group publishes its queues' offset ranges.
 const QUEUE_BOUNDS_INTERVAL: Duration = Duration::from_secs(1);
+/// The most data groups one `AddDataGroups` request adds.
+const MAX_ADDED_GROUPS: u32 = 1024;
 /// Mirror commands proposed per pass (the rest follow once these are applied).
 const MIRROR_BATCH: usize = 64;
 
@@ -161,7 +163,7 @@ impl Node {
         }
     }
 
-    /// The group's leader says this node's replica was removed for good: its
+    /// A member of the group says this node's replica was removed for good: its
     /// committed membership (at index `removed_at`) has no place for it. A data
     /// group replica that the metadata group no longer places here retires: the
     /// node task stops and its files are deleted (see `crate::host`), so a move
@@ -170,7 +172,7 @@ impl Node {
     /// node (`cluster remove-node`). Deleting it cannot lose an acknowledged
     /// message: the group commits with a quorum of its members, and this replica
     /// is none of them.
-    pub(super) fn removed_by_leader(&mut self, leader: NodeId, removed_at: u64) {
+    pub(super) fn told_removed(&mut self, member: NodeId, removed_at: u64) {
         if self.group_id() == METADATA_GROUP
             || self.raft.role() == Role::Leader
             || self.raft_groups.retiring
@@ -181,21 +183,21 @@ impl Node {
         match self.placed_replicas() {
             Some(placed) if !placed.contains(&me) => {
                 tracing::info!(
-                    leader = leader.0,
+                    told_by = member.0,
                     removed_at,
                     "this replica was moved to other nodes: retiring it (its files are deleted)"
                 );
                 self.raft_groups.retiring = true;
             }
             _ => tracing::debug!(
-                leader = leader.0,
+                told_by = member.0,
                 removed_at,
                 "removed from the group but still placed here: waiting to be added back"
             ),
         }
     }
 
-    /// Whether this replica retires (see [`Node::removed_by_leader`]).
+    /// Whether this replica retires (see [`Node::told_removed`]).
     pub(super) fn retiring(&self) -> bool {
         self.raft_groups.retiring
     }
@@ -314,7 +316,8 @@ impl Node {
                 tracing::warn!(
                     configured = wanted,
                     cluster = have,
-                    "data_groups differs from the cluster's, which is fixed: using the cluster's"
+                    "data_groups differs from the cluster's: using the cluster's (set when the cluster \
+                     started; `raftmq cluster add-data-groups` adds more)"
                 );
             }
             return;
@@ -398,12 +401,7 @@ impl Node {
                 .chain(std::iter::once(self.config.node_id.0))
                 .filter(|n| !self.state.decommissioned().contains(n))
                 .collect();
-            let current: Assignment = self
-                .state
-                .data_groups()
-                .iter()
-                .map(|(g, d)| (*g, d.replicas.clone()))
-                .collect();
+            let current = self.current_assignment();
             let changes = placement::evacuate(&current, node, &nodes);
             if changes.is_empty() {
                 continue;
@@ -436,6 +434,59 @@ impl Node {
             .collect()
     }
 
+    /// Each data group's replicas as the metadata group places them.
+    fn current_assignment(&self) -> Assignment {
+        self.state
+            .data_groups()
+            .iter()
+            .map(|(g, d)| (*g, d.replicas.clone()))
+            .collect()
+    }
+
+    /// `AddDataGroups` (metadata leader): `count` more data groups on the
+    /// least-loaded nodes (every node's replicas then start them; see
+    /// [`placement::add`]).
+    pub(super) fn add_data_groups(&mut self, req: pb::AddDataGroupsRequest, reply: Responder) {
+        if self.state.data_groups().is_empty() {
+            return reply.error(pb::Error::new(
+                ErrorCode::InvalidRequest,
+                "this cluster runs without data groups (started without --data-groups): \
+                 its data stays in the metadata group",
+            ));
+        }
+        if req.count == 0 || req.count > MAX_ADDED_GROUPS {
+            return reply.error(pb::Error::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "add 1 to {MAX_ADDED_GROUPS} data groups at a time, not {}",
+                    req.count
+                ),
+            ));
+        }
+        let nodes: Vec<u64> = self
+            .raft
+            .membership()
+            .members()
+            .map(|v| v.0)
+            .filter(|n| !self.state.decommissioned().contains(n))
+            .collect();
+        let current = self.current_assignment();
+        let last = current.keys().next_back().copied().unwrap_or(0);
+        let ids: Vec<GroupId> = (last + 1..=last + req.count).collect();
+        let rf = self.config.replication_factor.max(1) as usize;
+        let added = placement::add(&current, &ids, &nodes, rf);
+        tracing::info!(
+            groups = ?ids,
+            replication_factor = rf,
+            "adding data groups"
+        );
+        let answer = group_replicas(&added);
+        let command = Command::AddDataGroups {
+            groups: added.into_values().collect(),
+        };
+        self.propose_command(command, PendingKind::AddDataGroups(answer), reply);
+    }
+
     /// `MoveReplicas` (metadata leader): places no replica on the decommissioned
     /// node any more and moves its replicas away, then evens out the rest.
     pub(super) fn move_replicas(&mut self, req: pb::MoveReplicasRequest, reply: Responder) {
@@ -456,12 +507,7 @@ impl Node {
             .map(|v| v.0)
             .filter(|n| *n != leaving && !self.state.decommissioned().contains(n))
             .collect();
-        let current: Assignment = self
-            .state
-            .data_groups()
-            .iter()
-            .map(|(g, d)| (*g, d.replicas.clone()))
-            .collect();
+        let current = self.current_assignment();
         let mut commands = Vec::new();
         let mut changes = Assignment::new();
         if leaving != 0 {
@@ -471,13 +517,7 @@ impl Node {
         let mut after = current.clone();
         after.extend(changes.clone());
         changes.extend(placement::rebalance(&after, &nodes, req.max_moves as usize));
-        let moved: Vec<pb::GroupReplicas> = changes
-            .iter()
-            .map(|(g, r)| pb::GroupReplicas {
-                group_id: *g,
-                replicas: r.clone(),
-            })
-            .collect();
+        let moved = group_replicas(&changes);
         for (group, replicas) in changes {
             commands.push(Command::AssignReplicas { group, replicas });
         }
@@ -752,4 +792,15 @@ impl Node {
             )
         })
     }
+}
+
+/// An assignment as the wire gives it.
+fn group_replicas(assignment: &Assignment) -> Vec<pb::GroupReplicas> {
+    assignment
+        .iter()
+        .map(|(g, r)| pb::GroupReplicas {
+            group_id: *g,
+            replicas: r.clone(),
+        })
+        .collect()
 }

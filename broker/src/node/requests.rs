@@ -105,6 +105,7 @@ impl Node {
             | B::AddNode(_)
             | B::RemoveNode(_)
             | B::MoveReplicas(_)
+            | B::AddDataGroups(_)
             | B::AdvertiseListeners(_)
                 if self.raft.role() != Role::Leader =>
             {
@@ -114,6 +115,7 @@ impl Node {
             B::AddNode(req) => self.add_node(req, reply),
             B::RemoveNode(req) => self.remove_node(req, reply),
             B::MoveReplicas(req) => self.move_replicas(req, reply),
+            B::AddDataGroups(req) => self.add_data_groups(req, reply),
             B::AdvertiseListeners(req) => {
                 let known = self.state.kafka_listeners().get(&req.node_id);
                 if known == Some(&req.kafka_address) {

@@ -238,6 +238,7 @@ impl Security {
             | B::AddNode(_)
             | B::RemoveNode(_)
             | B::MoveReplicas(_)
+            | B::AddDataGroups(_)
             | B::UpsertUser(_)
             | B::DeleteUser(_)
             | B::CreateAcls(_)

@@ -446,6 +446,12 @@ enum ClusterCommand {
         #[arg(long, default_value_t = 64)]
         max_moves: u32,
     },
+    /// Add data groups (the number only grows): topics created from then on spread
+    /// their queues over every group; existing topics stay where they are.
+    AddDataGroups {
+        /// How many groups to add.
+        count: u32,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -1404,6 +1410,11 @@ async fn cluster(client: &Client, command: ClusterCommand) -> Result<()> {
             let moved = admin.move_replicas(None, max_moves).await?;
             out!("{} moving", plural(moved.len() as u64, "data group"));
             print_moves(&moved)?;
+        }
+        ClusterCommand::AddDataGroups { count } => {
+            let added = admin.add_data_groups(count).await?;
+            out!("{} added", plural(added.len() as u64, "data group"));
+            print_moves(&added)?;
         }
         ClusterCommand::TransferLeader { node } => {
             admin.transfer_leader(node).await?;

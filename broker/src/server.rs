@@ -219,7 +219,12 @@ impl Broker {
             ),
         };
         let join = config.join.clone();
-        let metadata = groups
+        // A new cluster's lowest-numbered first voter campaigns at once (the
+        // others wait an election timeout), so the cluster has a leader about
+        // 50 ms after its nodes start rather than 300-600 ms.
+        let first_to_campaign =
+            join.is_empty() && bootstrap.membership.voters.iter().min() == Some(&config.node_id);
+        let mut metadata = groups
             .open(
                 METADATA_GROUP,
                 &config.data_dir,
@@ -237,6 +242,9 @@ impl Broker {
             cluster_id = %format!("{:016x}", identity.cluster_id),
             "data directory identity"
         );
+        if first_to_campaign {
+            metadata.campaign_soon_if_new();
+        }
         let metadata = groups.spawn(METADATA_GROUP, metadata);
         // The supervisor owns the node tasks and the directory lock: the lock lives
         // as long as any node task, which own every file of the dir.

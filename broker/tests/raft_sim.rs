@@ -180,9 +180,14 @@ fn sim_variant_detection_rates() {
 ///   (checker bug: only leaders of later terms must hold a committed entry).
 /// - 1205: a damaged node was caught up in memory and crashed before syncing; the
 ///   checker forgot it was still damaged on disk.
+/// - 19175: liveness. A learner promoted in its own (uncommitted) log campaigned,
+///   but the only voter able to elect it still ran the older membership, sent it
+///   nothing and dropped its stale-term vote requests: the candidate never learned
+///   the higher term and stayed behind for ever. Fixed by refusing a stale vote
+///   request with the current term, as Raft's RequestVote answer does.
 #[test]
 fn sim_regression_seeds() {
-    for seed in [16, 92, 99, 111, 185, 218, 850, 1205, 1206] {
+    for seed in [16, 92, 99, 111, 185, 218, 850, 1205, 1206, 19175] {
         if let Err(f) = run_seed(seed, Options::default()) {
             panic!("{f}");
         }

@@ -262,11 +262,16 @@ impl<L: RaftLog> RawNode<L> {
                         },
                     );
                 }
-                MessageBody::Vote { pre_vote: true, .. } => {
+                MessageBody::Vote { pre_vote, .. } => {
+                    // Refused in our term, so that the candidate learns it: a
+                    // candidate that no node sends anything to (a learner in the
+                    // older membership the others still run on, promoted in its
+                    // own log) would otherwise campaign in terms that stay below
+                    // theirs for ever, one election timeout behind them each time.
                     self.send(
                         msg.from,
                         MessageBody::VoteResponse {
-                            pre_vote: true,
+                            pre_vote,
                             granted: false,
                         },
                     );

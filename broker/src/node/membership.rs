@@ -163,10 +163,15 @@ impl Node {
     }
 
     /// The index of this node's committed membership when neither it nor the
-    /// membership in effect has a place for `from` (0 otherwise, and when `from`
-    /// was never a member: the group's first configuration has no place for it).
+    /// membership in effect has a place for `from` (0 otherwise, when `from` was
+    /// never a member — the group's first configuration has no place for it — and
+    /// in the metadata group).
     fn removal_committed(&self, from: NodeId) -> u64 {
-        if self.raft.membership().contains(from) {
+        // The metadata group's removed nodes are told by its leader alone, every
+        // 30 s (they have nothing to retire: `cluster remove-node` removes a node).
+        if self.group_id() == crate::directory::METADATA_GROUP
+            || self.raft.membership().contains(from)
+        {
             return 0;
         }
         match self.raft.membership_at(self.raft.commit_index()) {
@@ -208,7 +213,7 @@ impl Node {
     /// A peer says it ignores this node's messages (rate-limited by the sender);
     /// a group's leader may say this replica was removed for good.
     pub(super) fn refused_by(&mut self, from: NodeId, reason: &str, removed_at: u64) {
-        if removed_at > 0 && self.group_id() != crate::directory::METADATA_GROUP {
+        if removed_at > 0 {
             self.told_removed(from, removed_at);
             return;
         }

@@ -35,6 +35,10 @@ async fn start_three(dir: &std::path::Path) -> BTreeMap<u64, Broker> {
             max_frame_bytes: 2 << 20,
             request_timeout_ms: 300,
             max_pending_proposals: 2,
+            // A leader cut off from its followers keeps leading for one to two
+            // election timeouts (check-quorum): 1 s leaves the test room to fill
+            // the pending bound before it steps down, on a loaded machine too.
+            election_timeout_ticks: 100,
             ..BrokerConfig::default()
         };
         brokers.insert(id.0, Broker::start(config).await.expect("broker starts"));
@@ -99,9 +103,10 @@ async fn followers_redirect_and_a_leader_without_quorum_times_out_then_is_busy()
 
     // The followers stop: nothing can commit any more.
     let followers: Vec<u64> = brokers.keys().copied().filter(|id| *id != leader).collect();
-    for id in followers {
-        brokers.remove(&id).unwrap().stop().await;
-    }
+    let stopping = followers
+        .iter()
+        .map(|id| brokers.remove(id).unwrap().stop());
+    futures::future::join_all(stopping).await;
     // Two proposals fill the bound of pending proposals; the third is refused at once.
     let first = conn.send(produce("a")).await;
     let second = conn.send(produce("b")).await;

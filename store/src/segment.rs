@@ -63,7 +63,16 @@ pub(crate) struct Segment {
     pub slots: Vec<Slot>,
     /// How many leading slots the `.idx` checkpoint on disk describes (0 if none).
     pub persisted_slots: usize,
+    /// Bytes before this offset past the write position are known to hold written
+    /// zeros (see [`Segment::prewrite`]); 0 when nothing is known.
+    prewritten_to: u64,
 }
+
+/// Zeros for [`Segment::prewrite`] (zero-initialised static: no binary size).
+static ZEROS: [u8; MAX_PREWRITE_BYTES] = [0; MAX_PREWRITE_BYTES];
+
+/// The most [`Segment::prewrite`] writes in one call.
+pub(crate) const MAX_PREWRITE_BYTES: usize = 256 * 1024;
 
 impl Segment {
     /// Creates a new, preallocated, zeroed segment file durably.
@@ -109,6 +118,7 @@ impl Segment {
             capacity,
             slots: Vec::new(),
             persisted_slots: 0,
+            prewritten_to: 0,
         })
     }
 
@@ -187,6 +197,45 @@ impl Segment {
         self.file
             .write_all_at(bytes, pos)
             .map_err(|e| StoreError::io("pwrite", &self.path, e))
+    }
+
+    /// Offset up to which the bytes past the write position are known to be written
+    /// zeros (never below the write position).
+    pub fn prewritten_to(&self) -> u64 {
+        self.prewritten_to.max(self.write_pos())
+    }
+
+    /// Writes up to `len` (at most [`MAX_PREWRITE_BYTES`]) zero bytes just past what
+    /// is known to be written, without syncing; the next sync of the file makes them
+    /// durable along with the entries.
+    ///
+    /// Why: a preallocated segment's blocks are *unwritten extents* on ext4 and XFS.
+    /// The first write into such a block converts it, and the `fdatasync` that makes
+    /// it durable must then commit the file system journal as well as flush the
+    /// data: on this project's reference machine 210 µs against 135 µs for an
+    /// `fdatasync` of bytes written over blocks that already hold data. Writing zeros
+    /// ahead pays the conversion once per chunk instead of once per small group
+    /// commit. Only bytes past every stored entry are written, so no entry changes.
+    pub fn prewrite(&mut self, len: usize) -> Result<(), StoreError> {
+        let from = self.prewritten_to();
+        let len = (len.min(MAX_PREWRITE_BYTES) as u64).min(self.capacity - from);
+        if len == 0 {
+            return Ok(());
+        }
+        self.write_at(from, &ZEROS[..len as usize])?;
+        self.prewritten_to = from + len;
+        Ok(())
+    }
+
+    /// Forgets prewritten bytes from `pos` on (a truncation zeroed them with
+    /// `FALLOC_FL_ZERO_RANGE`, which may leave unwritten extents), or stops
+    /// prewriting altogether with `pos == capacity` after a failed prewrite.
+    pub fn forget_prewritten_from(&mut self, pos: u64) {
+        self.prewritten_to = if pos >= self.capacity {
+            self.capacity
+        } else {
+            self.prewritten_to.min(pos)
+        };
     }
 
     /// Durably zeroes everything from `pos` to the end of the file.

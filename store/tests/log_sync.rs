@@ -97,3 +97,89 @@ fn views_read_on_other_threads_stay_valid_while_the_log_appends_rolls_and_delete
     log.delete_segments_before(LogIndex(100)).unwrap();
     reader.join().unwrap();
 }
+
+fn one_big_segment() -> raftmq_store::LogConfig {
+    raftmq_store::LogConfig {
+        segment_bytes: 8 << 20,
+        max_entry_bytes: 256 * 1024,
+        ..raftmq_store::LogConfig::default()
+    }
+}
+
+#[test]
+fn small_group_commits_keep_written_zeros_ahead_of_the_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(dir.path(), one_big_segment());
+    assert_eq!(log.prewritten_ahead(), 0);
+    log.append(&entries(1, 10, 1, 100)).unwrap();
+    assert_eq!(log.prewritten_ahead(), 0, "appending alone writes no zeros");
+    let job = log.begin_sync().unwrap();
+    assert_eq!(log.prewritten_ahead(), 256 * 1024);
+    log.finish_sync(job.run().unwrap());
+    // Windows of ~20 KiB use it up; a new chunk follows once less than 128 KiB is left.
+    let mut next = 11;
+    let mut chunks = 1;
+    let mut ahead = log.prewritten_ahead();
+    for _ in 0..40 {
+        log.append(&entries(next, next + 19, 1, 1000)).unwrap();
+        next += 20;
+        assert!(
+            log.prewritten_ahead() < ahead,
+            "entries are written over the zeros"
+        );
+        log.sync().unwrap();
+        if log.prewritten_ahead() > ahead {
+            chunks += 1;
+        }
+        ahead = log.prewritten_ahead();
+        assert!(ahead >= 128 * 1024, "the zeros stay ahead: {ahead}");
+    }
+    assert!(
+        chunks >= 3,
+        "about one chunk per 256 KiB of entries: {chunks}"
+    );
+    let expected = all(&log);
+    drop(log);
+    // The zeros read as the end of the log: nothing is lost, nothing is added.
+    let (log, report) = open(dir.path(), one_big_segment());
+    assert_eq!(all(&log), expected);
+    assert!(report.corruption.is_none(), "{report:?}");
+}
+
+#[test]
+fn large_group_commits_write_no_zeros_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(dir.path(), one_big_segment());
+    log.append(&entries(1, 40, 1, 1000)).unwrap();
+    log.sync().unwrap();
+    assert_eq!(
+        log.prewritten_ahead(),
+        0,
+        "a 40 KiB window converts its own blocks"
+    );
+}
+
+#[test]
+fn zeros_are_never_written_past_the_segment_or_over_truncated_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(dir.path(), small_config());
+    log.append(&entries(1, 3, 1, 300)).unwrap();
+    log.sync().unwrap();
+    assert!(log.prewritten_ahead() > 0);
+    assert!(
+        log.prewritten_ahead() < 4096 - 3 * 300,
+        "capped at the segment's end"
+    );
+    log.truncate_suffix(LogIndex(2)).unwrap();
+    assert_eq!(
+        log.prewritten_ahead(),
+        0,
+        "truncation forgets the zeros past the cut"
+    );
+    log.append(&entries(2, 4, 2, 300)).unwrap();
+    log.sync().unwrap();
+    let expected = all(&log);
+    drop(log);
+    let (log, _) = open(dir.path(), small_config());
+    assert_eq!(all(&log), expected);
+}

@@ -372,8 +372,7 @@ async fn given_data_groups_each_has_its_own_series() {
 }
 
 fn free_port() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr")
+    common::ports::free_port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,12 +7,13 @@ pub mod external;
 pub mod kafka_wire;
 pub mod login;
 pub mod pki;
+pub mod ports;
 pub mod raw;
 
 use raftmq_proto::pb::{self, request::Body as Req, response::Body as Resp, ErrorCode};
 use raw::{code, Conn};
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -42,20 +43,13 @@ pub struct Cluster {
 }
 
 fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr")
+    ports::free_port()
 }
 
 /// A free port whose successor is free too (the Kafka port of a node is its port
 /// + 1: every node uses the same offset).
 fn free_port_pair() -> SocketAddr {
-    for _ in 0..100 {
-        let first = free_port();
-        if first.port() < u16::MAX && TcpListener::bind(("127.0.0.1", first.port() + 1)).is_ok() {
-            return first;
-        }
-    }
-    panic!("no two consecutive free ports found on loopback");
+    ports::free_consecutive(2)
 }
 
 impl Cluster {

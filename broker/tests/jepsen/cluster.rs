@@ -83,11 +83,6 @@ pub struct Cluster {
     keep: bool,
 }
 
-fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr")
-}
-
 impl Cluster {
     /// Starts every node and waits until each accepts connections.
     pub async fn start(options: ClusterOptions) -> Cluster {
@@ -103,8 +98,10 @@ impl Cluster {
         let n = options.nodes as u64;
         // The brokers' ports stay bound until the proxies have theirs, so a proxy
         // cannot be handed a port a broker is about to listen on.
+        // Below the ephemeral range (see `ports`): a restarted node finds its port
+        // free, never taken by some client connection's source port.
         let held: Vec<TcpListener> = (0..n)
-            .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
+            .map(|_| TcpListener::bind(super::ports::free_port()).expect("bind a free port"))
             .collect();
         let addrs: Vec<SocketAddr> = held
             .iter()

@@ -20,6 +20,8 @@ pub mod client;
 pub mod cluster;
 pub mod disk;
 pub mod nemesis;
+#[path = "../common/ports.rs"]
+pub mod ports;
 pub mod proxy;
 pub mod rng;
 pub mod run;

@@ -115,6 +115,12 @@ pub struct BrokerConfig {
     /// A learner is promoted to voter only once its log is within this many
     /// entries of the leader's (default 1000).
     pub max_learner_lag: u64,
+    /// Voters the metadata group keeps (default 3): its leader promotes caught-up
+    /// learners while it has fewer, and replaces a voter that was decommissioned or
+    /// not heard from for `dead_node_timeout_ms` by a learner (promote first, then
+    /// demote the lost voter to learner). It never demotes a healthy voter, so a
+    /// cluster started with more voters keeps them. 0 turns all of this off.
+    pub metadata_voters: u32,
     /// Data groups a new cluster spreads its queues over (0, the default: every
     /// queue in the metadata group, one Raft group in all). Written into the
     /// metadata log by the first leader that has it set; fixed from then on.
@@ -230,6 +236,7 @@ impl Default for BrokerConfig {
             linearizable_reads: true,
             join: Vec::new(),
             max_learner_lag: 1000,
+            metadata_voters: 3,
             data_groups: 0,
             replication_factor: 3,
             dead_node_timeout_ms: 300_000,
@@ -360,6 +367,8 @@ pub struct FileConfig {
     pub join: Option<Vec<String>>,
     /// See [`BrokerConfig::max_learner_lag`].
     pub max_learner_lag: Option<u64>,
+    /// See [`BrokerConfig::metadata_voters`].
+    pub metadata_voters: Option<u32>,
     /// See [`BrokerConfig::data_groups`].
     pub data_groups: Option<u32>,
     /// See [`BrokerConfig::replication_factor`].
@@ -568,6 +577,7 @@ impl BrokerConfig {
             max_disk_use_ratio,
             linearizable_reads,
             max_learner_lag,
+            metadata_voters,
             data_groups,
             replication_factor,
             dead_node_timeout_ms,

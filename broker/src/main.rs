@@ -56,6 +56,11 @@ struct Args {
     /// (default 1000).
     #[arg(long)]
     max_learner_lag: Option<u64>,
+    /// Voters the metadata group keeps: caught-up learners are promoted while it
+    /// has fewer, and a decommissioned or long-silent voter is replaced by a
+    /// learner (default 3; 0: never automatically).
+    #[arg(long)]
+    metadata_voters: Option<u32>,
     /// Data groups a new cluster spreads its queues over (default 0: one Raft group
     /// for everything). Fixed once the cluster has written it.
     #[arg(long)]
@@ -258,6 +263,9 @@ fn build_config(args: &Args) -> anyhow::Result<BrokerConfig> {
     }
     if let Some(lag) = args.max_learner_lag {
         config.max_learner_lag = lag;
+    }
+    if let Some(n) = args.metadata_voters {
+        config.metadata_voters = n;
     }
     if let Some(n) = args.data_groups {
         config.data_groups = n;

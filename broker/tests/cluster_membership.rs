@@ -374,3 +374,189 @@ async fn a_wiped_node_is_refused_until_removed_and_joined_again() {
     assert_eq!(voters.len(), 3);
     assert!(!voters.contains(&victim) && voters.contains(&fresh));
 }
+
+/// Polls the leader's view of the membership until it is `(voters, learners)`
+/// (sorted), for at most `limit`; the last view seen on failure.
+async fn wait_membership(
+    client: &Client,
+    want: (Vec<u64>, Vec<u64>),
+    limit: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    let mut seen = String::from("no leader answered");
+    while Instant::now() < deadline {
+        if let Ok(statuses) = Admin::new(client).cluster_status().await {
+            let leader = statuses
+                .iter()
+                .filter_map(|n| n.status.as_ref().ok())
+                .find(|s| s.role == "leader");
+            if let Some(s) = leader {
+                let pick = |voter: bool| -> Vec<u64> {
+                    let mut ids: Vec<u64> = s
+                        .members
+                        .iter()
+                        .filter(|m| m.voter == voter)
+                        .map(|m| m.node_id)
+                        .collect();
+                    ids.sort_unstable();
+                    ids
+                };
+                let got = (pick(true), pick(false));
+                if got == want {
+                    return Ok(());
+                }
+                seen = format!("{got:?}");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(seen)
+}
+
+/// A metadata voter lost for good (killed, silent past `dead_node_timeout_ms`) is
+/// replaced by the learner that joined: the learner is promoted, the lost voter
+/// demoted. The cluster then survives a second failure that would have cost the
+/// old voters their quorum (two of {1, 2, 3} gone).
+/// Joins a 4th node to a 3-voter cluster and waits until it is a learner (3 voters
+/// are `metadata_voters`: it is not promoted); returns its id.
+async fn join_a_spare(cluster: &mut Cluster, client: &Client) -> u64 {
+    let four = cluster.add_joining_node();
+    let learner = (vec![1, 2, 3], vec![four]);
+    if let Err(seen) = wait_membership(client, learner, Duration::from_secs(20)).await {
+        dump_logs(cluster);
+        panic!("node {four} did not join as a learner: {seen}");
+    }
+    four
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metadata_voter_lost_for_good_is_replaced_by_a_learner() {
+    let mut cluster = Cluster::start_with(3, &["--dead-node-timeout-ms", "1500"]);
+    let client = Client::connect(&cluster.addrs()).await.expect("connect");
+    let admin = Admin::new(&client);
+    admin.create_topic("before", 1).await.expect("create topic");
+    let four = join_a_spare(&mut cluster, &client).await;
+    cluster.kill(3);
+    if let Err(seen) = wait_membership(
+        &client,
+        (vec![1, 2, four], vec![3]),
+        Duration::from_secs(30),
+    )
+    .await
+    {
+        dump_logs(&cluster);
+        panic!("node 3 was not replaced by node {four}: {seen}");
+    }
+    // Of the old voters only node 1 is left: the metadata group still has a quorum
+    // (nodes 1 and 4 of {1, 2, 4}), so a topic can still be created and written.
+    cluster.kill(2);
+    let client = Client::connect(&[cluster.nodes[0].addr.to_string()])
+        .await
+        .expect("connect to node 1");
+    let admin = Admin::new(&client);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match admin.create_topic("after", 1).await {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                dump_logs(&cluster);
+                panic!("no metadata quorum after the second failure: {e}");
+            }
+        }
+    }
+    let producer = Producer::builder(&client).build().await.expect("producer");
+    producer
+        .send(Message::new("after", "written"))
+        .await
+        .expect("send")
+        .await
+        .expect("acknowledged by nodes 1 and 4");
+    producer.close().await;
+}
+
+/// A decommissioned metadata voter is replaced the same way, at once (no timeout),
+/// and can then be removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decommissioned_metadata_voter_is_replaced_then_removable() {
+    let mut cluster = Cluster::start_with(3, &["--data-groups", "3"]);
+    let client = Client::connect(&cluster.addrs()).await.expect("connect");
+    let admin = Admin::new(&client);
+    admin.create_topic(TOPIC, 3).await.expect("create topic");
+    let four = join_a_spare(&mut cluster, &client).await;
+    // The metadata leader itself, running, is decommissioned: its data-group
+    // replicas move to node 4, it hands leadership over, and its vote goes to
+    // node 4 too.
+    let leaving = common::find_leader(&cluster, Duration::from_secs(10)).await;
+    admin
+        .move_replicas(Some(leaving), 0)
+        .await
+        .expect("decommission");
+    let mut stay: Vec<u64> = (1..=3).filter(|&n| n != leaving).collect();
+    stay.push(four);
+    if let Err(seen) = wait_membership(
+        &client,
+        (stay.clone(), vec![leaving]),
+        Duration::from_secs(30),
+    )
+    .await
+    {
+        dump_logs(&cluster);
+        panic!("node {leaving} was not replaced by node {four}: {seen}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match admin.remove_node(leaving).await {
+            Ok(_) => break,
+            // Still placed in a data group while its replicas move.
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "retrying");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(e) => {
+                dump_logs(&cluster);
+                panic!("remove the decommissioned node: {e}");
+            }
+        }
+    }
+    if let Err(seen) = wait_membership(&client, (stay, vec![]), Duration::from_secs(20)).await {
+        dump_logs(&cluster);
+        panic!("node {leaving} was not removed: {seen}");
+    }
+}
+
+/// A cluster grown from one node by `--join` reaches `metadata_voters` (3) voters
+/// by itself, never through a lasting 2-voter group: the first node to join stays a
+/// learner until a second one can be promoted with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_grown_from_one_node_promotes_its_learners_to_three_voters() {
+    let mut cluster = Cluster::start(1);
+    let client = Client::connect(&cluster.addrs()).await.expect("connect");
+    Admin::new(&client)
+        .create_topic(TOPIC, 1)
+        .await
+        .expect("create topic");
+    let two = cluster.add_joining_node();
+    if let Err(seen) = wait_membership(&client, (vec![1], vec![two]), Duration::from_secs(20)).await
+    {
+        dump_logs(&cluster);
+        panic!("node {two} did not join as a learner: {seen}");
+    }
+    // Many upkeeps later it is still a learner: 2 voters would be worse than 1.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(membership(&client).await, (vec![1], vec![two]));
+    let three = cluster.add_joining_node();
+    if let Err(seen) = wait_membership(
+        &client,
+        (vec![1, two, three], vec![]),
+        Duration::from_secs(20),
+    )
+    .await
+    {
+        dump_logs(&cluster);
+        panic!("the learners were not promoted: {seen}");
+    }
+}

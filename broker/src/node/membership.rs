@@ -65,6 +65,9 @@ pub(super) struct MembershipState {
     /// When the leader last proposed upkeep (not more than once per election
     /// timeout while one is uncommitted).
     last_upkeep: Option<Instant>,
+    /// Metadata leader: since when each member has not been heard from (see
+    /// `metadata_voters.rs`).
+    pub silent_since: BTreeMap<NodeId, Instant>,
 }
 
 impl MembershipState {
@@ -74,6 +77,7 @@ impl MembershipState {
             heard: BTreeMap::new(),
             refused_said: BTreeMap::new(),
             last_upkeep: None,
+            silent_since: BTreeMap::new(),
         }
     }
 }

@@ -37,6 +37,7 @@ use crate::transport::PeerTransport;
 
 mod fetch;
 mod membership;
+mod metadata_voters;
 mod observe;
 mod raft_groups;
 mod reads;

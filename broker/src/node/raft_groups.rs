@@ -128,6 +128,7 @@ impl Node {
             self.publish_placement();
             self.propose_data_groups(now);
             self.replace_dead_nodes(now);
+            self.metadata_voter_upkeep(now);
         } else {
             self.mirror_topics();
             self.reconcile_membership();
@@ -667,7 +668,7 @@ impl Node {
 
     /// Whether `learner` replicates, holds the membership entry at `index` and is
     /// within `max_learner_lag` of this leader.
-    fn caught_up(&self, learner: NodeId, index: u64) -> bool {
+    pub(super) fn caught_up(&self, learner: NodeId, index: u64) -> bool {
         let status = self.raft.status();
         let last = status.last_index.0;
         status.progress.iter().any(|p| {
@@ -679,7 +680,7 @@ impl Node {
         })
     }
 
-    fn propose_group_membership(
+    pub(super) fn propose_group_membership(
         &mut self,
         membership: Membership,
         members: BTreeMap<NodeId, MemberInfo>,

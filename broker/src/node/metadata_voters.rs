@@ -32,6 +32,61 @@ use std::time::{Duration, Instant};
 use super::Node;
 use crate::raft::NodeId;
 
+/// The metadata leader's next change to its voters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VoterStep {
+    /// Promote this learner, in place of the lost voter `replacing` if any.
+    Promote {
+        node: NodeId,
+        replacing: Option<NodeId>,
+    },
+    /// Demote this lost voter to learner.
+    Demote(NodeId),
+}
+
+/// The next step towards `wanted` healthy voters (see the module docs), or none.
+/// `lost` says which members were decommissioned or are silent; `caught_up` which
+/// learners could vote at once.
+fn next_step(
+    voters: &[NodeId],
+    learners: &[NodeId],
+    lost: impl Fn(NodeId) -> bool,
+    caught_up: impl Fn(NodeId) -> bool,
+    wanted: usize,
+) -> Option<VoterStep> {
+    if wanted == 0 {
+        return None;
+    }
+    let lost_voter = voters.iter().copied().find(|v| lost(*v));
+    let healthy = voters.iter().filter(|v| !lost(**v)).count();
+    let spares: Vec<NodeId> = learners
+        .iter()
+        .copied()
+        .filter(|l| !lost(*l) && caught_up(*l))
+        .collect();
+    match (lost_voter, spares.first().copied()) {
+        // A replacement first, so the group never has fewer voters than before.
+        (Some(gone), Some(spare)) if healthy < wanted => Some(VoterStep::Promote {
+            node: spare,
+            replacing: Some(gone),
+        }),
+        // Then the lost voter goes, while at least 3 healthy voters stay.
+        (Some(gone), _) if healthy >= 3 => Some(VoterStep::Demote(gone)),
+        // Growing from an odd number takes two spares: an even group of voters
+        // tolerates no more failures than one voter fewer, and two voters fail
+        // with either node.
+        (None, Some(spare))
+            if voters.len() < wanted && (voters.len() % 2 == 0 || spares.len() >= 2) =>
+        {
+            Some(VoterStep::Promote {
+                node: spare,
+                replacing: None,
+            })
+        }
+        _ => None,
+    }
+}
+
 impl Node {
     /// Metadata leader, every group upkeep: one step towards `metadata_voters`
     /// healthy voters (see the module docs).
@@ -53,42 +108,44 @@ impl Node {
             return;
         }
         let timeout = self.config.dead_node_timeout_ms;
-        let lost = |node: &Node, id: NodeId| {
-            node.state.decommissioned().contains(&id.0)
+        let lost = |id: NodeId| {
+            self.state.decommissioned().contains(&id.0)
                 || (timeout > 0
-                    && node.members.silent_since.get(&id).is_some_and(|since| {
+                    && self.members.silent_since.get(&id).is_some_and(|since| {
                         now.duration_since(*since) >= Duration::from_millis(timeout)
                     }))
         };
         let membership = self.raft.membership().clone();
         let index = self.members.view.index;
-        let lost_voter = membership.voters.iter().copied().find(|v| lost(self, *v));
-        let healthy = membership
-            .voters
-            .iter()
-            .filter(|v| !lost(self, **v))
-            .count();
-        let spares: Vec<NodeId> = membership
-            .learners
-            .iter()
-            .copied()
-            .filter(|l| !lost(self, *l) && self.caught_up(*l, index))
-            .collect();
-        let spare = spares.first().copied();
+        let step = next_step(
+            &membership.voters,
+            &membership.learners,
+            lost,
+            |id| self.caught_up(id, index),
+            wanted,
+        );
         let members = self.members.view.recorded.clone();
         let mut next = membership.clone();
-        let step = match (lost_voter, spare) {
-            (Some(gone), Some(spare)) if healthy < wanted => {
-                next.learners.retain(|l| *l != spare);
-                next.voters.push(spare);
+        let step = match step {
+            None => return,
+            Some(VoterStep::Promote { node, replacing }) => {
+                next.learners.retain(|l| *l != node);
+                next.voters.push(node);
                 next.voters.sort_unstable();
-                format!(
-                    "metadata voter {} is lost (decommissioned or silent): promoting node {} \
-                     in its place",
-                    gone.0, spare.0
-                )
+                match replacing {
+                    Some(gone) => format!(
+                        "metadata voter {} is lost (decommissioned or silent): promoting node {} \
+                         in its place",
+                        gone.0, node.0
+                    ),
+                    None => format!(
+                        "the metadata group has {} of {wanted} voters: promoting node {}",
+                        membership.voters.len(),
+                        node.0
+                    ),
+                }
             }
-            (Some(gone), _) if healthy >= 3 => {
+            Some(VoterStep::Demote(gone)) => {
                 if gone == self.config.node_id {
                     self.hand_over_metadata_leadership();
                     return;
@@ -102,23 +159,6 @@ impl Node {
                     gone.0
                 )
             }
-            // Growing from an odd number takes two spares: an even group of voters
-            // tolerates no more failures than one voter fewer, and two voters fail
-            // with either node.
-            (None, Some(spare))
-                if membership.voters.len() < wanted
-                    && (membership.voters.len() % 2 == 0 || spares.len() >= 2) =>
-            {
-                next.learners.retain(|l| *l != spare);
-                next.voters.push(spare);
-                next.voters.sort_unstable();
-                format!(
-                    "the metadata group has {} of {wanted} voters: promoting node {}",
-                    membership.voters.len(),
-                    spare.0
-                )
-            }
-            _ => return,
         };
         self.propose_group_membership(next, members, step);
     }
@@ -147,5 +187,90 @@ impl Node {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(v: &[u64]) -> Vec<NodeId> {
+        v.iter().map(|&n| NodeId(n)).collect()
+    }
+
+    /// `next_step` with the members in `lost` lost and every learner caught up
+    /// except those in `behind`.
+    fn step(
+        voters: &[u64],
+        learners: &[u64],
+        lost: &[u64],
+        behind: &[u64],
+        wanted: usize,
+    ) -> Option<VoterStep> {
+        next_step(
+            &ids(voters),
+            &ids(learners),
+            |n| lost.contains(&n.0),
+            |n| !behind.contains(&n.0),
+            wanted,
+        )
+    }
+
+    fn promote(node: u64, replacing: Option<u64>) -> Option<VoterStep> {
+        Some(VoterStep::Promote {
+            node: NodeId(node),
+            replacing: replacing.map(NodeId),
+        })
+    }
+
+    #[test]
+    fn enough_healthy_voters_change_nothing() {
+        assert_eq!(step(&[1, 2, 3], &[4], &[], &[], 3), None);
+        assert_eq!(
+            step(&[1, 2, 3, 4, 5], &[6], &[], &[], 3),
+            None,
+            "never shrinks"
+        );
+        assert_eq!(step(&[1, 2, 3], &[4], &[3], &[], 0), None, "0 turns it off");
+    }
+
+    #[test]
+    fn a_lost_voter_is_replaced_then_demoted() {
+        assert_eq!(step(&[1, 2, 3], &[4], &[3], &[], 3), promote(4, Some(3)));
+        assert_eq!(
+            step(&[1, 2, 3, 4], &[], &[3], &[], 3),
+            Some(VoterStep::Demote(NodeId(3)))
+        );
+        assert_eq!(step(&[1, 2, 4], &[3], &[3], &[], 3), None, "done");
+    }
+
+    #[test]
+    fn a_lost_voter_stays_while_it_would_leave_fewer_than_three() {
+        assert_eq!(step(&[1, 2, 3], &[], &[3], &[], 3), None);
+        assert_eq!(
+            step(&[1, 2, 3], &[4], &[3], &[4], 3),
+            None,
+            "the spare lags"
+        );
+        assert_eq!(
+            step(&[1, 2, 3], &[4], &[3, 4], &[], 3),
+            None,
+            "the spare is lost too"
+        );
+        assert_eq!(
+            step(&[1, 2, 3, 4, 5], &[], &[5], &[], 3),
+            Some(VoterStep::Demote(NodeId(5))),
+            "five voters can lose one"
+        );
+    }
+
+    #[test]
+    fn growth_from_an_odd_count_waits_for_two_spares() {
+        assert_eq!(step(&[1], &[2], &[], &[], 3), None);
+        assert_eq!(step(&[1], &[2, 3], &[], &[], 3), promote(2, None));
+        assert_eq!(step(&[1, 2], &[3], &[], &[], 3), promote(3, None));
+        assert_eq!(step(&[1], &[2, 3], &[], &[3], 3), None, "one spare lags");
+        assert_eq!(step(&[1, 2, 3], &[4, 5], &[], &[], 5), promote(4, None));
+        assert_eq!(step(&[1, 2, 3, 4], &[5], &[], &[], 5), promote(5, None));
     }
 }

@@ -251,3 +251,27 @@ async fn keys_headers_and_kcat_formats_round_trip() {
     assert!(!ok);
     assert!(err.contains("unknown format token %q"), "{err}");
 }
+
+#[tokio::test]
+async fn cluster_add_data_groups_prints_the_new_groups_and_refusals_as_errors() {
+    let cluster = FakeCluster::start(3).await;
+    // Asked of a follower: the tool finds the leader.
+    let address = cluster.address(2);
+
+    let (ok, out, err) = raftmq(&address, &["cluster", "add-data-groups", "2"], "").await;
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        "2 data groups added\ngroup 1 -> replicas 1,2,3\ngroup 2 -> replicas 2,3,1\n"
+    );
+    let (ok, out, _) = raftmq(&address, &["cluster", "add-data-groups", "1"], "").await;
+    assert!(ok);
+    assert_eq!(out, "1 data group added\ngroup 3 -> replicas 3,1,2\n");
+
+    let (ok, out, err) = raftmq(&address, &["cluster", "add-data-groups", "0"], "").await;
+    assert!(!ok, "a refusal fails the command: {out}");
+    assert!(err.contains("add at least one data group"), "{err}");
+    let (ok, _, err) = raftmq(&address, &["cluster", "add-data-groups", "many"], "").await;
+    assert!(!ok);
+    assert!(err.contains("invalid value"), "{err}");
+}

@@ -1,7 +1,7 @@
 //! A fake raftmq cluster for client tests: TEST DOUBLE ONLY. A few tokio tasks on
 //! 127.0.0.1 speaking the real frame protocol and answering Metadata, CreateTopic,
 //! InitProducer, Produce (with idempotent sequence checks), Fetch (long poll),
-//! ListOffsets and ClusterStatus from memory. Several "nodes" share one state; only
+//! ListOffsets, ClusterStatus and AddDataGroups from memory. Several "nodes" share one state; only
 //! the node marked leader serves, the others answer `NotLeader`. Faults can be
 //! queued for the next produce requests. Everything stops when the `FakeCluster`
 //! is dropped.
@@ -70,6 +70,8 @@ pub struct State {
     pub requests: Vec<(usize, &'static str)>,
     pub groups: BTreeMap<String, FakeGroup>,
     pub next_member: u64,
+    /// Data groups added so far (`AddDataGroups`), numbered from 1.
+    pub data_groups: u32,
 }
 
 /// A consumer group, range-assigned over members sorted by id.
@@ -356,6 +358,24 @@ fn handle(index: usize, state: &Mutex<State>, id: u64, body: Req) -> Option<pb::
             }))
         }
         Req::Produce(p) => produce(&mut s, id, p),
+        Req::AddDataGroups(a) => {
+            if a.count == 0 {
+                return err(pb::Error::invalid_request("add at least one data group"));
+            }
+            let nodes = s.addresses.len() as u64;
+            let first = s.data_groups + 1;
+            s.data_groups += a.count;
+            let added = (first..=s.data_groups)
+                .map(|g| pb::GroupReplicas {
+                    group_id: g,
+                    // Rotated so the preferred leaders spread.
+                    replicas: (0..nodes)
+                        .map(|k| (u64::from(g) - 1 + k) % nodes + 1)
+                        .collect(),
+                })
+                .collect();
+            ok(Resp::AddDataGroups(pb::AddDataGroupsResponse { added }))
+        }
         Req::JoinGroup(j) => {
             let member_id = if j.member_id.is_empty() {
                 s.next_member += 1;

@@ -434,9 +434,10 @@ fn idempotent_producer_across(disruption: Disruption) {
         for w in numbers.windows(2) {
             assert!(
                 w[1] > w[0],
-                "queue {q}: {} stored after {} (a duplicate or reordering)",
+                "queue {q}: {} stored after {} (a duplicate or reordering); producer: {}",
                 w[1],
-                w[0]
+                w[0],
+                out.1
             );
         }
         for v in &numbers {

@@ -491,17 +491,22 @@ impl Node {
         self.propose_change(membership, members, MembershipOp::Remove, reply);
     }
 
+    /// Whom a leader that leaves hands over to: the live voter most caught up among
+    /// those `eligible` accepts.
+    pub(super) fn handover_target(&self, eligible: impl Fn(NodeId) -> bool) -> Option<NodeId> {
+        self.raft
+            .status()
+            .progress
+            .iter()
+            .filter(|p| p.voter && p.recent_active && eligible(p.id))
+            .max_by_key(|p| p.match_index)
+            .map(|p| p.id)
+    }
+
     /// The leader was asked to remove itself: it hands leadership to the voter most
     /// caught up and answers NOT_LEADER, so the client retries at the new leader.
     fn hand_over_before_removal(&mut self, reply: Responder) {
-        let status = self.raft.status();
-        let target = status
-            .progress
-            .iter()
-            .filter(|p| p.voter && p.recent_active)
-            .max_by_key(|p| p.match_index)
-            .map(|p| p.id);
-        let Some(target) = target else {
+        let Some(target) = self.handover_target(|_| true) else {
             return self.refuse_change(
                 reply,
                 ErrorCode::InvalidMembershipChange,

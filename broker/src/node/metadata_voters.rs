@@ -166,19 +166,9 @@ impl Node {
     /// A decommissioned metadata leader hands over to the healthy voter most caught
     /// up; the new leader demotes this node.
     fn hand_over_metadata_leadership(&mut self) {
-        let status = self.raft.status();
+        let me = self.config.node_id;
         let decommissioned = self.state.decommissioned();
-        let target = status
-            .progress
-            .iter()
-            .filter(|p| {
-                p.voter
-                    && p.recent_active
-                    && p.id != self.config.node_id
-                    && !decommissioned.contains(&p.id.0)
-            })
-            .max_by_key(|p| p.match_index)
-            .map(|p| p.id);
+        let target = self.handover_target(|id| id != me && !decommissioned.contains(&id.0));
         if let Some(target) = target {
             if self.raft.transfer_leadership(target).is_ok() {
                 tracing::info!(

@@ -642,13 +642,7 @@ impl Node {
             if gone == self.config.node_id {
                 // Hand over to the placed voter most caught up; the new leader
                 // removes this node.
-                let status = self.raft.status();
-                let target = status
-                    .progress
-                    .iter()
-                    .filter(|p| p.voter && p.recent_active && placed_ids.contains(&p.id))
-                    .max_by_key(|p| p.match_index)
-                    .map(|p| p.id);
+                let target = self.handover_target(|id| placed_ids.contains(&id));
                 if let Some(target) = target {
                     if self.raft.transfer_leadership(target).is_ok() {
                         tracing::info!(to = target.0, "leaving this data group: handing over");

@@ -639,7 +639,8 @@ impl StateMachine {
                 return ApplyOutcome::Rejected(
                     ErrorCode::OutOfOrderSequence,
                     format!(
-                        "expected sequence {}, got {}",
+                        "expected sequence {}, got {}: a batch before this one is not \
+                         stored; resend from it",
                         session.next_sequence, header.base_sequence
                     ),
                 );

@@ -1,6 +1,6 @@
 //! Bad input on the Kafka port, against a real broker process: a request that
 //! declares a 2-billion-element array, undecodable and random requests, versions
-//! not offered, corrupt record batches. Each closes its own connection or gets a
+//! not offered, corrupt record batches, idempotent batches out of order. Each closes its own connection or gets a
 //! Kafka error; the broker keeps running and keeps serving.
 
 mod common;
@@ -12,7 +12,8 @@ use common::Cluster;
 use indexmap::IndexMap;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, ProduceRequest, ProduceResponse, TopicName,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, InitProducerIdRequest, InitProducerIdResponse,
+    ProduceRequest, ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
@@ -21,6 +22,11 @@ use kafka_protocol::records::{
 use raftmq_client::{Admin, Client};
 
 fn kafka_batch(values: &[&str]) -> Bytes {
+    idempotent_batch(-1, -1, -1, values)
+}
+
+/// A batch of an idempotent producer (`producer_id` -1: a plain batch).
+fn idempotent_batch(producer_id: i64, epoch: i16, base_sequence: i32, values: &[&str]) -> Bytes {
     let records: Vec<Record> = values
         .iter()
         .enumerate()
@@ -29,11 +35,11 @@ fn kafka_batch(values: &[&str]) -> Bytes {
             control: false,
             delete_horizon: false,
             partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
+            producer_id,
+            producer_epoch: epoch,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
-            sequence: i as i32 - 1,
+            sequence: base_sequence + i as i32,
             timestamp: 1_700_000_000_000,
             key: None,
             value: Some(Bytes::from(v.to_string())),
@@ -64,11 +70,18 @@ fn produce(topic: &str, batch: Bytes) -> ProduceRequest {
 }
 
 fn produce_error(cluster: &Cluster, topic: &str, batch: Bytes) -> i16 {
+    produce_answer(cluster, topic, batch).0
+}
+
+/// The error code, base offset and error message of one partition's produce.
+fn produce_answer(cluster: &Cluster, topic: &str, batch: Bytes) -> (i16, i64, String) {
     let mut s = connect(cluster);
-    send_frame(&mut s, &request(ApiKey::Produce, 7, &produce(topic, batch)));
+    send_frame(&mut s, &request(ApiKey::Produce, 8, &produce(topic, batch)));
     let body = read_frame(&mut s).expect("a produce answer");
-    let r: ProduceResponse = answer(ApiKey::Produce, 7, body);
-    r.responses[0].partition_responses[0].error_code
+    let r: ProduceResponse = answer(ApiKey::Produce, 8, body);
+    let p = &r.responses[0].partition_responses[0];
+    let message = p.error_message.as_ref().map(|m| m.to_string());
+    (p.error_code, p.base_offset, message.unwrap_or_default())
 }
 
 /// A small deterministic generator for the random requests.
@@ -209,5 +222,80 @@ fn bad_kafka_requests_close_only_their_connection_and_lose_nothing() {
     let read = rt.block_on(consumer.poll()).expect("poll");
     let values: Vec<&[u8]> = read.iter().map(|m| &m.value[..]).collect();
     assert_eq!(values, vec![&b"a"[..], b"b", b"c"]);
+    cluster.kill(1);
+}
+
+/// An idempotent producer's batch that arrives ahead of its sequence (an earlier
+/// batch was refused, say by a busy or new leader, and its retry is behind) must
+/// get a retriable "not stored" answer, not OUT_OF_ORDER_SEQUENCE_NUMBER: on that
+/// code librdkafka bumps its epoch and renumbers every unacknowledged message, and
+/// a batch stored whose answer was lost is then stored twice. Resent in order, the
+/// earlier batch and this one are each stored once.
+#[test]
+fn an_idempotent_batch_ahead_of_its_sequence_is_retriable_and_not_stored() {
+    let mut cluster = Cluster::start_with_kafka(1, &[]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let client = rt
+        .block_on(Client::connect(&cluster.addrs()))
+        .expect("connect");
+    rt.block_on(Admin::new(&client).create_topic("t", 1))
+        .expect("create");
+
+    let mut s = connect(&cluster);
+    let mut init = InitProducerIdRequest::default();
+    init.transactional_id = None;
+    init.transaction_timeout_ms = 60_000;
+    send_frame(&mut s, &request(ApiKey::InitProducerId, 4, &init));
+    let r: InitProducerIdResponse = answer(
+        ApiKey::InitProducerId,
+        4,
+        read_frame(&mut s).expect("an answer"),
+    );
+    assert_eq!(r.error_code, 0);
+    let (pid, epoch) = (r.producer_id.0, r.producer_epoch);
+
+    let first = idempotent_batch(pid, epoch, 0, &["a", "b"]);
+    let second = idempotent_batch(pid, epoch, 2, &["c"]);
+    let third = idempotent_batch(pid, epoch, 3, &["d", "e"]);
+    assert_eq!(produce_answer(&cluster, "t", first.clone()).0, 0);
+    // The second batch is lost on its way; the third arrives first.
+    let (code, offset, message) = produce_answer(&cluster, "t", third.clone());
+    assert_eq!(
+        (code, offset),
+        (19, -1),
+        "NOT_ENOUGH_REPLICAS (retriable, not stored): {message}"
+    );
+    assert!(
+        message.contains("expected sequence 2, got 3"),
+        "the answer says why: {message:?}"
+    );
+    // Resent in order: the second and third are stored, the first is a duplicate.
+    assert_eq!(produce_answer(&cluster, "t", second).0, 0);
+    let (code, offset, _) = produce_answer(&cluster, "t", third);
+    assert_eq!((code, offset), (0, 3));
+    let (code, offset, _) = produce_answer(&cluster, "t", first);
+    assert_eq!(
+        (code, offset),
+        (0, 0),
+        "a retried batch is acknowledged once"
+    );
+
+    let mut consumer = raftmq_client::Consumer::new(&client);
+    rt.block_on(consumer.assign("t", &[0])).expect("assign");
+    let end = rt
+        .block_on(consumer.seek(0, raftmq_client::SeekTo::Latest))
+        .expect("end");
+    assert_eq!(end, 5, "each message stored once");
+    rt.block_on(consumer.seek(0, raftmq_client::SeekTo::Earliest))
+        .expect("seek");
+    let mut values = Vec::new();
+    for _ in 0..20 {
+        if values.len() >= 5 {
+            break;
+        }
+        let read = rt.block_on(consumer.poll()).expect("poll");
+        values.extend(read.iter().map(|m| m.value.to_vec()));
+    }
+    assert_eq!(values, [b"a", b"b", b"c", b"d", b"e"].map(|v| v.to_vec()));
     cluster.kill(1);
 }

@@ -31,7 +31,6 @@ pub mod code {
     pub const NOT_CONTROLLER: i16 = 41;
     pub const INVALID_REQUEST: i16 = 42;
     pub const UNSUPPORTED_FOR_MESSAGE_FORMAT: i16 = 43;
-    pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
     pub const DUPLICATE_SEQUENCE_NUMBER: i16 = 46;
     pub const INVALID_PRODUCER_EPOCH: i16 = 47;
     pub const INVALID_CONFIG: i16 = 40;
@@ -65,7 +64,13 @@ pub fn kafka_code(error: ErrorCode) -> i16 {
         E::Busy => code::NOT_ENOUGH_REPLICAS,
         E::Timeout => code::REQUEST_TIMED_OUT,
         E::DuplicateSequence => code::DUPLICATE_SEQUENCE_NUMBER,
-        E::OutOfOrderSequence => code::OUT_OF_ORDER_SEQUENCE_NUMBER,
+        // A batch ahead of its producer's next sequence: an earlier one was refused
+        // or lost before it was stored, and its retry comes first. Kafka answers
+        // OUT_OF_ORDER_SEQUENCE_NUMBER, on which librdkafka bumps the producer
+        // epoch and renumbers every unacknowledged message of every partition, so a
+        // batch stored whose answer was lost is then stored again (librdkafka issue
+        // 4953). A retriable "not stored" answer makes every client resend in order.
+        E::OutOfOrderSequence => code::NOT_ENOUGH_REPLICAS,
         E::FencedProducer => code::INVALID_PRODUCER_EPOCH,
         E::StorageError => code::KAFKA_STORAGE_ERROR,
         E::UnknownMember => code::UNKNOWN_MEMBER_ID,

@@ -179,6 +179,14 @@ pub enum Command {
         /// HOST:PORT.
         kafka_address: String,
     },
+    /// op 15 (metadata group): `node` is in failure domain `rack` (empty: none);
+    /// data-group replicas and metadata voters spread over racks.
+    SetRack {
+        /// The node.
+        node: u64,
+        /// The rack (or zone) it named with `--rack`.
+        rack: String,
+    },
     /// op 10 (metadata group): creates user `name` or replaces its credentials.
     UpsertUser {
         /// The user.
@@ -330,6 +338,11 @@ impl Command {
                 buf.put_u64_le(*node);
                 put_str(&mut buf, kafka_address);
             }
+            Command::SetRack { node, rack } => {
+                buf.put_u8(15);
+                buf.put_u64_le(*node);
+                put_str(&mut buf, rack);
+            }
             Command::UpsertUser { name, credentials } => {
                 buf.put_u8(10);
                 put_str(&mut buf, name);
@@ -434,6 +447,10 @@ impl Command {
                 node: get_u64(&mut buf)?,
                 kafka_address: get_str(&mut buf)?,
             },
+            15 => Command::SetRack {
+                node: get_u64(&mut buf)?,
+                rack: get_str(&mut buf)?,
+            },
             6 => Command::MirrorTopic {
                 id: get_u32(&mut buf)?,
                 name: get_str(&mut buf)?,
@@ -503,6 +520,10 @@ mod tests {
             Command::SetListeners {
                 node: 3,
                 kafka_address: "10.0.0.3:9092".into(),
+            },
+            Command::SetRack {
+                node: 3,
+                rack: "eu-west-1b".into(),
             },
             Command::UpsertUser {
                 name: "alice".into(),

@@ -15,6 +15,10 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 /// The data directory used when none is given.
 pub const DEFAULT_DATA_DIR: &str = "raftmq-data";
 
+/// The longest rack name a node may give (it is stored in the cluster metadata and
+/// shown in every metadata answer).
+pub const MAX_RACK_BYTES: usize = 64;
+
 /// When an acknowledgement is sent, relative to the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -85,6 +89,9 @@ pub struct BrokerConfig {
     /// the Kafka listener's port on this node's own address). Needed behind NAT or
     /// when `kafka_listen` is a wildcard address and `listen` is too.
     pub kafka_advertise: Option<String>,
+    /// The node's rack or zone: its failure domain (default: none, a domain of its
+    /// own). Data-group replicas and metadata voters spread over racks first.
+    pub rack: Option<String>,
     /// Retention by age: sealed segments whose last write is older than this are
     /// deleted (default 7 days; 0 keeps segments forever).
     pub retention_ms: u64,
@@ -228,6 +235,7 @@ impl Default for BrokerConfig {
             metrics_listen: None,
             kafka_listen: None,
             kafka_advertise: None,
+            rack: None,
             retention_ms: 7 * 24 * 3600 * 1000,
             retention_bytes: 0,
             retention_check_interval_ms: 10_000,
@@ -351,6 +359,8 @@ pub struct FileConfig {
     pub kafka_listen: Option<String>,
     /// See [`BrokerConfig::kafka_advertise`].
     pub kafka_advertise: Option<String>,
+    /// See [`BrokerConfig::rack`].
+    pub rack: Option<String>,
     /// See [`BrokerConfig::retention_ms`].
     pub retention_ms: Option<u64>,
     /// See [`BrokerConfig::retention_bytes`].
@@ -549,6 +559,9 @@ impl BrokerConfig {
         if let Some(advertise) = file.kafka_advertise {
             self.kafka_advertise = Some(advertise);
         }
+        if let Some(rack) = file.rack {
+            self.rack = Some(rack);
+        }
         let mut tls = self.tls_paths();
         tls.merge(TlsPaths {
             cert: file.tls_cert,
@@ -683,6 +696,15 @@ impl BrokerConfig {
             if port.is_none() || self.kafka_listen.is_none() {
                 return Err(ConfigError::OutOfRange(format!(
                     "kafka_advertise {advertise:?} must be HOST:PORT and needs kafka_listen"
+                )));
+            }
+        }
+        if let Some(rack) = &self.rack {
+            let printable = rack.chars().all(|c| c.is_ascii_graphic());
+            if rack.is_empty() || rack.len() > MAX_RACK_BYTES || !printable {
+                return Err(ConfigError::OutOfRange(format!(
+                    "rack {rack:?} must be 1 to {MAX_RACK_BYTES} printable ASCII characters \
+                     without spaces"
                 )));
             }
         }

@@ -118,6 +118,10 @@ struct Args {
     /// on this node's --listen host).
     #[arg(long, value_name = "HOST:PORT")]
     kafka_advertise: Option<String>,
+    /// The node's rack or zone, its failure domain: each data group's replicas and
+    /// the metadata voters go to distinct racks first (default: none).
+    #[arg(long, value_name = "NAME")]
+    rack: Option<String>,
     /// The node's certificate chain (PEM, leaf first; signed by the cluster CA).
     /// With --tls-key and --tls-cluster-ca: TLS on every port and link.
     #[arg(long, value_name = "FILE", env = "RAFTMQ_TLS_CERT")]
@@ -293,6 +297,9 @@ fn build_config(args: &Args) -> anyhow::Result<BrokerConfig> {
     }
     if let Some(advertise) = &args.kafka_advertise {
         config.kafka_advertise = Some(advertise.clone());
+    }
+    if let Some(rack) = &args.rack {
+        config.rack = Some(rack.clone());
     }
     let mut tls = config.tls_paths();
     tls.merge(raftmq_broker::config::TlsPaths {

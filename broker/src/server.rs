@@ -274,6 +274,7 @@ impl Broker {
         }
         let service = Service::new(directory, config, security.clone(), shutdown.clone());
         let mut kafka_addr = None;
+        let mut kafka_advertised = None;
         if let Some(kafka_listener) = kafka_listener {
             let bound = kafka_listener
                 .local_addr()
@@ -294,20 +295,24 @@ impl Broker {
                 context,
                 shutdown.clone(),
             ));
-            match crate::kafka::advertised_address(service.config(), local_addr, bound) {
-                Some(address) => {
-                    tokio::spawn(crate::kafka::advertise(
-                        service.clone(),
-                        address,
-                        shutdown.clone(),
-                    ));
-                }
-                None => tracing::warn!(
+            kafka_advertised =
+                crate::kafka::advertised_address(service.config(), local_addr, bound);
+            if kafka_advertised.is_none() {
+                tracing::warn!(
                     "the Kafka listener and the broker both listen on a wildcard address: \
                      other nodes will derive this node's Kafka address; set --kafka-advertise"
-                ),
+                )
             }
         }
+        tokio::spawn(advertise(
+            service.clone(),
+            pb::AdvertiseListenersRequest {
+                node_id: service.config().node_id.0,
+                kafka_address: kafka_advertised.unwrap_or_default(),
+                rack: service.config().rack.clone().unwrap_or_default(),
+            },
+            shutdown.clone(),
+        ));
         if security.tls().is_some() {
             tokio::spawn(watch_certificate_expiry(
                 security.clone(),
@@ -916,5 +921,42 @@ async fn write_responses<W: AsyncWrite + Unpin>(
         if result.is_err() {
             break;
         }
+    }
+}
+
+/// Records what this node says of itself (its Kafka address, its rack; empty for
+/// none) in the metadata group through its leader, retrying until it is recorded
+/// or the broker stops. Every node does it at start, so a rack or a Kafka listener
+/// dropped from the configuration is forgotten too.
+async fn advertise(
+    service: Service,
+    advertised: pb::AdvertiseListenersRequest,
+    shutdown: CancellationToken,
+) {
+    let body = pb::request::Body::AdvertiseListeners(advertised.clone());
+    let mut delay = std::time::Duration::from_millis(100);
+    loop {
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = service.call_at_leader(body.clone()) => r,
+        };
+        match outcome {
+            Ok(_) => {
+                tracing::info!(
+                    kafka_address = %advertised.kafka_address,
+                    rack = %advertised.rack,
+                    "advertised to the cluster"
+                );
+                return;
+            }
+            Err(f) => {
+                tracing::debug!(error = %f.error.message, "advertising this node; retrying")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(std::time::Duration::from_secs(5));
     }
 }

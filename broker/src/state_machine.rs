@@ -31,10 +31,14 @@
 //! | decommissioned (version 3) | 4 + 8n | the count of decommissioned nodes and their ids |
 //! | placement (version 3) | per topic by id: 4 + 4n | the count of queue groups, then the group of each queue (0 entries: all in group 0) |
 //! | listeners (version 4) | 4 + per node | the count of nodes that advertised a Kafka address, then per node by id: `id` (8), address (string) |
+//! | users (version 5) | 4 + per user | the count of users, then per user by name: `name` (string), its SCRAM credentials |
+//! | ACLs (version 6) | | the access control lists, in order |
+//! | racks (version 7) | 4 + per node | the count of nodes that named a rack, then per node by id: `id` (8), rack (string) |
 //!
-//! Versions 1 (no membership field), 2 (no data groups) and 3 (no listeners) are
-//! still read: a version 1 membership is the bootstrap configuration; without data
-//! groups every queue is in group 0; without listeners no node has advertised one.
+//! Versions 1 (no membership field), 2 (no data groups), 3 (no listeners), 5 and
+//! 6 (no racks) are still read: a version 1 membership is the bootstrap
+//! configuration; without data groups every queue is in group 0; without listeners
+//! or racks no node has advertised one.
 //!
 //! The name → id map of topics is not stored: it is exactly the topics' names, and
 //! rebuilding it cannot let the two disagree.
@@ -49,7 +53,7 @@ use crate::command::{decode_messages, Command, CommittedOffset, TopicRetention};
 use crate::snapshot::PayloadError;
 
 /// Version byte of the snapshot payload layout (module docs).
-const SNAPSHOT_VERSION: u8 = 6;
+const SNAPSHOT_VERSION: u8 = 7;
 
 /// Batches remembered per (producer, queue) to answer retries with their offset.
 const RECENT_BATCHES_PER_PRODUCER_QUEUE: usize = 8;
@@ -203,7 +207,7 @@ pub enum ApplyOutcome {
     MembershipChanged,
     /// The data groups were set (metadata group).
     DataGroupsSet,
-    /// A node's advertised listeners were recorded.
+    /// A node's advertised listeners or rack were recorded.
     ListenersSet,
     /// A user was created (true) or its credentials replaced (false).
     UserUpserted(bool),
@@ -237,6 +241,8 @@ pub struct StateMachine {
     decommissioned: std::collections::BTreeSet<u64>,
     /// Metadata group: each node's advertised Kafka address.
     kafka_listeners: BTreeMap<u64, String>,
+    /// Metadata group: each node's rack (failure domain), for those that named one.
+    racks: BTreeMap<u64, String>,
     /// Metadata group: users and their SCRAM credentials.
     users: crate::security::users::UserTable,
     /// Metadata group: access control lists.
@@ -290,6 +296,11 @@ impl StateMachine {
     /// The Kafka address each node advertised (nodes without one are absent).
     pub fn kafka_listeners(&self) -> &BTreeMap<u64, String> {
         &self.kafka_listeners
+    }
+
+    /// The rack each node named (nodes without one are absent).
+    pub fn racks(&self) -> &BTreeMap<u64, String> {
+        &self.racks
     }
 
     /// Users and their credentials.
@@ -502,6 +513,14 @@ impl StateMachine {
                     self.kafka_listeners.remove(&node);
                 } else {
                     self.kafka_listeners.insert(node, kafka_address);
+                }
+                ApplyOutcome::ListenersSet
+            }
+            Command::SetRack { node, rack } => {
+                if rack.is_empty() {
+                    self.racks.remove(&node);
+                } else {
+                    self.racks.insert(node, rack);
                 }
                 ApplyOutcome::ListenersSet
             }
@@ -780,6 +799,11 @@ impl StateMachine {
             crate::security::users::encode_credentials(&mut buf, credentials);
         }
         crate::security::acl::encode_bindings(&mut buf, self.acls.iter());
+        put_count(&mut buf, self.racks.len());
+        for (node, rack) in &self.racks {
+            buf.put_u64_le(*node);
+            put_string(&mut buf, rack);
+        }
         buf.freeze()
     }
 
@@ -1036,6 +1060,20 @@ impl StateMachine {
                 acls.insert(b);
             }
         }
+        let mut racks = BTreeMap::new();
+        if version >= 7 {
+            let count = r.count("racks", 12)?;
+            for _ in 0..count {
+                let node = r.u64("rack node")?;
+                let rack = r.string("rack")?;
+                if rack.is_empty() || racks.keys().next_back().is_some_and(|&last| last >= node) {
+                    return Err(PayloadError::Inconsistent(format!(
+                        "rack of node {node} out of order or empty"
+                    )));
+                }
+                racks.insert(node, rack);
+            }
+        }
         if !r.0.is_empty() {
             return Err(PayloadError::TrailingBytes(r.0.len()));
         }
@@ -1044,6 +1082,7 @@ impl StateMachine {
             data_groups,
             decommissioned,
             kafka_listeners,
+            racks,
             users,
             acls,
             users_changes: 0,
@@ -1311,6 +1350,14 @@ mod tests {
                 name: "bob".into(),
                 credentials: fixed_credentials("b"),
             }),
+            cmd(Command::SetRack {
+                node: 3,
+                rack: "zone-c".into(),
+            }),
+            cmd(Command::SetRack {
+                node: 1,
+                rack: "zone-a".into(),
+            }),
             cmd(Command::UpsertUser {
                 name: "alice".into(),
                 credentials: fixed_credentials("a"),
@@ -1431,6 +1478,15 @@ mod tests {
         assert_eq!(
             restored.kafka_listeners().get(&2).map(String::as_str),
             Some("10.0.0.2:9092")
+        );
+        assert_eq!(
+            restored
+                .racks()
+                .values()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+            ["zone-a", "zone-c"],
+            "racks survive a snapshot"
         );
     }
 

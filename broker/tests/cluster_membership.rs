@@ -522,7 +522,9 @@ async fn a_decommissioned_metadata_voter_is_replaced_then_removable() {
             }
         }
     }
-    if let Err(seen) = wait_membership(&client, (stay, vec![]), Duration::from_secs(20)).await {
+    if let Err(seen) =
+        wait_membership(&client, (stay.clone(), vec![]), Duration::from_secs(20)).await
+    {
         dump_logs(&cluster);
         panic!("node {leaving} was not removed: {seen}");
     }
@@ -559,4 +561,43 @@ async fn a_cluster_grown_from_one_node_promotes_its_learners_to_three_voters() {
         dump_logs(&cluster);
         panic!("the learners were not promoted: {seen}");
     }
+}
+
+/// Three metadata voters all in rack `a`: a rack failure would take the whole
+/// metadata quorum. Nodes joining from racks `b` and `c` each take the vote of a
+/// follower of rack `a`, one at a time, until the voters span three racks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_voters_move_to_racks_that_have_none() {
+    let mut cluster = Cluster::start_with_racks(&["a", "a", "a"], &[]);
+    let client = Client::connect(&cluster.addrs()).await.expect("connect");
+    Admin::new(&client)
+        .create_topic(TOPIC, 1)
+        .await
+        .expect("create topic");
+    cluster.set_rack(4, "b");
+    cluster.set_rack(5, "c");
+    let four = cluster.add_joining_node();
+    let five = cluster.add_joining_node();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (voters, learners) = membership(&client).await;
+        if voters.len() == 3 && voters.contains(&four) && voters.contains(&five) {
+            assert_eq!(
+                learners.len(),
+                2,
+                "the two voters of rack a left: {learners:?}"
+            );
+            break;
+        }
+        if Instant::now() >= deadline {
+            dump_logs(&cluster);
+            panic!("voters {voters:?} (learners {learners:?}) never spanned racks a, b and c");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The metadata group works with its new voters.
+    Admin::new(&client)
+        .create_topic("after-the-move", 1)
+        .await
+        .expect("create topic with the new voters");
 }

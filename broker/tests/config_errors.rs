@@ -101,6 +101,16 @@ fn given_a_bad_metrics_address_should_refuse_it() {
 }
 
 #[test]
+fn given_a_rack_with_spaces_should_refuse_it() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_refused(
+        dir.path(),
+        &["--rack", "rack one"],
+        &["rack", "rack one", "printable"],
+    );
+}
+
+#[test]
 fn given_metrics_on_the_broker_port_should_refuse_them() {
     let dir = tempfile::tempdir().unwrap();
     assert_refused(

@@ -488,7 +488,7 @@ fn without_tls_nodes_still_forward_and_forwarded_requests_are_authorized_as_thei
     for id in 1..=3 {
         loop {
             let log = std::fs::read_to_string(cluster.log_path(id)).unwrap_or_default();
-            if log.contains("Kafka address advertised") {
+            if log.contains("advertised to the cluster kafka_address=127.0.0.1") {
                 break;
             }
             assert!(

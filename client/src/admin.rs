@@ -48,6 +48,8 @@ pub struct NodeStatus {
     pub node_id: u64,
     /// Its client address.
     pub address: String,
+    /// The rack (failure domain) it named, if any.
+    pub rack: Option<String>,
     /// Its status, or why it could not be had.
     pub status: Result<pb::ClusterStatusResponse, ClientError>,
 }
@@ -184,8 +186,10 @@ impl Admin {
     /// Asks every node in the metadata for its Raft status (concurrently, no retry).
     pub async fn cluster_status(&self) -> Result<Vec<NodeStatus>, ClientError> {
         let metadata = self.client.refresh_metadata().await?;
+        let racks = metadata.racks;
         let asks = metadata.nodes.into_iter().map(|(node_id, address)| {
             let client = self.client.clone();
+            let rack = racks.get(&node_id).cloned();
             async move {
                 let body = request::Body::ClusterStatus(pb::ClusterStatusRequest {});
                 let status = match client.call_address(&address, body).await {
@@ -196,6 +200,7 @@ impl Admin {
                 NodeStatus {
                     node_id,
                     address,
+                    rack,
                     status,
                 }
             }

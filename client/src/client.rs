@@ -136,6 +136,8 @@ enum Route<'a> {
 pub struct ClusterMetadata {
     /// Node id to client address.
     pub nodes: BTreeMap<u64, String>,
+    /// Node id to the rack (failure domain) the node named, for those that did.
+    pub racks: BTreeMap<u64, String>,
     /// The leader's id, when known.
     pub leader_id: Option<u64>,
     /// Topic name to queue count.
@@ -444,6 +446,12 @@ impl Client {
 
     fn apply_metadata(&self, m: pb::MetadataResponse) -> ClusterMetadata {
         let metadata = ClusterMetadata {
+            racks: m
+                .nodes
+                .iter()
+                .filter(|n| !n.rack.is_empty())
+                .map(|n| (n.node_id, n.rack.clone()))
+                .collect(),
             nodes: m
                 .nodes
                 .into_iter()

@@ -78,6 +78,7 @@ fn every_request() -> Vec<Req> {
         Req::AdvertiseListeners(pb::AdvertiseListenersRequest {
             node_id: 2,
             kafka_address: "10.0.0.2:9092".into(),
+            rack: "eu-west-1a".into(),
         }),
         Req::AddDataGroups(pb::AddDataGroupsRequest { count: 3 }),
         Req::JoinGroup(pb::JoinGroupRequest {
@@ -195,6 +196,7 @@ fn every_response() -> Vec<Resp> {
         node_id: id,
         address: format!("127.0.0.1:70{id:02}"),
         kafka_address: format!("127.0.0.1:90{id:02}"),
+        rack: format!("rack-{id}"),
     };
     vec![
         Resp::CreateTopic(pb::CreateTopicResponse {}),

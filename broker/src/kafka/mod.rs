@@ -157,37 +157,6 @@ pub fn advertised_address(
     Some(SocketAddr::new(ip, kafka.port()).to_string())
 }
 
-/// Records this node's Kafka address in the metadata group (through its leader),
-/// retrying until it is recorded or the broker stops.
-pub async fn advertise(service: Service, address: String, shutdown: CancellationToken) {
-    use raftmq_proto::pb;
-    let body = pb::request::Body::AdvertiseListeners(pb::AdvertiseListenersRequest {
-        node_id: service.config().node_id.0,
-        kafka_address: address.clone(),
-    });
-    let mut delay = std::time::Duration::from_millis(100);
-    loop {
-        let outcome = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = service.call_at_leader(body.clone()) => r,
-        };
-        match outcome {
-            Ok(_) => {
-                tracing::info!(%address, "Kafka address advertised");
-                return;
-            }
-            Err(f) => {
-                tracing::debug!(error = %f.error.message, "advertising the Kafka address; retrying")
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(std::time::Duration::from_secs(5));
-    }
-}
-
 /// Accepts Kafka connections until `shutdown`.
 pub async fn serve(listener: TcpListener, context: Arc<KafkaContext>, shutdown: CancellationToken) {
     let mut connections = tokio::task::JoinSet::new();

@@ -164,6 +164,8 @@ pub(super) async fn metadata(
             broker.node_id = broker_id(n.node_id);
             broker.host = StrBytes::from_string(host);
             broker.port = port;
+            // Clients with `client.rack` prefer replicas of their own rack.
+            broker.rack = (!n.rack.is_empty()).then(|| StrBytes::from_string(n.rack.clone()));
             Some(broker)
         })
         .collect();

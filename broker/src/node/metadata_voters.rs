@@ -26,6 +26,16 @@
 //!    either node, four tolerate no more failures than three).
 //!
 //! A healthy voter is never demoted, so a cluster started with 5 voters keeps them.
+//!
+//! Among the learners that could be promoted, one in a rack (`--rack`) that no
+//! healthy voter is in goes first, then one in the rack with the fewest voters, so
+//! that losing a rack costs the group as few voters as the nodes allow.
+//! 4. With nothing lost and exactly `metadata_voters` voters, two of them in one
+//!    rack, a caught-up learner in a rack without a voter is promoted, and then
+//!    (one voter over) a follower of the most crowded rack is demoted: voters move
+//!    to racks that have none, one at a time and never below `metadata_voters`.
+//!    This is the one case where a healthy voter is demoted; a group of more than
+//!    `metadata_voters + 1` voters is left alone.
 
 use std::time::{Duration, Instant};
 
@@ -42,16 +52,23 @@ enum VoterStep {
     },
     /// Demote this lost voter to learner.
     Demote(NodeId),
+    /// Promote this learner: its rack has no voter, another rack has two.
+    PromoteToSpread(NodeId),
+    /// Demote this healthy voter: its rack has another voter, and a voter in a
+    /// rack that had none was just added.
+    DemoteToSpread(NodeId),
 }
 
 /// The next step towards `wanted` healthy voters (see the module docs), or none.
 /// `lost` says which members were decommissioned or are silent; `caught_up` which
-/// learners could vote at once.
+/// learners could vote at once; `same_rack` which two nodes share a rack.
 fn next_step(
     voters: &[NodeId],
     learners: &[NodeId],
     lost: impl Fn(NodeId) -> bool,
     caught_up: impl Fn(NodeId) -> bool,
+    same_rack: impl Fn(NodeId, NodeId) -> bool,
+    leader: NodeId,
     wanted: usize,
 ) -> Option<VoterStep> {
     if wanted == 0 {
@@ -59,11 +76,19 @@ fn next_step(
     }
     let lost_voter = voters.iter().copied().find(|v| lost(*v));
     let healthy = voters.iter().filter(|v| !lost(**v)).count();
-    let spares: Vec<NodeId> = learners
+    let mut spares: Vec<NodeId> = learners
         .iter()
         .copied()
         .filter(|l| !lost(*l) && caught_up(*l))
         .collect();
+    // The spare whose rack holds the fewest healthy voters first.
+    let sharing = |node: NodeId| {
+        voters
+            .iter()
+            .filter(|&&v| v != node && !lost(v) && same_rack(v, node))
+            .count()
+    };
+    spares.sort_by_key(|&spare| (sharing(spare), spare));
     match (lost_voter, spares.first().copied()) {
         // A replacement first, so the group never has fewer voters than before.
         (Some(gone), Some(spare)) if healthy < wanted => Some(VoterStep::Promote {
@@ -83,8 +108,37 @@ fn next_step(
                 replacing: None,
             })
         }
+        (None, _) => spread_over_racks(voters, &spares, sharing, leader, wanted),
         _ => None,
     }
+}
+
+/// Step 4 of the module docs: with nothing lost, a voter moves from a rack that
+/// has two to one that has none (promote first, then demote), or none.
+fn spread_over_racks(
+    voters: &[NodeId],
+    spares: &[NodeId],
+    sharing: impl Fn(NodeId) -> usize,
+    leader: NodeId,
+    wanted: usize,
+) -> Option<VoterStep> {
+    let crowded = voters.iter().any(|&v| sharing(v) > 0);
+    if !crowded {
+        return None;
+    }
+    if voters.len() == wanted {
+        let spare = spares.first().copied().filter(|&s| sharing(s) == 0)?;
+        return Some(VoterStep::PromoteToSpread(spare));
+    }
+    if voters.len() == wanted + 1 {
+        let gone = voters
+            .iter()
+            .copied()
+            .filter(|&v| v != leader && sharing(v) > 0)
+            .max_by_key(|&v| (sharing(v), v))?;
+        return Some(VoterStep::DemoteToSpread(gone));
+    }
+    None
 }
 
 impl Node {
@@ -117,11 +171,14 @@ impl Node {
         };
         let membership = self.raft.membership().clone();
         let index = self.members.view.index;
+        let racks = self.state.racks();
         let step = next_step(
             &membership.voters,
             &membership.learners,
             lost,
             |id| self.caught_up(id, index),
+            |a, b| racks.get(&a.0).is_some_and(|r| racks.get(&b.0) == Some(r)),
+            self.config.node_id,
             wanted,
         );
         let members = self.members.view.recorded.clone();
@@ -144,6 +201,26 @@ impl Node {
                         node.0
                     ),
                 }
+            }
+            Some(VoterStep::PromoteToSpread(node)) => {
+                next.learners.retain(|l| *l != node);
+                next.voters.push(node);
+                next.voters.sort_unstable();
+                format!(
+                    "two metadata voters share a rack and node {} is in a rack without one: \
+                     promoting it (a voter of the crowded rack steps down next)",
+                    node.0
+                )
+            }
+            Some(VoterStep::DemoteToSpread(gone)) => {
+                next.voters.retain(|v| *v != gone);
+                next.learners.push(gone);
+                next.learners.sort_unstable();
+                format!(
+                    "metadata voter {} shares its rack with another voter: demoting it to \
+                     learner (a voter in another rack took its place)",
+                    gone.0
+                )
             }
             Some(VoterStep::Demote(gone)) => {
                 if gone == self.config.node_id {
@@ -202,6 +279,8 @@ mod tests {
             &ids(learners),
             |n| lost.contains(&n.0),
             |n| !behind.contains(&n.0),
+            |_, _| false,
+            NodeId(1),
             wanted,
         )
     }
@@ -262,5 +341,82 @@ mod tests {
         assert_eq!(step(&[1], &[2, 3], &[], &[3], 3), None, "one spare lags");
         assert_eq!(step(&[1, 2, 3], &[4, 5], &[], &[], 5), promote(4, None));
         assert_eq!(step(&[1, 2, 3, 4], &[5], &[], &[], 5), promote(5, None));
+    }
+
+    #[test]
+    fn a_spare_in_a_rack_without_voters_is_promoted_first() {
+        // Racks: a = {1, 4}, b = {2}, c = {3, 5}, d = {6}.
+        let rack = |n: NodeId| match n.0 {
+            1 | 4 => 'a',
+            2 => 'b',
+            3 | 5 => 'c',
+            _ => 'd',
+        };
+        let step = |voters: &[u64], learners: &[u64], lost: &[u64], wanted| {
+            next_step(
+                &ids(voters),
+                &ids(learners),
+                |n| lost.contains(&n.0),
+                |_| true,
+                |x, y| rack(x) == rack(y),
+                NodeId(1),
+                wanted,
+            )
+        };
+        // Voter 3 (rack c) is lost: node 5 (rack c, now without a healthy voter)
+        // goes before node 4 (rack a, which has voter 1).
+        assert_eq!(step(&[1, 2, 3], &[4, 5], &[3], 3), promote(5, Some(3)));
+        // Growing to 5: node 6 (rack d, no voter) before 4 and 5.
+        assert_eq!(step(&[1, 2, 3], &[4, 5, 6], &[], 5), promote(6, None));
+    }
+
+    #[test]
+    fn voters_sharing_a_rack_move_to_racks_without_one() {
+        // Racks: a = {1, 2, 3}, b = {4}, c = {5}, d = {6, 7}; node 1 leads.
+        let rack = |n: NodeId| match n.0 {
+            1..=3 => 'a',
+            4 => 'b',
+            5 => 'c',
+            _ => 'd',
+        };
+        let step = |voters: &[u64], learners: &[u64], wanted| {
+            next_step(
+                &ids(voters),
+                &ids(learners),
+                |_| false,
+                |_| true,
+                |x, y| rack(x) == rack(y),
+                NodeId(1),
+                wanted,
+            )
+        };
+        let spread = |n| Some(VoterStep::PromoteToSpread(NodeId(n)));
+        let demote = |n| Some(VoterStep::DemoteToSpread(NodeId(n)));
+        // All three voters in rack a: node 4 (rack b) is promoted, then a
+        // follower of rack a (not the leader) steps down; then node 5 (rack c).
+        assert_eq!(step(&[1, 2, 3], &[4, 5], 3), spread(4));
+        assert_eq!(step(&[1, 2, 3, 4], &[5], 3), demote(3));
+        assert_eq!(step(&[1, 2, 4], &[3, 5], 3), spread(5));
+        assert_eq!(step(&[1, 2, 4, 5], &[3], 3), demote(2));
+        assert_eq!(step(&[1, 4, 5], &[2, 3], 3), None, "one voter per rack");
+        // No learner in a rack without a voter: nothing to do.
+        assert_eq!(step(&[1, 2, 4], &[3], 3), None);
+        // Five voters, two in rack d, learners only in rack a: nothing better.
+        assert_eq!(step(&[1, 4, 5, 6, 7], &[2, 3], 5), None);
+        // A larger group than wanted is left alone.
+        assert_eq!(step(&[1, 2, 3, 4, 5], &[6], 3), None);
+        // Without racks nobody shares one: nothing moves.
+        assert_eq!(
+            next_step(
+                &ids(&[1, 2, 3]),
+                &ids(&[4]),
+                |_| false,
+                |_| true,
+                |_, _| false,
+                NodeId(1),
+                3
+            ),
+            None
+        );
     }
 }

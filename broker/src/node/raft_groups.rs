@@ -44,6 +44,9 @@ const QUEUE_BOUNDS_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_ADDED_GROUPS: u32 = 1024;
 /// Mirror commands proposed per pass (the rest follow once these are applied).
 const MIRROR_BATCH: usize = 64;
+/// How long a metadata leader that has a rack waits for every voter's rack before
+/// it places the first data groups anyway (a voter started without `--rack`).
+const RACKS_WAIT: Duration = Duration::from_secs(10);
 
 /// The node task's state for the above.
 pub(super) struct RaftGroups {
@@ -55,6 +58,8 @@ pub(super) struct RaftGroups {
     published: Option<pb::GroupInfo>,
     /// When the metadata leader last proposed the data groups.
     proposed_at: Option<Instant>,
+    /// Since when the metadata leader waits for the voters' racks.
+    racks_awaited_since: Option<Instant>,
     /// The last mirror command proposed (none in flight once it is applied).
     mirror_index: LogIndex,
     /// The membership change last logged (to say each step once).
@@ -78,6 +83,7 @@ impl RaftGroups {
             placement_dirty: true,
             published: None,
             proposed_at: None,
+            racks_awaited_since: None,
             mirror_index: LogIndex::ZERO,
             logged_change: None,
             balanced_at: None,
@@ -338,11 +344,14 @@ impl Node {
         {
             return;
         }
-        self.raft_groups.proposed_at = Some(now);
         let voters: Vec<u64> = self.raft.membership().voters.iter().map(|v| v.0).collect();
+        if !self.voters_racks_known(&voters, now) {
+            return;
+        }
+        self.raft_groups.proposed_at = Some(now);
         let ids: Vec<GroupId> = (1..=wanted).collect();
         let rf = self.config.replication_factor.max(1) as usize;
-        let assignment = placement::initial(&ids, &voters, rf);
+        let assignment = placement::initial(&ids, &voters, self.state.racks(), rf);
         let command = Command::SetDataGroups {
             groups: assignment.into_values().collect(),
         };
@@ -356,6 +365,34 @@ impl Node {
             }
             Err(e) => tracing::debug!(error = %e, "data groups deferred"),
         }
+    }
+
+    /// Whether the first data groups can be placed as far as racks go: this node
+    /// names no rack (the cluster does not use them), every voter's rack is
+    /// recorded (each node advertises its own as it starts), or [`RACKS_WAIT`]
+    /// has passed (with a warning naming the voters without one).
+    fn voters_racks_known(&mut self, voters: &[u64], now: Instant) -> bool {
+        if self.config.rack.is_none() {
+            return true;
+        }
+        let missing: Vec<u64> = voters
+            .iter()
+            .copied()
+            .filter(|v| !self.state.racks().contains_key(v))
+            .collect();
+        if missing.is_empty() {
+            return true;
+        }
+        let since = *self.raft_groups.racks_awaited_since.get_or_insert(now);
+        if now.duration_since(since) < RACKS_WAIT {
+            return false;
+        }
+        tracing::warn!(
+            nodes = ?missing,
+            "no rack known for these voters after {RACKS_WAIT:?}: each counts as a \
+             failure domain of its own (start every node with --rack)"
+        );
+        true
     }
 
     /// Metadata leader: re-creates elsewhere the data-group replicas of a member
@@ -403,7 +440,7 @@ impl Node {
                 .filter(|n| !self.state.decommissioned().contains(n))
                 .collect();
             let current = self.current_assignment();
-            let changes = placement::evacuate(&current, node, &nodes);
+            let changes = placement::evacuate(&current, node, &nodes, self.state.racks());
             if changes.is_empty() {
                 continue;
             }
@@ -475,7 +512,7 @@ impl Node {
         let last = current.keys().next_back().copied().unwrap_or(0);
         let ids: Vec<GroupId> = (last + 1..=last + req.count).collect();
         let rf = self.config.replication_factor.max(1) as usize;
-        let added = placement::add(&current, &ids, &nodes, rf);
+        let added = placement::add(&current, &ids, &nodes, self.state.racks(), rf);
         tracing::info!(
             groups = ?ids,
             replication_factor = rf,
@@ -513,11 +550,16 @@ impl Node {
         let mut changes = Assignment::new();
         if leaving != 0 {
             commands.push(Command::Decommission { node: leaving });
-            changes = placement::evacuate(&current, leaving, &nodes);
+            changes = placement::evacuate(&current, leaving, &nodes, self.state.racks());
         }
         let mut after = current.clone();
         after.extend(changes.clone());
-        changes.extend(placement::rebalance(&after, &nodes, req.max_moves as usize));
+        changes.extend(placement::rebalance(
+            &after,
+            &nodes,
+            self.state.racks(),
+            req.max_moves as usize,
+        ));
         let moved = group_replicas(&changes);
         for (group, replicas) in changes {
             commands.push(Command::AssignReplicas { group, replicas });

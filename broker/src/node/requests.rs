@@ -116,19 +116,7 @@ impl Node {
             B::RemoveNode(req) => self.remove_node(req, reply),
             B::MoveReplicas(req) => self.move_replicas(req, reply),
             B::AddDataGroups(req) => self.add_data_groups(req, reply),
-            B::AdvertiseListeners(req) => {
-                let known = self.state.kafka_listeners().get(&req.node_id);
-                if known == Some(&req.kafka_address) {
-                    return reply.ok(pb::response::Body::AdvertiseListeners(
-                        pb::AdvertiseListenersResponse {},
-                    ));
-                }
-                let command = Command::SetListeners {
-                    node: req.node_id,
-                    kafka_address: req.kafka_address,
-                };
-                self.propose_command(command, PendingKind::Listeners, reply)
-            }
+            B::AdvertiseListeners(req) => self.advertised(req, reply),
             B::SaslHandshake(_) | B::SaslAuthenticate(_) => reply.error(pb::Error::new(
                 ErrorCode::InvalidRequest,
                 "a login belongs to a connection, not to a Raft group",
@@ -526,6 +514,37 @@ impl Node {
         }
     }
 
+    /// `AdvertiseListeners` (metadata leader): records what a node says of itself,
+    /// its Kafka address and its rack, where they differ from what is recorded.
+    fn advertised(&mut self, req: pb::AdvertiseListenersRequest, reply: Responder) {
+        let node = req.node_id;
+        let recorded = |map: &BTreeMap<u64, String>| map.get(&node).cloned().unwrap_or_default();
+        let mut commands = Vec::new();
+        if recorded(self.state.kafka_listeners()) != req.kafka_address {
+            commands.push(Command::SetListeners {
+                node,
+                kafka_address: req.kafka_address,
+            });
+        }
+        if recorded(self.state.racks()) != req.rack {
+            commands.push(Command::SetRack {
+                node,
+                rack: req.rack,
+            });
+        }
+        let Some(last) = commands.pop() else {
+            return reply.ok(pb::response::Body::AdvertiseListeners(
+                pb::AdvertiseListenersResponse {},
+            ));
+        };
+        for command in commands {
+            if let Err(e) = self.raft.propose(EntryKind::Command, command.encode()) {
+                return reply.error(pb::Error::new(ErrorCode::Busy, e.to_string()));
+            }
+        }
+        self.propose_command(last, PendingKind::Listeners, reply)
+    }
+
     /// The members of the cluster with their client addresses.
     pub(super) fn nodes(&self) -> Vec<pb::NodeInfo> {
         self.members
@@ -541,6 +560,7 @@ impl Node {
                     .get(&id.0)
                     .cloned()
                     .unwrap_or_default(),
+                rack: self.state.racks().get(&id.0).cloned().unwrap_or_default(),
             })
             .collect()
     }

@@ -39,6 +39,8 @@ pub struct Cluster {
     kafka_ports: std::collections::BTreeMap<u64, u16>,
     /// Environment variables of every broker started from now on.
     env: Vec<(String, String)>,
+    /// Each node's `--rack`, for those given one.
+    racks: std::collections::BTreeMap<u64, String>,
     _dir: tempfile::TempDir,
 }
 
@@ -79,6 +81,11 @@ impl Cluster {
         Self::start_inner_env(n, extra_args, kafka, env)
     }
 
+    /// Starts one broker per entry of `racks`, node `i + 1` with `--rack racks[i]`.
+    pub fn start_with_racks(racks: &[&str], extra_args: &[&str]) -> Cluster {
+        Self::start_inner_full(racks.len(), extra_args, false, &[], racks)
+    }
+
     fn start_inner(n: usize, extra_args: &[&str], kafka: bool) -> Cluster {
         Self::start_inner_env(n, extra_args, kafka, &[])
     }
@@ -88,6 +95,16 @@ impl Cluster {
         extra_args: &[&str],
         kafka: bool,
         env: &[(&str, &str)],
+    ) -> Cluster {
+        Self::start_inner_full(n, extra_args, kafka, env, &[])
+    }
+
+    fn start_inner_full(
+        n: usize,
+        extra_args: &[&str],
+        kafka: bool,
+        env: &[(&str, &str)],
+        racks: &[&str],
     ) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let addrs: Vec<SocketAddr> = (0..n)
@@ -119,6 +136,11 @@ impl Cluster {
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            racks: racks
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (i as u64 + 1, r.to_string()))
                 .collect(),
             _dir: dir,
         };
@@ -193,6 +215,10 @@ impl Cluster {
         } else {
             Vec::new()
         };
+        let rack_flag: Vec<String> = match self.racks.get(&id) {
+            Some(rack) => vec!["--rack".into(), rack.clone()],
+            None => Vec::new(),
+        };
         let node = self.node(id);
         assert!(node.child.is_none(), "node {id} is already running");
         let (membership_flag, membership_value) = match &node.join {
@@ -215,6 +241,7 @@ impl Cluster {
             .arg(&membership_value)
             .args(segment_flag)
             .args(kafka_flag)
+            .args(rack_flag)
             .args(&extra)
             .envs(env)
             .env("RUST_LOG", "info")
@@ -253,6 +280,11 @@ impl Cluster {
             .map(|&r| self.nodes[(r - 1) as usize].addr.to_string())
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// The `--rack` node `id` starts with from now on (a node added later too).
+    pub fn set_rack(&mut self, id: u64, rack: &str) {
+        self.racks.insert(id, rack.to_string());
     }
 
     /// Starts a new node (the next id, an empty data directory) with `--join`

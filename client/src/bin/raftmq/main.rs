@@ -1275,14 +1275,16 @@ async fn cluster(client: &Client, command: ClusterCommand) -> Result<()> {
     let admin = Admin::new(client);
     match command {
         ClusterCommand::Status => {
-            out!("node\taddress\trole\tterm\tleader\tlast_index\tcommit_index\tapplied_index");
+            out!(
+                "node\taddress\trole\tterm\tleader\tlast_index\tcommit_index\tapplied_index\track"
+            );
             let statuses = admin.cluster_status().await?;
             let mut peers = Vec::new();
             for n in &statuses {
                 match &n.status {
                     Ok(s) => {
                         out!(
-                            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
                             n.node_id,
                             n.address,
                             s.role,
@@ -1290,7 +1292,8 @@ async fn cluster(client: &Client, command: ClusterCommand) -> Result<()> {
                             s.leader_id,
                             s.last_index,
                             s.commit_index,
-                            s.applied_index
+                            s.applied_index,
+                            n.rack.as_deref().unwrap_or("-")
                         );
                         if s.role == "leader" {
                             peers = s.peers.clone();

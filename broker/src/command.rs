@@ -172,6 +172,12 @@ pub enum Command {
         /// The node.
         node: u64,
     },
+    /// op 16 (metadata group): `node` is no longer decommissioned: a new data
+    /// directory joins with its id, and replicas may be placed on it again.
+    Recommission {
+        /// The node.
+        node: u64,
+    },
     /// op 9 (metadata group): `node` serves the Kafka protocol at `kafka_address`.
     SetListeners {
         /// The node.
@@ -338,6 +344,10 @@ impl Command {
                 buf.put_u64_le(*node);
                 put_str(&mut buf, kafka_address);
             }
+            Command::Recommission { node } => {
+                buf.put_u8(16);
+                buf.put_u64_le(*node);
+            }
             Command::SetRack { node, rack } => {
                 buf.put_u8(15);
                 buf.put_u64_le(*node);
@@ -447,6 +457,9 @@ impl Command {
                 node: get_u64(&mut buf)?,
                 kafka_address: get_str(&mut buf)?,
             },
+            16 => Command::Recommission {
+                node: get_u64(&mut buf)?,
+            },
             15 => Command::SetRack {
                 node: get_u64(&mut buf)?,
                 rack: get_str(&mut buf)?,
@@ -517,6 +530,7 @@ mod tests {
                 replicas: vec![4, 3, 1],
             },
             Command::Decommission { node: 2 },
+            Command::Recommission { node: 2 },
             Command::SetListeners {
                 node: 3,
                 kafka_address: "10.0.0.3:9092".into(),

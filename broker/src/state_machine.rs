@@ -480,6 +480,10 @@ impl StateMachine {
                 self.decommissioned.insert(node);
                 ApplyOutcome::DataGroupsSet
             }
+            Command::Recommission { node } => {
+                self.decommissioned.remove(&node);
+                ApplyOutcome::DataGroupsSet
+            }
             Command::UpsertUser { name, credentials } => {
                 self.users_changes += 1;
                 let created = self.users.insert(name, credentials).is_none();
@@ -1346,10 +1350,6 @@ mod tests {
                 node: 1,
                 kafka_address: "10.0.0.1:9092".into(),
             }),
-            cmd(Command::UpsertUser {
-                name: "bob".into(),
-                credentials: fixed_credentials("b"),
-            }),
             cmd(Command::SetRack {
                 node: 3,
                 rack: "zone-c".into(),
@@ -1357,6 +1357,10 @@ mod tests {
             cmd(Command::SetRack {
                 node: 1,
                 rack: "zone-a".into(),
+            }),
+            cmd(Command::UpsertUser {
+                name: "bob".into(),
+                credentials: fixed_credentials("b"),
             }),
             cmd(Command::UpsertUser {
                 name: "alice".into(),

@@ -479,9 +479,9 @@ async fn a_metadata_voter_lost_for_good_is_replaced_by_a_learner() {
 }
 
 /// A decommissioned metadata voter is replaced the same way, at once (no timeout),
-/// and can then be removed.
+/// and can then be removed; its id can then be reused by a new data directory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_decommissioned_metadata_voter_is_replaced_then_removable() {
+async fn a_decommissioned_metadata_voter_is_replaced_then_removable_and_its_id_reusable() {
     let mut cluster = Cluster::start_with(3, &["--data-groups", "3"]);
     let client = Client::connect(&cluster.addrs()).await.expect("connect");
     let admin = Admin::new(&client);
@@ -527,6 +527,38 @@ async fn a_decommissioned_metadata_voter_is_replaced_then_removable() {
     {
         dump_logs(&cluster);
         panic!("node {leaving} was not removed: {seen}");
+    }
+
+    // Its id is reused by a new data directory (a machine replaced with its disk,
+    // a StatefulSet's pod): it joins and, after a rebalance, holds replicas again.
+    cluster.kill(leaving);
+    cluster.rejoin(leaving);
+    if let Err(seen) = wait_membership(
+        &client,
+        (stay.clone(), vec![leaving]),
+        Duration::from_secs(30),
+    )
+    .await
+    {
+        dump_logs(&cluster);
+        panic!("node {leaving} did not join again with its old id: {seen}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let _ = admin.move_replicas(None, 64).await;
+        let placed = client
+            .refresh_metadata()
+            .await
+            .map(|m| m.group_replicas.values().any(|r| r.contains(&leaving)))
+            .unwrap_or(false);
+        if placed {
+            break;
+        }
+        if Instant::now() >= deadline {
+            dump_logs(&cluster);
+            panic!("no replica placed on node {leaving} once it joined again");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
 

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use raftmq_proto::pb::{self, ErrorCode};
+use raftmq_store::EntryKind;
 
 use super::{Node, PendingKind};
 use crate::cluster::{ClusterView, MemberInfo};
@@ -398,6 +399,20 @@ impl Node {
                 format!("another member already listens on {address}"),
             );
         }
+        if self.state.decommissioned().contains(&id.0) {
+            // Not a member any more (removed): the id is reused by a new data
+            // directory (a machine replaced with its disk, a StatefulSet's pod).
+            let command = crate::command::Command::Recommission { node: id.0 };
+            if let Err(e) = self.raft.propose(EntryKind::Command, command.encode()) {
+                return self.refuse_change(reply, ErrorCode::Busy, e.to_string());
+            }
+            tracing::info!(
+                node = id.0,
+                "a new data directory joins with a decommissioned node's id: it may hold \
+                 replicas again"
+            );
+        }
+        let view = &self.members.view;
         let mut membership = view.membership.clone();
         membership.learners.push(id);
         membership.learners.sort_unstable();

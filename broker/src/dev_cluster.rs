@@ -41,6 +41,8 @@ pub struct DevOptions {
     pub segment_bytes: u64,
     /// Data groups of the cluster.
     pub data_groups: u32,
+    /// Racks the nodes are spread over, round robin (0: none).
+    pub racks: u64,
 }
 
 /// A node dying within this long of its start counts as failing to start.
@@ -74,6 +76,7 @@ pub fn run(opts: DevOptions) -> anyhow::Result<()> {
         clean,
         segment_bytes,
         data_groups,
+        racks,
     } = opts;
     anyhow::ensure!((1..=9).contains(&nodes), "--nodes must be between 1 and 9");
     anyhow::ensure!(
@@ -104,7 +107,7 @@ pub fn run(opts: DevOptions) -> anyhow::Result<()> {
         let dir = data_dir.join(format!("node{id}"));
         let metrics = format!("127.0.0.1:{}", u64::from(metrics_base_port) + i as u64);
         let kafka = format!("127.0.0.1:{}", u64::from(kafka_base_port) + i as u64);
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "--node-id".into(),
             id.to_string(),
             "--listen".into(),
@@ -124,6 +127,9 @@ pub fn run(opts: DevOptions) -> anyhow::Result<()> {
             "--data-dir".into(),
             dir.display().to_string(),
         ];
+        if racks > 0 {
+            args.extend(["--rack".into(), format!("rack{}", i as u64 % racks + 1)]);
+        }
         let (child, listening) = match spawn(&exe, &args) {
             Ok(c) => c,
             Err(e) => {

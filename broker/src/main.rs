@@ -205,6 +205,10 @@ enum Sub {
         /// node leads some; 0 keeps every queue in the metadata group).
         #[arg(long)]
         data_groups: Option<u32>,
+        /// Spread the nodes over this many racks, round robin (`rack1`, `rack2`,
+        /// ...), to try rack-aware placement (default: no racks).
+        #[arg(long, default_value_t = 0)]
+        racks: u64,
     },
 }
 
@@ -369,6 +373,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         clean,
         segment_bytes,
         data_groups,
+        racks,
     }) = &args.command
     {
         logging::init(log_format, None);
@@ -382,6 +387,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             clean: *clean,
             segment_bytes: *segment_bytes,
             data_groups: data_groups.unwrap_or(if *nodes > 1 { *nodes as u32 } else { 0 }),
+            racks: *racks,
         });
     }
     let config = build_config(&args).context("invalid configuration")?;

@@ -639,7 +639,8 @@ impl StateMachine {
         let count = header.record_count;
         if header.producer_id != 0 {
             let key = (header.producer_id, entry.topic_id, entry.queue);
-            if !self.sequences.contains_key(&key) {
+            let fresh = !self.sequences.contains_key(&key);
+            if fresh {
                 make_room_for_a_session(&mut self.sequences, MAX_PRODUCER_SESSIONS);
             }
             let session = self.sequences.entry(key).or_default();
@@ -676,14 +677,21 @@ impl StateMachine {
                         .map(|(_, _, offset)| *offset);
                     return ApplyOutcome::Duplicate { base_offset, count };
                 }
-                return ApplyOutcome::Rejected(
-                    ErrorCode::OutOfOrderSequence,
+                let why = if fresh {
                     format!(
-                        "expected sequence {}, got {}: a batch before this one is not \
-                         stored; resend from it",
+                        "producer {} has no session on this queue, so its first batch must \
+                         have sequence 0, not {} (or its session was forgotten: it was idle \
+                         while {MAX_PRODUCER_SESSIONS} others wrote; start a new producer)",
+                        header.producer_id, header.base_sequence
+                    )
+                } else {
+                    format!(
+                        "expected sequence {}, got {}: a batch before this one is not stored; \
+                         resend from it",
                         session.next_sequence, header.base_sequence
-                    ),
-                );
+                    )
+                };
+                return ApplyOutcome::Rejected(ErrorCode::OutOfOrderSequence, why);
             }
             session.next_sequence =
                 ((u64::from(header.base_sequence) + u64::from(count)) % modulus) as u32;

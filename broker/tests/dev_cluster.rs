@@ -26,10 +26,13 @@ fn free_ports(count: u16) -> u16 {
 }
 
 fn dev(dir: &std::path::Path, base: u16, metrics: u16) -> Child {
+    // Its own Kafka ports too: the default (9092) is shared by every test.
+    let kafka = free_ports(3);
     Command::new(env!("CARGO_BIN_EXE_raftmq-broker"))
         .args(["dev", "--nodes", "3"])
         .args(["--base-port", &base.to_string()])
         .args(["--metrics-base-port", &metrics.to_string()])
+        .args(["--kafka-base-port", &kafka.to_string()])
         .args(["--segment-bytes", &(16u64 << 20).to_string()])
         .arg("--data-dir")
         .arg(dir.join("dev"))

@@ -24,7 +24,7 @@
 //! | next_topic_id | 4 | |
 //! | next_producer_id | 8 | |
 //! | topic count, then per topic by id | 4 | `id` (4), `name` (string), `retention_ms` (8), `retention_bytes` (8), queue count (4), per queue `next_offset` (8) |
-//! | session count, then per session by key | 4 | `producer_id` (8), `topic_id` (4), `queue` (4), `epoch` (2), `next_sequence` (4), `last_index` (8, version 8: the log index of its last batch), recent count (4), per recent batch `base_sequence` (4), `count` (4), `base_offset` (8), oldest first |
+//! | session count, then per session by key | 4 | `producer_id` (8), `topic_id` (4), `queue` (4), `epoch` (2), `next_sequence` (4), recent count (4), per recent batch `base_sequence` (4), `count` (4), `base_offset` (8), oldest first |
 //! | group count, then per group by name | 4 | `name` (string), offset count (4), per offset by key `topic` (string), `queue` (4), `offset` (8) |
 //! | membership (version 2) | 8 + 4 + n | index of the last membership entry applied (0: none), its body's length and the body |
 //! | data groups (version 3) | 4 + per group | the number of data groups, then per group by id: `id` (4), replica count (4) and ids (8 each), first-replica count (4) and ids (8 each) |
@@ -36,7 +36,7 @@
 //! | racks (version 7) | 4 + per node | the count of nodes that named a rack, then per node by id: `id` (8), rack (string) |
 //!
 //! Versions 1 (no membership field), 2 (no data groups), 3 (no listeners), 5 and
-//! 6 (no racks) and 7 (no session `last_index`: the snapshot's index) are still read: a version 1 membership is the bootstrap
+//! 6 (no racks) are still read: a version 1 membership is the bootstrap
 //! configuration; without data groups every queue is in group 0; without listeners
 //! or racks no node has advertised one.
 //!
@@ -53,17 +53,10 @@ use crate::command::{decode_messages, Command, CommittedOffset, TopicRetention};
 use crate::snapshot::PayloadError;
 
 /// Version byte of the snapshot payload layout (module docs).
-const SNAPSHOT_VERSION: u8 = 8;
+const SNAPSHOT_VERSION: u8 = 7;
 
 /// Batches remembered per (producer, queue) to answer retries with their offset.
 const RECENT_BATCHES_PER_PRODUCER_QUEUE: usize = 8;
-
-/// The most producer sessions (producer, topic, queue) a group keeps. Every
-/// restart of an idempotent producer opens new sessions (a new producer id) and
-/// nothing closes them, so without a bound they would grow with the cluster's age.
-/// Past it, the session used least recently (by log index: the same on every
-/// replica) is forgotten to make room. About 250 bytes each: at most ~16 MiB.
-const MAX_PRODUCER_SESSIONS: usize = 65_536;
 
 /// Where a run of offsets lives in the log: RocketMQ's ConsumeQueue slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,8 +162,6 @@ impl Topic {
 struct SequenceState {
     epoch: u16,
     next_sequence: u32,
-    /// The log index of the session's last batch (which session to forget first).
-    last_index: u64,
     /// (base sequence, count, base offset) of the latest batches.
     recent: VecDeque<(u32, u32, u64)>,
 }
@@ -613,11 +604,6 @@ impl StateMachine {
         ApplyOutcome::OffsetsCommitted
     }
 
-    #[cfg(test)]
-    fn make_room_for_a_session(&mut self, limit: usize) {
-        make_room_for_a_session(&mut self.sequences, limit);
-    }
-
     fn apply_messages(&mut self, index: LogIndex, body: &Bytes) -> ApplyOutcome {
         let entry = match decode_messages(body) {
             Ok(entry) => entry,
@@ -640,9 +626,6 @@ impl StateMachine {
         if header.producer_id != 0 {
             let key = (header.producer_id, entry.topic_id, entry.queue);
             let fresh = !self.sequences.contains_key(&key);
-            if fresh {
-                make_room_for_a_session(&mut self.sequences, MAX_PRODUCER_SESSIONS);
-            }
             let session = self.sequences.entry(key).or_default();
             if header.producer_epoch < session.epoch {
                 return ApplyOutcome::Rejected(
@@ -680,8 +663,7 @@ impl StateMachine {
                 let why = if fresh {
                     format!(
                         "producer {} has no session on this queue, so its first batch must \
-                         have sequence 0, not {} (or its session was forgotten: it was idle \
-                         while {MAX_PRODUCER_SESSIONS} others wrote; start a new producer)",
+                         have sequence 0, not {}",
                         header.producer_id, header.base_sequence
                     )
                 } else {
@@ -695,7 +677,6 @@ impl StateMachine {
             }
             session.next_sequence =
                 ((u64::from(header.base_sequence) + u64::from(count)) % modulus) as u32;
-            session.last_index = index.0;
             session
                 .recent
                 .push_back((header.base_sequence, count, queue.next_offset));
@@ -714,22 +695,6 @@ impl StateMachine {
         queue.next_offset += u64::from(count);
         queue.retained_bytes += entry.batch.len() as u64;
         ApplyOutcome::Produced { base_offset, count }
-    }
-}
-
-/// Forgets the producer sessions used least recently (lowest `last_index`, then
-/// key: the same choice on every replica) until fewer than `limit` remain. A scan,
-/// paid only when a session opens at the limit, never per batch.
-fn make_room_for_a_session(sessions: &mut BTreeMap<(u64, u32, u32), SequenceState>, limit: usize) {
-    while sessions.len() >= limit.max(1) {
-        let Some(oldest) = sessions
-            .iter()
-            .min_by_key(|(key, s)| (s.last_index, **key))
-            .map(|(key, _)| *key)
-        else {
-            return;
-        };
-        sessions.remove(&oldest);
     }
 }
 
@@ -788,7 +753,6 @@ impl StateMachine {
             buf.put_u32_le(queue);
             buf.put_u16_le(session.epoch);
             buf.put_u32_le(session.next_sequence);
-            buf.put_u64_le(session.last_index);
             put_count(&mut buf, session.recent.len());
             for &(base_sequence, count, base_offset) in &session.recent {
                 buf.put_u32_le(base_sequence);
@@ -936,12 +900,6 @@ impl StateMachine {
             );
             let epoch = r.u16("producer epoch")?;
             let next_sequence = r.u32("next sequence")?;
-            // Before version 8 no session was forgotten: the snapshot's own index.
-            let last_index = if version >= 8 {
-                r.u64("session last index")?
-            } else {
-                applied.0
-            };
             let recent_count = r.count("recent batches", 16)?;
             let mut recent = VecDeque::with_capacity(recent_count);
             for _ in 0..recent_count {
@@ -964,7 +922,6 @@ impl StateMachine {
                 SequenceState {
                     epoch,
                     next_sequence,
-                    last_index,
                     recent,
                 },
             );
@@ -1623,37 +1580,6 @@ mod tests {
     /// Sequences wrap: a Kafka producer's after 2^31 - 1 (to 0), a native one's
     /// after 2^32 - 1. The batch after the wrap is the next one, not a duplicate;
     /// a retry from just before the wrap is still recognised as a duplicate.
-    /// Producer sessions are bounded: to open one at the limit, the session used
-    /// least recently goes (by log index, so every replica, and one restored from
-    /// a snapshot, forgets the same one); the others keep recognising retries.
-    #[test]
-    fn the_least_recently_used_producer_session_makes_room_for_a_new_one() {
-        let mut sm = StateMachine::new();
-        apply(&mut sm, create("a", 1));
-        for _ in 0..3 {
-            apply(&mut sm, cmd(Command::InitProducer));
-        }
-        for pid in 1..=3 {
-            apply(&mut sm, produce(1, 0, 1, 1_000, Some((pid, 0, 0))));
-        }
-        // Producer 1 writes again: producer 2 is now the least recent.
-        let again = produce(1, 0, 1, 1_000, Some((1, 0, 1)));
-        apply(&mut sm, again.clone());
-        let mut restored = StateMachine::from_snapshot(&sm.encode_snapshot()).unwrap();
-        for state in [&mut sm, &mut restored] {
-            state.make_room_for_a_session(3);
-            let kept: Vec<u64> = state.sequences.keys().map(|k| k.0).collect();
-            assert_eq!(kept, [1, 3], "producer 2 goes, on every replica");
-            assert!(matches!(
-                apply(state, again.clone()),
-                ApplyOutcome::Duplicate { .. }
-            ));
-        }
-        // Within the limit nothing goes.
-        sm.make_room_for_a_session(3);
-        assert_eq!(sm.sequences.len(), 2);
-    }
-
     #[test]
     fn producer_sequences_wrap_around_as_each_protocol_counts() {
         let mut sm = StateMachine::new();

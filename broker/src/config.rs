@@ -125,8 +125,10 @@ pub struct BrokerConfig {
     /// Voters the metadata group keeps (default 3): its leader promotes caught-up
     /// learners while it has fewer, and replaces a voter that was decommissioned or
     /// not heard from for `dead_node_timeout_ms` by a learner (promote first, then
-    /// demote the lost voter to learner). It never demotes a healthy voter, so a
-    /// cluster started with more voters keeps them. 0 turns all of this off.
+    /// demote the lost voter to learner). A healthy voter is demoted only to move
+    /// a vote to a rack without one (one voter over `metadata_voters`, never below
+    /// 3), so a cluster started with more voters keeps them. 0 turns all of this
+    /// off.
     pub metadata_voters: u32,
     /// Data groups a new cluster spreads its queues over (0, the default: every
     /// queue in the metadata group, one Raft group in all). Written into the

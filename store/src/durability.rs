@@ -31,6 +31,10 @@ use crate::error::StoreError;
 /// Suffix of files being created; leftovers are removed on open.
 pub(crate) const TMP_SUFFIX: &str = ".tmp";
 
+/// Suffix of a segment file retention took out of the log, to be unlinked (by a
+/// background thread, or when the log is next opened).
+pub(crate) const DELETED_SUFFIX: &str = ".deleted";
+
 /// `fdatasync`: every byte written to `file` before this call (through `write`/`pwrite`
 /// or through a shared mapping of it) and the metadata needed to read it back (file
 /// size, block allocation) is on stable storage when this returns `Ok`.

@@ -217,6 +217,49 @@ pub struct CommitLog {
     poisoned: bool,
     scratch: Vec<u8>,
     fault: Option<Fault>,
+    /// Unlinks the files of segments retention took out of the log (started on
+    /// first use).
+    deleter: Option<Deleter>,
+}
+
+/// A thread that unlinks segment files renamed away by retention and drops their
+/// mappings. Unlinking a 1 GiB segment frees its blocks and page cache and takes
+/// 85–90 ms here (a rename and a directory fsync take 0.2 ms): done on the caller's
+/// thread it would stall everything the log serves for that long.
+#[derive(Debug)]
+struct Deleter {
+    jobs: std::sync::mpsc::Sender<(Vec<PathBuf>, Vec<Segment>)>,
+    /// Files queued and not unlinked yet.
+    pending: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Deleter {
+    fn start() -> std::io::Result<Deleter> {
+        let (jobs, queue) = std::sync::mpsc::channel::<(Vec<PathBuf>, Vec<Segment>)>();
+        let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let left = pending.clone();
+        std::thread::Builder::new()
+            .name("raftmq-segment-deleter".into())
+            .spawn(move || {
+                for (paths, segments) in queue {
+                    drop(segments);
+                    for path in paths {
+                        match std::fs::remove_file(&path) {
+                            Ok(()) => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                            // The file is out of the log already: reopening removes it.
+                            Err(e) => tracing::warn!(
+                                path = %path.display(),
+                                error = %e,
+                                "could not delete a retired segment file"
+                            ),
+                        }
+                        left.fetch_sub(1, std::sync::atomic::Ordering::Release);
+                    }
+                }
+            })?;
+        Ok(Deleter { jobs, pending })
+    }
 }
 
 impl CommitLog {
@@ -235,6 +278,7 @@ impl CommitLog {
             poisoned: false,
             scratch: Vec::new(),
             fault: None,
+            deleter: None,
         };
         log.synced = log.last_index();
         log.check_invariants();
@@ -814,21 +858,98 @@ impl CommitLog {
     /// (see [`CommitLog::segment_bases_in`]). Deleting ignores the synced index: the
     /// caller must hold the entries below `index` elsewhere (a snapshot).
     ///
-    /// Each segment's files are unlinked and the directory fsynced before the next
-    /// one, so a crash leaves a contiguous suffix of the segments, and the reopened log
-    /// starts at the base of the oldest file left. Views of deleted entries stay
-    /// readable (the mapping outlives the file); their disk space is returned when the
-    /// last view is dropped.
+    /// Each segment's files are renamed to `<name>.deleted`, oldest first, and the
+    /// directory fsynced before this returns: a crash leaves a contiguous suffix of
+    /// the segments, and the reopened log starts at the base of the oldest segment
+    /// left (it removes `.deleted` files it finds). The unlinking itself, tens of
+    /// milliseconds for a large segment, happens on a background thread (see
+    /// [`CommitLog::pending_deletions`]). Views of deleted entries stay readable
+    /// (the mapping outlives the file); their disk space is returned when the last
+    /// view is dropped.
     pub fn delete_segments_before(&mut self, index: LogIndex) -> Result<usize, StoreError> {
-        let mut deleted = 0;
+        let mut retired = Vec::new();
+        let mut paths = Vec::new();
+        let mut result = Ok(());
         while self.segments.len() > 1 && self.segments[0].last_index() < index {
             let base = self.segments[0].base;
-            self.remove_segment_files(base)?;
-            self.segments.remove(0);
-            deleted += 1;
+            match self.rename_segment_files_away(base, &mut paths) {
+                Ok(()) => retired.push(self.segments.remove(0)),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        let deleted = retired.len();
+        if deleted > 0 {
+            if let Err(e) = durability::sync_dir(&self.dir) {
+                result = result.and(Err(e));
+            }
+            self.queue_deletion(paths, retired);
         }
         self.check_invariants();
-        Ok(deleted)
+        result.map(|()| deleted)
+    }
+
+    /// Files renamed away by retention and not unlinked yet.
+    pub fn pending_deletions(&self) -> usize {
+        self.deleter
+            .as_ref()
+            .map_or(0, |d| d.pending.load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    /// Renames a segment's files (the `.idx` checkpoint if it has one) to
+    /// `<name>.deleted`, adding the new paths to `paths`.
+    fn rename_segment_files_away(
+        &self,
+        base: LogIndex,
+        paths: &mut Vec<PathBuf>,
+    ) -> Result<(), StoreError> {
+        for name in [segment::file_name(base), entry_index::file_name(base)] {
+            let from = self.dir.join(&name);
+            let to = self
+                .dir
+                .join(format!("{name}{}", durability::DELETED_SUFFIX));
+            match std::fs::rename(&from, &to) {
+                Ok(()) => paths.push(to),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io("rename", &from, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands renamed files and the segments' mappings to the deleter thread (or, if
+    /// it cannot start, deletes them here).
+    fn queue_deletion(&mut self, paths: Vec<PathBuf>, segments: Vec<Segment>) {
+        if self.deleter.is_none() {
+            match Deleter::start() {
+                Ok(d) => self.deleter = Some(d),
+                Err(e) => tracing::warn!(error = %e, "no deleter thread: deleting inline"),
+            }
+        }
+        let Some(deleter) = &self.deleter else {
+            drop(segments);
+            for path in paths {
+                let _ = std::fs::remove_file(path);
+            }
+            return;
+        };
+        let count = paths.len();
+        deleter
+            .pending
+            .fetch_add(count, std::sync::atomic::Ordering::Release);
+        if let Err(std::sync::mpsc::SendError((paths, segments))) =
+            deleter.jobs.send((paths, segments))
+        {
+            deleter
+                .pending
+                .fetch_sub(count, std::sync::atomic::Ordering::Release);
+            drop(segments);
+            for path in paths {
+                let _ = std::fs::remove_file(path);
+            }
+        }
     }
 
     /// Discards every entry: afterwards the log is empty and continues at `start`

@@ -274,9 +274,13 @@ fn list(dir: &Path) -> Result<(Vec<LogIndex>, BTreeSet<String>), StoreError> {
     for item in listing {
         let item = item.map_err(|e| StoreError::io("read directory", dir, e))?;
         let name = item.file_name().to_string_lossy().into_owned();
-        if name.ends_with(TMP_SUFFIX) {
-            fs::remove_file(item.path()).map_err(|e| StoreError::io("unlink", item.path(), e))?;
-            removed_tmp = true;
+        if name.ends_with(TMP_SUFFIX) || name.ends_with(durability::DELETED_SUFFIX) {
+            // A log closed just before may still be deleting its retired files.
+            match fs::remove_file(item.path()) {
+                Ok(()) => removed_tmp = true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io("unlink", item.path(), e)),
+            }
         } else if let Some(base) = segment::parse_file_name(&name) {
             if base.0 > 0 {
                 bases.push(base);

@@ -70,6 +70,59 @@ fn delete_segments_before_deletes_exactly_the_segments_wholly_below_the_index() 
     log.append(&entries(61, 62, 1, 300)).unwrap();
 }
 
+/// The names of the files in `dir`, sorted.
+fn files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Retention takes segments out of the log at once (renamed, the directory
+/// synced) and unlinks them on a background thread: a large segment's unlink takes
+/// tens of milliseconds the log's users would otherwise wait. Files renamed away
+/// but not unlinked before a crash are removed by the next open, and never read
+/// back as part of the log.
+#[test]
+fn deleted_segments_leave_the_log_at_once_and_their_files_soon_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = sixty(dir.path());
+    let b = bases(&log);
+    assert_eq!(log.delete_segments_before(LogIndex(b[2])).unwrap(), 2);
+    assert_eq!(log.first_index(), LogIndex(b[2]));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while log.pending_deletions() > 0 {
+        assert!(std::time::Instant::now() < deadline, "files never deleted");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let left = files(dir.path());
+    assert!(
+        left.iter().all(|f| !f.ends_with(".deleted")
+            && !f.starts_with(&format!("{:020}", b[0]))
+            && !f.starts_with(&format!("{:020}", b[1]))),
+        "{left:?}"
+    );
+    log.close().unwrap();
+
+    // A crash between the rename and the unlink: the renamed files stay behind.
+    let segment = format!("{:020}.log", b[2]);
+    let stray = format!("{segment}.deleted");
+    std::fs::copy(dir.path().join(&segment), dir.path().join(&stray)).unwrap();
+    let (log, _) = open(dir.path(), small_config());
+    assert_eq!(
+        log.first_index(),
+        LogIndex(b[2]),
+        "a renamed file is not the log's"
+    );
+    assert!(
+        !files(dir.path()).contains(&stray),
+        "removed when the log opens"
+    );
+    assert_eq!(log.last_index(), LogIndex(60));
+}
+
 #[test]
 fn segments_info_describes_every_segment_oldest_first() {
     let dir = tempfile::tempdir().unwrap();

@@ -25,7 +25,8 @@
 //!    two at a time from an odd number (1 → 3, not 1 → 2: two voters fail with
 //!    either node, four tolerate no more failures than three).
 //!
-//! A healthy voter is never demoted, so a cluster started with 5 voters keeps them.
+//! A healthy voter is demoted only by step 4 below, so a cluster started with 5
+//! voters keeps them.
 //!
 //! Among the learners that could be promoted, one in a rack (`--rack`) that no
 //! healthy voter is in goes first, then one in the rack with the fewest voters, so
@@ -130,7 +131,8 @@ fn spread_over_racks(
         let spare = spares.first().copied().filter(|&s| sharing(s) == 0)?;
         return Some(VoterStep::PromoteToSpread(spare));
     }
-    if voters.len() == wanted + 1 {
+    // Never below 3 voters (a `metadata_voters` of 2 or less).
+    if voters.len() == wanted + 1 && voters.len() > 3 {
         let gone = voters
             .iter()
             .copied()
@@ -405,6 +407,8 @@ mod tests {
         assert_eq!(step(&[1, 4, 5, 6, 7], &[2, 3], 5), None);
         // A larger group than wanted is left alone.
         assert_eq!(step(&[1, 2, 3, 4, 5], &[6], 3), None);
+        // Never below 3 voters, whatever `metadata_voters` says.
+        assert_eq!(step(&[1, 2, 3], &[4], 2), None);
         // Without racks nobody shares one: nothing moves.
         assert_eq!(
             next_step(

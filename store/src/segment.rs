@@ -19,6 +19,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -66,6 +67,27 @@ pub(crate) struct Segment {
     /// Bytes before this offset past the write position are known to hold written
     /// zeros (see [`Segment::prewrite`]); 0 when nothing is known.
     prewritten_to: u64,
+    /// Set once the mapping is gone (this segment and every view of it dropped).
+    released: Arc<AtomicBool>,
+}
+
+/// A segment file's mapping, which says when it is gone: only then may the file be
+/// shrunk (a mapped file shrunk under a reader faults on access).
+struct Mapping {
+    map: Mmap,
+    released: Arc<AtomicBool>,
+}
+
+impl AsRef<[u8]> for Mapping {
+    fn as_ref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        self.released.store(true, Ordering::Release);
+    }
 }
 
 /// Zeros for [`Segment::prewrite`] (zero-initialised static: no binary size).
@@ -97,6 +119,7 @@ impl Segment {
             .metadata()
             .map_err(|e| StoreError::io("stat segment", &path, e))?
             .len();
+        let released = Arc::new(AtomicBool::new(capacity == 0));
         let data = if capacity == 0 {
             Bytes::new()
         } else {
@@ -104,11 +127,16 @@ impl Segment {
             // store: only the store writes it, and only (a) past every byte handed out
             // to readers, or (b) when truncating/cutting entries that readers were told
             // may change (see the module docs). The file is never shrunk while mapped
-            // (it is preallocated to `capacity` and only ever deleted whole, which
-            // keeps the mapping valid), so accessing the mapping cannot fault.
+            // (it is preallocated to `capacity`; retention shrinks a retired file
+            // only once `released` says this mapping and every view of it are gone,
+            // and otherwise deletes it whole, which keeps the mapping valid), so
+            // accessing the mapping cannot fault.
             let map = unsafe { Mmap::map(&file) }
                 .map_err(|e| StoreError::io("mmap segment", &path, e))?;
-            Bytes::from_owner(map)
+            Bytes::from_owner(Mapping {
+                map,
+                released: released.clone(),
+            })
         };
         Ok(Segment {
             base,
@@ -119,7 +147,14 @@ impl Segment {
             slots: Vec::new(),
             persisted_slots: 0,
             prewritten_to: 0,
+            released,
         })
+    }
+
+    /// Becomes true once this segment's mapping is gone: the segment and every view
+    /// of its entries dropped.
+    pub fn released(&self) -> Arc<AtomicBool> {
+        self.released.clone()
     }
 
     /// The whole mapped file.

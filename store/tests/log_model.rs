@@ -216,6 +216,11 @@ fn run(ops: Vec<Op>) {
                 assert_eq!(deleted == 0, first == model.first);
                 model.entries.drain(..(first - model.first) as usize);
                 model.first = first;
+                // The renamed files go on a background thread: let it finish, so
+                // the picture of the disk is not taken while a file disappears.
+                while log.pending_deletions() > 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
                 durable = disk(dir.path());
             }
             Op::Reset { ahead } => {

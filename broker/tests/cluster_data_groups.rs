@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{read_all, Cluster};
+use common::{metadata, read_all, Cluster};
 use raftmq_client::{Admin, Client, Consumer, GroupConfig, GroupConsumer, Message, Producer};
 use raftmq_client::{SeekTo, Target};
 use raftmq_proto::pb::{self, request::Body as Req, response::Body as Resp};
@@ -21,19 +21,6 @@ use raftmq_proto::pb::{self, request::Body as Req, response::Body as Resp};
 const TOPIC: &str = "spread";
 const QUEUES: u32 = 16;
 const GROUPS: u32 = 3;
-
-/// The metadata a node answers with (data groups and queue placement included).
-async fn metadata(client: &Client) -> pb::MetadataResponse {
-    let body = Req::Metadata(pb::MetadataRequest::default());
-    match client
-        .request(Target::Leader, body)
-        .await
-        .expect("metadata")
-    {
-        Resp::Metadata(m) => m,
-        other => panic!("unexpected answer {}", other.api_key()),
-    }
-}
 
 /// Waits until every data group is led by its preferred leader (bounded).
 async fn wait_balanced(client: &Client, within: Duration) -> pb::MetadataResponse {

@@ -377,6 +377,20 @@ async fn a_wiped_node_is_refused_until_removed_and_joined_again() {
 
 /// Polls the leader's view of the membership until it is `(voters, learners)`
 /// (sorted), for at most `limit`; the last view seen on failure.
+/// [`wait_membership`] within 30 s, or the nodes' last log lines and a panic
+/// saying `failure` and what was seen.
+async fn reach_membership(
+    cluster: &Cluster,
+    client: &Client,
+    want: (Vec<u64>, Vec<u64>),
+    failure: &str,
+) {
+    if let Err(seen) = wait_membership(client, want, Duration::from_secs(30)).await {
+        dump_logs(cluster);
+        panic!("{failure}: {seen}");
+    }
+}
+
 async fn wait_membership(
     client: &Client,
     want: (Vec<u64>, Vec<u64>),
@@ -497,16 +511,8 @@ async fn a_decommissioned_metadata_voter_is_replaced_then_removable_and_its_id_r
         .expect("decommission");
     let mut stay: Vec<u64> = (1..=3).filter(|&n| n != leaving).collect();
     stay.push(four);
-    if let Err(seen) = wait_membership(
-        &client,
-        (stay.clone(), vec![leaving]),
-        Duration::from_secs(30),
-    )
-    .await
-    {
-        dump_logs(&cluster);
-        panic!("node {leaving} was not replaced by node {four}: {seen}");
-    }
+    let replaced = format!("node {leaving} was not replaced by node {four}");
+    reach_membership(&cluster, &client, (stay.clone(), vec![leaving]), &replaced).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match admin.remove_node(leaving).await {
@@ -522,27 +528,15 @@ async fn a_decommissioned_metadata_voter_is_replaced_then_removable_and_its_id_r
             }
         }
     }
-    if let Err(seen) =
-        wait_membership(&client, (stay.clone(), vec![]), Duration::from_secs(20)).await
-    {
-        dump_logs(&cluster);
-        panic!("node {leaving} was not removed: {seen}");
-    }
+    let removed = format!("node {leaving} was not removed");
+    reach_membership(&cluster, &client, (stay.clone(), vec![]), &removed).await;
 
     // Its id is reused by a new data directory (a machine replaced with its disk,
     // a StatefulSet's pod): it joins and, after a rebalance, holds replicas again.
     cluster.kill(leaving);
     cluster.rejoin(leaving);
-    if let Err(seen) = wait_membership(
-        &client,
-        (stay.clone(), vec![leaving]),
-        Duration::from_secs(30),
-    )
-    .await
-    {
-        dump_logs(&cluster);
-        panic!("node {leaving} did not join again with its old id: {seen}");
-    }
+    let rejoined = format!("node {leaving} did not join again with its old id");
+    reach_membership(&cluster, &client, (stay.clone(), vec![leaving]), &rejoined).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let _ = admin.move_replicas(None, 64).await;

@@ -9,21 +9,9 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::Cluster;
-use raftmq_client::{Admin, Client, Target};
-use raftmq_proto::pb::{self, request::Body as Req, response::Body as Resp};
-
-async fn metadata(client: &Client) -> pb::MetadataResponse {
-    let body = Req::Metadata(pb::MetadataRequest::default());
-    match client
-        .request(Target::Leader, body)
-        .await
-        .expect("metadata")
-    {
-        Resp::Metadata(m) => m,
-        other => panic!("unexpected answer {}", other.api_key()),
-    }
-}
+use common::{metadata, Cluster};
+use raftmq_client::{Admin, Client};
+use raftmq_proto::pb;
 
 /// Each group's replicas as the racks they are in.
 fn racks_of_groups(m: &pb::MetadataResponse) -> Vec<(u32, Vec<String>)> {

@@ -84,6 +84,19 @@ fn produce_answer(cluster: &Cluster, topic: &str, batch: Bytes) -> (i16, i64, St
     (p.error_code, p.base_offset, message.unwrap_or_default())
 }
 
+/// One broker serving the Kafka protocol, with topic `t` of one queue, and a
+/// native client of it.
+fn one_node_with_topic_t() -> (Cluster, tokio::runtime::Runtime, Client) {
+    let cluster = Cluster::start_with_kafka(1, &[]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let client = rt
+        .block_on(Client::connect(&cluster.addrs()))
+        .expect("connect");
+    rt.block_on(Admin::new(&client).create_topic("t", 1))
+        .expect("create");
+    (cluster, rt, client)
+}
+
 /// A small deterministic generator for the random requests.
 struct XorShift(u64);
 
@@ -98,13 +111,7 @@ impl XorShift {
 
 #[test]
 fn bad_kafka_requests_close_only_their_connection_and_lose_nothing() {
-    let mut cluster = Cluster::start_with_kafka(1, &[]);
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let client = rt
-        .block_on(Client::connect(&cluster.addrs()))
-        .expect("connect");
-    rt.block_on(Admin::new(&client).create_topic("t", 1))
-        .expect("create");
+    let (mut cluster, rt, client) = one_node_with_topic_t();
 
     // A Metadata request declaring 2^31 - 1 topics in 4 bytes.
     let mut s = connect(&cluster);
@@ -233,13 +240,7 @@ fn bad_kafka_requests_close_only_their_connection_and_lose_nothing() {
 /// earlier batch and this one are each stored once.
 #[test]
 fn an_idempotent_batch_ahead_of_its_sequence_is_retriable_and_not_stored() {
-    let mut cluster = Cluster::start_with_kafka(1, &[]);
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let client = rt
-        .block_on(Client::connect(&cluster.addrs()))
-        .expect("connect");
-    rt.block_on(Admin::new(&client).create_topic("t", 1))
-        .expect("create");
+    let (mut cluster, rt, client) = one_node_with_topic_t();
 
     let mut s = connect(&cluster);
     let mut init = InitProducerIdRequest::default();

@@ -465,6 +465,20 @@ pub async fn call_leader(cluster: &Cluster, body: Req, deadline: Duration) -> pb
     }
 }
 
+/// The metadata the leader answers with (nodes with their racks, data groups,
+/// queue placement), asked through a client.
+pub async fn metadata(client: &raftmq_client::Client) -> pb::MetadataResponse {
+    let body = Req::Metadata(pb::MetadataRequest::default());
+    match client
+        .request(raftmq_client::Target::Leader, body)
+        .await
+        .expect("metadata")
+    {
+        Resp::Metadata(m) => m,
+        other => panic!("unexpected answer {}", other.api_key()),
+    }
+}
+
 /// Creates a topic through the leader; panics on any error.
 pub async fn create_topic(cluster: &Cluster, name: &str, queues: u32) {
     let request = Req::CreateTopic(pb::CreateTopicRequest {

@@ -14,6 +14,7 @@
 
 #![deny(missing_docs)]
 
+mod deleter;
 pub mod disk_space;
 pub mod durability;
 pub mod entry;

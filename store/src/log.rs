@@ -217,90 +217,10 @@ pub struct CommitLog {
     poisoned: bool,
     scratch: Vec<u8>,
     fault: Option<Fault>,
-    /// Unlinks the files of segments retention took out of the log (started on
-    /// first use).
-    deleter: Option<Deleter>,
+    /// Files of segments retention took out of the log and not deleted yet
+    /// (see [`crate::deleter`]).
+    pending_deletions: Arc<std::sync::atomic::AtomicUsize>,
 }
-
-/// A thread that unlinks segment files renamed away by retention and drops their
-/// mappings. Unlinking a 1 GiB segment frees its blocks and page cache and takes
-/// 85–90 ms here (a rename and a directory fsync take 0.2 ms): done on the caller's
-/// thread it would stall everything the log serves for that long.
-#[derive(Debug)]
-struct Deleter {
-    jobs: std::sync::mpsc::Sender<Vec<(Segment, Vec<PathBuf>)>>,
-    /// Files queued and not unlinked yet.
-    pending: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl Deleter {
-    fn start() -> std::io::Result<Deleter> {
-        let (jobs, queue) = std::sync::mpsc::channel::<Vec<(Segment, Vec<PathBuf>)>>();
-        let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let left = pending.clone();
-        std::thread::Builder::new()
-            .name("raftmq-segment-deleter".into())
-            .spawn(move || {
-                for (segment, paths) in queue.into_iter().flatten() {
-                    let released = segment.released();
-                    drop(segment);
-                    // A reader may still hold a view of it for a while; shrinking the
-                    // file under a live mapping would fault, unlinking it would not.
-                    let deadline = std::time::Instant::now() + MAPPING_WAIT;
-                    while !released.load(std::sync::atomic::Ordering::Acquire)
-                        && std::time::Instant::now() < deadline
-                    {
-                        std::thread::sleep(std::time::Duration::from_millis(10));
-                    }
-                    let shrink = released.load(std::sync::atomic::Ordering::Acquire);
-                    for path in paths {
-                        if shrink {
-                            shrink_gradually(&path);
-                        }
-                        match std::fs::remove_file(&path) {
-                            Ok(()) => {}
-                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                            // The file is out of the log already: reopening removes it.
-                            Err(e) => tracing::warn!(
-                                path = %path.display(),
-                                error = %e,
-                                "could not delete a retired segment file"
-                            ),
-                        }
-                        left.fetch_sub(1, std::sync::atomic::Ordering::Release);
-                    }
-                }
-            })?;
-        Ok(Deleter { jobs, pending })
-    }
-}
-
-/// Shrinks a file about to be unlinked by [`DELETE_STEP_BYTES`] at a time with a
-/// pause between steps, so the blocks and page cache it frees are freed a slice at
-/// a time instead of in one burst that the log's own syncs would queue behind.
-fn shrink_gradually(path: &Path) {
-    let Ok(file) = std::fs::OpenOptions::new().write(true).open(path) else {
-        return;
-    };
-    let Ok(mut len) = file.metadata().map(|m| m.len()) else {
-        return;
-    };
-    while len > DELETE_STEP_BYTES {
-        len -= DELETE_STEP_BYTES;
-        if file.set_len(len).is_err() {
-            return;
-        }
-        std::thread::sleep(DELETE_STEP_PAUSE);
-    }
-}
-
-/// How long the deleter waits for the last view of a retired segment before it
-/// unlinks the file whole instead of shrinking it first.
-const MAPPING_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-/// How much of a retired segment file is freed at a time.
-const DELETE_STEP_BYTES: u64 = 16 << 20;
-/// The pause between two steps: a 1 GiB segment takes about 0.3 s to go.
-const DELETE_STEP_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
 
 impl CommitLog {
     /// Opens (or creates) the log in `dir`, recovering it (see [`RecoveryReport`]).
@@ -318,7 +238,7 @@ impl CommitLog {
             poisoned: false,
             scratch: Vec::new(),
             fault: None,
-            deleter: None,
+            pending_deletions: Arc::default(),
         };
         log.synced = log.last_index();
         log.check_invariants();
@@ -914,7 +834,11 @@ impl CommitLog {
             let mut paths = Vec::new();
             let renamed = self.rename_segment_files_away(base, &mut paths);
             if !paths.is_empty() || renamed.is_ok() {
-                retired.push((self.segments.remove(0), paths));
+                retired.push(crate::deleter::Retired {
+                    segment: self.segments.remove(0),
+                    paths,
+                    pending: self.pending_deletions.clone(),
+                });
             }
             if let Err(e) = renamed {
                 result = Err(e);
@@ -926,7 +850,7 @@ impl CommitLog {
             if let Err(e) = durability::sync_dir(&self.dir) {
                 result = result.and(Err(e));
             }
-            self.queue_deletion(retired);
+            crate::deleter::delete(retired);
         }
         self.check_invariants();
         result.map(|()| deleted)
@@ -934,9 +858,8 @@ impl CommitLog {
 
     /// Files renamed away by retention and not unlinked yet.
     pub fn pending_deletions(&self) -> usize {
-        self.deleter
-            .as_ref()
-            .map_or(0, |d| d.pending.load(std::sync::atomic::Ordering::Acquire))
+        self.pending_deletions
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Renames a segment's files (the `.idx` checkpoint if it has one) to
@@ -958,38 +881,6 @@ impl CommitLog {
             }
         }
         Ok(())
-    }
-
-    /// Hands retired segments (their mappings) and their renamed files to the
-    /// deleter thread (or, if it cannot start, unlinks the files here).
-    fn queue_deletion(&mut self, retired: Vec<(Segment, Vec<PathBuf>)>) {
-        if self.deleter.is_none() {
-            match Deleter::start() {
-                Ok(d) => self.deleter = Some(d),
-                Err(e) => tracing::warn!(error = %e, "no deleter thread: deleting inline"),
-            }
-        }
-        let unlink_here = |retired: Vec<(Segment, Vec<PathBuf>)>| {
-            for (segment, paths) in retired {
-                drop(segment);
-                for path in paths {
-                    let _ = std::fs::remove_file(path);
-                }
-            }
-        };
-        let Some(deleter) = &self.deleter else {
-            return unlink_here(retired);
-        };
-        let count: usize = retired.iter().map(|(_, p)| p.len()).sum();
-        deleter
-            .pending
-            .fetch_add(count, std::sync::atomic::Ordering::Release);
-        if let Err(std::sync::mpsc::SendError(retired)) = deleter.jobs.send(retired) {
-            deleter
-                .pending
-                .fetch_sub(count, std::sync::atomic::Ordering::Release);
-            unlink_here(retired);
-        }
     }
 
     /// Discards every entry: afterwards the log is empty and continues at `start`

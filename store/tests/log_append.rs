@@ -176,6 +176,13 @@ fn views_stay_readable_after_their_segment_is_deleted() {
     assert!(deleted >= 1);
     assert!(!dir.path().join(segment_name(1)).exists());
     assert_eq!(view, batch[0]);
+    // Still readable once the files are gone from the disk too.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while log.pending_deletions() > 0 {
+        assert!(std::time::Instant::now() < deadline, "files never deleted");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(view, batch[0]);
     assert!(log.first_index() > LogIndex(1) && log.first_index() <= LogIndex(20));
     assert!(matches!(
         log.entry(LogIndex(1)),

@@ -812,13 +812,24 @@ impl Iterator for MessageIter {
     }
 }
 
+/// The least room a [`BatchBuilder`] reserves for a batch (header included).
+pub const MIN_BATCH_RESERVE: usize = 4096;
+
 /// Builds one batch. Reusable: [`finish`](BatchBuilder::finish) hands out the bytes
 /// and leaves the builder empty. Records are written straight into one buffer (no
 /// allocation per record once the capacity is reserved).
+///
+/// Each batch reserves room for about twice the previous batch (at least
+/// [`MIN_BATCH_RESERVE`], at most the builder's capacity), and small batches are cut
+/// one after another from the same allocation: a producer writing to thousands of
+/// queues, each batch a few records, does not allocate (and fault in) a full-size
+/// buffer per batch, while one busy queue still gets full-size buffers at once.
 #[derive(Debug)]
 pub struct BatchBuilder {
     buf: BytesMut,
     capacity: usize,
+    /// Bytes of the batch finished last (header included); 0 before the first.
+    last_len: usize,
     record_count: u32,
     first_timestamp: i64,
     max_timestamp: i64,
@@ -837,11 +848,12 @@ impl BatchBuilder {
     /// A builder that reserves `capacity` bytes (header included) per batch.
     pub fn with_capacity(capacity: usize) -> Self {
         let capacity = capacity.max(HEADER_BYTES);
-        let mut buf = BytesMut::with_capacity(capacity);
+        let mut buf = BytesMut::with_capacity(capacity.min(MIN_BATCH_RESERVE));
         buf.put_bytes(0, HEADER_BYTES);
         BatchBuilder {
             buf,
             capacity,
+            last_len: 0,
             record_count: 0,
             first_timestamp: 0,
             max_timestamp: i64::MIN,
@@ -920,8 +932,9 @@ impl BatchBuilder {
     ) {
         if self.record_count == 0 {
             self.first_timestamp = timestamp_ms;
-            if self.buf.capacity() < self.capacity {
-                self.buf.reserve(self.capacity - self.buf.len());
+            let want = self.batch_reserve();
+            if self.buf.capacity() < want {
+                self.buf.reserve(want - self.buf.len());
             }
         }
         let delta = timestamp_ms.wrapping_sub(self.first_timestamp);
@@ -954,6 +967,14 @@ impl BatchBuilder {
         debug_assert_eq!(self.buf.len() - before, total);
         self.max_timestamp = self.max_timestamp.max(timestamp_ms);
         self.record_count += 1;
+    }
+
+    /// Room a new batch starts with: twice the last one, within
+    /// [`MIN_BATCH_RESERVE`] and the capacity.
+    fn batch_reserve(&self) -> usize {
+        self.last_len
+            .saturating_mul(2)
+            .clamp(MIN_BATCH_RESERVE.min(self.capacity), self.capacity)
     }
 
     /// Bytes the batch would take if finished now, header included.
@@ -989,6 +1010,8 @@ impl BatchBuilder {
     /// Like [`finish`](BatchBuilder::finish), compressing the records with
     /// `compression` (kept uncompressed when that would not make the batch smaller).
     pub fn finish_with(&mut self, compression: Compression) -> Bytes {
+        // The next batch's room follows the records' size, not the compressed one.
+        self.last_len = self.buf.len();
         if let Some(compressed) = compression.compress(&self.buf[HEADER_BYTES..]) {
             if compressed.len() + 4 < self.buf.len() - HEADER_BYTES {
                 let size = (self.buf.len() - HEADER_BYTES) as u32;

@@ -2,7 +2,7 @@
 //! connection's response queue, plus the in-flight permit that bounds how many
 //! requests one connection may have outstanding.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use raftmq_proto::pb;
@@ -31,6 +31,42 @@ pub struct Responder {
 enum Sink {
     Connection(mpsc::UnboundedSender<Outgoing>),
     Caller(oneshot::Sender<pb::Response>),
+    /// One part of a multi-queue produce: its slot in the envelope's answer.
+    Part(Arc<PartsGather>, usize),
+}
+
+/// The answers of a multi-queue produce's parts, gathered into the one answer of
+/// the envelope. The envelope is answered when the last part's responder is gone
+/// (answered or dropped), so it is answered however its parts end; a part dropped
+/// unanswered (the broker shutting down) is answered `TIMEOUT` (outcome unknown).
+#[derive(Debug)]
+pub struct PartsGather {
+    results: Mutex<Vec<Option<pb::ProducePartResult>>>,
+    envelope: Option<Responder>,
+}
+
+impl Drop for PartsGather {
+    fn drop(&mut self) {
+        let Some(envelope) = self.envelope.take() else {
+            return;
+        };
+        let results = std::mem::take(self.results.get_mut().unwrap_or_else(|e| e.into_inner()));
+        let results = results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| pb::ProducePartResult {
+                    error: Some(pb::Error::new(
+                        pb::ErrorCode::Timeout,
+                        "the broker stopped before this batch was answered",
+                    )),
+                    ..Default::default()
+                })
+            })
+            .collect();
+        envelope.ok(pb::response::Body::ProduceMany(pb::ProduceManyResponse {
+            results,
+        }));
+    }
 }
 
 /// What the metrics need to know about a request when it is answered.
@@ -69,6 +105,23 @@ impl Responder {
             permit: None,
             observed: None,
         }
+    }
+
+    /// One responder per part of a multi-queue produce answered by `envelope`
+    /// (see [`PartsGather`]).
+    pub fn parts(envelope: Responder, parts: usize) -> Vec<Responder> {
+        let gather = Arc::new(PartsGather {
+            results: Mutex::new(vec![None; parts]),
+            envelope: Some(envelope),
+        });
+        (0..parts)
+            .map(|index| Responder {
+                correlation_id: 0,
+                sink: Sink::Part(Arc::clone(&gather), index),
+                permit: None,
+                observed: None,
+            })
+            .collect()
     }
 
     /// Records the request's latency, error code and volume in `metrics` when it is
@@ -124,6 +177,19 @@ impl Responder {
             }
             Sink::Caller(tx) => {
                 let _ = tx.send(response);
+            }
+            Sink::Part(gather, index) => {
+                let (base_offset, count) = match &response.body {
+                    Some(pb::response::Body::Produce(r)) => (r.base_offset, r.count),
+                    _ => (0, 0),
+                };
+                let result = pb::ProducePartResult {
+                    base_offset,
+                    count,
+                    error: response.error,
+                };
+                let mut results = gather.results.lock().unwrap_or_else(|e| e.into_inner());
+                results[index] = Some(result);
             }
         }
     }

@@ -609,6 +609,9 @@ impl Connection {
             };
             let request_bytes = match &body {
                 pb::request::Body::Produce(req) => req.batch.len() as u64,
+                pb::request::Body::ProduceMany(req) => {
+                    req.parts.iter().map(|p| p.batch.len() as u64).sum()
+                }
                 _ => 0,
             };
             let reply = Responder::new(request.correlation_id, tx.clone(), Some(permit)).observed(
@@ -724,7 +727,13 @@ impl Connection {
                 }
                 body => body,
             };
-            if !acting.submit(body, reply).await {
+            let accepted = match body {
+                pb::request::Body::ProduceMany(many) => {
+                    submit_parts(&acting, many, reply, config, &metrics, started).await
+                }
+                body => acting.submit(body, reply).await,
+            };
+            if !accepted {
                 break;
             }
             if request_bytes > 0 {
@@ -822,6 +831,35 @@ fn is_node_only(body: &pb::request::Body) -> bool {
         body,
         pb::request::Body::JoinCluster(_) | pb::request::Body::AdvertiseListeners(_)
     )
+}
+
+/// Hands each part of a multi-queue produce over as a produce of its own, in order
+/// (so a queue's batches reach its group in the order sent); the envelope is
+/// answered once every part is. False once the broker is shutting down.
+async fn submit_parts(
+    service: &Service,
+    many: pb::ProduceManyRequest,
+    envelope: Responder,
+    config: &BrokerConfig,
+    metrics: &Arc<crate::metrics::BrokerMetrics>,
+    started: std::time::Instant,
+) -> bool {
+    let replies = Responder::parts(envelope, many.parts.len());
+    for (part, reply) in many.parts.into_iter().zip(replies) {
+        let reply = reply
+            .observed(metrics, Api::Produce, started, part.batch.len() as u64)
+            .for_topic(&part.topic);
+        let body = pb::request::Body::Produce(part);
+        if let Err(e) = precheck(&body, config) {
+            reply.error(e);
+            continue;
+        }
+        if !service.submit(body, reply).await {
+            // The parts not handed over are answered as the gather ends.
+            return false;
+        }
+    }
+    true
 }
 
 /// Checks that need no state: names, sizes, the batch's CRC and structure.

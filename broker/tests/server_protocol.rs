@@ -323,3 +323,82 @@ async fn acks_leader_answers_before_offsets_are_known_and_the_batch_still_commit
     );
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn a_multi_queue_produce_answers_each_part_as_a_produce_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path()).await;
+    let mut conn = Conn::connect(&broker).await;
+    create_topic(&mut conn, "t", 3).await;
+    let part = |topic: &str, queue: u32, batch: Bytes| pb::ProduceRequest {
+        topic: topic.into(),
+        queue,
+        acks: pb::Acks::Quorum as i32,
+        batch,
+    };
+    let mut corrupt = batch(&["bad"]).to_vec();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 1;
+    let response = conn
+        .call(Req::ProduceMany(pb::ProduceManyRequest {
+            parts: vec![
+                part("t", 0, batch(&["a", "b"])),
+                part("t", 2, batch(&["x"])),
+                part("missing", 0, batch(&["lost"])),
+                part("t", 0, batch(&["c"])),
+                part("t", 1, Bytes::from(corrupt)),
+                part("t", 9, batch(&["nowhere"])),
+                part("t", 2, batch(&["y", "z"])),
+            ],
+        }))
+        .await;
+    assert_eq!(code(&response), ErrorCode::None, "{response:?}");
+    let Some(Resp::ProduceMany(many)) = response.body else {
+        panic!("{response:?}")
+    };
+    let outcomes: Vec<(ErrorCode, u64, u32)> = many
+        .results
+        .iter()
+        .map(|r| {
+            let code = r.error.as_ref().map_or(ErrorCode::None, |e| {
+                ErrorCode::try_from(e.code).unwrap_or(ErrorCode::None)
+            });
+            (code, r.base_offset, r.count)
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            (ErrorCode::None, 0, 2),
+            (ErrorCode::None, 0, 1),
+            (ErrorCode::UnknownTopic, 0, 0),
+            (ErrorCode::None, 2, 1),
+            (ErrorCode::CorruptBatch, 0, 0),
+            (ErrorCode::InvalidQueue, 0, 0),
+            (ErrorCode::None, 1, 2),
+        ],
+        "each part is answered as a produce alone, in order"
+    );
+    let queue0 = conn.call(fetch("t", 0, 0, 0)).await;
+    assert_eq!(
+        values_of(&queue0),
+        vec![(0, "a".into()), (1, "b".into()), (2, "c".into())]
+    );
+    let queue2 = conn.call(fetch("t", 2, 0, 0)).await;
+    assert_eq!(
+        values_of(&queue2),
+        vec![(0, "x".into()), (1, "y".into()), (2, "z".into())]
+    );
+    let queue1 = conn.call(fetch("t", 1, 0, 0)).await;
+    assert_eq!(values_of(&queue1), vec![], "nothing stored");
+
+    // No parts: an empty answer.
+    let empty = conn
+        .call(Req::ProduceMany(pb::ProduceManyRequest { parts: vec![] }))
+        .await;
+    match empty.body {
+        Some(Resp::ProduceMany(m)) => assert!(m.results.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    broker.stop().await;
+}

@@ -190,6 +190,8 @@ struct Inner {
     cluster_id: AtomicU64,
     /// Turns over the replicas asked for a group whose leader is unknown.
     turn: AtomicU64,
+    /// One produce lane per broker address (see `lane.rs`).
+    lanes: Mutex<HashMap<String, Arc<crate::lane::ProduceLane>>>,
 }
 
 /// A handle to a raftmq cluster. Cheap to clone; clones share connections and
@@ -254,6 +256,7 @@ impl Client {
                 metadata_generation: AtomicU64::new(0),
                 cluster_id: AtomicU64::new(0),
                 turn: AtomicU64::new(0),
+                lanes: Mutex::new(HashMap::new()),
             }),
         };
         let mut retry = RetryState::start();
@@ -517,7 +520,7 @@ impl Client {
         })
     }
 
-    async fn connection(&self, address: &str) -> Result<Connection, ClientError> {
+    pub(crate) async fn connection(&self, address: &str) -> Result<Connection, ClientError> {
         let slot = {
             let mut slots = match self.inner.connections.lock() {
                 Ok(g) => g,
@@ -581,12 +584,56 @@ impl Client {
     ) -> Result<response::Body, ClientError> {
         let address = self.resolve(target).await?;
         let result = self.call_address(&address, body).await;
+        self.note_outcome(target, &address, &result);
+        result
+    }
+
+    /// One produce of a batch at `target`, no retry, through the produce lane of
+    /// the target's broker (it may leave in one request with other queues'
+    /// batches); redirects and failures are noted as by
+    /// [`request_once`](Self::request_once).
+    pub(crate) async fn produce_once(
+        &self,
+        target: &Target,
+        request: pb::ProduceRequest,
+    ) -> Result<response::Body, ClientError> {
+        let address = self.resolve(target).await?;
+        let lane = {
+            let mut lanes = self.inner.lanes.lock().unwrap_or_else(|e| e.into_inner());
+            Arc::clone(
+                lanes
+                    .entry(address.clone())
+                    .or_insert_with(|| Arc::new(crate::lane::ProduceLane::new(address.clone()))),
+            )
+        };
+        let result = match lane.submit(self, request).await {
+            Ok(answer) => answer.and_then(into_result),
+            Err(_) => Err(ClientError::ConnectionClosed(address.clone())),
+        };
+        self.note_outcome(target, &address, &result);
+        result
+    }
+
+    /// The request timeout of this client.
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.inner.config.request_timeout
+    }
+
+    /// Follows what an answer from `address` for `target` says of its leader: on
+    /// `NotLeader` the cached leader is updated from the redirect (or forgotten);
+    /// on a transport failure to the leader it is forgotten too.
+    fn note_outcome(
+        &self,
+        target: &Target,
+        address: &str,
+        result: &Result<response::Body, ClientError>,
+    ) {
         let group = match target {
             Target::Leader => 0,
             Target::Group(g) => *g,
-            _ => return result,
+            _ => return,
         };
-        match &result {
+        match result {
             Err(ClientError::Server(
                 ServerError::NotLeader { leader_address, .. }
                 | ServerError::NotReady { leader_address, .. },
@@ -605,11 +652,10 @@ impl Client {
                 });
             }
             Err(e) if e.is_retriable() && e.server_error().is_none() => {
-                self.forget_leader(group, &address);
+                self.forget_leader(group, address);
             }
             _ => {}
         }
-        result
     }
 
     /// Sends `body` to `target`, following `NotLeader` redirects and retrying

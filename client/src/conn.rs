@@ -48,18 +48,6 @@ impl Shared {
     }
 }
 
-/// Removes a waiter when its caller stops waiting (timeout or dropped future).
-struct PendingGuard<'a> {
-    shared: &'a Shared,
-    correlation_id: u64,
-}
-
-impl Drop for PendingGuard<'_> {
-    fn drop(&mut self) {
-        let _ = self.shared.take(self.correlation_id);
-    }
-}
-
 /// A cheap handle to a connection; clones share it.
 #[derive(Clone)]
 pub(crate) struct Connection {
@@ -238,8 +226,21 @@ impl Connection {
         body: pb::request::Body,
         timeout: Duration,
     ) -> Result<pb::Response, ClientError> {
+        let started = tokio::time::Instant::now();
+        let pending = self.send(body, timeout).await?;
+        pending.answer(started + timeout).await
+    }
+
+    /// Queues `body` for the writer (waiting up to `timeout` for room) and returns
+    /// the answer to come: requests sent one after another leave in that order.
+    pub(crate) async fn send(
+        &self,
+        body: pb::request::Body,
+        timeout: Duration,
+    ) -> Result<PendingAnswer, ClientError> {
+        let closed = || ClientError::ConnectionClosed(self.shared.address.clone());
         if self.is_closed() {
-            return Err(ClientError::ConnectionClosed(self.shared.address.clone()));
+            return Err(closed());
         }
         let correlation_id = self
             .shared
@@ -250,27 +251,54 @@ impl Connection {
         self.shared
             .pending
             .lock()
-            .map_err(|_| ClientError::ConnectionClosed(self.shared.address.clone()))?
+            .map_err(|_| closed())?
             .insert(correlation_id, tx);
-        let _guard = PendingGuard {
-            shared: &self.shared,
+        let pending = PendingAnswer {
+            shared: Arc::clone(&self.shared),
             correlation_id,
+            rx,
+            timeout,
         };
         // Closed between the check and the insert: close() may have run already.
         if self.is_closed() {
-            return Err(ClientError::ConnectionClosed(self.shared.address.clone()));
+            return Err(closed());
         }
-        let exchange = async {
-            self.writer
-                .send(frame)
-                .await
-                .map_err(|_| ClientError::ConnectionClosed(self.shared.address.clone()))?;
-            rx.await
-                .map_err(|_| ClientError::ConnectionClosed(self.shared.address.clone()))?
-        };
-        tokio::time::timeout(timeout, exchange)
+        tokio::time::timeout(timeout, self.writer.send(frame))
             .await
             .map_err(|_| ClientError::Timeout(timeout))?
+            .map_err(|_| closed())?;
+        Ok(pending)
+    }
+}
+
+/// The answer to a request written (or queued to be written) on a connection. Its
+/// waiter is removed when it is dropped unanswered (a timeout, a caller gone).
+pub(crate) struct PendingAnswer {
+    shared: Arc<Shared>,
+    correlation_id: u64,
+    rx: oneshot::Receiver<Result<pb::Response, ClientError>>,
+    /// The request's timeout, reported when `deadline` passes.
+    timeout: Duration,
+}
+
+impl PendingAnswer {
+    /// Waits for the answer until `deadline`.
+    pub(crate) async fn answer(
+        mut self,
+        deadline: tokio::time::Instant,
+    ) -> Result<pb::Response, ClientError> {
+        let closed = ClientError::ConnectionClosed(self.shared.address.clone());
+        match tokio::time::timeout_at(deadline, &mut self.rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(closed),
+            Err(_) => Err(ClientError::Timeout(self.timeout)),
+        }
+    }
+}
+
+impl Drop for PendingAnswer {
+    fn drop(&mut self) {
+        let _ = self.shared.take(self.correlation_id);
     }
 }
 

@@ -36,6 +36,7 @@ mod conn;
 mod consumer;
 mod error;
 mod group;
+mod lane;
 mod partitioner;
 mod producer;
 mod retry;

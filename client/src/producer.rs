@@ -996,16 +996,16 @@ impl QueueWorker {
             }
             self.renumber(&mut batch);
             let client = self.client.clone();
-            let body = request::Body::Produce(pb::ProduceRequest {
+            let request = pb::ProduceRequest {
                 topic: self.topic.clone(),
                 queue: self.queue,
                 acks: self.acks,
                 batch: batch.bytes.clone(),
-            });
+            };
             let (topic, queue) = (self.topic.clone(), self.queue);
             self.in_flight.push_back(Box::pin(async move {
                 let target = client.queue_target(&topic, queue).await;
-                let result = client.request_once(&target, body).await;
+                let result = client.produce_once(&target, request).await;
                 (batch, result)
             }));
         }

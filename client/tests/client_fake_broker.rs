@@ -580,3 +580,49 @@ async fn consumer_stream_yields_messages_in_order() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn given_a_broker_without_multi_queue_produce_should_send_one_batch_per_request() {
+    within(async {
+        // The fake broker answers `ProduceMany` as an unknown request, as a broker
+        // of the previous version does.
+        let cluster = FakeCluster::start(1).await;
+        cluster.create_topic("wide", 16);
+        let client = Client::connect_with(&[cluster.address(0)], fast_config())
+            .await
+            .expect("connect");
+        let producer = Producer::builder(&client)
+            .max_batch_bytes(256)
+            .build()
+            .await
+            .expect("producer");
+        let mut acks = Vec::new();
+        for i in 0..4_000u32 {
+            let m = Message::new("wide", format!("value-{i}")).with_queue(i % 16);
+            acks.push(producer.send(m).await.expect("queued"));
+        }
+        let mut stored = Vec::new();
+        for a in acks {
+            stored.push(a.await.expect("acknowledged"));
+        }
+        for q in 0..16 {
+            let offsets: Vec<u64> = stored
+                .iter()
+                .filter(|m| m.queue == q)
+                .map(|m| m.offset)
+                .collect();
+            assert_eq!(offsets, (0..250).collect::<Vec<u64>>(), "queue {q}");
+        }
+        let s = cluster.state.lock().unwrap();
+        let tried = s.requests.iter().filter(|r| r.1 == "produce_many").count();
+        assert!(
+            (1..=5).contains(&tried),
+            "multi-queue produce tried, then given up: {tried} attempts"
+        );
+        for q in 0..16u32 {
+            let log = &s.logs[&("wide".to_string(), q)];
+            assert_eq!(log.next_offset, 250, "queue {q} stored each message once");
+        }
+    })
+    .await;
+}

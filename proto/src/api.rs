@@ -41,6 +41,8 @@ pub enum ApiKey {
     AdvertiseListeners = 23,
     /// See `AddDataGroupsRequest`.
     AddDataGroups = 24,
+    /// The batches of several queues (see `ProduceManyRequest`).
+    ProduceMany = 25,
     /// Join a consumer group.
     JoinGroup = 30,
     /// Consumer-group heartbeat.
@@ -79,7 +81,7 @@ pub enum ApiKey {
 
 impl ApiKey {
     /// Every API key, in number order.
-    pub const ALL: [ApiKey; 32] = [
+    pub const ALL: [ApiKey; 33] = [
         ApiKey::CreateTopic,
         ApiKey::DeleteTopic,
         ApiKey::Metadata,
@@ -95,6 +97,7 @@ impl ApiKey {
         ApiKey::MoveReplicas,
         ApiKey::AdvertiseListeners,
         ApiKey::AddDataGroups,
+        ApiKey::ProduceMany,
         ApiKey::JoinGroup,
         ApiKey::Heartbeat,
         ApiKey::LeaveGroup,
@@ -141,6 +144,7 @@ impl ApiKey {
             ApiKey::JoinCluster => "join_cluster",
             ApiKey::MoveReplicas => "move_replicas",
             ApiKey::AddDataGroups => "add_data_groups",
+            ApiKey::ProduceMany => "produce_many",
             ApiKey::AdvertiseListeners => "advertise_listeners",
             ApiKey::JoinGroup => "join_group",
             ApiKey::Heartbeat => "heartbeat",
@@ -188,6 +192,7 @@ impl request::Body {
             B::JoinCluster(_) => ApiKey::JoinCluster,
             B::MoveReplicas(_) => ApiKey::MoveReplicas,
             B::AddDataGroups(_) => ApiKey::AddDataGroups,
+            B::ProduceMany(_) => ApiKey::ProduceMany,
             B::AdvertiseListeners(_) => ApiKey::AdvertiseListeners,
             B::JoinGroup(_) => ApiKey::JoinGroup,
             B::Heartbeat(_) => ApiKey::Heartbeat,
@@ -229,6 +234,7 @@ impl response::Body {
             B::JoinCluster(_) => ApiKey::JoinCluster,
             B::MoveReplicas(_) => ApiKey::MoveReplicas,
             B::AddDataGroups(_) => ApiKey::AddDataGroups,
+            B::ProduceMany(_) => ApiKey::ProduceMany,
             B::AdvertiseListeners(_) => ApiKey::AdvertiseListeners,
             B::JoinGroup(_) => ApiKey::JoinGroup,
             B::Heartbeat(_) => ApiKey::Heartbeat,
@@ -321,6 +327,7 @@ mod tests {
         assert_eq!(ApiKey::from_u32(22), Some(ApiKey::MoveReplicas));
         assert_eq!(ApiKey::from_u32(23), Some(ApiKey::AdvertiseListeners));
         assert_eq!(ApiKey::from_u32(24), Some(ApiKey::AddDataGroups));
-        assert_eq!(ApiKey::from_u32(25), None);
+        assert_eq!(ApiKey::from_u32(25), Some(ApiKey::ProduceMany));
+        assert_eq!(ApiKey::from_u32(26), None);
     }
 }

@@ -81,6 +81,22 @@ fn every_request() -> Vec<Req> {
             rack: "eu-west-1a".into(),
         }),
         Req::AddDataGroups(pb::AddDataGroupsRequest { count: 3 }),
+        Req::ProduceMany(pb::ProduceManyRequest {
+            parts: vec![
+                pb::ProduceRequest {
+                    topic: "orders".into(),
+                    queue: 1,
+                    acks: pb::Acks::Quorum as i32,
+                    batch: bytes::Bytes::from_static(b"batch-one"),
+                },
+                pb::ProduceRequest {
+                    topic: "audit".into(),
+                    queue: 7,
+                    acks: pb::Acks::Leader as i32,
+                    batch: bytes::Bytes::from_static(b"batch-two"),
+                },
+            ],
+        }),
         Req::JoinGroup(pb::JoinGroupRequest {
             group: "g".into(),
             member_id: "m".into(),
@@ -281,6 +297,20 @@ fn every_response() -> Vec<Resp> {
             }],
         }),
         Resp::AdvertiseListeners(pb::AdvertiseListenersResponse {}),
+        Resp::ProduceMany(pb::ProduceManyResponse {
+            results: vec![
+                pb::ProducePartResult {
+                    base_offset: 40,
+                    count: 3,
+                    error: None,
+                },
+                pb::ProducePartResult {
+                    base_offset: 0,
+                    count: 0,
+                    error: Some(pb::Error::new(pb::ErrorCode::UnknownTopic, "no topic")),
+                },
+            ],
+        }),
         Resp::AddDataGroups(pb::AddDataGroupsResponse {
             added: vec![pb::GroupReplicas {
                 group_id: 4,

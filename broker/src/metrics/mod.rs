@@ -57,6 +57,8 @@ const SECONDS_BUCKETS: [f64; 17] = [
 #[allow(missing_docs)]
 pub enum Api {
     Produce,
+    /// The envelope of several produce parts (each also counted as `Produce`).
+    ProduceMany,
     Fetch,
     CreateTopic,
     DeleteTopic,
@@ -100,6 +102,7 @@ impl Api {
         use pb::request::Body as B;
         match body {
             B::Produce(_) => Api::Produce,
+            B::ProduceMany(_) => Api::ProduceMany,
             B::Fetch(_) => Api::Fetch,
             B::CreateTopic(_) => Api::CreateTopic,
             B::DeleteTopic(_) => Api::DeleteTopic,
@@ -138,6 +141,7 @@ impl Api {
     pub fn name(self) -> &'static str {
         match self {
             Api::Produce => "produce",
+            Api::ProduceMany => "produce_many",
             Api::Fetch => "fetch",
             Api::CreateTopic => "create_topic",
             Api::DeleteTopic => "delete_topic",

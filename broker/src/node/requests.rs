@@ -35,6 +35,11 @@ impl Node {
         }
         match body {
             B::Produce(req) => self.produce(req, reply),
+            // The connection hands each part over as a produce of its own.
+            B::ProduceMany(_) => reply.error(pb::Error::new(
+                ErrorCode::InvalidRequest,
+                "a multi-queue produce reached a group whole",
+            )),
             B::Fetch(req) => self.fetch(req, reply),
             B::CreateTopic(req) => {
                 if self.state.topic(&req.name).is_some() {

@@ -201,6 +201,11 @@ impl Security {
         let cluster = |op: Op| check(R::Cluster, acl::CLUSTER_NAME, op);
         match body {
             B::Produce(r) => check(R::Topic, &r.topic, Op::Produce),
+            // Each part is authorized again as the produce it becomes.
+            B::ProduceMany(r) => r
+                .parts
+                .iter()
+                .try_for_each(|p| check(R::Topic, &p.topic, Op::Produce)),
             B::Fetch(r) => check(R::Topic, &r.topic, Op::Consume),
             B::ListOffsets(r) => check(R::Topic, &r.topic, Op::Describe),
             B::CreateTopic(r) => {

@@ -931,6 +931,7 @@ impl Node {
         if let Err(e) = self.raft.log_mut().sync() {
             tracing::error!(error = %e, "final sync failed");
         }
+        self.finish_snapshot_saves();
         for (_, pending) in std::mem::take(&mut self.pending) {
             pending.reply.error(pb::Error::new(
                 ErrorCode::ShuttingDown,

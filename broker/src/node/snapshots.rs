@@ -18,13 +18,21 @@
 //!   by ordinary appends: it holds every message the leader still retains.
 //! - **Start-up** ([`recover`]) reconciles the log with the snapshots.
 //!
-//! Snapshot files are written on the node task: one small file per segment roll
-//! (1 GiB of log by default) or per install, a few milliseconds each.
+//! A segment-boundary snapshot is encoded on the node task (the state at exactly
+//! that index) and written on a thread of its own: the file write, its fsync, the
+//! rename and the directory fsync take milliseconds for a small state and far more
+//! for one with many producer sessions and group offsets, and the group would stall
+//! for all of it. It counts as on disk (a place retention may cut) only once
+//! durable. Installing a leader's snapshot and retention wait for the writes still
+//! running, since they remove snapshot files. A snapshot received from the leader
+//! is saved on the node task: the core may not reset the log to it before it is
+//! durable.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use raftmq_store::{CommitLog, LogIndex, Term};
 
 use super::Node;
@@ -58,10 +66,75 @@ pub(super) struct Snapshots {
     /// A received snapshot handed to the core, until its Ready restores it.
     installing: Option<(LogIndex, StateMachine)>,
     last_retention: Instant,
+    /// Boundary snapshots being written off the node task.
+    saves: Arc<BackgroundSaves>,
     /// When each peer was last heard from.
     peer_heard: BTreeMap<NodeId, Instant>,
     /// Since when each follower has been holding retention back.
     holding_since: BTreeMap<NodeId, Instant>,
+}
+
+/// Snapshot writes running on their own threads, and their outcomes until the
+/// node collects them.
+#[derive(Default)]
+struct BackgroundSaves {
+    state: Mutex<SavesState>,
+    finished: Condvar,
+}
+
+#[derive(Default)]
+struct SavesState {
+    /// Indexes being written.
+    running: BTreeSet<LogIndex>,
+    /// Written (or failed), not collected yet.
+    done: Vec<(LogIndex, Result<usize, SnapshotError>)>,
+}
+
+impl BackgroundSaves {
+    fn lock(&self) -> MutexGuard<'_, SavesState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes `payload` as the snapshot `meta` on a thread of its own, unless that
+    /// index is being written already.
+    fn start(self: &Arc<Self>, dir: &SnapshotDir, meta: SnapshotMeta, payload: Bytes) {
+        if !self.lock().running.insert(meta.index) {
+            return;
+        }
+        let saves = Arc::clone(self);
+        let dir = dir.clone();
+        let write = move || {
+            let outcome = dir.save(meta, &payload).map(|()| payload.len());
+            let mut state = saves.lock();
+            state.running.remove(&meta.index);
+            state.done.push((meta.index, outcome));
+            drop(state);
+            saves.finished.notify_all();
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("raftmq-snapshot".into())
+            .spawn(write)
+        {
+            self.lock().running.remove(&meta.index);
+            tracing::warn!(index = meta.index.0, error = %e, "cannot start a snapshot writer");
+        }
+    }
+
+    /// Waits until no write runs.
+    fn wait_idle(&self) {
+        let mut state = self.lock();
+        while !state.running.is_empty() {
+            state = self.finished.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn take_done(&self) -> Vec<(LogIndex, Result<usize, SnapshotError>)> {
+        std::mem::take(&mut self.lock().done)
+    }
+
+    fn is_running(&self, index: LogIndex) -> bool {
+        self.lock().running.contains(&index)
+    }
 }
 
 impl Snapshots {
@@ -72,6 +145,7 @@ impl Snapshots {
             incoming: None,
             installing: None,
             last_retention: Instant::now(),
+            saves: Arc::new(BackgroundSaves::default()),
             peer_heard: BTreeMap::new(),
             holding_since: BTreeMap::new(),
         }
@@ -247,7 +321,8 @@ impl Node {
             .collect()
     }
 
-    /// Saves the state (which has applied exactly `index`) as a snapshot, once.
+    /// Starts saving the state (which has applied exactly `index`) as a snapshot,
+    /// once; it counts once written (see [`collect_saved_snapshots`](Self::collect_saved_snapshots)).
     pub(super) fn save_boundary_snapshot(&mut self, index: LogIndex) {
         debug_assert_eq!(self.state.applied(), index);
         if self.snapshots.on_disk.contains(&index) {
@@ -256,25 +331,42 @@ impl Node {
         let Some(term) = RaftLog::term_at(self.raft.log(), index) else {
             return;
         };
+        if self.snapshots.saves.is_running(index) {
+            return;
+        }
         let payload = self.state.encode_snapshot();
-        match self
-            .snapshots
-            .dir
-            .save(SnapshotMeta { index, term }, &payload)
-        {
-            Ok(()) => {
-                self.snapshots.on_disk.insert(index);
-                tracing::debug!(
-                    index = index.0,
-                    bytes = payload.len(),
-                    "state snapshot saved at a segment boundary"
-                );
-            }
-            Err(e) => {
+        let meta = SnapshotMeta { index, term };
+        self.snapshots
+            .saves
+            .start(&self.snapshots.dir, meta, payload);
+    }
+
+    /// Takes in the boundary snapshots written since the last call: each is a place
+    /// retention may cut from now on.
+    pub(super) fn collect_saved_snapshots(&mut self) {
+        for (index, outcome) in self.snapshots.saves.take_done() {
+            match outcome {
+                Ok(bytes) => {
+                    self.snapshots.on_disk.insert(index);
+                    tracing::debug!(
+                        index = index.0,
+                        bytes,
+                        "state snapshot saved at a segment boundary"
+                    );
+                }
                 // Not fatal: retention cannot cut here until a later boundary.
-                tracing::warn!(index = index.0, error = %e, "could not save a state snapshot");
+                Err(e) => {
+                    tracing::warn!(index = index.0, error = %e, "could not save a state snapshot")
+                }
             }
         }
+    }
+
+    /// Waits for the snapshot writes still running (before snapshot files are
+    /// removed, and at shutdown) and takes them in.
+    pub(super) fn finish_snapshot_saves(&mut self) {
+        self.snapshots.saves.wait_idle();
+        self.collect_saved_snapshots();
     }
 
     // ----- Retention -------------------------------------------------------------------
@@ -286,6 +378,7 @@ impl Node {
             return;
         }
         self.snapshots.last_retention = now;
+        self.collect_saved_snapshots();
         if self.storage_failed {
             return;
         }
@@ -392,6 +485,8 @@ impl Node {
 
     /// Deletes the segments before `cut` (a segment base with a snapshot just before).
     fn compact_log(&mut self, cut: LogIndex) {
+        // Old snapshot files are removed below: none may be half written.
+        self.finish_snapshot_saves();
         let base = cut.prev();
         let term = match self.snapshots.dir.load(base) {
             Ok((meta, _)) => meta.term,
@@ -593,6 +688,8 @@ impl Node {
         self.users_replaced();
         self.placement_changed();
         self.fail_pending_after_reset();
+        // Every other snapshot is removed: none may be written after that.
+        self.finish_snapshot_saves();
         let dir = &self.snapshots.dir;
         if let Err(e) = dir
             .remove_below(index)
@@ -644,6 +741,41 @@ mod tests {
             kind,
             body,
         }
+    }
+
+    #[test]
+    fn background_saves_are_durable_once_collected_and_never_run_twice_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = SnapshotDir::open(&tmp.path().join("snapshots")).unwrap();
+        let saves = Arc::new(BackgroundSaves::default());
+        let state = state_at(3);
+        let meta = |index: u64| SnapshotMeta {
+            index: LogIndex(index),
+            term: Term(1),
+        };
+        saves.start(&dir, meta(3), state.encode_snapshot());
+        saves.start(&dir, meta(3), state.encode_snapshot());
+        saves.start(&dir, meta(7), state.encode_snapshot());
+        saves.wait_idle();
+        let mut done: Vec<u64> = saves
+            .take_done()
+            .into_iter()
+            .map(|(index, outcome)| {
+                outcome.expect("written");
+                index.0
+            })
+            .collect();
+        done.sort_unstable();
+        // The second start of index 3 found it running, or ran after it finished.
+        done.dedup();
+        assert_eq!(done, vec![3, 7]);
+        assert!(!saves.is_running(LogIndex(3)));
+        for index in [3, 7] {
+            let (read, payload) = dir.load(LogIndex(index)).unwrap();
+            assert_eq!(read, meta(index));
+            assert_eq!(payload, state.encode_snapshot());
+        }
+        assert!(saves.take_done().is_empty(), "each outcome is taken once");
     }
 
     /// The state machine after entries `1..=n`.

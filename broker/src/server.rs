@@ -845,21 +845,18 @@ async fn submit_parts(
     started: std::time::Instant,
 ) -> bool {
     let replies = Responder::parts(envelope, many.parts.len());
+    let mut checked = Vec::with_capacity(many.parts.len());
     for (part, reply) in many.parts.into_iter().zip(replies) {
         let reply = reply
             .observed(metrics, Api::Produce, started, part.batch.len() as u64)
             .for_topic(&part.topic);
         let body = pb::request::Body::Produce(part);
-        if let Err(e) = precheck(&body, config) {
-            reply.error(e);
-            continue;
-        }
-        if !service.submit(body, reply).await {
-            // The parts not handed over are answered as the gather ends.
-            return false;
+        match precheck(&body, config) {
+            Ok(()) => checked.push((body, reply)),
+            Err(e) => reply.error(e),
         }
     }
-    true
+    service.submit_all(checked).await
 }
 
 /// Checks that need no state: names, sizes, the batch's CRC and structure.

@@ -147,28 +147,69 @@ impl Service {
         }
     }
 
+    /// Hands several requests over at once (the parts of a multi-queue produce):
+    /// each is authorized and routed as by [`submit`](Self::submit), and the
+    /// requests of one group reach it as one input, in their order (one wake-up of
+    /// its task, not one per request). Every reply is answered. False once the
+    /// broker is shutting down.
+    pub async fn submit_all(&self, requests: Vec<(pb::request::Body, Responder)>) -> bool {
+        let mut by_group: std::collections::BTreeMap<crate::directory::GroupId, Vec<_>> =
+            std::collections::BTreeMap::new();
+        for (body, reply) in requests {
+            if let Err(e) = self.security.authorize(&self.principal, &body) {
+                reply.error(e);
+                continue;
+            }
+            let group = self.directory.route(&body);
+            by_group.entry(group).or_default().push((body, reply));
+        }
+        let mut accepted = true;
+        for (group, requests) in by_group {
+            let Some(inbox) = self.directory.inbox(group).filter(|_| accepted) else {
+                let error = self.not_running_here(group);
+                for (_, reply) in requests {
+                    reply.error(error.clone());
+                }
+                continue;
+            };
+            if let Err(e) = inbox.send(NodeInput::Clients(requests)).await {
+                if let NodeInput::Clients(requests) = e.0 {
+                    for (_, reply) in requests {
+                        reply.error(pb::Error::shutting_down());
+                    }
+                }
+                accepted = false;
+            }
+        }
+        accepted
+    }
+
+    /// The answer for a request of `group` when the group does not run here.
+    fn not_running_here(&self, group: crate::directory::GroupId) -> pb::Error {
+        if self.shutdown.is_cancelled() {
+            pb::Error::shutting_down()
+        } else if let Some(replica) = self
+            .directory
+            .replica_elsewhere(group, self.config.node_id.0)
+        {
+            // Not placed here: a replica of the group names its leader.
+            let mut error = pb::Error::not_leader(Some(&replica.to_string()));
+            error.message = format!("group {group} does not run on this node; ask {replica}");
+            error
+        } else {
+            // Placed here and starting (after a restart, once the metadata group has
+            // applied its placement), or the placement is not known yet: retriable.
+            pb::Error::not_ready(
+                format!("group {group} is not running on this node yet (starting); retry"),
+                None,
+            )
+        }
+    }
+
     async fn route(&self, body: pb::request::Body, reply: Responder) -> bool {
         let group = self.directory.route(&body);
         let Some(inbox) = self.directory.inbox(group) else {
-            if self.shutdown.is_cancelled() {
-                reply.error(pb::Error::shutting_down());
-            } else if let Some(replica) = self
-                .directory
-                .replica_elsewhere(group, self.config.node_id.0)
-            {
-                // Not placed here: a replica of the group names its leader.
-                let mut error = pb::Error::not_leader(Some(&replica.to_string()));
-                error.message = format!("group {group} does not run on this node; ask {replica}");
-                reply.error(error);
-            } else {
-                // Placed here and starting (after a restart, once the metadata
-                // group has applied its placement), or the placement is not known
-                // yet: retriable.
-                reply.error(pb::Error::not_ready(
-                    format!("group {group} is not running on this node yet (starting); retry"),
-                    None,
-                ));
-            }
+            reply.error(self.not_running_here(group));
             return true;
         };
         if let Err(e) = inbox.send(NodeInput::Client { body, reply }).await {

@@ -76,6 +76,9 @@ pub enum NodeInput {
         /// Where the answer goes.
         reply: Responder,
     },
+    /// Several client requests for this group, handed over at once and handled
+    /// in order (the parts of a multi-queue produce).
+    Clients(Vec<(pb::request::Body, Responder)>),
     /// A message from a peer (a Raft message or a piece of a snapshot), with who
     /// sent it.
     Peer((PeerMessage, PeerIdentity)),
@@ -463,6 +466,11 @@ impl Node {
                     self.last_activity = Instant::now();
                 }
                 self.handle_client(body, reply)
+            }
+            NodeInput::Clients(requests) => {
+                for (body, reply) in requests {
+                    self.handle(NodeInput::Client { body, reply });
+                }
             }
         }
     }

@@ -75,8 +75,20 @@ fn produce_error(cluster: &Cluster, topic: &str, batch: Bytes) -> i16 {
 
 /// The error code, base offset and error message of one partition's produce.
 fn produce_answer(cluster: &Cluster, topic: &str, batch: Bytes) -> (i16, i64, String) {
+    produce_answer_with_acks(cluster, topic, batch, -1)
+}
+
+/// [`produce_answer`] with the given `acks` (-1 all, 1 the leader).
+fn produce_answer_with_acks(
+    cluster: &Cluster,
+    topic: &str,
+    batch: Bytes,
+    acks: i16,
+) -> (i16, i64, String) {
     let mut s = connect(cluster);
-    send_frame(&mut s, &request(ApiKey::Produce, 8, &produce(topic, batch)));
+    let mut r = produce(topic, batch);
+    r.acks = acks;
+    send_frame(&mut s, &request(ApiKey::Produce, 8, &r));
     let body = read_frame(&mut s).expect("a produce answer");
     let r: ProduceResponse = answer(ApiKey::Produce, 8, body);
     let p = &r.responses[0].partition_responses[0];
@@ -298,5 +310,39 @@ fn an_idempotent_batch_ahead_of_its_sequence_is_retriable_and_not_stored() {
         values.extend(read.iter().map(|m| m.value.to_vec()));
     }
     assert_eq!(values, [b"a", b"b", b"c", b"d", b"e"].map(|v| v.to_vec()));
+    cluster.kill(1);
+}
+
+#[test]
+fn acks_1_answers_carry_the_offsets_the_batches_get() {
+    let (mut cluster, rt, client) = one_node_with_topic_t();
+    let first = produce_answer_with_acks(&cluster, "t", kafka_batch(&["a", "b", "c"]), 1);
+    let second = produce_answer_with_acks(&cluster, "t", kafka_batch(&["d", "e"]), 1);
+    assert_eq!((first.0, first.1), (0, 0), "{first:?}");
+    assert_eq!((second.0, second.1), (0, 3), "{second:?}");
+    // And they are stored there.
+    let mut consumer = raftmq_client::Consumer::new(&client);
+    rt.block_on(consumer.assign("t", &[0])).expect("assign");
+    let mut got = Vec::new();
+    for _ in 0..50 {
+        got.extend(rt.block_on(consumer.poll()).expect("poll"));
+        if got.len() >= 5 {
+            break;
+        }
+    }
+    let stored: Vec<(u64, String)> = got
+        .iter()
+        .map(|m| (m.offset, String::from_utf8(m.value.to_vec()).unwrap()))
+        .collect();
+    assert_eq!(
+        stored,
+        vec![
+            (0, "a".into()),
+            (1, "b".into()),
+            (2, "c".into()),
+            (3, "d".into()),
+            (4, "e".into())
+        ]
+    );
     cluster.kill(1);
 }

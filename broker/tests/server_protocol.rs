@@ -295,31 +295,71 @@ async fn acknowledged_data_survives_a_restart() {
 }
 
 #[tokio::test]
-async fn acks_leader_answers_before_offsets_are_known_and_the_batch_still_commits() {
+async fn acks_leader_answers_before_the_commit_with_the_offsets_the_batches_get() {
     let dir = tempfile::tempdir().unwrap();
     let broker = start_broker(dir.path()).await;
     let mut conn = Conn::connect(&broker).await;
     create_topic(&mut conn, "t", 1).await;
-    let response = conn
-        .call(Req::Produce(pb::ProduceRequest {
+    let quick = |batch: Bytes| {
+        Req::Produce(pb::ProduceRequest {
             topic: "t".into(),
             queue: 0,
             acks: pb::Acks::Leader as i32,
-            batch: batch(&["quick", "ack"]),
-        }))
+            batch,
+        })
+    };
+    // Pipelined: the second is appended before the first is applied.
+    let first = conn.send(quick(batch(&["quick", "ack"]))).await;
+    let second = conn.send(quick(batch(&["and", "two", "more"]))).await;
+    let mut answers = std::collections::HashMap::new();
+    for _ in 0..2 {
+        let r = conn.recv().await;
+        answers.insert(r.correlation_id, r);
+    }
+    for (id, expected) in [(first, (0, 2)), (second, (2, 3))] {
+        match &answers[&id].body {
+            Some(Resp::Produce(p)) => assert_eq!((p.base_offset, p.count), expected),
+            other => panic!("{other:?}"),
+        }
+    }
+    // An idempotent producer's batch may still be refused when applied: its offset
+    // is not promised.
+    let init = conn
+        .call(Req::InitProducer(pb::InitProducerRequest {}))
         .await;
-    match &response.body {
+    let Some(Resp::InitProducer(p)) = init.body else {
+        panic!("{init:?}")
+    };
+    let mut b = BatchBuilder::with_capacity(256);
+    b.set_producer(p.producer_id, p.producer_epoch as u16, 0);
+    b.push(None, b"sequenced", &[], 1);
+    let idempotent = conn.call(quick(b.finish())).await;
+    match &idempotent.body {
         Some(Resp::Produce(p)) => {
-            assert_eq!(p.count, 2);
-            assert_eq!(p.base_offset, raftmq_broker::node::UNKNOWN_OFFSET);
+            assert_eq!(p.base_offset, raftmq_broker::node::UNKNOWN_OFFSET)
         }
         other => panic!("{other:?}"),
     }
-    // The batch commits: a long poll sees it.
-    let fetched = conn.call(fetch("t", 0, 0, 5_000)).await;
+    // The batches commit where the answers said: a long poll sees them.
+    let mut values = Vec::new();
+    for _ in 0..50 {
+        let fetched = conn.call(fetch("t", 0, values.len() as u64, 5_000)).await;
+        let have = values.len() as u64;
+        values.extend(values_of(&fetched).into_iter().filter(|(o, _)| *o >= have));
+        if values.len() >= 6 {
+            break;
+        }
+    }
     assert_eq!(
-        values_of(&fetched),
-        vec![(0, "quick".into()), (1, "ack".into())]
+        values,
+        vec![
+            (0, "quick".into()),
+            (1, "ack".into()),
+            (2, "and".into()),
+            (3, "two".into()),
+            (4, "more".into()),
+            (5, "sequenced".into())
+        ]
     );
     broker.stop().await;
 }

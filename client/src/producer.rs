@@ -116,8 +116,11 @@ pub enum Acks {
     #[default]
     Quorum,
     /// Once the leader has written it to its own log (not replicated, not synced).
-    /// Offsets are assigned when the batch commits, after this answer: the
-    /// [`RecordMetadata::offset`] is then `u64::MAX` (unknown).
+    /// The leader answers with the offsets the batch will get, except for an
+    /// idempotent producer's batches (their sequence is checked when applied, so
+    /// the offsets are not promised) and right after a leader change: the
+    /// [`RecordMetadata::offset`] is then `u64::MAX` (unknown). The batch may still
+    /// be lost if the leader fails before a quorum holds it.
     Leader,
 }
 
@@ -354,7 +357,7 @@ impl Future for DeliveryFuture {
         this.ack.poll_outcome(cx).map(|outcome| match outcome {
             Ok(base_offset) => Ok(RecordMetadata {
                 queue: this.queue,
-                // `acks=leader` answers before offsets exist: u64::MAX stays "unknown".
+                // An unknown offset (`acks=leader`): u64::MAX stays "unknown".
                 offset: base_offset.saturating_add(u64::from(this.index)),
                 timestamp_ms: this.timestamp_ms,
             }),

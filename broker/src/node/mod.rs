@@ -105,6 +105,8 @@ enum PendingKind {
     /// stored as pending.
     ProduceLeaderAck {
         count: u32,
+        /// The offset its first record will get, when the leader can tell.
+        base_offset: Option<u64>,
     },
     CreateTopic,
     DeleteTopic,
@@ -192,6 +194,10 @@ pub struct Node {
     /// it is applied the state machine may lag what earlier leaders committed, so
     /// the leader answers "not ready" instead of stale state.
     term_start: LogIndex,
+    /// Per (topic id, queue): where the batches this leader has appended but not
+    /// yet applied end, so that `acks=leader` answers carry their offsets (see
+    /// `requests.rs`). Cleared when the role changes.
+    projected: std::collections::HashMap<(u32, u32), requests::Projection>,
     /// Requests waiting for a read index or for the state machine to catch up.
     waiting: reads::WaitingRequests,
     metrics: observe::NodeMetrics,
@@ -251,6 +257,7 @@ impl Node {
             groups: Coordinator::new(),
             started: Instant::now(),
             term_start: LogIndex(u64::MAX),
+            projected: std::collections::HashMap::new(),
             waiting: reads::WaitingRequests::default(),
             metrics: observe::NodeMetrics::disabled(),
             bootstrap,
@@ -517,6 +524,7 @@ impl Node {
             tracing::info!(role = %role_name(role), term = term.0, %leader, "raft role changed");
             self.snapshots.role_changed();
             self.metrics.role_changed(role, term);
+            self.projected.clear();
             if role == Role::Leader {
                 self.term_start = self.raft.log().last_index();
             } else {

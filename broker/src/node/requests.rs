@@ -14,10 +14,32 @@ use crate::directory::METADATA_GROUP;
 use crate::raft::{ProposeError, Role};
 use crate::response::Responder;
 use crate::state_machine::QueueState;
+use raftmq_store::LogIndex;
 
-/// `ProduceResponse.base_offset` under `acks=leader`: offsets are assigned when the
-/// batch commits, after the answer.
+/// `ProduceResponse.base_offset` under `acks=leader` when the leader cannot tell
+/// the offset yet (offsets are assigned when the batch is applied, after the
+/// answer): the batch comes from an idempotent producer (its sequence is checked
+/// only then, and a refused batch takes no offsets), or entries of an earlier
+/// leader are not applied yet.
 pub const UNKNOWN_OFFSET: u64 = u64::MAX;
+
+/// Where a queue's batches appended by this leader, and not yet applied, end.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Projection {
+    /// Its last such batch is at log index `index`; the next batch gets `next`.
+    Next { next: u64, index: LogIndex },
+    /// A batch at `index` may be refused when applied (an idempotent producer's):
+    /// offsets after it are known once it is applied.
+    Uncertain { index: LogIndex },
+}
+
+impl Projection {
+    fn index(self) -> LogIndex {
+        match self {
+            Projection::Next { index, .. } | Projection::Uncertain { index } => index,
+        }
+    }
+}
 
 impl Node {
     /// Serves a request from this node's state (see `reads.rs` for what waits first).
@@ -252,22 +274,25 @@ impl Node {
         body: Bytes,
         pending: PendingKind,
         reply: Responder,
-    ) {
+    ) -> Option<LogIndex> {
         if self.storage_failed {
-            return reply.error(pb::Error::new(
+            reply.error(pb::Error::new(
                 ErrorCode::StorageError,
                 "this broker cannot write its log",
             ));
+            return None;
         }
-        match self.raft.propose(kind, body) {
+        let proposed = self.raft.propose(kind, body);
+        let index = proposed.as_ref().ok().map(|(index, _)| *index);
+        match proposed {
             Ok((_, _)) if matches!(pending, PendingKind::ProduceLeaderAck { .. }) => {
-                // acks=leader: the batch is in the leader's log; its offsets are
-                // assigned when it commits, so they are not known yet.
-                let PendingKind::ProduceLeaderAck { count } = pending else {
+                // acks=leader: the batch is in the leader's log; it is answered
+                // now, with the offset it will get when that is known.
+                let PendingKind::ProduceLeaderAck { count, base_offset } = pending else {
                     unreachable!("matched above")
                 };
                 reply.ok(pb::response::Body::Produce(pb::ProduceResponse {
-                    base_offset: UNKNOWN_OFFSET,
+                    base_offset: base_offset.unwrap_or(UNKNOWN_OFFSET),
                     count,
                 }));
             }
@@ -283,6 +308,7 @@ impl Node {
             }
             Err(e) => reply.error(pb::Error::new(ErrorCode::Busy, e.to_string())),
         }
+        index
     }
 
     /// The proposal at `index` waits for its commit (or the request timeout).
@@ -317,6 +343,21 @@ impl Node {
         self.propose(EntryKind::Command, command.encode(), pending, reply);
     }
 
+    /// The offset the next batch appended to queue `key` will get, if this leader
+    /// can tell: every entry of earlier leaders is applied, and no batch of it
+    /// still to be applied may be refused.
+    fn projected_offset(&self, key: (u32, u32), applied_next: u64) -> Option<u64> {
+        if self.state.applied() < self.term_start {
+            return None;
+        }
+        match self.projected.get(&key) {
+            Some(p) if p.index() <= self.state.applied() => Some(applied_next),
+            Some(Projection::Next { next, .. }) => Some(*next),
+            Some(Projection::Uncertain { .. }) => None,
+            None => Some(applied_next),
+        }
+    }
+
     pub(super) fn produce(&mut self, req: pb::ProduceRequest, reply: Responder) {
         if self.raft.role() != Role::Leader {
             return reply.error(self.not_leader());
@@ -333,14 +374,32 @@ impl Node {
             // small and keep consumers, which let retention free space, working.
             return reply.error(pb::Error::new(ErrorCode::StorageError, why.clone()));
         }
+        let key = (topic.id, req.queue);
+        let applied_next = topic.queues[req.queue as usize].next_offset;
         let body = command::encode_messages(topic.id, req.queue, &req.batch);
+        let header = raftmq_proto::batch::parse_stored(&req.batch).ok();
+        let count = header.as_ref().map_or(0, |h| h.record_count);
+        // An idempotent producer's batch may be refused when applied (its sequence
+        // is checked then): where it ends is not known before.
+        let base_offset = match header {
+            Some(h) if h.producer_id == 0 => self.projected_offset(key, applied_next),
+            _ => None,
+        };
         let pending = if req.acks == pb::Acks::Leader as i32 {
-            let count = raftmq_proto::batch::parse_stored(&req.batch).map_or(0, |h| h.record_count);
-            PendingKind::ProduceLeaderAck { count }
+            PendingKind::ProduceLeaderAck { count, base_offset }
         } else {
             PendingKind::Produce
         };
-        self.propose(EntryKind::Messages, body, pending, reply);
+        if let Some(index) = self.propose(EntryKind::Messages, body, pending, reply) {
+            let projection = match base_offset {
+                Some(base) => Projection::Next {
+                    next: base + u64::from(count),
+                    index,
+                },
+                None => Projection::Uncertain { index },
+            };
+            self.projected.insert(key, projection);
+        }
     }
 
     pub(super) fn offset_commit(&mut self, req: pb::OffsetCommitRequest, reply: Responder) {

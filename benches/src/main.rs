@@ -87,6 +87,17 @@ enum AcksArg {
     Leader,
 }
 
+/// How the producers choose the queue of each message (the benchmark's messages
+/// have no key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum PartitionerArg {
+    /// One message to each queue in turn.
+    RoundRobin,
+    /// About one batch to a queue, then the next (`Partitioner::Sticky`).
+    Sticky,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 enum DurabilityArg {
@@ -163,6 +174,9 @@ struct Args {
     linger_ms: f64,
     #[arg(long, value_enum, default_value = "quorum")]
     acks: AcksArg,
+    /// How producers spread messages over the queues.
+    #[arg(long, value_enum, default_value = "round-robin")]
+    partitioner: PartitionerArg,
     /// Messages in flight per producer, each with its own acknowledgement.
     #[arg(long, default_value_t = 65_536)]
     window: usize,
@@ -423,7 +437,10 @@ async fn produce_phase(
                 AcksArg::Quorum => Acks::Quorum,
                 AcksArg::Leader => Acks::Leader,
             })
-            .partitioner(Partitioner::RoundRobin)
+            .partitioner(match args.partitioner {
+                PartitionerArg::RoundRobin => Partitioner::RoundRobin,
+                PartitionerArg::Sticky => Partitioner::Sticky,
+            })
             .compression(match args.compression {
                 CompressionArg::None => Compression::None,
                 CompressionArg::Lz4 => Compression::Lz4,

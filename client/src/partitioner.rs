@@ -1,6 +1,6 @@
 //! Choosing a queue for a message.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 /// How a [`Producer`](crate::Producer) picks the queue of a message that does not
 /// name one.
@@ -14,6 +14,13 @@ pub enum Partitioner {
     KeyHash,
     /// Every message goes round robin, keys ignored.
     RoundRobin,
+    /// Keyed messages as [`KeyHash`](Partitioner::KeyHash); messages without a key
+    /// stay on one queue until about one batch (`max_batch_bytes`) of them went
+    /// there, then move to the next queue (Kafka's "uniform sticky" partitioner,
+    /// KIP-794). Over time every queue gets the same share, and a producer writing
+    /// to thousands of queues sends full batches instead of one small batch per
+    /// queue; a few messages, though, all land on one queue.
+    Sticky,
 }
 
 /// Picks queues; shared by all sends of a producer.
@@ -21,21 +28,56 @@ pub enum Partitioner {
 pub(crate) struct QueueChooser {
     partitioner: Partitioner,
     next: AtomicU32,
+    /// [`Partitioner::Sticky`]: bytes sent to the current queue (`next`), and how
+    /// many before moving on.
+    sticky_bytes: AtomicUsize,
+    sticky_limit: usize,
 }
 
 impl QueueChooser {
+    #[cfg(test)]
     pub(crate) fn new(partitioner: Partitioner) -> Self {
+        Self::with_sticky_limit(partitioner, 256 * 1024)
+    }
+
+    /// A chooser whose [`Partitioner::Sticky`] moves on after `sticky_limit` bytes.
+    pub(crate) fn with_sticky_limit(partitioner: Partitioner, sticky_limit: usize) -> Self {
+        // Sticky producers start at a random queue, so that several of them do
+        // not fill the same queues in step.
+        let first = match partitioner {
+            Partitioner::Sticky => {
+                use std::hash::{BuildHasher, Hasher};
+                std::collections::hash_map::RandomState::new()
+                    .build_hasher()
+                    .finish() as u32
+            }
+            _ => 0,
+        };
         QueueChooser {
             partitioner,
-            next: AtomicU32::new(0),
+            next: AtomicU32::new(first),
+            sticky_bytes: AtomicUsize::new(0),
+            sticky_limit: sticky_limit.max(1),
         }
     }
 
-    /// The queue for a message with `key` in a topic of `queues` queues (> 0).
-    pub(crate) fn choose(&self, key: Option<&[u8]>, queues: u32) -> u32 {
+    /// The queue for a message with `key`, of `record_bytes` encoded, in a topic of
+    /// `queues` queues (> 0).
+    pub(crate) fn choose(&self, key: Option<&[u8]>, record_bytes: usize, queues: u32) -> u32 {
         debug_assert!(queues > 0);
         match (self.partitioner, key) {
-            (Partitioner::KeyHash, Some(key)) => key_queue(key, queues),
+            (Partitioner::KeyHash | Partitioner::Sticky, Some(key)) => key_queue(key, queues),
+            (Partitioner::Sticky, None) => {
+                // Concurrent senders may both see the limit passed and move on
+                // twice: the share stays even, which is all that matters here.
+                let queue = self.next.load(Ordering::Relaxed) % queues;
+                let sent = self.sticky_bytes.fetch_add(record_bytes, Ordering::Relaxed);
+                if sent + record_bytes >= self.sticky_limit {
+                    self.sticky_bytes.store(0, Ordering::Relaxed);
+                    self.next.fetch_add(1, Ordering::Relaxed);
+                }
+                queue
+            }
             _ => self.next.fetch_add(1, Ordering::Relaxed) % queues,
         }
     }
@@ -112,8 +154,8 @@ mod tests {
         let mut counts = [0u32; 8];
         for i in 0..8000u32 {
             let key = format!("user-{i}");
-            let q = chooser.choose(Some(key.as_bytes()), 8);
-            assert_eq!(q, chooser.choose(Some(key.as_bytes()), 8));
+            let q = chooser.choose(Some(key.as_bytes()), 10, 8);
+            assert_eq!(q, chooser.choose(Some(key.as_bytes()), 10, 8));
             counts[q as usize] += 1;
         }
         assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
@@ -122,10 +164,38 @@ mod tests {
     #[test]
     fn unkeyed_messages_go_round_robin() {
         let chooser = QueueChooser::new(Partitioner::KeyHash);
-        let queues: Vec<u32> = (0..6).map(|_| chooser.choose(None, 3)).collect();
+        let queues: Vec<u32> = (0..6).map(|_| chooser.choose(None, 10, 3)).collect();
         assert_eq!(queues, [0, 1, 2, 0, 1, 2]);
         let rr = QueueChooser::new(Partitioner::RoundRobin);
-        let queues: Vec<u32> = (0..4).map(|_| rr.choose(Some(b"k"), 2)).collect();
+        let queues: Vec<u32> = (0..4).map(|_| rr.choose(Some(b"k"), 10, 2)).collect();
         assert_eq!(queues, [0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn sticky_keeps_unkeyed_messages_together_for_a_batch_and_keys_where_they_hash() {
+        let chooser = QueueChooser::with_sticky_limit(Partitioner::Sticky, 100);
+        // 30-byte records: four fill the 100 bytes, then the next queue (from a
+        // random first one).
+        let queues: Vec<u32> = (0..12).map(|_| chooser.choose(None, 30, 3)).collect();
+        let first = queues[0];
+        let expected: Vec<u32> = (0..12).map(|i| (first + i / 4) % 3).collect();
+        assert_eq!(queues, expected);
+        assert_eq!(chooser.choose(None, 30, 3), first, "round the queues");
+        // Keys still choose by hash, and do not move the sticky queue on.
+        for i in 0..100u32 {
+            let key = format!("user-{i}");
+            assert_eq!(
+                chooser.choose(Some(key.as_bytes()), 30, 8),
+                key_queue(key.as_bytes(), 8)
+            );
+        }
+        assert_eq!(chooser.choose(None, 30, 3), first);
+        // Every queue gets the same share over time.
+        let mut counts = [0u32; 4];
+        let even = QueueChooser::with_sticky_limit(Partitioner::Sticky, 1000);
+        for _ in 0..40_000 {
+            counts[even.choose(None, 100, 4) as usize] += 1;
+        }
+        assert_eq!(counts, [10_000; 4]);
     }
 }

@@ -582,7 +582,10 @@ impl Producer {
         };
         Ok(Producer {
             inner: Arc::new(ProducerInner {
-                chooser: QueueChooser::new(config.partitioner),
+                chooser: QueueChooser::with_sticky_limit(
+                    config.partitioner,
+                    config.max_batch_bytes,
+                ),
                 client,
                 config: Arc::new(config),
                 identity,
@@ -629,8 +632,13 @@ impl Producer {
         Ok(record_bytes)
     }
 
-    /// The queue of `message` in `topic`.
-    fn choose_queue(&self, topic: &TopicQueues, message: &Message) -> Result<u32, ClientError> {
+    /// The queue of `message` (`record_bytes` encoded) in `topic`.
+    fn choose_queue(
+        &self,
+        topic: &TopicQueues,
+        message: &Message,
+        record_bytes: usize,
+    ) -> Result<u32, ClientError> {
         let queues = topic.queues;
         match message.queue {
             Some(q) if q >= queues => Err(ClientError::InvalidArgument(format!(
@@ -638,7 +646,10 @@ impl Producer {
                 message.topic
             ))),
             Some(q) => Ok(q),
-            None => Ok(self.inner.chooser.choose(message.key.as_deref(), queues)),
+            None => Ok(self
+                .inner
+                .chooser
+                .choose(message.key.as_deref(), record_bytes, queues)),
         }
     }
 
@@ -657,7 +668,7 @@ impl Producer {
         let Some(topic) = self.cached_topic(&message.topic) else {
             return Ok(Err((message, None)));
         };
-        let queue = self.choose_queue(&topic, &message)?;
+        let queue = self.choose_queue(&topic, &message, record_bytes)?;
         let shared = topic.slots[queue as usize].get_or_init(|| self.start_queue(&topic, queue));
         let mut state = lock(&shared.state);
         if state.closed || state.worker_exited {
@@ -685,7 +696,7 @@ impl Producer {
         let topic = self.topic(&message.topic).await?;
         let queue = match queue {
             Some(q) if q < topic.queues => q,
-            _ => self.choose_queue(&topic, &message)?,
+            _ => self.choose_queue(&topic, &message, record_bytes)?,
         };
         let shared = topic.slots[queue as usize].get_or_init(|| self.start_queue(&topic, queue));
         loop {

@@ -190,8 +190,8 @@ struct Inner {
     cluster_id: AtomicU64,
     /// Turns over the replicas asked for a group whose leader is unknown.
     turn: AtomicU64,
-    /// One produce lane per broker address (see `lane.rs`).
-    lanes: Mutex<HashMap<String, Arc<crate::lane::ProduceLane>>>,
+    /// One produce lane per broker address and group (see `lane.rs`).
+    lanes: Mutex<HashMap<(String, u32), Arc<crate::lane::ProduceLane>>>,
 }
 
 /// A handle to a raftmq cluster. Cheap to clone; clones share connections and
@@ -598,11 +598,15 @@ impl Client {
         request: pb::ProduceRequest,
     ) -> Result<response::Body, ClientError> {
         let address = self.resolve(target).await?;
+        let group = match target {
+            Target::Group(g) => *g,
+            _ => 0,
+        };
         let lane = {
             let mut lanes = self.inner.lanes.lock().unwrap_or_else(|e| e.into_inner());
             Arc::clone(
                 lanes
-                    .entry(address.clone())
+                    .entry((address.clone(), group))
                     .or_insert_with(|| Arc::new(crate::lane::ProduceLane::new(address.clone()))),
             )
         };
@@ -617,6 +621,11 @@ impl Client {
     /// The request timeout of this client.
     pub(crate) fn request_timeout(&self) -> Duration {
         self.inner.config.request_timeout
+    }
+
+    /// The largest frame this client sends or reads.
+    pub(crate) fn max_frame_bytes(&self) -> usize {
+        self.inner.config.max_frame_bytes
     }
 
     /// Follows what an answer from `address` for `target` says of its leader: on

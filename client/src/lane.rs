@@ -1,24 +1,28 @@
-//! One produce lane per broker address: the batches every queue worker of a client
-//! sends to that broker go out together, one `ProduceMany` request carrying the
-//! batches of many queues, with at most [`LANE_REQUESTS_IN_FLIGHT`] requests out at
-//! once.
+//! One produce lane per (broker address, Raft group): the batches every queue
+//! worker of a client sends to that group's leader go out together, one
+//! `ProduceMany` request carrying the batches of many queues, with at most
+//! [`LANE_REQUESTS_IN_FLIGHT`] requests out at once.
 //!
 //! A producer writing to thousands of queues otherwise sends one request per
 //! batch, each a handful of records: the request, its answer and the broker's
 //! handling of them cost more than the records. While the lane's requests are out,
-//! the batches handed to it wait and leave together in the next request, and the
-//! queue workers (whose in-flight window the waiting batches fill) let their open
-//! batches grow meanwhile: the busier the broker, the bigger the requests and the
-//! batches, as Kafka's sender does with `max.in.flight.requests.per.connection`.
+//! the batches handed to it wait and leave together in the next request (up to half
+//! the client's `max_frame_bytes` of batches; the broker's frame limit should be
+//! no lower, as for fetch answers), as Kafka's sender does with
+//! `max.in.flight.requests.per.connection`. A lane per group, not per broker: the
+//! broker answers a request once all its parts are answered, so a group that is
+//! slow to commit (a lost quorum, a slow disk) holds up only its own queues.
 //!
-//! Order: a queue's batches are handed to the lane in order, leave in that order
-//! (the requests of one connection are read in order by the broker, and the parts
-//! of a request are handed to their groups in order), so the broker sees them in
-//! the order the worker sent them. A single batch goes as a plain `Produce`, and a
-//! broker that does not know `ProduceMany` (an older version during a rolling
-//! upgrade) gets plain produces from then on.
+//! Order: a queue's batches are handed to the lane in order and leave in that order
+//! (one task writes the lane's requests; the broker reads a connection's requests
+//! in order and hands the parts of a request to their group in order), so the
+//! broker sees them in the order the worker sent them. A single batch goes as a
+//! plain `Produce`. The first multi-queue request to a broker is a probe: the lane
+//! waits for its answer before sending anything else, and a broker that does not
+//! know `ProduceMany` (an older version during a rolling upgrade) gets the probe's
+//! batches again as plain produces, in order, and plain produces from then on.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::future::BoxFuture;
@@ -28,6 +32,7 @@ use raftmq_proto::pb::ErrorCode;
 use raftmq_proto::pb::{self, request, response};
 use tokio::sync::{oneshot, Notify};
 
+use crate::conn::Connection;
 use crate::{Client, ClientError};
 
 /// Requests a lane keeps out at once (Kafka's default per connection).
@@ -35,20 +40,25 @@ pub(crate) const LANE_REQUESTS_IN_FLIGHT: usize = 5;
 
 type PartAnswer = Result<pb::Response, ClientError>;
 
+/// Whether the broker takes `ProduceMany` ([`ProduceLane::support`]).
+const SUPPORT_UNKNOWN: u8 = 0;
+const SUPPORT_MANY: u8 = 1;
+const SUPPORT_SINGLE: u8 = 2;
+
 /// A batch waiting for its request, with where its answer goes.
 struct Part {
     request: pb::ProduceRequest,
     answer: oneshot::Sender<PartAnswer>,
 }
 
-/// The produce lane of one broker address.
+/// The produce lane of one broker address and group.
 pub(crate) struct ProduceLane {
     address: String,
     state: Mutex<LaneState>,
     /// Wakes the lane's task for new batches.
     work: Notify,
-    /// The broker answered `ProduceMany` as an unknown request: plain produces.
-    single_flag: Arc<AtomicBool>,
+    /// Whether the broker takes `ProduceMany` (`SUPPORT_*`).
+    support: Arc<AtomicU8>,
 }
 
 #[derive(Default)]
@@ -58,13 +68,39 @@ struct LaneState {
     running: bool,
 }
 
+/// Ends the lane's task however it ends: dropped without finishing (its runtime
+/// shutting down), it lets a later batch start a new task and fails the batches
+/// waiting, which would otherwise never be answered.
+struct LaneExit<'a> {
+    lane: &'a ProduceLane,
+    finished: bool,
+}
+
+impl Drop for LaneExit<'_> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let waiting = {
+            let mut state = self.lane.state();
+            state.running = false;
+            std::mem::take(&mut state.waiting)
+        };
+        for part in waiting {
+            let _ = part.answer.send(Err(ClientError::ConnectionClosed(
+                self.lane.address.clone(),
+            )));
+        }
+    }
+}
+
 impl ProduceLane {
     pub(crate) fn new(address: String) -> ProduceLane {
         ProduceLane {
             address,
             state: Mutex::new(LaneState::default()),
             work: Notify::new(),
-            single_flag: Arc::new(AtomicBool::new(false)),
+            support: Arc::new(AtomicU8::new(SUPPORT_UNKNOWN)),
         }
     }
 
@@ -99,16 +135,22 @@ impl ProduceLane {
     /// than [`LANE_REQUESTS_IN_FLIGHT`] are out (one task, so requests leave in
     /// the order their batches came), and hands the answers out.
     async fn run(self: Arc<Self>, client: Client) {
+        let mut exit = LaneExit {
+            lane: &self,
+            finished: false,
+        };
+        let max_bytes = client.max_frame_bytes() / 2;
         let mut out = FuturesUnordered::new();
         loop {
             let parts = {
                 let mut state = self.state();
                 if state.waiting.is_empty() && out.is_empty() {
                     state.running = false;
+                    exit.finished = true;
                     return;
                 }
                 if out.len() < LANE_REQUESTS_IN_FLIGHT && !state.waiting.is_empty() {
-                    Some(std::mem::take(&mut state.waiting))
+                    Some(take_leading(&mut state.waiting, max_bytes))
                 } else {
                     None
                 }
@@ -133,95 +175,171 @@ impl ProduceLane {
         let conn = match client.connection(&self.address).await {
             Ok(conn) => conn,
             Err(e) => {
-                for part in parts {
-                    let _ = part.answer.send(Err(e.clone()));
-                }
+                fail_all(parts.into_iter().map(|p| p.answer), &e);
                 return Vec::new();
             }
         };
-        if parts.len() == 1 || self.single_flag.load(Ordering::Relaxed) {
-            let mut answers = Vec::with_capacity(parts.len());
-            for part in parts {
-                let body = request::Body::Produce(part.request);
-                match conn.send(body, timeout).await {
-                    Ok(pending) => answers.push(
-                        async move {
-                            let _ = part.answer.send(pending.answer(started + timeout).await);
-                        }
-                        .boxed(),
-                    ),
-                    Err(e) => {
-                        let _ = part.answer.send(Err(e));
-                    }
-                }
-            }
-            return answers;
+        let support = self.support.load(Ordering::Relaxed);
+        if parts.len() == 1 || support == SUPPORT_SINGLE {
+            return send_each(&conn, parts, started, timeout).await;
         }
+        // The first multi-queue request to this broker keeps copies of its batches
+        // to resend them one by one if it is refused.
+        let copies: Option<Vec<pb::ProduceRequest>> =
+            (support == SUPPORT_UNKNOWN).then(|| parts.iter().map(|p| p.request.clone()).collect());
         let (requests, answers): (Vec<_>, Vec<_>) =
             parts.into_iter().map(|p| (p.request, p.answer)).unzip();
         let body = request::Body::ProduceMany(pb::ProduceManyRequest { parts: requests });
         let pending = match conn.send(body, timeout).await {
             Ok(pending) => pending,
             Err(e) => {
-                for answer in answers {
-                    let _ = answer.send(Err(e.clone()));
-                }
+                fail_all(answers, &e);
                 return Vec::new();
             }
         };
-        let single = Arc::clone(&self.single_flag);
-        let address = self.address.clone();
-        vec![async move {
-            let outcome = pending.answer(started + timeout).await;
-            hand_out(answers, outcome, &single, &address);
+        let Some(copies) = copies else {
+            let support = Arc::clone(&self.support);
+            let address = self.address.clone();
+            return vec![async move {
+                let outcome = pending.answer(started + timeout).await;
+                hand_out(answers, outcome, &support, &address);
+            }
+            .boxed()];
+        };
+        // The probe: nothing else leaves until it is answered, so that a refusal
+        // can resend its batches before any later batch of the same queues.
+        let outcome = pending.answer(started + timeout).await;
+        match &outcome {
+            Ok(r) if refused_as_unknown(r) => {
+                self.support.store(SUPPORT_SINGLE, Ordering::Relaxed);
+                tracing::info!(
+                    address = %self.address,
+                    "the broker does not take multi-queue produce requests; sending one batch per request"
+                );
+                let parts = copies
+                    .into_iter()
+                    .zip(answers)
+                    .map(|(request, answer)| Part { request, answer })
+                    .collect();
+                send_each(&conn, parts, tokio::time::Instant::now(), timeout).await
+            }
+            Ok(r) => {
+                if matches!(r.body, Some(response::Body::ProduceMany(_))) {
+                    self.support.store(SUPPORT_MANY, Ordering::Relaxed);
+                }
+                hand_out(answers, outcome, &self.support, &self.address);
+                Vec::new()
+            }
+            Err(_) => {
+                hand_out(answers, outcome, &self.support, &self.address);
+                Vec::new()
+            }
         }
-        .boxed()]
     }
+}
+
+/// Takes the longest run of waiting batches from the front that stays within
+/// `max_bytes` (at least one batch).
+fn take_leading(waiting: &mut Vec<Part>, max_bytes: usize) -> Vec<Part> {
+    let mut bytes = 0;
+    let mut count = 0;
+    for part in waiting.iter() {
+        let size = part.request.batch.len();
+        if count > 0 && bytes + size > max_bytes {
+            break;
+        }
+        bytes += size;
+        count += 1;
+    }
+    if count == waiting.len() {
+        std::mem::take(waiting)
+    } else {
+        waiting.drain(..count).collect()
+    }
+}
+
+/// One plain produce per part, pipelined in order on `conn`; after a part that
+/// cannot be written, the rest are not sent (they fail the same way), so that no
+/// batch overtakes an earlier one.
+async fn send_each(
+    conn: &Connection,
+    parts: Vec<Part>,
+    started: tokio::time::Instant,
+    timeout: std::time::Duration,
+) -> Vec<BoxFuture<'static, ()>> {
+    let mut answers = Vec::with_capacity(parts.len());
+    let mut parts = parts.into_iter();
+    while let Some(part) = parts.next() {
+        let body = request::Body::Produce(part.request);
+        match conn.send(body, timeout).await {
+            Ok(pending) => answers.push(
+                async move {
+                    let _ = part.answer.send(pending.answer(started + timeout).await);
+                }
+                .boxed(),
+            ),
+            Err(e) => {
+                let _ = part.answer.send(Err(e.clone()));
+                fail_all(parts.map(|p| p.answer), &e);
+                break;
+            }
+        }
+    }
+    answers
+}
+
+fn fail_all(answers: impl IntoIterator<Item = oneshot::Sender<PartAnswer>>, e: &ClientError) {
+    for answer in answers {
+        let _ = answer.send(Err(e.clone()));
+    }
+}
+
+/// Whether `response` is a broker's answer to a request it does not know.
+fn refused_as_unknown(response: &pb::Response) -> bool {
+    response.body.is_none()
+        && response.error.as_ref().is_some_and(|e| {
+            e.code == ErrorCode::InvalidRequest as i32
+                || e.code == ErrorCode::UnsupportedVersion as i32
+        })
 }
 
 /// Gives each part of a multi-queue produce its answer from the envelope's.
 fn hand_out(
     answers: Vec<oneshot::Sender<PartAnswer>>,
     outcome: PartAnswer,
-    single: &AtomicBool,
+    support: &AtomicU8,
     address: &str,
 ) {
     let response = match outcome {
         Ok(response) => response,
-        Err(e) => {
-            for answer in answers {
-                let _ = answer.send(Err(e.clone()));
-            }
-            return;
-        }
+        Err(e) => return fail_all(answers, &e),
     };
+    if refused_as_unknown(&response) {
+        // A broker that took them before and no longer does (downgraded): nothing
+        // was stored. The batches are refused as busy, so their workers resend
+        // them, one per request from now on.
+        if support.swap(SUPPORT_SINGLE, Ordering::Relaxed) != SUPPORT_SINGLE {
+            tracing::info!(
+                %address,
+                "the broker no longer takes multi-queue produce requests; sending one batch per request"
+            );
+        }
+        for answer in answers {
+            let _ = answer.send(Ok(pb::Response {
+                correlation_id: 0,
+                error: Some(pb::Error::new(
+                    ErrorCode::Busy,
+                    "the broker does not take multi-queue produce requests; resend one batch per request",
+                )),
+                body: None,
+            }));
+        }
+        return;
+    }
     match (response.error, response.body) {
         (None, Some(response::Body::ProduceMany(many))) if many.results.len() == answers.len() => {
             for (answer, result) in answers.into_iter().zip(many.results) {
                 let _ = answer.send(Ok(part_response(result)));
-            }
-        }
-        (Some(e), None)
-            if e.code == ErrorCode::InvalidRequest as i32
-                || e.code == ErrorCode::UnsupportedVersion as i32 =>
-        {
-            // An older broker: nothing was stored. The batches are refused as
-            // busy, so their workers resend them, in order, one per request.
-            if !single.swap(true, Ordering::Relaxed) {
-                tracing::info!(
-                    %address, error = %e.message,
-                    "the broker does not take multi-queue produce requests; sending one batch per request"
-                );
-            }
-            for answer in answers {
-                let _ = answer.send(Ok(pb::Response {
-                    correlation_id: 0,
-                    error: Some(pb::Error::new(
-                        ErrorCode::Busy,
-                        "the broker does not take multi-queue produce requests; resend one batch per request",
-                    )),
-                    body: None,
-                }));
             }
         }
         (Some(e), body) => {
@@ -240,9 +358,7 @@ fn hand_out(
                 "a multi-queue produce of {} batches was not answered part by part",
                 answers.len()
             ));
-            for answer in answers {
-                let _ = answer.send(Err(e.clone()));
-            }
+            fail_all(answers, &e);
         }
     }
 }
@@ -261,5 +377,39 @@ fn part_response(result: pb::ProducePartResult) -> pb::Response {
         correlation_id: 0,
         error: result.error,
         body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(bytes: usize) -> Part {
+        Part {
+            request: pb::ProduceRequest {
+                batch: bytes::Bytes::from(vec![0u8; bytes]),
+                ..Default::default()
+            },
+            answer: oneshot::channel().0,
+        }
+    }
+
+    #[test]
+    fn a_request_takes_the_leading_batches_that_fit_and_at_least_one() {
+        let mut waiting: Vec<Part> = [400, 400, 300, 10].into_iter().map(part).collect();
+        assert_eq!(
+            take_leading(&mut waiting, 1000).len(),
+            2,
+            "400 + 400; 300 would pass"
+        );
+        assert_eq!(take_leading(&mut waiting, 1000).len(), 2, "300 + 10");
+        assert!(waiting.is_empty());
+        let mut big: Vec<Part> = [5000, 10].into_iter().map(part).collect();
+        assert_eq!(
+            take_leading(&mut big, 1000).len(),
+            1,
+            "a large batch goes alone"
+        );
+        assert_eq!(take_leading(&mut big, 1000).len(), 1);
     }
 }

@@ -23,8 +23,8 @@
 //! rename and the directory fsync take milliseconds for a small state and far more
 //! for one with many producer sessions and group offsets, and the group would stall
 //! for all of it. It counts as on disk (a place retention may cut) only once
-//! durable. Installing a leader's snapshot and retention wait for the writes still
-//! running, since they remove snapshot files. A snapshot received from the leader
+//! durable. Since they remove snapshot files, retention skips a round while a write
+//! runs, and installing a leader's snapshot (rare) and shutdown wait for it. A snapshot received from the leader
 //! is saved on the node task: the core may not reset the log to it before it is
 //! durable.
 
@@ -134,6 +134,10 @@ impl BackgroundSaves {
 
     fn is_running(&self, index: LogIndex) -> bool {
         self.lock().running.contains(&index)
+    }
+
+    fn any_running(&self) -> bool {
+        !self.lock().running.is_empty()
     }
 }
 
@@ -485,8 +489,12 @@ impl Node {
 
     /// Deletes the segments before `cut` (a segment base with a snapshot just before).
     fn compact_log(&mut self, cut: LogIndex) {
-        // Old snapshot files are removed below: none may be half written.
-        self.finish_snapshot_saves();
+        // Old snapshot files are removed below: none may be half written. Rather
+        // than wait for a write (tens of milliseconds for a large state), retention
+        // tries again at its next round.
+        if self.snapshots.saves.any_running() {
+            return;
+        }
         let base = cut.prev();
         let term = match self.snapshots.dir.load(base) {
             Ok((meta, _)) => meta.term,

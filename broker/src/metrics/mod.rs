@@ -771,7 +771,7 @@ fn describe_all() {
     );
     describe_counter!(
         "raftmq_produce_requests_total",
-        "Produce requests answered (any outcome)."
+        "Produce batches answered (any outcome); each part of a multi-queue request counts."
     );
     describe_counter!(
         "raftmq_produce_messages_total",

@@ -94,7 +94,8 @@ enum AcksArg {
 enum PartitionerArg {
     /// One message to each queue in turn.
     RoundRobin,
-    /// About one batch to a queue, then the next (`Partitioner::Sticky`).
+    /// `--sticky-bytes` to a queue, then the next (`Partitioner::Sticky`, the
+    /// producer's default).
     Sticky,
 }
 
@@ -175,8 +176,11 @@ struct Args {
     #[arg(long, value_enum, default_value = "quorum")]
     acks: AcksArg,
     /// How producers spread messages over the queues.
-    #[arg(long, value_enum, default_value = "round-robin")]
+    #[arg(long, value_enum, default_value = "sticky")]
     partitioner: PartitionerArg,
+    /// `--partitioner sticky`: bytes to one queue before the next.
+    #[arg(long, default_value_t = 64 * 1024)]
+    sticky_bytes: usize,
     /// Messages in flight per producer, each with its own acknowledgement.
     #[arg(long, default_value_t = 65_536)]
     window: usize,
@@ -441,6 +445,7 @@ async fn produce_phase(
                 PartitionerArg::RoundRobin => Partitioner::RoundRobin,
                 PartitionerArg::Sticky => Partitioner::Sticky,
             })
+            .sticky_bytes(args.sticky_bytes)
             .compression(match args.compression {
                 CompressionArg::None => Compression::None,
                 CompressionArg::Lz4 => Compression::Lz4,

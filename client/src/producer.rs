@@ -47,7 +47,8 @@ use crate::{Client, ClientConfig, ClientError, Partitioner, Target};
 pub struct Message {
     /// The topic.
     pub topic: String,
-    /// Optional key (chooses the queue under [`Partitioner::KeyHash`]).
+    /// Optional key (chooses the queue under [`Partitioner::Sticky`] and
+    /// [`Partitioner::KeyHash`]).
     pub key: Option<Bytes>,
     /// The value.
     pub value: Bytes,
@@ -166,8 +167,12 @@ pub struct ProducerConfig {
     /// Whether batches carry producer id, epoch and sequences so that the broker
     /// drops duplicates from retries. Default on.
     pub idempotent: bool,
-    /// How queues are chosen. Default key hash.
+    /// How queues are chosen. Default [`Partitioner::Sticky`]: keyed messages by
+    /// key hash, keyless ones `sticky_bytes` at a time to each queue in turn.
     pub partitioner: Partitioner,
+    /// [`Partitioner::Sticky`]: bytes of keyless messages sent to one queue before
+    /// the next. Default 64 KiB.
+    pub sticky_bytes: usize,
     /// Attempts after the first for one batch. Default: the client's `max_retries`.
     pub max_retries: Option<u32>,
     /// How each batch's records are compressed (stored and replicated compressed,
@@ -187,7 +192,8 @@ impl Default for ProducerConfig {
             queue_buffer_messages: 8192,
             acks: Acks::Quorum,
             idempotent: true,
-            partitioner: Partitioner::KeyHash,
+            partitioner: Partitioner::Sticky,
+            sticky_bytes: 64 * 1024,
             max_retries: None,
             compression: Compression::None,
         }
@@ -247,6 +253,11 @@ impl ProducerBuilder {
     /// Sets [`ProducerConfig::partitioner`].
     pub fn partitioner(mut self, partitioner: Partitioner) -> Self {
         self.config.partitioner = partitioner;
+        self
+    }
+    /// Sets [`ProducerConfig::sticky_bytes`] (at least 1).
+    pub fn sticky_bytes(mut self, bytes: usize) -> Self {
+        self.config.sticky_bytes = bytes.max(1);
         self
     }
     /// Sets [`ProducerConfig::compression`].
@@ -582,10 +593,7 @@ impl Producer {
         };
         Ok(Producer {
             inner: Arc::new(ProducerInner {
-                chooser: QueueChooser::with_sticky_limit(
-                    config.partitioner,
-                    config.max_batch_bytes,
-                ),
+                chooser: QueueChooser::with_sticky_limit(config.partitioner, config.sticky_bytes),
                 client,
                 config: Arc::new(config),
                 identity,

@@ -275,3 +275,47 @@ async fn cluster_add_data_groups_prints_the_new_groups_and_refusals_as_errors() 
     assert!(!ok);
     assert!(err.contains("invalid value"), "{err}");
 }
+
+/// The `messages` column of `topic describe`, per queue.
+fn queue_counts(describe: &str) -> Vec<u64> {
+    describe
+        .lines()
+        .skip_while(|line| !line.starts_with("queue\t"))
+        .skip(1)
+        .map(|line| line.split('\t').nth(3).expect("a messages column"))
+        .map(|n| n.parse().expect("a count"))
+        .collect()
+}
+
+#[tokio::test]
+async fn produce_sticks_to_one_queue_by_default_and_spreads_every_line_on_request() {
+    let cluster = FakeCluster::start(1).await;
+    let address = cluster.address(0);
+    let (ok, _, err) = raftmq(&address, &["topic", "create", "spread", "--queues", "4"], "").await;
+    assert!(ok, "{err}");
+
+    let lines: String = (0..40).map(|i| format!("line {i}\n")).collect();
+    let (ok, _, err) = raftmq(&address, &["produce", "spread"], &lines).await;
+    assert!(ok, "{err}");
+    let (ok, out, err) = raftmq(&address, &["topic", "describe", "spread"], "").await;
+    assert!(ok, "{err}");
+    let mut counts = queue_counts(&out);
+    counts.sort_unstable();
+    assert_eq!(counts, [0, 0, 0, 40], "40 short lines stay on one queue: {out}");
+
+    let (ok, _, err) = raftmq(
+        &address,
+        &["produce", "spread", "--partitioner", "round-robin"],
+        &lines,
+    )
+    .await;
+    assert!(ok, "{err}");
+    let (ok, out, err) = raftmq(&address, &["topic", "describe", "spread"], "").await;
+    assert!(ok, "{err}");
+    let counts = queue_counts(&out);
+    assert_eq!(counts.iter().sum::<u64>(), 80, "{out}");
+    assert!(
+        counts.iter().all(|&n| n == 10 || n == 50),
+        "round robin gives each queue 10 more: {out}"
+    );
+}

@@ -36,7 +36,7 @@ macro_rules! out {
 use clap::{Parser, Subcommand, ValueEnum};
 use raftmq_client::{
     Acks, Admin, Client, ClientConfig, Compression, ConsumedMessage, Consumer, ConsumerConfig,
-    GroupConfig, GroupConsumer, Message, OffsetReset, Producer, SeekTo, ServerError,
+    GroupConfig, GroupConsumer, Message, OffsetReset, Partitioner, Producer, SeekTo, ServerError,
 };
 
 #[derive(Parser)]
@@ -115,6 +115,10 @@ enum Command {
         /// Send every message to this queue.
         #[arg(long)]
         queue: Option<u32>,
+        /// How messages without a key (and without --queue) are spread over the
+        /// topic's queues.
+        #[arg(long, value_enum, default_value_t = PartitionerArg::Sticky)]
+        partitioner: PartitionerArg,
         /// Acknowledgement level.
         #[arg(long, value_enum, default_value_t = AcksArg::Quorum)]
         acks: AcksArg,
@@ -472,6 +476,15 @@ fn parse_delimiter(s: &str) -> std::result::Result<u8, String> {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum PartitionerArg {
+    /// 64 KiB of messages to one queue, then the next (the producer's default:
+    /// large batches, every queue the same share over time).
+    Sticky,
+    /// One message to each queue in turn.
+    RoundRobin,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum AcksArg {
     Leader,
     Quorum,
@@ -606,6 +619,7 @@ async fn run() -> Result<()> {
             key_delimiter,
             headers,
             queue,
+            partitioner,
             acks,
             compression,
             delimiter,
@@ -615,6 +629,10 @@ async fn run() -> Result<()> {
                 key_delimiter,
                 headers: parse_headers(&headers)?,
                 queue,
+                partitioner: match partitioner {
+                    PartitionerArg::Sticky => Partitioner::Sticky,
+                    PartitionerArg::RoundRobin => Partitioner::RoundRobin,
+                },
             };
             let compression = match compression {
                 CompressionArg::None => Compression::None,
@@ -861,6 +879,7 @@ struct Shape {
     key_delimiter: Option<String>,
     headers: Vec<(String, String)>,
     queue: Option<u32>,
+    partitioner: Partitioner,
 }
 
 /// `KEY=VALUE` headers.
@@ -937,6 +956,7 @@ async fn produce(
     };
     let producer = Producer::builder(client)
         .acks(acks)
+        .partitioner(shape.partitioner)
         .compression(compression)
         .build()
         .await?;

@@ -291,7 +291,12 @@ fn queue_counts(describe: &str) -> Vec<u64> {
 async fn produce_sticks_to_one_queue_by_default_and_spreads_every_line_on_request() {
     let cluster = FakeCluster::start(1).await;
     let address = cluster.address(0);
-    let (ok, _, err) = raftmq(&address, &["topic", "create", "spread", "--queues", "4"], "").await;
+    let (ok, _, err) = raftmq(
+        &address,
+        &["topic", "create", "spread", "--queues", "4"],
+        "",
+    )
+    .await;
     assert!(ok, "{err}");
 
     let lines: String = (0..40).map(|i| format!("line {i}\n")).collect();
@@ -301,7 +306,11 @@ async fn produce_sticks_to_one_queue_by_default_and_spreads_every_line_on_reques
     assert!(ok, "{err}");
     let mut counts = queue_counts(&out);
     counts.sort_unstable();
-    assert_eq!(counts, [0, 0, 0, 40], "40 short lines stay on one queue: {out}");
+    assert_eq!(
+        counts,
+        [0, 0, 0, 40],
+        "40 short lines stay on one queue: {out}"
+    );
 
     let (ok, _, err) = raftmq(
         &address,

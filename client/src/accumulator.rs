@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use raftmq_proto::batch::{BatchBuilder, Compression, HEADER_BYTES};
+use raftmq_proto::batch::{self, BatchBuilder, Compression, HEADER_BYTES};
 
 /// A record as the accumulator takes it.
 pub(crate) struct RecordRef<'a> {
@@ -59,6 +59,26 @@ pub(crate) struct SealedBatch<A> {
     /// Some failed attempt may have stored the batch (a timeout, a connection lost
     /// after sending): if it finally fails, its outcome is unknown, not "failed".
     pub(crate) outcome_unknown: bool,
+    /// The compression still to apply before the first send ([`Compression::None`]
+    /// once applied, or when the producer does not compress). Sealing does not
+    /// compress: it runs on the sender's path, under the queue's lock, and
+    /// compressing a batch of a megabyte takes about a millisecond, which the
+    /// producer's worker spends on another thread (see [`SealedBatch::compress`]).
+    pub(crate) compression: Compression,
+    /// Sealed batches of the queue are numbered in order: a batch taken out to be
+    /// compressed goes back in its place by this number.
+    pub(crate) seal_number: u64,
+}
+
+impl<A> SealedBatch<A> {
+    /// Applies the compression still due; the batch stays as is when it does not
+    /// shrink.
+    pub(crate) fn compress(&mut self) {
+        if self.compression != Compression::None {
+            self.bytes = batch::compress(&self.bytes, self.compression);
+            self.compression = Compression::None;
+        }
+    }
 }
 
 /// How much larger than `max_batch_bytes` the records of a compressed batch may be.
@@ -87,6 +107,8 @@ pub(crate) struct Accumulator<A> {
     next_sequence: u32,
     /// How sealed batches are compressed.
     compression: Compression,
+    /// Number of the next batch sealed.
+    next_seal: u64,
 }
 
 impl<A: Default> Accumulator<A> {
@@ -104,6 +126,7 @@ impl<A: Default> Accumulator<A> {
             producer,
             next_sequence: 0,
             compression: Compression::None,
+            next_seal: 0,
         }
     }
 
@@ -195,7 +218,9 @@ impl<A: Default> Accumulator<A> {
             }
             None => 0,
         };
-        let bytes = self.builder.finish_with(self.compression);
+        let bytes = self.builder.finish();
+        let seal_number = self.next_seal;
+        self.next_seal += 1;
         self.opened_at = None;
         let ack = self.ack.take();
         assert!(
@@ -211,6 +236,8 @@ impl<A: Default> Accumulator<A> {
             attempts: 0,
             retry: None,
             outcome_unknown: false,
+            compression: self.compression,
+            seal_number,
         })
     }
 }
@@ -247,7 +274,6 @@ impl<A> Accumulator<A> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use raftmq_proto::batch;
 
     fn rec(value: &[u8]) -> RecordRef<'_> {
         RecordRef {
@@ -328,7 +354,10 @@ mod tests {
             let (b, _) = acc.push(&rec(&value), rec(&value).encoded_bytes(), || now);
             sealed.extend(b);
         }
-        let first = sealed.first().expect("a batch was sealed");
+        let first = sealed.first_mut().expect("a batch was sealed");
+        assert_eq!(first.bytes[17], 0, "sealed uncompressed");
+        first.compress();
+        assert_eq!(first.compression, Compression::None, "compressed once");
         assert!(
             first.record_count > 30,
             "records of {} B: {}",

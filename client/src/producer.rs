@@ -177,7 +177,9 @@ pub struct ProducerConfig {
     pub max_retries: Option<u32>,
     /// How each batch's records are compressed (stored and replicated compressed,
     /// decompressed by consumers). With compression a batch's records may fill 4
-    /// times `max_batch_bytes` (at most 4 MiB). Default none.
+    /// times `max_batch_bytes` (at most 4 MiB). Batches are compressed on a blocking
+    /// thread of the runtime (on a current-thread runtime, by the queue's worker
+    /// task), not on the task that calls `send`. Default none.
     pub compression: Compression,
 }
 
@@ -877,6 +879,9 @@ impl Producer {
             recovering: false,
             retry_at: None,
             adaptive: config.adaptive_linger,
+            compressing: None,
+            compress_off_task: tokio::runtime::Handle::current().runtime_flavor()
+                != tokio::runtime::RuntimeFlavor::CurrentThread,
         };
         tokio::spawn(worker.run());
         topics.queues.insert(key, Arc::clone(&shared));
@@ -909,6 +914,13 @@ struct QueueWorker {
     adaptive: bool,
     /// No send before this (backoff).
     retry_at: Option<tokio::time::Instant>,
+    /// The oldest unsent batch, being compressed on a blocking thread: nothing is
+    /// sent until it is back (in `pending`, in its place).
+    compressing: Option<tokio::task::JoinHandle<Batch>>,
+    /// Compress on a blocking thread (multi-threaded runtimes), so that the
+    /// application's task keeps encoding records meanwhile; on a current-thread
+    /// runtime the worker compresses itself.
+    compress_off_task: bool,
 }
 
 /// Marks the worker gone however it ends: senders and flushes stop waiting for it,
@@ -952,6 +964,7 @@ impl QueueWorker {
                 // requests are out (throughput), as Nagle's algorithm does.
                 let idle_queue = self.adaptive
                     && self.in_flight.is_empty()
+                    && self.compressing.is_none()
                     && self.failed.is_empty()
                     && self.retry_at.is_none();
                 if state.pending.is_empty()
@@ -963,6 +976,7 @@ impl QueueWorker {
                 let idle = state.acc.is_empty()
                     && state.pending.is_empty()
                     && self.in_flight.is_empty()
+                    && self.compressing.is_none()
                     && self.failed.is_empty();
                 if idle {
                     for w in state.flush_waiters.drain(..) {
@@ -993,6 +1007,17 @@ impl QueueWorker {
                 Some(attempt) = self.in_flight.next(), if !self.in_flight.is_empty() => {
                     self.complete(attempt);
                 }
+                compressed = join_compression(&mut self.compressing), if self.compressing.is_some() => {
+                    self.compressing = None;
+                    match compressed {
+                        Ok(batch) => {
+                            let mut state = lock(&shared.state);
+                            Self::put_back(&mut state, batch);
+                        }
+                        // The batch was dropped with the job: answered `Closed`.
+                        Err(e) => tracing::error!(error = %e, "compressing a batch failed"),
+                    }
+                }
                 _ = sleep_until(timer), if timer.is_some() => {}
                 _ = sleep_until(retry_at), if retry_at.is_some() => self.retry_at = None,
             }
@@ -1006,11 +1031,21 @@ impl QueueWorker {
         }
         let window = if self.recovering { 1 } else { self.window };
         let mut sent = false;
-        while self.in_flight.len() < window {
+        while self.in_flight.len() < window && self.compressing.is_none() {
             let Some(mut batch) = state.pending.pop_front() else {
                 break;
             };
             state.pending_records -= batch.record_count as usize;
+            if batch.compression != Compression::None {
+                if self.compress_off_task {
+                    self.compressing = Some(tokio::task::spawn_blocking(move || {
+                        batch.compress();
+                        batch
+                    }));
+                    break;
+                }
+                batch.compress();
+            }
             sent = true;
             batch.attempts += 1;
             if batch.retry.is_none() {
@@ -1032,6 +1067,18 @@ impl QueueWorker {
             }));
         }
         sent
+    }
+
+    /// Puts a batch taken out of `pending` back in its place (retries of older
+    /// batches may have gone to the front meanwhile).
+    fn put_back(state: &mut QueueState, batch: Batch) {
+        let at = state
+            .pending
+            .iter()
+            .position(|b| b.seal_number > batch.seal_number)
+            .unwrap_or(state.pending.len());
+        state.pending_records += batch.record_count as usize;
+        state.pending.insert(at, batch);
     }
 
     /// Closes the sequence gaps left by refused batches: the broker expects the
@@ -1163,6 +1210,16 @@ fn fail(batch: Batch, e: ClientError) {
     batch.ack.resolve(Err(e));
 }
 
+/// The batch a compression job gives back.
+async fn join_compression(
+    job: &mut Option<tokio::task::JoinHandle<Batch>>,
+) -> Result<Batch, tokio::task::JoinError> {
+    match job {
+        Some(job) => job.await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -1241,5 +1298,52 @@ mod tests {
             Poll::Ready(Err(ClientError::Closed)) => {}
             other => panic!("expected Closed, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_batch_back_from_compression_goes_behind_older_retries_and_before_newer_batches() {
+        let mut state = QueueState {
+            acc: Accumulator::new(256, Duration::from_secs(60), Some((7, 0)))
+                .with_compression(Compression::Lz4),
+            pending: VecDeque::new(),
+            pending_records: 0,
+            pending_batches_max: 8,
+            unsent_records_max: 1000,
+            clock: None,
+            flush_waiters: Vec::new(),
+            closed: false,
+            worker_exited: false,
+        };
+        let value = [1u8; 100];
+        let record = RecordRef {
+            key: None,
+            value: &value,
+            headers: &[],
+            timestamp_ms: 0,
+        };
+        for _ in 0..4 {
+            state
+                .acc
+                .push(&record, record.encoded_bytes(), Instant::now);
+            assert!(state.seal());
+        }
+        let records = state.pending_records;
+        let sent = state.pending.pop_front().expect("batch 0");
+        let compressing = state.pending.pop_front().expect("batch 1");
+        assert_eq!(
+            compressing.compression,
+            Compression::Lz4,
+            "sealed uncompressed"
+        );
+        state.pending_records -= sent.record_count as usize + compressing.record_count as usize;
+        // Batch 0 failed meanwhile and went back to the front to be resent first.
+        state.pending_records += sent.record_count as usize;
+        state.pending.push_front(sent);
+        QueueWorker::put_back(&mut state, compressing);
+        let order: Vec<u64> = state.pending.iter().map(|b| b.seal_number).collect();
+        assert_eq!(order, [0, 1, 2, 3]);
+        assert_eq!(state.pending_records, records);
+        let sequences: Vec<u32> = state.pending.iter().map(|b| b.sealed_sequence).collect();
+        assert_eq!(sequences, [0, 1, 2, 3], "in sequence order for the broker");
     }
 }

@@ -497,6 +497,39 @@ pub fn decompress(batch: &Bytes) -> Result<Bytes, BatchError> {
     Ok(out.freeze())
 }
 
+/// `batch` (sealed, uncompressed, as [`BatchBuilder::finish`] makes it) with its
+/// records compressed with `compression`: same header fields, a new length, the
+/// compression bits set and a new CRC. The batch itself when `compression` is
+/// [`Compression::None`], when it is already compressed or not a batch, or when
+/// compressing would not make it smaller. Lets a producer seal batches on its
+/// sending path and compress them elsewhere (another thread) before they are sent.
+pub fn compress(batch: &Bytes, compression: Compression) -> Bytes {
+    let Ok(header) = BatchHeader::parse(batch) else {
+        return batch.clone();
+    };
+    let end = header.length as usize;
+    if header.compression() != 0 || end != batch.len() || end <= HEADER_BYTES {
+        return batch.clone();
+    }
+    let records = &batch[HEADER_BYTES..end];
+    let Some(compressed) = compression.compress(records) else {
+        return batch.clone();
+    };
+    if compressed.len() + 4 >= records.len() {
+        return batch.clone();
+    }
+    let mut out = BytesMut::with_capacity(HEADER_BYTES + 4 + compressed.len());
+    out.extend_from_slice(&batch[..HEADER_BYTES]);
+    out.put_u32_le(records.len() as u32);
+    out.extend_from_slice(&compressed);
+    let length = out.len() as u32;
+    out[field::LENGTH..field::CRC].copy_from_slice(&length.to_le_bytes());
+    out[field::ATTRIBUTES] |= compression as u8;
+    let crc = crc32fast::hash(&out[CRC_START..]);
+    out[field::CRC..field::MAGIC].copy_from_slice(&crc.to_le_bytes());
+    out.freeze()
+}
+
 /// Positions of one record's fields inside its batch.
 struct RawRecord {
     index: u32,
@@ -1012,16 +1045,8 @@ impl BatchBuilder {
     pub fn finish_with(&mut self, compression: Compression) -> Bytes {
         // The next batch's room follows the records' size, not the compressed one.
         self.last_len = self.buf.len();
-        if let Some(compressed) = compression.compress(&self.buf[HEADER_BYTES..]) {
-            if compressed.len() + 4 < self.buf.len() - HEADER_BYTES {
-                let size = (self.buf.len() - HEADER_BYTES) as u32;
-                self.buf.truncate(HEADER_BYTES);
-                self.buf.put_u32_le(size);
-                self.buf.extend_from_slice(&compressed);
-                return self.seal(compression as u8);
-            }
-        }
-        self.seal(0)
+        let batch = self.seal(0);
+        compress(&batch, compression)
     }
 
     fn seal(&mut self, attributes: u8) -> Bytes {

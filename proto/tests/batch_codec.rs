@@ -503,3 +503,33 @@ fn compression_shrinks_repetitive_batches_and_corruption_is_reported_not_panicke
     let batch = build_compressed(&noise, batch::Compression::Lz4);
     assert_eq!(batch[17], 0, "no gain, no compression");
 }
+
+#[test]
+fn a_sealed_batch_compressed_later_equals_one_compressed_when_sealed() {
+    for compression in [batch::Compression::Lz4, batch::Compression::Zstd] {
+        let recs = compressible(300);
+        let sealed = build_with(&recs, Some((42, 3, 1000)), batch::Compression::None);
+        let later = batch::compress(&sealed, compression);
+        let at_once = build_with(&recs, Some((42, 3, 1000)), compression);
+        assert_eq!(later, at_once, "{compression:?}: the same bytes either way");
+        let header = validate(&later).expect("valid");
+        assert_eq!(
+            (
+                header.producer_id,
+                header.producer_epoch,
+                header.base_sequence
+            ),
+            (42, 3, 1000),
+            "the producer stamp survives"
+        );
+        assert_eq!(
+            batch::compress(&later, compression),
+            later,
+            "a compressed batch is left alone"
+        );
+    }
+    // Nothing to gain: the batch comes back as it was.
+    let tiny = small_batch();
+    assert_eq!(batch::compress(&tiny, batch::Compression::Lz4), tiny);
+    assert_eq!(batch::compress(&tiny, batch::Compression::None), tiny);
+}

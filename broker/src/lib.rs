@@ -24,6 +24,7 @@ pub mod config;
 pub mod consumer_group;
 pub mod data_dir_lock;
 pub mod directory;
+pub mod fetch_many;
 pub mod hard_state;
 pub mod host;
 pub mod join;

@@ -731,6 +731,24 @@ impl Connection {
                 pb::request::Body::ProduceMany(many) => {
                     submit_parts(&acting, many, reply, config, &metrics, started).await
                 }
+                pb::request::Body::FetchMany(many) => {
+                    // Its own task: the long poll must not hold up the requests
+                    // that follow on the connection.
+                    let service = acting.clone();
+                    let max_wait = u64::from(many.max_wait_ms).min(config.max_fetch_wait_ms) as u32;
+                    tokio::spawn(async move {
+                        let results = crate::fetch_many::fetch_many(
+                            &service,
+                            &many.parts,
+                            max_wait,
+                            many.min_bytes,
+                        )
+                        .await;
+                        let answer = crate::fetch_many::native_answer(results, many.max_bytes);
+                        reply.ok(pb::response::Body::FetchMany(answer));
+                    });
+                    true
+                }
                 body => acting.submit(body, reply).await,
             };
             if !accepted {
@@ -909,7 +927,10 @@ impl FetchQuota {
     /// pause it owes is added to `pause`.
     fn encode(&self, response: &pb::Response, pause: &mut std::time::Duration) -> bytes::Bytes {
         let bytes = bytes::Bytes::from(response.encode_to_vec());
-        if matches!(response.body, Some(pb::response::Body::Fetch(_))) {
+        if matches!(
+            response.body,
+            Some(pb::response::Body::Fetch(_) | pb::response::Body::FetchMany(_))
+        ) {
             let principal = self
                 .principal
                 .lock()

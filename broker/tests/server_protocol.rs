@@ -442,3 +442,139 @@ async fn a_multi_queue_produce_answers_each_part_as_a_produce_of_its_own() {
     }
     broker.stop().await;
 }
+
+fn fetch_part(topic: &str, queue: u32, offset: u64) -> pb::FetchRequest {
+    pb::FetchRequest {
+        topic: topic.into(),
+        queue,
+        offset,
+        max_bytes: 1 << 20,
+        ..pb::FetchRequest::default()
+    }
+}
+
+/// (error code, values) of each part of a multi-queue fetch answer.
+fn parts_of(response: &pb::Response) -> Vec<(ErrorCode, Vec<(u64, String)>)> {
+    let Some(Resp::FetchMany(many)) = &response.body else {
+        panic!("not a multi-queue fetch answer: {response:?}");
+    };
+    many.results
+        .iter()
+        .map(|r| {
+            let code = r.error.as_ref().map_or(ErrorCode::None, |e| {
+                ErrorCode::try_from(e.code).unwrap_or(ErrorCode::None)
+            });
+            let values = r.fetch.as_ref().map_or_else(Vec::new, |f| {
+                values_of(&pb::Response {
+                    body: Some(Resp::Fetch(f.clone())),
+                    ..pb::Response::default()
+                })
+            });
+            (code, values)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_multi_queue_fetch_reads_every_part_and_shares_one_long_poll() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path()).await;
+    let mut conn = Conn::connect(&broker).await;
+    let mut producer = Conn::connect(&broker).await;
+    create_topic(&mut conn, "t", 3).await;
+    for (queue, values) in [(0, &["a", "b"][..]), (2, &["x"][..])] {
+        let r = producer.call(produce("t", queue, batch(values))).await;
+        assert_eq!(code(&r), ErrorCode::None, "{r:?}");
+    }
+    let many = |parts: Vec<pb::FetchRequest>, max_wait_ms: u32, max_bytes: u32| {
+        Req::FetchMany(pb::FetchManyRequest {
+            parts,
+            max_wait_ms,
+            min_bytes: 1,
+            max_bytes,
+        })
+    };
+    // Data at once: every part answered, in order, errors alone.
+    let response = conn
+        .call(many(
+            vec![
+                fetch_part("t", 0, 1),
+                fetch_part("t", 1, 0),
+                fetch_part("missing", 0, 0),
+                fetch_part("t", 2, 0),
+                fetch_part("t", 7, 0),
+            ],
+            10_000,
+            1 << 20,
+        ))
+        .await;
+    assert_eq!(code(&response), ErrorCode::None, "{response:?}");
+    assert_eq!(
+        parts_of(&response),
+        vec![
+            // Whole batches: the one holding offset 1 starts at 0.
+            (ErrorCode::None, vec![(0, "a".into()), (1, "b".into())]),
+            (ErrorCode::None, vec![]),
+            (ErrorCode::UnknownTopic, vec![]),
+            (ErrorCode::None, vec![(0, "x".into())]),
+            (ErrorCode::InvalidQueue, vec![]),
+        ]
+    );
+
+    // A byte budget: the first part with data is served, later ones wait for the
+    // next request.
+    let response = conn
+        .call(many(
+            vec![fetch_part("t", 0, 0), fetch_part("t", 2, 0)],
+            0,
+            1,
+        ))
+        .await;
+    assert_eq!(
+        parts_of(&response),
+        vec![
+            (ErrorCode::None, vec![(0, "a".into()), (1, "b".into())]),
+            (ErrorCode::None, vec![]),
+        ]
+    );
+
+    // Nothing new anywhere: one long poll over every part, woken by a write to any.
+    let waiting = conn
+        .send(many(
+            vec![
+                fetch_part("t", 0, 2),
+                fetch_part("t", 1, 0),
+                fetch_part("t", 2, 1),
+            ],
+            10_000,
+            1 << 20,
+        ))
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let r = producer.call(produce("t", 1, batch(&["late"]))).await;
+    assert_eq!(code(&r), ErrorCode::None, "{r:?}");
+    let response = conn.recv().await;
+    assert_eq!(response.correlation_id, waiting);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "woken by the write, not the end of the wait"
+    );
+    assert_eq!(
+        parts_of(&response),
+        vec![
+            (ErrorCode::None, vec![]),
+            (ErrorCode::None, vec![(0, "late".into())]),
+            (ErrorCode::None, vec![]),
+        ]
+    );
+
+    // Nothing at all: answered empty at the end of the wait.
+    let started = std::time::Instant::now();
+    let response = conn
+        .call(many(vec![fetch_part("t", 2, 1)], 200, 1 << 20))
+        .await;
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    assert_eq!(parts_of(&response), vec![(ErrorCode::None, vec![])]);
+    broker.stop().await;
+}

@@ -43,6 +43,8 @@ pub enum ApiKey {
     AddDataGroups = 24,
     /// The batches of several queues (see `ProduceManyRequest`).
     ProduceMany = 25,
+    /// Reads of several queues with one long poll (see `FetchManyRequest`).
+    FetchMany = 26,
     /// Join a consumer group.
     JoinGroup = 30,
     /// Consumer-group heartbeat.
@@ -81,7 +83,7 @@ pub enum ApiKey {
 
 impl ApiKey {
     /// Every API key, in number order.
-    pub const ALL: [ApiKey; 33] = [
+    pub const ALL: [ApiKey; 34] = [
         ApiKey::CreateTopic,
         ApiKey::DeleteTopic,
         ApiKey::Metadata,
@@ -98,6 +100,7 @@ impl ApiKey {
         ApiKey::AdvertiseListeners,
         ApiKey::AddDataGroups,
         ApiKey::ProduceMany,
+        ApiKey::FetchMany,
         ApiKey::JoinGroup,
         ApiKey::Heartbeat,
         ApiKey::LeaveGroup,
@@ -145,6 +148,7 @@ impl ApiKey {
             ApiKey::MoveReplicas => "move_replicas",
             ApiKey::AddDataGroups => "add_data_groups",
             ApiKey::ProduceMany => "produce_many",
+            ApiKey::FetchMany => "fetch_many",
             ApiKey::AdvertiseListeners => "advertise_listeners",
             ApiKey::JoinGroup => "join_group",
             ApiKey::Heartbeat => "heartbeat",
@@ -193,6 +197,7 @@ impl request::Body {
             B::MoveReplicas(_) => ApiKey::MoveReplicas,
             B::AddDataGroups(_) => ApiKey::AddDataGroups,
             B::ProduceMany(_) => ApiKey::ProduceMany,
+            B::FetchMany(_) => ApiKey::FetchMany,
             B::AdvertiseListeners(_) => ApiKey::AdvertiseListeners,
             B::JoinGroup(_) => ApiKey::JoinGroup,
             B::Heartbeat(_) => ApiKey::Heartbeat,
@@ -235,6 +240,7 @@ impl response::Body {
             B::MoveReplicas(_) => ApiKey::MoveReplicas,
             B::AddDataGroups(_) => ApiKey::AddDataGroups,
             B::ProduceMany(_) => ApiKey::ProduceMany,
+            B::FetchMany(_) => ApiKey::FetchMany,
             B::AdvertiseListeners(_) => ApiKey::AdvertiseListeners,
             B::JoinGroup(_) => ApiKey::JoinGroup,
             B::Heartbeat(_) => ApiKey::Heartbeat,
@@ -328,6 +334,7 @@ mod tests {
         assert_eq!(ApiKey::from_u32(23), Some(ApiKey::AdvertiseListeners));
         assert_eq!(ApiKey::from_u32(24), Some(ApiKey::AddDataGroups));
         assert_eq!(ApiKey::from_u32(25), Some(ApiKey::ProduceMany));
-        assert_eq!(ApiKey::from_u32(26), None);
+        assert_eq!(ApiKey::from_u32(26), Some(ApiKey::FetchMany));
+        assert_eq!(ApiKey::from_u32(27), None);
     }
 }

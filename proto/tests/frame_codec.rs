@@ -97,6 +97,30 @@ fn every_request() -> Vec<Req> {
                 },
             ],
         }),
+        Req::FetchMany(pb::FetchManyRequest {
+            parts: vec![
+                pb::FetchRequest {
+                    topic: "orders".into(),
+                    queue: 1,
+                    offset: 42,
+                    max_bytes: 1 << 20,
+                    ..pb::FetchRequest::default()
+                },
+                pb::FetchRequest {
+                    topic: "audit".into(),
+                    queue: 7,
+                    offset: 0,
+                    max_bytes: 65_536,
+                    group: "billing".into(),
+                    member_id: "m-1".into(),
+                    generation: 3,
+                    ..pb::FetchRequest::default()
+                },
+            ],
+            max_wait_ms: 500,
+            min_bytes: 1,
+            max_bytes: 8 << 20,
+        }),
         Req::JoinGroup(pb::JoinGroupRequest {
             group: "g".into(),
             member_id: "m".into(),
@@ -308,6 +332,25 @@ fn every_response() -> Vec<Resp> {
                     base_offset: 0,
                     count: 0,
                     error: Some(pb::Error::new(pb::ErrorCode::UnknownTopic, "no topic")),
+                },
+            ],
+        }),
+        Resp::FetchMany(pb::FetchManyResponse {
+            results: vec![
+                pb::FetchPartResult {
+                    fetch: Some(pb::FetchResponse {
+                        batches: vec![pb::FetchedBatch {
+                            base_offset: 40,
+                            batch: bytes::Bytes::from_static(b"stored"),
+                        }],
+                        high_watermark: 43,
+                        log_start: 0,
+                    }),
+                    error: None,
+                },
+                pb::FetchPartResult {
+                    fetch: None,
+                    error: Some(pb::Error::new(pb::ErrorCode::NotLeader, "moved")),
                 },
             ],
         }),

@@ -178,6 +178,18 @@ pub fn fetch_for_native(response: &mut raftmq_proto::pb::Response) {
     let Some(pb::response::Body::Fetch(fetch)) = &mut response.body else {
         return;
     };
+    if let Err(error) = batches_for_native(fetch) {
+        response.body = None;
+        response.error = Some(error);
+    }
+}
+
+/// Rewrites, in place, every Kafka batch of one queue's fetch answer into raftmq's
+/// format; the `CORRUPT_BATCH` error naming the offset of a batch that cannot be.
+pub fn batches_for_native(
+    fetch: &mut raftmq_proto::pb::FetchResponse,
+) -> Result<(), raftmq_proto::pb::Error> {
+    use raftmq_proto::pb;
     for fetched in &mut fetch.batches {
         if batch::format_of(&fetched.batch) != Some(BatchFormat::Kafka) {
             continue;
@@ -185,16 +197,17 @@ pub fn fetch_for_native(response: &mut raftmq_proto::pb::Response) {
         match kafka_to_native(&fetched.batch) {
             Ok(native) => fetched.batch = native,
             Err(e) => {
-                let at = fetched.base_offset;
-                response.body = None;
-                response.error = Some(pb::Error::new(
+                return Err(pb::Error::new(
                     pb::ErrorCode::CorruptBatch,
-                    format!("the batch at offset {at} cannot be read: {e}"),
+                    format!(
+                        "the batch at offset {} cannot be read: {e}",
+                        fetched.base_offset
+                    ),
                 ));
-                return;
             }
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,10 +2,7 @@
 //! batch is validated here and stored as sent; fetches serve stored Kafka batches
 //! as they are (their base offset written in) and convert raftmq batches.
 
-use std::time::Duration;
-
 use bytes::BytesMut;
-use futures::stream::{FuturesUnordered, StreamExt};
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
@@ -229,35 +226,21 @@ impl Fetched {
     }
 }
 
-async fn fetch_one(
-    context: &KafkaContext,
-    topic_index: usize,
-    topic: String,
+/// A partition's fetch as a native part, or why it cannot be one.
+fn fetch_part(
+    topic: &str,
     partition: i32,
     offset: i64,
     max_bytes: i32,
-    max_wait_ms: u32,
-) -> Fetched {
-    let result = match (u32::try_from(partition), u64::try_from(offset)) {
-        (Ok(queue), Ok(offset)) => {
-            let body = pb::request::Body::Fetch(pb::FetchRequest {
-                topic,
-                queue,
-                offset,
-                max_bytes: max_bytes.max(1) as u32,
-                max_wait_ms,
-                min_bytes: 1,
-                ..pb::FetchRequest::default()
-            });
-            match context.service.call(body).await {
-                Ok(pb::response::Body::Fetch(f)) => Ok(f),
-                Ok(_) => Err(pb::Error::new(
-                    pb::ErrorCode::InvalidRequest,
-                    "unexpected answer",
-                )),
-                Err(f) => Err(f.error),
-            }
-        }
+) -> Result<pb::FetchRequest, pb::Error> {
+    match (u32::try_from(partition), u64::try_from(offset)) {
+        (Ok(queue), Ok(offset)) => Ok(pb::FetchRequest {
+            topic: topic.to_owned(),
+            queue,
+            offset,
+            max_bytes: max_bytes.max(1) as u32,
+            ..pb::FetchRequest::default()
+        }),
         (Err(_), _) => Err(pb::Error::new(
             pb::ErrorCode::InvalidQueue,
             "negative partition",
@@ -266,63 +249,52 @@ async fn fetch_one(
             pb::ErrorCode::OffsetOutOfRange,
             "negative offset",
         )),
-    };
-    Fetched {
-        topic: topic_index,
-        partition,
-        result,
     }
 }
 
 /// Reads every partition at once without waiting; if that finds less than
 /// `min_bytes`, long-polls them all and answers as soon as one has data (or the
-/// wait ends), re-reading the others without waiting.
+/// wait ends), re-reading the others without waiting (`crate::fetch_many`, shared
+/// with the native `FetchMany`).
 pub(super) async fn fetch(context: &KafkaContext, request: FetchRequest) -> FetchResponse {
     let max_wait =
         (request.max_wait_ms.max(0) as u64).min(context.service.config().max_fetch_wait_ms) as u32;
-    let wanted: Vec<(usize, String, i32, i64, i32)> = request
+    let slots: Vec<(usize, i32, Result<pb::FetchRequest, pb::Error>)> = request
         .topics
         .iter()
         .enumerate()
         .flat_map(|(i, t)| {
             t.partitions.iter().map(move |p| {
-                (
-                    i,
-                    t.topic.0.as_str().to_owned(),
+                let part = fetch_part(
+                    t.topic.0.as_str(),
                     p.partition,
                     p.fetch_offset,
                     p.partition_max_bytes,
-                )
+                );
+                (i, p.partition, part)
             })
         })
         .collect();
-    let read_all = |wait: u32| {
-        wanted
-            .iter()
-            .map(|(i, t, p, o, m)| fetch_one(context, *i, t.clone(), *p, *o, *m, wait))
-            .collect::<FuturesUnordered<_>>()
-    };
-    let mut fetched: Vec<Fetched> = read_all(0).collect().await;
-    let total: usize = fetched.iter().map(Fetched::bytes).sum();
-    if total < request.min_bytes.max(1) as usize && max_wait > 0 && !wanted.is_empty() {
-        let mut polls = read_all(max_wait);
-        let deadline = tokio::time::sleep(Duration::from_millis(u64::from(max_wait) + 100));
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                _ = &mut deadline => break,
-                next = polls.next() => match next {
-                    None => break,
-                    Some(f) if f.bytes() > 0 => {
-                        drop(polls);
-                        fetched = read_all(0).collect().await;
-                        break;
-                    }
-                    Some(_) => {}
-                },
-            }
-        }
-    }
+    let parts: Vec<pb::FetchRequest> = slots
+        .iter()
+        .filter_map(|(_, _, part)| part.as_ref().ok().cloned())
+        .collect();
+    let min_bytes = request.min_bytes.max(1) as u32;
+    let mut answers = crate::fetch_many::fetch_many(&context.service, &parts, max_wait, min_bytes)
+        .await
+        .into_iter();
+    let mut fetched: Vec<Fetched> = slots
+        .into_iter()
+        .map(|(topic, partition, part)| Fetched {
+            topic,
+            partition,
+            result: part.and_then(|_| {
+                answers
+                    .next()
+                    .unwrap_or_else(|| Err(pb::Error::new(pb::ErrorCode::NotReady, "no answer")))
+            }),
+        })
+        .collect();
     fetched.sort_by_key(|f| (f.topic, f.partition));
     let mut response = FetchResponse::default();
     let mut budget = request.max_bytes.max(1) as usize;

@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::BrokerMetrics;
 use crate::service::Service;
 
-pub use convert::fetch_for_native;
+pub use convert::{batches_for_native, fetch_for_native};
 
 /// Requests one connection may have in flight (their answers queue in order).
 const MAX_INFLIGHT_PER_CONNECTION: usize = 64;

@@ -60,6 +60,8 @@ pub enum Api {
     /// The envelope of several produce parts (each also counted as `Produce`).
     ProduceMany,
     Fetch,
+    /// The envelope of several queues' reads with one long poll.
+    FetchMany,
     CreateTopic,
     DeleteTopic,
     InitProducer,
@@ -103,6 +105,7 @@ impl Api {
         match body {
             B::Produce(_) => Api::Produce,
             B::ProduceMany(_) => Api::ProduceMany,
+            B::FetchMany(_) => Api::FetchMany,
             B::Fetch(_) => Api::Fetch,
             B::CreateTopic(_) => Api::CreateTopic,
             B::DeleteTopic(_) => Api::DeleteTopic,
@@ -142,6 +145,7 @@ impl Api {
         match self {
             Api::Produce => "produce",
             Api::ProduceMany => "produce_many",
+            Api::FetchMany => "fetch_many",
             Api::Fetch => "fetch",
             Api::CreateTopic => "create_topic",
             Api::DeleteTopic => "delete_topic",

@@ -62,6 +62,11 @@ impl Node {
                 ErrorCode::InvalidRequest,
                 "a multi-queue produce reached a group whole",
             )),
+            // The connection reads each part as a fetch of its own.
+            B::FetchMany(_) => reply.error(pb::Error::new(
+                ErrorCode::InvalidRequest,
+                "a multi-queue fetch reached a group whole",
+            )),
             B::Fetch(req) => self.fetch(req, reply),
             B::CreateTopic(req) => {
                 if self.state.topic(&req.name).is_some() {

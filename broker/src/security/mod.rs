@@ -207,6 +207,11 @@ impl Security {
                 .iter()
                 .try_for_each(|p| check(R::Topic, &p.topic, Op::Produce)),
             B::Fetch(r) => check(R::Topic, &r.topic, Op::Consume),
+            // Each part is authorized again as the fetch it becomes.
+            B::FetchMany(r) => r
+                .parts
+                .iter()
+                .try_for_each(|p| check(R::Topic, &p.topic, Op::Consume)),
             B::ListOffsets(r) => check(R::Topic, &r.topic, Op::Describe),
             B::CreateTopic(r) => {
                 check(R::Topic, &r.name, Op::Create).or_else(|e| cluster(Op::Create).map_err(|_| e))

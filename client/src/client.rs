@@ -667,6 +667,30 @@ impl Client {
         }
     }
 
+    /// Notes a failure one queue met inside a multi-queue request sent to
+    /// `target`: a named leader is used for the target's group from now on; any
+    /// other retriable failure sends the client back to metadata.
+    pub(crate) fn note_part_failure(&self, target: &Target, error: &ClientError) {
+        let group = match target {
+            Target::Leader => 0,
+            Target::Group(g) => *g,
+            _ => return,
+        };
+        let named = match error {
+            ClientError::Server(
+                ServerError::NotLeader { leader_address, .. }
+                | ServerError::NotReady { leader_address, .. },
+            ) => leader_address.clone(),
+            _ => None,
+        };
+        self.cache(|c| match named {
+            Some(address) => {
+                c.leaders.insert(group, address);
+            }
+            None => c.stale = true,
+        });
+    }
+
     /// Sends `body` to `target`, following `NotLeader` redirects and retrying
     /// retriable failures with jittered exponential backoff until
     /// [`retry_timeout`](ClientConfig::retry_timeout) (see `retry.rs`). A redirect

@@ -12,7 +12,7 @@ use raftmq_proto::pb::{self, request, response};
 use raftmq_proto::ServerError;
 
 use crate::client::unexpected;
-use crate::{Client, ClientError};
+use crate::{Client, ClientError, Target};
 
 /// A message read from a queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +96,9 @@ pub struct Consumer {
     positions: BTreeMap<u32, Option<u64>>,
     /// Group membership sent with every fetch, so the broker fences stale members.
     pub(crate) fencing: Option<Fencing>,
+    /// Whether the brokers take `FetchMany` (`None` until one answered one): a
+    /// consumer of several queues reads all of a leader's queues with one request.
+    fetch_many: Option<bool>,
 }
 
 /// A consumer-group member's identity, sent with fetches.
@@ -120,6 +123,7 @@ impl Consumer {
             topic: None,
             positions: BTreeMap::new(),
             fencing: None,
+            fetch_many: None,
         }
     }
 
@@ -217,28 +221,13 @@ impl Consumer {
         if queues.is_empty() {
             return Err(ClientError::InvalidArgument("no queue assigned".into()));
         }
+        if queues.len() > 1 && self.fetch_many != Some(false) {
+            return self.poll_many(&topic, queues).await;
+        }
         let mut fetches = FuturesUnordered::new();
         for queue in queues {
             let offset = self.resolve_position(queue).await?;
-            let body = request::Body::Fetch(pb::FetchRequest {
-                topic: topic.to_string(),
-                queue,
-                offset,
-                max_bytes: self.config.max_bytes,
-                max_wait_ms: u32::try_from(self.config.max_wait.as_millis()).unwrap_or(u32::MAX),
-                min_bytes: self.config.min_bytes,
-                group: self
-                    .fencing
-                    .as_ref()
-                    .map(|f| f.group.clone())
-                    .unwrap_or_default(),
-                member_id: self
-                    .fencing
-                    .as_ref()
-                    .map(|f| f.member_id.clone())
-                    .unwrap_or_default(),
-                generation: self.fencing.as_ref().map_or(0, |f| f.generation),
-            });
+            let body = request::Body::Fetch(self.fetch_request(&topic, queue, offset));
             let client = self.client.clone();
             let topic = topic.clone();
             fetches.push(async move {
@@ -259,6 +248,134 @@ impl Consumer {
             }
         }
         Ok(out)
+    }
+
+    /// One queue's read as this consumer asks for it.
+    fn fetch_request(&self, topic: &str, queue: u32, offset: u64) -> pb::FetchRequest {
+        pb::FetchRequest {
+            topic: topic.to_string(),
+            queue,
+            offset,
+            max_bytes: self.config.max_bytes,
+            max_wait_ms: self.max_wait_ms(),
+            min_bytes: self.config.min_bytes,
+            group: self
+                .fencing
+                .as_ref()
+                .map(|f| f.group.clone())
+                .unwrap_or_default(),
+            member_id: self
+                .fencing
+                .as_ref()
+                .map(|f| f.member_id.clone())
+                .unwrap_or_default(),
+            generation: self.fencing.as_ref().map_or(0, |f| f.generation),
+        }
+    }
+
+    fn max_wait_ms(&self) -> u32 {
+        u32::try_from(self.config.max_wait.as_millis()).unwrap_or(u32::MAX)
+    }
+
+    /// [`poll`](Consumer::poll) of several queues: one `FetchMany` per leader,
+    /// each a single long poll over all of that leader's queues.
+    async fn poll_many(
+        &mut self,
+        topic: &Arc<str>,
+        queues: Vec<u32>,
+    ) -> Result<Vec<ConsumedMessage>, ClientError> {
+        let mut by_leader: Vec<(Target, Vec<(u32, u64)>)> = Vec::new();
+        for queue in queues {
+            let offset = self.resolve_position(queue).await?;
+            let target = self.client.queue_target(topic, queue).await;
+            match by_leader.iter_mut().find(|(t, _)| *t == target) {
+                Some((_, parts)) => parts.push((queue, offset)),
+                None => by_leader.push((target, vec![(queue, offset)])),
+            }
+        }
+        // What one answer may carry: well inside the frame limit.
+        let max_bytes = u32::try_from(self.client.max_frame_bytes() / 2)
+            .unwrap_or(u32::MAX)
+            .max(1);
+        let mut fetches = FuturesUnordered::new();
+        for (target, parts) in by_leader {
+            let body = request::Body::FetchMany(pb::FetchManyRequest {
+                parts: parts
+                    .iter()
+                    .map(|&(queue, offset)| self.fetch_request(topic, queue, offset))
+                    .collect(),
+                max_wait_ms: self.max_wait_ms(),
+                min_bytes: self.config.min_bytes,
+                max_bytes,
+            });
+            let client = self.client.clone();
+            fetches.push(async move {
+                let answer = client.request(target.clone(), body).await;
+                (target, parts, answer)
+            });
+        }
+        let mut out = Vec::new();
+        // As `poll`: the first answer with data, then whatever else is answered.
+        while let Some(answer) = fetches.next().await {
+            self.absorb_many(topic, answer, &mut out).await?;
+            if !out.is_empty() {
+                while let Some(Some(answer)) = fetches.next().now_or_never() {
+                    self.absorb_many(topic, answer, &mut out).await?;
+                }
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn absorb_many(
+        &mut self,
+        topic: &Arc<str>,
+        (target, parts, answer): (Target, Vec<(u32, u64)>, Result<response::Body, ClientError>),
+        out: &mut Vec<ConsumedMessage>,
+    ) -> Result<(), ClientError> {
+        let many = match answer {
+            Ok(response::Body::FetchMany(many)) => many,
+            Ok(other) => return Err(unexpected("fetch_many", &other)),
+            Err(ClientError::Server(ServerError::InvalidRequest { .. }))
+                if self.fetch_many.is_none() =>
+            {
+                // A broker of an earlier version: one fetch per queue from now on.
+                tracing::info!("the broker does not take multi-queue fetches: one per queue");
+                self.fetch_many = Some(false);
+                return Ok(());
+            }
+            Err(e) if e.is_retriable() => {
+                tracing::debug!(error = %e, "multi-queue fetch failed, retrying next poll");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        self.fetch_many = Some(true);
+        if many.results.len() != parts.len() {
+            return Err(ClientError::Protocol(format!(
+                "{} results for a fetch of {} queues",
+                many.results.len(),
+                parts.len()
+            )));
+        }
+        for ((queue, offset), result) in parts.into_iter().zip(many.results) {
+            let result = match (result.error, result.fetch) {
+                (Some(e), _) => Err(ClientError::Server(ServerError::from(e))),
+                (None, Some(fetch)) => Ok(response::Body::Fetch(fetch)),
+                (None, None) => Err(ClientError::Protocol(
+                    "a fetch result with neither data nor error".into(),
+                )),
+            };
+            match result {
+                Err(e) if e.is_retriable() => {
+                    // Moved or not ready: metadata says where it is now.
+                    self.client.note_part_failure(&target, &e);
+                }
+                result => self.absorb(topic, (queue, offset, result), out).await?,
+            }
+        }
+        Ok(())
     }
 
     async fn absorb(

@@ -99,7 +99,14 @@ pub struct Consumer {
     /// Whether the brokers take `FetchMany` (`None` until one answered one): a
     /// consumer of several queues reads all of a leader's queues with one request.
     fetch_many: Option<bool>,
+    /// When a broker last refused `FetchMany` (an earlier version): the consumer
+    /// asks again after [`FETCH_MANY_RETRY`], so it uses it once an upgrade is over.
+    refused_at: Option<std::time::Instant>,
 }
+
+/// How long a consumer fetches queue by queue after a broker did not know
+/// `FetchMany`.
+const FETCH_MANY_RETRY: Duration = Duration::from_secs(60);
 
 /// A consumer-group member's identity, sent with fetches.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +131,7 @@ impl Consumer {
             positions: BTreeMap::new(),
             fencing: None,
             fetch_many: None,
+            refused_at: None,
         }
     }
 
@@ -220,6 +228,13 @@ impl Consumer {
         let queues: Vec<u32> = self.positions.keys().copied().collect();
         if queues.is_empty() {
             return Err(ClientError::InvalidArgument("no queue assigned".into()));
+        }
+        if self
+            .refused_at
+            .is_some_and(|at| at.elapsed() >= FETCH_MANY_RETRY)
+        {
+            self.refused_at = None;
+            self.fetch_many = None;
         }
         if queues.len() > 1 && self.fetch_many != Some(false) {
             return self.poll_many(&topic, queues).await;
@@ -337,12 +352,12 @@ impl Consumer {
         let many = match answer {
             Ok(response::Body::FetchMany(many)) => many,
             Ok(other) => return Err(unexpected("fetch_many", &other)),
-            Err(ClientError::Server(ServerError::InvalidRequest { .. }))
-                if self.fetch_many.is_none() =>
-            {
-                // A broker of an earlier version: one fetch per queue from now on.
-                tracing::info!("the broker does not take multi-queue fetches: one per queue");
+            Err(ClientError::Server(ServerError::InvalidRequest { .. })) => {
+                // A broker of an earlier version (during a rolling upgrade, any
+                // of them may be): one fetch per queue for a while.
+                tracing::info!("a broker does not take multi-queue fetches: one per queue");
                 self.fetch_many = Some(false);
+                self.refused_at = Some(std::time::Instant::now());
                 return Ok(());
             }
             Err(e) if e.is_retriable() => {

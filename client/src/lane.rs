@@ -24,6 +24,7 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
@@ -59,7 +60,14 @@ pub(crate) struct ProduceLane {
     work: Notify,
     /// Whether the broker takes `ProduceMany` (`SUPPORT_*`).
     support: Arc<AtomicU8>,
+    /// Since when this lane sends one batch per request (the broker did not take
+    /// `ProduceMany`): after [`REPROBE_AFTER`] it probes again, so that a broker
+    /// upgraded meanwhile is used fully without restarting the client.
+    single_since: Mutex<Option<std::time::Instant>>,
 }
+
+/// How long a lane sends one batch per request before it probes again.
+const REPROBE_AFTER: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 struct LaneState {
@@ -101,11 +109,29 @@ impl ProduceLane {
             state: Mutex::new(LaneState::default()),
             work: Notify::new(),
             support: Arc::new(AtomicU8::new(SUPPORT_UNKNOWN)),
+            single_since: Mutex::new(None),
         }
     }
 
     fn state(&self) -> MutexGuard<'_, LaneState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a lane sending one batch per request should probe the broker
+    /// again; the first call starts the clock.
+    fn reprobe_due(&self) -> bool {
+        let mut since = self.single_since.lock().unwrap_or_else(|e| e.into_inner());
+        match *since {
+            Some(at) if at.elapsed() >= REPROBE_AFTER => {
+                *since = None;
+                true
+            }
+            Some(_) => false,
+            None => {
+                *since = Some(std::time::Instant::now());
+                false
+            }
+        }
     }
 
     /// Hands one batch over; its answer (the raw response a plain produce would
@@ -179,7 +205,11 @@ impl ProduceLane {
                 return Vec::new();
             }
         };
-        let support = self.support.load(Ordering::Relaxed);
+        let mut support = self.support.load(Ordering::Relaxed);
+        if support == SUPPORT_SINGLE && self.reprobe_due() {
+            support = SUPPORT_UNKNOWN;
+            self.support.store(support, Ordering::Relaxed);
+        }
         if parts.len() == 1 || support == SUPPORT_SINGLE {
             return send_each(&conn, parts, started, timeout).await;
         }

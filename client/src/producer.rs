@@ -288,6 +288,9 @@ impl ProducerBuilder {
 /// queue reads the wall clock when the reading has expired (at most about once per
 /// this interval), not once per message.
 const CLOCK_MAX_AGE: Duration = Duration::from_millis(1);
+/// Adaptive linger: a queue whose requests in flight hold fewer bytes than this
+/// (and that has room in its window) sends its open batch at once.
+const ADAPTIVE_LIGHT_BYTES: usize = 32 * 1024;
 
 /// Locks `m`; a panic elsewhere while it was held does not stop the producer.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -875,6 +878,7 @@ impl Producer {
             identity: self.inner.identity,
             holes: Vec::new(),
             in_flight: FuturesOrdered::new(),
+            in_flight_bytes: 0,
             failed: Vec::new(),
             recovering: false,
             retry_at: None,
@@ -906,6 +910,8 @@ struct QueueWorker {
     holes: Vec<(u32, u32)>,
     /// Sent batches; answers are taken in send order.
     in_flight: FuturesOrdered<BoxFuture<'static, Attempt>>,
+    /// Bytes of the batches in `in_flight`.
+    in_flight_bytes: usize,
     /// Failed batches to resend once the in-flight ones are all answered.
     failed: Vec<Batch>,
     /// Resending failed batches one at a time.
@@ -959,11 +965,16 @@ impl QueueWorker {
                 }
                 // Send the open batch if nothing else waits to be sent (otherwise it
                 // keeps filling until it is its turn) and either its linger is over
-                // or, adaptively, nothing of this queue is in flight: an idle queue
+                // or, adaptively, the queue has little in flight: an idle queue
                 // sends at once (per-message latency), a busy one batches while its
-                // requests are out (throughput), as Nagle's algorithm does.
+                // requests are out (throughput), as Nagle's algorithm does. "Little"
+                // is nothing, or small requests with room in the window: a producer
+                // waiting on a few messages at a time keeps its window busy.
+                let light = self.in_flight.is_empty()
+                    || (self.in_flight_bytes < ADAPTIVE_LIGHT_BYTES
+                        && self.in_flight.len() < self.window);
                 let idle_queue = self.adaptive
-                    && self.in_flight.is_empty()
+                    && light
                     && self.compressing.is_none()
                     && self.failed.is_empty()
                     && self.retry_at.is_none();
@@ -1060,6 +1071,7 @@ impl QueueWorker {
                 batch: batch.bytes.clone(),
             };
             let (topic, queue) = (self.topic.clone(), self.queue);
+            self.in_flight_bytes += batch.bytes.len();
             self.in_flight.push_back(Box::pin(async move {
                 let target = client.queue_target(&topic, queue).await;
                 let result = client.produce_once(&target, request).await;
@@ -1135,6 +1147,7 @@ impl QueueWorker {
     }
 
     fn complete(&mut self, (batch, result): Attempt) {
+        self.in_flight_bytes = self.in_flight_bytes.saturating_sub(batch.bytes.len());
         match result {
             Ok(response::Body::Produce(r)) => {
                 if r.count != 0 && r.count != batch.record_count {

@@ -37,32 +37,40 @@ pub async fn fetch_many(
     max_wait_ms: u32,
     min_bytes: u32,
 ) -> Vec<PartResult> {
+    let min_bytes = min_bytes.max(1) as usize;
+    let started = tokio::time::Instant::now();
+    let wait = Duration::from_millis(u64::from(max_wait_ms));
     let mut results = read_all(service, parts, 0).await;
-    let total: usize = results.iter().map(part_bytes).sum();
-    if total >= min_bytes.max(1) as usize || max_wait_ms == 0 || parts.is_empty() {
-        return results;
-    }
-    let mut polls: FuturesUnordered<_> = parts
-        .iter()
-        .map(|p| read_one(service, p, max_wait_ms, 1))
-        .collect();
-    let deadline = tokio::time::sleep(Duration::from_millis(u64::from(max_wait_ms)) + ANSWER_GRACE);
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            _ = &mut deadline => break,
-            next = polls.next() => match next {
-                None => break,
-                Some(result) if part_bytes(&result) > 0 => {
-                    // Stop waiting on the others (their groups answer into the
-                    // void at the end of their wait) and read everything again.
-                    drop(polls);
-                    results = read_all(service, parts, 0).await;
-                    break;
-                }
-                Some(_) => {}
-            },
+    // Until `min_bytes` are there or the wait is over: wait for any part to get
+    // data, then read them all again.
+    while results.iter().map(part_bytes).sum::<usize>() < min_bytes && !parts.is_empty() {
+        let left = wait.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            break;
         }
+        let left_ms = u32::try_from(left.as_millis()).unwrap_or(u32::MAX).max(1);
+        let mut polls: FuturesUnordered<_> = parts
+            .iter()
+            .map(|p| read_one(service, p, left_ms, 1))
+            .collect();
+        let deadline = tokio::time::sleep(left + ANSWER_GRACE);
+        tokio::pin!(deadline);
+        let woken = loop {
+            tokio::select! {
+                _ = &mut deadline => break false,
+                next = polls.next() => match next {
+                    None => break false,
+                    Some(result) if part_bytes(&result) > 0 => break true,
+                    Some(_) => {}
+                },
+            }
+        };
+        // The others stop waiting: their groups drop them (closed responders).
+        drop(polls);
+        if !woken {
+            break;
+        }
+        results = read_all(service, parts, 0).await;
     }
     results
 }

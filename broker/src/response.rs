@@ -194,6 +194,17 @@ impl Responder {
         }
     }
 
+    /// Whether nobody waits for this answer any more: an adapter's caller that
+    /// stopped waiting (a multi-queue fetch whose long poll another queue ended).
+    /// Parked fetches with closed responders are dropped instead of re-read.
+    pub fn is_closed(&self) -> bool {
+        match &self.sink {
+            Sink::Caller(tx) => tx.is_closed(),
+            Sink::Connection(tx) => tx.is_closed(),
+            Sink::Part(..) => false,
+        }
+    }
+
     /// Answers with a success body.
     pub fn ok(self, body: pb::response::Body) {
         self.send(None, Some(body));
@@ -207,5 +218,21 @@ impl Responder {
     /// Answers with an error and a body (a duplicate produce tells where the batch is).
     pub fn error_with_body(self, error: pb::Error, body: pb::response::Body) {
         self.send(Some(error), Some(body));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_responder_whose_caller_stopped_waiting_is_closed() {
+        let (tx, rx) = oneshot::channel();
+        let reply = Responder::to_caller(tx);
+        assert!(!reply.is_closed());
+        drop(rx);
+        assert!(reply.is_closed(), "nobody waits: a parked fetch is dropped");
+        let (tx, _rx) = mpsc::unbounded_channel();
+        assert!(!Responder::new(1, tx, None).is_closed());
     }
 }

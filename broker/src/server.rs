@@ -731,11 +731,31 @@ impl Connection {
                 pb::request::Body::ProduceMany(many) => {
                     submit_parts(&acting, many, reply, config, &metrics, started).await
                 }
-                pb::request::Body::FetchMany(many) => {
+                pb::request::Body::FetchMany(many) if many.parts.len() > MAX_FETCH_PARTS => {
+                    reply.error(pb::Error::new(
+                        ErrorCode::InvalidRequest,
+                        format!(
+                            "a multi-queue fetch of {} queues: at most {MAX_FETCH_PARTS} per request",
+                            many.parts.len()
+                        ),
+                    ));
+                    true
+                }
+                pb::request::Body::FetchMany(mut many) => {
                     // Its own task: the long poll must not hold up the requests
                     // that follow on the connection.
                     let service = acting.clone();
                     let max_wait = u64::from(many.max_wait_ms).min(config.max_fetch_wait_ms) as u32;
+                    // The answer fits a frame; no part reads more than it may carry.
+                    let budget = many
+                        .max_bytes
+                        .min(u32::try_from(config.max_frame_bytes / 2).unwrap_or(u32::MAX))
+                        .max(1);
+                    many.max_bytes = budget;
+                    for part in &mut many.parts {
+                        part.max_bytes = part.max_bytes.min(budget);
+                    }
+                    let metrics = Arc::clone(&metrics);
                     tokio::spawn(async move {
                         let results = crate::fetch_many::fetch_many(
                             &service,
@@ -745,6 +765,7 @@ impl Connection {
                         )
                         .await;
                         let answer = crate::fetch_many::native_answer(results, many.max_bytes);
+                        metrics.on_fetch_many(&many.parts, &answer);
                         reply.ok(pb::response::Body::FetchMany(answer));
                     });
                     true
@@ -850,6 +871,9 @@ fn is_node_only(body: &pb::request::Body) -> bool {
         pb::request::Body::JoinCluster(_) | pb::request::Body::AdvertiseListeners(_)
     )
 }
+
+/// Most queues one multi-queue fetch may read.
+const MAX_FETCH_PARTS: usize = 100_000;
 
 /// Hands each part of a multi-queue produce over as a produce of its own, in order
 /// (so a queue's batches reach its group in the order sent); the envelope is

@@ -417,3 +417,64 @@ async fn a_client_refuses_brokers_of_another_cluster() {
     assert!(err.to_string().contains(&addr_b), "{err}");
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_of_several_queues_returns_what_it_read_and_the_error_of_one_queue_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = single_node(dir.path()).await;
+    let client = Client::connect(&[broker.local_addr.to_string()])
+        .await
+        .unwrap();
+    create_topic(&client, "mixed", 3).await;
+    let producer = Producer::builder(&client).build().await.unwrap();
+    for i in 0..3 {
+        producer
+            .send_and_wait(Message::new("mixed", format!("v{i}")).with_queue(0))
+            .await
+            .unwrap();
+    }
+    let config = raftmq_client::ConsumerConfig {
+        reset: raftmq_client::OffsetReset::Error,
+        max_wait: Duration::from_millis(200),
+        ..raftmq_client::ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::with_config(&client, config);
+    consumer.assign("mixed", &[0, 1, 2]).await.unwrap();
+    consumer.seek(0, SeekTo::Earliest).await.unwrap();
+    consumer.seek(1, SeekTo::Earliest).await.unwrap();
+    // Past the end of queue 2: out of range, and the policy is to fail.
+    consumer.seek(2, SeekTo::Offset(1_000)).await.unwrap();
+    let mut read = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let error = loop {
+        assert!(Instant::now() < deadline, "read {read:?}, no error");
+        match consumer.poll().await {
+            Ok(messages) => read.extend(messages.into_iter().map(|m| {
+                (
+                    m.queue,
+                    m.offset,
+                    String::from_utf8(m.value.to_vec()).unwrap(),
+                )
+            })),
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(
+            error.server_error(),
+            Some(raftmq_proto::ServerError::OffsetOutOfRange { .. })
+        ),
+        "{error}"
+    );
+    assert_eq!(
+        read,
+        vec![
+            (0, 0, "v0".to_string()),
+            (0, 1, "v1".to_string()),
+            (0, 2, "v2".to_string())
+        ],
+        "what was read before the error is returned, not skipped"
+    );
+    assert_eq!(consumer.positions().get(&0), Some(&Some(3)));
+    broker.stop().await;
+}

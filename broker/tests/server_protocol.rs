@@ -576,5 +576,30 @@ async fn a_multi_queue_fetch_reads_every_part_and_shares_one_long_poll() {
         .await;
     assert!(started.elapsed() >= Duration::from_millis(150));
     assert_eq!(parts_of(&response), vec![(ErrorCode::None, vec![])]);
+
+    // Less than `min_bytes` arrives: the poll goes on until the wait is over.
+    let waiting = conn
+        .send(Req::FetchMany(pb::FetchManyRequest {
+            parts: vec![fetch_part("t", 2, 1)],
+            max_wait_ms: 600,
+            min_bytes: 1 << 20,
+            max_bytes: 1 << 20,
+        }))
+        .await;
+    let started = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = producer.call(produce("t", 2, batch(&["small"]))).await;
+    assert_eq!(code(&r), ErrorCode::None, "{r:?}");
+    let response = conn.recv().await;
+    assert_eq!(response.correlation_id, waiting);
+    assert!(
+        started.elapsed() >= Duration::from_millis(450),
+        "answered after {:?}, before min_bytes or the end of the wait",
+        started.elapsed()
+    );
+    assert_eq!(
+        parts_of(&response),
+        vec![(ErrorCode::None, vec![(1, "small".into())])]
+    );
     broker.stop().await;
 }

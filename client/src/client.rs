@@ -681,7 +681,8 @@ impl Client {
                 ServerError::NotLeader { leader_address, .. }
                 | ServerError::NotReady { leader_address, .. },
             ) => leader_address.clone(),
-            _ => None,
+            // Busy, a timeout, a failed disk: the queue is where it was.
+            _ => return,
         };
         self.cache(|c| match named {
             Some(address) => {
@@ -795,6 +796,7 @@ impl Client {
 fn extra_wait(body: &request::Body) -> Duration {
     match body {
         request::Body::Fetch(f) => Duration::from_millis(u64::from(f.max_wait_ms)),
+        request::Body::FetchMany(f) => Duration::from_millis(u64::from(f.max_wait_ms)),
         _ => Duration::ZERO,
     }
 }

@@ -102,7 +102,20 @@ pub struct Consumer {
     /// When a broker last refused `FetchMany` (an earlier version): the consumer
     /// asks again after [`FETCH_MANY_RETRY`], so it uses it once an upgrade is over.
     refused_at: Option<std::time::Instant>,
+    /// An error met by a multi-queue poll that also returned messages: returned by
+    /// the next poll, so that no message is skipped (the positions of the queues
+    /// read moved on with the messages returned).
+    deferred: Option<ClientError>,
+    /// Polls made: where a multi-queue poll starts, so that a byte budget does not
+    /// always favour the same queues.
+    polls: usize,
 }
+
+/// Most queues one `FetchMany` carries.
+const FETCH_MANY_MAX_PARTS: usize = 10_000;
+/// Pause after a multi-queue poll that met only retriable failures (leaders
+/// changing): the next poll goes to metadata first.
+const FETCH_MANY_BACKOFF: Duration = Duration::from_millis(50);
 
 /// How long a consumer fetches queue by queue after a broker did not know
 /// `FetchMany`.
@@ -132,6 +145,8 @@ impl Consumer {
             fencing: None,
             fetch_many: None,
             refused_at: None,
+            deferred: None,
+            polls: 0,
         }
     }
 
@@ -151,6 +166,7 @@ impl Consumer {
         }
         self.topic = Some(Arc::from(topic));
         self.positions = queues.into_iter().map(|q| (q, None)).collect();
+        self.deferred = None;
         Ok(())
     }
 
@@ -229,6 +245,9 @@ impl Consumer {
         if queues.is_empty() {
             return Err(ClientError::InvalidArgument("no queue assigned".into()));
         }
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
         if self
             .refused_at
             .is_some_and(|at| at.elapsed() >= FETCH_MANY_RETRY)
@@ -297,13 +316,19 @@ impl Consumer {
     async fn poll_many(
         &mut self,
         topic: &Arc<str>,
-        queues: Vec<u32>,
+        mut queues: Vec<u32>,
     ) -> Result<Vec<ConsumedMessage>, ClientError> {
+        self.polls = self.polls.wrapping_add(1);
+        let turn = self.polls % queues.len();
+        queues.rotate_left(turn);
         let mut by_leader: Vec<(Target, Vec<(u32, u64)>)> = Vec::new();
         for queue in queues {
             let offset = self.resolve_position(queue).await?;
             let target = self.client.queue_target(topic, queue).await;
-            match by_leader.iter_mut().find(|(t, _)| *t == target) {
+            match by_leader
+                .iter_mut()
+                .find(|(t, parts)| *t == target && parts.len() < FETCH_MANY_MAX_PARTS)
+            {
                 Some((_, parts)) => parts.push((queue, offset)),
                 None => by_leader.push((target, vec![(queue, offset)])),
             }
@@ -330,49 +355,74 @@ impl Consumer {
             });
         }
         let mut out = Vec::new();
+        let mut failed = None;
+        let mut moved = false;
         // As `poll`: the first answer with data, then whatever else is answered.
         while let Some(answer) = fetches.next().await {
-            self.absorb_many(topic, answer, &mut out).await?;
+            self.absorb_many(topic, answer, &mut out, &mut failed, &mut moved)
+                .await;
             if !out.is_empty() {
                 while let Some(Some(answer)) = fetches.next().now_or_never() {
-                    self.absorb_many(topic, answer, &mut out).await?;
+                    self.absorb_many(topic, answer, &mut out, &mut failed, &mut moved)
+                        .await;
                 }
                 break;
             }
         }
+        match failed {
+            // Nothing lost: the messages read go out now, the error next time.
+            Some(e) if !out.is_empty() => self.deferred = Some(e),
+            Some(e) => return Err(e),
+            None if out.is_empty() && moved => tokio::time::sleep(FETCH_MANY_BACKOFF).await,
+            None => {}
+        }
         Ok(out)
     }
 
+    /// Takes one leader's answer: messages into `out`, the first lasting error
+    /// into `failed`; `moved` is set when a part met a retriable failure.
     async fn absorb_many(
         &mut self,
         topic: &Arc<str>,
         (target, parts, answer): (Target, Vec<(u32, u64)>, Result<response::Body, ClientError>),
         out: &mut Vec<ConsumedMessage>,
-    ) -> Result<(), ClientError> {
+        failed: &mut Option<ClientError>,
+        moved: &mut bool,
+    ) {
         let many = match answer {
             Ok(response::Body::FetchMany(many)) => many,
-            Ok(other) => return Err(unexpected("fetch_many", &other)),
+            Ok(other) => {
+                failed.get_or_insert(unexpected("fetch_many", &other));
+                return;
+            }
             Err(ClientError::Server(ServerError::InvalidRequest { .. })) => {
                 // A broker of an earlier version (during a rolling upgrade, any
                 // of them may be): one fetch per queue for a while.
                 tracing::info!("a broker does not take multi-queue fetches: one per queue");
                 self.fetch_many = Some(false);
                 self.refused_at = Some(std::time::Instant::now());
-                return Ok(());
+                return;
             }
             Err(e) if e.is_retriable() => {
                 tracing::debug!(error = %e, "multi-queue fetch failed, retrying next poll");
-                return Ok(());
+                *moved = true;
+                return;
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                failed.get_or_insert(e);
+                return;
+            }
         };
-        self.fetch_many = Some(true);
+        // Never undoes a refusal met in the same poll: that broker's queues would
+        // not be read at all.
+        self.fetch_many.get_or_insert(true);
         if many.results.len() != parts.len() {
-            return Err(ClientError::Protocol(format!(
+            failed.get_or_insert(ClientError::Protocol(format!(
                 "{} results for a fetch of {} queues",
                 many.results.len(),
                 parts.len()
             )));
+            return;
         }
         for ((queue, offset), result) in parts.into_iter().zip(many.results) {
             let result = match (result.error, result.fetch) {
@@ -386,11 +436,15 @@ impl Consumer {
                 Err(e) if e.is_retriable() => {
                     // Moved or not ready: metadata says where it is now.
                     self.client.note_part_failure(&target, &e);
+                    *moved = true;
                 }
-                result => self.absorb(topic, (queue, offset, result), out).await?,
+                result => {
+                    if let Err(e) = self.absorb(topic, (queue, offset, result), out).await {
+                        failed.get_or_insert(e);
+                    }
+                }
             }
         }
-        Ok(())
     }
 
     async fn absorb(

@@ -884,6 +884,7 @@ impl Producer {
             retry_at: None,
             adaptive: config.adaptive_linger,
             compressing: None,
+            compressing_range: (0, 0),
             compress_off_task: tokio::runtime::Handle::current().runtime_flavor()
                 != tokio::runtime::RuntimeFlavor::CurrentThread,
         };
@@ -923,6 +924,9 @@ struct QueueWorker {
     /// The oldest unsent batch, being compressed on a blocking thread: nothing is
     /// sent until it is back (in `pending`, in its place).
     compressing: Option<tokio::task::JoinHandle<Batch>>,
+    /// The sequence range `(sealed sequence, records)` of the batch being
+    /// compressed: a hole to close should the job fail (its batch is gone).
+    compressing_range: (u32, u32),
     /// Compress on a blocking thread (multi-threaded runtimes), so that the
     /// application's task keeps encoding records meanwhile; on a current-thread
     /// runtime the worker compresses itself.
@@ -1025,8 +1029,14 @@ impl QueueWorker {
                             let mut state = lock(&shared.state);
                             Self::put_back(&mut state, batch);
                         }
-                        // The batch was dropped with the job: answered `Closed`.
-                        Err(e) => tracing::error!(error = %e, "compressing a batch failed"),
+                        // The batch was dropped with the job (answered `Closed`):
+                        // later batches close the gap in the sequence.
+                        Err(e) => {
+                            tracing::error!(error = %e, "compressing a batch failed");
+                            if self.identity.is_some() {
+                                self.holes.push(self.compressing_range);
+                            }
+                        }
                     }
                 }
                 _ = sleep_until(timer), if timer.is_some() => {}
@@ -1049,6 +1059,7 @@ impl QueueWorker {
             state.pending_records -= batch.record_count as usize;
             if batch.compression != Compression::None {
                 if self.compress_off_task {
+                    self.compressing_range = (batch.sealed_sequence, batch.record_count);
                     self.compressing = Some(tokio::task::spawn_blocking(move || {
                         batch.compress();
                         batch

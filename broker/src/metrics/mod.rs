@@ -595,24 +595,39 @@ impl BrokerMetrics {
             (Api::Fetch, body) => {
                 self.fetch_requests.increment(1);
                 if let Some(pb::response::Body::Fetch(r)) = body {
-                    // Per batch, not per message: the header holds the count.
-                    let (mut messages, mut bytes) = (0u64, 0u64);
-                    for b in &r.batches {
-                        bytes += b.batch.len() as u64;
-                        if let Ok(h) = raftmq_proto::batch::parse_stored(&b.batch) {
-                            messages += u64::from(h.record_count);
-                        }
-                    }
-                    self.fetch_batches.increment(r.batches.len() as u64);
-                    self.fetch_messages.increment(messages);
-                    self.fetch_bytes.increment(bytes);
-                    if let Some(t) = topic.map(|t| self.topic_counters(t)) {
-                        t.fetch_messages.increment(messages);
-                        t.fetch_bytes.increment(bytes);
-                    }
+                    self.count_fetched(topic, r);
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Counts what a multi-queue fetch served, part by part (its parts are not
+    /// observed one by one): as many fetches as parts, their batches per topic.
+    pub fn on_fetch_many(&self, parts: &[pb::FetchRequest], answer: &pb::FetchManyResponse) {
+        self.fetch_requests.increment(parts.len() as u64);
+        for (part, result) in parts.iter().zip(&answer.results) {
+            if let Some(fetch) = &result.fetch {
+                self.count_fetched(Some(&part.topic), fetch);
+            }
+        }
+    }
+
+    fn count_fetched(&self, topic: Option<&str>, r: &pb::FetchResponse) {
+        // Per batch, not per message: the header holds the count.
+        let (mut messages, mut bytes) = (0u64, 0u64);
+        for b in &r.batches {
+            bytes += b.batch.len() as u64;
+            if let Ok(h) = raftmq_proto::batch::parse_stored(&b.batch) {
+                messages += u64::from(h.record_count);
+            }
+        }
+        self.fetch_batches.increment(r.batches.len() as u64);
+        self.fetch_messages.increment(messages);
+        self.fetch_bytes.increment(bytes);
+        if let Some(t) = topic.map(|t| self.topic_counters(t)) {
+            t.fetch_messages.increment(messages);
+            t.fetch_bytes.increment(bytes);
         }
     }
 

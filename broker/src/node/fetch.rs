@@ -104,6 +104,11 @@ impl Node {
         };
         let mut still = Vec::new();
         for waiter in waiters {
+            if waiter.reply.is_closed() {
+                // Its caller stopped waiting (a multi-queue fetch answered by
+                // another queue): nothing to read for it.
+                continue;
+            }
             match self.try_fetch(&waiter.request, false) {
                 Ok(Some(response)) => waiter.reply.ok(pb::response::Body::Fetch(response)),
                 Ok(None) => still.push(waiter),
@@ -127,6 +132,9 @@ impl Node {
             let (due, keep): (Vec<_>, Vec<_>) =
                 waiters.into_iter().partition(|w| w.deadline <= now);
             for waiter in due {
+                if waiter.reply.is_closed() {
+                    continue;
+                }
                 match self.try_fetch(&waiter.request, true) {
                     Ok(Some(response)) => waiter.reply.ok(pb::response::Body::Fetch(response)),
                     Ok(None) => unreachable!("a final attempt always answers"),

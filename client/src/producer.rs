@@ -142,8 +142,9 @@ pub struct ProducerConfig {
     /// because a batch stays open while earlier ones wait for the in-flight window.
     /// With `adaptive_linger` (the default) this is only an upper bound.
     pub linger: Duration,
-    /// Send a batch at once when its queue has nothing in flight, and let it fill
-    /// while requests are out (Nagle-like): low per-message latency at low load,
+    /// Send a batch at once when its queue has nothing in flight, or only small
+    /// requests (under 32 KiB in all) and room in its window, and let it fill while
+    /// larger requests are out (Nagle-like): low per-message latency at low load,
     /// big batches at high load. Default on; off makes every batch wait `linger`
     /// (bigger batches when the load is light).
     pub adaptive_linger: bool,

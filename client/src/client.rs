@@ -646,20 +646,7 @@ impl Client {
             Err(ClientError::Server(
                 ServerError::NotLeader { leader_address, .. }
                 | ServerError::NotReady { leader_address, .. },
-            )) => {
-                // A broker naming itself (or nobody) sends the client back to
-                // metadata, which asks every node.
-                let redirect = leader_address.clone().filter(|a| *a != address);
-                let unnamed = redirect.is_none();
-                self.cache(|c| {
-                    match redirect {
-                        Some(a) => c.leaders.insert(group, a),
-                        None => c.leaders.remove(&group),
-                    };
-                    // Nobody named: the queue may have moved, or its topic be new.
-                    c.stale |= unnamed;
-                });
-            }
+            )) => self.note_redirect(group, address, leader_address.as_ref()),
             Err(e) if e.is_retriable() && e.server_error().is_none() => {
                 self.forget_leader(group, address);
             }
@@ -667,29 +654,39 @@ impl Client {
         }
     }
 
+    /// A `NotLeader` or `NotReady` answer about `group` from the broker at
+    /// `address`: a leader it names is used from now on; a broker naming itself
+    /// (or nobody) sends the client back to metadata, which asks every node.
+    fn note_redirect(&self, group: u32, address: &str, leader_address: Option<&String>) {
+        let redirect = leader_address.filter(|a| *a != address).cloned();
+        let unnamed = redirect.is_none();
+        self.cache(|c| {
+            match redirect {
+                Some(a) => c.leaders.insert(group, a),
+                None => c.leaders.remove(&group),
+            };
+            // Nobody named: the queue may have moved, or its topic be new.
+            c.stale |= unnamed;
+        });
+    }
+
     /// Notes a failure one queue met inside a multi-queue request sent to
-    /// `target`: a named leader is used for the target's group from now on; any
-    /// other retriable failure sends the client back to metadata.
+    /// `target` (at the group's known leader): redirects as for a whole request;
+    /// other failures (busy, a timeout, a failed disk) leave the queue where it was.
     pub(crate) fn note_part_failure(&self, target: &Target, error: &ClientError) {
         let group = match target {
             Target::Leader => 0,
             Target::Group(g) => *g,
             _ => return,
         };
-        let named = match error {
-            ClientError::Server(
-                ServerError::NotLeader { leader_address, .. }
-                | ServerError::NotReady { leader_address, .. },
-            ) => leader_address.clone(),
-            // Busy, a timeout, a failed disk: the queue is where it was.
-            _ => return,
-        };
-        self.cache(|c| match named {
-            Some(address) => {
-                c.leaders.insert(group, address);
-            }
-            None => c.stale = true,
-        });
+        if let ClientError::Server(
+            ServerError::NotLeader { leader_address, .. }
+            | ServerError::NotReady { leader_address, .. },
+        ) = error
+        {
+            let asked = self.group_leader_address(group).unwrap_or_default();
+            self.note_redirect(group, &asked, leader_address.as_ref());
+        }
     }
 
     /// Sends `body` to `target`, following `NotLeader` redirects and retrying

@@ -63,6 +63,15 @@ enum CompressionArg {
     Zstd,
 }
 
+/// How `--protocol kafka` hands messages to librdkafka.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum KafkaSendArg {
+    /// `rd_kafka_produce_batch`, many messages per call.
+    Batch,
+    /// `rd_kafka_producev`, one message per call.
+    Single,
+}
+
 /// What message values hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -187,6 +196,10 @@ struct Args {
     /// Open loop: messages per second in all.
     #[arg(long)]
     rate: Option<u64>,
+    /// `--protocol kafka`: hand messages to librdkafka in batches
+    /// (`rd_kafka_produce_batch`) or one by one (`rd_kafka_producev`).
+    #[arg(long, value_enum, default_value = "batch")]
+    kafka_send: KafkaSendArg,
     /// Produce requests in flight per queue.
     #[arg(long, default_value_t = 8)]
     max_in_flight: usize,
@@ -373,6 +386,8 @@ async fn run(args: Args, bootstrap: Vec<String>, server_pids: Vec<u32>) -> anyho
     let config = RunConfig {
         mode: format!("{:?}", args.mode).to_lowercase(),
         protocol: format!("{:?}", args.protocol).to_lowercase(),
+        kafka_send: (args.protocol == Protocol::Kafka)
+            .then(|| format!("{:?}", args.kafka_send).to_lowercase()),
         nodes: args.local_cluster.unwrap_or(bootstrap.len() as u64),
         durability: format!("{:?}", args.durability).to_lowercase(),
         acks: format!("{:?}", args.acks).to_lowercase(),

@@ -16,6 +16,9 @@ pub struct RunConfig {
     pub mode: String,
     /// native or kafka.
     pub protocol: String,
+    /// kafka: how messages are handed to librdkafka (batch or single).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kafka_send: Option<String>,
     pub nodes: u64,
     pub durability: String,
     pub acks: String,
@@ -153,8 +156,12 @@ impl Report {
     pub fn print(&self) {
         let c = &self.config;
         println!(
-            "mode {} | {} node(s), durability {}, acks {} | {} B messages, {} producer(s), {} consumer(s), {} queue(s), window {}, batch {} B, linger {} ms{}",
+            "mode {}{} | {} node(s), durability {}, acks {} | {} B messages, {} producer(s), {} consumer(s), {} queue(s), window {}, batch {} B, linger {} ms{}",
             c.mode,
+            c.kafka_send
+                .as_ref()
+                .map(|s| format!(" over kafka ({s} send)"))
+                .unwrap_or_default(),
             c.nodes,
             c.durability,
             c.acks,

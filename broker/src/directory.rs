@@ -66,6 +66,10 @@ pub struct Placement {
     /// The members' client addresses (where a data group's leader reaches a new
     /// replica).
     pub addresses: BTreeMap<crate::raft::NodeId, std::net::SocketAddr>,
+    /// Each member's data-directory incarnation as the metadata group records it
+    /// (0 while not heard from): a data group drops a member recorded with
+    /// another one (a node wiped and joined again under its id).
+    pub incarnations: BTreeMap<crate::raft::NodeId, u64>,
 }
 
 /// A request from the metadata group's node to start the data groups placed on

@@ -627,3 +627,146 @@ async fn metadata_voters_move_to_racks_that_have_none() {
         .await
         .expect("create topic with the new voters");
 }
+
+/// Retries `what` (a membership or placement request refused while the cluster
+/// moves, or sent to a leader that hands over) for up to 60 s.
+async fn retry<T, F, Fut>(cluster: &Cluster, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, raftmq_client::ClientError>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "{what}: retrying");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(e) => {
+                dump_logs(cluster);
+                panic!("{what}: {e}");
+            }
+        }
+    }
+}
+
+/// Waits until the metadata places data group 1 on `want`.
+async fn placed_on(cluster: &Cluster, client: &Client, want: &[u64]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let placed = client
+            .refresh_metadata()
+            .await
+            .ok()
+            .and_then(|m| m.group_replicas.get(&1).cloned())
+            .map(|mut r| {
+                r.sort_unstable();
+                r
+            });
+        if placed.as_deref() == Some(want) {
+            return;
+        }
+        if Instant::now() >= deadline {
+            dump_logs(cluster);
+            panic!("data group 1 is placed on {placed:?}, not {want:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Produces `count` messages to the topic's only queue, each acknowledged by a
+/// quorum of its data group; returns their values.
+async fn produce_acknowledged(client: &Client, from: u32, count: u32) -> Vec<String> {
+    let producer = Producer::builder(client).build().await.expect("producer");
+    let mut acks = Vec::new();
+    let mut values = Vec::new();
+    for i in from..from + count {
+        let value = format!("m{i}");
+        acks.push(
+            producer
+                .send(Message::new(TOPIC, value.clone()))
+                .await
+                .expect("send"),
+        );
+        values.push(value);
+    }
+    for ack in acks {
+        ack.await.expect("acknowledged");
+    }
+    producer.close().await;
+    values
+}
+
+/// A node removed from the cluster while a data group was still moving off it,
+/// wiped and joined again under its id, then placed in that group again: the
+/// group still listed its old data directory as a voter, which looked settled
+/// (the ids match) but could never vote again (the new directory is refused as
+/// not the one that acknowledged). The group's leader drops the old directory,
+/// then adds the new one as a learner and promotes it: node 3 ends up holding
+/// every acknowledged message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_placed_again_in_a_group_that_still_lists_it_replaces_its_old_self() {
+    let mut cluster = Cluster::start_with(3, &["--data-groups", "1"]);
+    let client = Client::connect(&cluster.addrs()).await.expect("connect");
+    let admin = Admin::new(&client);
+    retry(&cluster, "create topic", || admin.create_topic(TOPIC, 1)).await;
+    placed_on(&cluster, &client, &[1, 2, 3]).await;
+    let mut values = produce_acknowledged(&client, 0, 50).await;
+    // Let data group 1 record its members' data directories.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let four = join_a_spare(&mut cluster, &client).await;
+
+    // Node 4 is down, so the move of node 3's replica onto it cannot finish: group
+    // 1 keeps node 3 as a voter while the placement has already left it.
+    cluster.kill(four);
+    retry(&cluster, "decommission node 3", || {
+        admin.move_replicas(Some(3), 0)
+    })
+    .await;
+    placed_on(&cluster, &client, &[1, 2, four]).await;
+    retry(&cluster, "remove node 3", || admin.remove_node(3)).await;
+
+    // Node 3 comes back as a new data directory under its old id.
+    cluster.kill(3);
+    cluster.rejoin(3);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (voters, learners) = membership(&client).await;
+        if voters.contains(&3) || learners.contains(&3) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            dump_logs(&cluster);
+            panic!("node 3 did not join again: {voters:?} {learners:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Node 4 leaves for good: node 3 is the only node group 1 can go back to.
+    retry(&cluster, "decommission node 4", || {
+        admin.move_replicas(Some(four), 0)
+    })
+    .await;
+    placed_on(&cluster, &client, &[1, 2, 3]).await;
+    values.extend(produce_acknowledged(&client, 50, 50).await);
+
+    // The new node 3 holds group 1's log: it was added and caught up.
+    let addr = cluster.nodes[2].addr;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let read = read_from(addr, values.len()).await;
+        if read == values {
+            break;
+        }
+        if Instant::now() >= deadline {
+            dump_logs(&cluster);
+            panic!(
+                "node 3 serves {} of {} acknowledged messages: it was never made a replica \
+                 of group 1 again",
+                read.len(),
+                values.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -117,9 +117,11 @@ impl Node {
                 && member.incarnation != identity.incarnation
             {
                 Some(format!(
-                    "its data directory (incarnation {:016x}) is not the one the cluster \
+                    "its data directory (incarnation {:016x}) is not the one this group \
                      knows as node {} ({:016x}): it was wiped or replaced; remove it with \
-                     `raftmq cluster remove-node {}` and start it with --join to add it again",
+                     `raftmq cluster remove-node {}` and start it with --join to add it again \
+                     (a data group then replaces the old directory by itself once the node is \
+                     placed in it)",
                     identity.incarnation, from.0, member.incarnation, from.0
                 ))
             } else {

@@ -41,6 +41,7 @@ mod metadata_voters;
 mod observe;
 mod raft_groups;
 mod reads;
+mod replica_moves;
 mod requests;
 mod snapshots;
 mod users;

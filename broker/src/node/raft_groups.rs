@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use raftmq_proto::pb::{self, ErrorCode};
 use raftmq_store::{EntryKind, LogIndex};
 
+use super::replica_moves::{self, ReplicaStep};
 use super::{role_name, Node, PendingKind};
 use crate::cluster::{ClusterView, MemberInfo};
 use crate::command::Command;
@@ -297,11 +298,19 @@ impl Node {
             .collect();
         let groups = self.state.data_groups().clone();
         let addresses = self.member_addresses();
+        let incarnations = self
+            .members
+            .view
+            .members
+            .iter()
+            .map(|(id, m)| (*id, m.incarnation))
+            .collect();
         self.raft_groups.directory.publish_placement(Placement {
             topics,
             next_topic_id: self.state.next_topic_id(),
             groups: groups.clone(),
             addresses: addresses.clone(),
+            incarnations,
         });
         if !groups.is_empty() && self.identity.cluster_id != 0 {
             self.raft_groups.directory.request_start(StartGroups {
@@ -626,65 +635,86 @@ impl Node {
     }
 
     /// Data-group leader: one step of moving the membership to the placed
-    /// replicas. New replicas join as learners; a learner is promoted once it holds
-    /// the entry that lists it and is within `max_learner_lag`; replicas that left
-    /// are removed once every placed replica votes (the replication factor never
-    /// drops during a move); a leader that is itself removed hands over first.
+    /// replicas ([`replica_moves`]: add a learner, promote it once it holds the
+    /// entry that lists it and is within `max_learner_lag`, remove what left once
+    /// every placed replica votes; a member recorded with a data directory the
+    /// cluster no longer knows under its id goes first).
     fn reconcile_membership(&mut self) {
         if !self.leader_ready() || self.raft.membership_change_pending().is_some() {
             return;
         }
-        let Some(placed) = self.placed_replicas() else {
+        let placement = self.raft_groups.directory.placement();
+        let Some(placed) = placement.groups.get(&self.group_id()) else {
             return;
         };
+        let placed: Vec<NodeId> = placed.replicas.iter().map(|&n| NodeId(n)).collect();
         let membership = self.raft.membership().clone();
-        let placed_ids: Vec<NodeId> = placed.iter().map(|&n| NodeId(n)).collect();
-        let settled = membership.learners.is_empty()
-            && membership.voters.len() == placed_ids.len()
-            && placed_ids.iter().all(|n| membership.is_voter(*n));
-        if settled || placed_ids.is_empty() {
-            return;
-        }
         let view = &self.members.view;
-        let mut next = membership.clone();
+        let step = replica_moves::next_step(
+            &replica_moves::GroupView {
+                membership: &membership,
+                recorded: &view.recorded,
+                placed: &placed,
+                incarnations: &placement.incarnations,
+                me: self.config.node_id,
+            },
+            |learner| self.caught_up(learner, view.index),
+        );
+        let Some(step) = step else {
+            return;
+        };
+        let mut next = membership;
         let mut members = view.recorded.clone();
-        let step;
-        if let Some(&new) = placed_ids.iter().find(|n| !membership.contains(**n)) {
-            let placement = self.raft_groups.directory.placement();
-            let Some(&address) = placement.addresses.get(&new) else {
-                return;
-            };
-            next.learners.push(new);
-            next.learners.sort_unstable();
-            members.insert(
-                new,
-                MemberInfo {
-                    address,
-                    incarnation: 0,
-                },
-            );
-            step = format!("adding node {} as a learner", new.0);
-        } else if let Some(&learner) = membership
-            .learners
-            .iter()
-            .find(|l| placed_ids.contains(l) && self.caught_up(**l, view.index))
-        {
-            next.learners.retain(|l| *l != learner);
-            next.voters.push(learner);
-            next.voters.sort_unstable();
-            step = format!("promoting node {} to voter", learner.0);
-        } else if let Some(&gone) = membership.learners.iter().find(|l| !placed_ids.contains(l)) {
-            next.learners.retain(|l| *l != gone);
-            members.remove(&gone);
-            step = format!("removing learner {}", gone.0);
-        } else if placed_ids.iter().all(|n| membership.is_voter(*n)) {
-            let Some(&gone) = membership.voters.iter().find(|v| !placed_ids.contains(v)) else {
-                return;
-            };
-            if gone == self.config.node_id {
+        let line = match step {
+            ReplicaStep::DropReplaced {
+                node,
+                recorded,
+                current,
+            } => {
+                next.voters.retain(|v| *v != node);
+                next.learners.retain(|l| *l != node);
+                members.remove(&node);
+                format!(
+                    "removing node {}'s old data directory (incarnation {recorded:016x}): the \
+                     cluster knows node {} as {current:016x} now (wiped and joined again)",
+                    node.0, node.0
+                )
+            }
+            ReplicaStep::AddLearner(new) => {
+                let Some(&address) = placement.addresses.get(&new) else {
+                    return;
+                };
+                next.learners.push(new);
+                next.learners.sort_unstable();
+                members.insert(
+                    new,
+                    MemberInfo {
+                        address,
+                        incarnation: 0,
+                    },
+                );
+                format!("adding node {} as a learner", new.0)
+            }
+            ReplicaStep::Promote(learner) => {
+                next.learners.retain(|l| *l != learner);
+                next.voters.push(learner);
+                next.voters.sort_unstable();
+                format!("promoting node {} to voter", learner.0)
+            }
+            ReplicaStep::RemoveLearner(gone) => {
+                next.learners.retain(|l| *l != gone);
+                members.remove(&gone);
+                format!("removing learner {}", gone.0)
+            }
+            ReplicaStep::RemoveVoter(gone) => {
+                next.voters.retain(|v| *v != gone);
+                members.remove(&gone);
+                format!("removing voter {}", gone.0)
+            }
+            ReplicaStep::HandOver => {
                 // Hand over to the placed voter most caught up; the new leader
                 // removes this node.
-                let target = self.handover_target(|id| placed_ids.contains(&id));
+                let target = self.handover_target(|id| placed.contains(&id));
                 if let Some(target) = target {
                     if self.raft.transfer_leadership(target).is_ok() {
                         tracing::info!(to = target.0, "leaving this data group: handing over");
@@ -692,14 +722,8 @@ impl Node {
                 }
                 return;
             }
-            next.voters.retain(|v| *v != gone);
-            members.remove(&gone);
-            step = format!("removing voter {}", gone.0);
-        } else {
-            // A placed learner is still catching up.
-            return;
-        }
-        self.propose_group_membership(next, members, step);
+        };
+        self.propose_group_membership(next, members, line);
     }
 
     /// Whether `learner` replicates, holds the membership entry at `index` and is

@@ -13,14 +13,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use prost::Message as _;
+use raftmq_proto::frame_writer::{FrameWriter, OutFrame};
 use raftmq_proto::pb::{self, ErrorCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::BrokerConfig;
@@ -492,13 +493,15 @@ impl Connection {
         let mut acting = service.for_principal(crate::security::Principal::Anonymous);
         metrics.connection_opened();
         let codec = raftmq_proto::frame::codec(config.max_frame_bytes);
-        let mut reader = FramedRead::new(read, codec.clone());
+        let mut reader = FramedRead::new(read, codec);
         let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
         // Who the answers are for, for the fetch quota (set once logged in).
         let reader_principal =
             Arc::new(std::sync::Mutex::new(crate::security::Principal::Anonymous));
         let writer = tokio::spawn(write_responses(
-            FramedWrite::new(write, codec),
+            // Fetched batches are written from the mapped log (vectored writes),
+            // not copied into the frame.
+            FrameWriter::new(write, config.max_frame_bytes),
             rx,
             FetchQuota {
                 security: service.security_arc(),
@@ -949,8 +952,8 @@ struct FetchQuota {
 impl FetchQuota {
     /// Encodes an answer; a fetch's bytes are charged to the principal, and the
     /// pause it owes is added to `pause`.
-    fn encode(&self, response: &pb::Response, pause: &mut std::time::Duration) -> bytes::Bytes {
-        let bytes = bytes::Bytes::from(response.encode_to_vec());
+    fn encode(&self, response: &pb::Response, pause: &mut std::time::Duration) -> OutFrame {
+        let frame = OutFrame::encode(response);
         if matches!(
             response.body,
             Some(pb::response::Body::Fetch(_) | pb::response::Body::FetchMany(_))
@@ -963,14 +966,14 @@ impl FetchQuota {
             *pause += self
                 .security
                 .quotas()
-                .charge_fetch(&principal, bytes.len() as u64);
+                .charge_fetch(&principal, frame.body_len() as u64);
         }
-        bytes
+        frame
     }
 }
 
 async fn write_responses<W: AsyncWrite + Unpin>(
-    mut framed: FramedWrite<W, tokio_util::codec::LengthDelimitedCodec>,
+    mut framed: FrameWriter<W>,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
     quota: FetchQuota,
 ) {
@@ -996,7 +999,7 @@ async fn write_responses<W: AsyncWrite + Unpin>(
             }
         }
         if result.is_ok() {
-            result = SinkExt::<bytes::Bytes>::flush(&mut framed).await;
+            result = framed.flush().await;
         }
         if result.is_err() {
             break;

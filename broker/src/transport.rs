@@ -18,12 +18,11 @@ use std::net::SocketAddr;
 use std::sync::{Mutex, Weak};
 use std::time::Duration;
 
-use futures::SinkExt;
+use raftmq_proto::frame_writer::{FrameWriter, OutFrame};
 use raftmq_proto::pb;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
-use tokio_util::codec::FramedWrite;
 use tokio_util::sync::CancellationToken;
 
 use crate::raft::{Message, NodeId};
@@ -263,7 +262,9 @@ async fn peer_link(
         }
         connected_once = true;
         backoff = BACKOFF_MIN;
-        let mut framed = FramedWrite::new(stream, raftmq_proto::frame::codec(max_frame_bytes));
+        // Entries are written from the mapped log (vectored writes), not copied
+        // into the frame.
+        let mut framed = FrameWriter::new(stream, max_frame_bytes);
         loop {
             let first = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -282,7 +283,7 @@ async fn peer_link(
                 }
             }
             if result.is_ok() {
-                result = SinkExt::<bytes::Bytes>::flush(&mut framed).await;
+                result = framed.flush().await;
             }
             if let Err(e) = result {
                 tracing::info!(peer = id.0, %addr, error = %e, "lost the link to peer; reconnecting");
@@ -294,13 +295,12 @@ async fn peer_link(
     }
 }
 
-fn encode(msg: pb::RaftMessage) -> bytes::Bytes {
-    use prost::Message as _;
+fn encode(msg: pb::RaftMessage) -> OutFrame {
     let request = pb::Request {
         correlation_id: 0,
         api_version: 1,
         on_behalf_of: String::new(),
         body: Some(pb::request::Body::Raft(msg)),
     };
-    bytes::Bytes::from(request.encode_to_vec())
+    OutFrame::encode(&request)
 }

@@ -7,14 +7,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
+use raftmq_proto::frame_writer::{FrameWriter, OutFrame};
 use raftmq_proto::tls::{rustls, tokio_rustls};
 use raftmq_proto::{frame, pb};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::FramedRead;
 
 use crate::ClientError;
 
@@ -52,7 +52,7 @@ impl Shared {
 #[derive(Clone)]
 pub(crate) struct Connection {
     shared: Arc<Shared>,
-    writer: mpsc::Sender<Bytes>,
+    writer: mpsc::Sender<OutFrame>,
 }
 
 impl Connection {
@@ -94,9 +94,11 @@ impl Connection {
             next_correlation_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
         });
-        let (writer, mut frames_rx) = mpsc::channel::<Bytes>(WRITE_QUEUE_FRAMES);
+        let (writer, mut frames_rx) = mpsc::channel::<OutFrame>(WRITE_QUEUE_FRAMES);
 
-        let mut sink = FramedWrite::new(write_half, frame::codec(max_frame_bytes));
+        // Batches are written from the producer's buffers (vectored writes), not
+        // copied into the frame.
+        let mut sink = FrameWriter::new(write_half, max_frame_bytes);
         let write_shared = Arc::clone(&shared);
         tokio::spawn(async move {
             // Feed every frame already queued, then flush once: one syscall for a
@@ -110,7 +112,7 @@ impl Connection {
                     }
                 }
                 if result.is_ok() {
-                    result = SinkExt::<Bytes>::flush(&mut sink).await;
+                    result = sink.flush().await;
                 }
                 if let Err(e) = result {
                     tracing::debug!(address = %write_shared.address, error = %e, "write failed");
@@ -246,7 +248,7 @@ impl Connection {
             .shared
             .next_correlation_id
             .fetch_add(1, Ordering::Relaxed);
-        let frame = frame::encode_request(&pb::Request::new(correlation_id, body));
+        let frame = OutFrame::encode(&pb::Request::new(correlation_id, body));
         let (tx, rx) = oneshot::channel();
         self.shared
             .pending

@@ -5,6 +5,7 @@
 //! - [`pb`]: the messages; [`ApiKey`] and envelope helpers ([`pb::Request::new`],
 //!   [`pb::Response::ok`], [`pb::Response::error`]).
 //! - [`frame`]: length-prefixed frames, encode/decode, name validation.
+//! - [`frame_writer`]: frames written without copying their large byte fields.
 //! - [`batch`]: the record-batch byte format, builder, validation and decoding.
 //! - [`kafka_batch`]: Kafka's RecordBatch v2, validated and stored as sent.
 //! - [`scram`]: SCRAM-SHA-256/512 authentication, client and server side.
@@ -24,6 +25,7 @@ mod api;
 pub mod batch;
 pub mod error;
 pub mod frame;
+pub mod frame_writer;
 pub mod kafka_batch;
 pub mod scram;
 pub mod tls;

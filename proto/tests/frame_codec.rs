@@ -4,6 +4,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use raftmq_proto::frame::{self, DEFAULT_MAX_FRAME_BYTES};
+use raftmq_proto::frame_writer::{FrameWriter, OutFrame, ZERO_COPY_MIN_BYTES};
 use raftmq_proto::pb::{self, request::Body as Req, response::Body as Resp};
 use raftmq_proto::{ApiKey, ServerError};
 use tokio::io::AsyncWriteExt;
@@ -649,6 +650,144 @@ async fn framed_sink_and_stream_carry_pipelined_requests() {
         assert_eq!(&frame::decode_request(body.freeze()).expect("decode"), r);
     }
     writer.await.expect("writer");
+}
+
+/// Requests and responses whose batches are large enough to be referenced, not
+/// copied, next to every other message type.
+fn messages_with_large_batches() -> (Vec<pb::Request>, Vec<Bytes>) {
+    let batches: Vec<Bytes> = (0..4u8)
+        .map(|i| Bytes::from(vec![i; 1000 + usize::from(i) * 5000]))
+        .collect();
+    let produce = |batch: &Bytes| pb::ProduceRequest {
+        topic: "orders".into(),
+        queue: 1,
+        acks: pb::Acks::Quorum as i32,
+        batch: batch.clone(),
+    };
+    let mut bodies = every_request();
+    bodies.push(Req::Produce(produce(&batches[3])));
+    bodies.push(Req::ProduceMany(pb::ProduceManyRequest {
+        parts: batches.iter().map(produce).collect(),
+    }));
+    let requests = bodies
+        .into_iter()
+        .enumerate()
+        .map(|(i, b)| pb::Request::new(i as u64 + 1, b))
+        .collect();
+    (requests, batches)
+}
+
+#[test]
+fn an_out_frame_is_the_codec_frame_and_references_its_large_batches() {
+    let (requests, batches) = messages_with_large_batches();
+    let mut codec = frame::codec(DEFAULT_MAX_FRAME_BYTES);
+    for request in &requests {
+        let out = OutFrame::encode(request);
+        let mut wire = BytesMut::new();
+        codec
+            .encode(frame::encode_request(request), &mut wire)
+            .expect("encode");
+        assert_eq!(out.to_bytes(), wire.freeze(), "{request:?}");
+        assert_eq!(out.body_len() + 4, out.to_bytes().len());
+    }
+    // The ProduceMany's four batches: three are at least ZERO_COPY_MIN_BYTES and
+    // appear as parts that are the batches themselves (same memory); the small
+    // fields between them are copied.
+    let many = OutFrame::encode(requests.last().expect("a request"));
+    for batch in &batches {
+        let referenced = many
+            .parts()
+            .iter()
+            .any(|p| p.as_ptr() == batch.as_ptr() && p.len() == batch.len());
+        assert_eq!(
+            referenced,
+            batch.len() >= ZERO_COPY_MIN_BYTES,
+            "batch of {} bytes",
+            batch.len()
+        );
+    }
+    // A response carrying fetched batches (slices of the mapped log on a broker).
+    let response = pb::Response::ok(
+        9,
+        Resp::Fetch(pb::FetchResponse {
+            batches: batches
+                .iter()
+                .enumerate()
+                .map(|(i, b)| pb::FetchedBatch {
+                    base_offset: i as u64 * 100,
+                    batch: b.clone(),
+                })
+                .collect(),
+            high_watermark: 400,
+            ..Default::default()
+        }),
+    );
+    let out = OutFrame::encode(&response);
+    let mut wire = BytesMut::new();
+    codec
+        .encode(frame::encode_response(&response), &mut wire)
+        .expect("encode");
+    assert_eq!(out.to_bytes(), wire.freeze());
+    assert_eq!(
+        out.parts()
+            .iter()
+            .filter(|p| batches.iter().any(|b| b.as_ptr() == p.as_ptr()))
+            .count(),
+        3
+    );
+}
+
+#[tokio::test]
+async fn a_frame_writer_delivers_every_frame_in_order_through_short_writes() {
+    let (requests, _) = messages_with_large_batches();
+    // A 100-byte pipe: every vectored write is cut short, often inside a part.
+    let (client, server) = tokio::io::duplex(100);
+    let mut writer = FrameWriter::new(client, DEFAULT_MAX_FRAME_BYTES);
+    let mut stream = FramedRead::new(server, frame::codec(DEFAULT_MAX_FRAME_BYTES));
+    let sent = requests.clone();
+    let task = tokio::spawn(async move {
+        for (i, r) in sent.iter().enumerate() {
+            writer.feed(OutFrame::encode(r)).await.expect("feed");
+            if i % 7 == 0 {
+                writer.flush().await.expect("flush");
+            }
+        }
+        writer.flush().await.expect("flush");
+    });
+    for r in &requests {
+        let body = stream.next().await.expect("frame").expect("ok");
+        assert_eq!(&frame::decode_request(body.freeze()).expect("decode"), r);
+    }
+    task.await.expect("writer");
+}
+
+#[tokio::test]
+async fn a_frame_writer_refuses_a_frame_over_its_limit_and_writes_none_of_it() {
+    let (client, mut server) = tokio::io::duplex(1 << 16);
+    let mut writer = FrameWriter::new(client, 1000);
+    let big = pb::Request::new(
+        1,
+        Req::Produce(pb::ProduceRequest {
+            topic: "t".into(),
+            batch: Bytes::from(vec![7u8; 4000]),
+            ..Default::default()
+        }),
+    );
+    let err = writer
+        .feed(OutFrame::encode(&big))
+        .await
+        .expect_err("over the limit");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+    assert!(err.to_string().contains("frame limit of 1000"), "{err}");
+    let small = pb::Request::new(2, Req::Metadata(pb::MetadataRequest::default()));
+    writer.feed(OutFrame::encode(&small)).await.expect("feed");
+    writer.flush().await.expect("flush");
+    drop(writer);
+    let mut wire = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut server, &mut wire)
+        .await
+        .expect("read");
+    assert_eq!(wire, OutFrame::encode(&small).to_bytes());
 }
 
 proptest::proptest! {

@@ -133,6 +133,11 @@ pub enum Command {
     DeleteTopic {
         /// Topic name.
         name: String,
+        /// Also forget every consumer group's committed offsets of the topic, so
+        /// that a topic created again under the name is read from its start (as
+        /// Kafka does). Encoded after `name` as one byte; entries written before it
+        /// existed decode as `false` and replay as they applied then.
+        drop_offsets: bool,
     },
     /// op 3: allocate a producer id for an idempotent producer.
     InitProducer,
@@ -298,9 +303,10 @@ impl Command {
                 buf.put_u64_le(retention.ms);
                 buf.put_u64_le(retention.bytes);
             }
-            Command::DeleteTopic { name } => {
+            Command::DeleteTopic { name, drop_offsets } => {
                 buf.put_u8(2);
                 put_str(&mut buf, name);
+                buf.put_u8(u8::from(*drop_offsets));
             }
             Command::InitProducer => buf.put_u8(3),
             Command::CommitOffsets { group, offsets } => {
@@ -418,6 +424,7 @@ impl Command {
             }
             2 => Command::DeleteTopic {
                 name: get_str(&mut buf)?,
+                drop_offsets: buf.has_remaining() && buf.get_u8() != 0,
             },
             3 => Command::InitProducer,
             4 => {
@@ -517,6 +524,11 @@ mod tests {
             },
             Command::DeleteTopic {
                 name: "orders".into(),
+                drop_offsets: true,
+            },
+            Command::DeleteTopic {
+                name: "kept".into(),
+                drop_offsets: false,
             },
             Command::InitProducer,
             Command::SetDataGroups {
@@ -591,6 +603,24 @@ mod tests {
             panic!("not a create");
         };
         assert!(!retention.is_set());
+    }
+
+    #[test]
+    fn a_delete_topic_written_before_offsets_were_dropped_decodes_keeping_them() {
+        let mut body = Command::DeleteTopic {
+            name: "old".into(),
+            drop_offsets: true,
+        }
+        .encode()
+        .to_vec();
+        body.truncate(body.len() - 1);
+        assert_eq!(
+            Command::decode(&body).unwrap(),
+            Command::DeleteTopic {
+                name: "old".into(),
+                drop_offsets: false
+            }
+        );
     }
 
     #[test]

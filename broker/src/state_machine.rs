@@ -528,10 +528,16 @@ impl StateMachine {
                 }
                 ApplyOutcome::ListenersSet
             }
-            Command::DeleteTopic { name } => match self.topic_ids.remove(&name) {
+            Command::DeleteTopic { name, drop_offsets } => match self.topic_ids.remove(&name) {
                 Some(id) => {
                     self.topics.remove(&id);
                     self.sequences.retain(|(_, topic, _), _| *topic != id);
+                    if drop_offsets {
+                        for offsets in self.group_offsets.values_mut() {
+                            offsets.retain(|(topic, _), _| *topic != name);
+                        }
+                        self.group_offsets.retain(|_, offsets| !offsets.is_empty());
+                    }
                     ApplyOutcome::TopicDeleted
                 }
                 None => ApplyOutcome::Rejected(
@@ -1348,6 +1354,7 @@ mod tests {
             commit("empty", &[]),
             cmd(Command::DeleteTopic {
                 name: "gone".into(),
+                drop_offsets: false,
             }),
             cmd(Command::SetListeners {
                 node: 2,
@@ -1525,6 +1532,52 @@ mod tests {
     /// proposed, say, by a leader not ready yet) is refused too: stored first, it
     /// would make the earlier batch's retry look like a duplicate, acknowledged but
     /// never stored.
+    #[test]
+    fn deleting_a_topic_forgets_its_committed_offsets_unless_the_entry_predates_that() {
+        let mut sm = StateMachine::new();
+        apply_all(&mut sm, [create("t", 2), create("u", 1)]);
+        apply_all(
+            &mut sm,
+            [
+                commit("both", &[("t", 0, 0), ("t", 1, 0), ("u", 0, 0)]),
+                commit("only-t", &[("t", 1, 0)]),
+            ],
+        );
+        apply(
+            &mut sm,
+            cmd(Command::DeleteTopic {
+                name: "t".into(),
+                drop_offsets: true,
+            }),
+        );
+        let both = sm.group_offsets("both").expect("offsets of u are kept");
+        assert_eq!(both.keys().collect::<Vec<_>>(), [&("u".to_string(), 0)]);
+        assert!(
+            sm.group_offsets("only-t").is_none(),
+            "a group left with none"
+        );
+        // Created again, the topic is read from its start by every group.
+        apply(&mut sm, create("t", 1));
+        assert!(!sm
+            .group_offsets("both")
+            .unwrap()
+            .contains_key(&("t".to_string(), 0)));
+
+        // An entry written before deletions dropped offsets applies as it did then.
+        apply(&mut sm, commit("old", &[("t", 0, 0)]));
+        apply(
+            &mut sm,
+            cmd(Command::DeleteTopic {
+                name: "t".into(),
+                drop_offsets: false,
+            }),
+        );
+        assert!(sm
+            .group_offsets("old")
+            .unwrap()
+            .contains_key(&("t".to_string(), 0)));
+    }
+
     #[test]
     fn a_batch_ahead_of_its_producers_next_sequence_is_refused_even_as_the_first() {
         let mut sm = StateMachine::new();

@@ -380,6 +380,17 @@ async fn replicas_move_off_a_dead_node_and_onto_a_new_one() {
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
 
+    // A node id that is not a member (a typo) is refused, not recorded.
+    let typo = admin
+        .move_replicas(Some(99), 0)
+        .await
+        .expect_err("node 99 is no member");
+    assert!(
+        typo.to_string()
+            .contains("node 99 is not a member of this cluster"),
+        "{typo}"
+    );
+
     // Node 5 dies for good: decommission it, wait for its replicas to move, remove it.
     cluster.kill(5);
     let moved = admin.move_replicas(Some(5), 0).await.expect("decommission");
@@ -713,4 +724,61 @@ async fn data_groups_added_to_a_running_cluster_take_new_topics() {
     let stored = read_all(&client, "before", 6).await;
     let total = check_exactly_once(&acked, &stored);
     assert!(total > 6, "only {total} acknowledged");
+}
+
+/// A group's lag counts every queue, whichever data group holds it: each data
+/// group reports the offset ranges of its own queues only (its empty copies of the
+/// other groups' queues once overwrote theirs, showing a log end of 0 and no lag).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_lag_counts_the_queues_of_every_data_group() {
+    const LAG_QUEUES: u32 = 6;
+    const PER_QUEUE: u64 = 10;
+    let cluster = Cluster::start_with(3, &["--data-groups", "3"]);
+    let client = Client::connect(&cluster.addrs()).await.expect("connect");
+    let admin = Admin::new(&client);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = admin.create_topic("lagging", LAG_QUEUES).await {
+        assert!(Instant::now() < deadline, "create topic: {e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let producer = Producer::builder(&client).build().await.expect("producer");
+    let mut acks = Vec::new();
+    for q in 0..LAG_QUEUES {
+        for i in 0..PER_QUEUE {
+            let message = Message::new("lagging", format!("{q}-{i}")).with_queue(q);
+            acks.push(producer.send(message).await.expect("send"));
+        }
+    }
+    for ack in acks {
+        ack.await.expect("acknowledged");
+    }
+    producer.close().await;
+    admin
+        .reset_group_offsets("lagger", "lagging", SeekTo::Earliest)
+        .await
+        .expect("commit offset 0 everywhere");
+    // Ranges are published about every second.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let described = admin.describe_group("lagger").await.expect("describe");
+        let lags: BTreeMap<u32, (u64, u64)> = described
+            .queues
+            .iter()
+            .filter(|q| q.topic == "lagging")
+            .map(|q| (q.queue, (q.log_end, q.lag)))
+            .collect();
+        if lags.len() == LAG_QUEUES as usize
+            && lags
+                .values()
+                .all(|&(end, lag)| end == PER_QUEUE && lag == PER_QUEUE)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "every queue holds {PER_QUEUE} messages, none read: (log end, lag) per queue \
+             {lags:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }

@@ -21,6 +21,8 @@ use super::KafkaContext;
 
 /// Kafka's resource type number for a topic in DescribeConfigs.
 const RESOURCE_TOPIC: i8 = 2;
+/// The most partitions (queues) a topic may have.
+const MAX_PARTITIONS: i32 = crate::node::MAX_TOPIC_QUEUES as i32;
 
 pub(super) fn name(s: &str) -> TopicName {
     TopicName(StrBytes::from_string(s.to_owned()))
@@ -269,8 +271,16 @@ pub(super) async fn create_topics(
             }
             let queues = match topic.num_partitions {
                 -1 => 1,
-                n if n >= 1 => n as u32,
-                n => return Err((code::INVALID_PARTITIONS, format!("{n} partitions"))),
+                n if (1..=MAX_PARTITIONS).contains(&n) => n as u32,
+                n => {
+                    return Err((
+                        code::INVALID_PARTITIONS,
+                        format!(
+                            "num_partitions {n}: a topic has 1 to {MAX_PARTITIONS} partitions \
+                             (-1: one)"
+                        ),
+                    ))
+                }
             };
             let (retention_ms, retention_bytes) =
                 topic_settings(&topic.configs).map_err(|e| (code::INVALID_CONFIG, e))?;

@@ -46,7 +46,7 @@ mod requests;
 mod snapshots;
 mod users;
 
-pub use requests::UNKNOWN_OFFSET;
+pub use requests::{MAX_TOPIC_QUEUES, UNKNOWN_OFFSET};
 pub use snapshots::{recover, RecoverError};
 
 /// Entries read from the log per apply step.

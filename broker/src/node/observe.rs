@@ -412,7 +412,10 @@ mod tests {
         );
 
         // A deleted topic's offsets leave no series behind.
-        a.command(Command::DeleteTopic { name: "t".into() });
+        a.command(Command::DeleteTopic {
+            name: "t".into(),
+            drop_offsets: true,
+        });
         let text = group_lag_text(&a.state, &own(&a.state), "1", 10);
         assert!(
             lines_of(&text, "raftmq_group_lag_messages").is_empty(),

@@ -222,10 +222,22 @@ impl Node {
         if !super::due(&mut self.raft_groups.bounds_at, now, QUEUE_BOUNDS_INTERVAL) {
             return;
         }
+        // Only the queues placed in this group: a data group mirrors every queue of
+        // the topics it holds, and its (empty) copies of the others would
+        // overwrite the bounds their own groups publish.
+        let placement = self.raft_groups.directory.placement();
+        let group = self.group_id();
         let bounds = self.state.topics().flat_map(|t| {
+            let placed = placement
+                .topics
+                .get(&t.name)
+                .filter(|p| p.id == t.id)
+                .map(|p| p.groups.clone())
+                .unwrap_or_default();
             t.queues
                 .iter()
                 .enumerate()
+                .filter(move |(q, _)| placed.get(*q).copied() == Some(group))
                 .map(move |(q, s)| ((t.id, q as u32), (s.start_offset, s.next_offset)))
         });
         self.raft_groups.directory.publish_queue_bounds(bounds);
@@ -544,6 +556,22 @@ impl Node {
             ));
         }
         let leaving = req.decommission;
+        if leaving != 0 && !self.raft.membership().contains(NodeId(leaving)) {
+            let members: Vec<String> = self
+                .raft
+                .membership()
+                .members()
+                .map(|n| n.0.to_string())
+                .collect();
+            return reply.error(pb::Error::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "node {leaving} is not a member of this cluster (members: {}): nothing \
+                     to decommission",
+                    members.join(", ")
+                ),
+            ));
+        }
         // Every member of the metadata group, voter or learner: a cluster larger
         // than its metadata quorum (3 or 5 voters) keeps the other nodes as learners
         // of it, and they hold data-group replicas all the same.
@@ -608,8 +636,10 @@ impl Node {
             // A lower id the metadata group no longer has under this name was
             // deleted there (a higher one is newer than what it applied so far).
             if current != Some(topic.id) && topic.id < placement.next_topic_id {
+                // Offsets live in the metadata group, not here.
                 commands.push(Command::DeleteTopic {
                     name: topic.name.clone(),
+                    drop_offsets: false,
                 });
             }
         }

@@ -23,6 +23,9 @@ use raftmq_store::LogIndex;
 /// leader are not applied yet.
 pub const UNKNOWN_OFFSET: u64 = u64::MAX;
 
+/// The most queues a topic may have.
+pub const MAX_TOPIC_QUEUES: u32 = 4096;
+
 /// Where a queue's batches appended by this leader, and not yet applied, end.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Projection {
@@ -75,10 +78,14 @@ impl Node {
                         format!("topic {:?} exists", req.name),
                     ));
                 }
-                if req.queues == 0 || req.queues > 4096 {
+                if req.queues == 0 || req.queues > MAX_TOPIC_QUEUES {
                     return reply.error(pb::Error::new(
                         ErrorCode::InvalidRequest,
-                        "a topic has 1 to 4096 queues",
+                        format!(
+                            "{} queues asked for topic {:?}: a topic has 1 to \
+                             {MAX_TOPIC_QUEUES} queues",
+                            req.queues, req.name
+                        ),
                     ));
                 }
                 if self.config.data_groups > 0 && self.state.data_groups().is_empty() {
@@ -102,7 +109,10 @@ impl Node {
                 if self.state.topic(&req.name).is_none() {
                     return reply.error(unknown_topic(&req.name));
                 }
-                let command = Command::DeleteTopic { name: req.name };
+                let command = Command::DeleteTopic {
+                    name: req.name,
+                    drop_offsets: true,
+                };
                 self.propose_command(command, PendingKind::DeleteTopic, reply);
             }
             B::InitProducer(_) => {
@@ -283,7 +293,8 @@ impl Node {
         if self.storage_failed {
             reply.error(pb::Error::new(
                 ErrorCode::StorageError,
-                "this broker cannot write its log",
+                "this broker cannot write its log (its own log says why): another node \
+                 takes over the group once this one steps down; retry",
             ));
             return None;
         }

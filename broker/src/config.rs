@@ -662,19 +662,29 @@ impl BrokerConfig {
         }
         self.check_exposure()?;
         if self.segment_bytes < 64 * 1024 {
-            return Err(ConfigError::OutOfRange(
-                "segment_bytes must be at least 65536".into(),
-            ));
+            return Err(ConfigError::OutOfRange(format!(
+                "segment_bytes {} is below the minimum of 65536 (--segment-bytes)",
+                self.segment_bytes
+            )));
         }
         if self.max_batch_bytes as u64 + 4096 > self.segment_bytes {
-            return Err(ConfigError::OutOfRange(
-                "max_batch_bytes must fit in a segment".into(),
-            ));
+            return Err(ConfigError::OutOfRange(format!(
+                "max_batch_bytes {} does not fit in a segment of {} bytes with its \
+                     4096-byte header: raise --segment-bytes to at least {} or lower \
+                     --max-batch-bytes",
+                self.max_batch_bytes,
+                self.segment_bytes,
+                self.max_batch_bytes as u64 + 4096
+            )));
         }
         if self.max_frame_bytes < self.max_batch_bytes + 1024 {
-            return Err(ConfigError::OutOfRange(
-                "max_frame_bytes must exceed max_batch_bytes".into(),
-            ));
+            return Err(ConfigError::OutOfRange(format!(
+                "max_batch_bytes {} needs max_frame_bytes of at least {} (now {}): set \
+                     max_frame_bytes in the --config file or lower --max-batch-bytes",
+                self.max_batch_bytes,
+                self.max_batch_bytes + 1024,
+                self.max_frame_bytes
+            )));
         }
         if self.tick_ms == 0
             || self.election_timeout_ticks < 3

@@ -49,7 +49,12 @@ pub enum HardStateError {
         error: io::Error,
     },
     /// The file exists but neither slot is valid.
-    #[error("hard state file {0} is corrupt in both slots")]
+    #[error(
+        "hard state file {0} is corrupt in both slots: this node cannot recover its Raft \
+         term and vote; restore the file from a backup, or remove the node \
+         (`raftmq cluster remove-node ID`), empty its data directory and start it with \
+         --join to add it again"
+    )]
     Corrupt(String),
     /// Syncing the file or its directory failed.
     #[error(transparent)]

@@ -68,10 +68,15 @@ pub enum StartError {
     #[error("invalid raft configuration: {0}")]
     Raft(String),
     /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {error}")]
+    #[error(
+        "cannot listen on {addr} ({flag}): {error}; stop the process that uses it or \
+         choose another address"
+    )]
     Bind {
         /// The address.
         addr: SocketAddr,
+        /// The setting that names it (`--listen`, `--kafka-listen`).
+        flag: &'static str,
         /// The I/O error.
         error: std::io::Error,
     },
@@ -139,15 +144,30 @@ impl Broker {
             None => None,
         };
         // The port first: a broker that cannot listen leaves no empty data dir behind.
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|error| StartError::Bind {
+        let listener = match TcpListener::bind(config.listen).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                // Most often the same broker started twice: the lock says so, and
+                // names the process, better than the port does.
+                if error.kind() == std::io::ErrorKind::AddrInUse
+                    && crate::data_dir_lock::lock_file_exists(&config.data_dir)
+                {
+                    if let Err(e @ crate::data_dir_lock::DataDirLockError::InUse { .. }) =
+                        DataDirLock::acquire(&config.data_dir)
+                    {
+                        return Err(e.into());
+                    }
+                }
+                return Err(StartError::Bind {
                     addr: config.listen,
+                    flag: "--listen",
                     error,
-                })?;
+                });
+            }
+        };
         let local_addr = listener.local_addr().map_err(|error| StartError::Bind {
             addr: config.listen,
+            flag: "--listen",
             error,
         })?;
         std::fs::create_dir_all(&config.data_dir).map_err(|error| StartError::DataDir {
@@ -162,11 +182,17 @@ impl Broker {
             config.peers.insert(config.node_id, local_addr);
         }
         let kafka_listener = match config.kafka_listen {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|error| StartError::Bind { addr, error })?,
-            ),
+            Some(addr) => {
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|error| StartError::Bind {
+                            addr,
+                            flag: "--kafka-listen",
+                            error,
+                        })?,
+                )
+            }
             None => None,
         };
         let metrics_listener = match config.metrics_listen {
@@ -281,6 +307,7 @@ impl Broker {
                 .local_addr()
                 .map_err(|error| StartError::Bind {
                     addr: local_addr,
+                    flag: "--kafka-listen",
                     error,
                 })?;
             tracing::info!(addr = %bound, "serving the Kafka protocol");
@@ -428,7 +455,7 @@ async fn accept_connection(
     let _slot = match service.security().admit_connection(peer.ip()) {
         Ok(slot) => slot,
         Err(why) => {
-            tracing::debug!(%peer, reason = %why, "connection refused");
+            crate::security::Security::log_refused_connection(peer, "native", &why);
             return;
         }
     };
@@ -918,7 +945,9 @@ fn precheck(body: &pb::request::Body, config: &BrokerConfig) -> Result<(), pb::E
                 return Err(pb::Error::new(
                     ErrorCode::MessageTooLarge,
                     format!(
-                        "batch of {} bytes exceeds the limit of {}",
+                        "batch of {} bytes exceeds the broker's limit of {} bytes: send \
+                         smaller batches (the producer's max_batch_bytes) or raise the \
+                         brokers' --max-batch-bytes",
                         req.batch.len(),
                         config.max_batch_bytes
                     ),

@@ -91,6 +91,23 @@ async fn given_a_running_broker_when_a_second_starts_on_its_data_dir_should_refu
         "{stderr}"
     );
 
+    // Started exactly as the first (same port too, the usual mistake): the lock
+    // is what it is told, not the port.
+    let out = Command::new(env!("CARGO_BIN_EXE_raftmq-broker"))
+        .arg("--node-id")
+        .arg("1")
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .arg("--listen")
+        .arg(cluster.nodes[0].addr.to_string())
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("the third broker runs");
+    assert!(!out.status.success(), "the third broker started");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is in use by another broker"), "{stderr}");
+
     // The first broker goes on acknowledging; a restart keeps everything.
     produce(&client, 500, 500).await;
     drop(client);

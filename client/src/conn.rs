@@ -66,7 +66,11 @@ impl Connection {
     ) -> Result<Connection, ClientError> {
         let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(address))
             .await
-            .map_err(|_| ClientError::Timeout(connect_timeout))??;
+            .map_err(|_| ClientError::Timeout(connect_timeout))?
+            .map_err(|error| ClientError::Connect {
+                address: address.to_owned(),
+                error: Arc::new(error),
+            })?;
         stream.set_nodelay(true)?;
         let Some(tls) = tls else {
             let (read_half, write_half) = stream.into_split();

@@ -461,7 +461,9 @@ impl Consumer {
             Ok(response::Body::Fetch(f)) => f,
             Ok(other) => return Err(unexpected("fetch", &other)),
             Err(e) => {
-                if let Some(ServerError::OffsetOutOfRange { log_start, log_end }) = e.server_error()
+                if let Some(ServerError::OffsetOutOfRange {
+                    log_start, log_end, ..
+                }) = e.server_error()
                 {
                     let to = match self.config.reset {
                         OffsetReset::Earliest => *log_start,

@@ -13,9 +13,17 @@ pub enum ClientError {
     /// The broker answered with an error.
     #[error("broker error: {0}")]
     Server(ServerError),
-    /// A socket failed (connect, read or write).
+    /// A socket failed (read or write).
     #[error("I/O error: {0}")]
     Io(Arc<std::io::Error>),
+    /// A broker could not be connected to.
+    #[error("cannot connect to {address}: {error}{}", connect_hint(.error))]
+    Connect {
+        /// The address tried (host:port).
+        address: String,
+        /// Why.
+        error: Arc<std::io::Error>,
+    },
     /// No answer within the request timeout (the outcome is unknown).
     #[error("request timed out after {0:?}")]
     Timeout(Duration),
@@ -100,12 +108,26 @@ impl From<ProtoError> for ClientError {
     }
 }
 
+/// What a user can do about a failed connection.
+fn connect_hint(error: &std::io::Error) -> &'static str {
+    match error.kind() {
+        std::io::ErrorKind::ConnectionRefused => {
+            " (nothing listens there: is raftmq-broker running, and is this its client \
+             port? check --brokers)"
+        }
+        std::io::ErrorKind::InvalidInput => " (a broker address is HOST:PORT)",
+        _ => "",
+    }
+}
+
 impl ClientError {
     /// Whether sending the same request again (after a backoff, maybe to another
     /// broker) can succeed: transport failures, timeouts, and retriable broker errors.
     pub fn is_retriable(&self) -> bool {
         match self {
             ClientError::Server(e) => e.is_retriable(),
+            // An address that cannot be one (no port, a bad number) never will be.
+            ClientError::Connect { error, .. } => error.kind() != std::io::ErrorKind::InvalidInput,
             ClientError::Io(_)
             | ClientError::Timeout(_)
             | ClientError::ConnectionClosed(_)

@@ -639,8 +639,9 @@ impl Producer {
         let limit = config.max_message_bytes.max(config.max_batch_bytes);
         if !Accumulator::<Acker>::fits_alone(limit, record_bytes) {
             return Err(ClientError::InvalidArgument(format!(
-                "message of {record_bytes} bytes is over the limit of {limit} bytes \
-                 (ProducerConfig::max_message_bytes)"
+                "message of {record_bytes} bytes is over the producer's limit of {limit} \
+                 bytes (ProducerConfig::max_message_bytes, at most the brokers' \
+                 --max-batch-bytes less 1 KiB)"
             )));
         }
         Ok(record_bytes)

@@ -235,12 +235,14 @@ pub enum ServerError {
         message: String,
     },
     /// The offset is outside `[log_start, log_end]`.
-    #[error("offset out of range [{log_start}, {log_end}]")]
+    #[error("{}", out_of_range(*.log_start, *.log_end, .message))]
     OffsetOutOfRange {
         /// First offset still stored.
         log_start: u64,
         /// Next offset to be written.
         log_end: u64,
+        /// The broker's message (which offset, which queue).
+        message: String,
     },
     /// A bounded queue is full; retry after a short backoff.
     #[error("{}", tidy("broker busy", .message))]
@@ -389,6 +391,15 @@ pub enum ServerError {
 
 /// `prefix: message`, unless the broker's message already says what `prefix` says
 /// (`unknown topic "orders"` needs no `unknown topic: ` in front).
+/// The broker's message (it names the offset and the queue), else the range.
+fn out_of_range(log_start: u64, log_end: u64, message: &str) -> String {
+    if message.is_empty() {
+        format!("offset out of range [{log_start}, {log_end}]")
+    } else {
+        tidy("offset out of range", message)
+    }
+}
+
 fn tidy(prefix: &str, message: &str) -> String {
     if message.to_ascii_lowercase().contains(prefix) {
         message.to_owned()
@@ -467,6 +478,7 @@ impl From<pb::Error> for ServerError {
             Ok(ErrorCode::OffsetOutOfRange) => ServerError::OffsetOutOfRange {
                 log_start: e.log_start,
                 log_end: e.log_end,
+                message,
             },
             Ok(ErrorCode::Busy) => ServerError::Busy { message },
             Ok(ErrorCode::Timeout) => ServerError::Timeout { message },
@@ -571,10 +583,19 @@ mod tests {
             e,
             ServerError::OffsetOutOfRange {
                 log_start: 5,
-                log_end: 9
+                log_end: 9,
+                message: "offset out of range [5, 9]".into(),
             }
         );
         assert!(!e.is_retriable());
+        let e = ServerError::from(pb::Error {
+            message: "offset 7 is outside [120, 500] of orders/0".into(),
+            ..pb::Error::offset_out_of_range(120, 500)
+        });
+        assert_eq!(
+            e.to_string(),
+            "offset out of range: offset 7 is outside [120, 500] of orders/0"
+        );
     }
 
     #[test]

@@ -498,7 +498,8 @@ fn every_response_type_round_trips_through_the_codec() {
         ServerError::from(last.error.expect("an error")),
         ServerError::OffsetOutOfRange {
             log_start: 3,
-            log_end: 10
+            log_end: 10,
+            message: "offset out of range [3, 10]".into(),
         }
     );
 }

@@ -66,7 +66,11 @@ async fn begin_one(
     if batch.len() > max {
         return Err(Produced::error(
             code::MESSAGE_TOO_LARGE,
-            format!("batch of {} bytes exceeds the limit of {max}", batch.len()),
+            format!(
+                "batch of {} bytes exceeds the broker's limit of {max} bytes: lower the \
+                 producer's batch.size or raise the brokers' --max-batch-bytes",
+                batch.len()
+            ),
         ));
     }
     if raftmq_proto::batch::format_of(&batch) != Some(raftmq_proto::batch::BatchFormat::Kafka) {
@@ -419,7 +423,12 @@ pub(super) async fn init_producer_id(
     let mut response = InitProducerIdResponse::default();
     response.producer_id = ProducerId(-1);
     response.producer_epoch = -1;
-    if request.transactional_id.is_some() {
+    if let Some(id) = &request.transactional_id {
+        tracing::warn!(
+            transactional_id = %id.as_str(),
+            "a Kafka client asked for a transactional producer: raftmq does not support \
+             transactions; unset transactional.id (idempotence works without it)"
+        );
         response.error_code = code::INVALID_REQUEST;
         return response;
     }

@@ -199,7 +199,7 @@ async fn accept_connection(
     let _slot = match context.service.security().admit_connection(peer.ip()) {
         Ok(slot) => slot,
         Err(why) => {
-            tracing::debug!(%peer, reason = %why, "kafka connection refused");
+            crate::security::Security::log_refused_connection(peer, "kafka", &why);
             return;
         }
     };

@@ -111,6 +111,30 @@ impl Security {
         }
     }
 
+    /// Logs a connection refused by [`Security::admit_connection`]: as a warning
+    /// at most once every 10 s per process (a client retrying in a loop would
+    /// flood the log), else at debug level. The client sees only a closed
+    /// connection, so the broker's log is where an operator learns why.
+    pub fn log_refused_connection(peer: std::net::SocketAddr, listener: &str, why: &str) {
+        static LAST_WARNING: std::sync::Mutex<Option<std::time::Instant>> =
+            std::sync::Mutex::new(None);
+        let now = std::time::Instant::now();
+        let warn = {
+            let mut last = LAST_WARNING.lock().unwrap_or_else(|e| e.into_inner());
+            let due =
+                last.is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(10));
+            if due {
+                *last = Some(now);
+            }
+            due
+        };
+        if warn {
+            tracing::warn!(%peer, listener, reason = %why, "connection refused");
+        } else {
+            tracing::debug!(%peer, listener, reason = %why, "connection refused");
+        }
+    }
+
     /// Whether clients must log in.
     pub fn require_login(&self) -> bool {
         self.require_login

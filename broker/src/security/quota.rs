@@ -142,12 +142,13 @@ impl ConnectionLimits {
         let from_address = per.get(&address).copied().unwrap_or(0);
         if from_address >= self.max_per_address {
             return Err(format!(
-                "{address} already has {from_address} connections (max_connections_per_ip)"
+                "{address} already has {from_address} connections: raise \
+                 --max-connections-per-ip or close idle clients"
             ));
         }
         if self.total.load(Ordering::Acquire) >= self.max_total {
             return Err(format!(
-                "{} connections are open (max_connections)",
+                "{} connections are open: raise --max-connections or close idle clients",
                 self.max_total
             ));
         }
@@ -202,9 +203,9 @@ mod tests {
         assert!(limits
             .admit(a)
             .unwrap_err()
-            .contains("max_connections_per_ip"));
+            .contains("--max-connections-per-ip"));
         let _b1 = limits.admit(b).unwrap();
-        assert!(limits.admit(b).unwrap_err().contains("max_connections"));
+        assert!(limits.admit(b).unwrap_err().contains("--max-connections "));
         drop(a1);
         assert!(limits.admit(b).is_ok(), "a place freed");
     }

@@ -218,8 +218,10 @@ impl Session {
         let Some(principal) = &self.principal else {
             return Err(pb::Error::new(
                 ErrorCode::AuthenticationFailed,
-                "this broker requires a login: SaslHandshake and SaslAuthenticate \
-                 (SCRAM-SHA-256 or SCRAM-SHA-512) or a client certificate",
+                "this broker requires a login: `raftmq --user NAME` with the password in \
+                 RAFTMQ_PASSWORD (SCRAM-SHA-256 or SCRAM-SHA-512), or a client \
+                 certificate (--tls-cert and --tls-key); Kafka clients set \
+                 sasl.mechanism and security.protocol",
             ));
         };
         if self.by_password {

@@ -364,7 +364,8 @@ enum GroupCommand {
     },
 }
 
-/// Parses `--to` of `group reset`.
+/// Parses a position (`--to` of `group reset`, `--from` of `consume`); the caller
+/// names its flag.
 fn parse_reset_target(to: &str) -> Result<SeekTo> {
     match to {
         "earliest" => return Ok(SeekTo::Earliest),
@@ -375,11 +376,18 @@ fn parse_reset_target(to: &str) -> Result<SeekTo> {
         return Ok(SeekTo::Offset(offset));
     }
     if let Some(ms) = to.strip_prefix('@') {
-        return Ok(SeekTo::Timestamp(ms.parse().context("@MILLISECONDS")?));
+        return Ok(SeekTo::Timestamp(ms.parse().with_context(|| {
+            format!("{to:?}: @ is followed by milliseconds since 1970-01-01T00:00:00Z")
+        })?));
     }
     parse_rfc3339_utc_ms(to)
         .map(SeekTo::Timestamp)
-        .with_context(|| format!("--to {to:?}: expected earliest, latest, an offset or a time"))
+        .with_context(|| {
+            format!(
+                "{to:?}: expected earliest, latest, an OFFSET, @MILLISECONDS or a UTC time \
+                 YYYY-MM-DDTHH:MM:SSZ"
+            )
+        })
 }
 
 /// `YYYY-MM-DDTHH:MM:SS[.fff]Z` to milliseconds since the Unix epoch.
@@ -1086,7 +1094,7 @@ fn parse_from(from: &str) -> Result<From> {
     }
     parse_reset_target(from)
         .map(From::Seek)
-        .with_context(|| format!("--from {from:?}"))
+        .context("--from (or -N for the last N messages)")
 }
 
 async fn consume(
@@ -1261,7 +1269,7 @@ async fn group(client: &Client, command: GroupCommand) -> Result<()> {
             to,
             create,
         } => {
-            let target = parse_reset_target(&to)?;
+            let target = parse_reset_target(&to).context("--to")?;
             if !create {
                 match admin.describe_group(&group).await {
                     Ok(_) => {}

@@ -380,7 +380,7 @@ impl StateMachine {
                 if self.topic_ids.contains_key(&name) {
                     return ApplyOutcome::Rejected(
                         ErrorCode::TopicExists,
-                        format!("topic {name:?} exists"),
+                        format!("topic {name:?} already exists"),
                     );
                 }
                 let id = self.next_topic_id;

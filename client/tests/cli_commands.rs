@@ -85,7 +85,8 @@ async fn topic_produce_consume_and_status_commands_work_end_to_end() {
 
     let (ok, _, err) = raftmq(&address, &["topic", "create", "logs"], "").await;
     assert!(!ok, "creating an existing topic fails");
-    assert!(err.contains("topic exists"), "{err}");
+    assert!(err.contains("topic \"logs\" already exists"), "{err}");
+    assert_eq!(err.matches("exists").count(), 1, "said once: {err}");
     assert_eq!(err.lines().count(), 1, "one error line: {err}");
     assert!(err.starts_with("raftmq: error: "), "{err}");
 
@@ -175,6 +176,14 @@ async fn consume_as_a_group_commits_only_what_it_printed() {
         out, "m4\nm5\nm6\nm7\n",
         "the second run resumes after the first"
     );
+    // -e: the rest, then exit (committed: a further run has nothing to print).
+    let to_end = ["consume", "logs", "--group", "readers", "-e"];
+    let (ok, out, err) = raftmq(&address, &to_end, "").await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "m8\nm9\n");
+    let (ok, out, err) = raftmq(&address, &to_end, "").await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "", "everything was committed");
 }
 
 #[tokio::test]

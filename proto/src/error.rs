@@ -217,7 +217,7 @@ pub enum ServerError {
         message: String,
     },
     /// The topic already exists.
-    #[error("{}", tidy("topic exists", .message))]
+    #[error("{}", if .message.contains("exists") { .message.clone() } else { tidy("topic exists", .message) })]
     TopicExists {
         /// The broker's message.
         message: String,

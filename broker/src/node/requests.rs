@@ -75,7 +75,7 @@ impl Node {
                 if self.state.topic(&req.name).is_some() {
                     return reply.error(pb::Error::new(
                         ErrorCode::TopicExists,
-                        format!("topic {:?} exists", req.name),
+                        format!("topic {:?} already exists", req.name),
                     ));
                 }
                 if req.queues == 0 || req.queues > MAX_TOPIC_QUEUES {

@@ -148,7 +148,9 @@ enum Command {
             allow_hyphen_values = true
         )]
         from: String,
-        /// Exit once every queue read is at the end it had when the command started.
+        /// Exit once every queue read is at the end it had when the command started
+        /// (with --group: every queue assigned to this member; it then commits and
+        /// leaves the group).
         #[arg(long, short = 'e')]
         exit_at_end: bool,
         /// With --group: where a queue the group never committed starts.
@@ -174,7 +176,7 @@ enum Command {
         /// committed; `--queue` and `--from` then do not apply: a group starts at
         /// its committed offsets, else at `--auto-offset-reset`). Ctrl-C or SIGTERM
         /// commits what was printed, leaves the group and exits 0.
-        #[arg(long, conflicts_with_all = ["queue", "from", "exit_at_end"])]
+        #[arg(long, conflicts_with_all = ["queue", "from"])]
         group: Option<String>,
     },
     /// Consumer groups.
@@ -309,8 +311,8 @@ enum TopicCommand {
     Create {
         /// The name.
         name: String,
-        /// Number of queues.
-        #[arg(long, default_value_t = 1)]
+        /// Number of queues (Kafka's partitions).
+        #[arg(long, visible_alias = "partitions", default_value_t = 1)]
         queues: u32,
         /// Delete this topic's messages older than this many ms (default: only the
         /// broker's retention applies).
@@ -657,10 +659,16 @@ async fn run() -> Result<()> {
             json,
             group: Some(group),
             auto_offset_reset,
+            exit_at_end,
             ..
         } => {
             let output = output_of(verbose, format.as_deref(), json)?;
-            consume_group(&client, &topic, &group, count, &output, auto_offset_reset).await
+            let how = GroupRead {
+                count,
+                reset: auto_offset_reset,
+                exit_at_end,
+            };
+            consume_group(&client, &topic, &group, &output, how).await
         }
         Command::Consume {
             topic,
@@ -1151,23 +1159,81 @@ async fn consume(
     Ok(())
 }
 
+/// How `consume --group` reads.
+struct GroupRead {
+    /// Exit after this many messages.
+    count: Option<u64>,
+    /// Where a queue the group never committed starts.
+    reset: ResetArg,
+    /// Exit once this member's queues are at the ends they had at the start.
+    exit_at_end: bool,
+}
+
+/// Each queue's log end of `topic`, asked of its leader.
+async fn queue_ends(client: &Client, topic: &str) -> Result<std::collections::BTreeMap<u32, u64>> {
+    let queues = client.topic_queues(topic).await?;
+    let mut ends = std::collections::BTreeMap::new();
+    for queue in 0..queues {
+        let body =
+            raftmq_client::pb::request::Body::ListOffsets(raftmq_client::pb::ListOffsetsRequest {
+                topic: topic.to_owned(),
+                queue,
+                spec: raftmq_client::pb::OffsetSpec::Latest as i32,
+                timestamp_ms: 0,
+            });
+        match client.request_queue(topic, queue, body).await? {
+            raftmq_client::pb::response::Body::ListOffsets(r) => {
+                ends.insert(queue, r.offset);
+            }
+            other => bail!("unexpected answer to a log-end lookup of {topic}/{queue}: {other:?}"),
+        }
+    }
+    Ok(ends)
+}
+
 async fn consume_group(
     client: &Client,
     topic: &str,
     group: &str,
-    count: Option<u64>,
     output: &Output,
-    reset: ResetArg,
+    how: GroupRead,
 ) -> Result<()> {
+    let GroupRead {
+        count,
+        reset,
+        exit_at_end,
+    } = how;
     let mut config = GroupConfig::default();
     config.consumer.reset = match reset {
         ResetArg::Earliest => OffsetReset::Earliest,
         ResetArg::Latest => OffsetReset::Latest,
     };
+    // The ends when the command started: the member exits once its queues reach
+    // them, whatever is written after.
+    let ends = if exit_at_end {
+        Some(queue_ends(client, topic).await?)
+    } else {
+        None
+    };
     let mut member = GroupConsumer::join(client, group, topic, config).await?;
+    let at_end = |member: &GroupConsumer, ends: &std::collections::BTreeMap<u32, u64>| {
+        member.assignment().iter().all(|q| {
+            let end = ends.get(q).copied().unwrap_or(0);
+            member
+                .positions()
+                .get(q)
+                .copied()
+                .flatten()
+                .is_some_and(|p| p >= end)
+                || end == 0
+        })
+    };
     let mut printed = 0u64;
     let mut stop = std::pin::pin!(stop_signal()?);
     while count.is_none_or(|c| printed < c) {
+        if ends.as_ref().is_some_and(|ends| at_end(&member, ends)) {
+            break;
+        }
         let messages = tokio::select! {
             // Ctrl-C or SIGTERM: commit what was printed, leave, exit 0.
             _ = &mut stop => break,

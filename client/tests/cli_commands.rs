@@ -337,3 +337,22 @@ async fn produce_sticks_to_one_queue_by_default_and_spreads_every_line_on_reques
         "round robin gives each queue 10 more: {out}"
     );
 }
+
+#[tokio::test]
+async fn produce_to_a_topic_that_does_not_exist_says_so_once_with_the_command_that_creates_it() {
+    let cluster = FakeCluster::start(1).await;
+    let address = cluster.address(0);
+    let lines: String = (0..100).map(|i| format!("m{i}\n")).collect();
+    let (ok, _, err) = raftmq(&address, &["produce", "nosuch"], &lines).await;
+    assert!(!ok, "producing to a missing topic fails");
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "one error line, not one per input line: {err}"
+    );
+    assert!(
+        err.contains("topic \"nosuch\" does not exist")
+            && err.contains("raftmq topic create nosuch"),
+        "{err}"
+    );
+}

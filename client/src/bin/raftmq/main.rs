@@ -520,7 +520,10 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run()) {
+    let result = runtime.block_on(run());
+    // A stdin reader blocked on a terminal must not keep the process alive.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         // Like other Unix filters (`raftmq consume ... | head`), end quietly when the
         // reader of stdout goes away. (SIGPIPE stays ignored, as Rust sets it: a
@@ -970,6 +973,16 @@ async fn produce(
         AcksArg::Leader => Acks::Leader,
         AcksArg::Quorum => Acks::Quorum,
     };
+    // A topic that does not exist fails every line alike: say so once, up front.
+    if let Err(e) = client.topic_queues(topic).await {
+        if matches!(e.server_error(), Some(ServerError::UnknownTopic { .. })) {
+            bail!(
+                "topic {topic:?} does not exist: `raftmq topic list` shows the topics, \
+                 `raftmq topic create {topic} --queues N` creates it"
+            );
+        }
+        return Err(e.into());
+    }
     let producer = Producer::builder(client)
         .acks(acks)
         .partitioner(shape.partitioner)
@@ -999,6 +1012,7 @@ async fn produce(
     let mut acks_pending = std::collections::VecDeque::new();
     let mut sent = 0u64;
     let mut outcomes = Outcomes::default();
+    let mut aborted = false;
     while let Some(line) = rx.recv().await {
         if acks_pending.len() >= MAX_UNACKED {
             if let Some(ack) = acks_pending.pop_front() {
@@ -1008,6 +1022,21 @@ async fn produce(
         sent += 1;
         match producer.send(shape.message(topic, line)).await {
             Ok(ack) => acks_pending.push_back(ack),
+            // The topic went away or is not ours to write: every line would fail.
+            Err(e)
+                if matches!(
+                    e.server_error(),
+                    Some(
+                        ServerError::UnknownTopic { .. }
+                            | ServerError::TopicAuthorizationFailed { .. }
+                    )
+                ) =>
+            {
+                eprintln!("raftmq: message {sent} (input record {sent}) refused: {e}");
+                outcomes.record::<()>(Err(e));
+                aborted = true;
+                break;
+            }
             // Refused before sending (too large, say): this one fails, the rest go on.
             Err(e) if !matches!(e, raftmq_client::ClientError::Closed) => {
                 eprintln!("raftmq: message {sent} (input record {sent}) refused: {e}");
@@ -1016,7 +1045,14 @@ async fn produce(
             Err(e) => return Err(e.into()),
         }
     }
-    let read_result = reader.await.context("stdin reader")?;
+    // Stopped early: the rest of the input is not read (the reader may wait on a
+    // terminal; the runtime is shut down without waiting for it).
+    drop(rx);
+    let read_result = if aborted {
+        Ok(())
+    } else {
+        reader.await.context("stdin reader")?
+    };
     producer.flush().await;
     for ack in acks_pending {
         outcomes.record(ack.await);

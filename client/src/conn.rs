@@ -28,6 +28,9 @@ struct Shared {
     pending: Mutex<HashMap<u64, Waiter>>,
     next_correlation_id: AtomicU64,
     closed: AtomicBool,
+    /// An answer came on this connection (else its closing is reported with
+    /// what usually causes that).
+    answered: AtomicBool,
 }
 
 impl Shared {
@@ -38,8 +41,14 @@ impl Shared {
             Ok(mut p) => p.drain().map(|(_, w)| w).collect(),
             Err(_) => Vec::new(),
         };
+        let answered = self.answered.load(Ordering::Acquire);
         for w in waiters {
-            let _ = w.send(Err(ClientError::ConnectionClosed(self.address.clone())));
+            let address = self.address.clone();
+            let _ = w.send(Err(if answered {
+                ClientError::ConnectionClosed(address)
+            } else {
+                ClientError::ClosedUnanswered(address)
+            }));
         }
     }
 
@@ -97,6 +106,7 @@ impl Connection {
             pending: Mutex::new(HashMap::new()),
             next_correlation_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
+            answered: AtomicBool::new(false),
         });
         let (writer, mut frames_rx) = mpsc::channel::<OutFrame>(WRITE_QUEUE_FRAMES);
 
@@ -144,6 +154,7 @@ impl Connection {
                         break;
                     }
                 };
+                read_shared.answered.store(true, Ordering::Release);
                 match read_shared.take(response.correlation_id) {
                     Some(waiter) => {
                         let _ = waiter.send(Ok(response));

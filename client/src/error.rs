@@ -30,6 +30,15 @@ pub enum ClientError {
     /// The connection closed before the answer came.
     #[error("connection to {0} closed")]
     ConnectionClosed(String),
+    /// A connection closed before it carried any answer: most often not a raftmq
+    /// client port (the Kafka or metrics port), TLS on one side only, or a
+    /// connection limit (the broker's log says which).
+    #[error(
+        "connection to {0} closed before any answer: is it a raftmq broker's client port \
+         (not its Kafka or metrics port), and does it use TLS (--tls-ca)? the broker's \
+         log says why it closed"
+    )]
+    ClosedUnanswered(String),
     /// The broker's answer breaks the protocol (wrong body, bad frame).
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -131,6 +140,7 @@ impl ClientError {
             ClientError::Io(_)
             | ClientError::Timeout(_)
             | ClientError::ConnectionClosed(_)
+            | ClientError::ClosedUnanswered(_)
             | ClientError::NoBroker(_) => true,
             _ => false,
         }
@@ -153,6 +163,7 @@ impl ClientError {
         match self {
             ClientError::Timeout(_)
             | ClientError::ConnectionClosed(_)
+            | ClientError::ClosedUnanswered(_)
             | ClientError::OutcomeUnknown { .. } => true,
             ClientError::Server(ServerError::Timeout { .. }) => true,
             ClientError::RetriesExhausted { last, .. } => last.outcome_unknown(),

@@ -174,9 +174,10 @@ impl History {
         let kind = match error {
             ClientError::Server(e) => format!("{:?}", e.code()),
             ClientError::Timeout(_) => "ClientTimeout".into(),
-            ClientError::Io(_) | ClientError::Connect { .. } | ClientError::ConnectionClosed(_) => {
-                "Transport".into()
-            }
+            ClientError::Io(_)
+            | ClientError::Connect { .. }
+            | ClientError::ConnectionClosed(_)
+            | ClientError::ClosedUnanswered(_) => "Transport".into(),
             other => format!("{other}").chars().take(40).collect(),
         };
         *self

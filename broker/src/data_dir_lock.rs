@@ -104,12 +104,6 @@ impl DataDirLock {
     }
 }
 
-/// Whether `dir` holds a lock file (a broker used it at some time): checked
-/// before [`DataDirLock::acquire`] where creating one would be wrong.
-pub fn lock_file_exists(dir: &Path) -> bool {
-    dir.join(LOCK_FILE_NAME).is_file()
-}
-
 fn read_pid(file: &mut File) -> Option<u32> {
     let mut text = String::new();
     file.read_to_string(&mut text).ok()?;

@@ -143,28 +143,24 @@ impl Broker {
             }
             None => None,
         };
-        // The port first: a broker that cannot listen leaves no empty data dir behind.
-        let listener = match TcpListener::bind(config.listen).await {
-            Ok(listener) => listener,
-            Err(error) => {
-                // Most often the same broker started twice: the lock says so, and
-                // names the process, better than the port does.
-                if error.kind() == std::io::ErrorKind::AddrInUse
-                    && crate::data_dir_lock::lock_file_exists(&config.data_dir)
-                {
-                    if let Err(e @ crate::data_dir_lock::DataDirLockError::InUse { .. }) =
-                        DataDirLock::acquire(&config.data_dir)
-                    {
-                        return Err(e.into());
-                    }
-                }
-                return Err(StartError::Bind {
+        // An existing data directory is locked before the port is bound: a broker
+        // started twice is told the directory is in use (and by which process),
+        // which says more than a busy port. A new one is created only once the
+        // port is bound, so a broker that cannot listen leaves no empty directory
+        // behind.
+        let early_lock = if config.data_dir.is_dir() {
+            Some(DataDirLock::acquire(&config.data_dir)?)
+        } else {
+            None
+        };
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|error| StartError::Bind {
                     addr: config.listen,
                     flag: "--listen",
                     error,
-                });
-            }
-        };
+                })?;
         let local_addr = listener.local_addr().map_err(|error| StartError::Bind {
             addr: config.listen,
             flag: "--listen",
@@ -175,7 +171,10 @@ impl Broker {
             error,
         })?;
         // Before anything in the directory is read or written.
-        let data_dir_lock = DataDirLock::acquire(&config.data_dir)?;
+        let data_dir_lock = match early_lock {
+            Some(lock) => lock,
+            None => DataDirLock::acquire(&config.data_dir)?,
+        };
         // Port 0 asks for an ephemeral port: record the real one.
         config.listen = local_addr;
         if config.peers.len() == 1 {

@@ -533,10 +533,13 @@ impl StateMachine {
                     self.topics.remove(&id);
                     self.sequences.retain(|(_, topic, _), _| *topic != id);
                     if drop_offsets {
-                        for offsets in self.group_offsets.values_mut() {
+                        // Groups left with nothing by this deletion go; others
+                        // (with offsets elsewhere, or none to begin with) stay.
+                        self.group_offsets.retain(|_, offsets| {
+                            let before = offsets.len();
                             offsets.retain(|(topic, _), _| *topic != name);
-                        }
-                        self.group_offsets.retain(|_, offsets| !offsets.is_empty());
+                            !(before > 0 && offsets.is_empty())
+                        });
                     }
                     ApplyOutcome::TopicDeleted
                 }
@@ -1541,6 +1544,7 @@ mod tests {
             [
                 commit("both", &[("t", 0, 0), ("t", 1, 0), ("u", 0, 0)]),
                 commit("only-t", &[("t", 1, 0)]),
+                commit("none", &[]),
             ],
         );
         apply(
@@ -1549,6 +1553,10 @@ mod tests {
                 name: "t".into(),
                 drop_offsets: true,
             }),
+        );
+        assert!(
+            sm.group_offsets("none").is_some(),
+            "a group with none to lose stays"
         );
         let both = sm.group_offsets("both").expect("offsets of u are kept");
         assert_eq!(both.keys().collect::<Vec<_>>(), [&("u".to_string(), 0)]);

@@ -262,8 +262,8 @@ async fn peer_link(
         }
         connected_once = true;
         backoff = BACKOFF_MIN;
-        // Entries are written from the mapped log (vectored writes), not copied
-        // into the frame.
+        // Frames are copied once (`encode_copied`) and written without a second
+        // copy into a codec buffer.
         let mut framed = FrameWriter::new(stream, max_frame_bytes);
         loop {
             let first = tokio::select! {
@@ -302,5 +302,8 @@ fn encode(msg: pb::RaftMessage) -> OutFrame {
         on_behalf_of: String::new(),
         body: Some(pb::request::Body::Raft(msg)),
     };
-    OutFrame::encode(&request)
+    // Entries are copied, not referenced: an uncommitted entry's bytes in the
+    // mapped log are zeroed by a truncation, which may come while the frame waits
+    // for a slow socket.
+    OutFrame::encode_copied(&request)
 }

@@ -40,11 +40,24 @@ pub struct OutFrame {
 impl OutFrame {
     /// Encodes `message` as a frame, referencing its large `bytes` fields.
     pub fn encode(message: &impl prost::Message) -> OutFrame {
+        Self::encode_with(message, ZERO_COPY_MIN_BYTES)
+    }
+
+    /// Encodes `message` as a frame of its own bytes (one copy, as a codec's
+    /// encoder makes): for messages whose `bytes` fields may change while the frame
+    /// waits to be written (Raft entries still uncommitted in a mapped log, which a
+    /// truncation zeroes).
+    pub fn encode_copied(message: &impl prost::Message) -> OutFrame {
+        Self::encode_with(message, usize::MAX)
+    }
+
+    fn encode_with(message: &impl prost::Message, zero_copy_min: usize) -> OutFrame {
         let body_len = message.encoded_len();
         let mut parts = Parts {
+            zero_copy_min,
             done: Vec::new(),
             current: BytesMut::with_capacity(
-                LENGTH_PREFIX_BYTES + body_len.min(ZERO_COPY_MIN_BYTES * 2),
+                LENGTH_PREFIX_BYTES + body_len.min(zero_copy_min.saturating_mul(2)),
             ),
         };
         // A body over `u32::MAX` bytes is refused by the writer (over any limit);
@@ -89,6 +102,8 @@ impl OutFrame {
 /// The encoding buffer: small fields are copied into `current`, a large `bytes`
 /// field closes it and is kept as a part of its own.
 struct Parts {
+    /// `bytes` fields at least this long are referenced.
+    zero_copy_min: usize,
     done: Vec<Bytes>,
     current: BytesMut,
 }
@@ -116,7 +131,7 @@ unsafe impl BufMut for Parts {
         Self: Sized,
     {
         let len = src.remaining();
-        if len < ZERO_COPY_MIN_BYTES {
+        if len < self.zero_copy_min {
             self.current.put(src);
             return;
         }

@@ -707,6 +707,10 @@ fn an_out_frame_is_the_codec_frame_and_references_its_large_batches() {
             batch.len()
         );
     }
+    // Copied: one part of its own bytes, the same frame.
+    let copied = OutFrame::encode_copied(requests.last().expect("a request"));
+    assert_eq!(copied.parts().len(), 1);
+    assert_eq!(copied.to_bytes(), many.to_bytes());
     // A response carrying fetched batches (slices of the mapped log on a broker).
     let response = pb::Response::ok(
         9,

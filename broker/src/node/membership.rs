@@ -63,6 +63,9 @@ pub(super) struct MembershipState {
     heard: BTreeMap<NodeId, u64>,
     /// When each refused peer was last reported.
     refused_said: BTreeMap<NodeId, Instant>,
+    /// Members whose acknowledgements were refused because they came from another
+    /// data directory than the one recorded: the incarnation they came from.
+    pub refused_incarnations: BTreeMap<NodeId, u64>,
     /// When the leader last proposed upkeep (not more than once per election
     /// timeout while one is uncommitted).
     last_upkeep: Option<Instant>,
@@ -77,6 +80,7 @@ impl MembershipState {
             view,
             heard: BTreeMap::new(),
             refused_said: BTreeMap::new(),
+            refused_incarnations: BTreeMap::new(),
             last_upkeep: None,
             silent_since: BTreeMap::new(),
         }
@@ -116,6 +120,9 @@ impl Node {
                 && identity.incarnation != 0
                 && member.incarnation != identity.incarnation
             {
+                self.members
+                    .refused_incarnations
+                    .insert(from, identity.incarnation);
                 Some(format!(
                     "its data directory (incarnation {:016x}) is not the one this group \
                      knows as node {} ({:016x}): it was wiped or replaced; remove it with \

@@ -556,7 +556,15 @@ impl Node {
             ));
         }
         let leaving = req.decommission;
-        if leaving != 0 && !self.raft.membership().contains(NodeId(leaving)) {
+        // A typo is refused; a node no longer a member that still holds replicas
+        // (removed while a placement onto it was being applied) may be, to move
+        // them off.
+        let holds = self
+            .state
+            .data_groups()
+            .values()
+            .any(|g| g.replicas.contains(&leaving));
+        if leaving != 0 && !holds && !self.raft.membership().contains(NodeId(leaving)) {
             let members: Vec<String> = self
                 .raft
                 .membership()
@@ -686,6 +694,7 @@ impl Node {
                 recorded: &view.recorded,
                 placed: &placed,
                 incarnations: &placement.incarnations,
+                refused: &self.members.refused_incarnations,
                 me: self.config.node_id,
             },
             |learner| self.caught_up(learner, view.index),

@@ -18,6 +18,11 @@
 //! member lets the new data directory be added as a learner and caught up like
 //! any new replica. Removing a voter is an ordinary single-server change, and the
 //! old directory's acknowledgements are gone with its disk anyway.
+//!
+//! Both sides must say so: the metadata group records the new incarnation, and
+//! this group heard from that very incarnation and refused it. The metadata view
+//! alone could be old (a leader whose metadata replica is catching up would see
+//! the previous incarnation and drop the current, healthy replica).
 
 use std::collections::BTreeMap;
 
@@ -59,6 +64,9 @@ pub(super) struct GroupView<'a> {
     /// Each cluster member's data-directory incarnation as the metadata group
     /// records it (absent or 0 while unknown).
     pub incarnations: &'a BTreeMap<NodeId, u64>,
+    /// Members this group refused to count because they came from another data
+    /// directory than the recorded one: the incarnation they came from.
+    pub refused: &'a BTreeMap<NodeId, u64>,
     /// This node, the group's leader.
     pub me: NodeId,
 }
@@ -110,7 +118,7 @@ pub(super) fn next_step(
 }
 
 /// A member (never the leader itself) recorded with another data directory than
-/// the one the cluster now knows under its id.
+/// the one the cluster now knows under its id, which this group heard and refused.
 fn replaced_member(view: &GroupView<'_>) -> Option<ReplicaStep> {
     view.membership
         .members()
@@ -118,7 +126,8 @@ fn replaced_member(view: &GroupView<'_>) -> Option<ReplicaStep> {
         .find_map(|node| {
             let recorded = view.recorded.get(&node)?.incarnation;
             let current = view.incarnations.get(&node).copied().unwrap_or(0);
-            (recorded != 0 && current != 0 && recorded != current).then_some(
+            let heard = view.refused.get(&node).copied().unwrap_or(0);
+            (recorded != 0 && current != 0 && recorded != current && heard == current).then_some(
                 ReplicaStep::DropReplaced {
                     node,
                     recorded,
@@ -167,12 +176,17 @@ mod tests {
         };
         let recorded = recorded(members);
         let placed = ids(placed);
-        let incarnations = cluster.iter().map(|&(n, i)| (NodeId(n), i)).collect();
+        let incarnations: BTreeMap<NodeId, u64> =
+            cluster.iter().map(|&(n, i)| (NodeId(n), i)).collect();
+        // The group heard every node from the directory the cluster records (a
+        // test of the lagging view below takes that away).
+        let refused = incarnations.clone();
         let view = GroupView {
             membership: &membership,
             recorded: &recorded,
             placed: &placed,
             incarnations: &incarnations,
+            refused: &refused,
             me: NodeId(1),
         };
         next_step(&view, |n| caught_up.contains(&n.0))
@@ -267,5 +281,29 @@ mod tests {
         // The leader never drops itself.
         let cluster = &[(1, 99), (2, 12), (3, 13)];
         assert_eq!(step(&[1, 2, 3], &[], members, placed, cluster, &[]), None);
+    }
+
+    #[test]
+    fn a_metadata_view_behind_the_group_drops_nobody() {
+        // The group recorded node 3's new directory (33) and counts it; this
+        // leader's metadata replica still knows the old one (13): nothing was
+        // refused, so nothing is dropped.
+        let membership = Membership {
+            voters: ids(&[1, 2, 3]),
+            learners: vec![],
+        };
+        let recorded = recorded(&[(1, 11), (2, 12), (3, 33)]);
+        let placed = ids(&[1, 2, 3]);
+        let incarnations: BTreeMap<NodeId, u64> =
+            [(NodeId(1), 11), (NodeId(2), 12), (NodeId(3), 13)].into();
+        let view = GroupView {
+            membership: &membership,
+            recorded: &recorded,
+            placed: &placed,
+            incarnations: &incarnations,
+            refused: &BTreeMap::new(),
+            me: NodeId(1),
+        };
+        assert_eq!(next_step(&view, |_| false), None);
     }
 }

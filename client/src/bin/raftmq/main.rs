@@ -1252,17 +1252,21 @@ async fn consume_group(
         None
     };
     let mut member = GroupConsumer::join(client, group, topic, config).await?;
+    // At the end only once something is assigned: a member that joined while the
+    // others hold every queue waits for its share, as kcat's -G -e does.
     let at_end = |member: &GroupConsumer, ends: &std::collections::BTreeMap<u32, u64>| {
-        member.assignment().iter().all(|q| {
-            let end = ends.get(q).copied().unwrap_or(0);
-            member
-                .positions()
-                .get(q)
-                .copied()
-                .flatten()
-                .is_some_and(|p| p >= end)
-                || end == 0
-        })
+        let assigned = member.assignment();
+        !assigned.is_empty()
+            && assigned.iter().all(|q| {
+                let end = ends.get(q).copied().unwrap_or(0);
+                member
+                    .positions()
+                    .get(q)
+                    .copied()
+                    .flatten()
+                    .is_some_and(|p| p >= end)
+                    || end == 0
+            })
     };
     let mut printed = 0u64;
     let mut stop = std::pin::pin!(stop_signal()?);

@@ -38,6 +38,27 @@ use crate::service::Service;
 /// Responses written before one flush.
 const WRITE_BATCH: usize = 256;
 
+/// A client that reads nothing of its answers for this long is disconnected: a
+/// queued fetch answer references the mapped log, and would keep a segment that
+/// retention deleted on disk for as long as the client stalls. Its requests are
+/// retried on a new connection when it reads again.
+const WRITE_STALL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Runs a write of the answers, failing it once the client has not read for
+/// [`WRITE_STALL`].
+async fn unless_stalled(
+    write: impl std::future::Future<Output = std::io::Result<()>>,
+) -> std::io::Result<()> {
+    tokio::time::timeout(WRITE_STALL, write)
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client read nothing for {WRITE_STALL:?}"),
+            ))
+        })
+}
+
 /// Why a broker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -1012,14 +1033,14 @@ async fn write_responses<W: AsyncWrite + Unpin>(
             tokio::time::sleep(std::mem::take(&mut pause)).await;
         }
         crate::kafka::fetch_for_native(&mut response);
-        let mut result = framed.feed(quota.encode(&response, &mut pause)).await;
+        let mut result = unless_stalled(framed.feed(quota.encode(&response, &mut pause))).await;
         drop(permit);
         let mut fed = 1;
         while result.is_ok() && fed < WRITE_BATCH && pause.is_zero() {
             match rx.try_recv() {
                 Ok((mut response, permit)) => {
                     crate::kafka::fetch_for_native(&mut response);
-                    result = framed.feed(quota.encode(&response, &mut pause)).await;
+                    result = unless_stalled(framed.feed(quota.encode(&response, &mut pause))).await;
                     drop(permit);
                     fed += 1;
                 }
@@ -1027,9 +1048,12 @@ async fn write_responses<W: AsyncWrite + Unpin>(
             }
         }
         if result.is_ok() {
-            result = framed.flush().await;
+            result = unless_stalled(framed.flush()).await;
         }
-        if result.is_err() {
+        if let Err(e) = result {
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                tracing::info!(error = %e, "closing a connection whose client stopped reading");
+            }
             break;
         }
     }

@@ -41,6 +41,21 @@ async fn read_all(client: &Client, expected: usize) -> Vec<String> {
     out
 }
 
+/// Runs a broker as node 1 on `data_dir`, listening on `listen`, to its exit.
+fn run_node_one(data_dir: &std::path::Path, listen: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_raftmq-broker"))
+        .arg("--node-id")
+        .arg("1")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--listen")
+        .arg(listen)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("the broker runs")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_a_running_broker_when_a_second_starts_on_its_data_dir_should_refuse_and_lose_nothing(
 ) {
@@ -60,17 +75,7 @@ async fn given_a_running_broker_when_a_second_starts_on_its_data_dir_should_refu
         .local_addr()
         .unwrap();
     let started = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_raftmq-broker"))
-        .arg("--node-id")
-        .arg("1")
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .arg("--listen")
-        .arg(second_port.to_string())
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .expect("the second broker runs");
+    let out = run_node_one(&data_dir, &second_port.to_string());
     assert!(!out.status.success(), "the second broker started");
     assert!(
         started.elapsed() < Duration::from_secs(10),
@@ -93,17 +98,7 @@ async fn given_a_running_broker_when_a_second_starts_on_its_data_dir_should_refu
 
     // Started exactly as the first (same port too, the usual mistake): the lock
     // is what it is told, not the port.
-    let out = Command::new(env!("CARGO_BIN_EXE_raftmq-broker"))
-        .arg("--node-id")
-        .arg("1")
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .arg("--listen")
-        .arg(cluster.nodes[0].addr.to_string())
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .expect("the third broker runs");
+    let out = run_node_one(&data_dir, &cluster.nodes[0].addr.to_string());
     assert!(!out.status.success(), "the third broker started");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("is in use by another broker"), "{stderr}");

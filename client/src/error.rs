@@ -52,7 +52,7 @@ pub enum ClientError {
     #[error("no broker available: {0}")]
     NoBroker(String),
     /// The request was retried as often as allowed; the last error is kept.
-    #[error("gave up after {attempts} attempts: {last}")]
+    #[error("gave up after {attempts} attempts: {last}{}", exhausted_hint(.last))]
     RetriesExhausted {
         /// Attempts made.
         attempts: u32,
@@ -117,6 +117,22 @@ impl From<ProtoError> for ClientError {
     }
 }
 
+/// What a user can do when retries ran out on a leader that never answered.
+fn exhausted_hint(last: &ClientError) -> &'static str {
+    match last.server_error() {
+        Some(ServerError::NotLeader { .. } | ServerError::NotReady { .. }) => {
+            " (no leader took the request for the whole retry budget: is a majority of \
+             the cluster's nodes up and connected? `raftmq cluster status` shows each \
+             node's view; the client's retry_timeout (`raftmq --retry-timeout-ms`) bounds the wait)"
+        }
+        Some(ServerError::Busy { .. }) => {
+            " (the brokers stayed overloaded for the whole retry budget: send less, or \
+             raise the client's retry_timeout)"
+        }
+        _ => "",
+    }
+}
+
 /// What a user can do about a failed connection.
 fn connect_hint(error: &std::io::Error) -> &'static str {
     match error.kind() {
@@ -169,5 +185,32 @@ impl ClientError {
             ClientError::RetriesExhausted { last, .. } => last.outcome_unknown(),
             _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_run_out_on_no_leader_with_what_to_check() {
+        let e = ClientError::RetriesExhausted {
+            attempts: 12,
+            last: Box::new(ClientError::Server(ServerError::NotReady {
+                leader_address: None,
+                message: "no leader is known yet".into(),
+            })),
+        };
+        let text = e.to_string();
+        assert!(text.starts_with("gave up after 12 attempts: "), "{text}");
+        assert!(text.contains("raftmq cluster status"), "{text}");
+        let plain = ClientError::RetriesExhausted {
+            attempts: 3,
+            last: Box::new(ClientError::Timeout(Duration::from_secs(1))),
+        };
+        assert_eq!(
+            plain.to_string(),
+            "gave up after 3 attempts: request timed out after 1s"
+        );
     }
 }

@@ -929,7 +929,12 @@ impl Node {
                 tracing::error!(?other, index = index.0, "unexpected apply outcome");
                 reply.error(pb::Error::new(
                     ErrorCode::InvalidRequest,
-                    "unexpected outcome",
+                    format!(
+                        "internal error: log entry {} applied with an outcome this request \
+                         does not expect; the change may have taken effect (check before \
+                         retrying) and the broker's log has the details",
+                        index.0
+                    ),
                 ))
             }
         }

@@ -339,13 +339,16 @@ impl Node {
         let wanted = self.config.data_groups;
         let have = self.state.data_groups().len() as u32;
         if have != 0 {
-            if wanted != 0 && wanted != have && !self.raft_groups.mismatch_reported {
+            // Fewer configured than the cluster has is what `cluster add-data-groups`
+            // leaves behind (and `dev` restarts nodes with the first count): not worth
+            // a warning. More configured is a setting that has no effect: say so.
+            if wanted > have && !self.raft_groups.mismatch_reported {
                 self.raft_groups.mismatch_reported = true;
                 tracing::warn!(
                     configured = wanted,
                     cluster = have,
-                    "data_groups differs from the cluster's: using the cluster's (set when the cluster \
-                     started; `raftmq cluster add-data-groups` adds more)"
+                    "data_groups is above the cluster's: using the cluster's (set when the \
+                     cluster started; `raftmq cluster add-data-groups N` adds more)"
                 );
             }
             return;

@@ -73,9 +73,16 @@ impl Connection {
         max_frame_bytes: usize,
         tls: Option<&Arc<rustls::ClientConfig>>,
     ) -> Result<Connection, ClientError> {
+        // Nothing was sent yet: a connection that does not come is a failed
+        // connect (its outcome is known), not a request timeout.
         let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(address))
             .await
-            .map_err(|_| ClientError::Timeout(connect_timeout))?
+            .unwrap_or_else(|_| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no connection within {connect_timeout:?}"),
+                ))
+            })
             .map_err(|error| ClientError::Connect {
                 address: address.to_owned(),
                 error: Arc::new(error),

@@ -41,7 +41,8 @@ const UNREACHABLE_LOG_INTERVAL: Duration = Duration::from_secs(30);
 /// task stops when the last handle is dropped.
 #[derive(Debug)]
 struct SharedLink {
-    tx: mpsc::Sender<pb::RaftMessage>,
+    /// Frames already encoded (see [`PeerTransport::send`]).
+    tx: mpsc::Sender<OutFrame>,
     stop: CancellationToken,
 }
 
@@ -203,10 +204,16 @@ impl PeerTransport {
         self.send_pb(to, msg);
     }
 
+    /// Encodes `msg` now, on the group's task, and queues the frame. An append's
+    /// entries are views of the mapped log, whose uncommitted tail a truncation
+    /// zeroes and the next append overwrites; encoded later, by the link's task
+    /// behind a slow socket, a deposed leader's queued append could carry other
+    /// bytes than the entries it names, and a follower would store them under
+    /// their (index, term).
     fn send_pb(&self, to: NodeId, mut msg: pb::RaftMessage) {
         msg.group_id = self.group;
         if let Some(link) = self.links.get(&to) {
-            if link.shared.tx.try_send(msg).is_err() {
+            if link.shared.tx.try_send(encode(msg)).is_err() {
                 tracing::trace!(peer = to.0, "peer queue full, message dropped");
             }
         }
@@ -216,7 +223,7 @@ impl PeerTransport {
 async fn peer_link(
     id: NodeId,
     addr: SocketAddr,
-    mut rx: mpsc::Receiver<pb::RaftMessage>,
+    mut rx: mpsc::Receiver<OutFrame>,
     max_frame_bytes: usize,
     security: Arc<crate::security::Security>,
     shutdown: CancellationToken,
@@ -271,12 +278,12 @@ async fn peer_link(
                 m = rx.recv() => m,
             };
             let Some(first) = first else { return };
-            let mut result = framed.feed(encode(first)).await;
+            let mut result = framed.feed(first).await;
             let mut fed = 1;
             while result.is_ok() && fed < PEER_FLUSH_MESSAGES {
                 match rx.try_recv() {
                     Ok(msg) => {
-                        result = framed.feed(encode(msg)).await;
+                        result = framed.feed(msg).await;
                         fed += 1;
                     }
                     Err(_) => break,
@@ -302,8 +309,108 @@ fn encode(msg: pb::RaftMessage) -> OutFrame {
         on_behalf_of: String::new(),
         body: Some(pb::request::Body::Raft(msg)),
     };
-    // Entries are copied, not referenced: an uncommitted entry's bytes in the
-    // mapped log are zeroed by a truncation, which may come while the frame waits
-    // for a slow socket.
+    // Entries are copied, not referenced, for the reason `send_pb` gives.
     OutFrame::encode_copied(&request)
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use futures::StreamExt;
+    use raftmq_store::{CommitLog, Entry, EntryKind, LogConfig, LogIndex, Term};
+    use tokio_util::codec::FramedRead;
+
+    use super::*;
+    use crate::raft::MessageBody;
+
+    fn append(entries: Vec<Entry>) -> Message {
+        Message {
+            from: NodeId(1),
+            to: NodeId(2),
+            term: Term(1),
+            body: MessageBody::Append {
+                prev_log_index: LogIndex(0),
+                prev_log_term: Term(0),
+                entries,
+                commit_index: LogIndex(0),
+            },
+        }
+    }
+
+    fn entry(index: u64, term: u64, body: Bytes) -> Entry {
+        Entry {
+            index: LogIndex(index),
+            term: Term(term),
+            kind: EntryKind::Command,
+            body,
+        }
+    }
+
+    /// A deposed leader's append, queued behind a slow socket, must carry the
+    /// entry as it was when the append was made, not what its log holds at that
+    /// index by the time the socket takes it.
+    #[tokio::test]
+    async fn a_queued_append_keeps_its_entries_when_the_log_is_truncated_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            segment_bytes: 4 << 20,
+            max_entry_bytes: 1 << 20,
+            verify_on_open: false,
+            ..LogConfig::default()
+        };
+        let (mut log, _) = CommitLog::open(dir.path(), config).unwrap();
+        let original = Bytes::from(vec![0x5A; 3000]);
+        log.append(&[entry(1, 1, original.clone())]).unwrap();
+        let views = log.entries(LogIndex(1), 1, usize::MAX).unwrap();
+
+        // The peer takes nothing until the end: a 32 MiB append fills the socket's
+        // buffers and the link's task waits on it.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let max_frame = 64 << 20;
+        let links = PeerLinks::new(
+            max_frame,
+            Arc::new(crate::security::Security::plaintext()),
+            CancellationToken::new(),
+        );
+        let peers = BTreeMap::from([(NodeId(2), addr)]);
+        let transport = PeerTransport::start(NodeId(1), &peers, PeerIdentity::default(), links);
+        let filler = Bytes::from(vec![1u8; 32 << 20]);
+        transport.send(append(vec![entry(1, 1, filler)]));
+        transport.send(append(views));
+
+        // The leader is deposed: its uncommitted entry is truncated and the new
+        // leader's entry written in its place.
+        log.truncate_suffix(LogIndex(1)).unwrap();
+        log.append(&[entry(1, 2, Bytes::from(vec![0xEE; 3000]))])
+            .unwrap();
+
+        let (socket, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+            .await
+            .expect("the link connects")
+            .unwrap();
+        let mut frames = FramedRead::new(socket, raftmq_proto::frame::codec(max_frame));
+        let mut bodies = Vec::new();
+        for _ in 0..2 {
+            let frame = tokio::time::timeout(Duration::from_secs(10), frames.next())
+                .await
+                .expect("a frame within 10 s")
+                .expect("the link stays open")
+                .unwrap();
+            let request = raftmq_proto::frame::decode_request(frame.freeze()).unwrap();
+            let Some(pb::request::Body::Raft(msg)) = request.body else {
+                panic!("not a raft message: {request:?}");
+            };
+            let Some(pb::raft_message::Body::Append(append)) = msg.body else {
+                panic!("not an append");
+            };
+            bodies.push(append.entries[0].body.clone());
+        }
+        assert_eq!(bodies[0].len(), 32 << 20);
+        assert!(
+            bodies[1] == original,
+            "the queued append carried other bytes than its entry (first byte {:#x})",
+            bodies[1][0]
+        );
+    }
 }

@@ -7,14 +7,28 @@
 //! - `RAFTMQ_SIM_SEED=S` replays seed `S` alone (`RAFTMQ_SIM_TRACE=N` prints the
 //!   last `N` events instead of 50).
 //!
+//! - `sim_groups_*`: several Raft groups on the same nodes (as a broker runs its
+//!   metadata and data groups), sharing crashes, pauses, failing disks,
+//!   partitions and failure-detector reports. `RAFTMQ_SIM_GROUPS_SEEDS=N` runs
+//!   seeds `0..N` (default 1000), `RAFTMQ_SIM_GROUPS=G` groups (default 3),
+//!   `RAFTMQ_SIM_GROUPS_SEED=S` replays seed `S` alone.
+//!
 //! Every failure prints its seed, the replay command and the last events.
 
 mod sim;
 
 use raftmq_broker::raft::FaultVariant;
-use sim::{run_seed, Failure, Options};
+use sim::{run_groups_seed, run_seed, Failure, Options, Stats};
 
 const DEFAULT_SEEDS: u64 = 5000;
+const DEFAULT_GROUP_SEEDS: u64 = 1000;
+const DEFAULT_GROUPS: usize = 3;
+
+fn env_number(name: &str) -> Option<u64> {
+    std::env::var(name)
+        .ok()
+        .map(|s| s.parse().unwrap_or_else(|_| panic!("{name} is a number")))
+}
 
 fn seeds_from_env() -> Vec<u64> {
     if let Ok(s) = std::env::var("RAFTMQ_SIM_SEED") {
@@ -31,14 +45,56 @@ fn seeds_from_env() -> Vec<u64> {
 
 #[test]
 fn sim_correct_core_keeps_safety_and_liveness() {
-    let seeds = seeds_from_env();
+    run_all("raft sim", &seeds_from_env(), |seed| {
+        run_seed(seed, Options::default())
+    });
+}
+
+#[test]
+fn sim_groups_sharing_nodes_keep_safety_and_liveness() {
+    let groups = env_number("RAFTMQ_SIM_GROUPS").map_or(DEFAULT_GROUPS, |g| g as usize);
+    let seeds: Vec<u64> = match env_number("RAFTMQ_SIM_GROUPS_SEED") {
+        Some(seed) => vec![seed],
+        None => {
+            let start = env_number("RAFTMQ_SIM_SEED_START").unwrap_or(0);
+            let n = env_number("RAFTMQ_SIM_GROUPS_SEEDS").unwrap_or(DEFAULT_GROUP_SEEDS);
+            (start..start + n).collect()
+        }
+    };
+    run_all(
+        &format!("raft sim, {groups} groups per node"),
+        &seeds,
+        |seed| run_groups_seed(seed, groups, Options::default()),
+    );
+}
+
+/// A broken core must be caught with groups sharing the nodes too: the shared
+/// runs check every group as closely as single-group runs do.
+#[test]
+fn sim_groups_catch_count_leader_unsynced() {
+    let opts = Options {
+        fault: Some(FaultVariant::CountLeaderUnsynced),
+        ..Options::default()
+    };
+    for seed in 0..DEFAULT_GROUP_SEEDS {
+        if let Err(f) = run_groups_seed(seed, DEFAULT_GROUPS, opts) {
+            eprintln!("caught:\n{f}");
+            return;
+        }
+    }
+    panic!("the shared-node simulator did not catch CountLeaderUnsynced");
+}
+
+/// Runs every seed and reports what they did; panics with the first failure
+/// (after at most 3).
+fn run_all(name: &str, seeds: &[u64], run: impl Fn(u64) -> Result<Stats, Failure>) {
     let started = std::time::Instant::now();
     let mut committed = 0;
     let mut events = 0;
     let (mut compactions, mut installs, mut reads, mut changes) = (0, 0, 0, 0);
     let mut failures: Vec<Failure> = Vec::new();
-    for &seed in &seeds {
-        match run_seed(seed, Options::default()) {
+    for &seed in seeds {
+        match run(seed) {
             Ok(stats) => {
                 committed += stats.committed;
                 events += stats.events;
@@ -57,7 +113,7 @@ fn sim_correct_core_keeps_safety_and_liveness() {
         }
     }
     eprintln!(
-        "raft sim: {} seeds, {events} events, {committed} committed proposals, \
+        "{name}: {} seeds, {events} events, {committed} committed proposals, \
          {compactions} compactions, {installs} snapshots installed, {reads} linearizable reads checked, \
          {changes} membership changes, {:.1}s",
         seeds.len(),

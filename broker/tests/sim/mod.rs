@@ -42,6 +42,8 @@ impl Default for Options {
 #[derive(Debug)]
 pub struct Failure {
     pub seed: u64,
+    /// Groups sharing the nodes (1: a single-group run).
+    pub groups: usize,
     pub reason: String,
     pub trace: Vec<String>,
 }
@@ -53,11 +55,20 @@ impl std::fmt::Display for Failure {
             "raft simulation failed: seed {}: {}",
             self.seed, self.reason
         )?;
-        writeln!(
-            f,
-            "replay: RAFTMQ_SIM_SEED={} cargo test -p raftmq-broker --test raft_sim -- --nocapture",
-            self.seed
-        )?;
+        if self.groups > 1 {
+            writeln!(
+                f,
+                "replay: RAFTMQ_SIM_GROUPS_SEED={} RAFTMQ_SIM_GROUPS={} cargo test -p raftmq-broker \
+                 --test raft_sim sim_groups -- --nocapture",
+                self.seed, self.groups
+            )?;
+        } else {
+            writeln!(
+                f,
+                "replay: RAFTMQ_SIM_SEED={} cargo test -p raftmq-broker --test raft_sim -- --nocapture",
+                self.seed
+            )?;
+        }
         writeln!(f, "last {} events:", self.trace.len())?;
         for line in &self.trace {
             writeln!(f, "  {line}")?;
@@ -343,6 +354,44 @@ struct World {
     to_remove: Option<NodeId>,
     /// The index of the newest membership entry any live node knew committed.
     newest_committed_membership: LogIndex,
+    /// Other groups run on the same nodes (`run_groups_seed`): a process crash,
+    /// pause or failing disk, a partition and the node-level failure detector's
+    /// reports hit every group at once. The node-level faults this group causes
+    /// are recorded in `node_events` for the driver to apply to the others.
+    shared_nodes: bool,
+    /// This group draws the node-level faults (crashes, partitions, pauses,
+    /// failing disks, failure-detector reports); in a shared run only one does.
+    decides_node_faults: bool,
+    node_events: Vec<NodeEvent>,
+}
+
+/// A fault of a node (its process, disk or links) rather than of one group.
+#[derive(Debug, Clone)]
+enum NodeEvent {
+    Crash {
+        node: usize,
+        restart_at: u64,
+    },
+    Partition {
+        blocked: BTreeSet<(u64, u64)>,
+        heal_at: u64,
+    },
+    Pause {
+        node: usize,
+        until: u64,
+    },
+    FailWrites {
+        node: usize,
+        until: u64,
+    },
+    Suspect {
+        node: usize,
+        peer: usize,
+    },
+    HeardAgain {
+        node: usize,
+        peer: usize,
+    },
 }
 
 fn entry_hash(e: &Entry) -> u64 {
@@ -396,6 +445,166 @@ pub fn run_seed(seed: u64, opts: Options) -> Result<Stats, Failure> {
         // The broken variant only shows under changes.
         k.p_member_change = 0.05;
     }
+    let mut world = new_world(seed, opts, rng, k);
+    let result = catch_unwind(AssertUnwindSafe(|| world.run()));
+    let outcome = match result {
+        Ok(Ok(())) => return Ok(world.stats),
+        Ok(Err(reason)) => reason,
+        Err(panic) => panic_reason(panic),
+    };
+    Err(Failure {
+        seed,
+        groups: 1,
+        reason: format!("{outcome} (knobs: {:?})", world.k),
+        trace: world.trace.iter().map(Ev::render).collect(),
+    })
+}
+
+/// Runs one seed of `groups` Raft groups on the same nodes, as a broker runs its
+/// metadata group and data groups. Each group has its own logs, hard states,
+/// proposals, reads and messages (delayed, lost, duplicated and reordered on its
+/// own); what the groups share is what the nodes share: a process crash (also in
+/// the middle of one group's sync) stops every group on the node and each loses
+/// its unsynced writes, a paused process or failing disk holds up all of them, a
+/// partition cuts every group's links, a closed connection is reported to every
+/// group after everything sent on it, and the node-level failure detector's
+/// reports reach all groups at once. Every group is checked after every step, as
+/// in a single-group run, and all must converge once faults stop. Membership stays
+/// fixed: replica moves are one group's membership changes, which the
+/// single-group runs cover.
+pub fn run_groups_seed(seed: u64, groups: usize, opts: Options) -> Result<Stats, Failure> {
+    const SALT: u64 = 0x6a09_e667_f3bc_c908;
+    let mut rng = Rng::new(seed ^ SALT);
+    let mut k = Knobs::draw(&mut rng, seed);
+    k.p_member_change = 0.0;
+    let mut worlds: Vec<World> = (0..groups)
+        .map(|g| {
+            let group_seed = (seed ^ SALT).wrapping_add((g as u64 + 1).wrapping_mul(0x9e37_79b9));
+            let mut world = new_world(group_seed, opts, Rng::new(group_seed), k.clone());
+            world.shared_nodes = groups > 1;
+            world.decides_node_faults = g == 0;
+            world
+        })
+        .collect();
+    let current = std::cell::Cell::new(0usize);
+    let total = opts.fault_ticks + opts.liveness_ticks;
+    let result = catch_unwind(AssertUnwindSafe(|| -> Check {
+        for now in 0..total {
+            if now < opts.fault_ticks {
+                // Before any group draws this tick's faults: a process restarts
+                // with all its groups.
+                for (g, world) in worlds.iter_mut().enumerate() {
+                    current.set(g);
+                    world.now = now;
+                    world.restart_due()?;
+                }
+            }
+            let mut converged = true;
+            for g in 0..groups {
+                current.set(g);
+                converged &= worlds[g].tick(now)?;
+                for event in std::mem::take(&mut worlds[g].node_events) {
+                    for h in (0..groups).filter(|&h| h != g) {
+                        current.set(h);
+                        worlds[h].replay(&event)?;
+                    }
+                    if let NodeEvent::Crash { node, .. } = event {
+                        report_closed_links(&mut worlds, node, now, &mut rng);
+                    }
+                }
+            }
+            // The sharing itself: a node's process is up, and not paused, in every
+            // group or in none.
+            for i in 0..worlds[0].slots.len() {
+                let up = |w: &World| (w.live(i), w.slots[i].paused_until.max(now) - now);
+                if let Some(g) = (1..groups).find(|&g| up(&worlds[g]) != up(&worlds[0])) {
+                    current.set(g);
+                    return Err(format!(
+                        "simulator: n{} is (live, paused for) {:?} in group 1 but {:?} in group {}",
+                        i + 1,
+                        up(&worlds[0]),
+                        up(&worlds[g]),
+                        g + 1
+                    ));
+                }
+            }
+            if converged {
+                for (g, world) in worlds.iter_mut().enumerate() {
+                    current.set(g);
+                    world.final_check()?;
+                }
+                return Ok(());
+            }
+        }
+        let g = (0..groups).find(|&g| !worlds[g].converged()).unwrap_or(0);
+        current.set(g);
+        Err(worlds[g].liveness_failure())
+    }));
+    let outcome = match result {
+        Ok(Ok(())) => {
+            let mut stats = Stats::default();
+            for w in &worlds {
+                let s = w.stats;
+                stats.ticks = stats.ticks.max(s.ticks);
+                stats.events += s.events;
+                stats.committed += s.committed;
+                stats.crashes += s.crashes;
+                stats.damages += s.damages;
+                stats.elections += s.elections;
+                stats.compactions += s.compactions;
+                stats.installs += s.installs;
+                stats.reads += s.reads;
+                stats.membership_changes += s.membership_changes;
+            }
+            return Ok(stats);
+        }
+        Ok(Err(reason)) => reason,
+        Err(panic) => panic_reason(panic),
+    };
+    let g = current.get();
+    Err(Failure {
+        seed,
+        groups,
+        reason: format!(
+            "group {} of {groups}: {outcome} (knobs: {:?})",
+            g + 1,
+            worlds[g].k
+        ),
+        trace: worlds[g].trace.iter().map(Ev::render).collect(),
+    })
+}
+
+/// A crashed node's connections close: every other node notices, in every group
+/// at once, after everything the crashed node had sent on them (in any group).
+fn report_closed_links(worlds: &mut [World], node: usize, now: u64, rng: &mut Rng) {
+    if worlds[0].k.quiesce_after == 0 {
+        return;
+    }
+    for peer in (0..worlds[0].slots.len()).filter(|&p| p != node) {
+        let last_sent = worlds
+            .iter()
+            .map(|w| w.last_sent(node, peer))
+            .max()
+            .unwrap_or(0);
+        let at = (now + rng.below(5)).max(last_sent);
+        for w in worlds.iter_mut() {
+            w.crash_reports.push((peer, node, at));
+        }
+    }
+}
+
+fn panic_reason(panic: Box<dyn std::any::Any + Send>) -> String {
+    let msg = panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into());
+    format!("core panicked: {msg}")
+}
+
+/// A group's world: its nodes started, its first campaign drawn from a stream of
+/// its own (so that the rest of a seed's run is drawn as before that knob existed).
+fn new_world(seed: u64, opts: Options, rng: Rng, k: Knobs) -> World {
     let mut world = World {
         seed,
         opts,
@@ -423,6 +632,9 @@ pub fn run_seed(seed: u64, opts: Options) -> Result<Stats, Failure> {
         stats: Stats::default(),
         to_remove: None,
         newest_committed_membership: LogIndex::ZERO,
+        shared_nodes: false,
+        decides_node_faults: true,
+        node_events: Vec::new(),
         rng,
         k,
     };
@@ -463,24 +675,7 @@ pub fn run_seed(seed: u64, opts: Options) -> Result<Stats, Failure> {
             raft.campaign_within(ticks);
         }
     }
-    let result = catch_unwind(AssertUnwindSafe(|| world.run()));
-    let outcome = match result {
-        Ok(Ok(())) => return Ok(world.stats),
-        Ok(Err(reason)) => reason,
-        Err(panic) => {
-            let msg = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into());
-            format!("core panicked: {msg}")
-        }
-    };
-    Err(Failure {
-        seed,
-        reason: format!("{outcome} (knobs: {:?})", world.k),
-        trace: world.trace.iter().map(Ev::render).collect(),
-    })
+    world
 }
 
 type Check = Result<(), String>;
@@ -517,82 +712,92 @@ impl World {
 
     fn run(&mut self) -> Check {
         let total = self.opts.fault_ticks + self.opts.liveness_ticks;
-        let n = self.slots.len();
         for now in 0..total {
-            self.now = now;
-            self.stats.ticks = now;
-            if now == self.opts.fault_ticks {
-                self.stop_faults()?;
-            }
-            if self.faults_on {
-                self.inject_faults()?;
-            }
-            self.detect_failures()?;
-            for i in 0..n {
-                if self.active(i) {
-                    let ticks = if self.faults_on && self.rng.chance(self.k.p_tick_skew) {
-                        self.rng.below(3)
-                    } else {
-                        1
-                    };
-                    for _ in 0..ticks {
-                        self.slots[i].raft.as_mut().unwrap().tick();
-                    }
-                    self.ev("tick", i as u64 + 1, 0, 0, 0, 0);
-                    self.check()?;
-                }
-            }
-            self.deliver_due()?;
-            if self.faults_on && self.rng.chance(self.k.p_quiet) {
-                self.quiet_until = now + 10 + self.rng.below(150);
-                self.ev("quiet", 0, self.quiet_until, 0, 0, 0);
-            }
-            if self.faults_on {
-                let quiet = now < self.quiet_until;
-                for _ in 0..self.k.proposals_per_tick {
-                    if !quiet {
-                        self.propose()?;
-                    }
-                }
-                for _ in 0..self.k.reads_per_tick {
-                    if !quiet {
-                        self.read()?;
-                    }
-                }
-                if spares(&self.k) > 0 {
-                    self.record_bootstrap_membership()?;
-                }
-                if self.rng.chance(self.k.p_member_change) {
-                    self.change_membership()?;
-                }
-                if self.rng.chance(self.k.p_member_change / 4.0) {
-                    self.wipe_retired();
-                }
-            }
-            self.retire_removed()?;
-            for i in 0..n {
-                if self.active(i) && (!self.faults_on || self.rng.chance(0.7)) {
-                    self.process_ready(i)?;
-                }
-                if self.active(i) && (!self.faults_on || self.rng.chance(0.5)) {
-                    self.complete_writes(i)?;
-                }
-            }
-            if !self.faults_on && self.converged() {
+            if self.tick(now)? {
                 return self.final_check();
             }
         }
+        Err(self.liveness_failure())
+    }
+
+    /// One tick of everything: faults, timers, the network, clients, the drivers.
+    /// `true` once faults have stopped and the group has converged.
+    fn tick(&mut self, now: u64) -> Result<bool, String> {
+        let n = self.slots.len();
+        self.now = now;
+        self.stats.ticks = now;
+        if now == self.opts.fault_ticks {
+            self.stop_faults()?;
+        }
+        if self.faults_on {
+            self.inject_faults()?;
+        }
+        self.detect_failures()?;
+        for i in 0..n {
+            if self.active(i) {
+                let ticks = if self.faults_on && self.rng.chance(self.k.p_tick_skew) {
+                    self.rng.below(3)
+                } else {
+                    1
+                };
+                for _ in 0..ticks {
+                    self.slots[i].raft.as_mut().unwrap().tick();
+                }
+                self.ev("tick", i as u64 + 1, 0, 0, 0, 0);
+                self.check()?;
+            }
+        }
+        self.deliver_due()?;
+        if self.faults_on && self.rng.chance(self.k.p_quiet) {
+            self.quiet_until = now + 10 + self.rng.below(150);
+            self.ev("quiet", 0, self.quiet_until, 0, 0, 0);
+        }
+        if self.faults_on {
+            let quiet = now < self.quiet_until;
+            for _ in 0..self.k.proposals_per_tick {
+                if !quiet {
+                    self.propose()?;
+                }
+            }
+            for _ in 0..self.k.reads_per_tick {
+                if !quiet {
+                    self.read()?;
+                }
+            }
+            if spares(&self.k) > 0 {
+                self.record_bootstrap_membership()?;
+            }
+            if self.rng.chance(self.k.p_member_change) {
+                self.change_membership()?;
+            }
+            if self.rng.chance(self.k.p_member_change / 4.0) {
+                self.wipe_retired();
+            }
+        }
+        self.retire_removed()?;
+        for i in 0..n {
+            if self.active(i) && (!self.faults_on || self.rng.chance(0.7)) {
+                self.process_ready(i)?;
+            }
+            if self.active(i) && (!self.faults_on || self.rng.chance(0.5)) {
+                self.complete_writes(i)?;
+            }
+        }
+        Ok(!self.faults_on && self.converged())
+    }
+
+    fn liveness_failure(&self) -> String {
         let states: Vec<String> = self
             .slots
             .iter()
             .filter_map(|s| s.raft.as_ref())
             .map(|n| format!("{:?}", n.status()))
             .collect();
-        Err(format!(
+        format!(
             "liveness: no convergence within {} ticks after faults stopped; nodes: {}",
             self.opts.liveness_ticks,
             states.join("; ")
-        ))
+        )
     }
 
     // ----- Network -------------------------------------------------------------------
@@ -920,12 +1125,12 @@ impl World {
         let id = i as u64 + 1;
         if self.faults_on && self.rng.chance(self.k.p_crash_mid_ready) {
             self.ev("crash-before-sync", id, 0, 0, 0, 0);
-            return self.crash(i);
+            return self.crash_process(i);
         }
         self.slots[i].raft.as_mut().unwrap().log_mut().sync();
         if self.faults_on && self.rng.chance(self.k.p_crash_mid_ready) {
             self.ev("crash-after-sync", id, 0, 0, 0, 0);
-            return self.crash(i);
+            return self.crash_process(i);
         }
         while let Some(w) = self.slots[i].pending.pop_front() {
             if let Some(hs) = w.hard_state {
@@ -1042,16 +1247,9 @@ impl World {
 
     // ----- Faults --------------------------------------------------------------------
 
-    fn inject_faults(&mut self) -> Check {
-        let n = self.slots.len();
-        // Membership changes never take the voters below three: one damaged node at
-        // most then, or acknowledged entries may be lost legitimately.
-        let f = if self.k.p_member_change > 0.0 {
-            1
-        } else {
-            (n - 1) / 2
-        };
-        for i in 0..n {
+    /// Restarts the crashed nodes whose time has come; ends write failures.
+    fn restart_due(&mut self) -> Check {
+        for i in 0..self.slots.len() {
             if !self.live(i) && !self.slots[i].retired && self.slots[i].restart_at <= self.now {
                 self.restart(i)?;
             }
@@ -1061,7 +1259,13 @@ impl World {
                 }
             }
         }
-        if self.rng.chance(self.k.p_crash) {
+        Ok(())
+    }
+
+    fn inject_faults(&mut self) -> Check {
+        let n = self.slots.len();
+        self.restart_due()?;
+        if self.decides_node_faults && self.rng.chance(self.k.p_crash) {
             // Leaders are the most interesting victims.
             let leader = (0..n).find(|&i| {
                 self.live(i) && self.slots[i].raft.as_ref().unwrap().role() == Role::Leader
@@ -1072,27 +1276,15 @@ impl World {
             };
             if self.live(i) {
                 self.ev("crash", i as u64 + 1, 0, 0, 0, 0);
-                self.crash(i)?;
-                // Damage a stopped node's disk, keeping at most f nodes damaged.
-                let damaged = self.slots.iter().filter(|s| s.damaged).count();
-                if damaged < f && self.rng.chance(self.k.p_damage) {
-                    let len = self.slots[i].stopped_log.entries.len() as u64;
-                    if len > 0 {
-                        let cut = self.rng.below(len) as usize;
-                        self.slots[i].stopped_log.entries.truncate(cut);
-                        self.slots[i].damaged = true;
-                        self.stats.damages += 1;
-                        let mark = self.slots[i].hs.acked_index.0;
-                        self.ev("damage-log", i as u64 + 1, cut as u64, mark, 0, 0);
-                    }
-                }
+                self.crash_process(i)?;
+                self.maybe_damage(i);
             }
         }
         if self.heal_at <= self.now && !self.blocked.is_empty() {
             self.blocked.clear();
             self.ev("heal", 0, 0, 0, 0, 0);
         }
-        if self.rng.chance(self.k.p_partition) {
+        if self.decides_node_faults && self.rng.chance(self.k.p_partition) {
             let mask = self.rng.below((1 << n) - 2) + 1;
             let one_way = self.rng.chance(0.3);
             for a in 0..n as u64 {
@@ -1109,11 +1301,19 @@ impl World {
             }
             self.heal_at = self.now + 10 + self.rng.below(60);
             self.ev("partition", 0, mask, one_way as u64, self.heal_at, 0);
+            self.node_event(NodeEvent::Partition {
+                blocked: self.blocked.clone(),
+                heal_at: self.heal_at,
+            });
         }
-        if self.rng.chance(self.k.p_pause) {
+        if self.decides_node_faults && self.rng.chance(self.k.p_pause) {
             let i = self.rng.below(n as u64) as usize;
             self.slots[i].paused_until = self.now + 1 + self.rng.below(30);
             self.ev("pause", i as u64 + 1, self.slots[i].paused_until, 0, 0, 0);
+            self.node_event(NodeEvent::Pause {
+                node: i,
+                until: self.slots[i].paused_until,
+            });
         }
         if self.rng.chance(self.k.p_transfer) {
             let to = NodeId(self.rng.below(n as u64) + 1);
@@ -1124,11 +1324,15 @@ impl World {
                 }
             }
         }
-        if self.rng.chance(self.k.p_fail_writes) {
+        if self.decides_node_faults && self.rng.chance(self.k.p_fail_writes) {
             let i = self.rng.below(n as u64) as usize;
             if let Some(node) = self.slots[i].raft.as_mut() {
                 node.log_mut().fail_writes = true;
                 self.slots[i].fail_writes_until = self.now + 1 + self.rng.below(10);
+                self.node_event(NodeEvent::FailWrites {
+                    node: i,
+                    until: self.slots[i].fail_writes_until,
+                });
                 self.ev(
                     "fail-writes",
                     i as u64 + 1,
@@ -1372,19 +1576,111 @@ impl World {
         Ok(())
     }
 
+    /// Damages a stopped node's disk, keeping at most f nodes damaged.
+    fn maybe_damage(&mut self, i: usize) {
+        // Membership changes never take the voters below three: one damaged node at
+        // most then, or acknowledged entries may be lost legitimately.
+        let f = if self.k.p_member_change > 0.0 {
+            1
+        } else {
+            (self.slots.len() - 1) / 2
+        };
+        let damaged = self.slots.iter().filter(|s| s.damaged).count();
+        if damaged < f && self.rng.chance(self.k.p_damage) {
+            let len = self.slots[i].stopped_log.entries.len() as u64;
+            if len > 0 {
+                let cut = self.rng.below(len) as usize;
+                self.slots[i].stopped_log.entries.truncate(cut);
+                self.slots[i].damaged = true;
+                self.stats.damages += 1;
+                let mark = self.slots[i].hs.acked_index.0;
+                self.ev("damage-log", i as u64 + 1, cut as u64, mark, 0, 0);
+            }
+        }
+    }
+
+    /// A node's process crashes: in a shared run, with every group on it.
+    fn crash_process(&mut self, i: usize) -> Check {
+        self.crash(i)?;
+        self.node_event(NodeEvent::Crash {
+            node: i,
+            restart_at: self.slots[i].restart_at,
+        });
+        Ok(())
+    }
+
+    fn node_event(&mut self, event: NodeEvent) {
+        if self.shared_nodes {
+            self.node_events.push(event);
+        }
+    }
+
+    /// Applies a node-level fault another group of the same nodes drew.
+    fn replay(&mut self, event: &NodeEvent) -> Check {
+        match *event {
+            NodeEvent::Crash { node, restart_at } => {
+                if self.live(node) {
+                    self.ev("crash", node as u64 + 1, 0, 0, 0, 0);
+                    self.crash(node)?;
+                    self.maybe_damage(node);
+                }
+                self.slots[node].restart_at = restart_at;
+            }
+            NodeEvent::Partition {
+                ref blocked,
+                heal_at,
+            } => {
+                self.blocked = blocked.clone();
+                self.heal_at = heal_at;
+                self.ev("partition", 0, 0, 0, heal_at, 0);
+            }
+            NodeEvent::Pause { node, until } => {
+                self.slots[node].paused_until = until;
+                self.ev("pause", node as u64 + 1, until, 0, 0, 0);
+            }
+            NodeEvent::FailWrites { node, until } => {
+                if let Some(raft) = self.slots[node].raft.as_mut() {
+                    raft.log_mut().fail_writes = true;
+                    self.slots[node].fail_writes_until = until;
+                    self.ev("fail-writes", node as u64 + 1, until, 0, 0, 0);
+                }
+            }
+            NodeEvent::Suspect { node, peer } => {
+                if let Some(raft) = self.slots[node].raft.as_mut() {
+                    raft.peer_unreachable(NodeId(peer as u64 + 1));
+                    self.suspected.insert((node, peer));
+                    self.ev("suspect", node as u64 + 1, peer as u64 + 1, 0, 0, 0);
+                }
+            }
+            NodeEvent::HeardAgain { node, peer } => {
+                if let Some(raft) = self.slots[node].raft.as_mut() {
+                    raft.peer_reachable(NodeId(peer as u64 + 1));
+                    self.suspected.remove(&(node, peer));
+                    self.ev("heard-again", node as u64 + 1, peer as u64 + 1, 0, 0, 0);
+                }
+            }
+        }
+        self.check()
+    }
+
+    /// The tick after which everything `from` sent to `to` has been delivered.
+    fn last_sent(&self, from: usize, to: usize) -> u64 {
+        let (from, to) = (from as u64 + 1, to as u64 + 1);
+        self.net
+            .iter()
+            .filter(|f| f.msg.from.0 == from && f.msg.to.0 == to)
+            .map(|f| f.at + 1)
+            .max()
+            .unwrap_or(0)
+    }
+
     fn crash(&mut self, i: usize) -> Check {
         let node = self.slots[i].raft.take().expect("crash a live node");
-        if self.k.quiesce_after > 0 {
+        // In a shared run the driver reports the closed connections to every group.
+        if self.k.quiesce_after > 0 && !self.shared_nodes {
             for peer in (0..self.slots.len()).filter(|&p| p != i) {
                 // A closed connection is noticed after everything sent on it.
-                let (from, to) = (i as u64 + 1, peer as u64 + 1);
-                let last_sent = self
-                    .net
-                    .iter()
-                    .filter(|f| f.msg.from.0 == from && f.msg.to.0 == to)
-                    .map(|f| f.at + 1)
-                    .max()
-                    .unwrap_or(0);
+                let last_sent = self.last_sent(i, peer);
                 let at = (self.now + self.rng.below(5)).max(last_sent);
                 self.crash_reports.push((peer, i, at));
             }
@@ -1505,6 +1801,9 @@ impl World {
                 self.check()?;
             }
         }
+        if !self.decides_node_faults {
+            return Ok(());
+        }
         for i in 0..n {
             if !self.active(i) {
                 continue;
@@ -1522,12 +1821,14 @@ impl World {
                 };
                 if report {
                     self.ev("suspect", i as u64 + 1, j as u64 + 1, cut as u64, 0, 0);
+                    self.node_event(NodeEvent::Suspect { node: i, peer: j });
                     self.suspected.insert((i, j));
                     let node = self.slots[i].raft.as_mut().unwrap();
                     node.peer_unreachable(NodeId(j as u64 + 1));
                     self.check()?;
                 } else if !cut && self.suspected.contains(&(i, j)) && self.rng.chance(0.25) {
                     self.ev("heard-again", i as u64 + 1, j as u64 + 1, 0, 0, 0);
+                    self.node_event(NodeEvent::HeardAgain { node: i, peer: j });
                     self.suspected.remove(&(i, j));
                     let node = self.slots[i].raft.as_mut().unwrap();
                     node.peer_reachable(NodeId(j as u64 + 1));

@@ -1,6 +1,7 @@
 //! A consumer group across a leader kill, on three real broker processes: the group
 //! continues from its committed offsets, nothing is skipped, and committed offsets
-//! never move backwards (watched throughout with `OffsetFetch`).
+//! never move backwards (watched throughout with `OffsetFetch`); and members stay
+//! distinct members across leadership moves.
 
 mod common;
 
@@ -163,4 +164,98 @@ async fn a_group_continues_from_committed_offsets_across_a_leader_kill() {
     );
     let described = admin.describe_group("g").await.unwrap();
     assert!(described.queues.iter().all(|q| q.lag == 0), "{described:?}");
+}
+
+/// After every move of the metadata leadership the members rejoin the new leader,
+/// some with the id the old leader gave them and some as new members: they must
+/// end as distinct members splitting the queues, never two processes under one id
+/// (each of which would read every queue of that member).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_stay_distinct_across_leadership_moves() {
+    const MEMBERS: usize = 3;
+    const TOPIC_QUEUES: u32 = 6;
+    let cluster = common::Cluster::start(3);
+    let client = Client::connect(&cluster.addrs()).await.unwrap();
+    let admin = Admin::new(&client);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while admin.create_topic("moves", TOPIC_QUEUES).await.is_err() {
+        assert!(Instant::now() < deadline, "topic not created");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    type Views = Arc<std::sync::Mutex<BTreeMap<usize, (String, Vec<u32>)>>>;
+    let views: Views = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut members = Vec::new();
+    for index in 0..MEMBERS {
+        let client = client.clone();
+        let stop = stop.clone();
+        let views = views.clone();
+        members.push(tokio::spawn(async move {
+            let config = GroupConfig {
+                session_timeout: Duration::from_millis(2000),
+                ..GroupConfig::default()
+            };
+            let mut member = GroupConsumer::join(&client, "movers", "moves", config).await?;
+            while !stop.load(Ordering::Relaxed) {
+                if let Err(e) = member.poll().await {
+                    eprintln!("member {index}: poll: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let view = (member.member_id().to_string(), member.assignment());
+                views.lock().unwrap().insert(index, view);
+            }
+            let _ = member.leave().await;
+            anyhow::Ok(())
+        }));
+    }
+    // Settled: distinct ids, and the queues split between them with no overlap.
+    let settled = |views: &Views| {
+        let views = views.lock().unwrap();
+        let ids: BTreeSet<&String> = views.values().map(|(id, _)| id).collect();
+        let mut queues: Vec<u32> = views.values().flat_map(|(_, q)| q.clone()).collect();
+        queues.sort_unstable();
+        let split: Vec<u32> = (0..TOPIC_QUEUES).collect();
+        (
+            views.len() == MEMBERS && ids.len() == MEMBERS && queues == split,
+            format!("{views:?}"),
+        )
+    };
+    let wait_settled = |what: String| {
+        let views = views.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let (ok, seen) = settled(&views);
+                if ok {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: members never settled: {seen}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    wait_settled("at the start".into()).await;
+    // Each move goes to a node that has not led yet: its member ids start afresh.
+    for _ in 0..2 {
+        let leader = leader_id(&client).await;
+        let to = (1..=3u64).find(|n| *n > leader).unwrap_or(1);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while leader_id(&client).await != to {
+            let _ = admin.transfer_leader(to).await;
+            assert!(Instant::now() < deadline, "leadership did not move to {to}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        eprintln!("metadata leadership moved from node {leader} to node {to}");
+        // Let every member notice the move before checking.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        wait_settled(format!("after the move to node {to}")).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for m in members {
+        m.await.unwrap().unwrap();
+    }
+    drop(cluster);
 }

@@ -106,6 +106,8 @@ pub struct MemberInfo {
 pub struct Coordinator {
     groups: BTreeMap<String, Group>,
     next_member: u64,
+    /// Part of every member id given (see [`Coordinator::lead`]).
+    id_scope: String,
 }
 
 impl Coordinator {
@@ -117,6 +119,17 @@ impl Coordinator {
     /// Forgets every member (this node stopped leading: members rejoin the new leader).
     pub fn clear(&mut self) {
         self.groups.clear();
+    }
+
+    /// Starts a leadership: forgets every member, and every member id given from
+    /// now on carries `scope` (the node and its term), so that no other leadership
+    /// ever gives the same id. Members keep their ids across a failover: a member
+    /// that rejoins the new leader with the id an earlier leader gave it must not
+    /// meet a new member that the new leader gave that same id, or the two
+    /// processes would act as one member and both read every queue it holds.
+    pub fn lead(&mut self, scope: impl Into<String>) {
+        self.groups.clear();
+        self.id_scope = scope.into();
     }
 
     /// Whether the group has live members.
@@ -164,7 +177,11 @@ impl Coordinator {
             } else {
                 client_id
             };
-            format!("{prefix}-{}", self.next_member)
+            if self.id_scope.is_empty() {
+                format!("{prefix}-{}", self.next_member)
+            } else {
+                format!("{prefix}-{}-{}", self.id_scope, self.next_member)
+            }
         } else {
             member_id.to_string()
         };
@@ -450,6 +467,28 @@ mod tests {
             now,
         )
         .unwrap()
+    }
+
+    /// Two consumers of one group across a failover: one keeps the id the old
+    /// leader gave it, the other was forgotten and joins anew. They must stay two
+    /// members, each reading half the queues.
+    #[test]
+    fn ids_given_by_different_leaderships_never_collide() {
+        let mut old_leader = Coordinator::new();
+        old_leader.lead("n1t3");
+        let a = join(&mut old_leader, "", 0);
+        let mut new_leader = Coordinator::new();
+        new_leader.lead("n2t4");
+        let rejoined = join(&mut new_leader, &a.member_id, 10);
+        assert_eq!(rejoined.member_id, a.member_id);
+        let b = join(&mut new_leader, "", 10);
+        assert_ne!(b.member_id, a.member_id);
+        // A leader that leads again, in a later term, gives other ids too.
+        old_leader.lead("n1t5");
+        let c = join(&mut old_leader, "", 20);
+        assert_ne!(c.member_id, a.member_id);
+        let (_, members) = new_leader.describe("g").expect("the group has members");
+        assert_eq!(members.len(), 2);
     }
 
     #[test]

@@ -528,6 +528,8 @@ impl Node {
             self.projected.clear();
             if role == Role::Leader {
                 self.term_start = self.raft.log().last_index();
+                self.groups
+                    .lead(format!("n{}t{}", self.config.node_id.0, term.0));
             } else {
                 // Members rejoin the new leader; their committed offsets are in the log.
                 self.groups.clear();

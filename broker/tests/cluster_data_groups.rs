@@ -731,9 +731,33 @@ async fn data_groups_added_to_a_running_cluster_take_new_topics() {
 /// other groups' queues once overwrote theirs, showing a log end of 0 and no lag).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_lag_counts_the_queues_of_every_data_group() {
+    group_lag_of_every_queue(3, "3").await;
+}
+
+/// With 5 nodes and 3 replicas per group, some data groups have no replica on the
+/// metadata leader, which answers `DescribeGroup`: it does not know their queues'
+/// ends (it once answered a log end and lag of 0 for them), and `topic describe`
+/// found no leader for them. The client now asks those groups' leaders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_and_leaders_are_known_for_groups_without_a_replica_on_the_metadata_leader() {
+    let (client, cluster) = group_lag_of_every_queue(5, "5").await;
+    let described = Admin::new(&client)
+        .describe_topic("lagging")
+        .await
+        .expect("describe topic");
+    for (q, p) in described.placement.iter().enumerate() {
+        assert_ne!(p.leader, 0, "queue {q} (group {}): leader unknown", p.group);
+        assert!(p.replicas.contains(&p.leader), "queue {q}: {p:?}");
+    }
+    drop(cluster);
+}
+
+/// Writes 10 messages to each of 6 queues, commits offset 0 everywhere and waits
+/// until the group's lag is 10 on every queue.
+async fn group_lag_of_every_queue(nodes: usize, data_groups: &str) -> (Client, Cluster) {
     const LAG_QUEUES: u32 = 6;
     const PER_QUEUE: u64 = 10;
-    let cluster = Cluster::start_with(3, &["--data-groups", "3"]);
+    let cluster = Cluster::start_with(nodes, &["--data-groups", data_groups]);
     let client = Client::connect(&cluster.addrs()).await.expect("connect");
     let admin = Admin::new(&client);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -781,4 +805,5 @@ async fn group_lag_counts_the_queues_of_every_data_group() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    (client, cluster)
 }

@@ -130,45 +130,89 @@ impl Admin {
         }
     }
 
-    /// A topic's queues with their offset ranges.
+    /// The answering broker knows the leaders only of the data groups that run a
+    /// replica on it: asks a replica of each other group (a short wait each, so a
+    /// replica that is down costs a describe at most a few seconds).
+    async fn fill_group_leaders(&self, topic: &str, placement: &mut [QueuePlacement]) {
+        const REPLICA_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+        let unknown: std::collections::BTreeSet<u32> = placement
+            .iter()
+            .filter(|p| p.group != 0 && p.leader == 0)
+            .map(|p| p.group)
+            .collect();
+        for group in unknown {
+            let replicas = placement
+                .iter()
+                .find(|p| p.group == group)
+                .map(|p| p.replicas.clone())
+                .unwrap_or_default();
+            for node in replicas {
+                let body = request::Body::Metadata(pb::MetadataRequest {
+                    topics: vec![topic.to_owned()],
+                });
+                let answer = tokio::time::timeout(
+                    REPLICA_WAIT,
+                    self.client.request(Target::Node(node), body),
+                )
+                .await;
+                let Ok(Ok(response::Body::Metadata(m))) = answer else {
+                    continue;
+                };
+                let leader = m
+                    .groups
+                    .iter()
+                    .find(|i| i.group_id == group && i.leader_id != 0)
+                    .map(|i| i.leader_id);
+                if let Some(leader) = leader {
+                    for p in placement.iter_mut().filter(|p| p.group == group) {
+                        p.leader = leader;
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    /// A topic's queues with their offset ranges, groups, leaders and replicas.
     pub async fn describe_topic(&self, name: &str) -> Result<TopicDescription, ClientError> {
         let body = request::Body::Metadata(pb::MetadataRequest {
             topics: vec![name.to_owned()],
         });
-        let (queues, retention, placement) = match self.client.request(Target::Leader, body).await?
-        {
-            response::Body::Metadata(m) => m
-                .topics
-                .iter()
-                .find(|t| t.name == name)
-                .map(|t| {
-                    let retention = TopicRetention {
-                        ms: t.retention_ms,
-                        bytes: t.retention_bytes,
-                    };
-                    let placement = (0..t.queues)
-                        .map(|q| {
-                            let group = t.queue_groups.get(q as usize).copied().unwrap_or(0);
-                            let info = m.groups.iter().find(|i| i.group_id == group);
-                            QueuePlacement {
-                                group,
-                                leader: match group {
-                                    0 => m.leader_id,
-                                    _ => info.map_or(0, |i| i.leader_id),
-                                },
-                                replicas: info.map(|i| i.replicas.clone()).unwrap_or_default(),
-                            }
-                        })
-                        .collect();
-                    (t.queues, retention, placement)
-                })
-                .ok_or_else(|| {
-                    ClientError::Server(raftmq_proto::ServerError::UnknownTopic {
-                        message: format!("unknown topic {name:?}"),
+        let (queues, retention, mut placement) =
+            match self.client.request(Target::Leader, body).await? {
+                response::Body::Metadata(m) => m
+                    .topics
+                    .iter()
+                    .find(|t| t.name == name)
+                    .map(|t| {
+                        let retention = TopicRetention {
+                            ms: t.retention_ms,
+                            bytes: t.retention_bytes,
+                        };
+                        let placement: Vec<QueuePlacement> = (0..t.queues)
+                            .map(|q| {
+                                let group = t.queue_groups.get(q as usize).copied().unwrap_or(0);
+                                let info = m.groups.iter().find(|i| i.group_id == group);
+                                QueuePlacement {
+                                    group,
+                                    leader: match group {
+                                        0 => m.leader_id,
+                                        _ => info.map_or(0, |i| i.leader_id),
+                                    },
+                                    replicas: info.map(|i| i.replicas.clone()).unwrap_or_default(),
+                                }
+                            })
+                            .collect();
+                        (t.queues, retention, placement)
                     })
-                })?,
-            other => return Err(unexpected("metadata", &other)),
-        };
+                    .ok_or_else(|| {
+                        ClientError::Server(raftmq_proto::ServerError::UnknownTopic {
+                            message: format!("unknown topic {name:?}"),
+                        })
+                    })?,
+                other => return Err(unexpected("metadata", &other)),
+            };
+        self.fill_group_leaders(name, &mut placement).await;
         let mut ranges = Vec::with_capacity(queues as usize);
         for q in 0..queues {
             let start = list_offset(&self.client, name, q, pb::OffsetSpec::Earliest, 0).await?;
@@ -229,10 +273,35 @@ impl Admin {
         let body = request::Body::DescribeGroup(pb::DescribeGroupRequest {
             group: group.to_owned(),
         });
-        match self.client.request(Target::Leader, body).await? {
-            response::Body::DescribeGroup(d) => Ok(d),
-            other => Err(unexpected("describe_group", &other)),
+        let mut described = match self.client.request(Target::Leader, body).await? {
+            response::Body::DescribeGroup(d) => d,
+            other => return Err(unexpected("describe_group", &other)),
+        };
+        // The answering broker (the metadata leader) knows the ends only of the
+        // queues whose data group runs a replica on it: ask the others' leaders.
+        for q in described.queues.iter_mut().filter(|q| q.log_end_unknown) {
+            let Ok(start) =
+                list_offset(&self.client, &q.topic, q.queue, pb::OffsetSpec::Earliest, 0).await
+            else {
+                continue; // left unknown: the caller shows it so
+            };
+            let Ok(end) =
+                list_offset(&self.client, &q.topic, q.queue, pb::OffsetSpec::Latest, 0).await
+            else {
+                continue;
+            };
+            // Messages retention deleted are not lag: they cannot be consumed.
+            let from = if q.has_committed {
+                q.committed.max(start)
+            } else {
+                start
+            };
+            q.committed = from;
+            q.log_end = end;
+            q.lag = end.saturating_sub(from);
+            q.log_end_unknown = false;
         }
+        Ok(described)
     }
 
     /// Moves a group's committed offsets for `topic` (every queue) to `to`: earliest,

@@ -399,6 +399,7 @@ fn every_response() -> Vec<Resp> {
                 committed: 3,
                 log_end: 10,
                 lag: 7,
+                log_end_unknown: true,
             }],
         }),
         Resp::OffsetReset(pb::OffsetResetResponse {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::Node;
+use crate::directory::METADATA_GROUP;
 use crate::metrics::{
     BrokerMetrics, FamilyWriter, GROUP_LAG_INTERVAL, GROUP_LAG_SERIES_MAX, NODE_GAUGES_INTERVAL,
 };
@@ -145,7 +146,7 @@ impl Node {
             None
         };
         m.set_readiness(not_ready.as_deref());
-        if self.group_id() == crate::directory::METADATA_GROUP {
+        if self.group_id() == METADATA_GROUP {
             let text = data_groups_text(&self.data_group_infos(), &node_label(self));
             self.metrics.handles.publish_data_groups(text);
         }
@@ -173,17 +174,42 @@ impl Node {
         }
     }
 
-    /// Consumer-group lag from the committed offsets and the queues' ends: leader
-    /// only (every node holds the same offsets; one copy keeps sums right).
+    /// Consumer-group lag from the committed offsets and the queues' ends. Each
+    /// queue's series comes from the node leading the group that holds it: that
+    /// node knows the queue's end (the metadata leader knows the ends only of the
+    /// queues whose data group has a replica on its node), and one copy keeps sums
+    /// right. The committed offsets are this node's copy of the metadata group's.
     fn observe_group_lag(&mut self) {
+        let me = self.config.node_id.0;
+        let led: std::collections::BTreeSet<u32> = self
+            .raft_groups
+            .directory
+            .statuses()
+            .into_iter()
+            .filter(|g| g.group_id != METADATA_GROUP && g.role == "leader" && g.leader_id == me)
+            .map(|g| g.group_id)
+            .collect();
+        let leads_metadata = self.raft.role() == Role::Leader;
         let m = &self.metrics.handles;
-        if self.raft.role() != Role::Leader {
+        if !leads_metadata && led.is_empty() {
             m.publish_groups(String::new());
             return;
         }
+        let bounds = |topic: &str, queue: u32| {
+            let group = self.state.topic(topic)?.group_of(queue);
+            let here = match group {
+                METADATA_GROUP => leads_metadata,
+                g => led.contains(&g),
+            };
+            if here {
+                self.queue_bounds(topic, queue)
+            } else {
+                None
+            }
+        };
         m.publish_groups(group_lag_text(
             &self.state,
-            &|topic, queue| self.queue_bounds(topic, queue),
+            &bounds,
             &node_label(self),
             GROUP_LAG_SERIES_MAX,
         ));
@@ -205,7 +231,7 @@ fn group_lag_text(
     let name = "raftmq_group_lag_messages";
     let mut w = FamilyWriter::gauge(
         name,
-        "Leader only: messages between a group's committed offset and the queue's end.",
+        "Messages between a group's committed offset and the queue's end, from the node leading the queue's group.",
     );
     let mut series = 0usize;
     let mut omitted = 0u64;

@@ -541,7 +541,8 @@ impl Node {
         let queues = queues
             .into_iter()
             .map(|((topic, queue), committed)| {
-                let (log_start, log_end) = self.queue_bounds(&topic, queue).unwrap_or((0, 0));
+                let bounds = self.queue_bounds(&topic, queue);
+                let (log_start, log_end) = bounds.unwrap_or((0, 0));
                 // Messages retention deleted are not lag: they cannot be consumed.
                 let from = committed.unwrap_or(log_start).max(log_start);
                 pb::GroupQueueLag {
@@ -551,6 +552,7 @@ impl Node {
                     committed: from,
                     log_end,
                     lag: log_end.saturating_sub(from),
+                    log_end_unknown: bounds.is_none(),
                 }
             })
             .collect();

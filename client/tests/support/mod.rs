@@ -443,6 +443,7 @@ fn handle(index: usize, state: &Mutex<State>, id: u64, body: Req) -> Option<pb::
                         committed: offset,
                         log_end: offset,
                         lag: 0,
+                        log_end_unknown: false,
                     })
                     .collect(),
             })),

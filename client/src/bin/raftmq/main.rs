@@ -1360,13 +1360,13 @@ async fn group(client: &Client, command: GroupCommand) -> Result<()> {
                 } else {
                     "-".into()
                 };
-                out!(
-                    "{}\t{}\t{committed}\t{}\t{}",
-                    q.topic,
-                    q.queue,
-                    q.log_end,
-                    q.lag
-                );
+                // A queue whose group's leader did not answer: its end is unknown.
+                let (log_end, lag) = if q.log_end_unknown {
+                    ("?".to_string(), "?".to_string())
+                } else {
+                    (q.log_end.to_string(), q.lag.to_string())
+                };
+                out!("{}\t{}\t{committed}\t{log_end}\t{lag}", q.topic, q.queue);
             }
         }
         GroupCommand::Reset {

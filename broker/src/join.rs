@@ -4,8 +4,9 @@
 //! The request goes to each given address in turn and follows `NOT_LEADER`
 //! redirects; it repeats (harmless: the leader answers at once for a member it
 //! knows) with a growing pause until the leader has committed the change or the
-//! broker stops. Refusals that retrying cannot fix are logged as errors and end
-//! the attempt.
+//! broker stops. A refusal that retrying cannot fix (a node id the cluster knows
+//! with another data directory, an address another member listens on) stops the
+//! broker with that reason: a node the cluster will never add has nothing to do.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -33,13 +34,14 @@ pub struct JoinRequest {
     pub incarnation: u64,
 }
 
-/// Asks `seeds` until the cluster has added this node (or refused it for good).
+/// Asks `seeds` until the cluster has added this node; `Err` when it refused it
+/// for good (the reason, for the operator).
 pub async fn run(
     seeds: Vec<SocketAddr>,
     me: JoinRequest,
     security: std::sync::Arc<crate::security::Security>,
     shutdown: CancellationToken,
-) {
+) -> Result<(), String> {
     let mut pause = PAUSE_MIN;
     let mut said_waiting = false;
     loop {
@@ -52,7 +54,7 @@ pub async fn run(
                 break;
             }
             let outcome = tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => return Ok(()),
                 r = tokio::time::timeout(ATTEMPT_TIMEOUT, ask(&security, target, &me)) => r,
             };
             match outcome {
@@ -64,7 +66,7 @@ pub async fn run(
                         "joined the cluster as a learner; `raftmq cluster add-node {}` makes it a voter",
                         me.node_id.0
                     );
-                    return;
+                    return Ok(());
                 }
                 Ok(Err(e)) if e.code == ErrorCode::NotLeader as i32 => {
                     if let Ok(leader) = e.leader_address.parse() {
@@ -79,9 +81,12 @@ pub async fn run(
                     tracing::error!(
                         via = %target,
                         error = %e.message,
-                        "the cluster refused to add this node"
+                        "the cluster refused to add this node; stopping"
                     );
-                    return;
+                    return Err(format!(
+                        "the cluster (via {target}) refused to add this node: {}",
+                        e.message
+                    ));
                 }
                 Ok(Err(e)) => tracing::debug!(via = %target, error = %e.message, "join deferred"),
                 Err(_) => tracing::debug!(via = %target, "join request timed out"),
@@ -92,7 +97,7 @@ pub async fn run(
             tracing::info!(seeds = ?seeds, "waiting for the cluster to add this node");
         }
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(pause) => {}
         }
         pause = (pause * 2).min(PAUSE_MAX);

@@ -442,9 +442,9 @@ fn run(args: Args) -> anyhow::Result<()> {
             tracing::info!("signal received, shutting down");
             token.cancel();
         });
-        broker.wait().await;
+        let stopped = broker.wait().await;
         tracing::info!("stopped");
-        anyhow::Ok(())
+        stopped.map_err(|reason| anyhow::anyhow!(reason))
     })
 }
 

@@ -130,6 +130,8 @@ pub struct Broker {
     node: JoinHandle<()>,
     listener: JoinHandle<()>,
     security: Arc<Security>,
+    /// Why the broker stopped by itself (a join the cluster refused for good).
+    failure: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Broker {
@@ -307,8 +309,9 @@ impl Broker {
             ));
             tokio::spawn(broker_metrics.clone().run_upkeep(shutdown.clone()));
         }
+        let failure = Arc::new(std::sync::Mutex::new(None));
         if !join.is_empty() {
-            tokio::spawn(crate::join::run(
+            let joining = crate::join::run(
                 join,
                 crate::join::JoinRequest {
                     node_id: config.node_id,
@@ -317,7 +320,16 @@ impl Broker {
                 },
                 security.clone(),
                 shutdown.clone(),
-            ));
+            );
+            let (failure, shutdown) = (failure.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                // A node the cluster will never add has nothing to do: it stops,
+                // and says why, instead of running as a member of nothing.
+                if let Err(reason) = joining.await {
+                    *failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+                    shutdown.cancel();
+                }
+            });
         }
         let service = Service::new(directory, config, security.clone(), shutdown.clone());
         let mut kafka_addr = None;
@@ -382,6 +394,7 @@ impl Broker {
             node,
             listener,
             security,
+            failure,
         })
     }
 
@@ -402,10 +415,20 @@ impl Broker {
         self.shutdown.clone()
     }
 
-    /// Waits until the broker has stopped (after its token was cancelled).
-    pub async fn wait(self) {
+    /// Waits until the broker has stopped (after its token was cancelled, or by
+    /// itself); `Err` says why it stopped by itself.
+    pub async fn wait(self) -> Result<(), String> {
         let _ = self.listener.await;
         let _ = self.node.await;
+        match self
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            Some(reason) => Err(reason),
+            None => Ok(()),
+        }
     }
 }
 

@@ -375,6 +375,32 @@ async fn a_wiped_node_is_refused_until_removed_and_joined_again() {
     assert!(!voters.contains(&victim) && voters.contains(&fresh));
 }
 
+/// A wiped node started again with `--join` under its old id, without being
+/// removed first: the cluster refuses it for good, and it stops and says why (it
+/// used to run on, a member of nothing, until someone noticed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_the_cluster_refuses_to_add_stops_and_says_why() {
+    let mut cluster = Cluster::start(3);
+    let client = Client::connect(&cluster.addrs()).await.expect("connect");
+    let admin = Admin::new(&client);
+    admin.create_topic(TOPIC, 1).await.expect("create topic");
+    incarnations_recorded(&admin, 3).await;
+    let leader = common::find_leader(&cluster, Duration::from_secs(10)).await;
+    let victim = (1..=3).find(|&id| id != leader).unwrap();
+    cluster.kill(victim);
+    cluster.rejoin_unchecked(victim);
+    let status = cluster.wait_exit(victim, Duration::from_secs(30));
+    let log = std::fs::read_to_string(cluster.log_path(victim)).unwrap_or_default();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the refused node should stop with an error, status {status:?}:\n{log}"
+    );
+    assert!(
+        log.contains("refused to add this node") && log.contains("wrong --data-dir"),
+        "the node's log says why:\n{log}"
+    );
+}
+
 /// Polls the leader's view of the membership until it is `(voters, learners)`
 /// (sorted), for at most `limit`; the last view seen on failure.
 /// [`wait_membership`] within 30 s, or the nodes' last log lines and a panic

@@ -111,7 +111,9 @@ impl Node {
         let ours = self.identity.cluster_id;
         let refusal = if identity.cluster_id != 0 && ours != 0 && identity.cluster_id != ours {
             Some(format!(
-                "it belongs to cluster {:016x}, this node to cluster {ours:016x}",
+                "it belongs to cluster {:016x}, this node to cluster {ours:016x}: one of the \
+                 two was started with another node's --peers or with a data directory that is \
+                 not its own (an empty one starts a cluster of its own unless given --join)",
                 identity.cluster_id
             ))
         } else if let Some(member) = self.members.view.members.get(&from) {
@@ -395,9 +397,12 @@ impl Node {
                 reply,
                 ErrorCode::WrongCluster,
                 format!(
-                    "node id {} is a member with another data directory; remove it first \
-                     (`raftmq cluster remove-node {}`), then join again",
-                    id.0, id.0
+                    "node id {} is a member with another data directory. If that node still \
+                     runs with its data, this one was started with the wrong --data-dir or \
+                     --node-id: start it with its own. Only if node {}'s data is lost for good: \
+                     `raftmq cluster decommission {}`, then `raftmq cluster remove-node {}`, \
+                     then join again",
+                    id.0, id.0, id.0, id.0
                 ),
             );
         }

@@ -312,6 +312,31 @@ impl Cluster {
         self.restart(id);
     }
 
+    /// Like [`rejoin`](Self::rejoin), without waiting for the node to listen: the
+    /// cluster may refuse it, and it then stops at once.
+    pub fn rejoin_unchecked(&mut self, id: u64) {
+        let join = self.running_addrs();
+        self.wipe(id);
+        self.node(id).join = Some(join);
+        self.spawn(id);
+    }
+
+    /// Waits at most `limit` for node `id` to exit by itself; its exit status.
+    pub fn wait_exit(&mut self, id: u64, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let child = self.node(id).child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.node(id).child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Deletes a stopped node's data directory (a disk that died).
     pub fn wipe(&mut self, id: u64) {
         let node = self.node(id);

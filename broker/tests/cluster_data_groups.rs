@@ -749,6 +749,23 @@ async fn lag_and_leaders_are_known_for_groups_without_a_replica_on_the_metadata_
         assert_ne!(p.leader, 0, "queue {q} (group {}): leader unknown", p.group);
         assert!(p.replicas.contains(&p.leader), "queue {q}: {p:?}");
     }
+    // What `raftmq cluster remove-node` checks: the groups whose leader lists a
+    // node. Each of the 5 groups has 3 of the 5 nodes, each placed where it runs.
+    let admin = Admin::new(&client);
+    let mut memberships = 0;
+    for node in 1..=5u64 {
+        let listing = admin.groups_listing(node).await.expect("cluster status");
+        for p in described
+            .placement
+            .iter()
+            .filter(|p| listing.contains(&p.group))
+        {
+            assert!(p.replicas.contains(&node), "node {node} listed in {p:?}");
+        }
+        memberships += listing.len();
+    }
+    assert_eq!(memberships, 15, "5 groups of 3 replicas");
+    assert!(admin.groups_listing(99).await.expect("status").is_empty());
     drop(cluster);
 }
 

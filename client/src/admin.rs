@@ -397,6 +397,24 @@ impl Admin {
         }
     }
 
+    /// The data groups whose leader (as it answers `cluster status`) lists `node`
+    /// as a voter or learner: while a decommissioned node is in this list, its
+    /// replicas are still moving off it. Groups whose leader cannot be reached
+    /// are not in it.
+    pub async fn groups_listing(&self, node: u64) -> Result<Vec<u32>, ClientError> {
+        let mut groups = std::collections::BTreeSet::new();
+        for n in self.cluster_status().await? {
+            let Ok(status) = n.status else { continue };
+            for g in &status.groups {
+                let leads = g.role == "leader";
+                if leads && (g.voters.contains(&node) || g.learners.contains(&node)) {
+                    groups.insert(g.group_id);
+                }
+            }
+        }
+        Ok(groups.into_iter().collect())
+    }
+
     /// Asks the leader to hand leadership to node `to`.
     pub async fn transfer_leader(&self, to: u64) -> Result<(), ClientError> {
         let body = request::Body::TransferLeader(pb::TransferLeaderRequest { to_node_id: to });

@@ -447,6 +447,11 @@ enum ClusterCommand {
     RemoveNode {
         /// The node id.
         node: u64,
+        /// Remove it even while data groups still list it as a member (their moves
+        /// off it not finished): until they finish, those groups have one replica
+        /// fewer to survive a failure with.
+        #[arg(long)]
+        force: bool,
     },
     /// Move every data-group replica off a node (running or dead) and place none
     /// there any more; then remove it with `remove-node`.
@@ -1531,7 +1536,23 @@ async fn cluster(client: &Client, command: ClusterCommand) -> Result<()> {
             let index = admin.add_node(node).await?;
             out!("node {node} is a voter (membership entry {index})");
         }
-        ClusterCommand::RemoveNode { node } => {
+        ClusterCommand::RemoveNode { node, force } => {
+            if !force {
+                let still = admin.groups_listing(node).await?;
+                if !still.is_empty() {
+                    let list = still
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    bail!(
+                        "node {node} is still a member of data group(s) {list}: their replicas \
+                         are moving off it (after `raftmq cluster decommission {node}`) or it \
+                         was never decommissioned. Wait until `raftmq cluster status` shows \
+                         none of them moving, then remove it; `--force` removes it now"
+                    );
+                }
+            }
             let index = admin.remove_node(node).await?;
             out!("node {node} removed (membership entry {index})");
         }

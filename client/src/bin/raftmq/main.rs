@@ -434,18 +434,21 @@ enum ClusterCommand {
     Status,
     /// Hand leadership to a node.
     TransferLeader {
-        /// The node id.
+        /// The node id (from 1).
+        #[arg(value_parser = clap::value_parser!(u64).range(1..))]
         node: u64,
     },
     /// Make a learner (a node started with --join) a voter, once it has caught up.
     AddNode {
-        /// The node id.
+        /// The node id (from 1).
+        #[arg(value_parser = clap::value_parser!(u64).range(1..))]
         node: u64,
     },
     /// Remove a voter or learner from the cluster, whether it is running or not
     /// (decommission it first when it holds data-group replicas).
     RemoveNode {
-        /// The node id.
+        /// The node id (from 1).
+        #[arg(value_parser = clap::value_parser!(u64).range(1..))]
         node: u64,
         /// Remove it even while data groups still list it as a member (their moves
         /// off it not finished): until they finish, those groups have one replica
@@ -456,7 +459,8 @@ enum ClusterCommand {
     /// Move every data-group replica off a node (running or dead) and place none
     /// there any more; then remove it with `remove-node`.
     Decommission {
-        /// The node id.
+        /// The node id (from 1).
+        #[arg(value_parser = clap::value_parser!(u64).range(1..))]
         node: u64,
     },
     /// Even out data-group replicas over the nodes (after adding one).

@@ -355,24 +355,29 @@ async fn run(args: Args, bootstrap: Vec<String>, server_pids: Vec<u32>) -> anyho
         }
         Mode::Reads => reads_phase(&args, &client, &progress).await?,
         Mode::Consume => {
-            consume_phase(
-                &args, &bootstrap, queues, args.count, epoch, &progress, false,
-            )
-            .await?
+            let expected = Arc::new(AtomicU64::new(args.count));
+            consume_phase(&args, &bootstrap, queues, expected, epoch, &progress, false).await?
         }
         Mode::E2e => {
+            // With --duration the count is known once the producers stop: until
+            // then the consumers read on.
+            let expected = Arc::new(AtomicU64::new(if args.duration.is_some() {
+                u64::MAX
+            } else {
+                args.count
+            }));
             let consumers = {
                 let args = args.clone();
                 let bootstrap = bootstrap.clone();
                 let progress = progress.clone();
+                let expected = expected.clone();
                 tokio::spawn(async move {
-                    consume_phase(
-                        &args, &bootstrap, queues, args.count, epoch, &progress, true,
-                    )
-                    .await
+                    consume_phase(&args, &bootstrap, queues, expected, epoch, &progress, true)
+                        .await
                 })
             };
-            let _ = produce_phase(&args, &bootstrap, epoch, None).await?;
+            let (produced, _) = produce_phase(&args, &bootstrap, epoch, None).await?;
+            expected.store(produced, Ordering::Relaxed);
             let (total, latency) = match consumers.await? {
                 Ok(n) => n,
                 Err(e) => return Err(e),
@@ -875,7 +880,7 @@ async fn consume_phase(
     args: &Args,
     bootstrap: &[String],
     queues: u32,
-    expected: u64,
+    expected: Arc<AtomicU64>,
     epoch: Instant,
     progress: &Arc<AtomicU64>,
     measure_latency: bool,
@@ -889,6 +894,7 @@ async fn consume_phase(
         let topic = args.topic.clone();
         let read = read.clone();
         let progress = progress.clone();
+        let expected = expected.clone();
         let deadline =
             Instant::now() + Duration::from_secs_f64(args.duration.unwrap_or(300.0) + 60.0);
         tasks.push(tokio::spawn(async move {
@@ -898,7 +904,9 @@ async fn consume_phase(
                 consumer.seek(*q, raftmq_client::SeekTo::Earliest).await?;
             }
             let mut histogram = new_histogram();
-            while read.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+            while read.load(Ordering::Relaxed) < expected.load(Ordering::Relaxed)
+                && Instant::now() < deadline
+            {
                 let messages = consumer.poll().await?;
                 if measure_latency {
                     let now = epoch.elapsed().as_micros() as u64;

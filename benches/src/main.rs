@@ -372,8 +372,7 @@ async fn run(args: Args, bootstrap: Vec<String>, server_pids: Vec<u32>) -> anyho
                 let progress = progress.clone();
                 let expected = expected.clone();
                 tokio::spawn(async move {
-                    consume_phase(&args, &bootstrap, queues, expected, epoch, &progress, true)
-                        .await
+                    consume_phase(&args, &bootstrap, queues, expected, epoch, &progress, true).await
                 })
             };
             let (produced, _) = produce_phase(&args, &bootstrap, epoch, None).await?;

@@ -259,3 +259,96 @@ async fn members_stay_distinct_across_leadership_moves() {
     }
     drop(cluster);
 }
+
+/// A member that joins gets its share within moments of the queues' owner
+/// confirming the new generation. Each step of a handover is a heartbeat, and at
+/// the regular interval (3.3 s for the default 10 s session) a queue moved one
+/// interval after its owner learned of the new generation, and up to three after
+/// the join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_member_gets_its_share_soon_after_the_owner_confirms() {
+    let cluster = common::Cluster::start(3);
+    let client = Client::connect(&cluster.addrs()).await.unwrap();
+    let admin = Admin::new(&client);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while admin.create_topic("handover", 4).await.is_err() {
+        assert!(Instant::now() < deadline, "topic not created");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    // When the first member moved past its first generation, and when the second
+    // first held a queue.
+    let owner_moved: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
+    let newcomer_served: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
+    let owner = {
+        let (client, stop, moved) = (client.clone(), stop.clone(), owner_moved.clone());
+        tokio::spawn(async move {
+            let mut member =
+                GroupConsumer::join(&client, "handover", "handover", GroupConfig::default())
+                    .await?;
+            let first = member.generation();
+            while !stop.load(Ordering::Relaxed) {
+                member.poll().await?;
+                let mut moved = moved.lock().unwrap();
+                if member.generation() != first && moved.is_none() {
+                    *moved = Some(Instant::now());
+                }
+            }
+            member.leave().await?;
+            anyhow::Ok(())
+        })
+    };
+    // The first member holds all four queues before the second joins.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let described = admin.describe_group("handover").await;
+        if described.is_ok_and(|d| d.members.len() == 1 && d.members[0].assignment.len() == 4) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first member never held the queues"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let newcomer = {
+        let (client, stop, served) = (client.clone(), stop.clone(), newcomer_served.clone());
+        tokio::spawn(async move {
+            let mut member =
+                GroupConsumer::join(&client, "handover", "handover", GroupConfig::default())
+                    .await?;
+            while !stop.load(Ordering::Relaxed) {
+                member.poll().await?;
+                let mut served = served.lock().unwrap();
+                if !member.assignment().is_empty() && served.is_none() {
+                    *served = Some(Instant::now());
+                }
+            }
+            member.leave().await?;
+            anyhow::Ok(())
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (moved, served) = loop {
+        let moved = *owner_moved.lock().unwrap();
+        let served = *newcomer_served.lock().unwrap();
+        if let (Some(moved), Some(served)) = (moved, served) {
+            break (moved, served);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no handover: owner moved {moved:?}, newcomer served {served:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    stop.store(true, Ordering::Relaxed);
+    owner.await.unwrap().unwrap();
+    newcomer.await.unwrap().unwrap();
+    let gap = served.saturating_duration_since(moved);
+    assert!(
+        gap < Duration::from_secs(2),
+        "the newcomer got its queues {gap:?} after their owner learned of the new \
+         generation (a heartbeat interval is 3.3 s)"
+    );
+    drop(cluster);
+}

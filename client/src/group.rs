@@ -78,11 +78,21 @@ pub struct GroupConsumer {
     generation: u64,
     heartbeat_interval: Duration,
     next_heartbeat: Instant,
+    /// Heartbeats come every [`REBALANCE_HEARTBEAT`] until then (see
+    /// [`GroupConsumer::heartbeat_gap`]).
+    rebalancing_until: Instant,
     /// Last offsets committed per queue.
     committed: BTreeMap<u32, u64>,
     /// Assignment changes not yet taken by [`GroupConsumer::take_rebalances`].
     rebalances: Vec<Rebalance>,
 }
+
+/// How often a member heartbeats for two heartbeat intervals after its generation
+/// changed. Queues change hands then, and each step is a heartbeat: the old owner
+/// confirms the new generation (which releases what it lost), the new owner asks
+/// again and is given it. At the regular interval (a third of the session
+/// timeout) a queue took up to three intervals to move, about 10 s by default.
+const REBALANCE_HEARTBEAT: Duration = Duration::from_millis(250);
 
 /// Whether the group moved on without this member's knowledge: rejoin.
 fn needs_rejoin(e: &ClientError) -> bool {
@@ -116,6 +126,7 @@ impl GroupConsumer {
             generation: 0,
             heartbeat_interval: Duration::from_secs(3),
             next_heartbeat: Instant::now(),
+            rebalancing_until: Instant::now(),
             committed: BTreeMap::new(),
             rebalances: Vec::new(),
         };
@@ -126,6 +137,16 @@ impl GroupConsumer {
     /// The id the coordinator gave this member.
     pub fn member_id(&self) -> &str {
         &self.member_id
+    }
+
+    /// The time between heartbeats: [`REBALANCE_HEARTBEAT`] while queues may be
+    /// changing hands, else the interval the coordinator asked for.
+    fn heartbeat_gap(&self) -> Duration {
+        if Instant::now() < self.rebalancing_until {
+            self.heartbeat_interval.min(REBALANCE_HEARTBEAT)
+        } else {
+            self.heartbeat_interval
+        }
     }
 
     /// The group generation this member is in.
@@ -189,7 +210,7 @@ impl GroupConsumer {
             .consumer
             .max_wait
             .min(self.heartbeat_interval / 2);
-        self.next_heartbeat = Instant::now() + self.heartbeat_interval;
+        self.next_heartbeat = Instant::now() + self.heartbeat_gap();
         // A (re)joining member held nothing while it was away: another member may
         // have read and committed its queues meanwhile, so every queue is checked
         // against the group's committed offset, not only the new ones.
@@ -204,6 +225,13 @@ impl GroupConsumer {
         assignment: Vec<pb::TopicQueue>,
         recheck_kept: bool,
     ) -> Result<(), ClientError> {
+        if generation != self.generation {
+            // Confirm the new generation at once (releasing what this member
+            // lost), and follow the handover closely for a while.
+            let now = Instant::now();
+            self.rebalancing_until = now + 2 * self.heartbeat_interval;
+            self.next_heartbeat = now;
+        }
         self.generation = generation;
         let queues: Vec<u32> = assignment
             .into_iter()
@@ -339,7 +367,7 @@ impl GroupConsumer {
             generation: self.generation,
         });
         let answer = self.client.request(Target::Leader, body).await?;
-        self.next_heartbeat = Instant::now() + self.heartbeat_interval;
+        self.next_heartbeat = Instant::now() + self.heartbeat_gap();
         match answer {
             response::Body::Heartbeat(h) => {
                 // The coordinator hands a queue over only once its previous owner has
@@ -371,9 +399,16 @@ impl GroupConsumer {
             if Instant::now() >= self.next_heartbeat {
                 self.heartbeat().await?;
             }
+            // A long poll must not hold up the next heartbeat.
+            self.consumer.config.max_wait =
+                self.config.consumer.max_wait.min(self.heartbeat_gap() / 2);
             if self.consumer.positions().is_empty() {
-                // Nothing assigned (more members than queues): wait for a rebalance.
-                tokio::time::sleep(self.consumer.config.max_wait).await;
+                // Nothing assigned (more members than queues, or queues not yet
+                // released by their previous owner): wait for the next heartbeat.
+                let until_heartbeat = self
+                    .next_heartbeat
+                    .saturating_duration_since(Instant::now());
+                tokio::time::sleep(self.consumer.config.max_wait.min(until_heartbeat)).await;
                 return Ok(Vec::new());
             }
             self.consumer.poll().await

@@ -332,15 +332,9 @@ async fn a_rejoining_node_catches_up_from_a_leader_replaced_before_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_node_is_refused_until_removed_and_joined_again() {
-    let mut cluster = Cluster::start(3);
-    let client = Client::connect(&cluster.addrs()).await.expect("connect");
+    let (mut cluster, client, victim) = three_nodes_with_a_follower_killed().await;
     let admin = Admin::new(&client);
-    admin.create_topic(TOPIC, 1).await.expect("create topic");
-    // Wait until the first leader has recorded every member's incarnation.
-    incarnations_recorded(&admin, 3).await;
     let leader = common::find_leader(&cluster, Duration::from_secs(10)).await;
-    let victim = (1..=3).find(|&id| id != leader).unwrap();
-    cluster.kill(victim);
     cluster.wipe(victim);
     cluster.restart(victim);
     // The leader refuses it: it never becomes a working member again.
@@ -375,19 +369,27 @@ async fn a_wiped_node_is_refused_until_removed_and_joined_again() {
     assert!(!voters.contains(&victim) && voters.contains(&fresh));
 }
 
+/// Three nodes with a topic, every member's incarnation recorded by the leader,
+/// and one follower killed: the cluster, a client and the killed node's id.
+async fn three_nodes_with_a_follower_killed() -> (Cluster, Client, u64) {
+    let mut cluster = Cluster::start(3);
+    let client = Client::connect(&cluster.addrs()).await.expect("connect");
+    let admin = Admin::new(&client);
+    admin.create_topic(TOPIC, 1).await.expect("create topic");
+    // Wait until the first leader has recorded every member's incarnation.
+    incarnations_recorded(&admin, 3).await;
+    let leader = common::find_leader(&cluster, Duration::from_secs(10)).await;
+    let victim = (1..=3).find(|&id| id != leader).unwrap();
+    cluster.kill(victim);
+    (cluster, client, victim)
+}
+
 /// A wiped node started again with `--join` under its old id, without being
 /// removed first: the cluster refuses it for good, and it stops and says why (it
 /// used to run on, a member of nothing, until someone noticed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_the_cluster_refuses_to_add_stops_and_says_why() {
-    let mut cluster = Cluster::start(3);
-    let client = Client::connect(&cluster.addrs()).await.expect("connect");
-    let admin = Admin::new(&client);
-    admin.create_topic(TOPIC, 1).await.expect("create topic");
-    incarnations_recorded(&admin, 3).await;
-    let leader = common::find_leader(&cluster, Duration::from_secs(10)).await;
-    let victim = (1..=3).find(|&id| id != leader).unwrap();
-    cluster.kill(victim);
+    let (mut cluster, _client, victim) = three_nodes_with_a_follower_killed().await;
     cluster.rejoin_unchecked(victim);
     let status = cluster.wait_exit(victim, Duration::from_secs(30));
     let log = std::fs::read_to_string(cluster.log_path(victim)).unwrap_or_default();

@@ -194,6 +194,11 @@ fn sim_catches_read_before_term_commit() {
     expect_caught(FaultVariant::ReadBeforeTermCommit, DEFAULT_SEEDS);
 }
 
+#[test]
+fn sim_catches_acknowledge_before_sync_in_the_ready_loop() {
+    expect_caught(FaultVariant::AcknowledgeBeforeSync, DEFAULT_SEEDS);
+}
+
 /// How often each broken variant is caught per seed (for the docs):
 /// `cargo test --release -p raftmq-broker --test raft_sim -- --ignored --nocapture`.
 #[test]
@@ -213,6 +218,8 @@ fn sim_variant_detection_rates() {
         FaultVariant::ReadBeforeTermCommit,
         FaultVariant::UncheckedMembershipChanges,
         FaultVariant::ConcurrentMembershipChanges,
+        FaultVariant::AcknowledgeBeforeSync,
+        FaultVariant::MergeKeepsOldestHardState,
         FaultVariant::QuiesceWithLaggingFollower,
     ] {
         let opts = Options {

@@ -28,7 +28,10 @@ use crate::config::{BrokerConfig, Durability};
 use crate::consumer_group::Coordinator;
 use crate::hard_state::HardStateFile;
 use crate::log_adapter::RaftStore;
-use crate::raft::{HardState, Message, MessageBody, RawNode, Role};
+use crate::raft::{
+    self, Flow, HardState, Message, MessageBody, NodeId, PersistWork, Persistence, RawNode,
+    ReadState, Role,
+};
 use crate::raft_wire::{PeerIdentity, PeerMessage};
 use crate::response::Responder;
 use crate::snapshot::SnapshotDir;
@@ -145,23 +148,9 @@ struct PersistDone {
     sync: Option<Result<raftmq_store::SyncDone, raftmq_store::StoreError>>,
     hard_state_file: HardStateFile,
     hard_state_result: Result<(), crate::hard_state::HardStateError>,
-    /// What this job made durable, for `persisted`.
-    unsynced: Option<(LogIndex, Term)>,
-    messages: Vec<Message>,
-}
-
-/// Work queued for the next persist job.
-#[derive(Default)]
-struct PersistQueue {
-    hard_state: Option<HardState>,
-    unsynced: Option<(LogIndex, Term)>,
-    messages: Vec<Message>,
-}
-
-impl PersistQueue {
-    fn is_empty(&self) -> bool {
-        self.hard_state.is_none() && self.unsynced.is_none() && self.messages.is_empty()
-    }
+    /// What this job made durable (its hard state already stored), for
+    /// [`raft::write_done`].
+    work: PersistWork,
 }
 
 /// The node task's state.
@@ -183,9 +172,11 @@ pub struct Node {
     pending: BTreeMap<LogIndex, Pending>,
     fetch_waiters: BTreeMap<(u32, u32), Vec<FetchWaiter>>,
     fetch_deadlines: VecDeque<(Instant, u32, u32)>,
+    /// Taken by the persist job while it runs.
     hard_state_file: Option<HardStateFile>,
     last_hard_state: HardState,
-    queued: PersistQueue,
+    /// What waits to be made durable, and whether a persist job runs.
+    persistence: Persistence,
     persist_tx: mpsc::UnboundedSender<PersistDone>,
     persist_rx: mpsc::UnboundedReceiver<PersistDone>,
     storage_failed: bool,
@@ -251,7 +242,7 @@ impl Node {
             fetch_deadlines: VecDeque::new(),
             hard_state_file: Some(hard_state_file),
             last_hard_state: hard_state,
-            queued: PersistQueue::default(),
+            persistence: Persistence::default(),
             persist_tx,
             persist_rx,
             storage_failed: false,
@@ -514,65 +505,8 @@ impl Node {
             if !self.raft.has_ready() {
                 return;
             }
-            self.process_one_ready();
+            let Ok(()) = raft::handle_ready(self);
         }
-    }
-
-    fn process_one_ready(&mut self) {
-        let ready = self.raft.ready();
-        if let Some((role, term, leader)) = ready.role_change {
-            let leader = leader.map_or_else(|| "none".to_string(), |l| l.0.to_string());
-            tracing::info!(role = %role_name(role), term = term.0, %leader, "raft role changed");
-            self.snapshots.role_changed();
-            self.metrics.role_changed(role, term);
-            self.projected.clear();
-            if role == Role::Leader {
-                self.term_start = self.raft.log().last_index();
-                self.groups
-                    .lead(format!("n{}t{}", self.config.node_id.0, term.0));
-            } else {
-                // Members rejoin the new leader; their committed offsets are in the log.
-                self.groups.clear();
-                self.term_start = LogIndex(u64::MAX);
-                self.fail_pending_on_step_down();
-            }
-            self.leadership_changed();
-            // Metadata answers name the new leader at once.
-            self.publish_status();
-        }
-        if let Some(entry) = &ready.membership {
-            // Before the messages: links to new members must exist to carry them.
-            self.membership_changed(entry);
-            // Members' addresses are part of the placement the data groups use.
-            self.placement_changed();
-        }
-        for msg in ready.messages {
-            self.send(msg);
-        }
-        if let Some((index, _)) = ready.snapshot {
-            self.restore_installed_snapshot(index);
-            if self.storage_failed {
-                return;
-            }
-        }
-        if let Some(hs) = ready.hard_state {
-            self.queued.hard_state = Some(hs);
-        }
-        if let Some(unsynced) = ready.unsynced {
-            self.queued.unsynced = Some(unsynced);
-        }
-        self.queued.messages.extend(ready.persisted_messages);
-        if self.config.durability == Durability::Async {
-            self.persist_async_mode();
-        } else {
-            self.start_persist_job();
-        }
-        if let Some((from, to)) = ready.to_apply {
-            self.last_activity = Instant::now();
-            self.apply(from, to);
-        }
-        self.read_states(ready.read_states);
-        self.release_applied();
     }
 
     /// A leader that steps down cannot tell whether its uncommitted proposals will
@@ -617,25 +551,28 @@ impl Node {
 
     /// Starts a persist job if none runs and something is queued.
     fn start_persist_job(&mut self) {
-        if self.queued.is_empty() {
+        if self.persistence.is_idle() {
             return;
         }
         self.check_log_usable();
         if self.storage_failed {
             // Nothing may be acknowledged from a log that cannot be synced.
-            self.queued = PersistQueue::default();
+            self.persistence.reset();
             return;
         }
-        let Some(mut hard_state_file) = self.hard_state_file.take() else {
+        if self.hard_state_file.is_none() {
             return; // a job is running; the queue waits for the next one
+        }
+        let Some(mut work) = self.persistence.start() else {
+            return;
         };
-        let queued = std::mem::take(&mut self.queued);
-        let sync_job: Option<SyncJob> = if queued.unsynced.is_some() {
+        let mut hard_state_file = self.hard_state_file.take().expect("checked above");
+        let sync_job: Option<SyncJob> = if work.unsynced.is_some() {
             self.raft.log_mut().begin_sync()
         } else {
             None
         };
-        let hard_state = queued.hard_state;
+        let hard_state = work.hard_state.take();
         if let Some(hs) = hard_state {
             self.last_hard_state = hs;
         }
@@ -662,8 +599,7 @@ impl Node {
                 sync,
                 hard_state_file,
                 hard_state_result,
-                unsynced: queued.unsynced,
-                messages: queued.messages,
+                work,
             });
         });
     }
@@ -688,15 +624,9 @@ impl Node {
             self.storage_failure();
             return;
         }
-        for msg in done.messages {
-            self.send(msg);
-        }
-        if let Some((index, term)) = done.unsynced {
-            let synced = self.raft.log().synced_index();
-            // A truncation meanwhile lowers what the job covered; the core ignores an
-            // (index, term) pair that no longer matches its log.
-            self.raft.persisted(index.min(synced), term);
-        }
+        // A truncation meanwhile lowers what the job covered.
+        let synced = self.raft.log().synced_index();
+        let Ok(()) = raft::write_done(self, done.work, synced);
         self.start_persist_job();
         self.process_ready();
     }
@@ -705,8 +635,10 @@ impl Node {
     /// vote changes, and a lowered recovery mark, are synced before the messages that
     /// depend on them.
     fn persist_async_mode(&mut self) {
-        let queued = std::mem::take(&mut self.queued);
-        if let Some(mut hs) = queued.hard_state {
+        let Some(mut work) = self.persistence.start() else {
+            return;
+        };
+        if let Some(mut hs) = work.hard_state.take() {
             // The acknowledged mark may only name what is on disk.
             hs.acked_index = hs.acked_index.min(self.raft.log().synced_index());
             // A lowered mark (entries truncated, or discarded by a snapshot install)
@@ -725,12 +657,8 @@ impl Node {
                 self.last_hard_state = hs;
             }
         }
-        for msg in queued.messages {
-            self.send(msg);
-        }
-        if let Some((index, term)) = queued.unsynced {
-            self.raft.persisted(index, term);
-        }
+        // What was written counts as persisted.
+        let Ok(()) = raft::write_done(self, work, LogIndex(u64::MAX));
     }
 
     fn background_sync(&mut self) {
@@ -749,6 +677,7 @@ impl Node {
             tracing::error!("storage failed: this node stops accepting writes");
         }
         self.storage_failed = true;
+        self.persistence.reset();
     }
 
     fn apply(&mut self, from: LogIndex, to: LogIndex) {
@@ -977,6 +906,96 @@ pub enum NodeExit {
     Stopped,
     /// The replica was moved to other nodes: its files are to be deleted.
     Retired,
+}
+
+/// The group task is the broker's driver of its replica's Ready loop.
+impl raft::Driver for Node {
+    type Log = RaftStore;
+    type Error = std::convert::Infallible;
+
+    fn raft(&mut self) -> &mut RawNode<RaftStore> {
+        &mut self.raft
+    }
+
+    fn persistence(&mut self) -> &mut Persistence {
+        &mut self.persistence
+    }
+
+    fn isolated(&self) -> bool {
+        self.storage_failed
+    }
+
+    fn role_changed(
+        &mut self,
+        role: Role,
+        term: Term,
+        leader: Option<NodeId>,
+    ) -> Result<(), Self::Error> {
+        let leader = leader.map_or_else(|| "none".to_string(), |l| l.0.to_string());
+        tracing::info!(role = %role_name(role), term = term.0, %leader, "raft role changed");
+        self.snapshots.role_changed();
+        self.metrics.role_changed(role, term);
+        self.projected.clear();
+        if role == Role::Leader {
+            self.term_start = self.raft.log().last_index();
+            self.groups
+                .lead(format!("n{}t{}", self.config.node_id.0, term.0));
+        } else {
+            // Members rejoin the new leader; their committed offsets are in the log.
+            self.groups.clear();
+            self.term_start = LogIndex(u64::MAX);
+            self.fail_pending_on_step_down();
+        }
+        self.leadership_changed();
+        // Metadata answers name the new leader at once.
+        self.publish_status();
+        Ok(())
+    }
+
+    fn membership_changed(
+        &mut self,
+        entry: &crate::raft::MembershipEntry,
+    ) -> Result<(), Self::Error> {
+        Node::membership_changed(self, entry);
+        // Members' addresses are part of the placement the data groups use.
+        self.placement_changed();
+        Ok(())
+    }
+
+    fn send(&mut self, msg: Message) -> Result<(), Self::Error> {
+        Node::send(self, msg);
+        Ok(())
+    }
+
+    fn restore_snapshot(&mut self, index: LogIndex, _term: Term) -> Result<Flow, Self::Error> {
+        self.restore_installed_snapshot(index);
+        Ok(if self.storage_failed {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        })
+    }
+
+    fn persist(&mut self) -> Result<Flow, Self::Error> {
+        if self.config.durability == Durability::Async {
+            self.persist_async_mode();
+        } else {
+            self.start_persist_job();
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn apply(&mut self, from: LogIndex, to: LogIndex) -> Result<(), Self::Error> {
+        self.last_activity = Instant::now();
+        Node::apply(self, from, to);
+        Ok(())
+    }
+
+    fn read_states(&mut self, states: Vec<ReadState>) -> Result<(), Self::Error> {
+        Node::read_states(self, states);
+        self.release_applied();
+        Ok(())
+    }
 }
 
 /// The role as `cluster status` shows it.

@@ -38,6 +38,12 @@ pub enum FaultVariant {
     /// The leader quiesces the group while a follower still lacks entries (and
     /// asks that follower to quiesce too): it never catches up while idle.
     QuiesceWithLaggingFollower,
+    /// The Ready loop (`driver.rs`, the broker's own) sends the messages that
+    /// claim durability (votes, acknowledgements) before the write is done.
+    AcknowledgeBeforeSync,
+    /// The Ready loop merges queued readies keeping the oldest hard state instead
+    /// of the newest, so a later term or vote is not made durable.
+    MergeKeepsOldestHardState,
 }
 
 /// Configuration of one [`super::RawNode`]. Build it with [`Config::new`] and adjust

@@ -65,6 +65,10 @@
 //! A driver may pipeline (take the next Ready before the previous one is durable) as
 //! long as it completes steps 2–5 of each Ready in order.
 //!
+//! The broker and the simulator do not write this loop themselves: they implement
+//! [`Driver`] (their I/O) and call [`handle_ready`] and [`write_done`], so the order
+//! above is one piece of code that the simulator checks.
+//!
 //! # Rules the core keeps
 //!
 //! - Commit = the highest index a quorum holds *durably*, and only if that entry is
@@ -84,6 +88,7 @@
 //! See `docs/raft.md` for the design and the simulator.
 
 mod config;
+mod driver;
 mod election;
 mod error;
 mod log;
@@ -99,6 +104,7 @@ mod rng;
 mod types;
 
 pub use config::{Config, FaultVariant, VOTERS_MAX};
+pub use driver::{handle_ready, write_done, Driver, Flow, PersistWork, Persistence};
 pub use error::{ConfigError, LogError, ProposeError, RaftError, ReadError, TransferError};
 pub use log::{MemLog, RaftLog};
 pub use membership::{ChangeError, Membership, MembershipEntry};

@@ -713,6 +713,11 @@ impl<L: RaftLog> RawNode<L> {
         self.log
     }
 
+    /// Whether this node runs the broken `fault` (tests of the simulator only).
+    pub(crate) fn fault_is(&self, fault: super::FaultVariant) -> bool {
+        self.config.fault_is(fault)
+    }
+
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.config.id

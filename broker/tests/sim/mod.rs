@@ -11,8 +11,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use bytes::Bytes;
 use raftmq_broker::raft::{
-    Config, Entry, EntryKind, FaultVariant, HardState, LogIndex, Membership, MembershipEntry,
-    Message, MessageBody, NodeId, ProposeError, RaftLog, RawNode, Role, Term,
+    self, Config, Driver, Entry, EntryKind, FaultVariant, Flow, HardState, LogIndex, Membership,
+    MembershipEntry, Message, MessageBody, NodeId, PersistWork, Persistence, ProposeError, RaftLog,
+    RawNode, ReadState, Ready, Role, Term,
 };
 
 use disk::{DiskLog, SimLog};
@@ -273,8 +274,12 @@ struct Slot {
     commit_checked: LogIndex,
     leader_term_checked: Term,
     incarnation: u64,
-    /// Readies whose messages went out but whose writes are not yet synced.
-    pending: VecDeque<PendingWrite>,
+    /// Readies whose messages went out but whose writes are not yet synced: the
+    /// broker's own bookkeeping ([`Persistence`]), so the simulator checks it.
+    persist: Persistence,
+    /// The write in flight, with how many log writes it syncs (those made before it
+    /// started, as the broker's sync job).
+    write: Option<(PersistWork, usize)>,
     /// Reads with a read index, waiting for the state machine to apply up to it:
     /// (read id, read index).
     reads_ready: Vec<(u64, LogIndex)>,
@@ -291,13 +296,6 @@ struct Slot {
     /// Memberships at or below this index are about the node's earlier self (it
     /// was wiped after them).
     wiped_after: LogIndex,
-}
-
-/// The part of a Ready that waits for the sync.
-struct PendingWrite {
-    hard_state: Option<HardState>,
-    unsynced: Option<(LogIndex, Term)>,
-    persisted_messages: Vec<Message>,
 }
 
 struct Flight {
@@ -655,7 +653,8 @@ fn new_world(seed: u64, opts: Options, rng: Rng, k: Knobs) -> World {
             commit_checked: LogIndex::ZERO,
             leader_term_checked: Term(0),
             incarnation: 0,
-            pending: VecDeque::new(),
+            persist: Persistence::default(),
+            write: None,
             reads_ready: Vec::new(),
             member_ever: id <= world.k.nodes,
             member_at: (id <= world.k.nodes).then_some(LogIndex::ZERO),
@@ -945,74 +944,27 @@ impl World {
 
     // ----- The driver ----------------------------------------------------------------
 
+    /// Carries out node `i`'s next Ready through the broker's own Ready loop
+    /// ([`raft::handle_ready`]), with this world as its I/O.
     fn process_ready(&mut self, i: usize) -> Check {
-        let node = self.slots[i].raft.as_mut().unwrap();
-        if !node.has_ready() {
-            return Ok(());
-        }
-        let rd = node.ready();
-        let id = i as u64 + 1;
-        self.ev(
-            "ready",
-            id,
-            rd.unsynced.map_or(0, |u| u.0 .0),
-            rd.hard_state.map_or(0, |h| h.term.0),
-            rd.commit_index.0,
-            rd.persisted_messages.len() as u64,
-        );
-        for m in rd.messages {
-            self.send(m);
-        }
-        if let Some((index, term)) = rd.snapshot {
-            let Some(snap) = self.slots[i].snapshots.get(&index).cloned() else {
-                return Err(format!("n{id} installed snapshot {index} it never saved"));
-            };
-            if snap.term != term {
-                return Err(format!(
-                    "n{id} installed snapshot {index} with the wrong term"
-                ));
-            }
-            self.ev("install", id, index.0, 0, 0, 0);
-            self.stats.installs += 1;
-            self.restore_state(i, snap)?;
-        }
-        if let Some((from, to)) = rd.to_apply {
-            for idx in from.0..=to.0 {
-                let node = self.slots[i].raft.as_ref().unwrap();
-                let Some(e) = node.log().entry(LogIndex(idx)) else {
-                    return Err(format!("n{id} asked to apply {idx}, which its log lacks"));
-                };
-                let e = e.clone();
-                self.apply_entry(i, &e)?;
-            }
-            self.slots[i].raft.as_mut().unwrap().applied(to);
-        }
-        for state in rd.read_states {
-            self.ev(
-                "read-index",
-                id,
-                state.id,
-                state.index.map_or(0, |x| x.0),
-                state.index.is_some() as u64,
-                0,
-            );
-            match state.index {
-                Some(index) => self.slots[i].reads_ready.push((state.id, index)),
-                None => {
-                    self.reads.remove(&state.id);
-                }
+        raft::handle_ready(&mut Replica { world: self, i })?;
+        self.check()
+    }
+
+    /// Starts node `i`'s next write if none is in flight, and completes it at once
+    /// with `p_sync_now` (else at a later tick, with more readies queued behind it).
+    fn start_write(&mut self, i: usize) -> Check {
+        let slot = &mut self.slots[i];
+        if slot.write.is_none() {
+            if let Some(work) = slot.persist.start() {
+                let ops = slot.raft.as_ref().unwrap().log().begin_sync();
+                slot.write = Some((work, ops));
             }
         }
-        self.serve_reads(i)?;
-        self.slots[i].pending.push_back(PendingWrite {
-            hard_state: rd.hard_state,
-            unsynced: rd.unsynced,
-            persisted_messages: rd.persisted_messages,
-        });
         if !self.faults_on || self.rng.chance(self.k.p_sync_now) {
             self.complete_writes(i)?;
         }
-        self.check()
+        Ok(())
     }
 
     /// The state machine applies one committed entry; its state must equal every
@@ -1084,7 +1036,7 @@ impl World {
         let Some(node) = slot.raft.as_ref() else {
             return;
         };
-        if !slot.pending.is_empty() || !node.log().is_synced() {
+        if !slot.persist.is_idle() || !node.log().is_synced() {
             return;
         }
         let first = node.log().disk().first_index();
@@ -1117,9 +1069,11 @@ impl World {
         self.stats.compactions += 1;
     }
 
-    /// Syncs the log and hard state of every pending Ready, then sends what waited.
+    /// Completes node `i`'s write in flight: syncs the log writes it covers, then
+    /// stores its hard state, then hands it back to the Ready loop
+    /// ([`raft::write_done`]), and starts the next one.
     fn complete_writes(&mut self, i: usize) -> Check {
-        if self.slots[i].pending.is_empty() {
+        if self.slots[i].write.is_none() {
             return Ok(());
         }
         let id = i as u64 + 1;
@@ -1127,26 +1081,34 @@ impl World {
             self.ev("crash-before-sync", id, 0, 0, 0, 0);
             return self.crash_process(i);
         }
-        self.slots[i].raft.as_mut().unwrap().log_mut().sync();
+        let (work, ops) = self.slots[i].write.take().unwrap();
+        let log = self.slots[i].raft.as_mut().unwrap().log_mut();
+        log.finish_sync(ops);
+        let synced = log.durable_last().1;
         if self.faults_on && self.rng.chance(self.k.p_crash_mid_ready) {
             self.ev("crash-after-sync", id, 0, 0, 0, 0);
             return self.crash_process(i);
         }
-        while let Some(w) = self.slots[i].pending.pop_front() {
-            if let Some(hs) = w.hard_state {
-                self.slots[i].hs = hs;
-            }
-            self.ev("synced", id, w.unsynced.map_or(0, |u| u.0 .0), 0, 0, 0);
-            for m in w.persisted_messages {
-                if m.to == m.from {
-                    self.step(i, m)?;
-                } else {
-                    self.send(m);
-                }
-            }
-            if let Some((index, term)) = w.unsynced {
-                self.slots[i].raft.as_mut().unwrap().persisted(index, term);
-            }
+        if let Some(hs) = work.hard_state {
+            self.slots[i].hs = hs;
+        }
+        self.ev(
+            "synced",
+            id,
+            work.unsynced.map_or(0, |u| u.0 .0),
+            synced.0,
+            0,
+            0,
+        );
+        raft::write_done(&mut Replica { world: self, i }, work, synced)?;
+        if self.slots[i].raft.is_none() {
+            return self.check();
+        }
+        // The next write starts at once, as the broker's does; it completes later.
+        let slot = &mut self.slots[i];
+        if let Some(work) = slot.persist.start() {
+            let ops = slot.raft.as_ref().unwrap().log().begin_sync();
+            slot.write = Some((work, ops));
         }
         self.maybe_compact(i);
         self.check()
@@ -1685,7 +1647,8 @@ impl World {
                 self.crash_reports.push((peer, i, at));
             }
         }
-        self.slots[i].pending.clear();
+        self.slots[i].persist.reset();
+        self.slots[i].write = None;
         // Reads waiting there are lost with the process (their clients retry).
         for (read_id, _) in std::mem::take(&mut self.slots[i].reads_ready) {
             self.reads.remove(&read_id);
@@ -1864,4 +1827,112 @@ fn ids_mask(ids: &[NodeId]) -> u64 {
 
 fn into_parts(node: RawNode<SimLog>) -> ((), (), SimLog) {
     ((), (), node.into_log())
+}
+
+/// One node of the world as the Ready loop's driver: the simulated network, disk
+/// and state machine, with the checks.
+struct Replica<'a> {
+    world: &'a mut World,
+    i: usize,
+}
+
+impl Driver for Replica<'_> {
+    type Log = SimLog;
+    type Error = String;
+
+    fn raft(&mut self) -> &mut RawNode<SimLog> {
+        self.world.slots[self.i]
+            .raft
+            .as_mut()
+            .expect("a running node's Ready")
+    }
+
+    fn persistence(&mut self) -> &mut Persistence {
+        &mut self.world.slots[self.i].persist
+    }
+
+    fn observe(&mut self, rd: &Ready) {
+        self.world.ev(
+            "ready",
+            self.i as u64 + 1,
+            rd.unsynced.map_or(0, |u| u.0 .0),
+            rd.hard_state.map_or(0, |h| h.term.0),
+            rd.commit_index.0,
+            rd.persisted_messages.len() as u64,
+        );
+    }
+
+    fn send(&mut self, msg: Message) -> Check {
+        self.world.send(msg);
+        Ok(())
+    }
+
+    fn step_self(&mut self, msg: Message) -> Check {
+        self.world.step(self.i, msg)
+    }
+
+    fn restore_snapshot(&mut self, index: LogIndex, term: Term) -> Result<Flow, String> {
+        let (w, i) = (&mut *self.world, self.i);
+        let id = i as u64 + 1;
+        let Some(snap) = w.slots[i].snapshots.get(&index).cloned() else {
+            return Err(format!("n{id} installed snapshot {index} it never saved"));
+        };
+        if snap.term != term {
+            return Err(format!(
+                "n{id} installed snapshot {index} with the wrong term"
+            ));
+        }
+        w.ev("install", id, index.0, 0, 0, 0);
+        w.stats.installs += 1;
+        w.restore_state(i, snap)?;
+        Ok(Flow::Continue)
+    }
+
+    fn persist(&mut self) -> Result<Flow, String> {
+        self.world.start_write(self.i)?;
+        // A crash in the middle of the write ends the Ready with the process.
+        Ok(if self.world.slots[self.i].raft.is_some() {
+            Flow::Continue
+        } else {
+            Flow::Stop
+        })
+    }
+
+    fn apply(&mut self, from: LogIndex, to: LogIndex) -> Check {
+        let (w, i) = (&mut *self.world, self.i);
+        for idx in from.0..=to.0 {
+            let node = w.slots[i].raft.as_ref().unwrap();
+            let Some(e) = node.log().entry(LogIndex(idx)) else {
+                return Err(format!(
+                    "n{} asked to apply {idx}, which its log lacks",
+                    i + 1
+                ));
+            };
+            let e = e.clone();
+            w.apply_entry(i, &e)?;
+        }
+        w.slots[i].raft.as_mut().unwrap().applied(to);
+        Ok(())
+    }
+
+    fn read_states(&mut self, states: Vec<ReadState>) -> Check {
+        let (w, i) = (&mut *self.world, self.i);
+        for state in states {
+            w.ev(
+                "read-index",
+                i as u64 + 1,
+                state.id,
+                state.index.map_or(0, |x| x.0),
+                state.index.is_some() as u64,
+                0,
+            );
+            match state.index {
+                Some(index) => w.slots[i].reads_ready.push((state.id, index)),
+                None => {
+                    w.reads.remove(&state.id);
+                }
+            }
+        }
+        w.serve_reads(i)
+    }
 }

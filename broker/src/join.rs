@@ -58,6 +58,15 @@ pub async fn run(
                 r = tokio::time::timeout(ATTEMPT_TIMEOUT, ask(&security, target, &me)) => r,
             };
             match outcome {
+                Ok(Ok(done)) if done.voter => {
+                    tracing::info!(
+                        via = %target,
+                        cluster_id = %format!("{:016x}", done.cluster_id),
+                        membership_index = done.membership_index,
+                        "this node already is a voter of the cluster; --join changed nothing"
+                    );
+                    return Ok(());
+                }
                 Ok(Ok(done)) => {
                     tracing::info!(
                         via = %target,

@@ -403,6 +403,34 @@ async fn a_node_the_cluster_refuses_to_add_stops_and_says_why() {
     );
 }
 
+/// A voter restarted with `--join` (kept in its service's command line) stays a
+/// voter, and its log says so rather than "joined as a learner".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_restarted_with_join_says_it_still_is_a_voter() {
+    let (mut cluster, client, victim) = three_nodes_with_a_follower_killed().await;
+    cluster.restart_joining(victim);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut log = String::new();
+    while Instant::now() < deadline {
+        log = std::fs::read_to_string(cluster.log_path(victim)).unwrap_or_default();
+        if log.contains("already is a voter") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        log.contains("already is a voter") && !log.contains("joined the cluster as a learner"),
+        "the node's log says it still is a voter:\n{log}"
+    );
+    reach_membership(
+        &cluster,
+        &client,
+        (vec![1, 2, 3], vec![]),
+        "the restarted voter stays a voter",
+    )
+    .await;
+}
+
 /// Polls the leader's view of the membership until it is `(voters, learners)`
 /// (sorted), for at most `limit`; the last view seen on failure.
 /// [`wait_membership`] within 30 s, or the nodes' last log lines and a panic

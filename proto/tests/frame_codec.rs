@@ -314,6 +314,7 @@ fn every_response() -> Vec<Resp> {
         Resp::JoinCluster(pb::JoinClusterResponse {
             cluster_id: 42,
             membership_index: 10,
+            voter: true,
         }),
         Resp::MoveReplicas(pb::MoveReplicasResponse {
             moved: vec![pb::GroupReplicas {

@@ -390,6 +390,7 @@ impl Node {
                 let done = pb::JoinClusterResponse {
                     cluster_id: view.cluster_id,
                     membership_index: view.index,
+                    voter: self.raft.membership().is_voter(id),
                 };
                 return reply.ok(pb::response::Body::JoinCluster(done));
             }
@@ -604,6 +605,7 @@ impl Node {
             MembershipOp::Join => R::JoinCluster(pb::JoinClusterResponse {
                 cluster_id: self.members.view.cluster_id,
                 membership_index: index,
+                voter: false,
             }),
             MembershipOp::Add => R::AddNode(pb::AddNodeResponse {
                 membership_index: index,

@@ -312,6 +312,14 @@ impl Cluster {
         self.restart(id);
     }
 
+    /// Restarts stopped node `id` with its data and `--join` naming the running
+    /// nodes (an operator who keeps `--join` in the service's command line).
+    pub fn restart_joining(&mut self, id: u64) {
+        let join = self.running_addrs();
+        self.node(id).join = Some(join);
+        self.restart(id);
+    }
+
     /// Like [`rejoin`](Self::rejoin), without waiting for the node to listen: the
     /// cluster may refuse it, and it then stops at once.
     pub fn rejoin_unchecked(&mut self, id: u64) {

@@ -6,6 +6,10 @@ use raftmq_proto::pb::{self, request, response};
 use crate::client::unexpected;
 use crate::consumer::list_offset;
 use crate::{Client, ClientError, Target};
+use futures::StreamExt;
+
+/// Queues whose log ends `describe_group` asks other brokers for at once.
+const GROUP_LAG_QUERIES_AT_ONCE: usize = 32;
 
 /// A topic's own retention (0: none), on top of the broker-wide retention, which
 /// always applies: a topic keeps nothing longer than the broker does.
@@ -278,29 +282,31 @@ impl Admin {
             other => return Err(unexpected("describe_group", &other)),
         };
         // The answering broker (the metadata leader) knows the ends only of the
-        // queues whose data group runs a replica on it: ask the others' leaders.
-        for q in described.queues.iter_mut().filter(|q| q.log_end_unknown) {
-            let Ok(start) =
-                list_offset(&self.client, &q.topic, q.queue, pb::OffsetSpec::Earliest, 0).await
-            else {
-                continue; // left unknown: the caller shows it so
-            };
-            let Ok(end) =
-                list_offset(&self.client, &q.topic, q.queue, pb::OffsetSpec::Latest, 0).await
-            else {
-                continue;
-            };
-            // Messages retention deleted are not lag: they cannot be consumed.
-            let from = if q.has_committed {
-                q.committed.max(start)
-            } else {
-                start
-            };
-            q.committed = from;
-            q.log_end = end;
-            q.lag = end.saturating_sub(from);
-            q.log_end_unknown = false;
-        }
+        // queues whose data group runs a replica on it: ask the others' leaders,
+        // several queues at a time (a topic may have thousands).
+        let client = &self.client;
+        let unknown = described.queues.iter_mut().filter(|q| q.log_end_unknown);
+        futures::stream::iter(unknown)
+            .for_each_concurrent(GROUP_LAG_QUERIES_AT_ONCE, |q| async move {
+                let (start, end) = futures::join!(
+                    list_offset(client, &q.topic, q.queue, pb::OffsetSpec::Earliest, 0),
+                    list_offset(client, &q.topic, q.queue, pb::OffsetSpec::Latest, 0),
+                );
+                let (Ok(start), Ok(end)) = (start, end) else {
+                    return; // left unknown: the caller shows it so
+                };
+                // Messages retention deleted are not lag: they cannot be consumed.
+                let from = if q.has_committed {
+                    q.committed.max(start)
+                } else {
+                    start
+                };
+                q.committed = from;
+                q.log_end = end;
+                q.lag = end.saturating_sub(from);
+                q.log_end_unknown = false;
+            })
+            .await;
         Ok(described)
     }
 

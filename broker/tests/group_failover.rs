@@ -352,3 +352,91 @@ async fn a_joining_member_gets_its_share_soon_after_the_owner_confirms() {
     );
     drop(cluster);
 }
+
+/// An owner learns of a rebalance from its next offset commit (whose answer
+/// carries the group's generation), not only at its next heartbeat: with a 30 s
+/// session (a heartbeat every 10 s) a member joining a busy group got its queues
+/// up to 10 s later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_owner_learns_of_a_rebalance_from_its_commits() {
+    let cluster = common::Cluster::start(3);
+    let client = Client::connect(&cluster.addrs()).await.unwrap();
+    let admin = Admin::new(&client);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while admin.create_topic("busy", 4).await.is_err() {
+        assert!(Instant::now() < deadline, "topic not created");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let config = GroupConfig {
+        session_timeout: Duration::from_secs(30),
+        ..GroupConfig::default()
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    // A steady trickle to every queue, so that every poll of the owner commits.
+    let producing = {
+        let (client, stop) = (client.clone(), stop.clone());
+        tokio::spawn(async move {
+            let producer = Producer::builder(&client).build().await?;
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) && i < 10_000 {
+                let ack = producer
+                    .send(Message::new("busy", format!("m{i}")).with_queue((i % 4) as u32))
+                    .await?;
+                ack.await?;
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            producer.close().await;
+            anyhow::Ok(())
+        })
+    };
+    let owner_joined = Instant::now();
+    let owner = {
+        let (client, stop, config) = (client.clone(), stop.clone(), config.clone());
+        tokio::spawn(async move {
+            let mut member = GroupConsumer::join(&client, "busy", "busy", config).await?;
+            while !stop.load(Ordering::Relaxed) {
+                member.poll().await?;
+            }
+            member.leave().await?;
+            anyhow::Ok(())
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let described = admin.describe_group("busy").await;
+        if described.is_ok_and(|d| d.members.len() == 1 && d.members[0].assignment.len() == 4) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first member never held the queues"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A member heartbeats every 250 ms for two intervals (20 s) after its
+    // generation changed, its own join included: join after that, so that the
+    // owner's next heartbeat is a whole interval (10 s) away.
+    tokio::time::sleep_until((owner_joined + Duration::from_secs(21)).into()).await;
+    let joined = Instant::now();
+    let mut newcomer = GroupConsumer::join(&client, "busy", "busy", config)
+        .await
+        .expect("join");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while newcomer.assignment().is_empty() {
+        assert!(Instant::now() < deadline, "the newcomer never got a queue");
+        newcomer.poll().await.expect("poll");
+    }
+    let waited = joined.elapsed();
+    eprintln!("the newcomer got a queue {waited:?} after joining");
+    stop.store(true, Ordering::Relaxed);
+    newcomer.leave().await.expect("leave");
+    owner.await.unwrap().unwrap();
+    producing.await.unwrap().unwrap();
+    assert!(
+        waited < Duration::from_secs(4),
+        "the newcomer got its queues {waited:?} after joining (the owner heartbeats \
+         every 10 s)"
+    );
+    drop(cluster);
+}

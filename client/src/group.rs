@@ -350,9 +350,15 @@ impl GroupConsumer {
             offsets: offsets.clone(),
         });
         match self.client.request(Target::Leader, body).await? {
-            response::Body::OffsetCommit(_) => {
+            response::Body::OffsetCommit(answer) => {
                 for o in offsets {
                     self.committed.insert(o.queue, o.offset);
+                }
+                if answer.generation > self.generation {
+                    // The group rebalanced: learn the new assignment now (a member
+                    // waiting for a queue this one holds gets it once this one
+                    // confirms), not at the next regular heartbeat.
+                    self.next_heartbeat = Instant::now();
                 }
                 Ok(())
             }

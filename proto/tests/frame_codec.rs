@@ -378,7 +378,7 @@ fn every_response() -> Vec<Resp> {
             assignment: vec![tq("orders", 1)],
         }),
         Resp::LeaveGroup(pb::LeaveGroupResponse {}),
-        Resp::OffsetCommit(pb::OffsetCommitResponse {}),
+        Resp::OffsetCommit(pb::OffsetCommitResponse { generation: 7 }),
         Resp::OffsetFetch(pb::OffsetFetchResponse {
             offsets: vec![qo("orders", 0, 3)],
         }),

@@ -351,6 +351,11 @@ impl Coordinator {
         Ok(())
     }
 
+    /// A group's generation (0 when it has no members).
+    pub fn generation(&self, group: &str) -> u64 {
+        self.groups.get(group).map_or(0, |g| g.generation)
+    }
+
     /// Generation and members of a group (None when it has no members).
     pub fn describe(&self, group: &str) -> Option<(u64, Vec<MemberInfo>)> {
         let g = self.groups.get(group)?;

@@ -115,7 +115,10 @@ enum PendingKind {
     CreateTopic,
     DeleteTopic,
     InitProducer,
-    CommitOffsets,
+    /// The group's generation when the commit was asked, for the answer.
+    CommitOffsets {
+        generation: u64,
+    },
     OffsetReset(Vec<pb::QueueOffset>),
     Membership(membership::MembershipOp),
     /// The groups whose replicas a `MoveReplicas` request changed.
@@ -826,8 +829,8 @@ impl Node {
                     producer_epoch: 0,
                 }))
             }
-            (PendingKind::CommitOffsets, ApplyOutcome::OffsetsCommitted) => {
-                reply.ok(R::OffsetCommit(pb::OffsetCommitResponse {}))
+            (PendingKind::CommitOffsets { generation }, ApplyOutcome::OffsetsCommitted) => {
+                reply.ok(R::OffsetCommit(pb::OffsetCommitResponse { generation }))
             }
             (PendingKind::OffsetReset(offsets), ApplyOutcome::OffsetsCommitted) => {
                 reply.ok(R::OffsetReset(pb::OffsetResetResponse { offsets }))

@@ -463,11 +463,12 @@ impl Node {
                 offset: o.offset,
             })
             .collect();
+        let generation = self.groups.generation(&req.group);
         let command = Command::CommitOffsets {
             group: req.group,
             offsets,
         };
-        self.propose_command(command, PendingKind::CommitOffsets, reply);
+        self.propose_command(command, PendingKind::CommitOffsets { generation }, reply);
     }
 
     pub(super) fn offset_reset(&mut self, req: pb::OffsetResetRequest, reply: Responder) {

@@ -425,7 +425,7 @@ fn handle(index: usize, state: &Mutex<State>, id: u64, body: Req) -> Option<pb::
             for o in c.offsets {
                 g.offsets.insert((o.topic, o.queue), o.offset);
             }
-            ok(Resp::OffsetCommit(pb::OffsetCommitResponse {}))
+            ok(Resp::OffsetCommit(pb::OffsetCommitResponse::default()))
         }
         Req::DescribeGroup(d) => match s.groups.get(&d.group) {
             None => err(pb::Error::unknown_group(&d.group)),

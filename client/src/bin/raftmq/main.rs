@@ -1453,11 +1453,26 @@ async fn cluster(client: &Client, command: ClusterCommand) -> Result<()> {
             if !groups.is_empty() {
                 let mut groups = groups;
                 groups.sort_by_key(|(group, node, _)| (*group, *node));
+                // Each group's log end as its leader (the newest that answered)
+                // sees it: a replica's lag is how far its log is behind.
+                let mut leader_ends: std::collections::BTreeMap<u32, (u64, u64)> =
+                    Default::default();
+                for (group, _, g) in groups.iter().filter(|(_, _, g)| g.role == "leader") {
+                    let end = leader_ends.entry(*group).or_insert((g.term, g.last_index));
+                    if g.term > end.0 {
+                        *end = (g.term, g.last_index);
+                    }
+                }
                 out!();
                 out!(
-                    "data group\tnode\trole\tterm\tleader\tpreferred\tlast_index\tcommit_index\tmembers\tplaced"
+                    "data group\tnode\trole\tterm\tleader\tpreferred\tlast_index\tcommit_index\tlag\tmembers\tplaced"
                 );
                 for (group, node, g) in groups {
+                    let lag = leader_ends
+                        .get(&group)
+                        .map_or("-".to_string(), |&(_, end)| {
+                            end.saturating_sub(g.last_index).to_string()
+                        });
                     let ids =
                         |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
                     let mut members = ids(&g.voters);
@@ -1472,7 +1487,7 @@ async fn cluster(client: &Client, command: ClusterCommand) -> Result<()> {
                     let moving = !left
                         && (g.replicas.is_empty() || !g.learners.is_empty() || placed != g.voters);
                     out!(
-                        "{group}\t{node}\t{}\t{}\t{}\t{}\t{}\t{}\t{members}\t{}{}",
+                        "{group}\t{node}\t{}\t{}\t{}\t{}\t{}\t{}\t{lag}\t{members}\t{}{}",
                         g.role,
                         g.term,
                         g.leader_id,

@@ -551,6 +551,7 @@ async fn reads_phase(
                 } else {
                     request::Body::Metadata(pb::MetadataRequest {
                         topics: vec![topic.clone()],
+                        ..Default::default()
                     })
                 };
                 let started = Instant::now();

@@ -70,3 +70,45 @@ fn a_node_with_its_own_kafka_port_is_advertised_to_kafka_clients() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// While the metadata group elects a new leader (its leader just stopped), Kafka
+/// Metadata answers still name the brokers: an answer without brokers made
+/// librdkafka forget them all, the group coordinator with them, and its consumer
+/// groups hung for 45 s and more across a rolling restart.
+#[test]
+fn metadata_names_the_brokers_while_the_metadata_leader_is_replaced() {
+    let mut cluster = Cluster::start_with_kafka(3, &[]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while brokers(&cluster).len() != 3 {
+        assert!(Instant::now() < deadline, "3 brokers never advertised");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let leader = rt.block_on(common::find_leader(&cluster, Duration::from_secs(10)));
+    let other = (1..=3).find(|&id| id != leader).unwrap();
+    let addr = format!("127.0.0.1:{}", cluster.kafka_port(other));
+    let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    cluster.terminate(leader);
+    // The election takes about half a second; ask throughout it and beyond.
+    let until = Instant::now() + Duration::from_millis(1500);
+    let mut answers = 0;
+    while Instant::now() < until {
+        send_frame(
+            &mut s,
+            &request(ApiKey::Metadata, 9, &MetadataRequest::default()),
+        );
+        let body = read_frame(&mut s).expect("an answer");
+        let m: MetadataResponse = answer(ApiKey::Metadata, 9, body);
+        assert!(
+            !m.brokers.is_empty(),
+            "answer {answers} after the leader stopped names no broker"
+        );
+        answers += 1;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(answers > 10, "only {answers} answers");
+}

@@ -74,6 +74,7 @@ fn attempts() -> Vec<(&'static str, Req, ErrorCode)> {
             "describe",
             Req::Metadata(pb::MetadataRequest {
                 topics: vec!["orders".into()],
+                ..Default::default()
             }),
             T,
         ),

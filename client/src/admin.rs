@@ -153,6 +153,7 @@ impl Admin {
             for node in replicas {
                 let body = request::Body::Metadata(pb::MetadataRequest {
                     topics: vec![topic.to_owned()],
+                    ..Default::default()
                 });
                 let answer = tokio::time::timeout(
                     REPLICA_WAIT,
@@ -181,6 +182,7 @@ impl Admin {
     pub async fn describe_topic(&self, name: &str) -> Result<TopicDescription, ClientError> {
         let body = request::Body::Metadata(pb::MetadataRequest {
             topics: vec![name.to_owned()],
+            ..Default::default()
         });
         let (queues, retention, mut placement) =
             match self.client.request(Target::Leader, body).await? {

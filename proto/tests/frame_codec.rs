@@ -38,6 +38,7 @@ fn every_request() -> Vec<Req> {
         }),
         Req::Metadata(pb::MetadataRequest {
             topics: vec!["a".into(), "b".into()],
+            ..Default::default()
         }),
         Req::Produce(pb::ProduceRequest {
             topic: "orders".into(),

@@ -15,6 +15,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use raftmq_proto::pb;
+use std::time::Duration;
 
 use super::errors::{code, controller_code, kafka_code};
 use super::KafkaContext;
@@ -52,7 +53,15 @@ pub(super) async fn cluster_metadata(
     context: &KafkaContext,
     topics: Vec<String>,
 ) -> Result<pb::MetadataResponse, pb::Error> {
-    let body = pb::request::Body::Metadata(pb::MetadataRequest { topics });
+    ask_metadata(context, topics, false).await
+}
+
+async fn ask_metadata(
+    context: &KafkaContext,
+    topics: Vec<String>,
+    local: bool,
+) -> Result<pb::MetadataResponse, pb::Error> {
+    let body = pb::request::Body::Metadata(pb::MetadataRequest { topics, local });
     match context.service.call(body).await {
         Ok(pb::response::Body::Metadata(m)) => Ok(m),
         Ok(_) => Err(pb::Error::new(
@@ -60,6 +69,35 @@ pub(super) async fn cluster_metadata(
             "unexpected answer",
         )),
         Err(f) => Err(f.error),
+    }
+}
+
+/// How long a Kafka Metadata request waits for this node to know the cluster's
+/// members when it cannot get a confirmed answer (a node still starting).
+const LOCAL_METADATA_WAIT: Duration = Duration::from_secs(2);
+
+/// What a Kafka Metadata request is answered from: the metadata group's confirmed
+/// view, else (no leader during an election, a node catching up) this node's own
+/// view, as Kafka's brokers answer from their metadata cache. Never an answer
+/// without brokers while the node knows any: librdkafka forgets every broker
+/// missing from an answer, the group coordinator with them, and its consumer
+/// groups hung for 45 s and more when the metadata leader restarted.
+async fn metadata_for_clients(
+    context: &KafkaContext,
+    topics: Vec<String>,
+) -> Result<pb::MetadataResponse, pb::Error> {
+    let error = match ask_metadata(context, topics.clone(), false).await {
+        Ok(m) => return Ok(m),
+        Err(e) => e,
+    };
+    tracing::debug!(error = %error.message, "kafka metadata: answering from this node's view");
+    let deadline = tokio::time::Instant::now() + LOCAL_METADATA_WAIT;
+    loop {
+        match ask_metadata(context, topics.clone(), true).await {
+            Ok(m) if !m.nodes.is_empty() => return Ok(m),
+            _ if tokio::time::Instant::now() >= deadline => return Err(error),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
     }
 }
 
@@ -150,7 +188,7 @@ pub(super) async fn metadata(
         Some(w) if denied.is_empty() => w.clone(),
         _ => Vec::new(),
     };
-    let m = match cluster_metadata(context, asked).await {
+    let m = match metadata_for_clients(context, asked).await {
         Ok(m) => m,
         Err(e) => {
             tracing::debug!(error = %e.message, "kafka metadata: cluster metadata unavailable");

@@ -560,7 +560,7 @@ impl Node {
         self.check_log_usable();
         if self.storage_failed {
             // Nothing may be acknowledged from a log that cannot be synced.
-            self.persistence.reset();
+            self.persistence.drop_queued();
             return;
         }
         if self.hard_state_file.is_none() {
@@ -680,7 +680,7 @@ impl Node {
             tracing::error!("storage failed: this node stops accepting writes");
         }
         self.storage_failed = true;
-        self.persistence.reset();
+        self.persistence.drop_queued();
     }
 
     fn apply(&mut self, from: LogIndex, to: LogIndex) {

@@ -113,11 +113,8 @@ impl Node {
         use pb::request::Body as B;
         let leader = self.raft.role() == Role::Leader;
         match body {
-            B::Metadata(_)
-            | B::ListOffsets(_)
-            | B::OffsetFetch(_)
-            | B::DescribeGroup(_)
-            | B::ListGroups(_) => true,
+            B::Metadata(req) => !req.local,
+            B::ListOffsets(_) | B::OffsetFetch(_) | B::DescribeGroup(_) | B::ListGroups(_) => true,
             B::Fetch(req) => match self.queue(&req.topic, req.queue) {
                 Ok(queue) => req.offset > queue.next_offset,
                 Err(_) => true,

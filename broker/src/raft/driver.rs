@@ -100,10 +100,15 @@ impl Persistence {
         !self.in_flight && self.queued.is_empty()
     }
 
-    /// Forgets everything queued and in flight: the process crashed, or its
-    /// storage failed and nothing may be acknowledged from it any more.
+    /// Forgets everything queued and in flight: the process crashed.
     pub fn reset(&mut self) {
         *self = Persistence::default();
+    }
+
+    /// Forgets what is queued, not the write in flight (which still ends with
+    /// [`write_done`]): the storage failed and nothing more may be written.
+    pub fn drop_queued(&mut self) {
+        self.queued = PersistWork::default();
     }
 }
 

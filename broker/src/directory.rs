@@ -103,6 +103,9 @@ pub struct GroupDirectory {
     closed: std::sync::atomic::AtomicBool,
     /// When each peer node was last heard from (see `crate::liveness`).
     liveness: crate::liveness::Liveness,
+    /// The process is stopping: every group hands its leadership to another
+    /// replica first (see [`GroupDirectory::hand_over`]).
+    handing_over: std::sync::atomic::AtomicBool,
 }
 
 impl GroupDirectory {
@@ -119,6 +122,7 @@ impl GroupDirectory {
             start,
             closed: std::sync::atomic::AtomicBool::new(false),
             liveness: crate::liveness::Liveness::default(),
+            handing_over: std::sync::atomic::AtomicBool::new(false),
         };
         (Arc::new(directory), rx)
     }
@@ -250,6 +254,39 @@ impl GroupDirectory {
         for inbox in read(&self.inboxes).values() {
             let _ = inbox.try_send(make());
         }
+    }
+
+    /// Asks every group led here to hand its leadership to another replica (the
+    /// process is about to stop), and waits until none leads a group with other
+    /// voters, or `limit`; false if some still do. A leader that stops without
+    /// handing over leaves its groups without one for an election timeout.
+    pub async fn hand_over(&self, limit: std::time::Duration) -> bool {
+        self.handing_over
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.tell_all(|| NodeInput::HandOver);
+        let leading = || {
+            read(&self.status)
+                .values()
+                .filter(|s| s.role == "leader" && s.voters.len() > 1)
+                .count()
+        };
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let left = leading();
+            if left == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(groups = left, "stopping while still leading groups");
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether the process is stopping and its groups hand their leadership over.
+    pub fn handing_over(&self) -> bool {
+        self.handing_over.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A group's status changed (role, leader, indexes).

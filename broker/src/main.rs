@@ -437,9 +437,16 @@ fn run(args: Args) -> anyhow::Result<()> {
                 }
             }
         });
+        let groups = broker.groups();
         tokio::spawn(async move {
             wait_for_signal().await;
-            tracing::info!("signal received, shutting down");
+            tracing::info!("signal received: handing leadership over, then stopping");
+            // A second signal stops at once.
+            tokio::select! {
+                _ = groups.hand_over(HAND_OVER_LIMIT) => {}
+                _ = wait_for_signal() => {}
+            }
+            tracing::info!("shutting down");
             token.cancel();
         });
         let stopped = broker.wait().await;
@@ -447,6 +454,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         stopped.map_err(|reason| anyhow::anyhow!(reason))
     })
 }
+
+/// How long a stopping broker waits for the groups it leads to take another
+/// leader (a round trip and an election each, when a caught-up voter is up).
+const HAND_OVER_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};

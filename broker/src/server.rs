@@ -132,6 +132,8 @@ pub struct Broker {
     security: Arc<Security>,
     /// Why the broker stopped by itself (a join the cluster refused for good).
     failure: Arc<std::sync::Mutex<Option<String>>>,
+    /// The groups running here (to hand their leadership over before stopping).
+    groups: Arc<GroupDirectory>,
 }
 
 impl Broker {
@@ -331,6 +333,7 @@ impl Broker {
                 }
             });
         }
+        let groups = directory.clone();
         let service = Service::new(directory, config, security.clone(), shutdown.clone());
         let mut kafka_addr = None;
         let mut kafka_advertised = None;
@@ -395,6 +398,7 @@ impl Broker {
             listener,
             security,
             failure,
+            groups,
         })
     }
 
@@ -408,6 +412,12 @@ impl Broker {
         self.shutdown.cancel();
         let _ = self.listener.await;
         let _ = self.node.await;
+    }
+
+    /// The groups running here: [`GroupDirectory::hand_over`] before a planned
+    /// stop moves their leadership to other nodes first.
+    pub fn groups(&self) -> Arc<GroupDirectory> {
+        self.groups.clone()
     }
 
     /// A token that stops the broker when cancelled.

@@ -100,6 +100,9 @@ pub enum NodeInput {
     /// The metadata group published a new placement (topics, data groups): the
     /// group checks it now rather than at its next (maybe slow) tick.
     PlacementChanged,
+    /// The process is stopping: a group led here hands its leadership to another
+    /// replica first (see `GroupDirectory::hand_over`).
+    HandOver,
 }
 
 /// What a proposal waits for.
@@ -357,6 +360,9 @@ impl Node {
                 }
                 _ = &mut ticker => {
                     self.raft.tick();
+                    if self.raft_groups.directory.handing_over() {
+                        self.hand_over_leadership();
+                    }
                     let now = Instant::now();
                     let next = now + self.tick_period(now);
                     ticker.as_mut().reset(tokio::time::Instant::from_std(next));
@@ -463,6 +469,10 @@ impl Node {
             }
             NodeInput::PeerReachable(peer) => self.raft.peer_reachable(peer),
             NodeInput::PlacementChanged => self.placement_published(),
+            NodeInput::HandOver => {
+                self.tick_soon = true;
+                self.hand_over_leadership();
+            }
             NodeInput::Client { body, reply } => {
                 if !matches!(body, pb::request::Body::Fetch(_)) {
                     self.last_activity = Instant::now();

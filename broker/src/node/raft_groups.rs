@@ -817,7 +817,10 @@ impl Node {
             self.raft_groups.balanced_at = Some(now);
             return;
         };
-        if now.duration_since(at) < LEADER_BALANCE_INTERVAL || !self.leader_ready() {
+        if now.duration_since(at) < LEADER_BALANCE_INTERVAL
+            || !self.leader_ready()
+            || self.raft_groups.directory.handing_over()
+        {
             return;
         }
         self.raft_groups.balanced_at = Some(now);
@@ -838,6 +841,36 @@ impl Node {
         match self.raft.transfer_leadership(NodeId(preferred)) {
             Ok(()) => tracing::info!(to = preferred, "handing leadership to the preferred leader"),
             Err(e) => tracing::debug!(error = %e, "leader balancing deferred"),
+        }
+    }
+
+    /// The process is stopping: hands the leadership of this group to the voter
+    /// best placed to take it (its preferred leader when caught up, else the most
+    /// caught-up voter heard from), so that the group has a leader again within a
+    /// round trip instead of an election timeout. Called again at every tick until
+    /// the process stops: a transfer the core abandoned is retried.
+    pub(super) fn hand_over_leadership(&mut self) {
+        if self.raft.role() != Role::Leader {
+            return;
+        }
+        let status = self.raft.status();
+        if status.transferee.is_some() {
+            return;
+        }
+        let me = self.config.node_id;
+        let preferred = self.placed_replicas().and_then(|r| r.first().copied());
+        let target = status
+            .progress
+            .iter()
+            .filter(|p| p.voter && p.recent_active && p.id != me)
+            .max_by_key(|p| (p.match_index, Some(p.id.0) == preferred))
+            .map(|p| p.id);
+        let Some(target) = target else {
+            return; // no other voter is up: nobody to hand over to
+        };
+        match self.raft.transfer_leadership(target) {
+            Ok(()) => tracing::info!(to = target.0, "stopping: handing leadership over"),
+            Err(e) => tracing::debug!(error = %e, "stopping: leadership not handed over yet"),
         }
     }
 

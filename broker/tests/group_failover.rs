@@ -267,14 +267,8 @@ async fn members_stay_distinct_across_leadership_moves() {
 /// the join.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joining_member_gets_its_share_soon_after_the_owner_confirms() {
-    let cluster = common::Cluster::start(3);
-    let client = Client::connect(&cluster.addrs()).await.unwrap();
+    let (cluster, client) = three_nodes_with_topic("handover", 4).await;
     let admin = Admin::new(&client);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while admin.create_topic("handover", 4).await.is_err() {
-        assert!(Instant::now() < deadline, "topic not created");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let stop = Arc::new(AtomicBool::new(false));
     // When the first member moved past its first generation, and when the second
     // first held a queue.
@@ -299,18 +293,7 @@ async fn a_joining_member_gets_its_share_soon_after_the_owner_confirms() {
         })
     };
     // The first member holds all four queues before the second joins.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let described = admin.describe_group("handover").await;
-        if described.is_ok_and(|d| d.members.len() == 1 && d.members[0].assignment.len() == 4) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the first member never held the queues"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_sole_owner(&admin, "handover", 4).await;
     let newcomer = {
         let (client, stop, served) = (client.clone(), stop.clone(), newcomer_served.clone());
         tokio::spawn(async move {
@@ -359,14 +342,8 @@ async fn a_joining_member_gets_its_share_soon_after_the_owner_confirms() {
 /// up to 10 s later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_owner_learns_of_a_rebalance_from_its_commits() {
-    let cluster = common::Cluster::start(3);
-    let client = Client::connect(&cluster.addrs()).await.unwrap();
+    let (cluster, client) = three_nodes_with_topic("busy", 4).await;
     let admin = Admin::new(&client);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while admin.create_topic("busy", 4).await.is_err() {
-        assert!(Instant::now() < deadline, "topic not created");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let config = GroupConfig {
         session_timeout: Duration::from_secs(30),
         ..GroupConfig::default()
@@ -402,18 +379,7 @@ async fn a_busy_owner_learns_of_a_rebalance_from_its_commits() {
             anyhow::Ok(())
         })
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let described = admin.describe_group("busy").await;
-        if described.is_ok_and(|d| d.members.len() == 1 && d.members[0].assignment.len() == 4) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the first member never held the queues"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_sole_owner(&admin, "busy", 4).await;
     // A member heartbeats every 250 ms for two intervals (20 s) after its
     // generation changed, its own join included: join after that, so that the
     // owner's next heartbeat is a whole interval (10 s) away.
@@ -439,4 +405,34 @@ async fn a_busy_owner_learns_of_a_rebalance_from_its_commits() {
          every 10 s)"
     );
     drop(cluster);
+}
+
+/// A 3-node cluster with topic `name` of `queues` queues.
+async fn three_nodes_with_topic(name: &str, queues: u32) -> (common::Cluster, Client) {
+    let cluster = common::Cluster::start(3);
+    let client = Client::connect(&cluster.addrs()).await.unwrap();
+    let admin = Admin::new(&client);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while admin.create_topic(name, queues).await.is_err() {
+        assert!(Instant::now() < deadline, "topic not created");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (cluster, client)
+}
+
+/// Waits (20 s at most) until group `group` has one member holding `queues` queues.
+async fn wait_for_sole_owner(admin: &Admin, group: &str, queues: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let described = admin.describe_group(group).await;
+        if described.is_ok_and(|d| d.members.len() == 1 && d.members[0].assignment.len() == queues)
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first member never held the queues"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

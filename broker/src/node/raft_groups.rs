@@ -36,6 +36,12 @@ const FIRST_CAMPAIGN_TICKS: u32 = 5;
 
 /// How often a data group's leader checks whether its preferred leader should lead.
 const LEADER_BALANCE_INTERVAL: Duration = Duration::from_secs(2);
+/// How long a group's preferred replica must have been a voter heard from without
+/// a break before leadership moves back to it: a node just restarted is not hit by
+/// a second leadership move while clients may still back off from reconnecting to
+/// it (librdkafka's producers stalled 2.4–3.0 s when leadership moved back 2 s
+/// after the restart). Kafka waits minutes (`leader.imbalance.check.interval`).
+const PREFERRED_SETTLE: Duration = Duration::from_secs(5);
 /// How often a group publishes its status and a data group's leader checks its
 /// topics and membership against the placement.
 const GROUP_UPKEEP_INTERVAL: Duration = Duration::from_millis(50);
@@ -66,6 +72,9 @@ pub(super) struct RaftGroups {
     /// The membership change last logged (to say each step once).
     logged_change: Option<String>,
     balanced_at: Option<Instant>,
+    /// The preferred replica, and since when it has been a voter heard from
+    /// without a break (see [`PREFERRED_SETTLE`]).
+    preferred_heard_since: Option<(u64, Instant)>,
     bounds_at: Option<Instant>,
     upkeep_at: Option<Instant>,
     /// Metadata leader: since when each member has not been heard from.
@@ -88,6 +97,7 @@ impl RaftGroups {
             mirror_index: LogIndex::ZERO,
             logged_change: None,
             balanced_at: None,
+            preferred_heard_since: None,
             bounds_at: None,
             upkeep_at: None,
             silent_since: BTreeMap::new(),
@@ -810,6 +820,7 @@ impl Node {
     fn balance_leadership(&mut self, now: Instant) {
         if self.raft.role() != Role::Leader {
             self.raft_groups.balanced_at = None;
+            self.raft_groups.preferred_heard_since = None;
             return;
         }
         let Some(at) = self.raft_groups.balanced_at else {
@@ -832,10 +843,24 @@ impl Node {
         }
         let status = self.raft.status();
         let last = self.raft.log().last_index();
-        let ready = status.progress.iter().any(|p| {
-            p.id.0 == preferred && p.voter && p.recent_active && p.match_index >= last.prev()
-        });
-        if !ready {
+        let Some(p) = status
+            .progress
+            .iter()
+            .find(|p| p.id.0 == preferred && p.voter && p.recent_active)
+        else {
+            self.raft_groups.preferred_heard_since = None;
+            return;
+        };
+        // Heard from without a break for a while (its catching up does not reset
+        // this: under load it is an entry or two behind at any moment).
+        let since = match self.raft_groups.preferred_heard_since {
+            Some((node, since)) if node == preferred => since,
+            _ => {
+                self.raft_groups.preferred_heard_since = Some((preferred, now));
+                now
+            }
+        };
+        if now.duration_since(since) < PREFERRED_SETTLE || p.match_index < last.prev() {
             return;
         }
         match self.raft.transfer_leadership(NodeId(preferred)) {

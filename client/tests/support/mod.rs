@@ -593,8 +593,12 @@ async fn fetch(
                 return pb::Response::error(id, not_leader(&s));
             }
             if !f.group.is_empty() {
+                // As the broker does: a member fetches with the generation it knows
+                // until a heartbeat tells it of the next one (an older one is not
+                // refused; a strict check made a member that fetched just before
+                // its heartbeat rejoin under load).
                 let fenced = match s.groups.get(&f.group) {
-                    Some(g) => g.check(&f.member_id, f.generation),
+                    Some(g) => g.check(&f.member_id, f.generation.max(g.generation)),
                     None => Err(pb::Error::unknown_group(&f.group)),
                 };
                 if let Err(e) = fenced {
